@@ -1,0 +1,64 @@
+# cachet — every target installs what it needs first; `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TOOLS := $(CURDIR)/.tools/bin
+GRPCURL_VERSION := v1.9.3
+BUF_VERSION := v1.75.0
+export PATH := $(CURDIR)/$(VENV)/bin:$(TOOLS):$(PATH)
+
+.PHONY: help setup redis tools run test test-fuzz-long lint proto check-generated bench reliability clean
+
+help: ## List every target with one line each
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed redis tools ## Install everything: venv with pinned deps, redis-server, grpcurl, buf
+
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e clients/python -e '.[dev]'
+	touch $@
+
+redis: ## Install redis-server and redis-sentinel (apt-get) when missing
+	@if ! command -v redis-server >/dev/null || ! command -v redis-sentinel >/dev/null; then \
+	  echo "installing redis-server and redis-sentinel"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-sentinel >/dev/null; \
+	  systemctl stop redis-server redis-sentinel >/dev/null 2>&1 || true; \
+	fi
+
+tools: $(TOOLS)/grpcurl $(TOOLS)/buf ## Install pinned grpcurl and buf with `go install`
+
+$(TOOLS)/grpcurl:
+	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+
+$(TOOLS)/buf:
+	GOBIN=$(TOOLS) go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+
+run: setup ## Serve on localhost:50051 (embedded redis-server unless CACHET_REDIS_URL is set)
+	$(VENV)/bin/cachet-server
+
+test: setup ## Run every test against real redis-server processes
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: setup ## ruff, mypy (strict on server/ and clients/python/), buf lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(TOOLS)/buf lint
+
+proto: $(VENV)/.installed ## Regenerate the Python stubs from protos/
+	$(PY) scripts/gen_protos.py
+
+check-generated: $(VENV)/.installed ## Fail when the generated code is stale
+	@tmp=$$(mktemp -d) && $(PY) scripts/gen_protos.py $$tmp/proto 2>/dev/null && \
+	  diff -r -x __pycache__ $$tmp/proto clients/python/cachet_client/proto && rm -rf $$tmp && echo "generated code is up to date" || \
+	  { echo "generated code is stale: run 'make proto' and commit"; exit 1; }
+
+bench: setup ## Run the load harness and write bench/report.md
+	$(PY) bench/run.py
+
+clean: ## Remove the venv, tools and caches
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

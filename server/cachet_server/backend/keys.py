@@ -1,0 +1,103 @@
+"""The Redis key layout: every key cachet writes is built here, and only here.
+
+    cachet:<namespace>:<kind>:<user key>        user key carries a hash tag
+    cachet:<namespace>:<kind>#:{<user key>}     user key has none: cachet wraps it
+
+`kind` says what the key holds: `k` the user's data (any Redis type), `m` the
+metadata hash of a cache value (version, fencing token, recompute time, tags),
+`l` a fill lease, `o` a stale copy, `t` a tag index, and the other services'
+kinds below. The namespace is validated to `[A-Za-z0-9_.-]`, so the prefix never
+holds `{`, `}`, `:` or a glob character.
+
+Redis Cluster hashes only the part between the first `{` and the next `}`. A
+user key with a hash tag (`{user:1}:profile`) keeps it, so the user's own
+co-location works. A user key without one is wrapped in braces, so all the
+kinds of one user key (data, metadata, lease) share a slot and one Lua script
+can touch them atomically. The `#` marks the wrapped form: the two forms can
+never produce the same Redis key, and a Redis key maps back to exactly one user
+key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+PREFIX = "cachet"
+NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_WRAPPED = "#"
+
+
+class Kind(StrEnum):
+    """What a Redis key holds."""
+
+    DATA = "k"
+    META = "m"
+    LEASE = "l"
+    STALE = "o"
+    TAG = "t"
+    LOCK = "lock"
+    SEMAPHORE = "sem"
+    RATE = "rl"
+    STREAM = "es"
+    TOPIC = "ps"
+
+
+def has_hash_tag(key: str) -> bool:
+    """Whether Redis Cluster would hash only a part of `key` (a non-empty `{...}`)."""
+    start = key.find("{")
+    if start < 0:
+        return False
+    end = key.find("}", start + 1)
+    return end > start + 1
+
+
+def redis_key(namespace: str, kind: Kind, key: str) -> str:
+    """The Redis key holding `kind` of the user's `key` in `namespace`."""
+    if has_hash_tag(key):
+        return f"{PREFIX}:{namespace}:{kind}:{key}"
+    return f"{PREFIX}:{namespace}:{kind}{_WRAPPED}:{{{key}}}"
+
+
+def user_key(namespace: str, kind: Kind, redis_key_: str) -> str | None:
+    """The user key a Redis key of this namespace and kind stands for, else None."""
+    tagged = f"{PREFIX}:{namespace}:{kind}:"
+    wrapped = f"{PREFIX}:{namespace}:{kind}{_WRAPPED}:{{"
+    if redis_key_.startswith(tagged):
+        return redis_key_[len(tagged) :]
+    if redis_key_.startswith(wrapped) and redis_key_.endswith("}"):
+        return redis_key_[len(wrapped) : -1]
+    return None
+
+
+def scan_patterns(namespace: str, kind: Kind, user_glob: str) -> list[str]:
+    """SCAN MATCH patterns that together find exactly the keys whose user key matches."""
+    return [
+        f"{PREFIX}:{namespace}:{kind}:{user_glob}",
+        f"{PREFIX}:{namespace}:{kind}{_WRAPPED}:{{{user_glob}}}",
+    ]
+
+
+def namespace_pattern(namespace: str) -> str:
+    """A SCAN MATCH pattern for every key of a namespace, of every kind."""
+    return f"{PREFIX}:{namespace}:*"
+
+
+@dataclass(frozen=True)
+class CacheKeys:
+    """The Redis keys that together make up one cache entry."""
+
+    data: str
+    meta: str
+    lease: str
+    stale: str
+
+    @classmethod
+    def of(cls, namespace: str, key: str) -> CacheKeys:
+        return cls(
+            data=redis_key(namespace, Kind.DATA, key),
+            meta=redis_key(namespace, Kind.META, key),
+            lease=redis_key(namespace, Kind.LEASE, key),
+            stale=redis_key(namespace, Kind.STALE, key),
+        )

@@ -1,0 +1,34 @@
+-- Shared helpers, prepended to every cachet script (Redis scripts cannot `require`).
+
+-- A cache value's next version: above the last one, and at least Redis's clock
+-- in microseconds, so a deleted and re-created key never repeats a version.
+local function cachet_next_version(meta_key)
+  local last = tonumber(redis.call('HGET', meta_key, 'v') or '0')
+  local now = redis.call('TIME')
+  local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  return math.max(last + 1, now_us)
+end
+
+local function cachet_int(n)
+  return string.format('%.0f', n)
+end
+
+-- Give the metadata hash exactly the data key's remaining life.
+local function cachet_sync_ttl(data_key, meta_key)
+  local pttl = redis.call('PTTL', data_key)
+  if pttl > 0 then
+    redis.call('PEXPIRE', meta_key, pttl)
+  elseif pttl == -1 then
+    redis.call('PERSIST', meta_key)
+  else
+    redis.call('DEL', meta_key)
+  end
+end
+
+-- Record a write of data_key: bump the version, keep the TTLs equal.
+local function cachet_touch(data_key, meta_key)
+  local version = cachet_int(cachet_next_version(meta_key))
+  redis.call('HSET', meta_key, 'v', version)
+  cachet_sync_ttl(data_key, meta_key)
+  return version
+end

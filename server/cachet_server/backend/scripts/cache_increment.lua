@@ -1,0 +1,14 @@
+-- Add to a counter, creating it with a TTL when absent.
+-- KEYS: data, meta, lease. ARGV: 'int' or 'float', delta, ttl_ms.
+-- Answers {new value (as a string), created (0/1), version}.
+local data, meta, lease = KEYS[1], KEYS[2], KEYS[3]
+local created = 1 - redis.call('EXISTS', data)
+local value
+if ARGV[1] == 'int' then
+  value = tostring(redis.call('INCRBY', data, ARGV[2]))
+else
+  value = redis.call('INCRBYFLOAT', data, ARGV[2])
+end
+if created == 1 then redis.call('PEXPIRE', data, ARGV[3]) end
+redis.call('DEL', lease)
+return {value, created, cachet_touch(data, meta)}

@@ -1,0 +1,222 @@
+"""Which Redis deployment we talk to, built from one URL; services never see it.
+
+URL forms (user, password and TLS work in each):
+
+    redis://[user:password@]host:port[/db]              standalone
+    rediss://...                                        standalone over TLS
+    redis+sentinel://[user:password@]h1:26379,h2:26379/<master name>[/db]
+    rediss+sentinel://...                               master and replicas over TLS
+    redis+cluster://[user:password@]h1:7000,h2:7001     cluster seed nodes
+    rediss+cluster://...                                cluster over TLS
+
+Query parameters: `sentinel_password` and `sentinel_username` (Sentinel's own
+auth), `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`, `ssl_cert_reqs`
+(`required` | `optional` | `none`).
+
+Retries use redis-py's own Retry with exponential backoff and jitter, on
+connection errors and timeouts only: a reply that did arrive, an error reply
+included, is never retried. Every call is still bounded by its gRPC deadline.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+class TopologyKind(enum.StrEnum):
+    STANDALONE = "standalone"
+    SENTINEL = "sentinel"
+    CLUSTER = "cluster"
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """A parsed CACHET_REDIS_URL."""
+
+    kind: TopologyKind
+    hosts: list[tuple[str, int]]
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    tls: bool = False
+    master_name: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+
+_SCHEMES = {
+    "redis": (TopologyKind.STANDALONE, False),
+    "rediss": (TopologyKind.STANDALONE, True),
+    "redis+sentinel": (TopologyKind.SENTINEL, False),
+    "rediss+sentinel": (TopologyKind.SENTINEL, True),
+    "redis+cluster": (TopologyKind.CLUSTER, False),
+    "rediss+cluster": (TopologyKind.CLUSTER, True),
+}
+_DEFAULT_PORTS = {
+    TopologyKind.STANDALONE: 6379,
+    TopologyKind.SENTINEL: 26379,
+    TopologyKind.CLUSTER: 6379,
+}
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """Parse a CACHET_REDIS_URL; raises ValueError naming what is wrong."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in _SCHEMES:
+        raise ValueError(f"CACHET_REDIS_URL scheme must be one of {', '.join(_SCHEMES)}")
+    kind, tls = _SCHEMES[scheme]
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    if not at:
+        hostlist, userinfo = netloc, ""
+    username = password = None
+    if userinfo:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    hosts = [_parse_host(h, _DEFAULT_PORTS[kind]) for h in hostlist.split(",") if h]
+    if not hosts:
+        raise ValueError("CACHET_REDIS_URL names no host")
+    if kind is TopologyKind.STANDALONE and len(hosts) > 1:
+        raise ValueError("a redis:// URL names one host; use redis+cluster:// or +sentinel://")
+    segments = [s for s in path.split("/") if s]
+    master_name = None
+    if kind is TopologyKind.SENTINEL:
+        if not segments:
+            raise ValueError("a redis+sentinel:// URL needs the master name as its path")
+        master_name = unquote(segments.pop(0))
+    db = 0
+    if segments:
+        if kind is TopologyKind.CLUSTER or not segments[0].isdigit() or len(segments) > 1:
+            raise ValueError(f"unexpected path in CACHET_REDIS_URL: /{'/'.join(segments)}")
+        db = int(segments[0])
+    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    return RedisTarget(kind, hosts, username, password, db, tls, master_name, options)
+
+
+def _parse_host(text: str, default_port: int) -> tuple[str, int]:
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    if not host:
+        raise ValueError(f"bad host in CACHET_REDIS_URL: {text!r}")
+    if port and not port.isdigit():
+        raise ValueError(f"bad port in CACHET_REDIS_URL: {text!r}")
+    return host, int(port) if port else default_port
+
+
+@dataclass(frozen=True)
+class ConnectionTuning:
+    """Timeouts and pool sizes shared by every topology."""
+
+    socket_timeout: float = 2.0
+    connect_timeout: float = 1.0
+    max_connections: int = 256
+    retries: int = 2
+
+
+def _retry(tuning: ConnectionTuning) -> Retry:
+    return Retry(
+        ExponentialWithJitterBackoff(base=0.02, cap=0.25),
+        tuning.retries,
+        supported_errors=(RedisConnectionError, RedisTimeoutError, ConnectionResetError),
+    )
+
+
+def _tls_options(target: RedisTarget) -> dict[str, Any]:
+    if not target.tls:
+        return {}
+    options: dict[str, Any] = {"ssl": True}
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
+        if name in target.options:
+            options[name] = target.options[name]
+    return options
+
+
+class Topology:
+    """One Redis deployment: its command client, its slots and its primaries."""
+
+    def __init__(self, kind: TopologyKind, client: Any) -> None:
+        self.kind = kind
+        # redis.asyncio.Redis or RedisCluster; both speak the same command API.
+        self.client: Any = client
+
+    def slot_of(self, redis_key: str) -> int:
+        """The hash slot of a key; 0 for every key outside Cluster."""
+        return key_slot(redis_key.encode()) if self.kind is TopologyKind.CLUSTER else 0
+
+    def group_by_slot(self, redis_keys: Sequence[str]) -> dict[int, list[int]]:
+        """Indexes into `redis_keys`, grouped so each group can run in one script."""
+        if self.kind is not TopologyKind.CLUSTER:
+            return {0: list(range(len(redis_keys)))}
+        groups: dict[int, list[int]] = {}
+        for index, name in enumerate(redis_keys):
+            groups.setdefault(self.slot_of(name), []).append(index)
+        return groups
+
+    def primaries(self) -> list[Any]:
+        """A command client per primary node (one outside Cluster), for SCAN and admin."""
+        if self.kind is TopologyKind.CLUSTER:
+            return [
+                self.client.get_redis_connection(node) for node in self.client.get_primaries()
+            ]
+        return [self.client]
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def connect(url: str, tuning: ConnectionTuning) -> Topology:
+    """Build the client for a CACHET_REDIS_URL (connections open lazily)."""
+    target = parse_redis_url(url)
+    common: dict[str, Any] = {
+        "username": target.username,
+        "password": target.password,
+        "socket_timeout": tuning.socket_timeout,
+        "socket_connect_timeout": tuning.connect_timeout,
+        "retry": _retry(tuning),
+        "health_check_interval": 0,
+        **_tls_options(target),
+    }
+    if target.kind is TopologyKind.CLUSTER:
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+            max_connections=tuning.max_connections,
+            require_full_coverage=False,
+            **common,
+        )
+        return Topology(target.kind, client)
+    if target.kind is TopologyKind.SENTINEL:
+        assert target.master_name is not None
+        sentinel_auth = {
+            "username": target.options.get("sentinel_username"),
+            "password": target.options.get("sentinel_password"),
+            "socket_timeout": tuning.socket_timeout,
+            "socket_connect_timeout": tuning.connect_timeout,
+            **_tls_options(target),
+        }
+        sentinel = Sentinel(target.hosts, sentinel_kwargs=sentinel_auth, **common)
+        client = sentinel.master_for(
+            target.master_name, db=target.db, max_connections=tuning.max_connections
+        )
+        return Topology(target.kind, client)
+    host, port = target.hosts[0]
+    client = Redis(
+        host=host, port=port, db=target.db, max_connections=tuning.max_connections, **common
+    )
+    return Topology(target.kind, client)

@@ -1,0 +1,88 @@
+"""The one Settings object: environment variables `CACHET_*` plus an optional YAML file.
+
+Scalars come from the environment (`CACHET_REDIS_URL`, `CACHET_LISTEN`, ...);
+structured parts (rate-limit policies, API keys) come from the YAML file named by
+`CACHET_CONFIG_FILE`. An environment variable wins over the same key in the file.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Limits(BaseModel):
+    """Bounds enforced on every request; each answers INVALID_ARGUMENT when exceeded."""
+
+    max_key_bytes: int = Field(1024, ge=1, le=65536, description="Longest key, in UTF-8 bytes.")
+    max_value_bytes: int = Field(
+        1024 * 1024, ge=1, le=512 * 1024 * 1024, description="Largest value or payload."
+    )
+    max_batch: int = Field(1000, ge=1, le=100_000, description="Most items in one request.")
+    max_message_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest gRPC message received or sent."
+    )
+    max_ttl: timedelta = Field(timedelta(days=30), description="Longest TTL a write may ask for.")
+    default_ttl: timedelta = Field(timedelta(hours=1), description="TTL of a write that names none.")
+    max_namespace_bytes: int = Field(64, ge=1, le=200, description="Longest namespace name.")
+
+
+class Settings(BaseSettings):
+    """Everything the server reads at start-up; see README.md for each variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CACHET_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    redis_url: str | None = Field(
+        None,
+        description="redis://, rediss://, redis+sentinel:// or redis+cluster:// URL. "
+        "Unset: an embedded redis-server is started for local use only.",
+    )
+    listen: str = Field("[::]:50051", description="gRPC listen address, host:port.")
+    config_file: Path | None = Field(None, description="Optional YAML file with structured parts.")
+    limits: Limits = Field(default_factory=Limits)
+    allow_persist: bool = Field(
+        False, description="Allow CacheService/Persist to make a key live forever."
+    )
+    shutdown_grace: timedelta = Field(
+        timedelta(seconds=10), description="How long SIGTERM waits for in-flight calls."
+    )
+    health_interval: timedelta = Field(
+        timedelta(milliseconds=500), description="How often Redis is probed for health."
+    )
+    redis_timeout: timedelta = Field(
+        timedelta(seconds=2), description="Socket timeout for one Redis command."
+    )
+    redis_max_connections: int = Field(
+        256, ge=1, description="Connection pool size per Redis node."
+    )
+    max_concurrent_rpcs: int | None = Field(
+        None, ge=1, description="Most RPCs served at once; the rest get RESOURCE_EXHAUSTED."
+    )
+    reflection: bool = Field(True, description="Serve gRPC server reflection.")
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    @field_validator("limits")
+    @classmethod
+    def _default_ttl_within_max(cls, limits: Limits) -> Limits:
+        if not timedelta(0) < limits.default_ttl <= limits.max_ttl:
+            raise ValueError("limits.default_ttl must be positive and at most limits.max_ttl")
+        return limits
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Read the environment, then fill what it leaves unset from the YAML file."""
+        from_env = cls(**overrides)
+        if from_env.config_file is None:
+            return from_env
+        file_values = yaml.safe_load(from_env.config_file.read_text()) or {}
+        if not isinstance(file_values, dict):
+            raise ValueError(f"{from_env.config_file}: top level must be a mapping")
+        explicitly_set = from_env.model_dump(exclude_unset=True)
+        return cls(**{**file_values, **explicitly_set})

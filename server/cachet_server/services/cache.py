@@ -1,0 +1,217 @@
+"""CacheService: strings and counters."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2
+from grpc import aio
+
+from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
+from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
+
+from ..backend.cache import CacheStore, SetOptions
+from ..errors import FailedPrecondition, InvalidArgument
+from ..validation import Validator, optional
+
+Context = aio.ServicerContext[object, object]
+
+_CONDITIONS = {
+    pb.SET_CONDITION_UNSPECIFIED: "",
+    pb.SET_CONDITION_IF_ABSENT: "NX",
+    pb.SET_CONDITION_IF_PRESENT: "XX",
+}
+_BIT_UNITS = {pb.BIT_UNIT_UNSPECIFIED: "BYTE", pb.BIT_UNIT_BYTE: "BYTE", pb.BIT_UNIT_BIT: "BIT"}
+_MAX_TAGS = 32
+_MAX_TAG_BYTES = 256
+_MAX_BETA = 100.0
+
+
+def _duration(ms: int) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+class CacheService(cache_pb2_grpc.CacheServiceServicer):
+    def __init__(self, store: CacheStore, validator: Validator, allow_persist: bool) -> None:
+        self.store = store
+        self.check = validator
+        self.allow_persist = allow_persist
+
+    def _enum(self, value: int, allowed: dict[int, str], field: str) -> str:
+        if value not in allowed:
+            raise InvalidArgument.field(field, f"unknown enum value {value}")
+        return allowed[value]
+
+    def _bit_offset(self, offset: int) -> int:
+        limit = self.check.limits.max_value_bytes * 8
+        if offset >= limit:
+            raise InvalidArgument.field("offset", f"must be below {limit} (8 * max value size)")
+        return offset
+
+    async def Get(self, request: pb.GetRequest, context: Context) -> pb.GetResponse:
+        namespace = self.check.namespace(context)
+        key = self.check.key(request.key)
+        beta = self.check.finite(request.early_refresh_beta, "early_refresh_beta")
+        if not 0 <= beta <= _MAX_BETA:
+            raise InvalidArgument.field("early_refresh_beta", f"must be in [0, {_MAX_BETA}]")
+        found = await self.store.get(namespace, key, with_ttl=request.include_ttl, beta=beta)
+        if not found.found:
+            return pb.GetResponse(found=False)
+        response = pb.GetResponse(
+            found=True,
+            value=found.value,
+            version=found.version,
+            should_refresh=found.should_refresh,
+        )
+        if request.include_ttl and found.ttl_ms >= 0:
+            response.ttl.CopyFrom(_duration(found.ttl_ms))
+        return response
+
+    async def GetMany(self, request: pb.GetManyRequest, context: Context) -> pb.GetManyResponse:
+        namespace = self.check.namespace(context)
+        keys = self.check.keys(request.keys)
+        values = await self.store.get_many(namespace, keys)
+        return pb.GetManyResponse(
+            entries=[
+                pb.Entry(key=key, found=v.found, value=v.value, version=v.version)
+                for key, v in zip(keys, values, strict=True)
+            ]
+        )
+
+    async def Set(self, request: pb.SetRequest, context: Context) -> pb.SetResponse:
+        namespace = self.check.namespace(context)
+        key = self.check.key(request.key)
+        value = self.check.value(request.value)
+        ttl = optional(request, "ttl")
+        if request.keep_ttl and ttl is not None:
+            raise InvalidArgument.field("keep_ttl", "cannot be combined with ttl")
+        ttl_ms = 0 if request.keep_ttl else self.check.ttl_ms(ttl)
+        condition = self._enum(request.condition, _CONDITIONS, "condition")
+        self.check.batch(len(request.tags), "tags", allow_empty=True)
+        if len(request.tags) > _MAX_TAGS:
+            raise InvalidArgument.field("tags", f"at most {_MAX_TAGS} tags per key")
+        for i, tag in enumerate(request.tags):
+            if not tag or len(tag.encode()) > _MAX_TAG_BYTES or "\n" in tag:
+                raise InvalidArgument.field(
+                    f"tags[{i}]", f"must be 1 to {_MAX_TAG_BYTES} bytes without newlines"
+                )
+        recompute = optional(request, "recompute_time")
+        outcome = await self.store.set(
+            namespace,
+            key,
+            value,
+            SetOptions(
+                ttl_ms=ttl_ms,
+                default_ttl_ms=self.check.default_ttl_ms,
+                condition=condition,
+                if_version=request.if_version if request.HasField("if_version") else None,
+                return_previous=request.return_previous,
+                fencing_token=request.fencing_token or None,
+                recompute_ms=(
+                    self.check.duration_ms(recompute, "recompute_time") if recompute else None
+                ),
+                tags=list(request.tags),
+            ),
+        )
+        return pb.SetResponse(
+            version=outcome.version,
+            previous_found=outcome.previous_found,
+            previous_value=outcome.previous,
+        )
+
+    async def SetMany(self, request: pb.SetManyRequest, context: Context) -> pb.SetManyResponse:
+        namespace = self.check.namespace(context)
+        self.check.batch(len(request.entries), "entries")
+        shared_ttl = self.check.ttl_ms(optional(request, "ttl"))
+        items: list[tuple[str, bytes, int]] = []
+        seen: set[str] = set()
+        for i, entry in enumerate(request.entries):
+            key = self.check.key(entry.key, f"entries[{i}].key")
+            if key in seen:
+                raise InvalidArgument.field(f"entries[{i}].key", f"duplicate key {key!r}")
+            seen.add(key)
+            value = self.check.value(entry.value, f"entries[{i}].value")
+            ttl = optional(entry, "ttl")
+            ttl_ms = self.check.ttl_ms(ttl, f"entries[{i}].ttl") if ttl else shared_ttl
+            items.append((key, value, ttl_ms))
+        versions = await self.store.set_many(namespace, items)
+        return pb.SetManyResponse(stored=len(items), versions=versions)
+
+    async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteResponse:
+        namespace = self.check.namespace(context)
+        keys = self.check.keys(request.keys)
+        return pb.DeleteResponse(deleted=await self.store.delete(namespace, keys))
+
+    async def Exists(self, request: pb.ExistsRequest, context: Context) -> pb.ExistsResponse:
+        namespace = self.check.namespace(context)
+        keys = self.check.keys(request.keys)
+        flags = await self.store.exists(namespace, keys)
+        return pb.ExistsResponse(count=sum(flags), exists=flags)
+
+    async def Expire(self, request: pb.ExpireRequest, context: Context) -> pb.ExpireResponse:
+        namespace = self.check.namespace(context)
+        key = self.check.key(request.key)
+        ttl = optional(request, "ttl")
+        if ttl is None:
+            raise InvalidArgument.field("ttl", "is required")
+        found = await self.store.expire(namespace, key, self.check.ttl_ms(ttl))
+        return pb.ExpireResponse(found=found)
+
+    async def Persist(self, request: pb.PersistRequest, context: Context) -> pb.PersistResponse:
+        namespace = self.check.namespace(context)
+        key = self.check.key(request.key)
+        if not self.allow_persist:
+            raise FailedPrecondition(
+                "persistent keys are disabled: every cache key expires "
+                "(set CACHET_ALLOW_PERSIST=true to allow Persist)",
+                reason="PERSIST_DISABLED",
+            )
+        return pb.PersistResponse(found=await self.store.persist(namespace, key))
+
+    async def GetTtl(self, request: pb.GetTtlRequest, context: Context) -> pb.GetTtlResponse:
+        namespace = self.check.namespace(context)
+        key = self.check.key(request.key)
+        ttl_ms = await self.store.ttl_ms(namespace, key)
+        if ttl_ms == -2:
+            return pb.GetTtlResponse(found=False)
+        if ttl_ms == -1:
+            return pb.GetTtlResponse(found=True, has_ttl=False)
+        return pb.GetTtlResponse(found=True, has_ttl=True, ttl=_duration(ttl_ms))
+
+    async def Increment(
+        self, request: pb.IncrementRequest, context: Context
+    ) -> pb.IncrementResponse:
+        namespace = self.check.namespace(context)
+        key = self.check.key(request.key)
+        ttl_ms = self.check.ttl_ms(optional(request, "ttl"))
+        delta: int | float
+        if request.WhichOneof("delta") == "by_float":
+            delta = self.check.finite(request.by_float, "by_float")
+        else:
+            delta = request.by_int if request.HasField("by_int") else 1
+        result = await self.store.increment(namespace, key, delta, ttl_ms)
+        return pb.IncrementResponse(
+            int_value=result.int_value,
+            float_value=result.float_value,
+            created=result.created,
+            version=result.version,
+        )
+
+    async def SetBit(self, request: pb.SetBitRequest, context: Context) -> pb.SetBitResponse:
+        namespace = self.check.namespace(context)
+        key = self.check.key(request.key)
+        offset = self._bit_offset(request.offset)
+        ttl_ms = self.check.ttl_ms(optional(request, "ttl"))
+        previous = await self.store.set_bit(namespace, key, offset, request.value, ttl_ms)
+        return pb.SetBitResponse(previous=previous)
+
+    async def GetBit(self, request: pb.GetBitRequest, context: Context) -> pb.GetBitResponse:
+        namespace = self.check.namespace(context)
+        key = self.check.key(request.key)
+        offset = self._bit_offset(request.offset)
+        return pb.GetBitResponse(value=await self.store.get_bit(namespace, key, offset))
+
+    async def BitCount(self, request: pb.BitCountRequest, context: Context) -> pb.BitCountResponse:
+        namespace = self.check.namespace(context)
+        key = self.check.key(request.key)
+        unit = self._enum(request.unit, _BIT_UNITS, "unit")
+        span = (request.range.start, request.range.end) if request.HasField("range") else None
+        return pb.BitCountResponse(count=await self.store.bit_count(namespace, key, span, unit))

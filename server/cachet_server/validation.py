@@ -1,0 +1,121 @@
+"""Request checks shared by every service: namespaces, keys, values, TTLs, batch sizes.
+
+Each check raises InvalidArgument naming the offending field, so the caller gets
+a google.rpc.BadRequest pointing at exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Protocol
+
+from google.protobuf import duration_pb2
+
+from .backend.keys import NAMESPACE_PATTERN
+from .config import Limits
+from .errors import InvalidArgument
+
+NAMESPACE_METADATA = "cachet-namespace"
+DEFAULT_NAMESPACE = "default"
+_MAX_NANOS = 999_999_999
+
+
+class HasMetadata(Protocol):
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
+
+
+def _ms(delta: timedelta) -> int:
+    return int(delta / timedelta(milliseconds=1))
+
+
+class Validator:
+    """Checks requests against the configured Limits."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.max_ttl_ms = _ms(limits.max_ttl)
+        self.default_ttl_ms = _ms(limits.default_ttl)
+
+    def namespace(self, context: HasMetadata) -> str:
+        """The caller's namespace, from metadata `cachet-namespace` (default `default`)."""
+        for name, value in context.invocation_metadata() or ():
+            if name == NAMESPACE_METADATA:
+                text = value.decode(errors="replace") if isinstance(value, bytes) else value
+                if not NAMESPACE_PATTERN.match(text):
+                    raise InvalidArgument.field(
+                        f"metadata:{NAMESPACE_METADATA}",
+                        "namespace must be letters, digits, '_', '.' or '-'",
+                    )
+                if len(text) > self.limits.max_namespace_bytes:
+                    raise InvalidArgument.field(
+                        f"metadata:{NAMESPACE_METADATA}",
+                        f"namespace is longer than {self.limits.max_namespace_bytes} bytes",
+                    )
+                return text
+        return DEFAULT_NAMESPACE
+
+    def key(self, key: str, field: str = "key") -> str:
+        if not key:
+            raise InvalidArgument.field(field, "must not be empty")
+        size = len(key.encode())
+        if size > self.limits.max_key_bytes:
+            raise InvalidArgument.field(
+                field, f"is {size} bytes; the limit is {self.limits.max_key_bytes}"
+            )
+        return key
+
+    def batch(self, count: int, field: str, *, allow_empty: bool = False) -> None:
+        if count == 0 and not allow_empty:
+            raise InvalidArgument.field(field, "must not be empty")
+        if count > self.limits.max_batch:
+            raise InvalidArgument.field(
+                field, f"has {count} items; the limit is {self.limits.max_batch}"
+            )
+
+    def keys(self, keys: Sequence[str], field: str = "keys") -> list[str]:
+        self.batch(len(keys), field)
+        return [self.key(key, f"{field}[{i}]") for i, key in enumerate(keys)]
+
+    def value(self, value: bytes, field: str = "value") -> bytes:
+        if len(value) > self.limits.max_value_bytes:
+            raise InvalidArgument.field(
+                field, f"is {len(value)} bytes; the limit is {self.limits.max_value_bytes}"
+            )
+        return value
+
+    def duration_ms(self, duration: duration_pb2.Duration, field: str) -> int:
+        """A well-formed, non-negative Duration in whole milliseconds (rounded up)."""
+        if duration.seconds < 0 or duration.nanos < 0:
+            raise InvalidArgument.field(field, "must not be negative")
+        if duration.nanos > _MAX_NANOS or duration.seconds > 315_576_000_000:
+            raise InvalidArgument.field(field, "is not a valid google.protobuf.Duration")
+        return duration.seconds * 1000 + math.ceil(duration.nanos / 1_000_000)
+
+    def ttl_ms(self, duration: duration_pb2.Duration | None, field: str = "ttl") -> int:
+        """A TTL in ms: the default when absent, else in (0, max_ttl]."""
+        if duration is None:
+            return self.default_ttl_ms
+        ms = self.duration_ms(duration, field)
+        if ms <= 0:
+            raise InvalidArgument.field(field, "must be positive (omit it for the default TTL)")
+        if ms > self.max_ttl_ms:
+            raise InvalidArgument.field(
+                field, f"is longer than the maximum TTL of {self.limits.max_ttl}"
+            )
+        return ms
+
+    def finite(self, number: float, field: str) -> float:
+        if not math.isfinite(number):
+            raise InvalidArgument.field(field, "must be a finite number")
+        return number
+
+
+def optional(message: object, field: str) -> duration_pb2.Duration | None:
+    """The Duration in `field` when the request set it, else None."""
+    if message.HasField(field):  # type: ignore[attr-defined]
+        value: duration_pb2.Duration = getattr(message, field)
+        return value
+    return None
+
