@@ -21,7 +21,7 @@ PROTO_ROOT = ROOT / "protos"
 TARGET = ROOT / "clients" / "python" / "cachet_client" / "proto"
 BIN = Path(sys.executable).parent
 TOP_LEVEL_PACKAGES = ("cachet", "envoy")
-_IMPORT_RE = re.compile(r"^(from|import) (%s)\." % "|".join(TOP_LEVEL_PACKAGES), re.M)
+_IMPORT_RE = re.compile(rf"^(from|import) ({'|'.join(TOP_LEVEL_PACKAGES)})\.", re.M)
 
 
 def generate(target: Path) -> None:

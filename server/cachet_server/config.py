@@ -28,7 +28,9 @@ class Limits(BaseModel):
         8 * 1024 * 1024, ge=1024, description="Largest gRPC message received or sent."
     )
     max_ttl: timedelta = Field(timedelta(days=30), description="Longest TTL a write may ask for.")
-    default_ttl: timedelta = Field(timedelta(hours=1), description="TTL of a write that names none.")
+    default_ttl: timedelta = Field(
+        timedelta(hours=1), description="TTL of a write that names none."
+    )
     max_namespace_bytes: int = Field(64, ge=1, le=200, description="Longest namespace name.")
 
 

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
 from redis import exceptions as redis_errors
 
@@ -193,10 +193,7 @@ def domain_error(exc: BaseException) -> CachetError:
         return Unavailable(f"Redis Cluster unavailable: {_first_line(exc)}")
     if isinstance(
         exc,
-        redis_errors.ConnectionError
-        | redis_errors.TimeoutError
-        | ConnectionError
-        | OSError,
+        redis_errors.ConnectionError | redis_errors.TimeoutError | ConnectionError | OSError,
     ):
         return Unavailable(f"Redis is unreachable: {_first_line(exc)}")
     ref = uuid.uuid4().hex[:12]

@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Protocol
+from typing import Any
 
 from google.protobuf import duration_pb2
+from grpc import aio
 
 from .backend.keys import NAMESPACE_PATTERN
 from .config import Limits
@@ -20,10 +21,6 @@ from .errors import InvalidArgument
 NAMESPACE_METADATA = "cachet-namespace"
 DEFAULT_NAMESPACE = "default"
 _MAX_NANOS = 999_999_999
-
-
-class HasMetadata(Protocol):
-    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
 
 
 def _ms(delta: timedelta) -> int:
@@ -38,7 +35,7 @@ class Validator:
         self.max_ttl_ms = _ms(limits.max_ttl)
         self.default_ttl_ms = _ms(limits.default_ttl)
 
-    def namespace(self, context: HasMetadata) -> str:
+    def namespace(self, context: aio.ServicerContext[Any, Any]) -> str:
         """The caller's namespace, from metadata `cachet-namespace` (default `default`)."""
         for name, value in context.invocation_metadata() or ():
             if name == NAMESPACE_METADATA:
@@ -118,4 +115,3 @@ def optional(message: object, field: str) -> duration_pb2.Duration | None:
         value: duration_pb2.Duration = getattr(message, field)
         return value
     return None
-

@@ -209,9 +209,7 @@ class CacheStore:
             version=int(version),
         )
 
-    async def set_bit(
-        self, namespace: str, key: str, offset: int, bit: bool, ttl_ms: int
-    ) -> bool:
+    async def set_bit(self, namespace: str, key: str, offset: int, bit: bool, ttl_ms: int) -> bool:
         k = CacheKeys.of(namespace, key)
         previous = await self.backend.run(
             _SET_BIT, [k.data, k.meta, k.lease], [offset, int(bit), ttl_ms]

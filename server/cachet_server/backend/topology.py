@@ -31,7 +31,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.cluster import key_slot
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -134,7 +134,7 @@ def _retry(tuning: ConnectionTuning) -> Retry:
     return Retry(
         ExponentialWithJitterBackoff(base=0.02, cap=0.25),
         tuning.retries,
-        supported_errors=(RedisConnectionError, RedisTimeoutError, ConnectionResetError),
+        supported_errors=(RedisConnectionError, RedisTimeoutError),
     )
 
 
@@ -172,9 +172,7 @@ class Topology:
     def primaries(self) -> list[Any]:
         """A command client per primary node (one outside Cluster), for SCAN and admin."""
         if self.kind is TopologyKind.CLUSTER:
-            return [
-                self.client.get_redis_connection(node) for node in self.client.get_primaries()
-            ]
+            return [self.client.get_redis_connection(node) for node in self.client.get_primaries()]
         return [self.client]
 
     async def close(self) -> None:
@@ -210,13 +208,15 @@ def connect(url: str, tuning: ConnectionTuning) -> Topology:
             "socket_connect_timeout": tuning.connect_timeout,
             **_tls_options(target),
         }
-        sentinel = Sentinel(target.hosts, sentinel_kwargs=sentinel_auth, **common)
-        client = sentinel.master_for(
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            target.hosts, sentinel_kwargs=sentinel_auth, **common
+        )
+        master = sentinel.master_for(
             target.master_name, db=target.db, max_connections=tuning.max_connections
         )
-        return Topology(target.kind, client)
+        return Topology(target.kind, master)
     host, port = target.hosts[0]
-    client = Redis(
+    standalone = Redis(
         host=host, port=port, db=target.db, max_connections=tuning.max_connections, **common
     )
-    return Topology(target.kind, client)
+    return Topology(target.kind, standalone)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from google.protobuf import duration_pb2
-from grpc import aio
+from collections.abc import Mapping
+from typing import Any
 
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
+from google.protobuf import duration_pb2
+from grpc import aio
 
 from ..backend.cache import CacheStore, SetOptions
 from ..errors import FailedPrecondition, InvalidArgument
 from ..validation import Validator, optional
 
-Context = aio.ServicerContext[object, object]
+Context = aio.ServicerContext[Any, Any]
 
 _CONDITIONS = {
     pb.SET_CONDITION_UNSPECIFIED: "",
@@ -35,7 +37,7 @@ class CacheService(cache_pb2_grpc.CacheServiceServicer):
         self.check = validator
         self.allow_persist = allow_persist
 
-    def _enum(self, value: int, allowed: dict[int, str], field: str) -> str:
+    def _enum(self, value: int, allowed: Mapping[Any, str], field: str) -> str:
         if value not in allowed:
             raise InvalidArgument.field(field, f"unknown enum value {value}")
         return allowed[value]

@@ -1,0 +1,86 @@
+"""A real `cachet-server` process, for tests of the process itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .redis_procs import free_port, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+GRPCURL = ROOT / ".tools" / "bin" / "grpcurl"
+
+
+class CachetProcess:
+    def __init__(self, redis_url: str | None, **env: str) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "CACHET_LISTEN": f"127.0.0.1:{self.port}",
+            "CACHET_HEALTH_INTERVAL": "PT0.1S",
+            **env,
+        }
+        if redis_url:
+            self.env["CACHET_REDIS_URL"] = redis_url
+        else:
+            self.env.pop("CACHET_REDIS_URL", None)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> CachetProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cachet_server"],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self.serving, timeout=20, what="cachet-server to serve")
+        return self
+
+    def serving(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            output = self.process.stdout.read().decode() if self.process.stdout else ""
+            raise RuntimeError(f"cachet-server exited {self.process.returncode}:\n{output}")
+        with grpc.insecure_channel(self.address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def grpcurl(
+        self, *positional: str, data: object = None, namespace: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `grpcurl -plaintext [-H ns] [-d json] <address> <positional...>`."""
+        flags = ["-plaintext"]
+        if namespace:
+            flags += ["-H", f"cachet-namespace: {namespace}"]
+        if data is not None:
+            flags += ["-d", json.dumps(data)]
+        return subprocess.run(
+            [str(GRPCURL), *flags, self.address, *positional],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
