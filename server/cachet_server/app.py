@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from cachet_client.proto.cachet.admin.v1 import admin_pb2, admin_pb2_grpc
 from cachet_client.proto.cachet.cache.v1 import cache_pb2, cache_pb2_grpc
@@ -20,13 +21,19 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .backend.cache import CacheStore
 from .backend.core import Backend
 from .backend.embedded import EmbeddedRedis
 from .backend.topology import ConnectionTuning
 from .config import Settings
 from .interceptors import ErrorMappingInterceptor
+from .services.admin import AdminService
+from .services.base import Dependencies, Servicer
 from .services.cache import CacheService
+from .services.envoy_rls import EnvoyRateLimitService
+from .services.eventbus import EventBusService
+from .services.lock import LockService
+from .services.ratelimit import RateLimitService
+from .stats import ServiceStats
 from .validation import Validator
 
 log = logging.getLogger(__name__)
@@ -105,9 +112,10 @@ class Application:
     settings: Settings
     server: aio.Server
     backend: Backend
-    health: health_aio.HealthServicer
+    health: Any  # grpc_health's aio HealthServicer
     monitor: HealthMonitor
     port: int
+    servicers: list[Servicer]
 
     async def stop(self) -> None:
         """Health NOT_SERVING, refuse new calls, let in-flight calls finish within the
@@ -115,15 +123,29 @@ class Application:
         await self.monitor.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(_seconds(self.settings.shutdown_grace))
+        for servicer in self.servicers:
+            await servicer.aclose()
         await self.backend.close()
 
 
+# Each service: its servicer class and the generated function that registers it.
+_SERVICES: list[tuple[type[Servicer], Callable[[Any, aio.Server], None]]] = [
+    (CacheService, cache_pb2_grpc.add_CacheServiceServicer_to_server),
+    (LockService, lock_pb2_grpc.add_LockServiceServicer_to_server),
+    (RateLimitService, ratelimit_pb2_grpc.add_RateLimitServiceServicer_to_server),
+    (EnvoyRateLimitService, rls_pb2_grpc.add_RateLimitServiceServicer_to_server),
+    (EventBusService, eventbus_pb2_grpc.add_EventBusServiceServicer_to_server),
+    (AdminService, admin_pb2_grpc.add_AdminServiceServicer_to_server),
+]
+
+
 def build_server(
-    settings: Settings, backend: Backend
-) -> tuple[aio.Server, health_aio.HealthServicer]:
+    settings: Settings, backend: Backend, stats: ServiceStats
+) -> tuple[aio.Server, Any, list[Servicer]]:
+    """The server with every service, health and reflection; not yet bound or started."""
     limits = settings.limits
     server = aio.server(
-        interceptors=[ErrorMappingInterceptor()],
+        interceptors=[ErrorMappingInterceptor(stats)],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", limits.max_message_bytes),
@@ -131,32 +153,20 @@ def build_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    validator = Validator(limits)
-    cache_pb2_grpc.add_CacheServiceServicer_to_server(
+    deps = Dependencies(settings, backend, Validator(limits), stats)
+    servicers: list[Servicer] = []
+    for servicer_class, register in _SERVICES:
         # Methods whose issue has not landed are inherited and answer UNIMPLEMENTED.
-        CacheService(  # type: ignore[abstract]
-            CacheStore(backend), validator, settings.allow_persist
-        ),
-        server,
-    )
-    # Contract complete, behaviour landing service by service: these answer UNIMPLEMENTED.
-    unimplemented_lock = lock_pb2_grpc.LockServiceServicer()  # type: ignore[abstract]
-    lock_pb2_grpc.add_LockServiceServicer_to_server(unimplemented_lock, server)
-    unimplemented_ratelimit = ratelimit_pb2_grpc.RateLimitServiceServicer()  # type: ignore[abstract]
-    ratelimit_pb2_grpc.add_RateLimitServiceServicer_to_server(unimplemented_ratelimit, server)
-    unimplemented_eventbus = eventbus_pb2_grpc.EventBusServiceServicer()  # type: ignore[abstract]
-    eventbus_pb2_grpc.add_EventBusServiceServicer_to_server(unimplemented_eventbus, server)
-    unimplemented_admin = admin_pb2_grpc.AdminServiceServicer()  # type: ignore[abstract]
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(unimplemented_admin, server)
-    unimplemented_envoy = rls_pb2_grpc.RateLimitServiceServicer()  # type: ignore[abstract]
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(unimplemented_envoy, server)
+        servicer = servicer_class(deps)
+        register(servicer, server)
+        servicers.append(servicer)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-    return server, health_servicer
+    return server, health_servicer, servicers
 
 
 async def start(settings: Settings, redis_url: str) -> Application:
@@ -169,7 +179,8 @@ async def start(settings: Settings, redis_url: str) -> Application:
             max_connections=settings.redis_max_connections,
         ),
     )
-    server, health_servicer = build_server(settings, backend)
+    stats = ServiceStats()
+    server, health_servicer, servicers = build_server(settings, backend, stats)
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         await backend.close()
@@ -181,7 +192,7 @@ async def start(settings: Settings, redis_url: str) -> Application:
     await server.start()
     monitor.start()
     log.info("cachet serving on %s (redis: %s)", settings.listen, backend.kind)
-    return Application(settings, server, backend, health_servicer, monitor, port)
+    return Application(settings, server, backend, health_servicer, monitor, port, servicers)
 
 
 @contextlib.asynccontextmanager

@@ -34,6 +34,32 @@ class Limits(BaseModel):
     max_namespace_bytes: int = Field(64, ge=1, le=200, description="Longest namespace name.")
 
 
+class LockSettings(BaseModel):
+    """LockService settings (env `CACHET_LOCK__<FIELD>`, YAML `lock:`)."""
+
+
+class RateLimitSettings(BaseModel):
+    """RateLimitService settings (env `CACHET_RATELIMIT__<FIELD>`, YAML `ratelimit:`)."""
+
+
+class EventBusSettings(BaseModel):
+    """EventBusService settings (env `CACHET_EVENTBUS__<FIELD>`, YAML `eventbus:`)."""
+
+
+class AdminSettings(BaseModel):
+    """AdminService settings (env `CACHET_ADMIN__<FIELD>`, YAML `admin:`)."""
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 class Settings(BaseSettings):
     """Everything the server reads at start-up; see README.md for each variable."""
 
@@ -49,6 +75,10 @@ class Settings(BaseSettings):
     listen: str = Field("[::]:50051", description="gRPC listen address, host:port.")
     config_file: Path | None = Field(None, description="Optional YAML file with structured parts.")
     limits: Limits = Field(default_factory=Limits)
+    lock: LockSettings = Field(default_factory=LockSettings)
+    ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    eventbus: EventBusSettings = Field(default_factory=EventBusSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
     allow_persist: bool = Field(
         False, description="Allow CacheService/Persist to make a key live forever."
     )
@@ -87,4 +117,4 @@ class Settings(BaseSettings):
         if not isinstance(file_values, dict):
             raise ValueError(f"{from_env.config_file}: top level must be a mapping")
         explicitly_set = from_env.model_dump(exclude_unset=True)
-        return cls(**{**file_values, **explicitly_set})
+        return cls(**_deep_merge(file_values, explicitly_set))

@@ -1,84 +1,129 @@
 """The boundary where every call's failure becomes a gRPC status (see errors.py),
-and where a unary call's work is bounded by the call's deadline."""
+where a unary call's work is bounded by the call's deadline, and where every call
+is counted."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc import aio
 
+from .backend.keys import NAMESPACE_PATTERN
 from .errors import CachetError, Unimplemented, domain_error, rpc_status_for
+from .stats import ServiceStats
+from .validation import DEFAULT_NAMESPACE, NAMESPACE_METADATA
 
 log = logging.getLogger(__name__)
 
 Context = aio.ServicerContext[Any, Any]
 
 
-async def abort_with(context: Context, method: str, exc: BaseException) -> None:
-    """Abort the call with the status that `exc` maps to (never a traceback)."""
-    error: CachetError = domain_error(exc)
-    if isinstance(error, Unimplemented):
-        error = Unimplemented(f"{method} is not implemented by this cachet server yet")
-    status = rpc_status_for(error)
-    if error.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-        log.warning("%s failed: %s", method, error.message)
-    await context.abort(status.code, status.details, status.trailing_metadata)
+class _CallRecord:
+    """Times one call and counts it, with its outcome, when it ends."""
+
+    def __init__(self, stats: ServiceStats, method: str, context: Context) -> None:
+        self.stats = stats
+        self.method = method
+        self.started = time.monotonic()
+        namespace = DEFAULT_NAMESPACE
+        for name, value in context.invocation_metadata() or ():
+            if name == NAMESPACE_METADATA and isinstance(value, str):
+                namespace = value
+        if NAMESPACE_PATTERN.match(namespace):
+            stats.record_namespace_call(namespace)
+
+    def finish(self, code: grpc.StatusCode | None) -> None:
+        self.stats.record_call(
+            self.method, code.name if code else None, time.monotonic() - self.started
+        )
+
+    async def fail(self, context: Context, exc: BaseException) -> None:
+        """Abort the call with the status that `exc` maps to (never a traceback)."""
+        error: CachetError = domain_error(exc)
+        if isinstance(error, Unimplemented):
+            error = Unimplemented(f"{self.method} is not implemented by this cachet server yet")
+        status = rpc_status_for(error)
+        if error.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            log.warning("%s failed: %s", self.method, error.message)
+        self.finish(error.code)
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 def _bounded_unary(
-    method: str, behavior: Callable[[Any, Context], Awaitable[Any]]
+    stats: ServiceStats, method: str, behavior: Callable[[Any, Context], Awaitable[Any]]
 ) -> Callable[[Any, Context], Awaitable[Any]]:
     async def handle(request: Any, context: Context) -> Any:
+        record = _CallRecord(stats, method, context)
         try:
-            remaining = context.time_remaining()
-            async with asyncio.timeout(remaining):
-                return await behavior(request, context)
+            async with asyncio.timeout(context.time_remaining()):
+                response = await behavior(request, context)
         except aio.AbortError:
             raise
+        except asyncio.CancelledError:
+            record.finish(grpc.StatusCode.CANCELLED)
+            raise
         except Exception as exc:
-            await abort_with(context, method, exc)
+            await record.fail(context, exc)
+        record.finish(None)
+        return response
 
     return handle
 
 
 def _bounded_stream(
-    method: str, behavior: Callable[[Any, Context], AsyncIterator[Any]]
+    stats: ServiceStats, method: str, behavior: Callable[[Any, Context], AsyncIterator[Any]]
 ) -> Callable[[Any, Context], AsyncIterator[Any]]:
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
+        record = _CallRecord(stats, method, context)
         try:
             async for response in behavior(request, context):
                 yield response
         except aio.AbortError:
             raise
+        except asyncio.CancelledError:
+            record.finish(grpc.StatusCode.CANCELLED)
+            raise
         except Exception as exc:
-            await abort_with(context, method, exc)
+            await record.fail(context, exc)
+        record.finish(None)
 
     return handle
 
 
 def _bounded_coroutine_stream(
-    method: str, behavior: Callable[[Any, Context], Awaitable[Any]]
+    stats: ServiceStats, method: str, behavior: Callable[[Any, Context], Awaitable[Any]]
 ) -> Callable[[Any, Context], Awaitable[Any]]:
     """Streaming handlers written with context.write() instead of yield."""
 
     async def handle(request: Any, context: Context) -> Any:
+        record = _CallRecord(stats, method, context)
         try:
-            return await behavior(request, context)
+            result = await behavior(request, context)
         except aio.AbortError:
             raise
+        except asyncio.CancelledError:
+            record.finish(grpc.StatusCode.CANCELLED)
+            raise
         except Exception as exc:
-            await abort_with(context, method, exc)
+            await record.fail(context, exc)
+        record.finish(None)
+        return result
 
     return handle
 
 
 class ErrorMappingInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps every handler: exceptions -> one status mapping; unary calls -> deadline."""
+    """Wraps every handler: exceptions -> one status mapping; unary calls -> deadline;
+    every call counted in the ServiceStats."""
+
+    def __init__(self, stats: ServiceStats) -> None:
+        self.stats = stats
 
     async def intercept_service(
         self,
@@ -96,17 +141,17 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _bounded_unary(method, handler.unary_unary), **codec
+                _bounded_unary(self.stats, method, handler.unary_unary), **codec
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _bounded_unary(method, handler.stream_unary), **codec
+                _bounded_unary(self.stats, method, handler.stream_unary), **codec
             )
         streaming = handler.unary_stream or handler.stream_stream
         wrapped = (
-            _bounded_stream(method, streaming)
+            _bounded_stream(self.stats, method, streaming)
             if inspect.isasyncgenfunction(streaming)
-            else _bounded_coroutine_stream(method, streaming)
+            else _bounded_coroutine_stream(self.stats, method, streaming)
         )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(wrapped, **codec)

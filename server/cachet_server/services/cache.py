@@ -8,13 +8,11 @@ from typing import Any
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
 from google.protobuf import duration_pb2
-from grpc import aio
 
 from ..backend.cache import CacheStore, SetOptions
 from ..errors import FailedPrecondition, InvalidArgument
-from ..validation import Validator, optional
-
-Context = aio.ServicerContext[Any, Any]
+from ..validation import optional
+from .base import Context, Dependencies, Servicer
 
 _CONDITIONS = {
     pb.SET_CONDITION_UNSPECIFIED: "",
@@ -31,11 +29,11 @@ def _duration(ms: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
 
 
-class CacheService(cache_pb2_grpc.CacheServiceServicer):
-    def __init__(self, store: CacheStore, validator: Validator, allow_persist: bool) -> None:
-        self.store = store
-        self.check = validator
-        self.allow_persist = allow_persist
+class CacheService(Servicer, cache_pb2_grpc.CacheServiceServicer):
+    def __init__(self, deps: Dependencies) -> None:
+        super().__init__(deps)
+        self.store = CacheStore(deps.backend)
+        self.stats = deps.stats
 
     def _enum(self, value: int, allowed: Mapping[Any, str], field: str) -> str:
         if value not in allowed:
@@ -55,6 +53,7 @@ class CacheService(cache_pb2_grpc.CacheServiceServicer):
         if not 0 <= beta <= _MAX_BETA:
             raise InvalidArgument.field("early_refresh_beta", f"must be in [0, {_MAX_BETA}]")
         found = await self.store.get(namespace, key, with_ttl=request.include_ttl, beta=beta)
+        self.stats.record_lookups(namespace, hits=int(found.found), misses=int(not found.found))
         if not found.found:
             return pb.GetResponse(found=False)
         response = pb.GetResponse(
@@ -71,6 +70,8 @@ class CacheService(cache_pb2_grpc.CacheServiceServicer):
         namespace = self.check.namespace(context)
         keys = self.check.keys(request.keys)
         values = await self.store.get_many(namespace, keys)
+        hits = sum(v.found for v in values)
+        self.stats.record_lookups(namespace, hits=hits, misses=len(values) - hits)
         return pb.GetManyResponse(
             entries=[
                 pb.Entry(key=key, found=v.found, value=v.value, version=v.version)
@@ -160,7 +161,7 @@ class CacheService(cache_pb2_grpc.CacheServiceServicer):
     async def Persist(self, request: pb.PersistRequest, context: Context) -> pb.PersistResponse:
         namespace = self.check.namespace(context)
         key = self.check.key(request.key)
-        if not self.allow_persist:
+        if not self.deps.settings.allow_persist:
             raise FailedPrecondition(
                 "persistent keys are disabled: every cache key expires "
                 "(set CACHET_ALLOW_PERSIST=true to allow Persist)",

@@ -1,0 +1,55 @@
+"""Counters this process keeps about its own traffic, for AdminService/GetServiceStats.
+
+Per process, in memory: each cachet replica reports its own traffic. Updated on
+the event loop only, so plain integers suffice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class NamespaceStats:
+    hits: int = 0
+    misses: int = 0
+    calls: int = 0
+
+    @property
+    def hit_ratio(self) -> float:
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else 0.0
+
+
+@dataclass
+class MethodStats:
+    calls: int = 0
+    errors: int = 0
+    errors_by_code: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    total_seconds: float = 0.0
+
+
+class ServiceStats:
+    """Hits and misses per namespace; calls, errors and time per RPC method."""
+
+    def __init__(self) -> None:
+        self.namespaces: dict[str, NamespaceStats] = defaultdict(NamespaceStats)
+        self.methods: dict[str, MethodStats] = defaultdict(MethodStats)
+
+    def record_lookups(self, namespace: str, hits: int, misses: int) -> None:
+        entry = self.namespaces[namespace]
+        entry.hits += hits
+        entry.misses += misses
+
+    def record_namespace_call(self, namespace: str) -> None:
+        self.namespaces[namespace].calls += 1
+
+    def record_call(self, method: str, code: str | None, seconds: float) -> None:
+        """`code` is the gRPC status name of a failed call, None for success."""
+        entry = self.methods[method]
+        entry.calls += 1
+        entry.total_seconds += seconds
+        if code is not None:
+            entry.errors += 1
+            entry.errors_by_code[code] += 1
