@@ -12,7 +12,8 @@ from google.protobuf import duration_pb2
 from ..backend.cache import CacheStore, SetOptions
 from ..errors import FailedPrecondition, InvalidArgument
 from ..validation import optional
-from .base import Context, Dependencies, Servicer
+from .base import Context, Dependencies
+from .cache_collections import CollectionsMixin
 
 _CONDITIONS = {
     pb.SET_CONDITION_UNSPECIFIED: "",
@@ -29,7 +30,7 @@ def _duration(ms: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
 
 
-class CacheService(Servicer, cache_pb2_grpc.CacheServiceServicer):
+class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     def __init__(self, deps: Dependencies) -> None:
         super().__init__(deps)
         self.store = CacheStore(deps.backend)
