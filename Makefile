@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 TOOLS := $(CURDIR)/.tools/bin
 GRPCURL_VERSION := v1.9.3
 BUF_VERSION := v1.75.0
+GHZ_VERSION := v0.120.0
 export PATH := $(CURDIR)/$(VENV)/bin:$(TOOLS):$(PATH)
 
 .PHONY: help setup redis tools run test test-fuzz-long lint proto check-generated bench reliability clean
@@ -57,8 +58,11 @@ check-generated: $(VENV)/.installed ## Fail when the generated code is stale
 	  diff -r -x __pycache__ $$tmp/proto clients/python/cachet_client/proto && rm -rf $$tmp && echo "generated code is up to date" || \
 	  { echo "generated code is stale: run 'make proto' and commit"; exit 1; }
 
-bench: setup ## Run the load harness and write bench/report.md
-	$(PY) bench/run.py
+bench: setup $(TOOLS)/ghz ## Run the load harness (ghz vs redis-benchmark) and write bench/report.md
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+$(TOOLS)/ghz:
+	GOBIN=$(TOOLS) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
 clean: ## Remove the venv, tools and caches
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

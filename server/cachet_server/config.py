@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     reflection: bool = Field(True, description="Serve gRPC server reflection.")
     log_level: str = Field("INFO", description="Python logging level.")
 
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, url: object) -> object:
+        return None if url == "" else url
+
     @field_validator("limits")
     @classmethod
     def _default_ttl_within_max(cls, limits: Limits) -> Limits:
