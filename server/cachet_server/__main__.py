@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from .app import running
 from .config import Settings
+from .telemetry import setup_tracing
 
 
 async def serve(settings: Settings) -> None:
@@ -33,10 +34,14 @@ def main() -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    provider = setup_tracing(settings.otel_service_name, settings.otel_endpoint)
     try:
         uvloop.run(serve(settings))
     except (RuntimeError, ValueError) as exc:
         sys.exit(f"cachet-server: {exc}")
+    finally:
+        if provider is not None:
+            provider.shutdown()
 
 
 if __name__ == "__main__":

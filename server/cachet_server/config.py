@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     )
     reflection: bool = Field(True, description="Serve gRPC server reflection.")
     log_level: str = Field("INFO", description="Python logging level.")
+    otel_endpoint: str | None = Field(
+        None,
+        description="OTLP/gRPC collector address (e.g. http://otel-collector:4317) for traces; "
+        "unset: tracing off. OTEL_* variables of the OpenTelemetry SDK apply too.",
+    )
+    otel_service_name: str = Field("cachet", description="service.name of exported traces.")
 
     @field_validator("redis_url", mode="before")
     @classmethod

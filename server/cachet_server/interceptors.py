@@ -13,15 +13,32 @@ from typing import Any
 
 import grpc
 from grpc import aio
+from opentelemetry import trace
 
 from .backend.keys import NAMESPACE_PATTERN
 from .errors import CachetError, Unimplemented, domain_error, rpc_status_for
 from .stats import ServiceStats
+from .telemetry import start_rpc_span
 from .validation import DEFAULT_NAMESPACE, NAMESPACE_METADATA
 
 log = logging.getLogger(__name__)
 
 Context = aio.ServicerContext[Any, Any]
+
+
+# Statuses that describe the caller's request, not a server fault: spans stay unset.
+_CALLER_FAULTS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
+}
 
 
 class _CallRecord:
@@ -31,17 +48,25 @@ class _CallRecord:
         self.stats = stats
         self.method = method
         self.started = time.monotonic()
-        namespace = DEFAULT_NAMESPACE
-        for name, value in context.invocation_metadata() or ():
-            if name == NAMESPACE_METADATA and isinstance(value, str):
-                namespace = value
+        metadata = {
+            name: value
+            for name, value in context.invocation_metadata() or ()
+            if isinstance(value, str)
+        }
+        namespace = metadata.get(NAMESPACE_METADATA, DEFAULT_NAMESPACE)
         if NAMESPACE_PATTERN.match(namespace):
             stats.record_namespace_call(namespace)
+        self.span = start_rpc_span(method, namespace, metadata)
 
     def finish(self, code: grpc.StatusCode | None) -> None:
         self.stats.record_call(
             self.method, code.name if code else None, time.monotonic() - self.started
         )
+        final = code or grpc.StatusCode.OK
+        self.span.set_attribute("rpc.grpc.status_code", final.value[0])
+        if final not in _CALLER_FAULTS and final is not grpc.StatusCode.OK:
+            self.span.set_status(trace.Status(trace.StatusCode.ERROR, final.name))
+        self.span.end()
 
     async def fail(self, context: Context, exc: BaseException) -> None:
         """Abort the call with the status that `exc` maps to (never a traceback)."""
@@ -51,6 +76,7 @@ class _CallRecord:
         status = rpc_status_for(error)
         if error.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
             log.warning("%s failed: %s", self.method, error.message)
+        self.span.set_attribute("cachet.error.reason", error.reason)
         self.finish(error.code)
         await context.abort(status.code, status.details, status.trailing_metadata)
 
@@ -86,7 +112,7 @@ def _bounded_stream(
                 yield response
         except aio.AbortError:
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             record.finish(grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:
