@@ -9,6 +9,7 @@ TOOLS := $(CURDIR)/.tools/bin
 GRPCURL_VERSION := v1.9.3
 BUF_VERSION := v1.75.0
 GHZ_VERSION := v0.120.0
+HELM_VERSION := v3.22.0
 export PATH := $(CURDIR)/$(VENV)/bin:$(TOOLS):$(PATH)
 
 .PHONY: help setup redis tools run test test-fuzz-long lint proto check-generated bench reliability clean
@@ -30,13 +31,16 @@ redis: ## Install redis-server and redis-sentinel (apt-get) when missing
 	  systemctl stop redis-server redis-sentinel >/dev/null 2>&1 || true; \
 	fi
 
-tools: $(TOOLS)/grpcurl $(TOOLS)/buf ## Install pinned grpcurl and buf with `go install`
+tools: $(TOOLS)/grpcurl $(TOOLS)/buf $(TOOLS)/helm ## Install pinned grpcurl, buf and helm with `go install`
 
 $(TOOLS)/grpcurl:
 	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
 $(TOOLS)/buf:
 	GOBIN=$(TOOLS) go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+
+$(TOOLS)/helm:
+	GOBIN=$(TOOLS) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 run: setup ## Serve on localhost:50051 (embedded redis-server unless CACHET_REDIS_URL is set)
 	$(VENV)/bin/cachet-server
@@ -49,6 +53,7 @@ lint: setup ## ruff, mypy (strict on server/ and clients/python/), buf lint
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(TOOLS)/buf lint
+	$(TOOLS)/helm lint --strict helm/cachet
 
 proto: $(VENV)/.installed ## Regenerate the Python stubs from protos/
 	$(PY) scripts/gen_protos.py
