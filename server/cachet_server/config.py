@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +36,37 @@ class Limits(BaseModel):
 
 class LockSettings(BaseModel):
     """LockService settings (env `CACHET_LOCK__<FIELD>`, YAML `lock:`)."""
+
+    max_ttl: timedelta = Field(
+        timedelta(hours=1), description="Longest TTL of a lock grant, renewal or semaphore permit."
+    )
+    max_wait: timedelta = Field(
+        timedelta(minutes=5),
+        description="Longest time Acquire, Hold and AcquireSemaphore may ask to wait.",
+    )
+    max_semaphore_limit: int = Field(
+        10_000, ge=1, le=1_000_000, description="Largest number of permits of one semaphore."
+    )
+    recheck_interval: timedelta = Field(
+        timedelta(seconds=1),
+        description="Longest a waiter sleeps without a release notification before it looks "
+        "again (a safety net for a lost notification); also how often it refreshes its "
+        "queue entry.",
+    )
+    waiter_lease: timedelta = Field(
+        timedelta(seconds=3),
+        description="How long a waiter's queue entry outlives its last refresh: the longest a "
+        "waiter of a crashed server can hold up the queue. Must exceed recheck_interval.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LockSettings:
+        for name in ("max_ttl", "max_wait", "recheck_interval", "waiter_lease"):
+            if getattr(self, name) <= timedelta(0):
+                raise ValueError(f"lock.{name} must be positive")
+        if self.waiter_lease <= self.recheck_interval:
+            raise ValueError("lock.waiter_lease must be longer than lock.recheck_interval")
+        return self
 
 
 class RateLimitSettings(BaseModel):

@@ -6,8 +6,11 @@
 `kind` says what the key holds: `k` the user's data (any Redis type), `m` the
 metadata hash of a cache value (version, fencing token, recompute time, tags),
 `l` a fill lease, `o` a stale copy, `t` a tag index, and the other services'
-kinds below. The namespace is validated to `[A-Za-z0-9_.-]`, so the prefix never
-holds `{`, `}`, `:` or a glob character.
+kinds below. A lock (`lock`) or semaphore (`sem`) is five keys of one name:
+holders, owners (`-o`), fencing counter (`-f`, never expires), waiter queue
+(`-q`) and waiter leases (`-w`); see backend/locks.py. The namespace is
+validated to `[A-Za-z0-9_.-]`, so the prefix never holds `{`, `}`, `:` or a
+glob character.
 
 Redis Cluster hashes only the part between the first `{` and the next `}`. A
 user key with a hash tag (`{user:1}:profile`) keeps it, so the user's own
@@ -38,7 +41,15 @@ class Kind(StrEnum):
     STALE = "o"
     TAG = "t"
     LOCK = "lock"
+    LOCK_OWNERS = "lock-o"
+    LOCK_FENCE = "lock-f"
+    LOCK_QUEUE = "lock-q"
+    LOCK_WAITERS = "lock-w"
     SEMAPHORE = "sem"
+    SEMAPHORE_OWNERS = "sem-o"
+    SEMAPHORE_FENCE = "sem-f"
+    SEMAPHORE_QUEUE = "sem-q"
+    SEMAPHORE_WAITERS = "sem-w"
     RATE = "rl"
     STREAM = "es"
     TOPIC = "ps"

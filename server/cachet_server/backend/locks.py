@@ -1,0 +1,550 @@
+"""Locks and counted semaphores: grants, owner checks, fencing and a fair wait queue.
+
+A lock is a semaphore of one permit; both run the one script `lock_permits.lua`
+over the five keys of a name (see `PermitKeys`), which share one Cluster slot.
+
+Waiting. A caller that wants to wait gets a ticket in the name's queue (arrival
+order) and a lease on that ticket that it refreshes each time it looks. A permit
+that becomes free is offered to the queue's head first: the script that frees it
+PUBLISHes the head tickets on the name's wake channel. One pattern subscription
+per server process (`WakeDispatcher`) receives every wake and sets the event of
+the local waiter with that ticket, so waiting costs no Redis connection per
+waiter. A waiter also looks again on its own when the holder's TTL runs out (no
+one publishes an expiry) and at least every `recheck_interval`, which covers a
+notification lost while the subscription was reconnecting. A ticket whose lease
+lapses (its server died) is purged, so it never blocks the queue for longer than
+`waiter_lease`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError, TryAgainError
+
+from ..config import LockSettings
+from ..errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from .core import Arg, Backend
+from .keys import Kind, redis_key
+from .scripts import Script, script
+from .topology import TopologyKind
+
+log = logging.getLogger(__name__)
+
+_PERMITS = script("lock_permits")
+WAKE_CHANNEL_PREFIX = "cachet-lock-wake:"
+# The own wait ends this long before the call deadline, so that the caller gets
+# our answer (and our queue entry is gone) before its deadline passes.
+DEADLINE_MARGIN = 0.05
+# A waiter never looks again sooner than this, whatever the script suggests.
+_MIN_RECHECK = 0.005
+_RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def new_secret() -> str:
+    """192 bits of cryptographic randomness as URL-safe text."""
+    return secrets.token_urlsafe(24)
+
+
+def _seconds(delta: timedelta) -> float:
+    return delta.total_seconds()
+
+
+class Family(enum.Enum):
+    """Locks and semaphores: the same mechanism under separate names."""
+
+    LOCK = (
+        "lock",
+        (Kind.LOCK, Kind.LOCK_OWNERS, Kind.LOCK_FENCE, Kind.LOCK_QUEUE, Kind.LOCK_WAITERS),
+        "LOCK_HELD",
+    )
+    SEMAPHORE = (
+        "semaphore",
+        (
+            Kind.SEMAPHORE,
+            Kind.SEMAPHORE_OWNERS,
+            Kind.SEMAPHORE_FENCE,
+            Kind.SEMAPHORE_QUEUE,
+            Kind.SEMAPHORE_WAITERS,
+        ),
+        "SEMAPHORE_FULL",
+    )
+
+    def __init__(self, noun: str, kinds: tuple[Kind, ...], busy_reason: str) -> None:
+        self.noun = noun
+        self.kinds = kinds
+        self.busy_reason = busy_reason
+
+
+@dataclass(frozen=True)
+class PermitKeys:
+    """The Redis keys of one lock or semaphore name (one slot: built from one name)."""
+
+    holders: str
+    owners: str
+    fence: str
+    queue: str
+    waiters: str
+
+    @classmethod
+    def of(cls, namespace: str, family: Family, name: str) -> PermitKeys:
+        return cls(*(redis_key(namespace, kind, name) for kind in family.kinds))
+
+    @property
+    def all(self) -> list[str]:
+        return [self.holders, self.owners, self.fence, self.queue, self.waiters]
+
+    @property
+    def channel(self) -> str:
+        """Pub/sub channel on which waiters of this name are woken."""
+        return WAKE_CHANNEL_PREFIX + self.queue
+
+
+@dataclass(frozen=True)
+class Replication:
+    """Wait for `min_replicas` replicas to acknowledge a write (Redis WAIT)."""
+
+    min_replicas: int
+    timeout_ms: int
+
+
+@dataclass(frozen=True)
+class Grant:
+    owner_token: str
+    fencing_token: int
+    ttl_ms: int
+    expire_ms: int
+    server_us: int
+    holders: int
+    waited: float
+    replicas_acked: int
+
+
+@dataclass(frozen=True)
+class Released:
+    holders: int
+    server_us: int
+    replicas_acked: int
+
+
+@dataclass(frozen=True)
+class Extended:
+    fencing_token: int
+    ttl_ms: int
+    expire_ms: int
+    server_us: int
+    replicas_acked: int
+
+
+@dataclass(frozen=True)
+class Permit:
+    """A live permit as Inspect shows it (never its owner token)."""
+
+    fencing_token: int
+    remaining_ms: int
+    holder: str
+
+
+@dataclass(frozen=True)
+class PermitState:
+    server_us: int
+    fencing_token: int
+    limit: int
+    waiters: int
+    permits: list[Permit]
+
+
+def _server_us(sec: bytes | int, usec: bytes | int) -> int:
+    return int(sec) * 1_000_000 + int(usec)
+
+
+# ErrorInfo metadata that carries the Redis time of a refused decision.
+SERVER_TIME_US = "server_time_us"
+
+
+def not_owned(family: Family, name: str, server_us: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"this owner token does not hold {family.noun} {name!r} "
+        "(wrong token, expired or already released)",
+        reason="LOCK_NOT_OWNED",
+        metadata={SERVER_TIME_US: str(server_us)},
+    )
+
+
+class WakeDispatcher:
+    """One pattern subscription per server process, shared by all waiters: a wake
+    message names tickets, and the local waiter holding one of them is woken.
+
+    It reconnects by itself; after every (re)subscription it wakes every waiter,
+    since notifications sent while it was away are lost."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._events: dict[str, asyncio.Event] = {}
+        self._subscribed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def register(self, ticket: str) -> asyncio.Event:
+        if self._task is None and not self._closing:
+            self._task = asyncio.create_task(self._run(), name="cachet-lock-wakes")
+        event = asyncio.Event()
+        self._events[ticket] = event
+        return event
+
+    def unregister(self, ticket: str) -> None:
+        self._events.pop(ticket, None)
+
+    async def subscribed(self) -> None:
+        """Wait until the subscription is live (bound it with asyncio.timeout)."""
+        await self._subscribed.wait()
+
+    def _wake_all(self) -> None:
+        for event in self._events.values():
+            event.set()
+
+    def _dispatch(self, data: bytes) -> None:
+        for ticket in data.decode(errors="replace").split():
+            event = self._events.get(ticket)
+            if event is not None:
+                event.set()
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._closing:
+            pubsub = self.backend.redis.pubsub()
+            try:
+                await pubsub.psubscribe(WAKE_CHANNEL_PREFIX + "*")
+                while not self._closing:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    if message["type"] == "pmessage":
+                        self._dispatch(message["data"])
+                    elif message["type"] == "psubscribe":
+                        failures = 0
+                        self._subscribed.set()
+                        self._wake_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._subscribed.clear()
+                if failures == 0:
+                    log.warning("lock wake subscription lost, reconnecting: %s", exc)
+                failures += 1
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            if not self._closing:
+                await asyncio.sleep(_RECONNECT_DELAYS[min(failures, len(_RECONNECT_DELAYS) - 1)])
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._wake_all()
+
+
+class _PinnedConnection:
+    """One connection to the primary that owns a key, so that WAIT counts the
+    acknowledgements of exactly the writes made on it."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    async def command(self, *args: Arg, read_timeout: float | None = None) -> Any:
+        await self.connection.send_command(*args)
+        return await self.connection.read_response(timeout=read_timeout)
+
+    async def run(self, item: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        try:
+            return await self.command("EVALSHA", item.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.command("EVAL", item.source, len(keys), *keys, *args)
+
+    async def wait(self, replication: Replication) -> int:
+        acked = await self.command(
+            "WAIT",
+            replication.min_replicas,
+            replication.timeout_ms,
+            read_timeout=replication.timeout_ms / 1000 + 2.0,
+        )
+        return int(acked)
+
+
+class PermitStore:
+    """Locks (limit 1) or semaphores of every namespace."""
+
+    def __init__(
+        self, backend: Backend, settings: LockSettings, wakes: WakeDispatcher, family: Family
+    ) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.wakes = wakes
+        self.family = family
+        self._recheck = _seconds(settings.recheck_interval)
+        self._lease_ms = int(settings.waiter_lease / timedelta(milliseconds=1))
+        self._cleanups: set[asyncio.Task[Any]] = set()
+
+    def keys(self, namespace: str, name: str) -> PermitKeys:
+        return PermitKeys.of(namespace, self.family, name)
+
+    # -- running the script, optionally followed by WAIT on the same connection
+
+    @contextlib.asynccontextmanager
+    async def _pinned(self, key: str) -> AsyncIterator[_PinnedConnection]:
+        redis = self.backend.redis
+        failed = False
+        if self.backend.kind is TopologyKind.CLUSTER:
+            node = redis.get_node_from_key(key)
+            connection = node.acquire_connection()
+            try:
+                yield _PinnedConnection(connection)
+            except (MovedError, AskError, TryAgainError) as exc:
+                failed = True
+                raise Unavailable(f"Redis Cluster is moving this slot; retry ({exc})") from exc
+            except BaseException as exc:
+                failed = not isinstance(exc, ResponseError)
+                raise
+            finally:
+                if failed:
+                    await connection.disconnect()
+                node.release(connection)
+            return
+        pool = redis.connection_pool
+        connection = await pool.get_connection()
+        try:
+            yield _PinnedConnection(connection)
+        except BaseException as exc:
+            failed = not isinstance(exc, ResponseError)
+            raise
+        finally:
+            if failed:
+                await connection.disconnect()
+            await pool.release(connection)
+
+    async def _run(self, keys: PermitKeys, args: Sequence[Arg]) -> Any:
+        return await self.backend.run(_PERMITS, keys.all, [args[0], keys.channel, *args[1:]])
+
+    async def _run_acknowledged(
+        self, keys: PermitKeys, args: Sequence[Arg], replication: Replication | None
+    ) -> tuple[Any, int]:
+        """Run the script; if it wrote what the caller asked to be acknowledged (its
+        first answer is GRANTED or OK), WAIT for replicas on the same connection."""
+        if replication is None or replication.min_replicas == 0:
+            return await self._run(keys, args), 0
+        async with self._pinned(keys.holders) as connection:
+            reply = await connection.run(_PERMITS, keys.all, [args[0], keys.channel, *args[1:]])
+            if reply[0] not in (b"GRANTED", b"OK"):
+                return reply, 0
+            return reply, await connection.wait(replication)
+
+    # -- operations
+
+    async def acquire(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        limit: int,
+        ttl_ms: int,
+        holder: str,
+        wait: float,
+        deadline: float | None,
+        replication: Replication | None = None,
+    ) -> Grant:
+        """Take a permit, waiting up to `wait` seconds and never past `deadline`
+        (seconds from now until the call's deadline; None: no deadline)."""
+        keys = self.keys(namespace, name)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        wait_end = started + wait
+        deadline_end = started + deadline - DEADLINE_MARGIN if deadline is not None else None
+        end = wait_end if deadline_end is None else min(wait_end, deadline_end)
+        token = new_secret()
+        if wait <= 0:
+            outcome = await self._attempt(keys, token, ttl_ms, holder, limit, "", replication)
+            if isinstance(outcome, Grant):
+                return self._granted(outcome, started)
+            raise self._busy(name, outcome)
+
+        ticket = new_secret()
+        woken = self.wakes.register(ticket)
+        granted: Grant | None = None
+        try:
+            # Until the subscription is live a wake could be missed; the timed looks
+            # below still cover that, so do not wait long for it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, min(end - loop.time(), 1.0))):
+                    await self.wakes.subscribed()
+            while True:
+                woken.clear()
+                outcome = await self._attempt(
+                    keys, token, ttl_ms, holder, limit, ticket, replication
+                )
+                if isinstance(outcome, Grant):
+                    granted = self._granted(outcome, started)
+                    return granted
+                retry_ms = outcome
+                left = end - loop.time()
+                if left <= 0:
+                    break
+                nap = min(left, self._recheck, max(retry_ms / 1000, _MIN_RECHECK))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(nap):
+                        await woken.wait()
+            if deadline_end is not None and deadline_end <= wait_end:
+                raise DeadlineExceeded(
+                    f"the call's deadline passed while waiting for {self.family.noun} {name!r}"
+                )
+            raise self._busy(name, retry_ms)
+        finally:
+            self.wakes.unregister(ticket)
+            if granted is None:
+                # Also runs when the call is cancelled: leave the queue, and give back a
+                # grant that a cancelled attempt may have made, so that no grant
+                # outlives the call that did not receive it.
+                await self._shielded(self._run(keys, ["leave", ticket, token]))
+
+    async def _attempt(
+        self,
+        keys: PermitKeys,
+        token: str,
+        ttl_ms: int,
+        holder: str,
+        limit: int,
+        ticket: str,
+        replication: Replication | None,
+    ) -> Grant | int:
+        """A grant, or how many ms until it is worth looking again."""
+        reply, acked = await self._run_acknowledged(
+            keys,
+            ["acquire", token, ttl_ms, holder, limit, ticket, self._lease_ms],
+            replication,
+        )
+        outcome = reply[0]
+        if outcome == b"GRANTED":
+            grant = Grant(
+                owner_token=token,
+                fencing_token=int(reply[1]),
+                ttl_ms=ttl_ms,
+                expire_ms=int(reply[2]),
+                server_us=_server_us(reply[4], reply[5]),
+                holders=int(reply[3]),
+                waited=0.0,
+                replicas_acked=acked,
+            )
+            if replication is not None and acked < replication.min_replicas:
+                await self._run(keys, ["release", token])
+                raise Unavailable(
+                    f"only {acked} of {replication.min_replicas} replicas acknowledged the "
+                    f"grant of {self.family.noun} {keys.holders!r} in time; it was released",
+                    reason="REPLICATION_INCOMPLETE",
+                    metadata={"replicas_acked": str(acked)},
+                )
+            return grant
+        if outcome == b"BUSY":
+            return int(reply[1])
+        if outcome == b"LIMIT_MISMATCH":
+            raise FailedPrecondition(
+                f"semaphore has live holders admitted under limit {int(reply[1])}, not {limit}",
+                reason="SEMAPHORE_LIMIT_MISMATCH",
+                metadata={"limit": str(int(reply[1]))},
+            )
+        raise RuntimeError(f"lock_permits acquire answered {outcome!r}")
+
+    def _granted(self, grant: Grant, started: float) -> Grant:
+        return dataclasses.replace(grant, waited=asyncio.get_running_loop().time() - started)
+
+    def _busy(self, name: str, retry_ms: int) -> FailedPrecondition:
+        what = "held" if self.family is Family.LOCK else "full"
+        return FailedPrecondition(
+            f"{self.family.noun} {name!r} is {what} (or reserved for earlier waiters)",
+            reason=self.family.busy_reason,
+            metadata={"remaining_ttl_ms": str(retry_ms)},
+        )
+
+    async def _shielded(self, work: Awaitable[Any]) -> None:
+        """Finish `work` even if the calling task is cancelled meanwhile; errors are
+        logged (the TTL then cleans up)."""
+        task = asyncio.ensure_future(work)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanup_done)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.shield(task)
+
+    def _cleanup_done(self, task: asyncio.Task[Any]) -> None:
+        self._cleanups.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s clean-up failed: %s", self.family.noun, task.exception())
+
+    async def release(
+        self,
+        namespace: str,
+        name: str,
+        token: str,
+        replication: Replication | None = None,
+    ) -> Released:
+        keys = self.keys(namespace, name)
+        reply, acked = await self._run_acknowledged(keys, ["release", token], replication)
+        if reply[0] == b"NOT_OWNED":
+            raise not_owned(self.family, name, _server_us(reply[1], reply[2]))
+        return Released(int(reply[1]), _server_us(reply[2], reply[3]), acked)
+
+    async def release_quietly(self, namespace: str, name: str, token: str) -> None:
+        """Give a permit back when its holder went away; survives cancellation."""
+        await self._shielded(self._run(self.keys(namespace, name), ["release", token]))
+
+    async def extend(
+        self,
+        namespace: str,
+        name: str,
+        token: str,
+        ttl_ms: int,
+        replication: Replication | None = None,
+    ) -> Extended:
+        keys = self.keys(namespace, name)
+        reply, acked = await self._run_acknowledged(keys, ["extend", token, ttl_ms], replication)
+        if reply[0] == b"NOT_OWNED":
+            raise not_owned(self.family, name, _server_us(reply[1], reply[2]))
+        extended = Extended(
+            fencing_token=int(reply[1]),
+            ttl_ms=ttl_ms,
+            expire_ms=int(reply[2]),
+            server_us=_server_us(reply[3], reply[4]),
+            replicas_acked=acked,
+        )
+        if replication is not None and acked < replication.min_replicas:
+            raise Unavailable(
+                f"the extension of {self.family.noun} {name!r} is in effect, but only "
+                f"{acked} of {replication.min_replicas} replicas acknowledged it in time",
+                reason="REPLICATION_INCOMPLETE",
+                metadata={"replicas_acked": str(acked), SERVER_TIME_US: str(extended.server_us)},
+            )
+        return extended
+
+    async def inspect(self, namespace: str, name: str) -> PermitState:
+        reply = await self._run(self.keys(namespace, name), ["inspect"])
+        sec, usec, fence, limit, waiters, flat = reply
+        permits = [
+            Permit(int(flat[i]), int(flat[i + 1]), flat[i + 2].decode(errors="replace"))
+            for i in range(0, len(flat), 3)
+        ]
+        permits.sort(key=lambda permit: permit.fencing_token)
+        return PermitState(_server_us(sec, usec), int(fence), int(limit), int(waiters), permits)
+
+    async def aclose(self) -> None:
+        """Let pending clean-ups (queue exits, releases) finish."""
+        if self._cleanups:
+            await asyncio.gather(*list(self._cleanups), return_exceptions=True)
