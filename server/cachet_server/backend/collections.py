@@ -1,0 +1,442 @@
+"""Cache collections: hashes, lists, sets and sorted sets.
+
+A collection lives at the same Redis key as a string value of that name (the DATA
+kind), so Delete, Exists, Expire and GetTtl work on every type alike. Every write
+that may create a collection runs in `coll_write.lua`, which gives the collection
+its TTL in the same step; reads and removals are single Redis commands.
+
+Operations on two collections (moves, set algebra) need both keys in one Redis
+Cluster slot. That is checked on every topology, not only on Cluster, so a call
+that works on a laptop's standalone Redis keeps working in production.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.crc import key_slot
+
+from ..errors import FailedPrecondition
+from .core import Backend
+from .keys import CacheKeys
+from .scripts import script
+
+_WRITE = script("coll_write")
+_POP = script("coll_pop")
+_LIST_TRIM = script("coll_list_trim")
+_SORTED_SET_RANK = script("coll_sorted_set_rank")
+
+# Redis scripts cannot pass more arguments than Lua's stack holds to one command.
+MAX_STORE_KEYS = 4000
+
+
+@dataclass(frozen=True)
+class CollectionTtl:
+    """TTL handling of one write: a new collection always gets `ttl_ms`; an existing
+    one gets it only with `refresh`."""
+
+    ttl_ms: int
+    refresh: bool = False
+
+
+@dataclass(frozen=True)
+class ScoreBound:
+    """One end of a score range; `value` may be +/-inf but not NaN."""
+
+    value: float
+    exclusive: bool = False
+
+    def redis_arg(self) -> str:
+        if math.isinf(self.value):
+            text = "+inf" if self.value > 0 else "-inf"
+        else:
+            text = repr(self.value)
+        return f"({text}" if self.exclusive else text
+
+
+UNBOUNDED_BELOW = ScoreBound(-math.inf)
+UNBOUNDED_ABOVE = ScoreBound(math.inf)
+
+
+def _text(raw: bytes) -> str:
+    # Field names are written from protobuf strings, so they are UTF-8.
+    return raw.decode(errors="replace")
+
+
+def _score(raw: bytes | float) -> float:
+    return float(raw)
+
+
+class CollectionStore:
+    """The collections of one namespace at a time."""
+
+    def __init__(self, backend: Backend, *, block_slice_s: float) -> None:
+        self.backend = backend
+        # A blocking command must answer before the connection's socket timeout or
+        # redis-py drops the connection (and a value Redis popped with it); waits
+        # longer than a slice are done as several blocking calls in a row.
+        self.block_slice_s = block_slice_s
+
+    @property
+    def _redis(self) -> Any:
+        return self.backend.redis
+
+    async def _write(
+        self, keys: Sequence[str], ttl: CollectionTtl, op: str, args: Sequence[Any]
+    ) -> Any:
+        return await self.backend.run(
+            _WRITE, keys, [ttl.ttl_ms, "1" if ttl.refresh else "0", op, *args]
+        )
+
+    @staticmethod
+    def _one_slot(namespace: str, keys: Sequence[str], what: str) -> list[str]:
+        """The Redis keys of `keys`, refused unless they share one Cluster slot."""
+        names = [CacheKeys.of(namespace, key).data for key in keys]
+        if len({key_slot(name.encode()) for name in names}) > 1:
+            raise FailedPrecondition(
+                f"{what} must share one Redis Cluster slot (on every topology, so the call "
+                "works the same everywhere): give the keys a common hash tag, e.g. "
+                "{queue:1}:pending and {queue:1}:done; got " + ", ".join(map(repr, keys)),
+                reason="CROSS_SLOT",
+            )
+        return names
+
+    # ---- hashes -----------------------------------------------------------------
+
+    async def hash_set(
+        self,
+        namespace: str,
+        key: str,
+        fields: Sequence[tuple[str, bytes]],
+        *,
+        if_absent: bool,
+        ttl: CollectionTtl,
+    ) -> int:
+        flat: list[str | bytes] = []
+        for name, value in fields:
+            flat += [name, value]
+        op = "hash_set_absent" if if_absent else "hash_set"
+        return int(await self._write([CacheKeys.of(namespace, key).data], ttl, op, flat))
+
+    async def hash_get(self, namespace: str, key: str, fields: Sequence[str]) -> list[bytes | None]:
+        return list(await self._redis.hmget(CacheKeys.of(namespace, key).data, list(fields)))
+
+    async def hash_get_all(self, namespace: str, key: str) -> list[tuple[str, bytes]]:
+        reply = await self._redis.hgetall(CacheKeys.of(namespace, key).data)
+        return [(_text(name), value) for name, value in reply.items()]
+
+    async def hash_delete(self, namespace: str, key: str, fields: Sequence[str]) -> int:
+        return int(await self._redis.hdel(CacheKeys.of(namespace, key).data, *fields))
+
+    async def hash_increment(
+        self, namespace: str, key: str, field: str, delta: int | float, ttl: CollectionTtl
+    ) -> int | float:
+        is_int = isinstance(delta, int)
+        reply = await self._write(
+            [CacheKeys.of(namespace, key).data],
+            ttl,
+            "hash_increment",
+            [field, "int" if is_int else "float", str(delta) if is_int else repr(delta)],
+        )
+        if reply[0] == b"NOT_A_NUMBER":
+            kind = "an integer" if is_int else "a number"
+            raise FailedPrecondition(
+                f"field {field!r} of hash {key!r} is not {kind}", reason="NOT_A_NUMBER"
+            )
+        return int(reply[1]) if is_int else float(reply[1])
+
+    async def hash_keys(self, namespace: str, key: str) -> list[str]:
+        return [_text(n) for n in await self._redis.hkeys(CacheKeys.of(namespace, key).data)]
+
+    async def hash_values(self, namespace: str, key: str) -> list[bytes]:
+        return list(await self._redis.hvals(CacheKeys.of(namespace, key).data))
+
+    async def hash_length(self, namespace: str, key: str) -> int:
+        return int(await self._redis.hlen(CacheKeys.of(namespace, key).data))
+
+    async def hash_scan(
+        self, namespace: str, key: str, cursor: int, match: str | None, count: int
+    ) -> tuple[int, list[tuple[str, bytes]]]:
+        """One HSCAN page: the next cursor (0 when done) and the page's fields."""
+        next_cursor, page = await self._redis.hscan(
+            CacheKeys.of(namespace, key).data, cursor, match=match, count=count
+        )
+        return int(next_cursor), [(_text(name), value) for name, value in page.items()]
+
+    # ---- lists ------------------------------------------------------------------
+
+    async def list_push(
+        self,
+        namespace: str,
+        key: str,
+        values: Sequence[bytes],
+        *,
+        end: str,
+        if_present: bool,
+        keep_newest: int,
+        ttl: CollectionTtl,
+    ) -> int:
+        keep: tuple[int | str, int | str] = ("", "")
+        if keep_newest > 0:
+            keep = (0, keep_newest - 1) if end == "LEFT" else (-keep_newest, -1)
+        return int(
+            await self._write(
+                [CacheKeys.of(namespace, key).data],
+                ttl,
+                "list_push",
+                [end, "1" if if_present else "0", *keep, *values],
+            )
+        )
+
+    async def _pop(self, name: str, where: str, count: int, max_answer_bytes: int) -> list[bytes]:
+        return list(await self.backend.run(_POP, [name], [where, count, max_answer_bytes]))
+
+    async def list_pop(
+        self,
+        namespace: str,
+        key: str,
+        *,
+        end: str,
+        count: int,
+        wait_s: float,
+        max_answer_bytes: int,
+    ) -> list[bytes]:
+        """Pop up to `count` values; when the list is empty, wait up to `wait_s` for one.
+
+        The wait is BLPOP/BRPOP: one waiter is woken per value pushed. After waking
+        with one value, the call takes up to count-1 more that are already there."""
+        name = CacheKeys.of(namespace, key).data
+        values = await self._pop(name, end, count, max_answer_bytes)
+        if values:
+            return values
+        block = self._redis.blpop if end == "LEFT" else self._redis.brpop
+        deadline = time.monotonic() + wait_s
+        while (timeout := self._slice(deadline)) is not None:
+            popped = await block([name], timeout)
+            if popped:
+                first: bytes = popped[1]
+                if count == 1:
+                    return [first]
+                budget = max_answer_bytes - len(first)
+                return [first, *await self._pop(name, end, count - 1, budget)]
+        return []
+
+    def _slice(self, deadline: float) -> float | None:
+        """Seconds to block in the next blocking command (whole ms, never 0: Redis
+        reads 0 as "forever"), or None when the wait is over."""
+        remaining_ms = math.floor(min(self.block_slice_s, deadline - time.monotonic()) * 1000)
+        return remaining_ms / 1000 if remaining_ms >= 1 else None
+
+    async def list_range(self, namespace: str, key: str, start: int, stop: int) -> list[bytes]:
+        return list(await self._redis.lrange(CacheKeys.of(namespace, key).data, start, stop))
+
+    async def list_trim(self, namespace: str, key: str, start: int, stop: int) -> int:
+        return int(
+            await self.backend.run(_LIST_TRIM, [CacheKeys.of(namespace, key).data], [start, stop])
+        )
+
+    async def list_length(self, namespace: str, key: str) -> int:
+        return int(await self._redis.llen(CacheKeys.of(namespace, key).data))
+
+    async def list_remove(self, namespace: str, key: str, value: bytes, count: int) -> int:
+        return int(await self._redis.lrem(CacheKeys.of(namespace, key).data, count, value))
+
+    async def list_move(
+        self,
+        namespace: str,
+        source: str,
+        destination: str,
+        *,
+        from_end: str,
+        to_end: str,
+        ttl: CollectionTtl,
+        wait_s: float,
+    ) -> bytes | None:
+        """Move one value atomically; when the source is empty, wait up to `wait_s`.
+
+        The move itself always runs in coll_write, so a destination it creates gets
+        its TTL in the same step. To wait, a BLMOVE from the source onto the same
+        end of itself returns as soon as the source holds a value and leaves the
+        list exactly as it was; the move is then tried again. (Every such waiter on
+        a source wakes for each value pushed and all but one wait again: a cost
+        only paid while the source is empty.)"""
+        src, dst = self._one_slot(namespace, [source, destination], "source and destination")
+        deadline = time.monotonic() + wait_s
+        while True:
+            moved, value = await self._write([dst, src], ttl, "list_move", [from_end, to_end])
+            if moved:
+                return bytes(value)
+            timeout = self._slice(deadline)
+            if timeout is None:
+                return None
+            await self._redis.blmove(src, src, timeout, from_end, from_end)
+
+    # ---- sets -------------------------------------------------------------------
+
+    async def set_add(
+        self, namespace: str, key: str, members: Sequence[bytes], ttl: CollectionTtl
+    ) -> int:
+        return int(await self._write([CacheKeys.of(namespace, key).data], ttl, "set_add", members))
+
+    async def set_remove(self, namespace: str, key: str, members: Sequence[bytes]) -> int:
+        return int(await self._redis.srem(CacheKeys.of(namespace, key).data, *members))
+
+    async def set_members(self, namespace: str, key: str) -> list[bytes]:
+        return list(await self._redis.smembers(CacheKeys.of(namespace, key).data))
+
+    async def set_is_member(self, namespace: str, key: str, members: Sequence[bytes]) -> list[bool]:
+        reply = await self._redis.smismember(CacheKeys.of(namespace, key).data, list(members))
+        return [bool(flag) for flag in reply]
+
+    async def set_cardinality(self, namespace: str, key: str) -> int:
+        return int(await self._redis.scard(CacheKeys.of(namespace, key).data))
+
+    async def set_random_members(self, namespace: str, key: str, count: int) -> list[bytes]:
+        """`count` > 0: distinct members; < 0: -count members, repeats allowed."""
+        return list(await self._redis.srandmember(CacheKeys.of(namespace, key).data, count))
+
+    async def set_pop(
+        self, namespace: str, key: str, count: int, max_answer_bytes: int
+    ) -> list[bytes]:
+        return await self._pop(CacheKeys.of(namespace, key).data, "SET", count, max_answer_bytes)
+
+    async def set_move(
+        self, namespace: str, source: str, destination: str, member: bytes, ttl: CollectionTtl
+    ) -> bool:
+        src, dst = self._one_slot(namespace, [source, destination], "source and destination")
+        return bool(await self._write([dst, src], ttl, "set_move", [member]))
+
+    async def set_combine(
+        self,
+        namespace: str,
+        operation: str,
+        keys: Sequence[str],
+        *,
+        destination: str | None,
+        destination_ttl_ms: int,
+    ) -> tuple[list[bytes], int]:
+        """`operation` is SINTER, SUNION or SDIFF. Answers the members (none when stored
+        into `destination`) and the result's cardinality."""
+        if destination is None:
+            names = self._one_slot(namespace, keys, "the sets")
+            members = list(await self._redis.execute_command(operation, *names))
+            return members, len(members)
+        dst, *names = self._one_slot(namespace, [destination, *keys], "the sets and destination")
+        # The destination is replaced, so it takes destination_ttl however it existed.
+        cardinality = await self._write(
+            [dst, *names], CollectionTtl(destination_ttl_ms, refresh=True), "set_store",
+            [f"{operation}STORE"],
+        )  # fmt: skip
+        return [], int(cardinality)
+
+    # ---- sorted sets ------------------------------------------------------------
+
+    async def sorted_set_add(
+        self,
+        namespace: str,
+        key: str,
+        members: Sequence[tuple[bytes, float]],
+        *,
+        condition: str,
+        ttl: CollectionTtl,
+    ) -> tuple[int, int]:
+        """Answers (members added, members added or whose score changed)."""
+        flat: list[str | bytes] = []
+        for member, score in members:
+            flat += [repr(score), member]
+        added, changed = await self._write(
+            [CacheKeys.of(namespace, key).data], ttl, "sorted_set_add", [condition, *flat]
+        )
+        return int(added), int(changed)
+
+    async def sorted_set_increment(
+        self, namespace: str, key: str, member: bytes, delta: float, ttl: CollectionTtl
+    ) -> float:
+        reply = await self._write(
+            [CacheKeys.of(namespace, key).data], ttl, "sorted_set_increment", [repr(delta), member]
+        )
+        return _score(reply)
+
+    async def sorted_set_rank(
+        self, namespace: str, key: str, member: bytes, *, descending: bool
+    ) -> tuple[int, float] | None:
+        reply = await self.backend.run(
+            _SORTED_SET_RANK,
+            [CacheKeys.of(namespace, key).data],
+            [member, "ZREVRANK" if descending else "ZRANK"],
+        )
+        return (int(reply[0]), _score(reply[1])) if reply else None
+
+    async def sorted_set_range_by_rank(
+        self, namespace: str, key: str, start: int, stop: int, *, descending: bool
+    ) -> list[tuple[bytes, float]]:
+        reply = await self._redis.zrange(
+            CacheKeys.of(namespace, key).data, start, stop, desc=descending, withscores=True
+        )
+        return [(member, _score(score)) for member, score in reply]
+
+    async def sorted_set_range_by_score(
+        self,
+        namespace: str,
+        key: str,
+        low: ScoreBound,
+        high: ScoreBound,
+        *,
+        descending: bool,
+        offset: int,
+        limit: int,
+    ) -> list[tuple[bytes, float]]:
+        # With REV, ZRANGE ... BYSCORE takes the range from its high end.
+        first, last = (high, low) if descending else (low, high)
+        reply = await self._redis.zrange(
+            CacheKeys.of(namespace, key).data,
+            first.redis_arg(),
+            last.redis_arg(),
+            desc=descending,
+            byscore=True,
+            offset=offset,
+            num=limit,
+            withscores=True,
+        )
+        return [(member, _score(score)) for member, score in reply]
+
+    async def sorted_set_count(
+        self, namespace: str, key: str, low: ScoreBound, high: ScoreBound
+    ) -> int:
+        return int(
+            await self._redis.zcount(
+                CacheKeys.of(namespace, key).data, low.redis_arg(), high.redis_arg()
+            )
+        )
+
+    async def sorted_set_score(
+        self, namespace: str, key: str, members: Sequence[bytes]
+    ) -> list[float | None]:
+        reply = await self._redis.zmscore(CacheKeys.of(namespace, key).data, list(members))
+        return [None if score is None else _score(score) for score in reply]
+
+    async def sorted_set_remove(self, namespace: str, key: str, members: Sequence[bytes]) -> int:
+        return int(await self._redis.zrem(CacheKeys.of(namespace, key).data, *members))
+
+    async def sorted_set_remove_by_rank(
+        self, namespace: str, key: str, start: int, stop: int
+    ) -> int:
+        return int(
+            await self._redis.zremrangebyrank(CacheKeys.of(namespace, key).data, start, stop)
+        )
+
+    async def sorted_set_remove_by_score(
+        self, namespace: str, key: str, low: ScoreBound, high: ScoreBound
+    ) -> int:
+        return int(
+            await self._redis.zremrangebyscore(
+                CacheKeys.of(namespace, key).data, low.redis_arg(), high.redis_arg()
+            )
+        )
+
+    async def sorted_set_cardinality(self, namespace: str, key: str) -> int:
+        return int(await self._redis.zcard(CacheKeys.of(namespace, key).data))
