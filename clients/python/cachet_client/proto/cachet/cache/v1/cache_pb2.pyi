@@ -1158,7 +1158,7 @@ class HashField(_message.Message):
     FIELD_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     field: _builtins.str
-    """The field's name."""
+    """The field's name: 1 to max_key_bytes bytes, like a key."""
     value: _builtins.bytes
     """The field's value."""
     def __init__(
@@ -1770,7 +1770,8 @@ class ListPopRequest(_message.Message):
     @_builtins.property
     def wait(self) -> _duration_pb2.Duration:
         """Block up to this long for a value when the list is empty. Bounded by the
-        call's deadline (the server stops waiting shortly before it).
+        call's deadline (the server stops waiting about 200 ms before it, and
+        answers empty). At most the max TTL. Absent: do not block.
         """
 
     def __init__(
@@ -1825,7 +1826,9 @@ class ListRangeRequest(_message.Message):
     """The list's key."""
     @_builtins.property
     def range(self) -> Global___IndexRange:
-        """Inclusive index range (0-based; -1 is the last value)."""
+        """Inclusive index range (0-based; -1 is the last value). Absent: the whole
+        list.
+        """
 
     def __init__(
         self,
@@ -1877,7 +1880,7 @@ class ListTrimRequest(_message.Message):
     """The list's key."""
     @_builtins.property
     def range(self) -> Global___IndexRange:
-        """Inclusive index range to keep."""
+        """Inclusive index range to keep; required."""
 
     def __init__(
         self,
@@ -2031,7 +2034,9 @@ class ListMoveRequest(_message.Message):
     """Which end of the destination to push at."""
     @_builtins.property
     def wait(self) -> _duration_pb2.Duration:
-        """Block up to this long when the source is empty (bounded by the deadline)."""
+        """Block up to this long when the source is empty (bounded by the deadline
+        as ListPopRequest.wait is). A cancelled wait never loses a value.
+        """
 
     @_builtins.property
     def ttl(self) -> Global___CollectionTtl:
@@ -2502,7 +2507,8 @@ class SetCombineRequest(_message.Message):
     """The operation."""
     destination: _builtins.str
     """When set, store the result in this set (same slot) instead of answering
-    the members; the destination is replaced.
+    the members; the destination is replaced (a destination holding another
+    type answers FAILED_PRECONDITION reason `WRONG_TYPE`).
     """
     @_builtins.property
     def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -2567,7 +2573,7 @@ class ScoredMember(_message.Message):
     member: _builtins.bytes
     """The member."""
     score: _builtins.float
-    """Its score; must be finite (not NaN)."""
+    """Its score; must be finite (neither NaN nor infinite) when written."""
     def __init__(
         self,
         *,
@@ -2837,7 +2843,7 @@ class SortedSetRangeRequest(_message.Message):
     order: Global___Order.ValueType
     """Order of the answer (and meaning of ranks)."""
     offset: _builtins.int
-    """With by_score: skip this many members first."""
+    """With by_score: skip this many members first (not allowed with by_rank)."""
     limit: _builtins.int
     """With by_score: answer at most this many members; 0 is no limit (the
     answer is still capped by max_batch).

@@ -458,7 +458,16 @@ class CacheServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def HashSet(self, request, context):
-        """HashSet sets fields of a hash.
+        """Collections (hashes, lists, sets, sorted sets) share the key space of
+        string values: Delete, Exists, Expire, Persist and GetTtl work on them,
+        and an operation on a key of another type answers FAILED_PRECONDITION
+        reason `WRONG_TYPE`. Every write that can create a collection carries a
+        CollectionTtl and sets it in the same atomic step. Reads whose answer
+        would exceed the gRPC message limit answer RESOURCE_EXHAUSTED reason
+        `RESPONSE_TOO_LARGE` (read in parts instead); pops stop early instead, so
+        a popped value is never lost. See docs/cache.md.
+
+        HashSet sets fields of a hash.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -486,7 +495,9 @@ class CacheServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def HashIncrement(self, request, context):
-        """HashIncrement adds to an integer or float field.
+        """HashIncrement adds to an integer or float field, creating it at 0. A
+        field that is not a number answers FAILED_PRECONDITION reason
+        `NOT_A_NUMBER`; an integer overflow, reason `OUT_OF_RANGE`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -531,7 +542,9 @@ class CacheServiceServicer:
     def ListPop(self, request, context):
         """ListPop pops values from one end of a list. With `wait` it blocks until a
         value arrives, the wait ends, or the call's deadline is near, whichever
-        is first; an empty answer is not an error.
+        is first; an empty answer is not an error. A value is handed to exactly
+        one waiter; one handed over just as its caller cancels can be lost (use
+        ListMove into a processing list for at-least-once delivery).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -624,7 +637,8 @@ class CacheServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetMove(self, request, context):
-        """SetMove moves a member between two sets of one slot.
+        """SetMove moves a member between two sets of one slot (else
+        FAILED_PRECONDITION reason `CROSS_SLOT`, on every topology).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -633,6 +647,8 @@ class CacheServiceServicer:
     def SetCombine(self, request, context):
         """SetCombine computes the intersection, union or difference of sets of one
         slot, optionally storing it into a destination set of the same slot.
+        Keys of several slots answer FAILED_PRECONDITION reason `CROSS_SLOT`, on
+        every topology.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

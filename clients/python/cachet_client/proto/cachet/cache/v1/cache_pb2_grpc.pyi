@@ -102,7 +102,17 @@ class CacheServiceStub:
     BitCount: _grpc.UnaryUnaryMultiCallable[_cache_pb2.BitCountRequest, _cache_pb2.BitCountResponse]
     """BitCount counts the set bits of a value, optionally within a range."""
     HashSet: _grpc.UnaryUnaryMultiCallable[_cache_pb2.HashSetRequest, _cache_pb2.HashSetResponse]
-    """HashSet sets fields of a hash."""
+    """Collections (hashes, lists, sets, sorted sets) share the key space of
+    string values: Delete, Exists, Expire, Persist and GetTtl work on them,
+    and an operation on a key of another type answers FAILED_PRECONDITION
+    reason `WRONG_TYPE`. Every write that can create a collection carries a
+    CollectionTtl and sets it in the same atomic step. Reads whose answer
+    would exceed the gRPC message limit answer RESOURCE_EXHAUSTED reason
+    `RESPONSE_TOO_LARGE` (read in parts instead); pops stop early instead, so
+    a popped value is never lost. See docs/cache.md.
+
+    HashSet sets fields of a hash.
+    """
     HashGet: _grpc.UnaryUnaryMultiCallable[_cache_pb2.HashGetRequest, _cache_pb2.HashGetResponse]
     """HashGet reads some fields of a hash."""
     HashGetAll: _grpc.UnaryUnaryMultiCallable[_cache_pb2.HashGetAllRequest, _cache_pb2.HashGetAllResponse]
@@ -110,7 +120,10 @@ class CacheServiceStub:
     HashDelete: _grpc.UnaryUnaryMultiCallable[_cache_pb2.HashDeleteRequest, _cache_pb2.HashDeleteResponse]
     """HashDelete removes fields of a hash."""
     HashIncrement: _grpc.UnaryUnaryMultiCallable[_cache_pb2.HashIncrementRequest, _cache_pb2.HashIncrementResponse]
-    """HashIncrement adds to an integer or float field."""
+    """HashIncrement adds to an integer or float field, creating it at 0. A
+    field that is not a number answers FAILED_PRECONDITION reason
+    `NOT_A_NUMBER`; an integer overflow, reason `OUT_OF_RANGE`.
+    """
     HashKeys: _grpc.UnaryUnaryMultiCallable[_cache_pb2.HashKeysRequest, _cache_pb2.HashKeysResponse]
     """HashKeys lists the field names of a hash."""
     HashValues: _grpc.UnaryUnaryMultiCallable[_cache_pb2.HashValuesRequest, _cache_pb2.HashValuesResponse]
@@ -126,7 +139,9 @@ class CacheServiceStub:
     ListPop: _grpc.UnaryUnaryMultiCallable[_cache_pb2.ListPopRequest, _cache_pb2.ListPopResponse]
     """ListPop pops values from one end of a list. With `wait` it blocks until a
     value arrives, the wait ends, or the call's deadline is near, whichever
-    is first; an empty answer is not an error.
+    is first; an empty answer is not an error. A value is handed to exactly
+    one waiter; one handed over just as its caller cancels can be lost (use
+    ListMove into a processing list for at-least-once delivery).
     """
     ListRange: _grpc.UnaryUnaryMultiCallable[_cache_pb2.ListRangeRequest, _cache_pb2.ListRangeResponse]
     """ListRange reads a range of a list by index (0-based, negative from end)."""
@@ -156,10 +171,14 @@ class CacheServiceStub:
     SetPop: _grpc.UnaryUnaryMultiCallable[_cache_pb2.SetPopRequest, _cache_pb2.SetPopResponse]
     """SetPop removes and returns random members."""
     SetMove: _grpc.UnaryUnaryMultiCallable[_cache_pb2.SetMoveRequest, _cache_pb2.SetMoveResponse]
-    """SetMove moves a member between two sets of one slot."""
+    """SetMove moves a member between two sets of one slot (else
+    FAILED_PRECONDITION reason `CROSS_SLOT`, on every topology).
+    """
     SetCombine: _grpc.UnaryUnaryMultiCallable[_cache_pb2.SetCombineRequest, _cache_pb2.SetCombineResponse]
     """SetCombine computes the intersection, union or difference of sets of one
     slot, optionally storing it into a destination set of the same slot.
+    Keys of several slots answer FAILED_PRECONDITION reason `CROSS_SLOT`, on
+    every topology.
     """
     SortedSetAdd: _grpc.UnaryUnaryMultiCallable[_cache_pb2.SortedSetAddRequest, _cache_pb2.SortedSetAddResponse]
     """SortedSetAdd adds or updates scored members (NX / XX / GT / LT)."""
@@ -285,7 +304,17 @@ class CacheServiceAsyncStub(CacheServiceStub):
     BitCount: _aio.UnaryUnaryMultiCallable[_cache_pb2.BitCountRequest, _cache_pb2.BitCountResponse]  # type: ignore[assignment]
     """BitCount counts the set bits of a value, optionally within a range."""
     HashSet: _aio.UnaryUnaryMultiCallable[_cache_pb2.HashSetRequest, _cache_pb2.HashSetResponse]  # type: ignore[assignment]
-    """HashSet sets fields of a hash."""
+    """Collections (hashes, lists, sets, sorted sets) share the key space of
+    string values: Delete, Exists, Expire, Persist and GetTtl work on them,
+    and an operation on a key of another type answers FAILED_PRECONDITION
+    reason `WRONG_TYPE`. Every write that can create a collection carries a
+    CollectionTtl and sets it in the same atomic step. Reads whose answer
+    would exceed the gRPC message limit answer RESOURCE_EXHAUSTED reason
+    `RESPONSE_TOO_LARGE` (read in parts instead); pops stop early instead, so
+    a popped value is never lost. See docs/cache.md.
+
+    HashSet sets fields of a hash.
+    """
     HashGet: _aio.UnaryUnaryMultiCallable[_cache_pb2.HashGetRequest, _cache_pb2.HashGetResponse]  # type: ignore[assignment]
     """HashGet reads some fields of a hash."""
     HashGetAll: _aio.UnaryUnaryMultiCallable[_cache_pb2.HashGetAllRequest, _cache_pb2.HashGetAllResponse]  # type: ignore[assignment]
@@ -293,7 +322,10 @@ class CacheServiceAsyncStub(CacheServiceStub):
     HashDelete: _aio.UnaryUnaryMultiCallable[_cache_pb2.HashDeleteRequest, _cache_pb2.HashDeleteResponse]  # type: ignore[assignment]
     """HashDelete removes fields of a hash."""
     HashIncrement: _aio.UnaryUnaryMultiCallable[_cache_pb2.HashIncrementRequest, _cache_pb2.HashIncrementResponse]  # type: ignore[assignment]
-    """HashIncrement adds to an integer or float field."""
+    """HashIncrement adds to an integer or float field, creating it at 0. A
+    field that is not a number answers FAILED_PRECONDITION reason
+    `NOT_A_NUMBER`; an integer overflow, reason `OUT_OF_RANGE`.
+    """
     HashKeys: _aio.UnaryUnaryMultiCallable[_cache_pb2.HashKeysRequest, _cache_pb2.HashKeysResponse]  # type: ignore[assignment]
     """HashKeys lists the field names of a hash."""
     HashValues: _aio.UnaryUnaryMultiCallable[_cache_pb2.HashValuesRequest, _cache_pb2.HashValuesResponse]  # type: ignore[assignment]
@@ -309,7 +341,9 @@ class CacheServiceAsyncStub(CacheServiceStub):
     ListPop: _aio.UnaryUnaryMultiCallable[_cache_pb2.ListPopRequest, _cache_pb2.ListPopResponse]  # type: ignore[assignment]
     """ListPop pops values from one end of a list. With `wait` it blocks until a
     value arrives, the wait ends, or the call's deadline is near, whichever
-    is first; an empty answer is not an error.
+    is first; an empty answer is not an error. A value is handed to exactly
+    one waiter; one handed over just as its caller cancels can be lost (use
+    ListMove into a processing list for at-least-once delivery).
     """
     ListRange: _aio.UnaryUnaryMultiCallable[_cache_pb2.ListRangeRequest, _cache_pb2.ListRangeResponse]  # type: ignore[assignment]
     """ListRange reads a range of a list by index (0-based, negative from end)."""
@@ -339,10 +373,14 @@ class CacheServiceAsyncStub(CacheServiceStub):
     SetPop: _aio.UnaryUnaryMultiCallable[_cache_pb2.SetPopRequest, _cache_pb2.SetPopResponse]  # type: ignore[assignment]
     """SetPop removes and returns random members."""
     SetMove: _aio.UnaryUnaryMultiCallable[_cache_pb2.SetMoveRequest, _cache_pb2.SetMoveResponse]  # type: ignore[assignment]
-    """SetMove moves a member between two sets of one slot."""
+    """SetMove moves a member between two sets of one slot (else
+    FAILED_PRECONDITION reason `CROSS_SLOT`, on every topology).
+    """
     SetCombine: _aio.UnaryUnaryMultiCallable[_cache_pb2.SetCombineRequest, _cache_pb2.SetCombineResponse]  # type: ignore[assignment]
     """SetCombine computes the intersection, union or difference of sets of one
     slot, optionally storing it into a destination set of the same slot.
+    Keys of several slots answer FAILED_PRECONDITION reason `CROSS_SLOT`, on
+    every topology.
     """
     SortedSetAdd: _aio.UnaryUnaryMultiCallable[_cache_pb2.SortedSetAddRequest, _cache_pb2.SortedSetAddResponse]  # type: ignore[assignment]
     """SortedSetAdd adds or updates scored members (NX / XX / GT / LT)."""
@@ -549,7 +587,17 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_pb2.HashSetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cache_pb2.HashSetResponse, _abc.Awaitable[_cache_pb2.HashSetResponse]]:
-        """HashSet sets fields of a hash."""
+        """Collections (hashes, lists, sets, sorted sets) share the key space of
+        string values: Delete, Exists, Expire, Persist and GetTtl work on them,
+        and an operation on a key of another type answers FAILED_PRECONDITION
+        reason `WRONG_TYPE`. Every write that can create a collection carries a
+        CollectionTtl and sets it in the same atomic step. Reads whose answer
+        would exceed the gRPC message limit answer RESOURCE_EXHAUSTED reason
+        `RESPONSE_TOO_LARGE` (read in parts instead); pops stop early instead, so
+        a popped value is never lost. See docs/cache.md.
+
+        HashSet sets fields of a hash.
+        """
 
     @_abc_1.abstractmethod
     def HashGet(
@@ -581,7 +629,10 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_pb2.HashIncrementRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cache_pb2.HashIncrementResponse, _abc.Awaitable[_cache_pb2.HashIncrementResponse]]:
-        """HashIncrement adds to an integer or float field."""
+        """HashIncrement adds to an integer or float field, creating it at 0. A
+        field that is not a number answers FAILED_PRECONDITION reason
+        `NOT_A_NUMBER`; an integer overflow, reason `OUT_OF_RANGE`.
+        """
 
     @_abc_1.abstractmethod
     def HashKeys(
@@ -633,7 +684,9 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_cache_pb2.ListPopResponse, _abc.Awaitable[_cache_pb2.ListPopResponse]]:
         """ListPop pops values from one end of a list. With `wait` it blocks until a
         value arrives, the wait ends, or the call's deadline is near, whichever
-        is first; an empty answer is not an error.
+        is first; an empty answer is not an error. A value is handed to exactly
+        one waiter; one handed over just as its caller cancels can be lost (use
+        ListMove into a processing list for at-least-once delivery).
         """
 
     @_abc_1.abstractmethod
@@ -741,7 +794,9 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_pb2.SetMoveRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cache_pb2.SetMoveResponse, _abc.Awaitable[_cache_pb2.SetMoveResponse]]:
-        """SetMove moves a member between two sets of one slot."""
+        """SetMove moves a member between two sets of one slot (else
+        FAILED_PRECONDITION reason `CROSS_SLOT`, on every topology).
+        """
 
     @_abc_1.abstractmethod
     def SetCombine(
@@ -751,6 +806,8 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_cache_pb2.SetCombineResponse, _abc.Awaitable[_cache_pb2.SetCombineResponse]]:
         """SetCombine computes the intersection, union or difference of sets of one
         slot, optionally storing it into a destination set of the same slot.
+        Keys of several slots answer FAILED_PRECONDITION reason `CROSS_SLOT`, on
+        every topology.
         """
 
     @_abc_1.abstractmethod
