@@ -10,14 +10,21 @@ GRPCURL_VERSION := v1.9.3
 BUF_VERSION := v1.75.0
 GHZ_VERSION := v0.120.0
 HELM_VERSION := v3.22.0
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+GO_CLIENT := clients/go
+TS_CLIENT := clients/typescript
+TS_DEPS := $(TS_CLIENT)/node_modules/.installed
+# buf.gen.yaml runs these local plugins for the Go and TypeScript clients.
+CODEGEN := $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc $(TS_DEPS)
 export PATH := $(CURDIR)/$(VENV)/bin:$(TOOLS):$(PATH)
 
-.PHONY: help setup redis tools run test test-fuzz-long lint proto check-generated bench reliability clean
+.PHONY: help setup redis tools run test test-clients test-fuzz-long lint proto check-generated bench reliability clean
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed redis tools ## Install everything: venv with pinned deps, redis-server, grpcurl, buf
+setup: $(VENV)/.installed redis tools $(TS_DEPS) ## Install everything: venv with pinned deps, redis-server, grpcurl, buf, npm deps
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +38,7 @@ redis: ## Install redis-server and redis-sentinel (apt-get) when missing
 	  systemctl stop redis-server redis-sentinel >/dev/null 2>&1 || true; \
 	fi
 
-tools: $(TOOLS)/grpcurl $(TOOLS)/buf $(TOOLS)/helm ## Install pinned grpcurl, buf and helm with `go install`
+tools: $(TOOLS)/grpcurl $(TOOLS)/buf $(TOOLS)/helm $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc ## Install pinned grpcurl, buf, helm and protoc plugins with `go install`
 
 $(TOOLS)/grpcurl:
 	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
@@ -42,25 +49,47 @@ $(TOOLS)/buf:
 $(TOOLS)/helm:
 	GOBIN=$(TOOLS) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
+$(TOOLS)/protoc-gen-go:
+	GOBIN=$(TOOLS) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+$(TOOLS)/protoc-gen-go-grpc:
+	GOBIN=$(TOOLS) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+
+$(TS_DEPS): $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund
+	touch $@
+
 run: setup ## Serve on localhost:50051 (embedded redis-server unless CACHET_REDIS_URL is set)
 	$(VENV)/bin/cachet-server
 
-test: setup ## Run every test against real redis-server processes
+test: setup ## Run every test against real redis-server processes (Python, then the Go and TS clients)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-clients
 
-lint: setup ## ruff, mypy (strict on server/ and clients/python/), buf lint
+test-clients: $(VENV)/.installed redis $(TS_DEPS) ## Test the TypeScript and Go clients against a live cachet server
+	cd $(TS_CLIENT) && npm test
+	cd $(GO_CLIENT) && go test ./...
+
+lint: setup ## ruff, mypy (strict on server/ and clients/python/), buf lint, helm lint, go vet, tsc
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(TOOLS)/buf lint
 	$(TOOLS)/helm lint --strict helm/cachet
+	@unformatted=$$(gofmt -l $(GO_CLIENT)) && test -z "$$unformatted" || { echo "gofmt needed: $$unformatted"; exit 1; }
+	cd $(GO_CLIENT) && go vet ./...
+	cd $(TS_CLIENT) && npm run --silent typecheck
 
-proto: $(VENV)/.installed ## Regenerate the Python stubs from protos/
+proto: $(VENV)/.installed $(CODEGEN) ## Regenerate the Python, Go and TypeScript stubs from protos/
 	$(PY) scripts/gen_protos.py
+	$(TOOLS)/buf generate
 
-check-generated: $(VENV)/.installed ## Fail when the generated code is stale
+check-generated: $(VENV)/.installed $(CODEGEN) ## Fail when the generated code is stale
 	@tmp=$$(mktemp -d) && $(PY) scripts/gen_protos.py $$tmp/proto 2>/dev/null && \
-	  diff -r -x __pycache__ $$tmp/proto clients/python/cachet_client/proto && rm -rf $$tmp && echo "generated code is up to date" || \
+	  $(TOOLS)/buf generate -o $$tmp && \
+	  diff -r -x __pycache__ $$tmp/proto clients/python/cachet_client/proto && \
+	  diff -r $$tmp/$(GO_CLIENT)/gen $(GO_CLIENT)/gen && \
+	  diff -r $$tmp/$(TS_CLIENT)/src/gen $(TS_CLIENT)/src/gen && rm -rf $$tmp && echo "generated code is up to date" || \
 	  { echo "generated code is stale: run 'make proto' and commit"; exit 1; }
 
 bench: setup $(TOOLS)/ghz ## Run the load harness (ghz vs redis-benchmark) and write bench/report.md

@@ -1,0 +1,161 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// The tests run against a real cachet server (the repo's .venv) in front of a real
+// redis-server, both started here on free loopback ports and stopped at the end.
+
+var serverAddr string
+
+func TestMain(m *testing.M) {
+	os.Exit(runWithServer(m))
+}
+
+func runWithServer(m *testing.M) int {
+	root, err := repoRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	logs, err := os.MkdirTemp("", "cachet-go-client-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(logs)
+
+	redisPort := freePort()
+	redis := exec.Command("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(redisPort),
+		"--save", "", "--appendonly", "no", "--dir", logs)
+	if err := start(redis, filepath.Join(logs, "redis.log")); err != nil {
+		fmt.Fprintln(os.Stderr, "redis-server:", err)
+		return 1
+	}
+	defer stop(redis)
+	redisAddr := fmt.Sprintf("127.0.0.1:%d", redisPort)
+	if err := waitFor(10*time.Second, func() error {
+		conn, err := net.Dial("tcp", redisAddr)
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	}); err != nil {
+		fmt.Fprintln(os.Stderr, "redis-server did not listen:", err)
+		return 1
+	}
+
+	serverAddr = fmt.Sprintf("127.0.0.1:%d", freePort())
+	server := exec.Command(filepath.Join(root, ".venv", "bin", "python"), "-m", "cachet_server")
+	server.Env = append(os.Environ(), "CACHET_REDIS_URL=redis://"+redisAddr, "CACHET_LISTEN="+serverAddr)
+	serverLog := filepath.Join(logs, "server.log")
+	if err := start(server, serverLog); err != nil {
+		fmt.Fprintln(os.Stderr, "cachet server:", err)
+		return 1
+	}
+	defer stop(server)
+	if err := waitServing(serverAddr, 30*time.Second); err != nil {
+		log, _ := os.ReadFile(serverLog)
+		fmt.Fprintf(os.Stderr, "cachet server not serving: %v\n%s\n", err, log)
+		return 1
+	}
+	return m.Run()
+}
+
+// repoRoot is the nearest parent directory holding the Python server.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "server", "cachet_server")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("cachet repository root not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+func freePort() int {
+	listener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer listener.Close()
+	return listener.Addr().(*net.TCPAddr).Port
+}
+
+func start(cmd *exec.Cmd, logPath string) error {
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = dieWithParent()
+	return cmd.Start()
+}
+
+// stop asks the process to exit (cachet drains on SIGTERM) and kills it if it lingers.
+func stop(cmd *exec.Cmd) {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+func waitFor(limit time.Duration, probe func() error) error {
+	deadline := time.Now().Add(limit)
+	for {
+		err := probe()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitServing polls the standard gRPC health service until the server reports SERVING.
+func waitServing(addr string, limit time.Duration) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	health := healthpb.NewHealthClient(conn)
+	return waitFor(limit, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		reply, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			return err
+		}
+		if reply.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			return fmt.Errorf("health is %s", reply.GetStatus())
+		}
+		return nil
+	})
+}
