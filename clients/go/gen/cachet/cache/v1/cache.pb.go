@@ -5154,7 +5154,7 @@ type ScoredMember struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The member.
 	Member []byte `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
-	// Its score; must be finite (not NaN).
+	// Its score; must be finite (neither NaN nor infinite) when written.
 	Score         float64 `protobuf:"fixed64,2,opt,name=score,proto3" json:"score,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

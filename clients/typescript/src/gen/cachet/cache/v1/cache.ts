@@ -1183,7 +1183,7 @@ export interface SetCombineResponse {
 export interface ScoredMember {
   /** The member. */
   member: Buffer;
-  /** Its score; must be finite (not NaN). */
+  /** Its score; must be finite (neither NaN nor infinite) when written. */
   score: number;
 }
 
