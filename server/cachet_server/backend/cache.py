@@ -1,15 +1,25 @@
-"""Cache strings and counters: each operation is one atomic script per slot."""
+"""Cache strings and counters, tags and invalidation, fill leases and transactions.
+
+Each operation on a key is one atomic script over that key's slot. Tag indexes live
+in other slots than the values they list, so they are kept correct by ordering
+(see `CacheStore.set` and `CacheStore.invalidate_tags`), not by atomicity.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
-from collections.abc import Sequence
+import secrets
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+from redis.crc import key_slot
 
 from ..errors import Aborted, FailedPrecondition
 from .core import Backend
-from .keys import CacheKeys
+from .keys import CacheKeys, Kind, redis_key, scan_patterns, user_key
 from .scripts import script
 
 _GET = script("cache_get")
@@ -19,6 +29,26 @@ _DELETE = script("cache_delete")
 _EXPIRE = script("cache_expire")
 _INCREMENT = script("cache_increment")
 _SET_BIT = script("cache_set_bit")
+_TAG_INDEX = script("cache_tag_index")
+_GET_OR_LEASE = script("cache_get_or_lease")
+_FILL = script("cache_fill")
+_TXN = script("cache_txn")
+
+# A tag index outlives the longest-lived key it lists by this much, so a key is never
+# left tagged but unlisted while its index expires a moment before it.
+TAG_INDEX_GRACE_MS = 60_000
+# How many tagged keys InvalidateTags takes from an index at a time.
+TAG_INVALIDATION_BATCH = 500
+# The longest a FILL_PENDING caller is told to wait before asking again.
+FILL_POLL_MS = 50
+
+_T = TypeVar("_T")
+
+
+async def _finish(work: Awaitable[_T]) -> _T:
+    """Run `work` to its end even if the call awaiting it is cancelled (deadline, client
+    gone): used where stopping halfway would leave a tagged key out of its index."""
+    return await asyncio.shield(work)
 
 
 @dataclass(frozen=True)
@@ -50,6 +80,50 @@ class SetOptions:
 
 
 @dataclass(frozen=True)
+class LeaseAnswer:
+    """What GetOrLease found: a hit, a lease for this caller, or a fill in progress."""
+
+    outcome: str  # "HIT", "GRANTED" or "PENDING"
+    value: bytes = b""
+    version: int = 0
+    token: str = ""
+    lease_ms: int = 0  # GRANTED: the lease's length; PENDING: suggested wait
+    stale: bool = False
+
+
+@dataclass(frozen=True)
+class FillOptions:
+    ttl_ms: int
+    stale_ttl_ms: int = 0
+    recompute_ms: int | None = None
+    tags: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class TxnCompare:
+    key: str
+    target: str  # "exists", "value", "number", "version" or "ttl"
+    operator: str  # "eq", "ne", "gt", "lt", "ge" or "le"
+    operand: bytes | str
+
+
+@dataclass(frozen=True)
+class TxnOperation:
+    kind: str  # "set", "del", "incr" or "get"
+    key: str
+    argument: bytes | str = b""  # the value of a set, the integer of an incr
+    ttl_ms: int = 0
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    found: bool
+    value: bytes
+    int_value: int
+    version: int
+
+
+@dataclass(frozen=True)
 class Increment:
     int_value: int
     float_value: float
@@ -68,8 +142,9 @@ def _xfetch(ttl_ms: int, recompute_ms: int, beta: float) -> bool:
 class CacheStore:
     """String values and counters of one namespace at a time."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, max_ttl_ms: int) -> None:
         self.backend = backend
+        self.max_ttl_ms = max_ttl_ms
 
     async def get_many(
         self, namespace: str, keys: Sequence[str], *, with_ttl: bool = False, beta: float = 0.0
@@ -104,10 +179,17 @@ class CacheStore:
         return result
 
     async def set(self, namespace: str, key: str, value: bytes, options: SetOptions) -> SetOutcome:
+        """Write one value. Tags are listed in their indexes before the write (so no
+        tagged value is ever missing from an index) and again after it: an
+        InvalidateTags running meanwhile may have taken the key out of the index just
+        before this write landed, and the write must not survive unlisted."""
         k = CacheKeys.of(namespace, key)
+        if options.tags:
+            # A keep-TTL write may keep any TTL up to the maximum.
+            await self._index_tags(namespace, key, options.tags, options.ttl_ms or self.max_ttl_ms)
         reply = await self.backend.run(
             _SET,
-            [k.data, k.meta, k.lease],
+            [k.data, k.meta, k.lease, k.stale],
             [
                 value,
                 options.ttl_ms,
@@ -122,6 +204,8 @@ class CacheStore:
         )
         outcome = reply[0].decode()
         if outcome == "OK":
+            if options.tags:
+                await _finish(self._index_tags(namespace, key, options.tags, int(reply[4])))
             return SetOutcome(int(reply[1]), bool(reply[2]), reply[3])
         detail = reply[1].decode()
         if outcome == "KEY_EXISTS":
@@ -156,22 +240,189 @@ class CacheStore:
             keys: list[str] = []
             args: list[bytes | int] = []
             for i in indexes:
-                keys += [entries[i].data, entries[i].meta, entries[i].lease]
+                keys += [entries[i].data, entries[i].meta, entries[i].lease, entries[i].stale]
                 args += [items[i][1], items[i][2]]
             reply = await self.backend.run(_SET_MANY, keys, args)
             for n, i in enumerate(indexes):
                 versions[i] = int(reply[n])
         return versions
 
-    async def delete(self, namespace: str, keys: Sequence[str]) -> int:
+    async def delete(self, namespace: str, keys: Sequence[str], *, only_tag: str = "") -> int:
+        """Delete keys with their metadata, voiding their fill leases; with `only_tag`,
+        only those whose metadata still carries that tag. Answers how many existed."""
         entries = [CacheKeys.of(namespace, key) for key in dict.fromkeys(keys)]
         deleted = 0
         for indexes in self.backend.group_by_slot([e.data for e in entries]).values():
             flat: list[str] = []
             for i in indexes:
-                flat += [entries[i].data, entries[i].meta, entries[i].lease]
-            deleted += int(await self.backend.run(_DELETE, flat, [3]))
+                flat += [entries[i].data, entries[i].meta, entries[i].lease, entries[i].stale]
+            deleted += int(await self.backend.run(_DELETE, flat, [only_tag]))
         return deleted
+
+    async def _index_tags(self, namespace: str, key: str, tags: Sequence[str], ttl_ms: int) -> None:
+        """List `key` in each tag's index, which must outlive a key living `ttl_ms`
+        (-1: a key without TTL)."""
+        index_ttl = -1 if ttl_ms < 0 else ttl_ms + TAG_INDEX_GRACE_MS
+        await asyncio.gather(
+            *(
+                self.backend.run(
+                    _TAG_INDEX, [redis_key(namespace, Kind.TAG, tag)], [key, index_ttl]
+                )
+                for tag in dict.fromkeys(tags)
+            )
+        )
+
+    async def invalidate_tags(self, namespace: str, tags: Sequence[str]) -> int:
+        """Delete every key carrying any of the tags; answers how many were deleted.
+
+        Keys are taken out of an index with SPOP before they are checked, never
+        removed after: a writer re-lists its key after writing, so a value written
+        while it is being invalidated either is deleted or stays listed. Only keys
+        whose metadata still carries the tag are deleted, so stale index entries
+        (expired keys, keys rewritten without the tag) are simply dropped. The
+        index disappears with its last member."""
+        deleted = 0
+        for tag in dict.fromkeys(tags):
+            index = redis_key(namespace, Kind.TAG, tag)
+            # Bounded by the members present at the start, so writers that keep adding
+            # cannot keep this call going; what they add stays listed.
+            remaining = int(await self.backend.redis.scard(index))
+            while remaining > 0:
+                batch = min(remaining, TAG_INVALIDATION_BATCH)
+                taken, removed = await _finish(self._invalidate_some(namespace, index, tag, batch))
+                if taken == 0:
+                    break
+                remaining -= taken
+                deleted += removed
+        return deleted
+
+    async def _invalidate_some(
+        self, namespace: str, index: str, tag: str, count: int
+    ) -> tuple[int, int]:
+        members = await self.backend.redis.spop(index, count)
+        if not members:
+            return 0, 0
+        keys = [m.decode() for m in members]
+        return len(keys), await self.delete(namespace, keys, only_tag=tag)
+
+    async def invalidate_pattern(self, namespace: str, glob: str, batch_size: int) -> int:
+        """Delete the namespace's keys whose user key matches `glob`: SCAN (never KEYS)
+        on every primary, `batch_size` per step, deleting each page as it comes. Keys
+        that are only being filled (a lease, no value yet) are found too, so their
+        fills are voided. Answers how many values were deleted."""
+        deleted = 0
+        for kind in (Kind.DATA, Kind.LEASE):
+            for pattern in scan_patterns(namespace, kind, glob):
+                for node in await self.backend.primaries():
+                    page: list[str] = []
+                    async for name in node.scan_iter(match=pattern, count=batch_size):
+                        key = user_key(namespace, kind, name.decode())
+                        if key is not None:
+                            page.append(key)
+                        if len(page) >= batch_size:
+                            deleted += await self.delete(namespace, page)
+                            page = []
+                    if page:
+                        deleted += await self.delete(namespace, page)
+        return deleted
+
+    async def get_or_lease(
+        self, namespace: str, key: str, lease_ms: int, *, accept_stale: bool
+    ) -> LeaseAnswer:
+        k = CacheKeys.of(namespace, key)
+        token = secrets.token_urlsafe(24)
+        reply = await self.backend.run(
+            _GET_OR_LEASE,
+            [k.data, k.meta, k.lease, k.stale],
+            [token, lease_ms, "1" if accept_stale else "0"],
+        )
+        outcome = reply[0].decode()
+        if outcome == "HIT":
+            return LeaseAnswer("HIT", value=reply[1], version=int(reply[2]))
+        if outcome == "GRANTED":
+            return LeaseAnswer("GRANTED", token=token, lease_ms=lease_ms)
+        remaining, stale_value = int(reply[1]), reply[2]
+        return LeaseAnswer(
+            "PENDING",
+            value=stale_value or b"",
+            lease_ms=max(1, min(remaining, FILL_POLL_MS)),
+            stale=stale_value is not None,
+        )
+
+    async def fill(
+        self, namespace: str, key: str, token: str, value: bytes, options: FillOptions
+    ) -> int:
+        """Store a value under a lease; answers its version. Tags are indexed around
+        the write exactly as in `set`."""
+        k = CacheKeys.of(namespace, key)
+        if options.tags:
+            await self._index_tags(namespace, key, options.tags, options.ttl_ms)
+        reply = await self.backend.run(
+            _FILL,
+            [k.data, k.meta, k.lease, k.stale],
+            [
+                token,
+                value,
+                options.ttl_ms,
+                options.stale_ttl_ms,
+                "" if options.recompute_ms is None else str(options.recompute_ms),
+                "\n".join(options.tags),
+            ],
+        )
+        if reply[0] == b"LEASE_LOST":
+            raise Aborted(
+                f"the lease on key {key!r} is no longer yours: it expired, or a write, "
+                "Delete or invalidation voided it; nothing was stored (call GetOrLease again)",
+                reason="LEASE_LOST",
+            )
+        if options.tags:
+            await _finish(self._index_tags(namespace, key, options.tags, int(reply[2])))
+        return int(reply[1])
+
+    async def txn(
+        self,
+        namespace: str,
+        compares: Sequence[TxnCompare],
+        success: Sequence[TxnOperation],
+        failure: Sequence[TxnOperation],
+    ) -> tuple[bool, list[TxnResult]]:
+        """Compare, then run `success` or `failure`, in one script. Every key must
+        hash to one Cluster slot on every topology, so a transaction that works on a
+        standalone Redis keeps working on Cluster."""
+        names = list(
+            dict.fromkeys([c.key for c in compares] + [op.key for op in (*success, *failure)])
+        )
+        if not names:
+            return True, []
+        entries = [CacheKeys.of(namespace, name) for name in names]
+        slots = {key_slot(e.data.encode()) for e in entries}
+        if len(slots) > 1:
+            raise FailedPrecondition(
+                f"the keys of a Txn must share one Redis Cluster slot, and {len(names)} keys "
+                f"hash to {len(slots)}: give them a common hash tag, e.g. "
+                "{account}:alice and {account}:bob (only the part in braces is hashed)",
+                reason="CROSS_SLOT",
+            )
+        number = {name: i + 1 for i, name in enumerate(names)}
+        keys: list[str] = []
+        for e in entries:
+            keys += [e.data, e.meta, e.lease, e.stale]
+        args: list[bytes | str | int] = [len(compares), len(success), len(failure)]
+        for c in compares:
+            args += [number[c.key], c.target, c.operator, c.operand]
+        for op in (*success, *failure):
+            args += [op.kind, number[op.key], op.argument, op.ttl_ms]
+        reply = await self.backend.run(_TXN, keys, args)
+        outcome = reply[0].decode()
+        if outcome != "OK":
+            where, position = reply[1].decode(), int(reply[2])
+            raise _txn_error(outcome, where, position, compares, success, failure)
+        succeeded = bool(reply[1])
+        results = [
+            TxnResult(bool(reply[i]), reply[i + 1], int(reply[i + 2]), int(reply[i + 3]))
+            for i in range(2, len(reply), 4)
+        ]
+        return succeeded, results
 
     async def exists(self, namespace: str, keys: Sequence[str]) -> list[bool]:
         async with self.backend.redis.pipeline(transaction=False) as pipe:
@@ -180,12 +431,22 @@ class CacheStore:
             return [bool(n) for n in await pipe.execute()]
 
     async def expire(self, namespace: str, key: str, ttl_ms: int) -> bool:
-        k = CacheKeys.of(namespace, key)
-        return bool(await self.backend.run(_EXPIRE, [k.data, k.meta], [ttl_ms]))
+        return await self._expire(namespace, key, ttl_ms)
 
     async def persist(self, namespace: str, key: str) -> bool:
+        return await self._expire(namespace, key, -1)
+
+    async def _expire(self, namespace: str, key: str, ttl_ms: int) -> bool:
+        """Set a key's TTL (-1: none), then make its tags' indexes outlive it. Right
+        after the script the indexes still outlive the old TTL by the grace period,
+        so extending them afterwards leaves no gap."""
         k = CacheKeys.of(namespace, key)
-        return bool(await self.backend.run(_EXPIRE, [k.data, k.meta], ["persist"]))
+        found, tags = await self.backend.run(
+            _EXPIRE, [k.data, k.meta, k.stale], ["persist" if ttl_ms < 0 else ttl_ms]
+        )
+        if found and tags:
+            await _finish(self._index_tags(namespace, key, tags.decode().split("\n"), ttl_ms))
+        return bool(found)
 
     async def ttl_ms(self, namespace: str, key: str) -> int:
         """Remaining TTL in ms; -2 for a missing key, -1 for a key without TTL."""
@@ -226,3 +487,32 @@ class CacheStore:
         if span is None:
             return int(await self.backend.redis.bitcount(name))
         return int(await self.backend.redis.bitcount(name, span[0], span[1], unit))
+
+
+_TXN_ERRORS = {
+    "WRONG_TYPE": "the key holds a different kind of value than a string",
+    "NOT_A_NUMBER": "the value is not a number (increments need a 64-bit integer)",
+    "OUT_OF_RANGE": "the increment would overflow a signed 64-bit integer",
+}
+
+
+def _txn_error(
+    reason: str,
+    where: str,
+    position: int,
+    compares: Sequence[TxnCompare],
+    success: Sequence[TxnOperation],
+    failure: Sequence[TxnOperation],
+) -> FailedPrecondition:
+    """The error for a Txn the script refused before writing anything."""
+    lists: dict[str, Sequence[TxnCompare] | Sequence[TxnOperation]] = {
+        "compare": compares,
+        "success": success,
+        "failure": failure,
+    }
+    key = lists[where][position - 1].key
+    return FailedPrecondition(
+        f"{where}[{position - 1}] on key {key!r}: {_TXN_ERRORS[reason]}; nothing was written",
+        reason=reason,
+        metadata={"field": f"{where}[{position - 1}]"},
+    )

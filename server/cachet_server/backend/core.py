@@ -36,14 +36,19 @@ class Backend:
         """The command client (standalone, Sentinel-managed master, or Cluster)."""
         return self.topology.client
 
+    async def primaries(self) -> list[Any]:
+        """A command client per primary node (one outside Cluster), for SCAN and admin."""
+        await self.topology.discover()
+        return self.topology.primaries()
+
     async def ping(self) -> None:
         """Raise unless every primary answers."""
-        for node in self.topology.primaries():
+        for node in await self.primaries():
             await node.ping()
 
     async def load_scripts(self) -> None:
         """SCRIPT LOAD every script on every primary, so calls can go by SHA."""
-        for node in self.topology.primaries():
+        for node in await self.primaries():
             for item in all_scripts():
                 await node.script_load(item.source)
 

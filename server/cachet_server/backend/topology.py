@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -155,6 +155,8 @@ class Topology:
         self.kind = kind
         # redis.asyncio.Redis or RedisCluster; both speak the same command API.
         self.client: Any = client
+        # Cluster only: a plain client per primary node, by node name, made on first use.
+        self._node_clients: dict[str, Redis] = {}
 
     def slot_of(self, redis_key: str) -> int:
         """The hash slot of a key; 0 for every key outside Cluster."""
@@ -169,13 +171,37 @@ class Topology:
             groups.setdefault(self.slot_of(name), []).append(index)
         return groups
 
-    def primaries(self) -> list[Any]:
-        """A command client per primary node (one outside Cluster), for SCAN and admin."""
+    async def discover(self) -> None:
+        """Learn the Cluster's nodes if the client has not yet; nothing to do outside
+        Cluster. The client would do it on its first command, but many concurrent first
+        commands on an undiscovered async RedisCluster fail with connection errors
+        (seen with redis-py 8.1), so start-up discovers before serving."""
         if self.kind is TopologyKind.CLUSTER:
-            return [self.client.get_redis_connection(node) for node in self.client.get_primaries()]
-        return [self.client]
+            await self.client.initialize()
+
+    def primaries(self) -> list[Any]:
+        """A command client per primary node (one outside Cluster), for SCAN and admin.
+        On Cluster: the primaries known so far, so `await discover()` first."""
+        if self.kind is not TopologyKind.CLUSTER:
+            return [self.client]
+        return [self._node_client(node) for node in self.client.get_primaries()]
+
+    def _node_client(self, node: ClusterNode) -> Redis:
+        # The async RedisCluster has no per-node Redis client of its own (the sync one
+        # has get_redis_connection); build one from the node's connection settings.
+        client = self._node_clients.get(node.name)
+        if client is None:
+            pool = ConnectionPool(
+                connection_class=node.connection_class,
+                max_connections=node.max_connections,
+                **node.connection_kwargs,
+            )
+            client = self._node_clients[node.name] = Redis(connection_pool=pool)
+        return client
 
     async def close(self) -> None:
+        for client in self._node_clients.values():
+            await client.aclose(close_connection_pool=True)
         await self.client.aclose()
 
 

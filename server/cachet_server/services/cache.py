@@ -1,15 +1,21 @@
-"""CacheService: strings and counters."""
+"""CacheService: strings and counters, invalidation, fill leases, transactions."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
 from google.protobuf import duration_pb2
 
-from ..backend.cache import CacheStore, SetOptions
+from ..backend.cache import (
+    CacheStore,
+    FillOptions,
+    SetOptions,
+    TxnCompare,
+    TxnOperation,
+)
 from ..errors import FailedPrecondition, InvalidArgument
 from ..validation import optional
 from .base import Context, Dependencies
@@ -24,6 +30,26 @@ _BIT_UNITS = {pb.BIT_UNIT_UNSPECIFIED: "BYTE", pb.BIT_UNIT_BYTE: "BYTE", pb.BIT_
 _MAX_TAGS = 32
 _MAX_TAG_BYTES = 256
 _MAX_BETA = 100.0
+_DEFAULT_LEASE_MS = 10_000
+_MAX_LEASE_TOKEN_BYTES = 256
+_DEFAULT_SCAN_BATCH = 500
+_OPERATORS = {
+    pb.COMPARE_OPERATOR_EQUAL: "eq",
+    pb.COMPARE_OPERATOR_NOT_EQUAL: "ne",
+    pb.COMPARE_OPERATOR_GREATER: "gt",
+    pb.COMPARE_OPERATOR_LESS: "lt",
+    pb.COMPARE_OPERATOR_GREATER_OR_EQUAL: "ge",
+    pb.COMPARE_OPERATOR_LESS_OR_EQUAL: "le",
+}
+# Targets that have no order: only EQUAL and NOT_EQUAL make sense for them.
+_UNORDERED_TARGETS = {"exists", "value"}
+_TARGETS = {
+    "exists": "exists",
+    "value": "value",
+    "number": "number",
+    "version": "version",
+    "ttl_ms": "ttl",
+}
 
 
 def _duration(ms: int) -> duration_pb2.Duration:
@@ -33,7 +59,7 @@ def _duration(ms: int) -> duration_pb2.Duration:
 class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     def __init__(self, deps: Dependencies) -> None:
         super().__init__(deps)
-        self.store = CacheStore(deps.backend)
+        self.store = CacheStore(deps.backend, max_ttl_ms=self.check.max_ttl_ms)
         self.stats = deps.stats
 
     def _enum(self, value: int, allowed: Mapping[Any, str], field: str) -> str:
@@ -46,6 +72,23 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         if offset >= limit:
             raise InvalidArgument.field("offset", f"must be below {limit} (8 * max value size)")
         return offset
+
+    def _tags(self, tags: Sequence[str], field: str = "tags") -> list[str]:
+        if len(tags) > _MAX_TAGS:
+            raise InvalidArgument.field(field, f"at most {_MAX_TAGS} tags per key")
+        return self._tag_list(tags, field)
+
+    def _tag_list(self, tags: Sequence[str], field: str) -> list[str]:
+        for i, tag in enumerate(tags):
+            if not tag or len(tag.encode()) > _MAX_TAG_BYTES or "\n" in tag:
+                raise InvalidArgument.field(
+                    f"{field}[{i}]", f"must be 1 to {_MAX_TAG_BYTES} bytes without newlines"
+                )
+        return list(tags)
+
+    def _recompute_ms(self, message: object) -> int | None:
+        recompute = optional(message, "recompute_time")
+        return self.check.duration_ms(recompute, "recompute_time") if recompute else None
 
     async def Get(self, request: pb.GetRequest, context: Context) -> pb.GetResponse:
         namespace = self.check.namespace(context)
@@ -89,15 +132,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
             raise InvalidArgument.field("keep_ttl", "cannot be combined with ttl")
         ttl_ms = 0 if request.keep_ttl else self.check.ttl_ms(ttl)
         condition = self._enum(request.condition, _CONDITIONS, "condition")
-        self.check.batch(len(request.tags), "tags", allow_empty=True)
-        if len(request.tags) > _MAX_TAGS:
-            raise InvalidArgument.field("tags", f"at most {_MAX_TAGS} tags per key")
-        for i, tag in enumerate(request.tags):
-            if not tag or len(tag.encode()) > _MAX_TAG_BYTES or "\n" in tag:
-                raise InvalidArgument.field(
-                    f"tags[{i}]", f"must be 1 to {_MAX_TAG_BYTES} bytes without newlines"
-                )
-        recompute = optional(request, "recompute_time")
+        tags = self._tags(request.tags)
         outcome = await self.store.set(
             namespace,
             key,
@@ -109,10 +144,8 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                 if_version=request.if_version if request.HasField("if_version") else None,
                 return_previous=request.return_previous,
                 fencing_token=request.fencing_token or None,
-                recompute_ms=(
-                    self.check.duration_ms(recompute, "recompute_time") if recompute else None
-                ),
-                tags=list(request.tags),
+                recompute_ms=self._recompute_ms(request),
+                tags=tags,
             ),
         )
         return pb.SetResponse(
@@ -219,3 +252,165 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         unit = self._enum(request.unit, _BIT_UNITS, "unit")
         span = (request.range.start, request.range.end) if request.HasField("range") else None
         return pb.BitCountResponse(count=await self.store.bit_count(namespace, key, span, unit))
+
+    async def InvalidateTags(
+        self, request: pb.InvalidateTagsRequest, context: Context
+    ) -> pb.InvalidateTagsResponse:
+        namespace = self.check.namespace(context)
+        self.check.batch(len(request.tags), "tags")
+        tags = self._tag_list(request.tags, "tags")
+        return pb.InvalidateTagsResponse(deleted=await self.store.invalidate_tags(namespace, tags))
+
+    async def InvalidatePattern(
+        self, request: pb.InvalidatePatternRequest, context: Context
+    ) -> pb.InvalidatePatternResponse:
+        namespace = self.check.namespace(context)
+        pattern = self.check.key(request.pattern, "pattern")
+        if _ends_in_escape(pattern):
+            raise InvalidArgument.field("pattern", "must not end with an unescaped backslash")
+        batch_size = request.batch_size or min(_DEFAULT_SCAN_BATCH, self.check.limits.max_batch)
+        if not 0 < batch_size <= self.check.limits.max_batch:
+            raise InvalidArgument.field(
+                "batch_size", f"must be 1 to {self.check.limits.max_batch} (0: the default)"
+            )
+        deleted = await self.store.invalidate_pattern(namespace, pattern, batch_size)
+        return pb.InvalidatePatternResponse(deleted=deleted)
+
+    async def GetOrLease(
+        self, request: pb.GetOrLeaseRequest, context: Context
+    ) -> pb.GetOrLeaseResponse:
+        namespace = self.check.namespace(context)
+        key = self.check.key(request.key)
+        lease_ttl = optional(request, "lease_ttl")
+        lease_ms = (
+            _DEFAULT_LEASE_MS if lease_ttl is None else self.check.ttl_ms(lease_ttl, "lease_ttl")
+        )
+        answer = await self.store.get_or_lease(
+            namespace, key, lease_ms, accept_stale=request.accept_stale
+        )
+        hit = answer.outcome == "HIT"
+        self.stats.record_lookups(namespace, hits=int(hit), misses=int(not hit))
+        if hit:
+            return pb.GetOrLeaseResponse(
+                outcome=pb.LEASE_OUTCOME_HIT, value=answer.value, version=answer.version
+            )
+        if answer.outcome == "GRANTED":
+            return pb.GetOrLeaseResponse(
+                outcome=pb.LEASE_OUTCOME_LEASE_GRANTED,
+                lease_token=answer.token,
+                lease_ttl=_duration(answer.lease_ms),
+            )
+        return pb.GetOrLeaseResponse(
+            outcome=pb.LEASE_OUTCOME_FILL_PENDING,
+            retry_after=_duration(answer.lease_ms),
+            value=answer.value,
+            stale=answer.stale,
+        )
+
+    async def Fill(self, request: pb.FillRequest, context: Context) -> pb.FillResponse:
+        namespace = self.check.namespace(context)
+        key = self.check.key(request.key)
+        token = request.lease_token
+        if not token or len(token.encode()) > _MAX_LEASE_TOKEN_BYTES:
+            raise InvalidArgument.field(
+                "lease_token", "must be the token GetOrLease granted (non-empty)"
+            )
+        value = self.check.value(request.value)
+        stale_ttl = optional(request, "stale_ttl")
+        stale_ms = 0
+        if stale_ttl is not None:
+            stale_ms = self.check.duration_ms(stale_ttl, "stale_ttl")
+            if stale_ms:
+                stale_ms = self.check.ttl_ms(stale_ttl, "stale_ttl")
+        version = await self.store.fill(
+            namespace,
+            key,
+            token,
+            value,
+            FillOptions(
+                ttl_ms=self.check.ttl_ms(optional(request, "ttl")),
+                stale_ttl_ms=stale_ms,
+                recompute_ms=self._recompute_ms(request),
+                tags=self._tags(request.tags),
+            ),
+        )
+        return pb.FillResponse(version=version)
+
+    async def Txn(self, request: pb.TxnRequest, context: Context) -> pb.TxnResponse:
+        namespace = self.check.namespace(context)
+        self.check.batch(len(request.compare), "compare", allow_empty=True)
+        self.check.batch(len(request.success), "success", allow_empty=True)
+        self.check.batch(len(request.failure), "failure", allow_empty=True)
+        compares = [self._compare(c, f"compare[{i}]") for i, c in enumerate(request.compare)]
+        success = [self._txn_op(op, f"success[{i}]") for i, op in enumerate(request.success)]
+        failure = [self._txn_op(op, f"failure[{i}]") for i, op in enumerate(request.failure)]
+        succeeded, results = await self.store.txn(namespace, compares, success, failure)
+        return pb.TxnResponse(
+            succeeded=succeeded,
+            results=[
+                pb.TxnOpResult(
+                    found=r.found, value=r.value, int_value=r.int_value, version=r.version
+                )
+                for r in results
+            ],
+        )
+
+    def _compare(self, compare: pb.Compare, field: str) -> TxnCompare:
+        key = self.check.key(compare.key, f"{field}.key")
+        if compare.operator not in _OPERATORS:
+            raise InvalidArgument.field(
+                f"{field}.operator",
+                "must be one of EQUAL, NOT_EQUAL, GREATER, LESS, GREATER_OR_EQUAL, LESS_OR_EQUAL",
+            )
+        operator = _OPERATORS[compare.operator]
+        which = compare.WhichOneof("target")
+        if which is None:
+            raise InvalidArgument.field(
+                f"{field}.target", "set one of exists, value, number, version, ttl_ms"
+            )
+        target = _TARGETS[which]
+        if target in _UNORDERED_TARGETS and operator not in ("eq", "ne"):
+            raise InvalidArgument.field(
+                f"{field}.operator", f"a {which} comparison takes only EQUAL or NOT_EQUAL"
+            )
+        operand: bytes | str
+        if which == "exists":
+            operand = "1" if compare.exists else "0"
+        elif which == "value":
+            operand = self.check.value(compare.value, f"{field}.value")
+        elif which == "number":
+            operand = repr(self.check.finite(compare.number, f"{field}.number"))
+        elif which == "version":
+            operand = str(compare.version)
+        else:
+            operand = str(compare.ttl_ms)
+        return TxnCompare(key, target, operator, operand)
+
+    def _txn_op(self, op: pb.TxnOp, field: str) -> TxnOperation:
+        which = op.WhichOneof("op")
+        if which == "set":
+            return TxnOperation(
+                "set",
+                self.check.key(op.set.key, f"{field}.set.key"),
+                self.check.value(op.set.value, f"{field}.set.value"),
+                self.check.ttl_ms(optional(op.set, "ttl"), f"{field}.set.ttl"),
+            )
+        if which == "delete":
+            return TxnOperation("del", self.check.key(op.delete.key, f"{field}.delete.key"))
+        if which == "increment":
+            return TxnOperation(
+                "incr",
+                self.check.key(op.increment.key, f"{field}.increment.key"),
+                str(op.increment.by_int),
+                self.check.ttl_ms(optional(op.increment, "ttl"), f"{field}.increment.ttl"),
+            )
+        if which == "get":
+            return TxnOperation("get", self.check.key(op.get.key, f"{field}.get.key"))
+        raise InvalidArgument.field(f"{field}.op", "set one of set, delete, increment, get")
+
+
+def _ends_in_escape(pattern: str) -> bool:
+    """Whether a glob ends with a backslash that escapes nothing (it would escape the
+    closing brace cachet adds around the key)."""
+    trailing = len(pattern) - len(pattern.rstrip("\\"))
+    return trailing % 2 == 1

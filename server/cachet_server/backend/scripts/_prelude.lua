@@ -32,3 +32,16 @@ local function cachet_touch(data_key, meta_key)
   cachet_sync_ttl(data_key, meta_key)
   return version
 end
+
+-- Delete one cache entry: its value (of any type), metadata and fill lease. A string
+-- value written with a stale TTL (meta `s`, see cache_fill) leaves a stale copy
+-- behind for that long, for GetOrLease(accept_stale). Answers 1 if the value existed.
+local function cachet_delete_entry(data_key, meta_key, lease_key, stale_key)
+  local stale_ms = redis.call('HGET', meta_key, 's')
+  if stale_ms and redis.call('TYPE', data_key).ok == 'string' then
+    redis.call('SET', stale_key, redis.call('GET', data_key), 'PX', stale_ms)
+  end
+  local existed = redis.call('DEL', data_key)
+  redis.call('DEL', meta_key, lease_key)
+  return existed
+end

@@ -3,12 +3,14 @@
 -- Answers {new value (as a string), created (0/1), version}.
 local data, meta, lease = KEYS[1], KEYS[2], KEYS[3]
 local created = 1 - redis.call('EXISTS', data)
-local value
 if ARGV[1] == 'int' then
-  value = tostring(redis.call('INCRBY', data, ARGV[2]))
+  redis.call('INCRBY', data, ARGV[2])
 else
-  value = redis.call('INCRBYFLOAT', data, ARGV[2])
+  redis.call('INCRBYFLOAT', data, ARGV[2])
 end
+-- Read the result back as stored: INCRBY's reply becomes a Lua double, which
+-- loses digits above 2^53.
+local value = redis.call('GET', data)
 if created == 1 then redis.call('PEXPIRE', data, ARGV[3]) end
 redis.call('DEL', lease)
 return {value, created, cachet_touch(data, meta)}

@@ -1,11 +1,11 @@
 -- Conditionally write one cache value and its metadata.
--- KEYS: data, meta, lease
+-- KEYS: data, meta, lease, stale
 -- ARGV: value, ttl_ms (0 = keep the current TTL), condition ('', 'NX', 'XX'),
 --       if_version ('' = none), return_previous ('0'/'1'), fencing_token ('' = none),
 --       recompute_ms ('' = none), default_ttl_ms (for keep-TTL writes that create),
 --       tags (newline-joined, '' = none)
--- Answers {'OK', version, previous_found, previous} or {reason, detail}.
-local data, meta, lease = KEYS[1], KEYS[2], KEYS[3]
+-- Answers {'OK', version, previous_found, previous, pttl} or {reason, detail}.
+local data, meta, lease, stale = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local value, ttl_ms, condition = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local if_version, return_previous, fence = ARGV[4], ARGV[5] == '1', ARGV[6]
 local recompute_ms, default_ttl_ms, tags = ARGV[7], tonumber(ARGV[8]), ARGV[9]
@@ -42,10 +42,12 @@ if tags ~= '' then
 else
   redis.call('HDEL', meta, 't')
 end
--- A direct write supersedes any fill in progress.
-redis.call('DEL', lease)
+-- A direct write supersedes any fill in progress, and the stale copy a fill kept.
+redis.call('HDEL', meta, 's')
+redis.call('DEL', lease, stale)
 local version = cachet_touch(data, meta)
+local pttl = redis.call('PTTL', data)
 if return_previous and exists then
-  return {'OK', version, 1, previous}
+  return {'OK', version, 1, previous, pttl}
 end
-return {'OK', version, 0, ''}
+return {'OK', version, 0, '', pttl}

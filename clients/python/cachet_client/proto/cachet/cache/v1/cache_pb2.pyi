@@ -3294,13 +3294,13 @@ class GetOrLeaseRequest(_message.Message):
     key: _builtins.str
     """The key."""
     accept_stale: _builtins.bool
-    """When the value was deleted or invalidated recently and a stale copy is
-    kept (SetRequest/FillRequest.stale_ttl), answer it with FILL_PENDING.
+    """When the value was deleted, invalidated or expired recently and a stale
+    copy is kept (FillRequest.stale_ttl), answer it with FILL_PENDING.
     """
     @_builtins.property
     def lease_ttl(self) -> _duration_pb2.Duration:
         """How long the granted lease lasts before another caller may take over;
-        absent: 10s. At most the max TTL.
+        absent: 10s. Must be in (0, max TTL].
         """
 
     def __init__(
@@ -3347,7 +3347,9 @@ class GetOrLeaseResponse(_message.Message):
 
     @_builtins.property
     def retry_after(self) -> _duration_pb2.Duration:
-        """Suggested wait before asking again (FILL_PENDING)."""
+        """Suggested wait before asking again (FILL_PENDING): the lease's remaining
+        time, at most 50ms.
+        """
 
     def __init__(
         self,
@@ -3384,7 +3386,7 @@ class FillRequest(_message.Message):
     key: _builtins.str
     """The key."""
     lease_token: _builtins.str
-    """The token GetOrLease granted."""
+    """The token GetOrLease granted (at most 256 bytes)."""
     value: _builtins.bytes
     """The value."""
     @_builtins.property
@@ -3393,13 +3395,15 @@ class FillRequest(_message.Message):
 
     @_builtins.property
     def stale_ttl(self) -> _duration_pb2.Duration:
-        """Keep a stale copy this long after the value expires or is invalidated,
-        for GetOrLease(accept_stale). Absent or 0: no stale copy.
+        """Keep a stale copy this long after the value expires or is deleted or
+        invalidated, for GetOrLease(accept_stale); at most the max TTL. Absent or
+        0: no stale copy. A later write without a stale TTL (Set, SetMany, TxnSet)
+        drops the copy.
         """
 
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Tags for InvalidateTags."""
+        """Tags for InvalidateTags, as in SetRequest.tags."""
 
     @_builtins.property
     def recompute_time(self) -> _duration_pb2.Duration:

@@ -200,27 +200,44 @@ class CacheServiceStub:
     """SortedSetCardinality counts the members of a sorted set."""
     InvalidateTags: _grpc.UnaryUnaryMultiCallable[_cache_pb2.InvalidateTagsRequest, _cache_pb2.InvalidateTagsResponse]
     """InvalidateTags deletes every key written with any of the tags, and the
-    tags' indexes, in the caller's namespace.
+    tags' indexes, in the caller's namespace, and voids the deleted keys' fill
+    leases. A key rewritten without the tag since, or expired, is not touched.
+    Keys written with a tag while it is being invalidated are either deleted
+    or stay listed for the next invalidation. Tags are checked like
+    SetRequest.tags (INVALID_ARGUMENT).
     """
     InvalidatePattern: _grpc.UnaryUnaryMultiCallable[_cache_pb2.InvalidatePatternRequest, _cache_pb2.InvalidatePatternResponse]
     """InvalidatePattern deletes the caller's keys matching a glob, using SCAN in
-    batches on every node (never KEYS).
+    batches on every node (never KEYS), and voids fill leases of matching keys,
+    also of keys that are only being filled. Not a snapshot: keys written while
+    it runs may or may not be deleted. INVALID_ARGUMENT for an empty or too
+    long pattern, or one ending in an unescaped backslash.
     """
     GetOrLease: _grpc.UnaryUnaryMultiCallable[_cache_pb2.GetOrLeaseRequest, _cache_pb2.GetOrLeaseResponse]
     """GetOrLease is a read that protects the backing store from stampedes: it
     answers a hit; or, on a miss, grants exactly one caller a lease to fill
     the key; or tells the others that a fill is under way (with the stale
-    value when one is kept, and a suggested wait).
+    value when one is kept, and a suggested wait). Hits and misses count in
+    the namespace's statistics like Get's. FAILED_PRECONDITION `WRONG_TYPE` for
+    a key holding a collection.
     """
     Fill: _grpc.UnaryUnaryMultiCallable[_cache_pb2.FillRequest, _cache_pb2.FillResponse]
-    """Fill stores the value for a key under the lease GetOrLease granted. A
-    lease voided by a Delete or invalidation, or expired, answers ABORTED
+    """Fill stores the value for a key under the lease GetOrLease granted, and
+    ends the lease. A lease voided by a write (Set, SetMany, Increment, Txn),
+    a Delete or an invalidation, or expired, or already used, answers ABORTED
     reason `LEASE_LOST` and stores nothing.
     """
     Txn: _grpc.UnaryUnaryMultiCallable[_cache_pb2.TxnRequest, _cache_pb2.TxnResponse]
     """Txn runs comparisons, then one list of operations if all hold, else
     another, atomically (etcd Txn). All keys must share one Redis Cluster
-    slot; otherwise FAILED_PRECONDITION reason `CROSS_SLOT`.
+    slot (give them a common hash tag, `{acct}:alice` and `{acct}:bob`);
+    otherwise FAILED_PRECONDITION reason `CROSS_SLOT`, on every topology, so a
+    Txn that works on a standalone Redis keeps working on Cluster. An
+    operation that cannot apply answers FAILED_PRECONDITION (`WRONG_TYPE`,
+    `NOT_A_NUMBER`, `OUT_OF_RANGE`, metadata `field` naming it) and nothing
+    is written. Writes bump versions, void fill leases and, like Set, drop
+    tags, recompute time and stale copy; a TxnSet without TTL and a counter a
+    TxnIncrement creates get the default TTL; an incremented counter keeps its.
     """
     WatchInvalidations: _grpc.UnaryStreamMultiCallable[_cache_pb2.WatchInvalidationsRequest, _cache_pb2.WatchInvalidationsResponse]
     """WatchInvalidations streams the keys of the caller's namespace that change
@@ -402,27 +419,44 @@ class CacheServiceAsyncStub(CacheServiceStub):
     """SortedSetCardinality counts the members of a sorted set."""
     InvalidateTags: _aio.UnaryUnaryMultiCallable[_cache_pb2.InvalidateTagsRequest, _cache_pb2.InvalidateTagsResponse]  # type: ignore[assignment]
     """InvalidateTags deletes every key written with any of the tags, and the
-    tags' indexes, in the caller's namespace.
+    tags' indexes, in the caller's namespace, and voids the deleted keys' fill
+    leases. A key rewritten without the tag since, or expired, is not touched.
+    Keys written with a tag while it is being invalidated are either deleted
+    or stay listed for the next invalidation. Tags are checked like
+    SetRequest.tags (INVALID_ARGUMENT).
     """
     InvalidatePattern: _aio.UnaryUnaryMultiCallable[_cache_pb2.InvalidatePatternRequest, _cache_pb2.InvalidatePatternResponse]  # type: ignore[assignment]
     """InvalidatePattern deletes the caller's keys matching a glob, using SCAN in
-    batches on every node (never KEYS).
+    batches on every node (never KEYS), and voids fill leases of matching keys,
+    also of keys that are only being filled. Not a snapshot: keys written while
+    it runs may or may not be deleted. INVALID_ARGUMENT for an empty or too
+    long pattern, or one ending in an unescaped backslash.
     """
     GetOrLease: _aio.UnaryUnaryMultiCallable[_cache_pb2.GetOrLeaseRequest, _cache_pb2.GetOrLeaseResponse]  # type: ignore[assignment]
     """GetOrLease is a read that protects the backing store from stampedes: it
     answers a hit; or, on a miss, grants exactly one caller a lease to fill
     the key; or tells the others that a fill is under way (with the stale
-    value when one is kept, and a suggested wait).
+    value when one is kept, and a suggested wait). Hits and misses count in
+    the namespace's statistics like Get's. FAILED_PRECONDITION `WRONG_TYPE` for
+    a key holding a collection.
     """
     Fill: _aio.UnaryUnaryMultiCallable[_cache_pb2.FillRequest, _cache_pb2.FillResponse]  # type: ignore[assignment]
-    """Fill stores the value for a key under the lease GetOrLease granted. A
-    lease voided by a Delete or invalidation, or expired, answers ABORTED
+    """Fill stores the value for a key under the lease GetOrLease granted, and
+    ends the lease. A lease voided by a write (Set, SetMany, Increment, Txn),
+    a Delete or an invalidation, or expired, or already used, answers ABORTED
     reason `LEASE_LOST` and stores nothing.
     """
     Txn: _aio.UnaryUnaryMultiCallable[_cache_pb2.TxnRequest, _cache_pb2.TxnResponse]  # type: ignore[assignment]
     """Txn runs comparisons, then one list of operations if all hold, else
     another, atomically (etcd Txn). All keys must share one Redis Cluster
-    slot; otherwise FAILED_PRECONDITION reason `CROSS_SLOT`.
+    slot (give them a common hash tag, `{acct}:alice` and `{acct}:bob`);
+    otherwise FAILED_PRECONDITION reason `CROSS_SLOT`, on every topology, so a
+    Txn that works on a standalone Redis keeps working on Cluster. An
+    operation that cannot apply answers FAILED_PRECONDITION (`WRONG_TYPE`,
+    `NOT_A_NUMBER`, `OUT_OF_RANGE`, metadata `field` naming it) and nothing
+    is written. Writes bump versions, void fill leases and, like Set, drop
+    tags, recompute time and stale copy; a TxnSet without TTL and a counter a
+    TxnIncrement creates get the default TTL; an incremented counter keeps its.
     """
     WatchInvalidations: _aio.UnaryStreamMultiCallable[_cache_pb2.WatchInvalidationsRequest, _cache_pb2.WatchInvalidationsResponse]  # type: ignore[assignment]
     """WatchInvalidations streams the keys of the caller's namespace that change
@@ -889,7 +923,11 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cache_pb2.InvalidateTagsResponse, _abc.Awaitable[_cache_pb2.InvalidateTagsResponse]]:
         """InvalidateTags deletes every key written with any of the tags, and the
-        tags' indexes, in the caller's namespace.
+        tags' indexes, in the caller's namespace, and voids the deleted keys' fill
+        leases. A key rewritten without the tag since, or expired, is not touched.
+        Keys written with a tag while it is being invalidated are either deleted
+        or stay listed for the next invalidation. Tags are checked like
+        SetRequest.tags (INVALID_ARGUMENT).
         """
 
     @_abc_1.abstractmethod
@@ -899,7 +937,10 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cache_pb2.InvalidatePatternResponse, _abc.Awaitable[_cache_pb2.InvalidatePatternResponse]]:
         """InvalidatePattern deletes the caller's keys matching a glob, using SCAN in
-        batches on every node (never KEYS).
+        batches on every node (never KEYS), and voids fill leases of matching keys,
+        also of keys that are only being filled. Not a snapshot: keys written while
+        it runs may or may not be deleted. INVALID_ARGUMENT for an empty or too
+        long pattern, or one ending in an unescaped backslash.
         """
 
     @_abc_1.abstractmethod
@@ -911,7 +952,9 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetOrLease is a read that protects the backing store from stampedes: it
         answers a hit; or, on a miss, grants exactly one caller a lease to fill
         the key; or tells the others that a fill is under way (with the stale
-        value when one is kept, and a suggested wait).
+        value when one is kept, and a suggested wait). Hits and misses count in
+        the namespace's statistics like Get's. FAILED_PRECONDITION `WRONG_TYPE` for
+        a key holding a collection.
         """
 
     @_abc_1.abstractmethod
@@ -920,8 +963,9 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_pb2.FillRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cache_pb2.FillResponse, _abc.Awaitable[_cache_pb2.FillResponse]]:
-        """Fill stores the value for a key under the lease GetOrLease granted. A
-        lease voided by a Delete or invalidation, or expired, answers ABORTED
+        """Fill stores the value for a key under the lease GetOrLease granted, and
+        ends the lease. A lease voided by a write (Set, SetMany, Increment, Txn),
+        a Delete or an invalidation, or expired, or already used, answers ABORTED
         reason `LEASE_LOST` and stores nothing.
         """
 
@@ -933,7 +977,14 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_cache_pb2.TxnResponse, _abc.Awaitable[_cache_pb2.TxnResponse]]:
         """Txn runs comparisons, then one list of operations if all hold, else
         another, atomically (etcd Txn). All keys must share one Redis Cluster
-        slot; otherwise FAILED_PRECONDITION reason `CROSS_SLOT`.
+        slot (give them a common hash tag, `{acct}:alice` and `{acct}:bob`);
+        otherwise FAILED_PRECONDITION reason `CROSS_SLOT`, on every topology, so a
+        Txn that works on a standalone Redis keeps working on Cluster. An
+        operation that cannot apply answers FAILED_PRECONDITION (`WRONG_TYPE`,
+        `NOT_A_NUMBER`, `OUT_OF_RANGE`, metadata `field` naming it) and nothing
+        is written. Writes bump versions, void fill leases and, like Set, drop
+        tags, recompute time and stale copy; a TxnSet without TTL and a counter a
+        TxnIncrement creates get the default TTL; an incremented counter keeps its.
         """
 
     @_abc_1.abstractmethod
