@@ -80,6 +80,55 @@ class EventBusSettings(BaseModel):
 class AdminSettings(BaseModel):
     """AdminService settings (env `CACHET_ADMIN__<FIELD>`, YAML `admin:`)."""
 
+    config_whitelist: list[str] = Field(
+        default_factory=lambda: [
+            "slowlog-log-slower-than",
+            "slowlog-max-len",
+            "latency-monitor-threshold",
+            "maxmemory",
+            "maxmemory-policy",
+        ],
+        description="Redis parameters GetConfig/SetConfig may touch (exact names; any other "
+        "answers PERMISSION_DENIED). Env: a JSON list.",
+    )
+    config_int_bounds: dict[str, tuple[int, int]] = Field(
+        default_factory=lambda: {
+            "slowlog-log-slower-than": (-1, 60_000_000),
+            "slowlog-max-len": (0, 10_000),
+            "latency-monitor-threshold": (0, 60_000),
+        },
+        description="Inclusive [min, max] for whitelisted integer parameters; SetConfig refuses "
+        "a value outside them with INVALID_ARGUMENT.",
+    )
+    flush_enabled: bool = Field(
+        True,
+        description="Allow FlushNamespace at all; false answers FAILED_PRECONDITION "
+        "(reason FLUSH_DISABLED), for deployments where no one should flush.",
+    )
+    flush_batch: int = Field(
+        500, ge=1, le=10_000, description="Keys per SCAN COUNT and per UNLINK in FlushNamespace."
+    )
+    scan_count_max: int = Field(
+        5000,
+        ge=10,
+        le=100_000,
+        description="Largest SCAN COUNT ScanKeys/GetBigKeys use while looking for matches in a "
+        "sparse keyspace.",
+    )
+    scan_page_time: timedelta = Field(
+        timedelta(seconds=1),
+        description="How long one ScanKeys page may keep scanning before it answers with fewer "
+        "keys than page_size (and a token to continue).",
+    )
+    big_keys_time: timedelta = Field(
+        timedelta(seconds=10),
+        description="How long one GetBigKeys call may keep scanning before it answers with a "
+        "token to continue, even if scan_budget is not used up.",
+    )
+    max_scan_budget: int = Field(
+        1_000_000, ge=1, description="Largest scan_budget GetBigKeys accepts."
+    )
+
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)

@@ -193,7 +193,8 @@ class AdminServiceServicer:
     def GetSlowLog(self, request, context):
         """GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
         replica, merged newest first, paginated. Entries show raw Redis keys
-        (with cachet's internal prefixes) of every namespace.
+        (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+        node cannot be reached (pass `node` to read the others one by one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -251,8 +252,10 @@ class AdminServiceServicer:
         (`page_size`) by memory, or top N per type by element count, from a
         scan bounded by `scan_budget` keys. Namespace-scoped. Paginated over
         the scan: a non-empty `next_page_token` means the namespace was not
-        fully scanned within the budget; passing it continues the scan, and the
-        next report covers only the keys that call scanned.
+        fully scanned within the budget (or within the server's time limit per
+        call, CACHET_ADMIN__BIG_KEYS_TIME, default 10 s); passing it continues
+        the scan, and the next report covers only the keys that call scanned.
+        ABORTED (reason `TOPOLOGY_CHANGED`) as for ScanKeys.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -260,7 +263,9 @@ class AdminServiceServicer:
 
     def ListClients(self, request, context):
         """ListClients lists the connections of every primary and replica
-        (CLIENT LIST), paginated, optionally for one node.
+        (CLIENT LIST), paginated, optionally for one node. UNAVAILABLE if a node
+        cannot be reached (pass `node` to list the others one by one); ABORTED
+        (reason `TOPOLOGY_CHANGED`) if the node a page token points at is gone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -273,7 +278,7 @@ class AdminServiceServicer:
         `latency-monitor-threshold`, `maxmemory`, `maxmemory-policy`).
         Errors: PERMISSION_DENIED (reason `CONFIG_NOT_WHITELISTED`) if a named
         parameter is not whitelisted; INVALID_ARGUMENT for an empty name or one
-        with glob characters.
+        with glob characters; UNAVAILABLE if a node cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -303,7 +308,9 @@ class AdminServiceServicer:
         `cachet-namespace`, never from a field.
         Guard: `confirm` must equal the namespace name exactly, otherwise
         FAILED_PRECONDITION (google.rpc.ErrorInfo reason
-        `CONFIRMATION_MISMATCH`) and nothing is deleted.
+        `CONFIRMATION_MISMATCH`) and nothing is deleted. A server configured
+        with CACHET_ADMIN__FLUSH_ENABLED=false answers FAILED_PRECONDITION
+        (reason `FLUSH_DISABLED`) to every flush.
         Not atomic: keys written while the flush runs may survive. If the
         deadline passes mid-way, DEADLINE_EXCEEDED and part of the keys are
         deleted; calling again finishes the job.

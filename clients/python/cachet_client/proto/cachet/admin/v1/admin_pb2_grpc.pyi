@@ -82,7 +82,8 @@ class AdminServiceStub:
     GetSlowLog: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetSlowLogRequest, _admin_pb2.GetSlowLogResponse]
     """GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
     replica, merged newest first, paginated. Entries show raw Redis keys
-    (with cachet's internal prefixes) of every namespace.
+    (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+    node cannot be reached (pass `node` to read the others one by one).
     """
     ResetSlowLog: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResetSlowLogRequest, _admin_pb2.ResetSlowLogResponse]
     """ResetSlowLog empties the slow log (SLOWLOG RESET) on every primary and
@@ -116,12 +117,16 @@ class AdminServiceStub:
     (`page_size`) by memory, or top N per type by element count, from a
     scan bounded by `scan_budget` keys. Namespace-scoped. Paginated over
     the scan: a non-empty `next_page_token` means the namespace was not
-    fully scanned within the budget; passing it continues the scan, and the
-    next report covers only the keys that call scanned.
+    fully scanned within the budget (or within the server's time limit per
+    call, CACHET_ADMIN__BIG_KEYS_TIME, default 10 s); passing it continues
+    the scan, and the next report covers only the keys that call scanned.
+    ABORTED (reason `TOPOLOGY_CHANGED`) as for ScanKeys.
     """
     ListClients: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListClientsRequest, _admin_pb2.ListClientsResponse]
     """ListClients lists the connections of every primary and replica
-    (CLIENT LIST), paginated, optionally for one node.
+    (CLIENT LIST), paginated, optionally for one node. UNAVAILABLE if a node
+    cannot be reached (pass `node` to list the others one by one); ABORTED
+    (reason `TOPOLOGY_CHANGED`) if the node a page token points at is gone.
     """
     GetConfig: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetConfigRequest, _admin_pb2.GetConfigResponse]
     """GetConfig reads whitelisted Redis configuration parameters (CONFIG GET)
@@ -130,7 +135,7 @@ class AdminServiceStub:
     `latency-monitor-threshold`, `maxmemory`, `maxmemory-policy`).
     Errors: PERMISSION_DENIED (reason `CONFIG_NOT_WHITELISTED`) if a named
     parameter is not whitelisted; INVALID_ARGUMENT for an empty name or one
-    with glob characters.
+    with glob characters; UNAVAILABLE if a node cannot be reached.
     """
     SetConfig: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetConfigRequest, _admin_pb2.SetConfigResponse]
     """SetConfig sets whitelisted Redis configuration parameters (CONFIG SET)
@@ -152,7 +157,9 @@ class AdminServiceStub:
     `cachet-namespace`, never from a field.
     Guard: `confirm` must equal the namespace name exactly, otherwise
     FAILED_PRECONDITION (google.rpc.ErrorInfo reason
-    `CONFIRMATION_MISMATCH`) and nothing is deleted.
+    `CONFIRMATION_MISMATCH`) and nothing is deleted. A server configured
+    with CACHET_ADMIN__FLUSH_ENABLED=false answers FAILED_PRECONDITION
+    (reason `FLUSH_DISABLED`) to every flush.
     Not atomic: keys written while the flush runs may survive. If the
     deadline passes mid-way, DEADLINE_EXCEEDED and part of the keys are
     deleted; calling again finishes the job.
@@ -212,7 +219,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     GetSlowLog: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetSlowLogRequest, _admin_pb2.GetSlowLogResponse]  # type: ignore[assignment]
     """GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
     replica, merged newest first, paginated. Entries show raw Redis keys
-    (with cachet's internal prefixes) of every namespace.
+    (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+    node cannot be reached (pass `node` to read the others one by one).
     """
     ResetSlowLog: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResetSlowLogRequest, _admin_pb2.ResetSlowLogResponse]  # type: ignore[assignment]
     """ResetSlowLog empties the slow log (SLOWLOG RESET) on every primary and
@@ -246,12 +254,16 @@ class AdminServiceAsyncStub(AdminServiceStub):
     (`page_size`) by memory, or top N per type by element count, from a
     scan bounded by `scan_budget` keys. Namespace-scoped. Paginated over
     the scan: a non-empty `next_page_token` means the namespace was not
-    fully scanned within the budget; passing it continues the scan, and the
-    next report covers only the keys that call scanned.
+    fully scanned within the budget (or within the server's time limit per
+    call, CACHET_ADMIN__BIG_KEYS_TIME, default 10 s); passing it continues
+    the scan, and the next report covers only the keys that call scanned.
+    ABORTED (reason `TOPOLOGY_CHANGED`) as for ScanKeys.
     """
     ListClients: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListClientsRequest, _admin_pb2.ListClientsResponse]  # type: ignore[assignment]
     """ListClients lists the connections of every primary and replica
-    (CLIENT LIST), paginated, optionally for one node.
+    (CLIENT LIST), paginated, optionally for one node. UNAVAILABLE if a node
+    cannot be reached (pass `node` to list the others one by one); ABORTED
+    (reason `TOPOLOGY_CHANGED`) if the node a page token points at is gone.
     """
     GetConfig: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetConfigRequest, _admin_pb2.GetConfigResponse]  # type: ignore[assignment]
     """GetConfig reads whitelisted Redis configuration parameters (CONFIG GET)
@@ -260,7 +272,7 @@ class AdminServiceAsyncStub(AdminServiceStub):
     `latency-monitor-threshold`, `maxmemory`, `maxmemory-policy`).
     Errors: PERMISSION_DENIED (reason `CONFIG_NOT_WHITELISTED`) if a named
     parameter is not whitelisted; INVALID_ARGUMENT for an empty name or one
-    with glob characters.
+    with glob characters; UNAVAILABLE if a node cannot be reached.
     """
     SetConfig: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetConfigRequest, _admin_pb2.SetConfigResponse]  # type: ignore[assignment]
     """SetConfig sets whitelisted Redis configuration parameters (CONFIG SET)
@@ -282,7 +294,9 @@ class AdminServiceAsyncStub(AdminServiceStub):
     `cachet-namespace`, never from a field.
     Guard: `confirm` must equal the namespace name exactly, otherwise
     FAILED_PRECONDITION (google.rpc.ErrorInfo reason
-    `CONFIRMATION_MISMATCH`) and nothing is deleted.
+    `CONFIRMATION_MISMATCH`) and nothing is deleted. A server configured
+    with CACHET_ADMIN__FLUSH_ENABLED=false answers FAILED_PRECONDITION
+    (reason `FLUSH_DISABLED`) to every flush.
     Not atomic: keys written while the flush runs may survive. If the
     deadline passes mid-way, DEADLINE_EXCEEDED and part of the keys are
     deleted; calling again finishes the job.
@@ -357,7 +371,8 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.GetSlowLogResponse, _abc.Awaitable[_admin_pb2.GetSlowLogResponse]]:
         """GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
         replica, merged newest first, paginated. Entries show raw Redis keys
-        (with cachet's internal prefixes) of every namespace.
+        (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+        node cannot be reached (pass `node` to read the others one by one).
         """
 
     @_abc_1.abstractmethod
@@ -427,8 +442,10 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         (`page_size`) by memory, or top N per type by element count, from a
         scan bounded by `scan_budget` keys. Namespace-scoped. Paginated over
         the scan: a non-empty `next_page_token` means the namespace was not
-        fully scanned within the budget; passing it continues the scan, and the
-        next report covers only the keys that call scanned.
+        fully scanned within the budget (or within the server's time limit per
+        call, CACHET_ADMIN__BIG_KEYS_TIME, default 10 s); passing it continues
+        the scan, and the next report covers only the keys that call scanned.
+        ABORTED (reason `TOPOLOGY_CHANGED`) as for ScanKeys.
         """
 
     @_abc_1.abstractmethod
@@ -438,7 +455,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListClientsResponse, _abc.Awaitable[_admin_pb2.ListClientsResponse]]:
         """ListClients lists the connections of every primary and replica
-        (CLIENT LIST), paginated, optionally for one node.
+        (CLIENT LIST), paginated, optionally for one node. UNAVAILABLE if a node
+        cannot be reached (pass `node` to list the others one by one); ABORTED
+        (reason `TOPOLOGY_CHANGED`) if the node a page token points at is gone.
         """
 
     @_abc_1.abstractmethod
@@ -453,7 +472,7 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         `latency-monitor-threshold`, `maxmemory`, `maxmemory-policy`).
         Errors: PERMISSION_DENIED (reason `CONFIG_NOT_WHITELISTED`) if a named
         parameter is not whitelisted; INVALID_ARGUMENT for an empty name or one
-        with glob characters.
+        with glob characters; UNAVAILABLE if a node cannot be reached.
         """
 
     @_abc_1.abstractmethod
@@ -487,7 +506,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         `cachet-namespace`, never from a field.
         Guard: `confirm` must equal the namespace name exactly, otherwise
         FAILED_PRECONDITION (google.rpc.ErrorInfo reason
-        `CONFIRMATION_MISMATCH`) and nothing is deleted.
+        `CONFIRMATION_MISMATCH`) and nothing is deleted. A server configured
+        with CACHET_ADMIN__FLUSH_ENABLED=false answers FAILED_PRECONDITION
+        (reason `FLUSH_DISABLED`) to every flush.
         Not atomic: keys written while the flush runs may survive. If the
         deadline passes mid-way, DEADLINE_EXCEEDED and part of the keys are
         deleted; calling again finishes the job.
