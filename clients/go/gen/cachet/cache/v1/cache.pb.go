@@ -6661,10 +6661,10 @@ type GetOrLeaseRequest struct {
 	// The key.
 	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	// How long the granted lease lasts before another caller may take over;
-	// absent: 10s. At most the max TTL.
+	// absent: 10s. Must be in (0, max TTL].
 	LeaseTtl *durationpb.Duration `protobuf:"bytes,2,opt,name=lease_ttl,json=leaseTtl,proto3" json:"lease_ttl,omitempty"`
-	// When the value was deleted or invalidated recently and a stale copy is
-	// kept (SetRequest/FillRequest.stale_ttl), answer it with FILL_PENDING.
+	// When the value was deleted, invalidated or expired recently and a stale
+	// copy is kept (FillRequest.stale_ttl), answer it with FILL_PENDING.
 	AcceptStale   bool `protobuf:"varint,3,opt,name=accept_stale,json=acceptStale,proto3" json:"accept_stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -6734,7 +6734,8 @@ type GetOrLeaseResponse struct {
 	LeaseToken string `protobuf:"bytes,4,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
 	// How long the lease lasts (LEASE_GRANTED).
 	LeaseTtl *durationpb.Duration `protobuf:"bytes,5,opt,name=lease_ttl,json=leaseTtl,proto3" json:"lease_ttl,omitempty"`
-	// Suggested wait before asking again (FILL_PENDING).
+	// Suggested wait before asking again (FILL_PENDING): the lease's remaining
+	// time, at most 50ms.
 	RetryAfter *durationpb.Duration `protobuf:"bytes,6,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
 	// The value is a stale copy (FILL_PENDING with accept_stale).
 	Stale         bool `protobuf:"varint,7,opt,name=stale,proto3" json:"stale,omitempty"`
@@ -6826,16 +6827,18 @@ type FillRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The key.
 	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	// The token GetOrLease granted.
+	// The token GetOrLease granted (at most 256 bytes).
 	LeaseToken string `protobuf:"bytes,2,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
 	// The value.
 	Value []byte `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
 	// TTL; absent: the default TTL.
 	Ttl *durationpb.Duration `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
-	// Keep a stale copy this long after the value expires or is invalidated,
-	// for GetOrLease(accept_stale). Absent or 0: no stale copy.
+	// Keep a stale copy this long after the value expires or is deleted or
+	// invalidated, for GetOrLease(accept_stale); at most the max TTL. Absent or
+	// 0: no stale copy. A later write without a stale TTL (Set, SetMany, TxnSet)
+	// drops the copy.
 	StaleTtl *durationpb.Duration `protobuf:"bytes,5,opt,name=stale_ttl,json=staleTtl,proto3" json:"stale_ttl,omitempty"`
-	// Tags for InvalidateTags.
+	// Tags for InvalidateTags, as in SetRequest.tags.
 	Tags []string `protobuf:"bytes,6,rep,name=tags,proto3" json:"tags,omitempty"`
 	// How long computing the value took (for early refresh).
 	RecomputeTime *durationpb.Duration `protobuf:"bytes,7,opt,name=recompute_time,json=recomputeTime,proto3" json:"recompute_time,omitempty"`

@@ -224,23 +224,40 @@ type CacheServiceClient interface {
 	// SortedSetCardinality counts the members of a sorted set.
 	SortedSetCardinality(ctx context.Context, in *SortedSetCardinalityRequest, opts ...grpc.CallOption) (*SortedSetCardinalityResponse, error)
 	// InvalidateTags deletes every key written with any of the tags, and the
-	// tags' indexes, in the caller's namespace.
+	// tags' indexes, in the caller's namespace, and voids the deleted keys' fill
+	// leases. A key rewritten without the tag since, or expired, is not touched.
+	// Keys written with a tag while it is being invalidated are either deleted
+	// or stay listed for the next invalidation. Tags are checked like
+	// SetRequest.tags (INVALID_ARGUMENT).
 	InvalidateTags(ctx context.Context, in *InvalidateTagsRequest, opts ...grpc.CallOption) (*InvalidateTagsResponse, error)
 	// InvalidatePattern deletes the caller's keys matching a glob, using SCAN in
-	// batches on every node (never KEYS).
+	// batches on every node (never KEYS), and voids fill leases of matching keys,
+	// also of keys that are only being filled. Not a snapshot: keys written while
+	// it runs may or may not be deleted. INVALID_ARGUMENT for an empty or too
+	// long pattern, or one ending in an unescaped backslash.
 	InvalidatePattern(ctx context.Context, in *InvalidatePatternRequest, opts ...grpc.CallOption) (*InvalidatePatternResponse, error)
 	// GetOrLease is a read that protects the backing store from stampedes: it
 	// answers a hit; or, on a miss, grants exactly one caller a lease to fill
 	// the key; or tells the others that a fill is under way (with the stale
-	// value when one is kept, and a suggested wait).
+	// value when one is kept, and a suggested wait). Hits and misses count in
+	// the namespace's statistics like Get's. FAILED_PRECONDITION `WRONG_TYPE` for
+	// a key holding a collection.
 	GetOrLease(ctx context.Context, in *GetOrLeaseRequest, opts ...grpc.CallOption) (*GetOrLeaseResponse, error)
-	// Fill stores the value for a key under the lease GetOrLease granted. A
-	// lease voided by a Delete or invalidation, or expired, answers ABORTED
+	// Fill stores the value for a key under the lease GetOrLease granted, and
+	// ends the lease. A lease voided by a write (Set, SetMany, Increment, Txn),
+	// a Delete or an invalidation, or expired, or already used, answers ABORTED
 	// reason `LEASE_LOST` and stores nothing.
 	Fill(ctx context.Context, in *FillRequest, opts ...grpc.CallOption) (*FillResponse, error)
 	// Txn runs comparisons, then one list of operations if all hold, else
 	// another, atomically (etcd Txn). All keys must share one Redis Cluster
-	// slot; otherwise FAILED_PRECONDITION reason `CROSS_SLOT`.
+	// slot (give them a common hash tag, `{acct}:alice` and `{acct}:bob`);
+	// otherwise FAILED_PRECONDITION reason `CROSS_SLOT`, on every topology, so a
+	// Txn that works on a standalone Redis keeps working on Cluster. An
+	// operation that cannot apply answers FAILED_PRECONDITION (`WRONG_TYPE`,
+	// `NOT_A_NUMBER`, `OUT_OF_RANGE`, metadata `field` naming it) and nothing
+	// is written. Writes bump versions, void fill leases and, like Set, drop
+	// tags, recompute time and stale copy; a TxnSet without TTL and a counter a
+	// TxnIncrement creates get the default TTL; an incremented counter keeps its.
 	Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOption) (*TxnResponse, error)
 	// WatchInvalidations streams the keys of the caller's namespace that change
 	// (are written, deleted, expire or are evicted), so a client can keep a
@@ -947,23 +964,40 @@ type CacheServiceServer interface {
 	// SortedSetCardinality counts the members of a sorted set.
 	SortedSetCardinality(context.Context, *SortedSetCardinalityRequest) (*SortedSetCardinalityResponse, error)
 	// InvalidateTags deletes every key written with any of the tags, and the
-	// tags' indexes, in the caller's namespace.
+	// tags' indexes, in the caller's namespace, and voids the deleted keys' fill
+	// leases. A key rewritten without the tag since, or expired, is not touched.
+	// Keys written with a tag while it is being invalidated are either deleted
+	// or stay listed for the next invalidation. Tags are checked like
+	// SetRequest.tags (INVALID_ARGUMENT).
 	InvalidateTags(context.Context, *InvalidateTagsRequest) (*InvalidateTagsResponse, error)
 	// InvalidatePattern deletes the caller's keys matching a glob, using SCAN in
-	// batches on every node (never KEYS).
+	// batches on every node (never KEYS), and voids fill leases of matching keys,
+	// also of keys that are only being filled. Not a snapshot: keys written while
+	// it runs may or may not be deleted. INVALID_ARGUMENT for an empty or too
+	// long pattern, or one ending in an unescaped backslash.
 	InvalidatePattern(context.Context, *InvalidatePatternRequest) (*InvalidatePatternResponse, error)
 	// GetOrLease is a read that protects the backing store from stampedes: it
 	// answers a hit; or, on a miss, grants exactly one caller a lease to fill
 	// the key; or tells the others that a fill is under way (with the stale
-	// value when one is kept, and a suggested wait).
+	// value when one is kept, and a suggested wait). Hits and misses count in
+	// the namespace's statistics like Get's. FAILED_PRECONDITION `WRONG_TYPE` for
+	// a key holding a collection.
 	GetOrLease(context.Context, *GetOrLeaseRequest) (*GetOrLeaseResponse, error)
-	// Fill stores the value for a key under the lease GetOrLease granted. A
-	// lease voided by a Delete or invalidation, or expired, answers ABORTED
+	// Fill stores the value for a key under the lease GetOrLease granted, and
+	// ends the lease. A lease voided by a write (Set, SetMany, Increment, Txn),
+	// a Delete or an invalidation, or expired, or already used, answers ABORTED
 	// reason `LEASE_LOST` and stores nothing.
 	Fill(context.Context, *FillRequest) (*FillResponse, error)
 	// Txn runs comparisons, then one list of operations if all hold, else
 	// another, atomically (etcd Txn). All keys must share one Redis Cluster
-	// slot; otherwise FAILED_PRECONDITION reason `CROSS_SLOT`.
+	// slot (give them a common hash tag, `{acct}:alice` and `{acct}:bob`);
+	// otherwise FAILED_PRECONDITION reason `CROSS_SLOT`, on every topology, so a
+	// Txn that works on a standalone Redis keeps working on Cluster. An
+	// operation that cannot apply answers FAILED_PRECONDITION (`WRONG_TYPE`,
+	// `NOT_A_NUMBER`, `OUT_OF_RANGE`, metadata `field` naming it) and nothing
+	// is written. Writes bump versions, void fill leases and, like Set, drop
+	// tags, recompute time and stale copy; a TxnSet without TTL and a counter a
+	// TxnIncrement creates get the default TTL; an incremented counter keeps its.
 	Txn(context.Context, *TxnRequest) (*TxnResponse, error)
 	// WatchInvalidations streams the keys of the caller's namespace that change
 	// (are written, deleted, expire or are evicted), so a client can keep a

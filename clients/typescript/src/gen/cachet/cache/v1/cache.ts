@@ -1412,14 +1412,14 @@ export interface GetOrLeaseRequest {
   key: string;
   /**
    * How long the granted lease lasts before another caller may take over;
-   * absent: 10s. At most the max TTL.
+   * absent: 10s. Must be in (0, max TTL].
    */
   leaseTtl:
     | Duration
     | undefined;
   /**
-   * When the value was deleted or invalidated recently and a stale copy is
-   * kept (SetRequest/FillRequest.stale_ttl), answer it with FILL_PENDING.
+   * When the value was deleted, invalidated or expired recently and a stale
+   * copy is kept (FillRequest.stale_ttl), answer it with FILL_PENDING.
    */
   acceptStale: boolean;
 }
@@ -1438,7 +1438,10 @@ export interface GetOrLeaseResponse {
   leaseTtl:
     | Duration
     | undefined;
-  /** Suggested wait before asking again (FILL_PENDING). */
+  /**
+   * Suggested wait before asking again (FILL_PENDING): the lease's remaining
+   * time, at most 50ms.
+   */
   retryAfter:
     | Duration
     | undefined;
@@ -1450,7 +1453,7 @@ export interface GetOrLeaseResponse {
 export interface FillRequest {
   /** The key. */
   key: string;
-  /** The token GetOrLease granted. */
+  /** The token GetOrLease granted (at most 256 bytes). */
   leaseToken: string;
   /** The value. */
   value: Buffer;
@@ -1459,13 +1462,15 @@ export interface FillRequest {
     | Duration
     | undefined;
   /**
-   * Keep a stale copy this long after the value expires or is invalidated,
-   * for GetOrLease(accept_stale). Absent or 0: no stale copy.
+   * Keep a stale copy this long after the value expires or is deleted or
+   * invalidated, for GetOrLease(accept_stale); at most the max TTL. Absent or
+   * 0: no stale copy. A later write without a stale TTL (Set, SetMany, TxnSet)
+   * drops the copy.
    */
   staleTtl:
     | Duration
     | undefined;
-  /** Tags for InvalidateTags. */
+  /** Tags for InvalidateTags, as in SetRequest.tags. */
   tags: string[];
   /** How long computing the value took (for early refresh). */
   recomputeTime: Duration | undefined;
@@ -13557,7 +13562,11 @@ export const CacheServiceService = {
   },
   /**
    * InvalidateTags deletes every key written with any of the tags, and the
-   * tags' indexes, in the caller's namespace.
+   * tags' indexes, in the caller's namespace, and voids the deleted keys' fill
+   * leases. A key rewritten without the tag since, or expired, is not touched.
+   * Keys written with a tag while it is being invalidated are either deleted
+   * or stay listed for the next invalidation. Tags are checked like
+   * SetRequest.tags (INVALID_ARGUMENT).
    */
   invalidateTags: {
     path: "/cachet.cache.v1.CacheService/InvalidateTags" as const,
@@ -13572,7 +13581,10 @@ export const CacheServiceService = {
   },
   /**
    * InvalidatePattern deletes the caller's keys matching a glob, using SCAN in
-   * batches on every node (never KEYS).
+   * batches on every node (never KEYS), and voids fill leases of matching keys,
+   * also of keys that are only being filled. Not a snapshot: keys written while
+   * it runs may or may not be deleted. INVALID_ARGUMENT for an empty or too
+   * long pattern, or one ending in an unescaped backslash.
    */
   invalidatePattern: {
     path: "/cachet.cache.v1.CacheService/InvalidatePattern" as const,
@@ -13589,7 +13601,9 @@ export const CacheServiceService = {
    * GetOrLease is a read that protects the backing store from stampedes: it
    * answers a hit; or, on a miss, grants exactly one caller a lease to fill
    * the key; or tells the others that a fill is under way (with the stale
-   * value when one is kept, and a suggested wait).
+   * value when one is kept, and a suggested wait). Hits and misses count in
+   * the namespace's statistics like Get's. FAILED_PRECONDITION `WRONG_TYPE` for
+   * a key holding a collection.
    */
   getOrLease: {
     path: "/cachet.cache.v1.CacheService/GetOrLease" as const,
@@ -13601,8 +13615,9 @@ export const CacheServiceService = {
     responseDeserialize: (value: Buffer): GetOrLeaseResponse => GetOrLeaseResponse.decode(value),
   },
   /**
-   * Fill stores the value for a key under the lease GetOrLease granted. A
-   * lease voided by a Delete or invalidation, or expired, answers ABORTED
+   * Fill stores the value for a key under the lease GetOrLease granted, and
+   * ends the lease. A lease voided by a write (Set, SetMany, Increment, Txn),
+   * a Delete or an invalidation, or expired, or already used, answers ABORTED
    * reason `LEASE_LOST` and stores nothing.
    */
   fill: {
@@ -13617,7 +13632,14 @@ export const CacheServiceService = {
   /**
    * Txn runs comparisons, then one list of operations if all hold, else
    * another, atomically (etcd Txn). All keys must share one Redis Cluster
-   * slot; otherwise FAILED_PRECONDITION reason `CROSS_SLOT`.
+   * slot (give them a common hash tag, `{acct}:alice` and `{acct}:bob`);
+   * otherwise FAILED_PRECONDITION reason `CROSS_SLOT`, on every topology, so a
+   * Txn that works on a standalone Redis keeps working on Cluster. An
+   * operation that cannot apply answers FAILED_PRECONDITION (`WRONG_TYPE`,
+   * `NOT_A_NUMBER`, `OUT_OF_RANGE`, metadata `field` naming it) and nothing
+   * is written. Writes bump versions, void fill leases and, like Set, drop
+   * tags, recompute time and stale copy; a TxnSet without TTL and a counter a
+   * TxnIncrement creates get the default TTL; an incremented counter keeps its.
    */
   txn: {
     path: "/cachet.cache.v1.CacheService/Txn" as const,
@@ -13792,31 +13814,48 @@ export interface CacheServiceServer extends UntypedServiceImplementation {
   sortedSetCardinality: handleUnaryCall<SortedSetCardinalityRequest, SortedSetCardinalityResponse>;
   /**
    * InvalidateTags deletes every key written with any of the tags, and the
-   * tags' indexes, in the caller's namespace.
+   * tags' indexes, in the caller's namespace, and voids the deleted keys' fill
+   * leases. A key rewritten without the tag since, or expired, is not touched.
+   * Keys written with a tag while it is being invalidated are either deleted
+   * or stay listed for the next invalidation. Tags are checked like
+   * SetRequest.tags (INVALID_ARGUMENT).
    */
   invalidateTags: handleUnaryCall<InvalidateTagsRequest, InvalidateTagsResponse>;
   /**
    * InvalidatePattern deletes the caller's keys matching a glob, using SCAN in
-   * batches on every node (never KEYS).
+   * batches on every node (never KEYS), and voids fill leases of matching keys,
+   * also of keys that are only being filled. Not a snapshot: keys written while
+   * it runs may or may not be deleted. INVALID_ARGUMENT for an empty or too
+   * long pattern, or one ending in an unescaped backslash.
    */
   invalidatePattern: handleUnaryCall<InvalidatePatternRequest, InvalidatePatternResponse>;
   /**
    * GetOrLease is a read that protects the backing store from stampedes: it
    * answers a hit; or, on a miss, grants exactly one caller a lease to fill
    * the key; or tells the others that a fill is under way (with the stale
-   * value when one is kept, and a suggested wait).
+   * value when one is kept, and a suggested wait). Hits and misses count in
+   * the namespace's statistics like Get's. FAILED_PRECONDITION `WRONG_TYPE` for
+   * a key holding a collection.
    */
   getOrLease: handleUnaryCall<GetOrLeaseRequest, GetOrLeaseResponse>;
   /**
-   * Fill stores the value for a key under the lease GetOrLease granted. A
-   * lease voided by a Delete or invalidation, or expired, answers ABORTED
+   * Fill stores the value for a key under the lease GetOrLease granted, and
+   * ends the lease. A lease voided by a write (Set, SetMany, Increment, Txn),
+   * a Delete or an invalidation, or expired, or already used, answers ABORTED
    * reason `LEASE_LOST` and stores nothing.
    */
   fill: handleUnaryCall<FillRequest, FillResponse>;
   /**
    * Txn runs comparisons, then one list of operations if all hold, else
    * another, atomically (etcd Txn). All keys must share one Redis Cluster
-   * slot; otherwise FAILED_PRECONDITION reason `CROSS_SLOT`.
+   * slot (give them a common hash tag, `{acct}:alice` and `{acct}:bob`);
+   * otherwise FAILED_PRECONDITION reason `CROSS_SLOT`, on every topology, so a
+   * Txn that works on a standalone Redis keeps working on Cluster. An
+   * operation that cannot apply answers FAILED_PRECONDITION (`WRONG_TYPE`,
+   * `NOT_A_NUMBER`, `OUT_OF_RANGE`, metadata `field` naming it) and nothing
+   * is written. Writes bump versions, void fill leases and, like Set, drop
+   * tags, recompute time and stale copy; a TxnSet without TTL and a counter a
+   * TxnIncrement creates get the default TTL; an incremented counter keeps its.
    */
   txn: handleUnaryCall<TxnRequest, TxnResponse>;
   /**
@@ -14625,7 +14664,11 @@ export interface CacheServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * InvalidateTags deletes every key written with any of the tags, and the
-   * tags' indexes, in the caller's namespace.
+   * tags' indexes, in the caller's namespace, and voids the deleted keys' fill
+   * leases. A key rewritten without the tag since, or expired, is not touched.
+   * Keys written with a tag while it is being invalidated are either deleted
+   * or stay listed for the next invalidation. Tags are checked like
+   * SetRequest.tags (INVALID_ARGUMENT).
    */
   invalidateTags(
     request: InvalidateTagsRequest,
@@ -14644,7 +14687,10 @@ export interface CacheServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * InvalidatePattern deletes the caller's keys matching a glob, using SCAN in
-   * batches on every node (never KEYS).
+   * batches on every node (never KEYS), and voids fill leases of matching keys,
+   * also of keys that are only being filled. Not a snapshot: keys written while
+   * it runs may or may not be deleted. INVALID_ARGUMENT for an empty or too
+   * long pattern, or one ending in an unescaped backslash.
    */
   invalidatePattern(
     request: InvalidatePatternRequest,
@@ -14665,7 +14711,9 @@ export interface CacheServiceClient extends Client {
    * GetOrLease is a read that protects the backing store from stampedes: it
    * answers a hit; or, on a miss, grants exactly one caller a lease to fill
    * the key; or tells the others that a fill is under way (with the stale
-   * value when one is kept, and a suggested wait).
+   * value when one is kept, and a suggested wait). Hits and misses count in
+   * the namespace's statistics like Get's. FAILED_PRECONDITION `WRONG_TYPE` for
+   * a key holding a collection.
    */
   getOrLease(
     request: GetOrLeaseRequest,
@@ -14683,8 +14731,9 @@ export interface CacheServiceClient extends Client {
     callback: (error: ServiceError | null, response: GetOrLeaseResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Fill stores the value for a key under the lease GetOrLease granted. A
-   * lease voided by a Delete or invalidation, or expired, answers ABORTED
+   * Fill stores the value for a key under the lease GetOrLease granted, and
+   * ends the lease. A lease voided by a write (Set, SetMany, Increment, Txn),
+   * a Delete or an invalidation, or expired, or already used, answers ABORTED
    * reason `LEASE_LOST` and stores nothing.
    */
   fill(request: FillRequest, callback: (error: ServiceError | null, response: FillResponse) => void): ClientUnaryCall;
@@ -14702,7 +14751,14 @@ export interface CacheServiceClient extends Client {
   /**
    * Txn runs comparisons, then one list of operations if all hold, else
    * another, atomically (etcd Txn). All keys must share one Redis Cluster
-   * slot; otherwise FAILED_PRECONDITION reason `CROSS_SLOT`.
+   * slot (give them a common hash tag, `{acct}:alice` and `{acct}:bob`);
+   * otherwise FAILED_PRECONDITION reason `CROSS_SLOT`, on every topology, so a
+   * Txn that works on a standalone Redis keeps working on Cluster. An
+   * operation that cannot apply answers FAILED_PRECONDITION (`WRONG_TYPE`,
+   * `NOT_A_NUMBER`, `OUT_OF_RANGE`, metadata `field` naming it) and nothing
+   * is written. Writes bump versions, void fill leases and, like Set, drop
+   * tags, recompute time and stale copy; a TxnSet without TTL and a counter a
+   * TxnIncrement creates get the default TTL; an incremented counter keeps its.
    */
   txn(request: TxnRequest, callback: (error: ServiceError | null, response: TxnResponse) => void): ClientUnaryCall;
   txn(
