@@ -56,13 +56,16 @@ def edit_token(token: str, change) -> str:
 # -- service statistics -------------------------------------------------------------------
 
 
-async def namespace_stats(admin, namespace: str) -> pb.NamespaceStats:
+async def namespace_stats(admin, namespace: str) -> tuple[pb.NamespaceStats, int]:
+    """The namespace's entry, and how many GetServiceStats calls it took to find it."""
     request = pb.GetServiceStatsRequest(page_size=1000)
+    calls = 0
     while True:
         page = await admin.GetServiceStats(request)
+        calls += 1
         for entry in page.namespaces:
             if entry.namespace == namespace:
-                return entry
+                return entry, calls
         if not page.next_page_token:
             raise AssertionError(f"namespace {namespace} not in GetServiceStats")
         request.page_token = page.next_page_token
@@ -74,16 +77,16 @@ async def test_hit_ratio_changes_exactly_with_the_hits_and_misses_made(admin, ca
         assert (await cache.Get(cache_pb.GetRequest(key=f"present:{i}"))).found
     for i in range(3):
         assert not (await cache.Get(cache_pb.GetRequest(key=f"absent:{i}"))).found
-    stats = await namespace_stats(admin, namespace)
+    stats, _ = await namespace_stats(admin, namespace)
     assert (stats.hits, stats.misses) == (7, 3)
     assert stats.hit_ratio == pytest.approx(0.7)
     calls_before = stats.calls
 
     await cache.GetMany(cache_pb.GetManyRequest(keys=["present:0", "absent:0", "absent:1"]))
-    stats = await namespace_stats(admin, namespace)
+    stats, pages = await namespace_stats(admin, namespace)
     assert (stats.hits, stats.misses) == (8, 5)
     assert stats.hit_ratio == pytest.approx(8 / 13)
-    assert stats.calls == calls_before + 2, "the GetMany and the previous GetServiceStats"
+    assert stats.calls == calls_before + 1 + pages, "the GetMany and the GetServiceStats"
 
 
 async def test_service_stats_pages_through_namespaces_and_counts_methods(admin, cache):
@@ -508,3 +511,63 @@ async def test_flush_can_be_disabled(cachet):
         error = await rpc_error(admin.FlushNamespace(pb.FlushNamespaceRequest(confirm="anything")))
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert error_reason(error) == "FLUSH_DISABLED"
+
+
+async def test_refusals_by_redis_are_invalid_argument_naming_the_parameter(cachet):
+    from cachet_server.app import running
+
+    from .conftest import make_settings
+
+    settings = make_settings(
+        cachet.settings.redis_url, admin={"config_whitelist": ["appendfsync", "slowlog-max-len"]}
+    )
+    async with running(settings) as app, channel_to(app.port, "ops") as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        before = await admin.GetConfig(pb.GetConfigRequest())
+        assert list(before.whitelist) == ["appendfsync", "slowlog-max-len"]
+        error = await rpc_error(
+            admin.SetConfig(
+                pb.SetConfigRequest(
+                    parameters={"appendfsync": "sometimes", "slowlog-max-len": "333"}
+                )
+            )
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_fields(error) == ["parameters[appendfsync]"]
+        assert "refused by Redis" in error.details()
+        assert await admin.GetConfig(pb.GetConfigRequest()) == before, "nothing changed"
+
+
+async def test_admin_calls_while_redis_is_down():
+    from cachet_server.app import running
+
+    from .conftest import make_settings
+    from .redis_procs import RedisProcess
+
+    redis_server = RedisProcess().start()
+    try:
+        async with running(make_settings(redis_server.url)) as app:
+            async with channel_to(app.port, "ops") as channel:
+                admin = admin_pb2_grpc.AdminServiceStub(channel)
+                assert (await admin.GetServerInfo(pb.GetServerInfoRequest())).nodes[0].reachable
+                redis_server.kill()
+                info_error = await rpc_error(admin.GetServerInfo(pb.GetServerInfoRequest()))
+                assert info_error.code() == grpc.StatusCode.UNAVAILABLE
+                assert redis_server.address in info_error.details()
+                memory = await admin.GetMemoryStats(pb.GetMemoryStatsRequest())
+                assert memory.nodes[0].error and memory.nodes[0].node == redis_server.address
+                for call in [
+                    admin.GetSlowLog(pb.GetSlowLogRequest()),
+                    admin.ResetSlowLog(pb.ResetSlowLogRequest()),
+                    admin.ListClients(pb.ListClientsRequest()),
+                    admin.GetConfig(pb.GetConfigRequest()),
+                    admin.SetConfig(pb.SetConfigRequest(parameters={"slowlog-max-len": "5"})),
+                    admin.ScanKeys(pb.ScanKeysRequest()),
+                    admin.InspectKey(pb.InspectKeyRequest(key="k")),
+                    admin.FlushNamespace(pb.FlushNamespaceRequest(confirm="ops")),
+                ]:
+                    error = await rpc_error(call)
+                    assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+                    assert "Traceback" not in error.details()
+    finally:
+        redis_server.stop()
