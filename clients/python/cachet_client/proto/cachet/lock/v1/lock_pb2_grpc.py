@@ -100,8 +100,10 @@ class LockServiceServicer:
         Statuses:
         OK                  granted; the response carries the owner and fencing tokens.
         INVALID_ARGUMENT    bad name, ttl or wait (google.rpc.BadRequest names the field).
-        FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held and `wait` elapsed (or was
-        zero) before it became free. ErrorInfo metadata `remaining_ttl_ms`.
+        FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held, or free but promised to
+        callers that queued earlier, and `wait` elapsed (or was zero)
+        before it became this caller's turn. ErrorInfo metadata
+        `remaining_ttl_ms`: when it is next worth trying.
         DEADLINE_EXCEEDED   the call deadline passed while waiting. The wait-queue entry is
         removed; no grant is made after the deadline.
         UNAVAILABLE         Redis unreachable; or reason `REPLICATION_INCOMPLETE`: fewer than
@@ -121,6 +123,7 @@ class LockServiceServicer:
         INVALID_ARGUMENT    bad name or empty owner_token.
         FAILED_PRECONDITION reason `LOCK_NOT_OWNED`: the token does not own the lock (wrong
         token, lock expired, or already released). Nothing is changed.
+        ErrorInfo metadata `server_time_us`: Redis time of the refusal.
         UNAVAILABLE         Redis unreachable (the lock will then expire by its TTL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -194,7 +197,8 @@ class LockServiceServicer:
         Statuses:
         OK                  a permit was granted.
         INVALID_ARGUMENT    bad name, limit, ttl or wait.
-        FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken and `wait` elapsed
+        FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken (or the free ones
+        are promised to callers that queued earlier) and `wait` elapsed
         (or was zero). Reason `SEMAPHORE_LIMIT_MISMATCH`: the semaphore has
         live holders that were admitted under a different `limit`
         (ErrorInfo metadata `limit` gives the current one).

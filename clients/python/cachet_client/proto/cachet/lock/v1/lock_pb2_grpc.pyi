@@ -90,8 +90,10 @@ class LockServiceStub:
     Statuses:
       OK                  granted; the response carries the owner and fencing tokens.
       INVALID_ARGUMENT    bad name, ttl or wait (google.rpc.BadRequest names the field).
-      FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held and `wait` elapsed (or was
-                          zero) before it became free. ErrorInfo metadata `remaining_ttl_ms`.
+      FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held, or free but promised to
+                          callers that queued earlier, and `wait` elapsed (or was zero)
+                          before it became this caller's turn. ErrorInfo metadata
+                          `remaining_ttl_ms`: when it is next worth trying.
       DEADLINE_EXCEEDED   the call deadline passed while waiting. The wait-queue entry is
                           removed; no grant is made after the deadline.
       UNAVAILABLE         Redis unreachable; or reason `REPLICATION_INCOMPLETE`: fewer than
@@ -107,6 +109,7 @@ class LockServiceStub:
       INVALID_ARGUMENT    bad name or empty owner_token.
       FAILED_PRECONDITION reason `LOCK_NOT_OWNED`: the token does not own the lock (wrong
                           token, lock expired, or already released). Nothing is changed.
+                          ErrorInfo metadata `server_time_us`: Redis time of the refusal.
       UNAVAILABLE         Redis unreachable (the lock will then expire by its TTL).
     """
     Extend: _grpc.UnaryUnaryMultiCallable[_lock_pb2.ExtendRequest, _lock_pb2.ExtendResponse]
@@ -164,7 +167,8 @@ class LockServiceStub:
     Statuses:
       OK                  a permit was granted.
       INVALID_ARGUMENT    bad name, limit, ttl or wait.
-      FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken and `wait` elapsed
+      FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken (or the free ones
+                          are promised to callers that queued earlier) and `wait` elapsed
                           (or was zero). Reason `SEMAPHORE_LIMIT_MISMATCH`: the semaphore has
                           live holders that were admitted under a different `limit`
                           (ErrorInfo metadata `limit` gives the current one).
@@ -210,8 +214,10 @@ class LockServiceAsyncStub(LockServiceStub):
     Statuses:
       OK                  granted; the response carries the owner and fencing tokens.
       INVALID_ARGUMENT    bad name, ttl or wait (google.rpc.BadRequest names the field).
-      FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held and `wait` elapsed (or was
-                          zero) before it became free. ErrorInfo metadata `remaining_ttl_ms`.
+      FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held, or free but promised to
+                          callers that queued earlier, and `wait` elapsed (or was zero)
+                          before it became this caller's turn. ErrorInfo metadata
+                          `remaining_ttl_ms`: when it is next worth trying.
       DEADLINE_EXCEEDED   the call deadline passed while waiting. The wait-queue entry is
                           removed; no grant is made after the deadline.
       UNAVAILABLE         Redis unreachable; or reason `REPLICATION_INCOMPLETE`: fewer than
@@ -227,6 +233,7 @@ class LockServiceAsyncStub(LockServiceStub):
       INVALID_ARGUMENT    bad name or empty owner_token.
       FAILED_PRECONDITION reason `LOCK_NOT_OWNED`: the token does not own the lock (wrong
                           token, lock expired, or already released). Nothing is changed.
+                          ErrorInfo metadata `server_time_us`: Redis time of the refusal.
       UNAVAILABLE         Redis unreachable (the lock will then expire by its TTL).
     """
     Extend: _aio.UnaryUnaryMultiCallable[_lock_pb2.ExtendRequest, _lock_pb2.ExtendResponse]  # type: ignore[assignment]
@@ -284,7 +291,8 @@ class LockServiceAsyncStub(LockServiceStub):
     Statuses:
       OK                  a permit was granted.
       INVALID_ARGUMENT    bad name, limit, ttl or wait.
-      FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken and `wait` elapsed
+      FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken (or the free ones
+                          are promised to callers that queued earlier) and `wait` elapsed
                           (or was zero). Reason `SEMAPHORE_LIMIT_MISMATCH`: the semaphore has
                           live holders that were admitted under a different `limit`
                           (ErrorInfo metadata `limit` gives the current one).
@@ -333,8 +341,10 @@ class LockServiceServicer(metaclass=_abc_1.ABCMeta):
         Statuses:
           OK                  granted; the response carries the owner and fencing tokens.
           INVALID_ARGUMENT    bad name, ttl or wait (google.rpc.BadRequest names the field).
-          FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held and `wait` elapsed (or was
-                              zero) before it became free. ErrorInfo metadata `remaining_ttl_ms`.
+          FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held, or free but promised to
+                              callers that queued earlier, and `wait` elapsed (or was zero)
+                              before it became this caller's turn. ErrorInfo metadata
+                              `remaining_ttl_ms`: when it is next worth trying.
           DEADLINE_EXCEEDED   the call deadline passed while waiting. The wait-queue entry is
                               removed; no grant is made after the deadline.
           UNAVAILABLE         Redis unreachable; or reason `REPLICATION_INCOMPLETE`: fewer than
@@ -356,6 +366,7 @@ class LockServiceServicer(metaclass=_abc_1.ABCMeta):
           INVALID_ARGUMENT    bad name or empty owner_token.
           FAILED_PRECONDITION reason `LOCK_NOT_OWNED`: the token does not own the lock (wrong
                               token, lock expired, or already released). Nothing is changed.
+                              ErrorInfo metadata `server_time_us`: Redis time of the refusal.
           UNAVAILABLE         Redis unreachable (the lock will then expire by its TTL).
         """
 
@@ -437,7 +448,8 @@ class LockServiceServicer(metaclass=_abc_1.ABCMeta):
         Statuses:
           OK                  a permit was granted.
           INVALID_ARGUMENT    bad name, limit, ttl or wait.
-          FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken and `wait` elapsed
+          FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken (or the free ones
+                              are promised to callers that queued earlier) and `wait` elapsed
                               (or was zero). Reason `SEMAPHORE_LIMIT_MISMATCH`: the semaphore has
                               live holders that were admitted under a different `limit`
                               (ErrorInfo metadata `limit` gives the current one).
