@@ -36,6 +36,8 @@ class ServiceStats:
     def __init__(self) -> None:
         self.namespaces: dict[str, NamespaceStats] = defaultdict(NamespaceStats)
         self.methods: dict[str, MethodStats] = defaultdict(MethodStats)
+        # Rate-limit checks admitted unchecked because Redis was unreachable (fail_open).
+        self.ratelimit_fail_open = 0
 
     def record_lookups(self, namespace: str, hits: int, misses: int) -> None:
         entry = self.namespaces[namespace]

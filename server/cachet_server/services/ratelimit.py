@@ -1,11 +1,319 @@
-"""RateLimitService: lands with issue 4; until then its methods answer UNIMPLEMENTED."""
+"""RateLimitService: Check, CheckMany, Reset and ListPolicies (see docs/ratelimit.md).
+
+A request's targets are validated and resolved to state keys and limits first, so a bad item
+fails the call before anything is consumed; then the Limiter decides them, one script per
+Redis Cluster slot, applying each rule's failure mode when Redis is unreachable.
+"""
 
 from __future__ import annotations
 
-from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2_grpc
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 
-from .base import Servicer
+from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2 as pb
+from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2_grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from ..backend.ratelimit import (
+    Algorithm,
+    Decision,
+    GroupDecision,
+    LimitCheck,
+    LimitSpec,
+    RateLimitStore,
+    state_key,
+)
+from ..config import MAX_RATE_LIMIT, MAX_RATE_PERIOD, FailMode
+from ..errors import InvalidArgument, NotFound, Unavailable, domain_error
+from ..validation import Validator
+from .base import Context, Dependencies, Servicer
+from .ratelimit_policies import Policy, PolicyTable
+
+log = logging.getLogger(__name__)
+
+MAX_DESCRIPTOR_ENTRIES = 16
+_MAX_PERIOD_MS = MAX_RATE_PERIOD // timedelta(milliseconds=1)
+_DEFAULT_PAGE_SIZE = 100
+_MAX_PAGE_SIZE = 1000
+_PROTO_ALGORITHMS = {
+    pb.ALGORITHM_UNSPECIFIED: Algorithm.TOKEN_BUCKET,
+    pb.ALGORITHM_FIXED_WINDOW: Algorithm.FIXED_WINDOW,
+    pb.ALGORITHM_SLIDING_WINDOW_LOG: Algorithm.SLIDING_WINDOW_LOG,
+    pb.ALGORITHM_SLIDING_WINDOW_COUNTER: Algorithm.SLIDING_WINDOW_COUNTER,
+    pb.ALGORITHM_TOKEN_BUCKET: Algorithm.TOKEN_BUCKET,
+    pb.ALGORITHM_GCRA: Algorithm.GCRA,
+}
+_ALGORITHM_PROTOS = {
+    algorithm: value
+    for value, algorithm in _PROTO_ALGORITHMS.items()
+    if value != pb.ALGORITHM_UNSPECIFIED
+}
+_MODES = {
+    pb.CHECK_MANY_MODE_UNSPECIFIED: False,
+    pb.CHECK_MANY_MODE_INDEPENDENT: False,
+    pb.CHECK_MANY_MODE_ALL_OR_NOTHING: True,
+}
+
+
+def duration_us(us: int) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=us // 1_000_000, nanos=us % 1_000_000 * 1000)
+
+
+def timestamp_us(us: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=us // 1_000_000, nanos=us % 1_000_000 * 1000)
+
+
+def descriptor_key(entries: Sequence[tuple[str, str]]) -> str:
+    """The limited key of a matched descriptor: all its entries, unambiguously."""
+    return json.dumps([list(entry) for entry in entries], ensure_ascii=False, separators=(",", ":"))
+
+
+def descriptor_entries(
+    check: Validator, entries: Sequence[tuple[str, str]], field: str
+) -> list[tuple[str, str]]:
+    """Descriptor entries, each key and value non-empty; 1 to 16 of them."""
+    if not entries:
+        raise InvalidArgument.field(field, "must have at least one entry")
+    if len(entries) > MAX_DESCRIPTOR_ENTRIES:
+        raise InvalidArgument.field(field, f"has more than {MAX_DESCRIPTOR_ENTRIES} entries")
+    for i, (key, value) in enumerate(entries):
+        check.key(key, f"{field}[{i}].key")
+        check.key(value, f"{field}[{i}].value")
+    return list(entries)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A target resolved to its state key and limit, and the rule that applies (if any)."""
+
+    check: LimitCheck
+    policy: Policy | None
+    fail_open: bool
+
+    @classmethod
+    def for_policy(cls, namespace: str, policy: Policy, key: str, hits: int) -> Resolved:
+        limited = state_key(namespace, policy.spec, policy.name, key)
+        check = LimitCheck(limited, policy.spec, hits, policy.shadow_mode)
+        return cls(check, policy, policy.fail_open)
+
+    @classmethod
+    def for_limit(
+        cls, namespace: str, spec: LimitSpec, key: str, hits: int, *, fail_open: bool, scope: str
+    ) -> Resolved:
+        check = LimitCheck(state_key(namespace, spec, scope, key), spec, hits)
+        return cls(check, None, fail_open)
+
+
+class Limiter:
+    """Decides resolved targets; shared by RateLimitService and Envoy's RateLimitService."""
+
+    def __init__(self, deps: Dependencies) -> None:
+        self.store = RateLimitStore(deps.backend)
+        self.stats = deps.stats
+        self.policies = PolicyTable(deps.settings.ratelimit)
+        self.fail_open = deps.settings.ratelimit.fail_mode is FailMode.FAIL_OPEN
+
+    async def decide(
+        self, items: Sequence[Resolved], *, all_or_nothing: bool = False
+    ) -> GroupDecision:
+        """One decision per item, and whether they all passed (shadow and fail-open items
+        pass). Independent items are decided one script per slot; an all-or-nothing call is one
+        script, refused on Cluster when its keys span slots, and passes only as a whole. While
+        Redis is unreachable, a slot's items fail open only if every one of them may."""
+        keys = [item.check.key for item in items]
+        groups = [list(range(len(items)))] if all_or_nothing else self.store.slot_groups(keys)
+        decisions: dict[int, Decision] = {}
+        allowed = True
+        for group in groups:
+            try:
+                outcome = await self.store.check(
+                    [items[i].check for i in group], all_or_nothing=all_or_nothing
+                )
+            except Exception as exc:
+                error = domain_error(exc)
+                if not isinstance(error, Unavailable) or not all(items[i].fail_open for i in group):
+                    if error is exc:
+                        raise
+                    raise error from exc
+                log.warning("rate limit failing open: %s", error.message)
+                self.stats.ratelimit_fail_open += len(group)
+                decisions.update({i: Decision.failed_open(items[i].check.spec) for i in group})
+                continue
+            decisions.update(zip(group, outcome.decisions, strict=True))
+            allowed = allowed and outcome.allowed
+        return GroupDecision([decisions[i] for i in range(len(items))], allowed)
+
+
+def limit_proto(spec: LimitSpec) -> pb.Limit:
+    return pb.Limit(
+        algorithm=_ALGORITHM_PROTOS[spec.algorithm],
+        limit=spec.limit,
+        period=duration_us(spec.period_ms * 1000),
+        burst=spec.burst,
+    )
+
+
+def _result(item: Resolved, decision: Decision) -> pb.CheckResult:
+    shadow = item.check.shadow
+    result = pb.CheckResult(
+        allowed=decision.allowed or shadow,
+        limit=decision.capacity,
+        remaining=decision.remaining,
+        reset_after=duration_us(decision.reset_after_us),
+        shadow_mode=shadow,
+        shadow_would_deny=shadow and not decision.allowed,
+        matched_policy=item.policy.name if item.policy else "",
+        applied_limit=limit_proto(item.check.spec),
+        hits=item.check.hits,
+        fail_open=decision.fail_open,
+    )
+    if not result.allowed and decision.retry_after_us is not None:
+        result.retry_after.CopyFrom(duration_us(decision.retry_after_us))
+    if decision.server_time_us is not None:
+        result.server_time.CopyFrom(timestamp_us(decision.server_time_us))
+    return result
 
 
 class RateLimitService(Servicer, ratelimit_pb2_grpc.RateLimitServiceServicer):
-    pass
+    def __init__(self, deps: Dependencies) -> None:
+        super().__init__(deps)
+        self.limiter = Limiter(deps)
+        self.policies = self.limiter.policies
+
+    def _limit(self, limit: pb.Limit, field: str) -> LimitSpec:
+        if limit.algorithm not in _PROTO_ALGORITHMS:
+            raise InvalidArgument.field(
+                f"{field}.algorithm", f"unknown algorithm {limit.algorithm}"
+            )
+        if not 1 <= limit.limit <= MAX_RATE_LIMIT:
+            raise InvalidArgument.field(f"{field}.limit", f"must be from 1 to {MAX_RATE_LIMIT}")
+        if limit.burst > MAX_RATE_LIMIT:
+            raise InvalidArgument.field(f"{field}.burst", f"must be at most {MAX_RATE_LIMIT}")
+        if not limit.HasField("period"):
+            raise InvalidArgument.field(f"{field}.period", "is required")
+        period_ms = self.check.duration_ms(limit.period, f"{field}.period")
+        if limit.period.nanos % 1_000_000:
+            raise InvalidArgument.field(f"{field}.period", "must be whole milliseconds")
+        if not 1 <= period_ms <= _MAX_PERIOD_MS:
+            raise InvalidArgument.field(f"{field}.period", "must be from 1 ms to 366 days")
+        return LimitSpec(_PROTO_ALGORITHMS[limit.algorithm], limit.limit, period_ms, limit.burst)
+
+    def _resolve(
+        self, namespace: str, target: pb.RateLimitTarget, hits: int, field: str
+    ) -> Resolved:
+        kind = target.WhichOneof("kind")
+        if kind == "inline_limit":
+            inline = target.inline_limit
+            key = self.check.key(inline.key, f"{field}.inline_limit.key")
+            if not inline.HasField("limit"):
+                raise InvalidArgument.field(f"{field}.inline_limit.limit", "is required")
+            spec = self._limit(inline.limit, f"{field}.inline_limit.limit")
+            return Resolved.for_limit(
+                namespace, spec, key, hits, fail_open=self.limiter.fail_open, scope=""
+            )
+        if kind == "policy":
+            if not target.policy.name:
+                raise InvalidArgument.field(f"{field}.policy.name", "must not be empty")
+            key = self.check.key(target.policy.key, f"{field}.policy.key")
+            policy = self.policies.by_name.get(target.policy.name)
+            if policy is None:
+                raise NotFound(
+                    f"no rate-limit policy is named {target.policy.name!r}",
+                    reason="POLICY_NOT_FOUND",
+                )
+            return Resolved.for_policy(namespace, policy, key, hits)
+        if kind == "descriptor_match":
+            match = target.descriptor_match
+            if not match.domain:
+                raise InvalidArgument.field(f"{field}.descriptor_match.domain", "must not be empty")
+            entries = descriptor_entries(
+                self.check,
+                [(e.key, e.value) for e in match.entries],
+                f"{field}.descriptor_match.entries",
+            )
+            policy = self.policies.match(match.domain, entries)
+            if policy is None:
+                raise NotFound(
+                    f"no rate-limit rule of domain {match.domain!r} matches the descriptor",
+                    reason="POLICY_NOT_FOUND",
+                )
+            return Resolved.for_policy(namespace, policy, descriptor_key(entries), hits)
+        raise InvalidArgument.field(field, "must set inline_limit, policy or descriptor_match")
+
+    def _hits(self, message: pb.CheckRequest | pb.CheckItem, field: str) -> int:
+        hits = message.hits if message.HasField("hits") else 1
+        if hits > MAX_RATE_LIMIT:
+            raise InvalidArgument.field(field, f"must be at most {MAX_RATE_LIMIT}")
+        return hits
+
+    async def Check(self, request: pb.CheckRequest, context: Context) -> pb.CheckResponse:
+        namespace = self.check.namespace(context)
+        item = self._resolve(namespace, request.target, self._hits(request, "hits"), "target")
+        (decision,) = (await self.limiter.decide([item])).decisions
+        return pb.CheckResponse(result=_result(item, decision))
+
+    async def CheckMany(
+        self, request: pb.CheckManyRequest, context: Context
+    ) -> pb.CheckManyResponse:
+        namespace = self.check.namespace(context)
+        self.check.batch(len(request.items), "items")
+        if request.mode not in _MODES:
+            raise InvalidArgument.field("mode", f"unknown mode {request.mode}")
+        items = [
+            self._resolve(
+                namespace, entry.target, self._hits(entry, f"items[{i}].hits"), f"items[{i}].target"
+            )
+            for i, entry in enumerate(request.items)
+        ]
+        outcome = await self.limiter.decide(items, all_or_nothing=_MODES[request.mode])
+        results = [_result(item, d) for item, d in zip(items, outcome.decisions, strict=True)]
+        response = pb.CheckManyResponse(results=results, allowed=outcome.allowed)
+        times = [d.server_time_us for d in outcome.decisions if d.server_time_us is not None]
+        if times:
+            response.server_time.CopyFrom(timestamp_us(max(times)))
+        return response
+
+    async def Reset(self, request: pb.ResetRequest, context: Context) -> pb.ResetResponse:
+        namespace = self.check.namespace(context)
+        self.check.batch(len(request.targets), "targets")
+        keys = [
+            self._resolve(namespace, target, 1, f"targets[{i}]").check.key
+            for i, target in enumerate(request.targets)
+        ]
+        cleared, now_us = await self.limiter.store.reset(keys)
+        return pb.ResetResponse(cleared=cleared, server_time=timestamp_us(now_us))
+
+    async def ListPolicies(
+        self, request: pb.ListPoliciesRequest, context: Context
+    ) -> pb.ListPoliciesResponse:
+        if not 0 <= request.page_size <= _MAX_PAGE_SIZE:
+            raise InvalidArgument.field("page_size", f"must be from 0 to {_MAX_PAGE_SIZE}")
+        size = request.page_size or _DEFAULT_PAGE_SIZE
+        after = ""
+        if request.page_token:
+            try:
+                after = base64.b64decode(request.page_token, altchars=b"-_", validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                raise InvalidArgument.field("page_token", "is not a token from this RPC") from None
+        policies = [p for p in self.policies.listing(request.domain) if p.name > after]
+        page = policies[:size]
+        response = pb.ListPoliciesResponse(
+            policies=[
+                pb.Policy(
+                    name=p.name,
+                    domain=p.domain,
+                    entries=[pb.DescriptorEntry(key=k, value=v) for k, v in p.entries],
+                    limit=limit_proto(p.spec),
+                    shadow_mode=p.shadow_mode,
+                )
+                for p in page
+            ]
+        )
+        if len(policies) > size:
+            response.next_page_token = base64.urlsafe_b64encode(page[-1].name.encode()).decode()
+        return response

@@ -129,8 +129,11 @@ const (
 	// allowed item consumes even if another item is denied.
 	CheckManyMode_CHECK_MANY_MODE_INDEPENDENT CheckManyMode = 1
 	// Items are decided atomically together: either every item is allowed and all consume, or
-	// none consumes (each result still reports its own allowed/remaining). On Redis Cluster all
-	// keys must live in one hash slot (use a hash tag such as `{tenant:7}` in the keys).
+	// none consumes. When none consumes, the response's `allowed` is false and each result
+	// reports its own verdict and remaining against the untouched state (so every item may say
+	// allowed when only their sum is too much, e.g. two items on one key). Shadow-mode items
+	// never refuse the group. On Redis Cluster all keys must live in one hash slot (use a hash
+	// tag such as `{tenant:7}` in the keys).
 	CheckManyMode_CHECK_MANY_MODE_ALL_OR_NOTHING CheckManyMode = 2
 )
 
@@ -894,7 +897,8 @@ func (x *CheckResponse) GetResult() *CheckResult {
 // CheckManyRequest asks for several decisions at once.
 type CheckManyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Items to decide. Required: 1 to the configured maximum batch size (default 100).
+	// Items to decide. Required: 1 to the configured maximum batch size
+	// (`CACHET_LIMITS__MAX_BATCH`, default 1000).
 	Items []*CheckItem `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
 	// How items interact. Unset means CHECK_MANY_MODE_INDEPENDENT.
 	Mode          CheckManyMode `protobuf:"varint,2,opt,name=mode,proto3,enum=cachet.ratelimit.v1.CheckManyMode" json:"mode,omitempty"`
@@ -951,7 +955,8 @@ type CheckManyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// One result per request item, in request order.
 	Results []*CheckResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
-	// True if every item is allowed (shadow-mode and fail-open items count as allowed).
+	// True if every item is allowed (shadow-mode and fail-open items count as allowed); for
+	// CHECK_MANY_MODE_ALL_OR_NOTHING, true only if the items were admitted together.
 	Allowed bool `protobuf:"varint,2,opt,name=allowed,proto3" json:"allowed,omitempty"`
 	// Redis time at which the decisions were made (the latest of the items' times). Unset only
 	// if every item was a fail-open decision.
@@ -1014,7 +1019,8 @@ func (x *CheckManyResponse) GetServerTime() *timestamppb.Timestamp {
 // ResetRequest asks to clear the state of targets.
 type ResetRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Targets to reset. Required: 1 to the configured maximum batch size (default 100).
+	// Targets to reset. Required: 1 to the configured maximum batch size
+	// (`CACHET_LIMITS__MAX_BATCH`, default 1000).
 	Targets       []*RateLimitTarget `protobuf:"bytes,1,rep,name=targets,proto3" json:"targets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

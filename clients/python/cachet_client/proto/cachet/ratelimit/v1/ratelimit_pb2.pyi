@@ -117,8 +117,11 @@ class _CheckManyModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CheckMa
     """
     CHECK_MANY_MODE_ALL_OR_NOTHING: _CheckManyMode.ValueType  # 2
     """Items are decided atomically together: either every item is allowed and all consume, or
-    none consumes (each result still reports its own allowed/remaining). On Redis Cluster all
-    keys must live in one hash slot (use a hash tag such as `{tenant:7}` in the keys).
+    none consumes. When none consumes, the response's `allowed` is false and each result
+    reports its own verdict and remaining against the untouched state (so every item may say
+    allowed when only their sum is too much, e.g. two items on one key). Shadow-mode items
+    never refuse the group. On Redis Cluster all keys must live in one hash slot (use a hash
+    tag such as `{tenant:7}` in the keys).
     """
 
 class CheckManyMode(_CheckManyMode, metaclass=_CheckManyModeEnumTypeWrapper):
@@ -132,8 +135,11 @@ allowed item consumes even if another item is denied.
 """
 CHECK_MANY_MODE_ALL_OR_NOTHING: CheckManyMode.ValueType  # 2
 """Items are decided atomically together: either every item is allowed and all consume, or
-none consumes (each result still reports its own allowed/remaining). On Redis Cluster all
-keys must live in one hash slot (use a hash tag such as `{tenant:7}` in the keys).
+none consumes. When none consumes, the response's `allowed` is false and each result
+reports its own verdict and remaining against the untouched state (so every item may say
+allowed when only their sum is too much, e.g. two items on one key). Shadow-mode items
+never refuse the group. On Redis Cluster all keys must live in one hash slot (use a hash
+tag such as `{tenant:7}` in the keys).
 """
 Global___CheckManyMode: _TypeAlias = CheckManyMode  # noqa: Y015
 
@@ -521,7 +527,9 @@ class CheckManyRequest(_message.Message):
     """How items interact. Unset means CHECK_MANY_MODE_INDEPENDENT."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckItem]:
-        """Items to decide. Required: 1 to the configured maximum batch size (default 100)."""
+        """Items to decide. Required: 1 to the configured maximum batch size
+        (`CACHET_LIMITS__MAX_BATCH`, default 1000).
+        """
 
     def __init__(
         self,
@@ -547,7 +555,9 @@ class CheckManyResponse(_message.Message):
     ALLOWED_FIELD_NUMBER: _builtins.int
     SERVER_TIME_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
-    """True if every item is allowed (shadow-mode and fail-open items count as allowed)."""
+    """True if every item is allowed (shadow-mode and fail-open items count as allowed); for
+    CHECK_MANY_MODE_ALL_OR_NOTHING, true only if the items were admitted together.
+    """
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckResult]:
         """One result per request item, in request order."""
@@ -582,7 +592,9 @@ class ResetRequest(_message.Message):
     TARGETS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___RateLimitTarget]:
-        """Targets to reset. Required: 1 to the configured maximum batch size (default 100)."""
+        """Targets to reset. Required: 1 to the configured maximum batch size
+        (`CACHET_LIMITS__MAX_BATCH`, default 1000).
+        """
 
     def __init__(
         self,

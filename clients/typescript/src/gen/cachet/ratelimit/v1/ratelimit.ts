@@ -116,8 +116,11 @@ export enum CheckManyMode {
   CHECK_MANY_MODE_INDEPENDENT = 1,
   /**
    * CHECK_MANY_MODE_ALL_OR_NOTHING - Items are decided atomically together: either every item is allowed and all consume, or
-   * none consumes (each result still reports its own allowed/remaining). On Redis Cluster all
-   * keys must live in one hash slot (use a hash tag such as `{tenant:7}` in the keys).
+   * none consumes. When none consumes, the response's `allowed` is false and each result
+   * reports its own verdict and remaining against the untouched state (so every item may say
+   * allowed when only their sum is too much, e.g. two items on one key). Shadow-mode items
+   * never refuse the group. On Redis Cluster all keys must live in one hash slot (use a hash
+   * tag such as `{tenant:7}` in the keys).
    */
   CHECK_MANY_MODE_ALL_OR_NOTHING = 2,
   UNRECOGNIZED = -1,
@@ -325,7 +328,10 @@ export interface CheckResponse {
 
 /** CheckManyRequest asks for several decisions at once. */
 export interface CheckManyRequest {
-  /** Items to decide. Required: 1 to the configured maximum batch size (default 100). */
+  /**
+   * Items to decide. Required: 1 to the configured maximum batch size
+   * (`CACHET_LIMITS__MAX_BATCH`, default 1000).
+   */
   items: CheckItem[];
   /** How items interact. Unset means CHECK_MANY_MODE_INDEPENDENT. */
   mode: CheckManyMode;
@@ -335,7 +341,10 @@ export interface CheckManyRequest {
 export interface CheckManyResponse {
   /** One result per request item, in request order. */
   results: CheckResult[];
-  /** True if every item is allowed (shadow-mode and fail-open items count as allowed). */
+  /**
+   * True if every item is allowed (shadow-mode and fail-open items count as allowed); for
+   * CHECK_MANY_MODE_ALL_OR_NOTHING, true only if the items were admitted together.
+   */
   allowed: boolean;
   /**
    * Redis time at which the decisions were made (the latest of the items' times). Unset only
@@ -346,7 +355,10 @@ export interface CheckManyResponse {
 
 /** ResetRequest asks to clear the state of targets. */
 export interface ResetRequest {
-  /** Targets to reset. Required: 1 to the configured maximum batch size (default 100). */
+  /**
+   * Targets to reset. Required: 1 to the configured maximum batch size
+   * (`CACHET_LIMITS__MAX_BATCH`, default 1000).
+   */
   targets: RateLimitTarget[];
 }
 
