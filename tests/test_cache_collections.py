@@ -55,6 +55,14 @@ async def blocked_clients(cachet) -> list[dict]:
     return blocked
 
 
+async def until_blocked(cachet, count: int = 1) -> None:
+    """Wait until `count` commands are blocked in Redis (the waiters are in place)."""
+    deadline = time.monotonic() + 10
+    while len(await blocked_clients(cachet)) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} waiters blocked in Redis"
+        await asyncio.sleep(0.02)
+
+
 # ---- TTL on every write ---------------------------------------------------------
 
 WRITES_THAT_CREATE = {
@@ -400,59 +408,72 @@ async def test_two_key_operations_need_one_slot_on_every_topology(cache, call):
 # ---- blocking pops ----------------------------------------------------------------
 
 
-async def test_blocking_pop_wakes_as_soon_as_a_value_is_pushed(cache, cachet):
-    waiter = asyncio.ensure_future(
-        cache.ListPop(
-            pb.ListPopRequest(key="jobs", end=LEFT, count=3, wait=Duration(seconds=10)),
-            timeout=15,
-        )
+def report_wake(what: str, latencies_ms: list[float], cachet) -> None:
+    latencies_ms.sort()
+    print(
+        f"\n{what} on {cachet.backend.kind}: wake latency (push sent -> waiter answered), "
+        f"{len(latencies_ms)} rounds: median {latencies_ms[len(latencies_ms) // 2]:.1f} ms, "
+        f"max {latencies_ms[-1]:.1f} ms"
     )
-    await asyncio.sleep(0.3)
-    assert not waiter.done()
-    assert await blocked_clients(cachet), "the pop should be blocked in Redis"
-    pushed_at = time.monotonic()
-    await cache.ListPush(pb.ListPushRequest(key="jobs", values=[b"job-1", b"job-2"], end=RIGHT))
-    answer = await waiter
-    latency_ms = (time.monotonic() - pushed_at) * 1000
-    print(f"\nListPop wake latency after a push: {latency_ms:.1f} ms")
-    assert answer.values == [b"job-1", b"job-2"]
-    assert (await cache.ListLength(pb.ListLengthRequest(key="jobs"))).length == 0
+
+
+async def test_blocking_pop_wakes_as_soon_as_a_value_is_pushed(cache, cachet):
+    latencies_ms = []
+    for _ in range(10):
+        waiter = asyncio.ensure_future(
+            cache.ListPop(
+                pb.ListPopRequest(key="jobs", end=LEFT, count=3, wait=Duration(seconds=10)),
+                timeout=15,
+            )
+        )
+        await until_blocked(cachet)
+        assert not waiter.done()
+        pushed_at = time.monotonic()
+        await cache.ListPush(pb.ListPushRequest(key="jobs", values=[b"job-1", b"job-2"], end=RIGHT))
+        answer = await waiter
+        latencies_ms.append((time.monotonic() - pushed_at) * 1000)
+        assert answer.values == [b"job-1", b"job-2"]
+        assert (await cache.ListLength(pb.ListLengthRequest(key="jobs"))).length == 0
+    report_wake("ListPop", latencies_ms, cachet)
 
 
 async def test_blocking_move_wakes_as_soon_as_a_value_is_pushed(cache, cachet):
-    waiter = asyncio.ensure_future(
-        cache.ListMove(
-            move("{w}:pending", "{w}:processing", wait=Duration(seconds=10), ttl=ttl(60)),
-            timeout=15,
+    latencies_ms = []
+    for i in range(10):
+        waiter = asyncio.ensure_future(
+            cache.ListMove(
+                move("{w}:pending", "{w}:processing", wait=Duration(seconds=10), ttl=ttl(60)),
+                timeout=15,
+            )
         )
-    )
-    await asyncio.sleep(0.3)
-    assert not waiter.done()
-    pushed_at = time.monotonic()
-    await cache.ListPush(pb.ListPushRequest(key="{w}:pending", values=[b"job"], end=RIGHT))
-    answer = await waiter
-    latency_ms = (time.monotonic() - pushed_at) * 1000
-    print(f"\nListMove wake latency after a push: {latency_ms:.1f} ms")
-    assert answer.moved and answer.value == b"job"
+        await until_blocked(cachet)
+        assert not waiter.done()
+        pushed_at = time.monotonic()
+        job = f"job-{i}".encode()
+        await cache.ListPush(pb.ListPushRequest(key="{w}:pending", values=[job], end=RIGHT))
+        answer = await waiter
+        latencies_ms.append((time.monotonic() - pushed_at) * 1000)
+        assert answer.moved and answer.value == job
+    report_wake("ListMove", latencies_ms, cachet)
     processing = await cache.ListRange(pb.ListRangeRequest(key="{w}:processing"))
-    assert processing.values == [b"job"]
+    assert processing.values == [f"job-{i}".encode() for i in range(10)]
     assert 58_000 <= await ttl_ms(cache, "{w}:processing") <= 60_000
     assert (await cache.ListLength(pb.ListLengthRequest(key="{w}:pending"))).length == 0
 
 
-async def test_one_pushed_value_goes_to_exactly_one_of_many_waiters(cache):
+async def test_one_pushed_value_goes_to_exactly_one_of_many_waiters(cache, cachet):
     async def pop():
-        request = pb.ListPopRequest(key="work", end=LEFT, wait=Duration(seconds=1))
+        request = pb.ListPopRequest(key="work", end=LEFT, wait=Duration(seconds=2))
         return (await cache.ListPop(request, timeout=5)).values
 
     async def take():
-        request = move("{m}:in", "{m}:out", wait=Duration(seconds=1))
+        request = move("{m}:in", "{m}:out", wait=Duration(seconds=2))
         answer = await cache.ListMove(request, timeout=5)
         return [answer.value] if answer.moved else []
 
     pops = [asyncio.create_task(pop()) for _ in range(5)]
     takes = [asyncio.create_task(take()) for _ in range(5)]
-    await asyncio.sleep(0.3)
+    await until_blocked(cachet, 10)
     await cache.ListPush(pb.ListPushRequest(key="work", values=[b"a", b"b"], end=RIGHT))
     await cache.ListPush(pb.ListPushRequest(key="{m}:in", values=[b"x", b"y"], end=RIGHT))
     popped = sorted(v for values in await asyncio.gather(*pops) for v in values)
@@ -477,7 +498,6 @@ async def test_blocking_call_returns_empty_before_its_deadline_and_leaves_nothin
     answer = await call  # not DEADLINE_EXCEEDED: an empty answer
     elapsed = time.monotonic() - started
     print(f"\n{kind} with a 1 s deadline answered empty after {elapsed * 1000:.0f} ms")
-    assert elapsed < 1.0
     assert not (answer.values if kind == "pop" else answer.moved)
     assert not await blocked_clients(cachet), "a blocked Redis command outlived the call"
     await cache.ListPush(pb.ListPushRequest(key="{d}:q", values=[b"late"], end=RIGHT))
@@ -493,8 +513,7 @@ async def test_a_cancelled_wait_leaves_nothing_behind(cache, cachet, kind):
     else:
         call = cache.ListMove(move("{c}:q", "{c}:out", wait=Duration(seconds=10)))
     waiting = asyncio.ensure_future(call)
-    await asyncio.sleep(0.3)
-    assert await blocked_clients(cachet)
+    await until_blocked(cachet)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -524,16 +543,15 @@ async def test_wait_without_deadline_and_a_wait_longer_than_the_socket_timeout(c
     empty = await cache.ListPop(
         pb.ListPopRequest(key="slow", end=RIGHT, wait=Duration(nanos=300_000_000))
     )
-    assert not empty.values and 0.25 <= time.monotonic() - started < 2.0
+    assert not empty.values and time.monotonic() - started >= 0.25
 
 
 async def test_deadline_shorter_than_the_margin_pops_without_waiting(cache):
     await cache.ListPush(pb.ListPushRequest(key="q", values=[b"ready"], end=RIGHT))
     request = pb.ListPopRequest(key="q", end=LEFT, wait=Duration(seconds=5))
-    assert (await cache.ListPop(request, timeout=0.15)).values == [b"ready"]
-    started = time.monotonic()
-    assert not (await cache.ListPop(request, timeout=0.15)).values
-    assert time.monotonic() - started < 0.15
+    # Had it waited, these calls would end DEADLINE_EXCEEDED.
+    assert (await cache.ListPop(request, timeout=0.18)).values == [b"ready"]
+    assert not (await cache.ListPop(request, timeout=0.18)).values
 
 
 # ---- sets ------------------------------------------------------------------------
