@@ -1,25 +1,154 @@
-"""Fixtures: real redis-server processes and a real cachet server, on free loopback ports."""
+"""Fixtures: real redis-server processes and a real cachet server, on free loopback ports.
+
+Every test that uses `cachet` (or `channel`, `cache`, `redis_url`, `redis_client`) runs
+once per Redis topology: standalone, Sentinel and Cluster, with ids like
+`test_x[cluster]`. A test that cannot apply to a topology says so:
+
+    @pytest.mark.topologies("standalone", reason="needs SELECT of another db")
+
+`CACHET_TEST_TOPOLOGIES=standalone,cluster` narrows a local run to some topologies.
+"""
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
 import pytest
+import redis
 from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
 from cachet_server.app import Application, running
 from cachet_server.config import Settings
 from grpc import aio
 
-from .redis_procs import RedisProcess, free_port, standalone
+from .redis_procs import (
+    ClusterGroup,
+    Deployment,
+    RedisProcess,
+    SentinelGroup,
+    free_port,
+    standalone,
+)
+
+TOPOLOGIES = ("standalone", "sentinel", "cluster")
+
+
+def _selected_topologies() -> list[str]:
+    wanted = os.environ.get("CACHET_TEST_TOPOLOGIES", "")
+    chosen = [t.strip() for t in wanted.split(",") if t.strip()] or list(TOPOLOGIES)
+    unknown = set(chosen) - set(TOPOLOGIES)
+    if unknown:
+        raise pytest.UsageError(f"CACHET_TEST_TOPOLOGIES names unknown {sorted(unknown)}")
+    return chosen
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "topologies(*kinds, reason): run only on these Redis topologies "
+        "(standalone, sentinel, cluster); `reason` says why the others cannot apply",
+    )
+    config.addinivalue_line(
+        "markers", "reliability: a fault test whose figure goes into docs/reliability.md"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        kind = _topology_of(item)
+        marker = item.get_closest_marker("topologies")
+        if kind is None or marker is None:
+            continue
+        if kind not in marker.args:
+            reason = marker.kwargs.get("reason")
+            if not reason:
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.topologies needs reason=")
+            item.add_marker(pytest.mark.skip(reason=f"not on {kind}: {reason}"))
+
+
+def _topology_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("topology") if callspec else None
+
+
+_seconds_by_topology: dict[str, float] = defaultdict(float)
+_tests_by_topology: dict[str, int] = defaultdict(int)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    started = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        kind = _topology_of(item) or "topology-neutral"
+        _seconds_by_topology[kind] += time.monotonic() - started
+        _tests_by_topology[kind] += 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _seconds_by_topology:
+        return
+    parts = [
+        f"{kind} {_tests_by_topology[kind]} tests {seconds:.1f}s"
+        for kind, seconds in sorted(_seconds_by_topology.items())
+    ]
+    terminalreporter.write_line("time per topology (incl. fixture set-up): " + "; ".join(parts))
 
 
 @pytest.fixture(scope="session")
 def redis_standalone() -> Iterator[RedisProcess]:
     with standalone() as proc:
         yield proc
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[SentinelGroup]:
+    """1 master, 1 replica, 3 sentinels; data nodes need a user and password."""
+    group = SentinelGroup()
+    try:
+        yield group.start()
+    finally:
+        group.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterGroup]:
+    """3 masters with a replica each; every node needs a password."""
+    group = ClusterGroup()
+    try:
+        yield group.start()
+    finally:
+        group.stop()
+
+
+@pytest.fixture(scope="session", params=_selected_topologies())
+def topology(request: pytest.FixtureRequest) -> Deployment:
+    """The Redis deployment under test; each is started once, when first needed."""
+    deployment: Deployment = request.getfixturevalue(f"redis_{request.param}")
+    return deployment
+
+
+@pytest.fixture
+def redis_url(topology: Deployment) -> str:
+    """CACHET_REDIS_URL of the topology under test, for tests that run their own server."""
+    return topology.url
+
+
+@pytest.fixture
+def redis_client(topology: Deployment) -> Iterator[redis.Redis | redis.RedisCluster]:
+    """A sync redis-py client for the topology under test (Redis, Sentinel master or
+    RedisCluster), for tests that poke Redis directly."""
+    client = topology.client()
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def make_settings(redis_url: str, **overrides: Any) -> Settings:
@@ -33,9 +162,9 @@ def make_settings(redis_url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture(scope="session")
-async def cachet(redis_standalone: RedisProcess) -> AsyncIterator[Application]:
-    """One cachet server for the session, on the session's standalone Redis."""
-    async with running(make_settings(redis_standalone.url, allow_persist=True)) as app:
+async def cachet(topology: Deployment) -> AsyncIterator[Application]:
+    """One cachet server per topology for the session."""
+    async with running(make_settings(topology.url, allow_persist=True)) as app:
         yield app
 
 

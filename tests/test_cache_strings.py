@@ -273,8 +273,8 @@ async def test_bad_input_on_every_rpc(cache, call):
     assert bad_fields(error)
 
 
-async def test_wrong_type_is_failed_precondition(cache, namespace, redis_standalone):
-    redis_standalone.client().hset(CacheKeys.of(namespace, "h").data, "field", "1")
+async def test_wrong_type_is_failed_precondition(cache, namespace, redis_client):
+    redis_client.hset(CacheKeys.of(namespace, "h").data, "field", "1")
     for call in (
         cache.Get(pb.GetRequest(key="h")),
         cache.Set(pb.SetRequest(key="h", value=b"v")),

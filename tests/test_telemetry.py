@@ -20,6 +20,8 @@ def spans():
     global _provider
     if _provider is None:
         _provider = setup_tracing("cachet-test", None, exporter=_exporter)
+    # Spans of earlier tests may still sit in the batch processor: flush them out first.
+    _provider.force_flush()
     _exporter.clear()
 
     def finished():
