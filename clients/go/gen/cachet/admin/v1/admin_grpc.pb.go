@@ -85,7 +85,8 @@ type AdminServiceClient interface {
 	GetServiceStats(ctx context.Context, in *GetServiceStatsRequest, opts ...grpc.CallOption) (*GetServiceStatsResponse, error)
 	// GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
 	// replica, merged newest first, paginated. Entries show raw Redis keys
-	// (with cachet's internal prefixes) of every namespace.
+	// (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+	// node cannot be reached (pass `node` to read the others one by one).
 	GetSlowLog(ctx context.Context, in *GetSlowLogRequest, opts ...grpc.CallOption) (*GetSlowLogResponse, error)
 	// ResetSlowLog empties the slow log (SLOWLOG RESET) on every primary and
 	// replica. UNAVAILABLE if a node cannot be reached (the others are reset).
@@ -113,11 +114,15 @@ type AdminServiceClient interface {
 	// (`page_size`) by memory, or top N per type by element count, from a
 	// scan bounded by `scan_budget` keys. Namespace-scoped. Paginated over
 	// the scan: a non-empty `next_page_token` means the namespace was not
-	// fully scanned within the budget; passing it continues the scan, and the
-	// next report covers only the keys that call scanned.
+	// fully scanned within the budget (or within the server's time limit per
+	// call, CACHET_ADMIN__BIG_KEYS_TIME, default 10 s); passing it continues
+	// the scan, and the next report covers only the keys that call scanned.
+	// ABORTED (reason `TOPOLOGY_CHANGED`) as for ScanKeys.
 	GetBigKeys(ctx context.Context, in *GetBigKeysRequest, opts ...grpc.CallOption) (*GetBigKeysResponse, error)
 	// ListClients lists the connections of every primary and replica
-	// (CLIENT LIST), paginated, optionally for one node.
+	// (CLIENT LIST), paginated, optionally for one node. UNAVAILABLE if a node
+	// cannot be reached (pass `node` to list the others one by one); ABORTED
+	// (reason `TOPOLOGY_CHANGED`) if the node a page token points at is gone.
 	ListClients(ctx context.Context, in *ListClientsRequest, opts ...grpc.CallOption) (*ListClientsResponse, error)
 	// GetConfig reads whitelisted Redis configuration parameters (CONFIG GET)
 	// on every primary and replica. The whitelist is set in cachet's config
@@ -125,7 +130,7 @@ type AdminServiceClient interface {
 	// `latency-monitor-threshold`, `maxmemory`, `maxmemory-policy`).
 	// Errors: PERMISSION_DENIED (reason `CONFIG_NOT_WHITELISTED`) if a named
 	// parameter is not whitelisted; INVALID_ARGUMENT for an empty name or one
-	// with glob characters.
+	// with glob characters; UNAVAILABLE if a node cannot be reached.
 	GetConfig(ctx context.Context, in *GetConfigRequest, opts ...grpc.CallOption) (*GetConfigResponse, error)
 	// SetConfig sets whitelisted Redis configuration parameters (CONFIG SET)
 	// on every primary and replica. All parameters are checked before any
@@ -145,7 +150,9 @@ type AdminServiceClient interface {
 	// `cachet-namespace`, never from a field.
 	// Guard: `confirm` must equal the namespace name exactly, otherwise
 	// FAILED_PRECONDITION (google.rpc.ErrorInfo reason
-	// `CONFIRMATION_MISMATCH`) and nothing is deleted.
+	// `CONFIRMATION_MISMATCH`) and nothing is deleted. A server configured
+	// with CACHET_ADMIN__FLUSH_ENABLED=false answers FAILED_PRECONDITION
+	// (reason `FLUSH_DISABLED`) to every flush.
 	// Not atomic: keys written while the flush runs may survive. If the
 	// deadline passes mid-way, DEADLINE_EXCEEDED and part of the keys are
 	// deleted; calling again finishes the job.
@@ -341,7 +348,8 @@ type AdminServiceServer interface {
 	GetServiceStats(context.Context, *GetServiceStatsRequest) (*GetServiceStatsResponse, error)
 	// GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
 	// replica, merged newest first, paginated. Entries show raw Redis keys
-	// (with cachet's internal prefixes) of every namespace.
+	// (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+	// node cannot be reached (pass `node` to read the others one by one).
 	GetSlowLog(context.Context, *GetSlowLogRequest) (*GetSlowLogResponse, error)
 	// ResetSlowLog empties the slow log (SLOWLOG RESET) on every primary and
 	// replica. UNAVAILABLE if a node cannot be reached (the others are reset).
@@ -369,11 +377,15 @@ type AdminServiceServer interface {
 	// (`page_size`) by memory, or top N per type by element count, from a
 	// scan bounded by `scan_budget` keys. Namespace-scoped. Paginated over
 	// the scan: a non-empty `next_page_token` means the namespace was not
-	// fully scanned within the budget; passing it continues the scan, and the
-	// next report covers only the keys that call scanned.
+	// fully scanned within the budget (or within the server's time limit per
+	// call, CACHET_ADMIN__BIG_KEYS_TIME, default 10 s); passing it continues
+	// the scan, and the next report covers only the keys that call scanned.
+	// ABORTED (reason `TOPOLOGY_CHANGED`) as for ScanKeys.
 	GetBigKeys(context.Context, *GetBigKeysRequest) (*GetBigKeysResponse, error)
 	// ListClients lists the connections of every primary and replica
-	// (CLIENT LIST), paginated, optionally for one node.
+	// (CLIENT LIST), paginated, optionally for one node. UNAVAILABLE if a node
+	// cannot be reached (pass `node` to list the others one by one); ABORTED
+	// (reason `TOPOLOGY_CHANGED`) if the node a page token points at is gone.
 	ListClients(context.Context, *ListClientsRequest) (*ListClientsResponse, error)
 	// GetConfig reads whitelisted Redis configuration parameters (CONFIG GET)
 	// on every primary and replica. The whitelist is set in cachet's config
@@ -381,7 +393,7 @@ type AdminServiceServer interface {
 	// `latency-monitor-threshold`, `maxmemory`, `maxmemory-policy`).
 	// Errors: PERMISSION_DENIED (reason `CONFIG_NOT_WHITELISTED`) if a named
 	// parameter is not whitelisted; INVALID_ARGUMENT for an empty name or one
-	// with glob characters.
+	// with glob characters; UNAVAILABLE if a node cannot be reached.
 	GetConfig(context.Context, *GetConfigRequest) (*GetConfigResponse, error)
 	// SetConfig sets whitelisted Redis configuration parameters (CONFIG SET)
 	// on every primary and replica. All parameters are checked before any
@@ -401,7 +413,9 @@ type AdminServiceServer interface {
 	// `cachet-namespace`, never from a field.
 	// Guard: `confirm` must equal the namespace name exactly, otherwise
 	// FAILED_PRECONDITION (google.rpc.ErrorInfo reason
-	// `CONFIRMATION_MISMATCH`) and nothing is deleted.
+	// `CONFIRMATION_MISMATCH`) and nothing is deleted. A server configured
+	// with CACHET_ADMIN__FLUSH_ENABLED=false answers FAILED_PRECONDITION
+	// (reason `FLUSH_DISABLED`) to every flush.
 	// Not atomic: keys written while the flush runs may survive. If the
 	// deadline passes mid-way, DEADLINE_EXCEEDED and part of the keys are
 	// deleted; calling again finishes the job.

@@ -6991,7 +6991,8 @@ export const AdminServiceService = {
   /**
    * GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
    * replica, merged newest first, paginated. Entries show raw Redis keys
-   * (with cachet's internal prefixes) of every namespace.
+   * (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+   * node cannot be reached (pass `node` to read the others one by one).
    */
   getSlowLog: {
     path: "/cachet.admin.v1.AdminService/GetSlowLog" as const,
@@ -7084,8 +7085,10 @@ export const AdminServiceService = {
    * (`page_size`) by memory, or top N per type by element count, from a
    * scan bounded by `scan_budget` keys. Namespace-scoped. Paginated over
    * the scan: a non-empty `next_page_token` means the namespace was not
-   * fully scanned within the budget; passing it continues the scan, and the
-   * next report covers only the keys that call scanned.
+   * fully scanned within the budget (or within the server's time limit per
+   * call, CACHET_ADMIN__BIG_KEYS_TIME, default 10 s); passing it continues
+   * the scan, and the next report covers only the keys that call scanned.
+   * ABORTED (reason `TOPOLOGY_CHANGED`) as for ScanKeys.
    */
   getBigKeys: {
     path: "/cachet.admin.v1.AdminService/GetBigKeys" as const,
@@ -7098,7 +7101,9 @@ export const AdminServiceService = {
   },
   /**
    * ListClients lists the connections of every primary and replica
-   * (CLIENT LIST), paginated, optionally for one node.
+   * (CLIENT LIST), paginated, optionally for one node. UNAVAILABLE if a node
+   * cannot be reached (pass `node` to list the others one by one); ABORTED
+   * (reason `TOPOLOGY_CHANGED`) if the node a page token points at is gone.
    */
   listClients: {
     path: "/cachet.admin.v1.AdminService/ListClients" as const,
@@ -7116,7 +7121,7 @@ export const AdminServiceService = {
    * `latency-monitor-threshold`, `maxmemory`, `maxmemory-policy`).
    * Errors: PERMISSION_DENIED (reason `CONFIG_NOT_WHITELISTED`) if a named
    * parameter is not whitelisted; INVALID_ARGUMENT for an empty name or one
-   * with glob characters.
+   * with glob characters; UNAVAILABLE if a node cannot be reached.
    */
   getConfig: {
     path: "/cachet.admin.v1.AdminService/GetConfig" as const,
@@ -7156,7 +7161,9 @@ export const AdminServiceService = {
    * `cachet-namespace`, never from a field.
    * Guard: `confirm` must equal the namespace name exactly, otherwise
    * FAILED_PRECONDITION (google.rpc.ErrorInfo reason
-   * `CONFIRMATION_MISMATCH`) and nothing is deleted.
+   * `CONFIRMATION_MISMATCH`) and nothing is deleted. A server configured
+   * with CACHET_ADMIN__FLUSH_ENABLED=false answers FAILED_PRECONDITION
+   * (reason `FLUSH_DISABLED`) to every flush.
    * Not atomic: keys written while the flush runs may survive. If the
    * deadline passes mid-way, DEADLINE_EXCEEDED and part of the keys are
    * deleted; calling again finishes the job.
@@ -7194,7 +7201,8 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   /**
    * GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
    * replica, merged newest first, paginated. Entries show raw Redis keys
-   * (with cachet's internal prefixes) of every namespace.
+   * (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+   * node cannot be reached (pass `node` to read the others one by one).
    */
   getSlowLog: handleUnaryCall<GetSlowLogRequest, GetSlowLogResponse>;
   /**
@@ -7234,13 +7242,17 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
    * (`page_size`) by memory, or top N per type by element count, from a
    * scan bounded by `scan_budget` keys. Namespace-scoped. Paginated over
    * the scan: a non-empty `next_page_token` means the namespace was not
-   * fully scanned within the budget; passing it continues the scan, and the
-   * next report covers only the keys that call scanned.
+   * fully scanned within the budget (or within the server's time limit per
+   * call, CACHET_ADMIN__BIG_KEYS_TIME, default 10 s); passing it continues
+   * the scan, and the next report covers only the keys that call scanned.
+   * ABORTED (reason `TOPOLOGY_CHANGED`) as for ScanKeys.
    */
   getBigKeys: handleUnaryCall<GetBigKeysRequest, GetBigKeysResponse>;
   /**
    * ListClients lists the connections of every primary and replica
-   * (CLIENT LIST), paginated, optionally for one node.
+   * (CLIENT LIST), paginated, optionally for one node. UNAVAILABLE if a node
+   * cannot be reached (pass `node` to list the others one by one); ABORTED
+   * (reason `TOPOLOGY_CHANGED`) if the node a page token points at is gone.
    */
   listClients: handleUnaryCall<ListClientsRequest, ListClientsResponse>;
   /**
@@ -7250,7 +7262,7 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
    * `latency-monitor-threshold`, `maxmemory`, `maxmemory-policy`).
    * Errors: PERMISSION_DENIED (reason `CONFIG_NOT_WHITELISTED`) if a named
    * parameter is not whitelisted; INVALID_ARGUMENT for an empty name or one
-   * with glob characters.
+   * with glob characters; UNAVAILABLE if a node cannot be reached.
    */
   getConfig: handleUnaryCall<GetConfigRequest, GetConfigResponse>;
   /**
@@ -7274,7 +7286,9 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
    * `cachet-namespace`, never from a field.
    * Guard: `confirm` must equal the namespace name exactly, otherwise
    * FAILED_PRECONDITION (google.rpc.ErrorInfo reason
-   * `CONFIRMATION_MISMATCH`) and nothing is deleted.
+   * `CONFIRMATION_MISMATCH`) and nothing is deleted. A server configured
+   * with CACHET_ADMIN__FLUSH_ENABLED=false answers FAILED_PRECONDITION
+   * (reason `FLUSH_DISABLED`) to every flush.
    * Not atomic: keys written while the flush runs may survive. If the
    * deadline passes mid-way, DEADLINE_EXCEEDED and part of the keys are
    * deleted; calling again finishes the job.
@@ -7330,7 +7344,8 @@ export interface AdminServiceClient extends Client {
   /**
    * GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
    * replica, merged newest first, paginated. Entries show raw Redis keys
-   * (with cachet's internal prefixes) of every namespace.
+   * (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+   * node cannot be reached (pass `node` to read the others one by one).
    */
   getSlowLog(
     request: GetSlowLogRequest,
@@ -7454,8 +7469,10 @@ export interface AdminServiceClient extends Client {
    * (`page_size`) by memory, or top N per type by element count, from a
    * scan bounded by `scan_budget` keys. Namespace-scoped. Paginated over
    * the scan: a non-empty `next_page_token` means the namespace was not
-   * fully scanned within the budget; passing it continues the scan, and the
-   * next report covers only the keys that call scanned.
+   * fully scanned within the budget (or within the server's time limit per
+   * call, CACHET_ADMIN__BIG_KEYS_TIME, default 10 s); passing it continues
+   * the scan, and the next report covers only the keys that call scanned.
+   * ABORTED (reason `TOPOLOGY_CHANGED`) as for ScanKeys.
    */
   getBigKeys(
     request: GetBigKeysRequest,
@@ -7474,7 +7491,9 @@ export interface AdminServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * ListClients lists the connections of every primary and replica
-   * (CLIENT LIST), paginated, optionally for one node.
+   * (CLIENT LIST), paginated, optionally for one node. UNAVAILABLE if a node
+   * cannot be reached (pass `node` to list the others one by one); ABORTED
+   * (reason `TOPOLOGY_CHANGED`) if the node a page token points at is gone.
    */
   listClients(
     request: ListClientsRequest,
@@ -7498,7 +7517,7 @@ export interface AdminServiceClient extends Client {
    * `latency-monitor-threshold`, `maxmemory`, `maxmemory-policy`).
    * Errors: PERMISSION_DENIED (reason `CONFIG_NOT_WHITELISTED`) if a named
    * parameter is not whitelisted; INVALID_ARGUMENT for an empty name or one
-   * with glob characters.
+   * with glob characters; UNAVAILABLE if a node cannot be reached.
    */
   getConfig(
     request: GetConfigRequest,
@@ -7550,7 +7569,9 @@ export interface AdminServiceClient extends Client {
    * `cachet-namespace`, never from a field.
    * Guard: `confirm` must equal the namespace name exactly, otherwise
    * FAILED_PRECONDITION (google.rpc.ErrorInfo reason
-   * `CONFIRMATION_MISMATCH`) and nothing is deleted.
+   * `CONFIRMATION_MISMATCH`) and nothing is deleted. A server configured
+   * with CACHET_ADMIN__FLUSH_ENABLED=false answers FAILED_PRECONDITION
+   * (reason `FLUSH_DISABLED`) to every flush.
    * Not atomic: keys written while the flush runs may survive. If the
    * deadline passes mid-way, DEADLINE_EXCEEDED and part of the keys are
    * deleted; calling again finishes the job.
