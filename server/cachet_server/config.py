@@ -246,6 +246,181 @@ def descriptor_rule_name(domain: str, path: DescriptorPath, rule: RateLimitRule)
     return ".".join([domain, *(f"{key}_{value}" if value else key for key, value in path)])
 
 
+class FailMode(StrEnum):
+    """What a rate-limit check answers while Redis is unreachable."""
+
+    FAIL_CLOSED = "fail_closed"  # UNAVAILABLE
+    FAIL_OPEN = "fail_open"  # allowed, marked fail_open, counted
+
+
+class RateLimitAlgorithmName(StrEnum):
+    """How a configured limit counts hits (see docs/ratelimit.md)."""
+
+    FIXED_WINDOW = "fixed_window"
+    SLIDING_WINDOW_LOG = "sliding_window_log"
+    SLIDING_WINDOW_COUNTER = "sliding_window_counter"
+    TOKEN_BUCKET = "token_bucket"
+    GCRA = "gcra"
+
+
+class RateLimitUnit(StrEnum):
+    """Envoy's rate-limit units; a month is 30 days and a year 365 days, as in Envoy."""
+
+    SECOND = "second"
+    MINUTE = "minute"
+    HOUR = "hour"
+    DAY = "day"
+    MONTH = "month"
+    YEAR = "year"
+
+
+UNIT_PERIODS = {
+    RateLimitUnit.SECOND: timedelta(seconds=1),
+    RateLimitUnit.MINUTE: timedelta(minutes=1),
+    RateLimitUnit.HOUR: timedelta(hours=1),
+    RateLimitUnit.DAY: timedelta(days=1),
+    RateLimitUnit.MONTH: timedelta(days=30),
+    RateLimitUnit.YEAR: timedelta(days=365),
+}
+MAX_RATE_LIMIT = 1_000_000_000
+MAX_RATE_PERIOD = timedelta(days=366)
+
+
+class RateLimitRule(BaseModel):
+    """A `rate_limit:` block: Envoy's `requests_per_unit` and `unit`, plus cachet's own
+    `period`, `algorithm` and `burst`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_unit: int = Field(
+        ge=1, le=MAX_RATE_LIMIT, description="Hits allowed per unit (the sustained rate)."
+    )
+    unit: RateLimitUnit | None = Field(
+        None, description="second, minute, hour, day, month (30 days) or year (365 days)."
+    )
+    period: timedelta | None = Field(
+        None, description="Instead of `unit`: any whole-millisecond period up to 366 days."
+    )
+    algorithm: RateLimitAlgorithmName = Field(
+        RateLimitAlgorithmName.FIXED_WINDOW,
+        description="Counting algorithm; fixed_window (Envoy's own) unless set.",
+    )
+    burst: int = Field(
+        0,
+        ge=0,
+        le=MAX_RATE_LIMIT,
+        description="Capacity of token_bucket and gcra; 0 means requests_per_unit.",
+    )
+    name: str | None = Field(
+        None, description="Policy name of the rule; a descriptor rule's default is its path."
+    )
+
+    @field_validator("unit", mode="before")
+    @classmethod
+    def _unit_any_case(cls, unit: Any) -> Any:
+        return unit.lower() if isinstance(unit, str) else unit
+
+    @model_validator(mode="after")
+    def _one_period(self) -> RateLimitRule:
+        if (self.unit is None) == (self.period is None):
+            raise ValueError("rate_limit needs exactly one of `unit` and `period`")
+        if self.period is not None:
+            if not timedelta(milliseconds=1) <= self.period <= MAX_RATE_PERIOD:
+                raise ValueError("rate_limit.period must be from 1 ms to 366 days")
+            if self.period % timedelta(milliseconds=1):
+                raise ValueError("rate_limit.period must be a whole number of milliseconds")
+        return self
+
+    @property
+    def period_ms(self) -> int:
+        period = self.period if self.unit is None else UNIT_PERIODS[self.unit]
+        assert period is not None
+        return period // timedelta(milliseconds=1)
+
+
+class RateLimitDescriptor(BaseModel):
+    """One level of a domain's descriptor tree, as in envoyproxy/ratelimit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, description="Descriptor entry key, e.g. remote_address.")
+    value: str = Field(
+        "",
+        description="Entry value to match: exact; `prefix*` matches by prefix; empty matches "
+        "any value (each distinct value is limited separately).",
+    )
+    rate_limit: RateLimitRule | None = Field(
+        None, description="The limit of a request whose descriptor ends at this level."
+    )
+    shadow_mode: bool = Field(False, description="Count and report, but never deny.")
+    fail_mode: FailMode | None = Field(
+        None, description="Overrides ratelimit.fail_mode for this rule."
+    )
+    descriptors: list[RateLimitDescriptor] = Field(
+        default_factory=list, description="Rules for the next descriptor entry."
+    )
+
+
+class RateLimitDomain(BaseModel):
+    """The descriptor rules of one domain (one envoyproxy/ratelimit config file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    domain: str = Field(min_length=1, description="Domain named by requests, e.g. edge-proxy.")
+    descriptors: list[RateLimitDescriptor] = Field(
+        default_factory=list, description="Rules for the first descriptor entry."
+    )
+
+
+class RateLimitPolicy(BaseModel):
+    """A named limit, applied to caller-chosen keys with PolicyRef."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="Unique name, e.g. login.")
+    rate_limit: RateLimitRule = Field(description="The limit.")
+    shadow_mode: bool = Field(False, description="Count and report, but never deny.")
+    fail_mode: FailMode | None = Field(
+        None, description="Overrides ratelimit.fail_mode for this policy."
+    )
+
+
+class RateLimitHeaders(BaseModel):
+    """RateLimit-* response headers in Envoy answers, as envoyproxy/ratelimit adds them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Add the three headers to ShouldRateLimit answers.")
+    limit: str = Field("RateLimit-Limit", min_length=1, description="Header with the limit.")
+    remaining: str = Field(
+        "RateLimit-Remaining", min_length=1, description="Header with the hits remaining."
+    )
+    reset: str = Field(
+        "RateLimit-Reset", min_length=1, description="Header with the seconds until reset."
+    )
+
+
+DescriptorPath = tuple[tuple[str, str], ...]
+
+
+def walk_descriptors(
+    descriptors: list[RateLimitDescriptor], parent: DescriptorPath = ()
+) -> Iterator[tuple[DescriptorPath, RateLimitDescriptor]]:
+    """Every level of a descriptor tree with its (key, value) path from the root."""
+    for descriptor in descriptors:
+        path = (*parent, (descriptor.key, descriptor.value))
+        yield path, descriptor
+        yield from walk_descriptors(descriptor.descriptors, path)
+
+
+def descriptor_rule_name(domain: str, path: DescriptorPath, rule: RateLimitRule) -> str:
+    """A descriptor rule's policy name: its own `name`, else its path written as
+    envoyproxy/ratelimit writes it (`domain.key_value.key`)."""
+    if rule.name:
+        return rule.name
+    return ".".join([domain, *(f"{key}_{value}" if value else key for key, value in path)])
+
+
 class RateLimitSettings(BaseModel):
     """RateLimitService settings (env `CACHET_RATELIMIT__<FIELD>`, YAML `ratelimit:`)."""
 

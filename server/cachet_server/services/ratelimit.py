@@ -11,6 +11,8 @@ import base64
 import binascii
 import json
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 MAX_DESCRIPTOR_ENTRIES = 16
 _MAX_PERIOD_MS = MAX_RATE_PERIOD // timedelta(milliseconds=1)
+_FAIL_OPEN_WARNING_INTERVAL = 10.0  # seconds
 _DEFAULT_PAGE_SIZE = 100
 _MAX_PAGE_SIZE = 1000
 _PROTO_ALGORITHMS = {
@@ -117,6 +120,14 @@ class Limiter:
         self.stats = deps.stats
         self.policies = PolicyTable(deps.settings.ratelimit)
         self.fail_open = deps.settings.ratelimit.fail_mode is FailMode.FAIL_OPEN
+        self._warned_at = -math.inf
+
+    def _warn_failing_open(self, reason: str) -> None:
+        # Once per interval: an outage at thousands of checks per second must not flood the log.
+        now = time.monotonic()
+        if now - self._warned_at >= _FAIL_OPEN_WARNING_INTERVAL:
+            self._warned_at = now
+            log.warning("rate limits failing open (Redis unreachable): %s", reason)
 
     async def decide(
         self, items: Sequence[Resolved], *, all_or_nothing: bool = False
@@ -140,7 +151,7 @@ class Limiter:
                     if error is exc:
                         raise
                     raise error from exc
-                log.warning("rate limit failing open: %s", error.message)
+                self._warn_failing_open(error.message)
                 self.stats.ratelimit_fail_open += len(group)
                 decisions.update({i: Decision.failed_open(items[i].check.spec) for i in group})
                 continue
