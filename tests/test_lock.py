@@ -16,6 +16,7 @@ from cachet_client.proto.cachet.lock.v1 import lock_pb2_grpc
 from cachet_server.backend.keys import Kind, redis_key
 from cachet_server.backend.topology import TopologyKind
 from google.protobuf.duration_pb2 import Duration
+from google.rpc import error_details_pb2, status_pb2
 
 from .conftest import bad_fields, error_reason, rpc_error
 
@@ -67,6 +68,7 @@ async def test_held_lock_refuses_a_second_owner(locks):
     error = await rpc_error(locks.Acquire(pb.AcquireRequest(name="job", ttl=ms(5000))))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_reason(error) == "LOCK_HELD"
+    assert 4000 < int(error_metadata(error)["remaining_ttl_ms"]) <= 5000
     error = await rpc_error(
         locks.Acquire(pb.AcquireRequest(name="job", ttl=ms(5000), wait=ms(200)))
     )
@@ -97,6 +99,7 @@ async def test_release_and_extend_only_by_the_owner(locks):
         error = await rpc_error(call)
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert error_reason(error) == "LOCK_NOT_OWNED"
+        assert int(error_metadata(error)["server_time_us"]) >= us(held.server_time)
     state = await locks.Inspect(pb.InspectRequest(name="job"))
     assert state.held and state.remaining_ttl.ToMilliseconds() <= 5000
     assert state.fencing_token == held.fencing_token
@@ -400,3 +403,14 @@ async def wait_for_waiters(locks, name: str, count: int) -> None:
             return
         await asyncio.sleep(0.005)
     raise AssertionError(f"{count} waiters never queued on {name}")
+
+
+def error_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The google.rpc.ErrorInfo metadata of a failed call."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return dict(info.metadata)
+    raise AssertionError("error carries no ErrorInfo")

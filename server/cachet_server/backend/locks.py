@@ -130,6 +130,16 @@ class Grant:
 
 
 @dataclass(frozen=True)
+class Busy:
+    """No permit now: when it is worth looking again, and the remaining TTL of the
+    permit that expires first (0 when permits are free but promised to earlier
+    waiters)."""
+
+    retry_ms: int
+    remaining_ms: int
+
+
+@dataclass(frozen=True)
 class Released:
     holders: int
     server_us: int
@@ -396,11 +406,11 @@ class PermitStore:
                 if isinstance(outcome, Grant):
                     granted = self._granted(outcome, started)
                     return granted
-                retry_ms = outcome
+                busy = outcome
                 left = end - loop.time()
                 if left <= 0:
                     break
-                nap = min(left, self._recheck, max(retry_ms / 1000, _MIN_RECHECK))
+                nap = min(left, self._recheck, max(busy.retry_ms / 1000, _MIN_RECHECK))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(nap):
                         await woken.wait()
@@ -408,7 +418,7 @@ class PermitStore:
                 raise DeadlineExceeded(
                     f"the call's deadline passed while waiting for {self.family.noun} {name!r}"
                 )
-            raise self._busy(name, retry_ms)
+            raise self._busy(name, busy)
         finally:
             self.wakes.unregister(ticket)
             if granted is None:
@@ -426,8 +436,8 @@ class PermitStore:
         limit: int,
         ticket: str,
         replication: Replication | None,
-    ) -> Grant | int:
-        """A grant, or how many ms until it is worth looking again."""
+    ) -> Grant | Busy:
+        """A grant, or why not and when to look again."""
         reply, acked = await self._run_acknowledged(
             keys,
             ["acquire", token, ttl_ms, holder, limit, ticket, self._lease_ms],
@@ -455,7 +465,7 @@ class PermitStore:
                 )
             return grant
         if outcome == b"BUSY":
-            return int(reply[1])
+            return Busy(retry_ms=int(reply[1]), remaining_ms=int(reply[5]))
         if outcome == b"LIMIT_MISMATCH":
             raise FailedPrecondition(
                 f"semaphore has live holders admitted under limit {int(reply[1])}, not {limit}",
@@ -467,12 +477,12 @@ class PermitStore:
     def _granted(self, grant: Grant, started: float) -> Grant:
         return dataclasses.replace(grant, waited=asyncio.get_running_loop().time() - started)
 
-    def _busy(self, name: str, retry_ms: int) -> FailedPrecondition:
+    def _busy(self, name: str, busy: Busy) -> FailedPrecondition:
         what = "held" if self.family is Family.LOCK else "full"
         return FailedPrecondition(
-            f"{self.family.noun} {name!r} is {what} (or reserved for earlier waiters)",
+            f"{self.family.noun} {name!r} is {what} (or promised to earlier waiters)",
             reason=self.family.busy_reason,
-            metadata={"remaining_ttl_ms": str(retry_ms)},
+            metadata={"remaining_ttl_ms": str(busy.remaining_ms)},
         )
 
     async def _shielded(self, work: Awaitable[Any]) -> None:

@@ -12,7 +12,7 @@
 -- ARGV[1] op, ARGV[2] the wake channel; then per op:
 --   acquire  token ttl_ms holder limit ticket('' = do not queue) lease_ms
 --            -> {'GRANTED', fence, expire_ms, holders, sec, usec}
---             | {'BUSY', retry_ms, holders, sec, usec}
+--             | {'BUSY', retry_ms, holders, sec, usec, remaining_ms of the first permit}
 --             | {'LIMIT_MISMATCH', limit, sec, usec}
 --   release  token         -> {'OK', holders, sec, usec} | {'NOT_OWNED', sec, usec}
 --   extend   token ttl_ms  -> {'OK', fence, expire_ms, sec, usec} | {'NOT_OWNED', sec, usec}
@@ -135,16 +135,18 @@ if op == 'acquire' then
     expire_with_latest(waiters, queue)
   end
   -- When to look again if no notification comes: when the first permit expires,
-  -- or, if permits are free but reserved for earlier waiters, when the first
-  -- waiter's lease would lapse.
-  local retry_ms
+  -- if this caller is next in line for it; when the first waiter's lease would
+  -- lapse, if permits are free but promised to earlier waiters; otherwise only
+  -- when a release notifies it (or its own safety look).
+  local retry_ms, remaining_ms = lease_ms, 0
   if free > 0 then
     wake(free)
     retry_ms = tonumber(redis.call('ZRANGE', waiters, 0, 0, 'WITHSCORES')[2] or now_ms) - now_ms
   else
-    retry_ms = tonumber(redis.call('ZRANGE', holders, 0, 0, 'WITHSCORES')[2]) - now_ms
+    remaining_ms = tonumber(redis.call('ZRANGE', holders, 0, 0, 'WITHSCORES')[2]) - now_ms
+    if ahead < limit then retry_ms = remaining_ms end
   end
-  return {'BUSY', math.max(retry_ms, 0), count, clock[1], clock[2]}
+  return {'BUSY', math.max(retry_ms, 0), count, clock[1], clock[2], remaining_ms}
 end
 
 if op == 'release' then

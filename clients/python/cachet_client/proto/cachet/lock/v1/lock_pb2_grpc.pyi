@@ -93,7 +93,7 @@ class LockServiceStub:
       FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held, or free but promised to
                           callers that queued earlier, and `wait` elapsed (or was zero)
                           before it became this caller's turn. ErrorInfo metadata
-                          `remaining_ttl_ms`: when it is next worth trying.
+                          `remaining_ttl_ms`: the holder's remaining TTL (0 when free).
       DEADLINE_EXCEEDED   the call deadline passed while waiting. The wait-queue entry is
                           removed; no grant is made after the deadline.
       UNAVAILABLE         Redis unreachable; or reason `REPLICATION_INCOMPLETE`: fewer than
@@ -217,7 +217,7 @@ class LockServiceAsyncStub(LockServiceStub):
       FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held, or free but promised to
                           callers that queued earlier, and `wait` elapsed (or was zero)
                           before it became this caller's turn. ErrorInfo metadata
-                          `remaining_ttl_ms`: when it is next worth trying.
+                          `remaining_ttl_ms`: the holder's remaining TTL (0 when free).
       DEADLINE_EXCEEDED   the call deadline passed while waiting. The wait-queue entry is
                           removed; no grant is made after the deadline.
       UNAVAILABLE         Redis unreachable; or reason `REPLICATION_INCOMPLETE`: fewer than
@@ -344,7 +344,7 @@ class LockServiceServicer(metaclass=_abc_1.ABCMeta):
           FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held, or free but promised to
                               callers that queued earlier, and `wait` elapsed (or was zero)
                               before it became this caller's turn. ErrorInfo metadata
-                              `remaining_ttl_ms`: when it is next worth trying.
+                              `remaining_ttl_ms`: the holder's remaining TTL (0 when free).
           DEADLINE_EXCEEDED   the call deadline passed while waiting. The wait-queue entry is
                               removed; no grant is made after the deadline.
           UNAVAILABLE         Redis unreachable; or reason `REPLICATION_INCOMPLETE`: fewer than
