@@ -305,6 +305,59 @@ class RateLimitSettings(BaseModel):
 class EventBusSettings(BaseModel):
     """EventBusService settings (env `CACHET_EVENTBUS__<FIELD>`, YAML `eventbus:`)."""
 
+    max_event_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=512 * 1024 * 1024,
+        description="Largest event (payload, attributes and the other fields, as encoded) "
+        "that Publish or Append accepts.",
+    )
+    subscriber_buffer: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Events buffered per Subscribe call while its client reads slowly; when "
+        "full, the call ends with RESOURCE_EXHAUSTED / SUBSCRIBER_TOO_SLOW.",
+    )
+    max_subscribers: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Most Subscribe calls open at once in one server process (each holds one "
+        "Redis connection of its own); beyond it Subscribe answers RESOURCE_EXHAUSTED.",
+    )
+    max_subscriptions: int = Field(
+        100, ge=1, le=10_000, description="Most topics plus patterns in one Subscribe call."
+    )
+    reconnect_window: timedelta = Field(
+        timedelta(seconds=30),
+        description="How long a Subscribe call keeps trying to restore a dropped Redis "
+        "connection before it ends with UNAVAILABLE.",
+    )
+    max_block: timedelta = Field(
+        timedelta(seconds=60),
+        description="Longest wait a Read (`block`) or one Consume round may ask for.",
+    )
+    max_blocking_reads: int = Field(
+        64,
+        ge=1,
+        description="Most blocking stream reads (XREAD/XREADGROUP BLOCK) in flight at once per "
+        "process; each holds a pooled Redis connection while it waits. Beyond it, readers "
+        "poll every `poll_interval` instead, so the command pool is never drained.",
+    )
+    poll_interval: timedelta = Field(
+        timedelta(milliseconds=100),
+        description="How often a reader without a blocking slot, or a Consume paused by "
+        "`max_pending`, looks again.",
+    )
+
+    @model_validator(mode="after")
+    def _positive_durations(self) -> EventBusSettings:
+        for name in ("reconnect_window", "max_block", "poll_interval"):
+            if getattr(self, name) <= timedelta(0):
+                raise ValueError(f"eventbus.{name} must be positive")
+        return self
+
 
 class AdminSettings(BaseModel):
     """AdminService settings (env `CACHET_ADMIN__<FIELD>`, YAML `admin:`)."""

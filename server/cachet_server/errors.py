@@ -151,6 +151,17 @@ _RESPONSE_ERRORS: dict[str, tuple[type[CachetError], str, str]] = {
     "OOM": (ResourceExhausted, "BACKEND_OUT_OF_MEMORY", "Redis is out of memory"),
     "BUSY": (Unavailable, "BACKEND_BUSY", "Redis is busy running a script; retry"),
     "NOREPLICAS": (Unavailable, "NOT_ENOUGH_REPLICAS", "not enough Redis replicas are in sync"),
+    "NOGROUP": (
+        FailedPrecondition,
+        "GROUP_NOT_FOUND",
+        "the consumer group (or its stream) does not exist; create it with CreateGroup",
+    ),
+    # A blocked XREADGROUP whose stream was deleted under it.
+    "UNBLOCKED": (
+        FailedPrecondition,
+        "GROUP_NOT_FOUND",
+        "the stream of this consumer group was deleted",
+    ),
 }
 
 _RESPONSE_MESSAGES: list[tuple[str, type[CachetError], str, str]] = [

@@ -6,11 +6,12 @@
 `kind` says what the key holds: `k` the user's data (any Redis type), `m` the
 metadata hash of a cache value (version, fencing token, recompute time, tags),
 `l` a fill lease, `o` a stale copy, `t` a tag index, and the other services'
-kinds below. A lock (`lock`) or semaphore (`sem`) is five keys of one name:
-holders, owners (`-o`), fencing counter (`-f`, never expires), waiter queue
-(`-q`) and waiter leases (`-w`); see backend/locks.py. The namespace is
-validated to `[A-Za-z0-9_.-]`, so the prefix never holds `{`, `}`, `:` or a
-glob character.
+kinds below (`es` an event stream, `esd` its dead-letter stream, `esg` its
+groups' dead-letter policies, `ps` a pub/sub channel). A lock (`lock`) or
+semaphore (`sem`) is five keys of one name: holders, owners (`-o`), fencing
+counter (`-f`, never expires), waiter queue (`-q`) and waiter leases (`-w`); see
+backend/locks.py. The namespace is validated to `[A-Za-z0-9_.-]`, so the prefix
+never holds `{`, `}`, `:` or a glob character.
 
 Redis Cluster hashes only the part between the first `{` and the next `}`. A
 user key with a hash tag (`{user:1}:profile`) keeps it, so the user's own
@@ -52,6 +53,8 @@ class Kind(StrEnum):
     SEMAPHORE_WAITERS = "sem-w"
     RATE = "rl"
     STREAM = "es"
+    DEAD_LETTER = "esd"
+    GROUP_POLICY = "esg"
     TOPIC = "ps"
 
 
@@ -111,4 +114,34 @@ class CacheKeys:
             meta=redis_key(namespace, Kind.META, key),
             lease=redis_key(namespace, Kind.LEASE, key),
             stale=redis_key(namespace, Kind.STALE, key),
+        )
+
+
+DEAD_LETTER_SUFFIX = ":dead"
+
+
+@dataclass(frozen=True)
+class StreamKeys:
+    """The Redis keys of one event stream, all in one Cluster slot.
+
+    A stream named "<name>:dead" is the dead-letter stream of "<name>": it is
+    stored as the DEAD_LETTER kind of "<name>", so that moving an event from a
+    stream to its dead-letter stream is one single-slot script. A dead-letter
+    stream has no dead-letter stream (and no policies) of its own: `dead` and
+    `policies` are None for it.
+    """
+
+    stream: str
+    dead: str | None
+    policies: str | None
+
+    @classmethod
+    def of(cls, namespace: str, name: str) -> StreamKeys:
+        if name.endswith(DEAD_LETTER_SUFFIX):
+            source = name.removesuffix(DEAD_LETTER_SUFFIX)
+            return cls(redis_key(namespace, Kind.DEAD_LETTER, source), None, None)
+        return cls(
+            stream=redis_key(namespace, Kind.STREAM, name),
+            dead=redis_key(namespace, Kind.DEAD_LETTER, name),
+            policies=redis_key(namespace, Kind.GROUP_POLICY, name),
         )

@@ -31,8 +31,8 @@ type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Identity of the event. For durable streams: the Redis stream id
 	// ("<ms>-<seq>") assigned by Append; it must be empty in AppendRequest.
-	// For pub/sub: the publisher's id, or, if the publisher leaves it empty, a
-	// random unique id (UUIDv4 text) assigned by the server.
+	// For pub/sub: the publisher's id (at most 256 bytes), or, if the publisher
+	// leaves it empty, a random unique id (UUIDv4 text) assigned by the server.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Where the event comes from (CloudEvents `source`), e.g.
 	// "/orders-service". Optional; at most 1024 bytes.
@@ -373,7 +373,11 @@ type PublishResponse struct {
 	// every cachet server: one per subscribed topic equal to `topic` and one
 	// per subscribed pattern matching it (a Subscribe call with both counts,
 	// and receives the event, twice). cachet routes all pub/sub of a namespace
-	// through one Redis node, so the count is complete on Cluster too.
+	// (publishes and subscriptions) through one Redis node, on Cluster the
+	// primary serving `CLUSTER KEYSLOT <namespace>`, so the count is complete
+	// on Cluster too, except while that slot moves (failover, resharding):
+	// subscriptions still held on the old node then receive the event (Redis
+	// Cluster broadcasts every PUBLISH) but are not counted.
 	Receivers int64 `protobuf:"varint,1,opt,name=receivers,proto3" json:"receivers,omitempty"`
 	// The event id (the publisher's or the one the server assigned).
 	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
@@ -1344,8 +1348,8 @@ type ConsumeRequest struct {
 	// the configured batch limit (default 1000).
 	BatchSize int32 `protobuf:"varint,4,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
 	// How long each round waits for new events before starting the next
-	// round (auto-claim, then wait again). Default 5 s when unset; bounded by
-	// the configured maximum wait. The stream itself stays open regardless.
+	// round (auto-claim, then wait again). Default 5 s when unset; cut to the
+	// configured maximum wait. The stream itself stays open regardless.
 	Block *durationpb.Duration `protobuf:"bytes,5,opt,name=block,proto3" json:"block,omitempty"`
 	// If set, every round first claims events of the group pending (in any
 	// consumer) for at least this long, then delivers them to this consumer.

@@ -76,8 +76,9 @@ const (
 // Names: topic and stream names are non-empty UTF-8 strings of at most the
 // configured max key length (default 1024 bytes). A stream name may contain a
 // Redis Cluster hash tag (`{orders}`), which is respected. Stream names ending
-// in ":dead" are dead-letter streams; appending to them directly is allowed
-// but discouraged.
+// in ":dead" are dead-letter streams (":dead" alone is not a valid name);
+// appending to them directly is allowed but discouraged. A dead-letter
+// stream's groups cannot have a DeadLetterPolicy of their own.
 //
 // Stream ids are Redis stream ids "<milliseconds>-<sequence>" (for example
 // "1700000000000-0"), strictly increasing within a stream.
@@ -116,7 +117,10 @@ type EventBusServiceClient interface {
 	// Redis stays unreachable longer than the configured reconnect window or
 	// the server shuts down. It never ends with OK.
 	// Errors at start: INVALID_ARGUMENT (no topics and no patterns, too many,
-	// bad name or pattern).
+	// bad name, a pattern ending in an unpaired backslash or with an unclosed
+	// `[`); RESOURCE_EXHAUSTED reason `TOO_MANY_SUBSCRIBERS` when this server
+	// already serves its configured maximum of Subscribe calls (each holds a
+	// Redis connection); UNAVAILABLE.
 	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SubscribeResponse], error)
 	// Append adds one event to a durable stream (XADD), creating the stream if
 	// it does not exist, optionally trimming it to an approximate maximum
@@ -143,8 +147,8 @@ type EventBusServiceClient interface {
 	// Errors: FAILED_PRECONDITION reason `GROUP_EXISTS` if the group exists and
 	// `if_not_exists` is false; FAILED_PRECONDITION reason `STREAM_NOT_FOUND`
 	// if the stream does not exist and `create_stream` is false;
-	// INVALID_ARGUMENT (bad names, bad start id, bad policy); WRONG_TYPE;
-	// UNAVAILABLE.
+	// INVALID_ARGUMENT (bad names, bad start id, bad policy, a policy on a
+	// dead-letter stream); WRONG_TYPE; UNAVAILABLE.
 	CreateGroup(ctx context.Context, in *CreateGroupRequest, opts ...grpc.CallOption) (*CreateGroupResponse, error)
 	// DeleteGroup destroys a consumer group (XGROUP DESTROY) together with its
 	// pending entries, consumers and dead-letter policy. The stream and its
@@ -173,6 +177,11 @@ type EventBusServiceClient interface {
 	// Flow control: the server fetches the next batch only after the previous
 	// response has been handed to the transport, and, if `max_pending` is set,
 	// pauses fetching while this consumer has that many unacknowledged events.
+	// The transport buffers responses the client has not read yet (up to
+	// HTTP/2's flow-control window), and every event sent is already pending
+	// for this consumer; so a consumer that also uses auto-claim (or whose
+	// peers do) should set `max_pending`, or its unread batches may idle long
+	// enough to be claimed by others (delivered twice).
 	//
 	// The stream ends: when the client cancels (CANCELLED) or its deadline
 	// passes (DEADLINE_EXCEEDED); with FAILED_PRECONDITION reason
@@ -437,8 +446,9 @@ func (c *eventBusServiceClient) Info(ctx context.Context, in *InfoRequest, opts 
 // Names: topic and stream names are non-empty UTF-8 strings of at most the
 // configured max key length (default 1024 bytes). A stream name may contain a
 // Redis Cluster hash tag (`{orders}`), which is respected. Stream names ending
-// in ":dead" are dead-letter streams; appending to them directly is allowed
-// but discouraged.
+// in ":dead" are dead-letter streams (":dead" alone is not a valid name);
+// appending to them directly is allowed but discouraged. A dead-letter
+// stream's groups cannot have a DeadLetterPolicy of their own.
 //
 // Stream ids are Redis stream ids "<milliseconds>-<sequence>" (for example
 // "1700000000000-0"), strictly increasing within a stream.
@@ -477,7 +487,10 @@ type EventBusServiceServer interface {
 	// Redis stays unreachable longer than the configured reconnect window or
 	// the server shuts down. It never ends with OK.
 	// Errors at start: INVALID_ARGUMENT (no topics and no patterns, too many,
-	// bad name or pattern).
+	// bad name, a pattern ending in an unpaired backslash or with an unclosed
+	// `[`); RESOURCE_EXHAUSTED reason `TOO_MANY_SUBSCRIBERS` when this server
+	// already serves its configured maximum of Subscribe calls (each holds a
+	// Redis connection); UNAVAILABLE.
 	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error
 	// Append adds one event to a durable stream (XADD), creating the stream if
 	// it does not exist, optionally trimming it to an approximate maximum
@@ -504,8 +517,8 @@ type EventBusServiceServer interface {
 	// Errors: FAILED_PRECONDITION reason `GROUP_EXISTS` if the group exists and
 	// `if_not_exists` is false; FAILED_PRECONDITION reason `STREAM_NOT_FOUND`
 	// if the stream does not exist and `create_stream` is false;
-	// INVALID_ARGUMENT (bad names, bad start id, bad policy); WRONG_TYPE;
-	// UNAVAILABLE.
+	// INVALID_ARGUMENT (bad names, bad start id, bad policy, a policy on a
+	// dead-letter stream); WRONG_TYPE; UNAVAILABLE.
 	CreateGroup(context.Context, *CreateGroupRequest) (*CreateGroupResponse, error)
 	// DeleteGroup destroys a consumer group (XGROUP DESTROY) together with its
 	// pending entries, consumers and dead-letter policy. The stream and its
@@ -534,6 +547,11 @@ type EventBusServiceServer interface {
 	// Flow control: the server fetches the next batch only after the previous
 	// response has been handed to the transport, and, if `max_pending` is set,
 	// pauses fetching while this consumer has that many unacknowledged events.
+	// The transport buffers responses the client has not read yet (up to
+	// HTTP/2's flow-control window), and every event sent is already pending
+	// for this consumer; so a consumer that also uses auto-claim (or whose
+	// peers do) should set `max_pending`, or its unread batches may idle long
+	// enough to be claimed by others (delivered twice).
 	//
 	// The stream ends: when the client cancels (CANCELLED) or its deadline
 	// passes (DEADLINE_EXCEEDED); with FAILED_PRECONDITION reason

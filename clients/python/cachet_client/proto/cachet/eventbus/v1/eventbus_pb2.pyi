@@ -62,8 +62,8 @@ class Event(_message.Message):
     id: _builtins.str
     """Identity of the event. For durable streams: the Redis stream id
     ("<ms>-<seq>") assigned by Append; it must be empty in AppendRequest.
-    For pub/sub: the publisher's id, or, if the publisher leaves it empty, a
-    random unique id (UUIDv4 text) assigned by the server.
+    For pub/sub: the publisher's id (at most 256 bytes), or, if the publisher
+    leaves it empty, a random unique id (UUIDv4 text) assigned by the server.
     """
     source: _builtins.str
     """Where the event comes from (CloudEvents `source`), e.g.
@@ -248,7 +248,11 @@ class PublishResponse(_message.Message):
     every cachet server: one per subscribed topic equal to `topic` and one
     per subscribed pattern matching it (a Subscribe call with both counts,
     and receives the event, twice). cachet routes all pub/sub of a namespace
-    through one Redis node, so the count is complete on Cluster too.
+    (publishes and subscriptions) through one Redis node, on Cluster the
+    primary serving `CLUSTER KEYSLOT <namespace>`, so the count is complete
+    on Cluster too, except while that slot moves (failover, resharding):
+    subscriptions still held on the old node then receive the event (Redis
+    Cluster broadcasts every PUBLISH) but are not counted.
     """
     id: _builtins.str
     """The event id (the publisher's or the one the server assigned)."""
@@ -777,8 +781,8 @@ class ConsumeRequest(_message.Message):
     @_builtins.property
     def block(self) -> _duration_pb2.Duration:
         """How long each round waits for new events before starting the next
-        round (auto-claim, then wait again). Default 5 s when unset; bounded by
-        the configured maximum wait. The stream itself stays open regardless.
+        round (auto-claim, then wait again). Default 5 s when unset; cut to the
+        configured maximum wait. The stream itself stays open regardless.
         """
 
     @_builtins.property

@@ -64,8 +64,9 @@ class EventBusServiceStub:
     Names: topic and stream names are non-empty UTF-8 strings of at most the
     configured max key length (default 1024 bytes). A stream name may contain a
     Redis Cluster hash tag (`{orders}`), which is respected. Stream names ending
-    in ":dead" are dead-letter streams; appending to them directly is allowed
-    but discouraged.
+    in ":dead" are dead-letter streams (":dead" alone is not a valid name);
+    appending to them directly is allowed but discouraged. A dead-letter
+    stream's groups cannot have a DeadLetterPolicy of their own.
 
     Stream ids are Redis stream ids "<milliseconds>-<sequence>" (for example
     "1700000000000-0"), strictly increasing within a stream.
@@ -111,7 +112,10 @@ class EventBusServiceStub:
     Redis stays unreachable longer than the configured reconnect window or
     the server shuts down. It never ends with OK.
     Errors at start: INVALID_ARGUMENT (no topics and no patterns, too many,
-    bad name or pattern).
+    bad name, a pattern ending in an unpaired backslash or with an unclosed
+    `[`); RESOURCE_EXHAUSTED reason `TOO_MANY_SUBSCRIBERS` when this server
+    already serves its configured maximum of Subscribe calls (each holds a
+    Redis connection); UNAVAILABLE.
     """
     Append: _grpc.UnaryUnaryMultiCallable[_eventbus_pb2.AppendRequest, _eventbus_pb2.AppendResponse]
     """Append adds one event to a durable stream (XADD), creating the stream if
@@ -142,8 +146,8 @@ class EventBusServiceStub:
     Errors: FAILED_PRECONDITION reason `GROUP_EXISTS` if the group exists and
     `if_not_exists` is false; FAILED_PRECONDITION reason `STREAM_NOT_FOUND`
     if the stream does not exist and `create_stream` is false;
-    INVALID_ARGUMENT (bad names, bad start id, bad policy); WRONG_TYPE;
-    UNAVAILABLE.
+    INVALID_ARGUMENT (bad names, bad start id, bad policy, a policy on a
+    dead-letter stream); WRONG_TYPE; UNAVAILABLE.
     """
     DeleteGroup: _grpc.UnaryUnaryMultiCallable[_eventbus_pb2.DeleteGroupRequest, _eventbus_pb2.DeleteGroupResponse]
     """DeleteGroup destroys a consumer group (XGROUP DESTROY) together with its
@@ -173,6 +177,11 @@ class EventBusServiceStub:
     Flow control: the server fetches the next batch only after the previous
     response has been handed to the transport, and, if `max_pending` is set,
     pauses fetching while this consumer has that many unacknowledged events.
+    The transport buffers responses the client has not read yet (up to
+    HTTP/2's flow-control window), and every event sent is already pending
+    for this consumer; so a consumer that also uses auto-claim (or whose
+    peers do) should set `max_pending`, or its unread batches may idle long
+    enough to be claimed by others (delivered twice).
 
     The stream ends: when the client cancels (CANCELLED) or its deadline
     passes (DEADLINE_EXCEEDED); with FAILED_PRECONDITION reason
@@ -274,8 +283,9 @@ class EventBusServiceAsyncStub(EventBusServiceStub):
     Names: topic and stream names are non-empty UTF-8 strings of at most the
     configured max key length (default 1024 bytes). A stream name may contain a
     Redis Cluster hash tag (`{orders}`), which is respected. Stream names ending
-    in ":dead" are dead-letter streams; appending to them directly is allowed
-    but discouraged.
+    in ":dead" are dead-letter streams (":dead" alone is not a valid name);
+    appending to them directly is allowed but discouraged. A dead-letter
+    stream's groups cannot have a DeadLetterPolicy of their own.
 
     Stream ids are Redis stream ids "<milliseconds>-<sequence>" (for example
     "1700000000000-0"), strictly increasing within a stream.
@@ -318,7 +328,10 @@ class EventBusServiceAsyncStub(EventBusServiceStub):
     Redis stays unreachable longer than the configured reconnect window or
     the server shuts down. It never ends with OK.
     Errors at start: INVALID_ARGUMENT (no topics and no patterns, too many,
-    bad name or pattern).
+    bad name, a pattern ending in an unpaired backslash or with an unclosed
+    `[`); RESOURCE_EXHAUSTED reason `TOO_MANY_SUBSCRIBERS` when this server
+    already serves its configured maximum of Subscribe calls (each holds a
+    Redis connection); UNAVAILABLE.
     """
     Append: _aio.UnaryUnaryMultiCallable[_eventbus_pb2.AppendRequest, _eventbus_pb2.AppendResponse]  # type: ignore[assignment]
     """Append adds one event to a durable stream (XADD), creating the stream if
@@ -349,8 +362,8 @@ class EventBusServiceAsyncStub(EventBusServiceStub):
     Errors: FAILED_PRECONDITION reason `GROUP_EXISTS` if the group exists and
     `if_not_exists` is false; FAILED_PRECONDITION reason `STREAM_NOT_FOUND`
     if the stream does not exist and `create_stream` is false;
-    INVALID_ARGUMENT (bad names, bad start id, bad policy); WRONG_TYPE;
-    UNAVAILABLE.
+    INVALID_ARGUMENT (bad names, bad start id, bad policy, a policy on a
+    dead-letter stream); WRONG_TYPE; UNAVAILABLE.
     """
     DeleteGroup: _aio.UnaryUnaryMultiCallable[_eventbus_pb2.DeleteGroupRequest, _eventbus_pb2.DeleteGroupResponse]  # type: ignore[assignment]
     """DeleteGroup destroys a consumer group (XGROUP DESTROY) together with its
@@ -380,6 +393,11 @@ class EventBusServiceAsyncStub(EventBusServiceStub):
     Flow control: the server fetches the next batch only after the previous
     response has been handed to the transport, and, if `max_pending` is set,
     pauses fetching while this consumer has that many unacknowledged events.
+    The transport buffers responses the client has not read yet (up to
+    HTTP/2's flow-control window), and every event sent is already pending
+    for this consumer; so a consumer that also uses auto-claim (or whose
+    peers do) should set `max_pending`, or its unread batches may idle long
+    enough to be claimed by others (delivered twice).
 
     The stream ends: when the client cancels (CANCELLED) or its deadline
     passes (DEADLINE_EXCEEDED); with FAILED_PRECONDITION reason
@@ -480,8 +498,9 @@ class EventBusServiceServicer(metaclass=_abc_1.ABCMeta):
     Names: topic and stream names are non-empty UTF-8 strings of at most the
     configured max key length (default 1024 bytes). A stream name may contain a
     Redis Cluster hash tag (`{orders}`), which is respected. Stream names ending
-    in ":dead" are dead-letter streams; appending to them directly is allowed
-    but discouraged.
+    in ":dead" are dead-letter streams (":dead" alone is not a valid name);
+    appending to them directly is allowed but discouraged. A dead-letter
+    stream's groups cannot have a DeadLetterPolicy of their own.
 
     Stream ids are Redis stream ids "<milliseconds>-<sequence>" (for example
     "1700000000000-0"), strictly increasing within a stream.
@@ -534,7 +553,10 @@ class EventBusServiceServicer(metaclass=_abc_1.ABCMeta):
         Redis stays unreachable longer than the configured reconnect window or
         the server shuts down. It never ends with OK.
         Errors at start: INVALID_ARGUMENT (no topics and no patterns, too many,
-        bad name or pattern).
+        bad name, a pattern ending in an unpaired backslash or with an unclosed
+        `[`); RESOURCE_EXHAUSTED reason `TOO_MANY_SUBSCRIBERS` when this server
+        already serves its configured maximum of Subscribe calls (each holds a
+        Redis connection); UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -589,8 +611,8 @@ class EventBusServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: FAILED_PRECONDITION reason `GROUP_EXISTS` if the group exists and
         `if_not_exists` is false; FAILED_PRECONDITION reason `STREAM_NOT_FOUND`
         if the stream does not exist and `create_stream` is false;
-        INVALID_ARGUMENT (bad names, bad start id, bad policy); WRONG_TYPE;
-        UNAVAILABLE.
+        INVALID_ARGUMENT (bad names, bad start id, bad policy, a policy on a
+        dead-letter stream); WRONG_TYPE; UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -632,6 +654,11 @@ class EventBusServiceServicer(metaclass=_abc_1.ABCMeta):
         Flow control: the server fetches the next batch only after the previous
         response has been handed to the transport, and, if `max_pending` is set,
         pauses fetching while this consumer has that many unacknowledged events.
+        The transport buffers responses the client has not read yet (up to
+        HTTP/2's flow-control window), and every event sent is already pending
+        for this consumer; so a consumer that also uses auto-claim (or whose
+        peers do) should set `max_pending`, or its unread batches may idle long
+        enough to be claimed by others (delivered twice).
 
         The stream ends: when the client cancels (CANCELLED) or its deadline
         passes (DEADLINE_EXCEEDED); with FAILED_PRECONDITION reason

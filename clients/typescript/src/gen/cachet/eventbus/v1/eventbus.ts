@@ -37,8 +37,8 @@ export interface Event {
   /**
    * Identity of the event. For durable streams: the Redis stream id
    * ("<ms>-<seq>") assigned by Append; it must be empty in AppendRequest.
-   * For pub/sub: the publisher's id, or, if the publisher leaves it empty, a
-   * random unique id (UUIDv4 text) assigned by the server.
+   * For pub/sub: the publisher's id (at most 256 bytes), or, if the publisher
+   * leaves it empty, a random unique id (UUIDv4 text) assigned by the server.
    */
   id: string;
   /**
@@ -145,7 +145,11 @@ export interface PublishResponse {
    * every cachet server: one per subscribed topic equal to `topic` and one
    * per subscribed pattern matching it (a Subscribe call with both counts,
    * and receives the event, twice). cachet routes all pub/sub of a namespace
-   * through one Redis node, so the count is complete on Cluster too.
+   * (publishes and subscriptions) through one Redis node, on Cluster the
+   * primary serving `CLUSTER KEYSLOT <namespace>`, so the count is complete
+   * on Cluster too, except while that slot moves (failover, resharding):
+   * subscriptions still held on the old node then receive the event (Redis
+   * Cluster broadcasts every PUBLISH) but are not counted.
    */
   receivers: bigint;
   /** The event id (the publisher's or the one the server assigned). */
@@ -377,8 +381,8 @@ export interface ConsumeRequest {
   batchSize: number;
   /**
    * How long each round waits for new events before starting the next
-   * round (auto-claim, then wait again). Default 5 s when unset; bounded by
-   * the configured maximum wait. The stream itself stays open regardless.
+   * round (auto-claim, then wait again). Default 5 s when unset; cut to the
+   * configured maximum wait. The stream itself stays open regardless.
    */
   block:
     | Duration
@@ -5115,8 +5119,9 @@ export const ConsumerInfo: MessageFns<ConsumerInfo> = {
  * Names: topic and stream names are non-empty UTF-8 strings of at most the
  * configured max key length (default 1024 bytes). A stream name may contain a
  * Redis Cluster hash tag (`{orders}`), which is respected. Stream names ending
- * in ":dead" are dead-letter streams; appending to them directly is allowed
- * but discouraged.
+ * in ":dead" are dead-letter streams (":dead" alone is not a valid name);
+ * appending to them directly is allowed but discouraged. A dead-letter
+ * stream's groups cannot have a DeadLetterPolicy of their own.
  *
  * Stream ids are Redis stream ids "<milliseconds>-<sequence>" (for example
  * "1700000000000-0"), strictly increasing within a stream.
@@ -5168,7 +5173,10 @@ export const EventBusServiceService = {
    * Redis stays unreachable longer than the configured reconnect window or
    * the server shuts down. It never ends with OK.
    * Errors at start: INVALID_ARGUMENT (no topics and no patterns, too many,
-   * bad name or pattern).
+   * bad name, a pattern ending in an unpaired backslash or with an unclosed
+   * `[`); RESOURCE_EXHAUSTED reason `TOO_MANY_SUBSCRIBERS` when this server
+   * already serves its configured maximum of Subscribe calls (each holds a
+   * Redis connection); UNAVAILABLE.
    */
   subscribe: {
     path: "/cachet.eventbus.v1.EventBusService/Subscribe" as const,
@@ -5235,8 +5243,8 @@ export const EventBusServiceService = {
    * Errors: FAILED_PRECONDITION reason `GROUP_EXISTS` if the group exists and
    * `if_not_exists` is false; FAILED_PRECONDITION reason `STREAM_NOT_FOUND`
    * if the stream does not exist and `create_stream` is false;
-   * INVALID_ARGUMENT (bad names, bad start id, bad policy); WRONG_TYPE;
-   * UNAVAILABLE.
+   * INVALID_ARGUMENT (bad names, bad start id, bad policy, a policy on a
+   * dead-letter stream); WRONG_TYPE; UNAVAILABLE.
    */
   createGroup: {
     path: "/cachet.eventbus.v1.EventBusService/CreateGroup" as const,
@@ -5284,6 +5292,11 @@ export const EventBusServiceService = {
    * Flow control: the server fetches the next batch only after the previous
    * response has been handed to the transport, and, if `max_pending` is set,
    * pauses fetching while this consumer has that many unacknowledged events.
+   * The transport buffers responses the client has not read yet (up to
+   * HTTP/2's flow-control window), and every event sent is already pending
+   * for this consumer; so a consumer that also uses auto-claim (or whose
+   * peers do) should set `max_pending`, or its unread batches may idle long
+   * enough to be claimed by others (delivered twice).
    *
    * The stream ends: when the client cancels (CANCELLED) or its deadline
    * passes (DEADLINE_EXCEEDED); with FAILED_PRECONDITION reason
@@ -5441,7 +5454,10 @@ export interface EventBusServiceServer extends UntypedServiceImplementation {
    * Redis stays unreachable longer than the configured reconnect window or
    * the server shuts down. It never ends with OK.
    * Errors at start: INVALID_ARGUMENT (no topics and no patterns, too many,
-   * bad name or pattern).
+   * bad name, a pattern ending in an unpaired backslash or with an unclosed
+   * `[`); RESOURCE_EXHAUSTED reason `TOO_MANY_SUBSCRIBERS` when this server
+   * already serves its configured maximum of Subscribe calls (each holds a
+   * Redis connection); UNAVAILABLE.
    */
   subscribe: handleServerStreamingCall<SubscribeRequest, SubscribeResponse>;
   /**
@@ -5476,8 +5492,8 @@ export interface EventBusServiceServer extends UntypedServiceImplementation {
    * Errors: FAILED_PRECONDITION reason `GROUP_EXISTS` if the group exists and
    * `if_not_exists` is false; FAILED_PRECONDITION reason `STREAM_NOT_FOUND`
    * if the stream does not exist and `create_stream` is false;
-   * INVALID_ARGUMENT (bad names, bad start id, bad policy); WRONG_TYPE;
-   * UNAVAILABLE.
+   * INVALID_ARGUMENT (bad names, bad start id, bad policy, a policy on a
+   * dead-letter stream); WRONG_TYPE; UNAVAILABLE.
    */
   createGroup: handleUnaryCall<CreateGroupRequest, CreateGroupResponse>;
   /**
@@ -5509,6 +5525,11 @@ export interface EventBusServiceServer extends UntypedServiceImplementation {
    * Flow control: the server fetches the next batch only after the previous
    * response has been handed to the transport, and, if `max_pending` is set,
    * pauses fetching while this consumer has that many unacknowledged events.
+   * The transport buffers responses the client has not read yet (up to
+   * HTTP/2's flow-control window), and every event sent is already pending
+   * for this consumer; so a consumer that also uses auto-claim (or whose
+   * peers do) should set `max_pending`, or its unread batches may idle long
+   * enough to be claimed by others (delivered twice).
    *
    * The stream ends: when the client cancels (CANCELLED) or its deadline
    * passes (DEADLINE_EXCEEDED); with FAILED_PRECONDITION reason
@@ -5624,7 +5645,10 @@ export interface EventBusServiceClient extends Client {
    * Redis stays unreachable longer than the configured reconnect window or
    * the server shuts down. It never ends with OK.
    * Errors at start: INVALID_ARGUMENT (no topics and no patterns, too many,
-   * bad name or pattern).
+   * bad name, a pattern ending in an unpaired backslash or with an unclosed
+   * `[`); RESOURCE_EXHAUSTED reason `TOO_MANY_SUBSCRIBERS` when this server
+   * already serves its configured maximum of Subscribe calls (each holds a
+   * Redis connection); UNAVAILABLE.
    */
   subscribe(request: SubscribeRequest, options?: Partial<CallOptions>): ClientReadableStream<SubscribeResponse>;
   subscribe(
@@ -5703,8 +5727,8 @@ export interface EventBusServiceClient extends Client {
    * Errors: FAILED_PRECONDITION reason `GROUP_EXISTS` if the group exists and
    * `if_not_exists` is false; FAILED_PRECONDITION reason `STREAM_NOT_FOUND`
    * if the stream does not exist and `create_stream` is false;
-   * INVALID_ARGUMENT (bad names, bad start id, bad policy); WRONG_TYPE;
-   * UNAVAILABLE.
+   * INVALID_ARGUMENT (bad names, bad start id, bad policy, a policy on a
+   * dead-letter stream); WRONG_TYPE; UNAVAILABLE.
    */
   createGroup(
     request: CreateGroupRequest,
@@ -5764,6 +5788,11 @@ export interface EventBusServiceClient extends Client {
    * Flow control: the server fetches the next batch only after the previous
    * response has been handed to the transport, and, if `max_pending` is set,
    * pauses fetching while this consumer has that many unacknowledged events.
+   * The transport buffers responses the client has not read yet (up to
+   * HTTP/2's flow-control window), and every event sent is already pending
+   * for this consumer; so a consumer that also uses auto-claim (or whose
+   * peers do) should set `max_pending`, or its unread batches may idle long
+   * enough to be claimed by others (delivered twice).
    *
    * The stream ends: when the client cancels (CANCELLED) or its deadline
    * passes (DEADLINE_EXCEEDED); with FAILED_PRECONDITION reason

@@ -1,0 +1,691 @@
+"""Event bus storage: Redis streams for durable events, Redis pub/sub for topics.
+
+Streams (`StreamStore`): one Redis stream per (namespace, stream name), keys from
+`StreamKeys` so a stream, its dead-letter stream and its groups' policies share a
+Cluster slot. Multi-step changes (create a group with its policy, claim with
+dead-lettering, ack of a group that must exist) are single-slot Lua scripts.
+Blocking reads wait in slices shorter than the Redis socket timeout, and at most
+`max_blocking_reads` of them hold a pooled connection at once; beyond that,
+readers poll, so waiting consumers can never drain the command pool.
+
+Pub/sub (`PubSubHub`): every Subscribe call gets a Redis connection of its own,
+from a pool kept apart from the command pool. That costs one Redis client per
+subscriber, and buys exact receiver counts (Redis counts subscriptions, not
+processes), isolation (one subscriber's reconnect or overflow touches nobody
+else) and trivially exact cleanup (closing the connection drops every
+subscription of the call). On Cluster, all pub/sub of a namespace goes through
+the primary that serves `CLUSTER KEYSLOT <namespace>`, publishes included, so a
+PUBLISH there counts every subscriber of the namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import ConnectionPool
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..errors import CachetError, FailedPrecondition, ResourceExhausted, Unavailable
+from .core import Backend
+from .keys import StreamKeys
+from .scripts import script
+from .topology import TopologyKind
+
+log = logging.getLogger(__name__)
+
+_CLAIM = script("es_claim")
+_CREATE_GROUP = script("es_create_group")
+_DELETE_GROUP = script("es_delete_group")
+_ACK = script("es_ack")
+_PUBLISH = script("ps_publish")
+
+# What a dropped or unreachable Redis connection raises.
+CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+FIRST_ID = "0-0"
+SUBSCRIBER_CLIENT_NAME = "cachet-subscriber"
+_MAX_ID_PART = 2**64 - 1
+
+
+def next_id(stream_id: str) -> str:
+    """The smallest stream id above `stream_id` (a full "<ms>-<seq>" id)."""
+    ms, seq = (int(part) for part in stream_id.split("-"))
+    return f"{ms}-{seq + 1}" if seq < _MAX_ID_PART else f"{ms + 1}-0"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One stream entry: its id, its fields, and (when delivered to a group) how
+    many times it has been delivered, this delivery included."""
+
+    id: str
+    fields: dict[bytes, bytes]
+    delivery_count: int = 0
+
+
+def _entries(raw: Sequence[Any], delivery_count: int = 0) -> list[StreamEntry]:
+    return [StreamEntry(_text(i), dict(f), delivery_count) for i, f in raw if f is not None]
+
+
+@dataclass(frozen=True)
+class DeadLetterPolicy:
+    max_deliveries: int
+    max_len: int = 0
+
+    def encode(self) -> str:
+        return f"{self.max_deliveries}:{self.max_len}" if self.max_deliveries else ""
+
+    @classmethod
+    def decode(cls, text: bytes | str | None) -> DeadLetterPolicy:
+        if not text:
+            return cls(0)
+        limit, _, max_len = _text(text).partition(":")
+        return cls(int(limit), int(max_len or 0))
+
+
+@dataclass(frozen=True)
+class ClaimOutcome:
+    entries: list[StreamEntry]
+    dead_lettered: list[str]
+    deleted: list[str]
+    next_start: str  # "" when the pending list was scanned to its end
+
+
+@dataclass(frozen=True)
+class PendingEntry:
+    id: str
+    consumer: str
+    idle_ms: int
+    delivery_count: int
+
+
+@dataclass(frozen=True)
+class PendingSummary:
+    count: int
+    min_id: str
+    max_id: str
+    consumers: list[tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class ConsumerInfo:
+    name: str
+    pending: int
+    idle_ms: int
+    inactive_ms: int | None
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    name: str
+    consumers: int
+    pending: int
+    last_delivered_id: str
+    lag: int | None
+    policy: DeadLetterPolicy
+    consumer_details: list[ConsumerInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    length: int
+    first_id: str
+    last_id: str
+    last_generated_id: str
+    entries_added: int
+    groups: list[GroupInfo]
+    dead_letter_length: int
+
+
+_STREAM_NOT_FOUND = "STREAM_NOT_FOUND"
+
+
+class StreamStore:
+    """Durable event streams and their consumer groups."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        socket_timeout: float,
+        max_blocking_reads: int,
+        poll_interval: float,
+    ) -> None:
+        self.backend = backend
+        # One blocking command waits at most this long, so it always answers
+        # well inside the socket timeout of the connection it holds.
+        self.block_slice = max(0.05, socket_timeout / 2)
+        self.poll_interval = poll_interval
+        self._blocking_slots = asyncio.Semaphore(max_blocking_reads)
+
+    @property
+    def redis(self) -> Any:
+        return self.backend.redis
+
+    async def _wait_for(
+        self, read: Callable[[int | None], Awaitable[list[StreamEntry]]], wait: float
+    ) -> list[StreamEntry]:
+        """`read(block_ms)` until it returns entries or `wait` seconds pass. Blocks in
+        slices shorter than the socket timeout; polls when no blocking slot is free."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return await read(None)
+            if self._blocking_slots.locked():
+                found = await read(None)
+                if found:
+                    return found
+                await asyncio.sleep(min(self.poll_interval, remaining))
+                continue
+            async with self._blocking_slots:
+                found = await read(max(1, round(min(remaining, self.block_slice) * 1000)))
+            if found:
+                return found
+
+    async def append(
+        self, namespace: str, stream: str, fields: dict[str, bytes | str], max_len: int | None
+    ) -> str:
+        keys = StreamKeys.of(namespace, stream)
+        new_id = await self.redis.xadd(keys.stream, fields, maxlen=max_len, approximate=True)
+        return _text(new_id)
+
+    async def last_id(self, namespace: str, stream: str) -> str:
+        """The id of the newest entry, FIRST_ID for an empty or missing stream."""
+        keys = StreamKeys.of(namespace, stream)
+        newest = await self.redis.xrevrange(keys.stream, "+", "-", count=1)
+        return _text(newest[0][0]) if newest else FIRST_ID
+
+    async def read(
+        self, namespace: str, stream: str, after_id: str, count: int, wait: float
+    ) -> list[StreamEntry]:
+        keys = StreamKeys.of(namespace, stream)
+
+        async def read_once(block_ms: int | None) -> list[StreamEntry]:
+            reply = await self.redis.xread({keys.stream: after_id}, count=count, block=block_ms)
+            return _entries(reply[0][1]) if reply else []
+
+        return await self._wait_for(read_once, wait)
+
+    async def range(
+        self, namespace: str, stream: str, start: str, end: str, count: int, *, reverse: bool
+    ) -> list[StreamEntry]:
+        keys = StreamKeys.of(namespace, stream)
+        if reverse:
+            reply = await self.redis.xrevrange(keys.stream, end, start, count=count)
+        else:
+            reply = await self.redis.xrange(keys.stream, start, end, count=count)
+        return _entries(reply)
+
+    async def trim(
+        self, namespace: str, stream: str, *, max_len: int | None, min_id: str | None, approx: bool
+    ) -> int:
+        keys = StreamKeys.of(namespace, stream)
+        strategy = ["MAXLEN", max_len] if max_len is not None else ["MINID", min_id]
+        trimmed = await self.redis.execute_command(
+            "XTRIM", keys.stream, strategy[0], "~" if approx else "=", strategy[1]
+        )
+        return int(trimmed)
+
+    async def create_group(
+        self,
+        namespace: str,
+        stream: str,
+        group: str,
+        start_id: str,
+        *,
+        create_stream: bool,
+        if_not_exists: bool,
+        policy: DeadLetterPolicy,
+    ) -> bool:
+        keys = StreamKeys.of(namespace, stream)
+        outcome = await self.backend.run(
+            _CREATE_GROUP,
+            [k for k in (keys.stream, keys.policies) if k],
+            [group, start_id, int(create_stream), int(if_not_exists), policy.encode()],
+        )
+        if outcome == -1:
+            raise FailedPrecondition(
+                f"stream {stream!r} does not exist (set create_stream to create it)",
+                reason=_STREAM_NOT_FOUND,
+            )
+        if outcome == -2:
+            raise FailedPrecondition(
+                f"group {group!r} already exists on stream {stream!r}", reason="GROUP_EXISTS"
+            )
+        return bool(outcome == 1)
+
+    async def delete_group(self, namespace: str, stream: str, group: str) -> bool:
+        keys = StreamKeys.of(namespace, stream)
+        destroyed = await self.backend.run(
+            _DELETE_GROUP, [k for k in (keys.stream, keys.policies) if k], [group]
+        )
+        return bool(destroyed)
+
+    async def require_group(self, namespace: str, stream: str, group: str) -> None:
+        """Raise FAILED_PRECONDITION / GROUP_NOT_FOUND unless the group exists."""
+        keys = StreamKeys.of(namespace, stream)
+        await self.redis.xpending_range(keys.stream, group, "-", "+", 0)
+
+    async def read_group(
+        self, namespace: str, stream: str, group: str, consumer: str, count: int, wait: float
+    ) -> list[StreamEntry]:
+        """New events (never delivered to the group), waiting up to `wait` seconds."""
+        keys = StreamKeys.of(namespace, stream)
+
+        async def read_once(block_ms: int | None) -> list[StreamEntry]:
+            reply = await self.redis.xreadgroup(
+                group, consumer, {keys.stream: ">"}, count=count, block=block_ms
+            )
+            return _entries(reply[0][1], delivery_count=1) if reply else []
+
+        return await self._wait_for(read_once, wait)
+
+    async def ack(self, namespace: str, stream: str, group: str, ids: Sequence[str]) -> int:
+        keys = StreamKeys.of(namespace, stream)
+        return int(await self.backend.run(_ACK, [keys.stream], [group, *ids]))
+
+    async def claim(
+        self,
+        namespace: str,
+        stream: str,
+        group: str,
+        consumer: str,
+        min_idle_ms: int,
+        *,
+        start: str = FIRST_ID,
+        count: int = 100,
+        ids: Sequence[str] = (),
+        own_only: bool = False,
+    ) -> ClaimOutcome:
+        """Take over idle pending entries (of every consumer, of `consumer` only, or
+        exactly `ids`), dead-lettering those at the group's delivery limit."""
+        keys = StreamKeys.of(namespace, stream)
+        mode = "ids" if ids else "own" if own_only else "scan"
+        reply = await self.backend.run(
+            _CLAIM,
+            [k for k in (keys.stream, keys.dead, keys.policies) if k],
+            [group, consumer, min_idle_ms, mode, start, count, stream, *ids],
+        )
+        last, examined, claimed, dead, deleted = reply
+        more = mode != "ids" and examined >= count and last
+        return ClaimOutcome(
+            entries=[
+                StreamEntry(_text(i), dict(zip(f[::2], f[1::2], strict=True)), int(n))
+                for i, f, n in claimed
+            ],
+            dead_lettered=[_text(i) for i in dead],
+            deleted=[_text(i) for i in deleted],
+            next_start=next_id(_text(last)) if more else "",
+        )
+
+    async def pending(self, namespace: str, stream: str, group: str) -> PendingSummary:
+        keys = StreamKeys.of(namespace, stream)
+        reply = await self.redis.xpending(keys.stream, group)
+        return PendingSummary(
+            count=int(reply["pending"]),
+            min_id=_text(reply["min"] or ""),
+            max_id=_text(reply["max"] or ""),
+            consumers=[(_text(c["name"]), int(c["pending"])) for c in reply["consumers"]],
+        )
+
+    async def pending_of(self, namespace: str, stream: str, group: str, consumer: str) -> int:
+        summary = await self.pending(namespace, stream, group)
+        return next((n for name, n in summary.consumers if name == consumer), 0)
+
+    async def list_pending(
+        self,
+        namespace: str,
+        stream: str,
+        group: str,
+        *,
+        start: str,
+        count: int,
+        consumer: str | None,
+        min_idle_ms: int | None,
+    ) -> list[PendingEntry]:
+        keys = StreamKeys.of(namespace, stream)
+        reply = await self.redis.xpending_range(
+            keys.stream, group, start, "+", count, consumername=consumer, idle=min_idle_ms
+        )
+        return [
+            PendingEntry(
+                _text(e["message_id"]),
+                _text(e["consumer"]),
+                int(e["time_since_delivered"]),
+                int(e["times_delivered"]),
+            )
+            for e in reply
+        ]
+
+    async def info(self, namespace: str, stream: str, *, with_consumers: bool) -> StreamInfo:
+        keys = StreamKeys.of(namespace, stream)
+        kind = _text(await self.redis.type(keys.stream))
+        if kind == "none":
+            raise FailedPrecondition(f"stream {stream!r} does not exist", reason=_STREAM_NOT_FOUND)
+        summary = await self.redis.xinfo_stream(keys.stream)
+        groups = await self.redis.xinfo_groups(keys.stream)
+        policies = await self.redis.hgetall(keys.policies) if keys.policies else {}
+        dead_length = int(await self.redis.xlen(keys.dead)) if keys.dead else 0
+        described: list[GroupInfo] = []
+        for group in groups:
+            name = _text(group["name"])
+            consumers: list[ConsumerInfo] = []
+            if with_consumers:
+                for c in await self.redis.xinfo_consumers(keys.stream, name):
+                    inactive = c.get("inactive")
+                    consumers.append(
+                        ConsumerInfo(
+                            _text(c["name"]),
+                            int(c["pending"]),
+                            int(c["idle"]),
+                            None if inactive is None or int(inactive) < 0 else int(inactive),
+                        )
+                    )
+            lag = group.get("lag")
+            described.append(
+                GroupInfo(
+                    name=name,
+                    consumers=int(group["consumers"]),
+                    pending=int(group["pending"]),
+                    last_delivered_id=_text(group["last-delivered-id"]),
+                    lag=None if lag is None else int(lag),
+                    policy=DeadLetterPolicy.decode(policies.get(name.encode())),
+                    consumer_details=consumers,
+                )
+            )
+        first, last = summary.get("first-entry"), summary.get("last-entry")
+        return StreamInfo(
+            length=int(summary["length"]),
+            first_id=_text(first[0]) if first else "",
+            last_id=_text(last[0]) if last else "",
+            last_generated_id=_text(summary["last-generated-id"]),
+            entries_added=int(summary.get("entries-added") or 0),
+            groups=described,
+            dead_letter_length=dead_length,
+        )
+
+
+# ---------------------------------------------------------------------------
+# Pub/sub
+
+
+@dataclass(frozen=True)
+class TopicMessage:
+    """A message as received: the Redis channel, the Redis pattern that matched
+    (None for an exact subscription), the Redis time it was published at (µs),
+    and the encoded event."""
+
+    channel: str
+    pattern: str | None
+    published_us: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class SubscriptionActive:
+    reconnected: bool
+
+
+class SubscriberTooSlow(ResourceExhausted):
+    def __init__(self, buffer: int) -> None:
+        super().__init__(
+            f"the subscriber fell {buffer} events behind (the configured buffer) and was "
+            "disconnected; read faster, or subscribe to less",
+            reason="SUBSCRIBER_TOO_SLOW",
+        )
+
+
+class PubSubHub:
+    """Routes a namespace's pub/sub to its Redis node, and gives each subscription
+    a connection of its own from pools kept apart from the command pool."""
+
+    def __init__(self, backend: Backend, *, max_subscribers: int, socket_timeout: float) -> None:
+        self.backend = backend
+        self.max_subscribers = max_subscribers
+        self.socket_timeout = socket_timeout
+        self._pools: dict[str, ConnectionPool] = {}
+
+    @property
+    def redis(self) -> Any:
+        return self.backend.redis
+
+    async def _node(self, namespace: str) -> Any:
+        """The Cluster primary that carries `namespace`'s pub/sub (None elsewhere)."""
+        if self.backend.kind is not TopologyKind.CLUSTER:
+            return None
+        await self.redis.initialize()
+        return self.redis.get_node_from_key(namespace)
+
+    async def refresh(self) -> None:
+        """After a connection failure: on Cluster, re-learn which node serves what."""
+        if self.backend.kind is TopologyKind.CLUSTER:
+            with contextlib.suppress(Exception):
+                await self.redis.nodes_manager.initialize()
+
+    async def publish(self, namespace: str, channel: str, body: bytes) -> int:
+        node = await self._node(namespace)
+        if node is None:
+            return int(await self.backend.run(_PUBLISH, [], [channel, body]))
+        try:
+            reply = await self.redis.execute_command(
+                "EVALSHA", _PUBLISH.sha, 0, channel, body, target_nodes=node
+            )
+        except NoScriptError:
+            reply = await self.redis.execute_command(
+                "EVAL", _PUBLISH.source, 0, channel, body, target_nodes=node
+            )
+        return int(reply)
+
+    def _new_pool(self, template: Any) -> ConnectionPool:
+        """A pool like `template` (a command pool, or a Cluster node), of our own."""
+        kwargs = {k: v for k, v in template.connection_kwargs.items() if k != "connection_pool"}
+        kwargs["connection_class"] = template.connection_class
+        kwargs["max_connections"] = self.max_subscribers
+        # No silent reconnects inside redis-py: Subscription restores the connection
+        # itself, so that it can tell its client about the gap.
+        kwargs["retry"] = Retry(NoBackoff(), 0)
+        # So an operator can tell subscriber connections apart in CLIENT LIST.
+        kwargs["client_name"] = SUBSCRIBER_CLIENT_NAME
+        if isinstance(template, SentinelConnectionPool):
+            manager = template.sentinel_manager
+            return SentinelConnectionPool(  # type: ignore[no-untyped-call]
+                template.service_name, manager, **kwargs
+            )
+        return ConnectionPool(**kwargs)
+
+    async def pubsub(self, namespace: str) -> PubSub:
+        """A PubSub on a connection of its own, on `namespace`'s node."""
+        node = await self._node(namespace)
+        name = node.name if node is not None else ""
+        pool = self._pools.get(name)
+        if pool is None:
+            template = node if node is not None else self.redis.connection_pool
+            pool = self._pools[name] = self._new_pool(template)
+        return PubSub(connection_pool=pool)
+
+    def subscription(
+        self,
+        namespace: str,
+        channels: Sequence[str],
+        patterns: Sequence[str],
+        *,
+        buffer: int,
+        reconnect_window: float,
+    ) -> Subscription:
+        return Subscription(self, namespace, channels, patterns, buffer, reconnect_window)
+
+    async def aclose(self) -> None:
+        for pool in self._pools.values():
+            await pool.aclose()
+        self._pools.clear()
+
+
+Item = TopicMessage | SubscriptionActive
+
+
+class Subscription:
+    """One Subscribe call's Redis subscriptions, read into a bounded buffer by a
+    task of its own. `next()` answers the buffered items in order: a
+    SubscriptionActive first (and again after each reconnect), then messages; it
+    raises the error that ended the subscription (too slow, Redis gone for longer
+    than the reconnect window). Leaving the `async with` block closes the Redis
+    connection, which drops every subscription of the call at once."""
+
+    def __init__(
+        self,
+        hub: PubSubHub,
+        namespace: str,
+        channels: Sequence[str],
+        patterns: Sequence[str],
+        buffer: int,
+        reconnect_window: float,
+    ) -> None:
+        self.hub = hub
+        self.namespace = namespace
+        self.channels = list(channels)
+        self.patterns = list(patterns)
+        self.buffer = buffer
+        self.reconnect_window = reconnect_window
+        self._queue: asyncio.Queue[Item | BaseException] = asyncio.Queue()
+        self._pubsub: PubSub | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Subscription:
+        try:
+            early = await self._connect()
+        except BaseException:
+            await self._close()
+            raise
+        self._queue.put_nowait(SubscriptionActive(reconnected=False))
+        for item in early:
+            self._queue.put_nowait(item)
+        self._pump_task = asyncio.create_task(self._pump(), name="cachet-subscription")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+        await self._close()
+
+    async def next(self) -> Item:
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def _close(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _connect(self) -> list[TopicMessage]:
+        """Subscribe on a fresh connection; return once Redis confirmed every
+        subscription, with any message that arrived in between."""
+        await self._close()
+        pubsub = self._pubsub = await self.hub.pubsub(self.namespace)
+        try:
+            async with asyncio.timeout(self.hub.socket_timeout):
+                return await self._subscribe(pubsub)
+        except TimeoutError as exc:
+            raise Unavailable("Redis did not confirm the subscriptions in time") from exc
+
+    async def _subscribe(self, pubsub: PubSub) -> list[TopicMessage]:
+        if self.channels:
+            await pubsub.subscribe(*self.channels)
+        if self.patterns:
+            await pubsub.psubscribe(*self.patterns)
+        early: list[TopicMessage] = []
+        confirmed = 0
+        while confirmed < len(self.channels) + len(self.patterns):
+            raw = await pubsub.get_message(timeout=None)
+            if raw is None:
+                continue
+            if raw["type"] in ("subscribe", "psubscribe"):
+                confirmed += 1
+            elif (message := self._message(raw)) is not None:
+                early.append(message)
+        return early
+
+    @staticmethod
+    def _message(raw: dict[str, Any]) -> TopicMessage | None:
+        if raw["type"] not in ("message", "pmessage"):
+            return None
+        stamp, _, body = bytes(raw["data"]).partition(b" ")
+        try:
+            published_us = int(stamp)
+        except ValueError:
+            log.debug("ignoring a message not published by cachet on %r", raw["channel"])
+            return None
+        pattern = raw.get("pattern")
+        return TopicMessage(
+            _text(raw["channel"]), _text(pattern) if pattern else None, published_us, body
+        )
+
+    def _push(self, item: Item) -> None:
+        if self._queue.qsize() >= self.buffer:
+            raise SubscriberTooSlow(self.buffer)
+        self._queue.put_nowait(item)
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                try:
+                    await self._forward()
+                except CONNECTION_ERRORS as exc:
+                    log.info("subscription lost its Redis connection (%s); restoring", exc)
+                    for item in await self._restore():
+                        self._push(item)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # The terminal item: delivered after what is already buffered.
+            self._queue.put_nowait(exc if isinstance(exc, Exception) else Unavailable(str(exc)))
+        finally:
+            # Whatever ended the pump, the Redis subscriptions go at once.
+            await self._close()
+
+    async def _forward(self) -> None:
+        assert self._pubsub is not None
+        while True:
+            raw = await self._pubsub.get_message(timeout=None)
+            if raw is not None and (message := self._message(raw)) is not None:
+                self._push(message)
+
+    async def _restore(self) -> list[Item]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_window
+        delay = 0.05
+        while True:
+            try:
+                early = await self._connect()
+                return [SubscriptionActive(reconnected=True), *early]
+            except (*CONNECTION_ERRORS, CachetError) as exc:
+                await self._close()
+                await self.hub.refresh()
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise Unavailable(
+                        "lost the Redis connection of this subscription and could not "
+                        f"restore it within {self.reconnect_window:g} s: {exc}"
+                    ) from exc
+                await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 2, 1.0)
