@@ -93,8 +93,10 @@ type LockServiceClient interface {
 	//
 	//	OK                  granted; the response carries the owner and fencing tokens.
 	//	INVALID_ARGUMENT    bad name, ttl or wait (google.rpc.BadRequest names the field).
-	//	FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held and `wait` elapsed (or was
-	//	                    zero) before it became free. ErrorInfo metadata `remaining_ttl_ms`.
+	//	FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held, or free but promised to
+	//	                    callers that queued earlier, and `wait` elapsed (or was zero)
+	//	                    before it became this caller's turn. ErrorInfo metadata
+	//	                    `remaining_ttl_ms`: the holder's remaining TTL (0 when free).
 	//	DEADLINE_EXCEEDED   the call deadline passed while waiting. The wait-queue entry is
 	//	                    removed; no grant is made after the deadline.
 	//	UNAVAILABLE         Redis unreachable; or reason `REPLICATION_INCOMPLETE`: fewer than
@@ -110,6 +112,7 @@ type LockServiceClient interface {
 	//	INVALID_ARGUMENT    bad name or empty owner_token.
 	//	FAILED_PRECONDITION reason `LOCK_NOT_OWNED`: the token does not own the lock (wrong
 	//	                    token, lock expired, or already released). Nothing is changed.
+	//	                    ErrorInfo metadata `server_time_us`: Redis time of the refusal.
 	//	UNAVAILABLE         Redis unreachable (the lock will then expire by its TTL).
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
 	// Extend sets the remaining TTL of a held lock to `ttl` (counted from now, not added to
@@ -165,7 +168,8 @@ type LockServiceClient interface {
 	//
 	//	OK                  a permit was granted.
 	//	INVALID_ARGUMENT    bad name, limit, ttl or wait.
-	//	FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken and `wait` elapsed
+	//	FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken (or the free ones
+	//	                    are promised to callers that queued earlier) and `wait` elapsed
 	//	                    (or was zero). Reason `SEMAPHORE_LIMIT_MISMATCH`: the semaphore has
 	//	                    live holders that were admitted under a different `limit`
 	//	                    (ErrorInfo metadata `limit` gives the current one).
@@ -310,8 +314,10 @@ type LockServiceServer interface {
 	//
 	//	OK                  granted; the response carries the owner and fencing tokens.
 	//	INVALID_ARGUMENT    bad name, ttl or wait (google.rpc.BadRequest names the field).
-	//	FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held and `wait` elapsed (or was
-	//	                    zero) before it became free. ErrorInfo metadata `remaining_ttl_ms`.
+	//	FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held, or free but promised to
+	//	                    callers that queued earlier, and `wait` elapsed (or was zero)
+	//	                    before it became this caller's turn. ErrorInfo metadata
+	//	                    `remaining_ttl_ms`: the holder's remaining TTL (0 when free).
 	//	DEADLINE_EXCEEDED   the call deadline passed while waiting. The wait-queue entry is
 	//	                    removed; no grant is made after the deadline.
 	//	UNAVAILABLE         Redis unreachable; or reason `REPLICATION_INCOMPLETE`: fewer than
@@ -327,6 +333,7 @@ type LockServiceServer interface {
 	//	INVALID_ARGUMENT    bad name or empty owner_token.
 	//	FAILED_PRECONDITION reason `LOCK_NOT_OWNED`: the token does not own the lock (wrong
 	//	                    token, lock expired, or already released). Nothing is changed.
+	//	                    ErrorInfo metadata `server_time_us`: Redis time of the refusal.
 	//	UNAVAILABLE         Redis unreachable (the lock will then expire by its TTL).
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
 	// Extend sets the remaining TTL of a held lock to `ttl` (counted from now, not added to
@@ -382,7 +389,8 @@ type LockServiceServer interface {
 	//
 	//	OK                  a permit was granted.
 	//	INVALID_ARGUMENT    bad name, limit, ttl or wait.
-	//	FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken and `wait` elapsed
+	//	FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken (or the free ones
+	//	                    are promised to callers that queued earlier) and `wait` elapsed
 	//	                    (or was zero). Reason `SEMAPHORE_LIMIT_MISMATCH`: the semaphore has
 	//	                    live holders that were admitted under a different `limit`
 	//	                    (ErrorInfo metadata `limit` gives the current one).

@@ -3700,8 +3700,10 @@ export const LockServiceService = {
    * Statuses:
    *   OK                  granted; the response carries the owner and fencing tokens.
    *   INVALID_ARGUMENT    bad name, ttl or wait (google.rpc.BadRequest names the field).
-   *   FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held and `wait` elapsed (or was
-   *                       zero) before it became free. ErrorInfo metadata `remaining_ttl_ms`.
+   *   FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held, or free but promised to
+   *                       callers that queued earlier, and `wait` elapsed (or was zero)
+   *                       before it became this caller's turn. ErrorInfo metadata
+   *                       `remaining_ttl_ms`: the holder's remaining TTL (0 when free).
    *   DEADLINE_EXCEEDED   the call deadline passed while waiting. The wait-queue entry is
    *                       removed; no grant is made after the deadline.
    *   UNAVAILABLE         Redis unreachable; or reason `REPLICATION_INCOMPLETE`: fewer than
@@ -3726,6 +3728,7 @@ export const LockServiceService = {
    *   INVALID_ARGUMENT    bad name or empty owner_token.
    *   FAILED_PRECONDITION reason `LOCK_NOT_OWNED`: the token does not own the lock (wrong
    *                       token, lock expired, or already released). Nothing is changed.
+   *                       ErrorInfo metadata `server_time_us`: Redis time of the refusal.
    *   UNAVAILABLE         Redis unreachable (the lock will then expire by its TTL).
    */
   release: {
@@ -3819,7 +3822,8 @@ export const LockServiceService = {
    * Statuses:
    *   OK                  a permit was granted.
    *   INVALID_ARGUMENT    bad name, limit, ttl or wait.
-   *   FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken and `wait` elapsed
+   *   FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken (or the free ones
+   *                       are promised to callers that queued earlier) and `wait` elapsed
    *                       (or was zero). Reason `SEMAPHORE_LIMIT_MISMATCH`: the semaphore has
    *                       live holders that were admitted under a different `limit`
    *                       (ErrorInfo metadata `limit` gives the current one).
@@ -3902,8 +3906,10 @@ export interface LockServiceServer extends UntypedServiceImplementation {
    * Statuses:
    *   OK                  granted; the response carries the owner and fencing tokens.
    *   INVALID_ARGUMENT    bad name, ttl or wait (google.rpc.BadRequest names the field).
-   *   FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held and `wait` elapsed (or was
-   *                       zero) before it became free. ErrorInfo metadata `remaining_ttl_ms`.
+   *   FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held, or free but promised to
+   *                       callers that queued earlier, and `wait` elapsed (or was zero)
+   *                       before it became this caller's turn. ErrorInfo metadata
+   *                       `remaining_ttl_ms`: the holder's remaining TTL (0 when free).
    *   DEADLINE_EXCEEDED   the call deadline passed while waiting. The wait-queue entry is
    *                       removed; no grant is made after the deadline.
    *   UNAVAILABLE         Redis unreachable; or reason `REPLICATION_INCOMPLETE`: fewer than
@@ -3920,6 +3926,7 @@ export interface LockServiceServer extends UntypedServiceImplementation {
    *   INVALID_ARGUMENT    bad name or empty owner_token.
    *   FAILED_PRECONDITION reason `LOCK_NOT_OWNED`: the token does not own the lock (wrong
    *                       token, lock expired, or already released). Nothing is changed.
+   *                       ErrorInfo metadata `server_time_us`: Redis time of the refusal.
    *   UNAVAILABLE         Redis unreachable (the lock will then expire by its TTL).
    */
   release: handleUnaryCall<ReleaseRequest, ReleaseResponse>;
@@ -3981,7 +3988,8 @@ export interface LockServiceServer extends UntypedServiceImplementation {
    * Statuses:
    *   OK                  a permit was granted.
    *   INVALID_ARGUMENT    bad name, limit, ttl or wait.
-   *   FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken and `wait` elapsed
+   *   FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken (or the free ones
+   *                       are promised to callers that queued earlier) and `wait` elapsed
    *                       (or was zero). Reason `SEMAPHORE_LIMIT_MISMATCH`: the semaphore has
    *                       live holders that were admitted under a different `limit`
    *                       (ErrorInfo metadata `limit` gives the current one).
@@ -4024,8 +4032,10 @@ export interface LockServiceClient extends Client {
    * Statuses:
    *   OK                  granted; the response carries the owner and fencing tokens.
    *   INVALID_ARGUMENT    bad name, ttl or wait (google.rpc.BadRequest names the field).
-   *   FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held and `wait` elapsed (or was
-   *                       zero) before it became free. ErrorInfo metadata `remaining_ttl_ms`.
+   *   FAILED_PRECONDITION reason `LOCK_HELD`: the lock is held, or free but promised to
+   *                       callers that queued earlier, and `wait` elapsed (or was zero)
+   *                       before it became this caller's turn. ErrorInfo metadata
+   *                       `remaining_ttl_ms`: the holder's remaining TTL (0 when free).
    *   DEADLINE_EXCEEDED   the call deadline passed while waiting. The wait-queue entry is
    *                       removed; no grant is made after the deadline.
    *   UNAVAILABLE         Redis unreachable; or reason `REPLICATION_INCOMPLETE`: fewer than
@@ -4056,6 +4066,7 @@ export interface LockServiceClient extends Client {
    *   INVALID_ARGUMENT    bad name or empty owner_token.
    *   FAILED_PRECONDITION reason `LOCK_NOT_OWNED`: the token does not own the lock (wrong
    *                       token, lock expired, or already released). Nothing is changed.
+   *                       ErrorInfo metadata `server_time_us`: Redis time of the refusal.
    *   UNAVAILABLE         Redis unreachable (the lock will then expire by its TTL).
    */
   release(
@@ -4161,7 +4172,8 @@ export interface LockServiceClient extends Client {
    * Statuses:
    *   OK                  a permit was granted.
    *   INVALID_ARGUMENT    bad name, limit, ttl or wait.
-   *   FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken and `wait` elapsed
+   *   FAILED_PRECONDITION reason `SEMAPHORE_FULL`: all permits are taken (or the free ones
+   *                       are promised to callers that queued earlier) and `wait` elapsed
    *                       (or was zero). Reason `SEMAPHORE_LIMIT_MISMATCH`: the semaphore has
    *                       live holders that were admitted under a different `limit`
    *                       (ErrorInfo metadata `limit` gives the current one).
