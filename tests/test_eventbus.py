@@ -21,7 +21,7 @@ from grpc import aio
 from redis.crc import key_slot
 
 from .conftest import bad_fields, error_reason, make_settings, rpc_error
-from .redis_procs import RedisProcess
+from .redis_procs import ClusterGroup, RedisProcess, SentinelGroup
 
 MS = 1_000_000  # nanoseconds
 
@@ -305,6 +305,30 @@ async def test_subscription_survives_a_redis_restart_within_the_window(namespace
             call.cancel()
     finally:
         redis.stop()
+
+
+@pytest.mark.parametrize("deployment", [SentinelGroup, ClusterGroup], ids=["sentinel", "cluster"])
+async def test_subscription_follows_a_failover(deployment, namespace):
+    group = deployment().start()
+    try:
+        async with running(make_settings(group.url)) as app, bus_for(app.port, namespace) as bus:
+            call = await subscribed(bus, topics=["t"])
+            if isinstance(group, ClusterGroup):
+                # The primary that carries the namespace's pub/sub.
+                client = group.client()
+                primary = group.node(client.get_node_from_key(namespace).port)
+                client.close()
+            else:
+                primary = group.master()
+            primary.kill()
+            restored = await asyncio.wait_for(call.read(), 30)
+            assert restored.active.reconnected
+            reply = await bus.Publish(pb.PublishRequest(topic="t", event=pb.Event(payload=b"p")))
+            assert reply.receivers == 1, "counted on the new primary"
+            assert (await read_message(call)).event.payload == b"p"
+            call.cancel()
+    finally:
+        group.stop()
 
 
 async def test_subscription_ends_unavailable_when_redis_stays_away(namespace):
