@@ -66,6 +66,9 @@ test: setup ## Run every test against real redis-server processes (Python, then 
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-clients
 
+test-fuzz-long: setup ## Fuzz every RPC with 3,000 generated requests each (the default run uses 200)
+	CACHET_FUZZ_EXAMPLES=3000 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py -o timeout=7200
+
 test-clients: $(VENV)/.installed redis $(TS_DEPS) ## Test the TypeScript and Go clients against a live cachet server
 	cd $(TS_CLIENT) && npm test
 	cd $(GO_CLIENT) && go test ./...

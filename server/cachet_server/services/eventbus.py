@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -210,7 +209,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
     def _token(self, token: str, field: str = "page_token") -> str:
         try:
             text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # bad base64, non-ASCII input, or bytes that are not UTF-8
             text = ""
         if not _STREAM_ID.match(text) or "-" not in text:
             raise InvalidArgument.field(field, "is not a token this server handed out")
