@@ -5,6 +5,7 @@ is counted."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -54,7 +55,8 @@ class _CallRecord:
             if isinstance(value, str)
         }
         namespace = metadata.get(NAMESPACE_METADATA, DEFAULT_NAMESPACE)
-        if NAMESPACE_PATTERN.match(namespace):
+        # Health checks and reflection are not traffic of any namespace.
+        if not method.startswith("/grpc.") and NAMESPACE_PATTERN.match(namespace):
             stats.record_namespace_call(namespace)
         self.span = start_rpc_span(method, namespace, metadata)
 
@@ -67,6 +69,21 @@ class _CallRecord:
         if final not in _CALLER_FAULTS and final is not grpc.StatusCode.OK:
             self.span.set_status(trace.Status(trace.StatusCode.ERROR, final.name))
         self.span.end()
+
+    @contextlib.asynccontextmanager
+    async def outcome(self, context: Context) -> AsyncIterator[None]:
+        """Count the call when it ends, and turn any failure into its gRPC status."""
+        try:
+            yield
+        except aio.AbortError:
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            self.finish(grpc.StatusCode.CANCELLED)
+            raise
+        except Exception as exc:
+            await self.fail(context, exc)
+        else:
+            self.finish(None)
 
     async def fail(self, context: Context, exc: BaseException) -> None:
         """Abort the call with the status that `exc` maps to (never a traceback)."""
@@ -86,18 +103,8 @@ def _bounded_unary(
 ) -> Callable[[Any, Context], Awaitable[Any]]:
     async def handle(request: Any, context: Context) -> Any:
         record = _CallRecord(stats, method, context)
-        try:
-            async with asyncio.timeout(context.time_remaining()):
-                response = await behavior(request, context)
-        except aio.AbortError:
-            raise
-        except asyncio.CancelledError:
-            record.finish(grpc.StatusCode.CANCELLED)
-            raise
-        except Exception as exc:
-            await record.fail(context, exc)
-        record.finish(None)
-        return response
+        async with record.outcome(context), asyncio.timeout(context.time_remaining()):
+            return await behavior(request, context)
 
     return handle
 
@@ -107,17 +114,9 @@ def _bounded_stream(
 ) -> Callable[[Any, Context], AsyncIterator[Any]]:
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         record = _CallRecord(stats, method, context)
-        try:
+        async with record.outcome(context):
             async for response in behavior(request, context):
                 yield response
-        except aio.AbortError:
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            record.finish(grpc.StatusCode.CANCELLED)
-            raise
-        except Exception as exc:
-            await record.fail(context, exc)
-        record.finish(None)
 
     return handle
 
@@ -129,17 +128,8 @@ def _bounded_coroutine_stream(
 
     async def handle(request: Any, context: Context) -> Any:
         record = _CallRecord(stats, method, context)
-        try:
-            result = await behavior(request, context)
-        except aio.AbortError:
-            raise
-        except asyncio.CancelledError:
-            record.finish(grpc.StatusCode.CANCELLED)
-            raise
-        except Exception as exc:
-            await record.fail(context, exc)
-        record.finish(None)
-        return result
+        async with record.outcome(context):
+            return await behavior(request, context)
 
     return handle
 
