@@ -5,11 +5,7 @@ admin role."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
 import heapq
-import json
 import os
 import re
 import socket
@@ -21,7 +17,6 @@ from typing import Any
 from cachet_client.proto.cachet.admin.v1 import admin_pb2 as pb
 from cachet_client.proto.cachet.admin.v1 import admin_pb2_grpc
 from google.protobuf import duration_pb2
-from google.protobuf.message import Message
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -42,12 +37,12 @@ from ..backend.admin import (
 from ..backend.keys import Kind, redis_key, scan_patterns
 from ..backend.topology import TopologyKind
 from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
+from ..pagination import PageTokens, malformed_token
 from .base import Context, Dependencies, Servicer
 
 _MAX_PAGE = 1000
 _MAX_SAMPLES = 100_000
 _MAX_CONFIG_PARAMETERS = 32
-_TOKEN_VERSION = 1
 
 _TOPOLOGIES = {
     TopologyKind.STANDALONE: pb.TOPOLOGY_KIND_STANDALONE,
@@ -135,59 +130,6 @@ def _unreachable(replies: Sequence[NodeReply]) -> None:
                 "pass `node` to ask the others one at a time"
             )
         raise error
-
-
-class PageTokens:
-    """Opaque page tokens: base64url JSON holding a position and a digest of everything
-    else in the request (and the namespace), so a token only continues the listing it
-    came from. Stateless, so any cachet replica can continue any listing."""
-
-    @staticmethod
-    def binding(method: str, namespace: str, request: Message, *free: str) -> str:
-        """Digest of the request minus its paging fields and the `free` ones."""
-        copy = type(request)()
-        copy.CopyFrom(request)
-        for name in ("page_token", "page_size", *free):
-            copy.ClearField(name)
-        body = copy.SerializeToString(deterministic=True)
-        digest = hashlib.sha256(f"{method}\0{namespace}\0".encode() + body)
-        return digest.hexdigest()[:24]
-
-    @staticmethod
-    def encode(binding: str, position: Mapping[str, Any]) -> str:
-        body = json.dumps({"v": _TOKEN_VERSION, "b": binding, "p": position}, separators=(",", ":"))
-        return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
-
-    @staticmethod
-    def decode(token: str, binding: str) -> dict[str, Any] | None:
-        """The position in a token (None for an empty token), or INVALID_ARGUMENT."""
-        if not token:
-            return None
-        try:
-            padded = token + "=" * (-len(token) % 4)
-            data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        except (ValueError, UnicodeError, binascii.Error):
-            data = None
-        if (
-            not isinstance(data, dict)
-            or data.get("v") != _TOKEN_VERSION
-            or not isinstance(data.get("p"), dict)
-        ):
-            raise malformed_token()
-        if data.get("b") != binding:
-            raise InvalidArgument.field(
-                "page_token",
-                "belongs to a different listing: keep every other field and the namespace "
-                "as in the call that returned it, or start over without a token",
-            )
-        position: dict[str, Any] = data["p"]
-        return position
-
-
-def malformed_token() -> InvalidArgument:
-    return InvalidArgument.field(
-        "page_token", "is not a page token of this call: pass next_page_token back unchanged"
-    )
 
 
 class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer):

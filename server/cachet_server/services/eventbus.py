@@ -9,10 +9,10 @@ one field per event attribute (see `_event_fields`) and published as
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from cachet_client.proto.cachet.eventbus.v1 import eventbus_pb2 as pb
 from cachet_client.proto.cachet.eventbus.v1 import eventbus_pb2_grpc
@@ -30,6 +30,7 @@ from ..backend.events import (
 )
 from ..backend.keys import DEAD_LETTER_SUFFIX, Kind, redis_key, scan_patterns, user_key
 from ..errors import InvalidArgument, ResourceExhausted
+from ..pagination import PageTokens, malformed_token
 from ..validation import optional
 from .base import Context, Dependencies, Servicer
 
@@ -117,10 +118,6 @@ def _decode_entry(entry: StreamEntry) -> pb.Event:
     return event
 
 
-def _page_token(stream_id: str) -> str:
-    return base64.urlsafe_b64encode(stream_id.encode()).decode().rstrip("=")
-
-
 def _well_formed_glob(pattern: str) -> bool:
     """Whether a Redis glob has no dangling escape and no unclosed class, so that
     wrapping it in a prefix and braces cannot change what it matches."""
@@ -206,14 +203,14 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
             raise InvalidArgument.field(field, f"must be between 0 and {limit}")
         return count or default
 
-    def _token(self, token: str, field: str = "page_token") -> str:
-        try:
-            text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        except ValueError:  # bad base64, non-ASCII input, or bytes that are not UTF-8
-            text = ""
-        if not _STREAM_ID.match(text) or "-" not in text:
-            raise InvalidArgument.field(field, "is not a token this server handed out")
-        return self._id(text, field)
+    def _after(self, position: dict[str, Any] | None) -> str | None:
+        """The stream id a page token continues after (None for the first page)."""
+        if position is None:
+            return None
+        after = position.get("after")
+        if not isinstance(after, str) or not _STREAM_ID.match(after) or "-" not in after:
+            raise malformed_token()
+        return self._id(after, "page_token")
 
     def _wait(self, duration: duration_pb2.Duration | None, field: str, default: float) -> float:
         if duration is None:
@@ -396,8 +393,10 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
         start = self._bound(request.start, "start", low=True)
         end = self._bound(request.end, "end", low=False)
         page_size = self._count(request.page_size, "page_size", default=_DEFAULT_PAGE)
-        if request.page_token:
-            after = "(" + self._token(request.page_token)
+        binding = PageTokens.binding("Range", namespace, request)
+        after_id = self._after(PageTokens.decode(request.page_token, binding))
+        if after_id is not None:
+            after = "(" + after_id
             if request.reverse:
                 end = after
             else:
@@ -408,7 +407,11 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
         page = entries[:page_size]
         return pb.RangeResponse(
             events=[_decode_entry(e) for e in page],
-            next_page_token=_page_token(page[-1].id) if len(entries) > page_size else "",
+            next_page_token=(
+                PageTokens.encode(binding, {"after": page[-1].id})
+                if len(entries) > page_size
+                else ""
+            ),
         )
 
     async def Trim(self, request: pb.TrimRequest, context: Context) -> pb.TrimResponse:
@@ -607,7 +610,9 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
         page_size = self._count(
             request.page_size, "page_size", default=_DEFAULT_PAGE, limit=_MAX_PENDING_PAGE
         )
-        start = "(" + self._token(request.page_token) if request.page_token else "-"
+        binding = PageTokens.binding("ListPending", namespace, request)
+        after_id = self._after(PageTokens.decode(request.page_token, binding))
+        start = "-" if after_id is None else "(" + after_id
         entries = await self.streams.list_pending(
             namespace,
             stream,
@@ -628,7 +633,11 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
                 )
                 for e in page
             ],
-            next_page_token=_page_token(page[-1].id) if len(entries) > page_size else "",
+            next_page_token=(
+                PageTokens.encode(binding, {"after": page[-1].id})
+                if len(entries) > page_size
+                else ""
+            ),
         )
 
     async def Claim(self, request: pb.ClaimRequest, context: Context) -> pb.ClaimResponse:

@@ -7,8 +7,6 @@ Redis Cluster slot, applying each rule's failure mode when Redis is unreachable.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import math
@@ -32,6 +30,7 @@ from ..backend.ratelimit import (
 )
 from ..config import MAX_RATE_LIMIT, MAX_RATE_PERIOD, FailMode
 from ..errors import InvalidArgument, NotFound, Unavailable, domain_error
+from ..pagination import PageTokens, malformed_token
 from ..validation import Validator
 from .base import Context, Dependencies, Servicer
 from .ratelimit_policies import Policy, PolicyTable
@@ -305,12 +304,11 @@ class RateLimitService(Servicer, ratelimit_pb2_grpc.RateLimitServiceServicer):
         if not 0 <= request.page_size <= _MAX_PAGE_SIZE:
             raise InvalidArgument.field("page_size", f"must be from 0 to {_MAX_PAGE_SIZE}")
         size = request.page_size or _DEFAULT_PAGE_SIZE
-        after = ""
-        if request.page_token:
-            try:
-                after = base64.b64decode(request.page_token, altchars=b"-_", validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError, ValueError):
-                raise InvalidArgument.field("page_token", "is not a token from this RPC") from None
+        binding = PageTokens.binding("ListPolicies", "", request)
+        position = PageTokens.decode(request.page_token, binding) or {"after": ""}
+        after = position.get("after")
+        if not isinstance(after, str):
+            raise malformed_token()
         policies = [p for p in self.policies.listing(request.domain) if p.name > after]
         page = policies[:size]
         response = pb.ListPoliciesResponse(
@@ -326,5 +324,5 @@ class RateLimitService(Servicer, ratelimit_pb2_grpc.RateLimitServiceServicer):
             ]
         )
         if len(policies) > size:
-            response.next_page_token = base64.urlsafe_b64encode(page[-1].name.encode()).decode()
+            response.next_page_token = PageTokens.encode(binding, {"after": page[-1].name})
         return response
