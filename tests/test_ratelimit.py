@@ -10,7 +10,6 @@ import pytest
 from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2 as pb
 from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2_grpc
 from cachet_server.app import Application, running
-from cachet_server.backend.topology import TopologyKind
 from cachet_server.config import FailMode, RateLimitAlgorithmName, Settings
 from google.protobuf.duration_pb2 import Duration
 from grpc import aio
@@ -246,19 +245,17 @@ async def test_all_or_nothing_sees_its_own_items_on_one_key(limits):
     assert (await check(limits, a, hits=0)).remaining == 3
 
 
-async def test_all_or_nothing_across_slots(limits, cachet):
+async def test_all_or_nothing_across_slots_is_refused_on_every_topology(limits):
     items = [
         pb.CheckItem(target=inline("x", pb.ALGORITHM_GCRA, 1, 1000)),
         pb.CheckItem(target=inline("y", pb.ALGORITHM_GCRA, 1, 1000)),
     ]
     request = pb.CheckManyRequest(items=items, mode=pb.CHECK_MANY_MODE_ALL_OR_NOTHING)
-    if cachet.backend.kind is TopologyKind.CLUSTER:
-        error = await rpc_error(limits.CheckMany(request))
-        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert error_reason(error) == "CROSS_SLOT"
-        assert (await check(limits, items[0].target, hits=0)).remaining == 1
-    else:
-        assert (await limits.CheckMany(request)).allowed
+    error = await rpc_error(limits.CheckMany(request))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(error) == "CROSS_SLOT"
+    assert "hash tag" in error.details()
+    assert (await check(limits, items[0].target, hits=0)).remaining == 1
 
 
 async def test_named_policy_and_shadow_mode(policy_limits):

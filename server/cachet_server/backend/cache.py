@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from redis.crc import key_slot
-
 from ..errors import Aborted, FailedPrecondition
 from .core import Backend
 from .keys import CacheKeys, Kind, redis_key, scan_patterns, user_key
@@ -187,7 +185,7 @@ class CacheStore:
         if options.tags:
             # A keep-TTL write may keep any TTL up to the maximum.
             await self._index_tags(namespace, key, options.tags, options.ttl_ms or self.max_ttl_ms)
-        reply = await self.backend.run(
+        reply = await self.backend.run_write(
             _SET,
             [k.data, k.meta, k.lease, k.stale],
             [
@@ -242,7 +240,7 @@ class CacheStore:
             for i in indexes:
                 keys += [entries[i].data, entries[i].meta, entries[i].lease, entries[i].stale]
                 args += [items[i][1], items[i][2]]
-            reply = await self.backend.run(_SET_MANY, keys, args)
+            reply = await self.backend.run_write(_SET_MANY, keys, args)
             for n, i in enumerate(indexes):
                 versions[i] = int(reply[n])
         return versions
@@ -256,7 +254,7 @@ class CacheStore:
             flat: list[str] = []
             for i in indexes:
                 flat += [entries[i].data, entries[i].meta, entries[i].lease, entries[i].stale]
-            deleted += int(await self.backend.run(_DELETE, flat, [only_tag]))
+            deleted += int(await self.backend.run_write(_DELETE, flat, [only_tag]))
         return deleted
 
     async def _index_tags(self, namespace: str, key: str, tags: Sequence[str], ttl_ms: int) -> None:
@@ -265,7 +263,7 @@ class CacheStore:
         index_ttl = -1 if ttl_ms < 0 else ttl_ms + TAG_INDEX_GRACE_MS
         await asyncio.gather(
             *(
-                self.backend.run(
+                self.backend.run_write(
                     _TAG_INDEX, [redis_key(namespace, Kind.TAG, tag)], [key, index_ttl]
                 )
                 for tag in dict.fromkeys(tags)
@@ -357,7 +355,7 @@ class CacheStore:
         k = CacheKeys.of(namespace, key)
         if options.tags:
             await self._index_tags(namespace, key, options.tags, options.ttl_ms)
-        reply = await self.backend.run(
+        reply = await self.backend.run_write(
             _FILL,
             [k.data, k.meta, k.lease, k.stale],
             [
@@ -395,14 +393,9 @@ class CacheStore:
         if not names:
             return True, []
         entries = [CacheKeys.of(namespace, name) for name in names]
-        slots = {key_slot(e.data.encode()) for e in entries}
-        if len(slots) > 1:
-            raise FailedPrecondition(
-                f"the keys of a Txn must share one Redis Cluster slot, and {len(names)} keys "
-                f"hash to {len(slots)}: give them a common hash tag, e.g. "
-                "{account}:alice and {account}:bob (only the part in braces is hashed)",
-                reason="CROSS_SLOT",
-            )
+        self.backend.require_one_slot(
+            [e.data for e in entries], "the keys of a Txn", "{account}:alice and {account}:bob"
+        )
         number = {name: i + 1 for i, name in enumerate(names)}
         keys: list[str] = []
         for e in entries:
@@ -412,7 +405,7 @@ class CacheStore:
             args += [number[c.key], c.target, c.operator, c.operand]
         for op in (*success, *failure):
             args += [op.kind, number[op.key], op.argument, op.ttl_ms]
-        reply = await self.backend.run(_TXN, keys, args)
+        reply = await self.backend.run_write(_TXN, keys, args)
         outcome = reply[0].decode()
         if outcome != "OK":
             where, position = reply[1].decode(), int(reply[2])
@@ -441,7 +434,7 @@ class CacheStore:
         after the script the indexes still outlive the old TTL by the grace period,
         so extending them afterwards leaves no gap."""
         k = CacheKeys.of(namespace, key)
-        found, tags = await self.backend.run(
+        found, tags = await self.backend.run_write(
             _EXPIRE, [k.data, k.meta, k.stale], ["persist" if ttl_ms < 0 else ttl_ms]
         )
         if found and tags:
@@ -457,7 +450,7 @@ class CacheStore:
     ) -> Increment:
         k = CacheKeys.of(namespace, key)
         is_int = isinstance(delta, int)
-        value, created, version = await self.backend.run(
+        value, created, version = await self.backend.run_write(
             _INCREMENT,
             [k.data, k.meta, k.lease],
             ["int" if is_int else "float", str(delta) if is_int else repr(delta), ttl_ms],
@@ -472,7 +465,7 @@ class CacheStore:
 
     async def set_bit(self, namespace: str, key: str, offset: int, bit: bool, ttl_ms: int) -> bool:
         k = CacheKeys.of(namespace, key)
-        previous = await self.backend.run(
+        previous = await self.backend.run_write(
             _SET_BIT, [k.data, k.meta, k.lease], [offset, int(bit), ttl_ms]
         )
         return bool(previous)

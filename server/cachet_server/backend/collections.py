@@ -18,8 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.crc import key_slot
-
 from ..errors import FailedPrecondition
 from .core import Backend
 from .keys import CacheKeys
@@ -96,13 +94,7 @@ class CollectionStore:
     def _one_slot(namespace: str, keys: Sequence[str], what: str) -> list[str]:
         """The Redis keys of `keys`, refused unless they share one Cluster slot."""
         names = [CacheKeys.of(namespace, key).data for key in keys]
-        if len({key_slot(name.encode()) for name in names}) > 1:
-            raise FailedPrecondition(
-                f"{what} must share one Redis Cluster slot (on every topology, so the call "
-                "works the same everywhere): give the keys a common hash tag, e.g. "
-                "{queue:1}:pending and {queue:1}:done; got " + ", ".join(map(repr, keys)),
-                reason="CROSS_SLOT",
-            )
+        Backend.require_one_slot(names, what, "{queue:1}:pending and {queue:1}:done")
         return names
 
     # ---- hashes -----------------------------------------------------------------

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ..errors import FailedPrecondition
 from .core import Backend
 from .keys import Kind, redis_key
 from .scripts import script
@@ -114,13 +113,6 @@ class RateLimitStore:
     async def check(self, items: Sequence[LimitCheck], *, all_or_nothing: bool) -> GroupDecision:
         """Decide items whose keys share one slot, atomically at one Redis time. With
         `all_or_nothing`, nothing is consumed unless every item (shadow ones aside) passes."""
-        if not self.backend.same_slot([item.key for item in items]):
-            raise FailedPrecondition(
-                "all-or-nothing rate-limit checks must have all their keys in one Redis "
-                "Cluster slot: give the keys a common hash tag, e.g. {tenant:7}:a and "
-                "{tenant:7}:b",
-                reason="CROSS_SLOT",
-            )
         args: list[str | int] = ["all" if all_or_nothing else "each"]
         for item in items:
             args += [

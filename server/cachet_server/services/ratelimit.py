@@ -133,9 +133,16 @@ class Limiter:
     ) -> GroupDecision:
         """One decision per item, and whether they all passed (shadow and fail-open items
         pass). Independent items are decided one script per slot; an all-or-nothing call is one
-        script, refused on Cluster when its keys span slots, and passes only as a whole. While
+        script, refused on every topology when its keys span Cluster slots, and passes only as
+        a whole. While
         Redis is unreachable, a slot's items fail open only if every one of them may."""
         keys = [item.check.key for item in items]
+        if all_or_nothing:
+            self.store.backend.require_one_slot(
+                keys,
+                "the keys of an all-or-nothing rate-limit check",
+                "{tenant:7}:a and {tenant:7}:b",
+            )
         groups = [list(range(len(items)))] if all_or_nothing else self.store.slot_groups(keys)
         decisions: dict[int, Decision] = {}
         allowed = True

@@ -132,8 +132,9 @@ const (
 	// none consumes. When none consumes, the response's `allowed` is false and each result
 	// reports its own verdict and remaining against the untouched state (so every item may say
 	// allowed when only their sum is too much, e.g. two items on one key). Shadow-mode items
-	// never refuse the group. On Redis Cluster all keys must live in one hash slot (use a hash
-	// tag such as `{tenant:7}` in the keys).
+	// never refuse the group. All keys must map to one Redis Cluster hash slot (use a hash
+	// tag such as `{tenant:7}` in the keys), on every topology, so a call that works on a
+	// standalone Redis keeps working on Cluster.
 	CheckManyMode_CHECK_MANY_MODE_ALL_OR_NOTHING CheckManyMode = 2
 )
 

@@ -73,8 +73,8 @@ type RateLimitServiceClient interface {
 	// order, plus an overall verdict. See CheckManyMode for how items interact.
 	//
 	// Statuses: as Check (an error in any item fails the whole call, and nothing is consumed),
-	// plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING on Redis
-	// Cluster when the items' keys live in different hash slots.
+	// plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING when the
+	// items' keys would live in different Redis Cluster hash slots (on every topology).
 	CheckMany(ctx context.Context, in *CheckManyRequest, opts ...grpc.CallOption) (*CheckManyResponse, error)
 	// Reset clears the stored state of the given targets, so their next check starts from a
 	// full allowance. Resetting a target that has no state is not an error.
@@ -159,8 +159,8 @@ type RateLimitServiceServer interface {
 	// order, plus an overall verdict. See CheckManyMode for how items interact.
 	//
 	// Statuses: as Check (an error in any item fails the whole call, and nothing is consumed),
-	// plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING on Redis
-	// Cluster when the items' keys live in different hash slots.
+	// plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING when the
+	// items' keys would live in different Redis Cluster hash slots (on every topology).
 	CheckMany(context.Context, *CheckManyRequest) (*CheckManyResponse, error)
 	// Reset clears the stored state of the given targets, so their next check starts from a
 	// full allowance. Resetting a target that has no state is not an error.

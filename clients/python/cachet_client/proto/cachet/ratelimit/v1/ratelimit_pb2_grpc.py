@@ -85,8 +85,8 @@ class RateLimitServiceServicer:
         order, plus an overall verdict. See CheckManyMode for how items interact.
 
         Statuses: as Check (an error in any item fails the whole call, and nothing is consumed),
-        plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING on Redis
-        Cluster when the items' keys live in different hash slots.
+        plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING when the
+        items' keys would live in different Redis Cluster hash slots (on every topology).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -76,8 +76,8 @@ class RateLimitServiceStub:
     order, plus an overall verdict. See CheckManyMode for how items interact.
 
     Statuses: as Check (an error in any item fails the whole call, and nothing is consumed),
-    plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING on Redis
-    Cluster when the items' keys live in different hash slots.
+    plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING when the
+    items' keys would live in different Redis Cluster hash slots (on every topology).
     """
     Reset: _grpc.UnaryUnaryMultiCallable[_ratelimit_pb2.ResetRequest, _ratelimit_pb2.ResetResponse]
     """Reset clears the stored state of the given targets, so their next check starts from a
@@ -116,8 +116,8 @@ class RateLimitServiceAsyncStub(RateLimitServiceStub):
     order, plus an overall verdict. See CheckManyMode for how items interact.
 
     Statuses: as Check (an error in any item fails the whole call, and nothing is consumed),
-    plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING on Redis
-    Cluster when the items' keys live in different hash slots.
+    plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING when the
+    items' keys would live in different Redis Cluster hash slots (on every topology).
     """
     Reset: _aio.UnaryUnaryMultiCallable[_ratelimit_pb2.ResetRequest, _ratelimit_pb2.ResetResponse]  # type: ignore[assignment]
     """Reset clears the stored state of the given targets, so their next check starts from a
@@ -165,8 +165,8 @@ class RateLimitServiceServicer(metaclass=_abc_1.ABCMeta):
         order, plus an overall verdict. See CheckManyMode for how items interact.
 
         Statuses: as Check (an error in any item fails the whole call, and nothing is consumed),
-        plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING on Redis
-        Cluster when the items' keys live in different hash slots.
+        plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING when the
+        items' keys would live in different Redis Cluster hash slots (on every topology).
         """
 
     @_abc_1.abstractmethod

@@ -119,8 +119,9 @@ export enum CheckManyMode {
    * none consumes. When none consumes, the response's `allowed` is false and each result
    * reports its own verdict and remaining against the untouched state (so every item may say
    * allowed when only their sum is too much, e.g. two items on one key). Shadow-mode items
-   * never refuse the group. On Redis Cluster all keys must live in one hash slot (use a hash
-   * tag such as `{tenant:7}` in the keys).
+   * never refuse the group. All keys must map to one Redis Cluster hash slot (use a hash
+   * tag such as `{tenant:7}` in the keys), on every topology, so a call that works on a
+   * standalone Redis keeps working on Cluster.
    */
   CHECK_MANY_MODE_ALL_OR_NOTHING = 2,
   UNRECOGNIZED = -1,
@@ -2266,8 +2267,8 @@ export const RateLimitServiceService = {
    * order, plus an overall verdict. See CheckManyMode for how items interact.
    *
    * Statuses: as Check (an error in any item fails the whole call, and nothing is consumed),
-   * plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING on Redis
-   * Cluster when the items' keys live in different hash slots.
+   * plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING when the
+   * items' keys would live in different Redis Cluster hash slots (on every topology).
    */
   checkMany: {
     path: "/cachet.ratelimit.v1.RateLimitService/CheckMany" as const,
@@ -2329,8 +2330,8 @@ export interface RateLimitServiceServer extends UntypedServiceImplementation {
    * order, plus an overall verdict. See CheckManyMode for how items interact.
    *
    * Statuses: as Check (an error in any item fails the whole call, and nothing is consumed),
-   * plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING on Redis
-   * Cluster when the items' keys live in different hash slots.
+   * plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING when the
+   * items' keys would live in different Redis Cluster hash slots (on every topology).
    */
   checkMany: handleUnaryCall<CheckManyRequest, CheckManyResponse>;
   /**
@@ -2381,8 +2382,8 @@ export interface RateLimitServiceClient extends Client {
    * order, plus an overall verdict. See CheckManyMode for how items interact.
    *
    * Statuses: as Check (an error in any item fails the whole call, and nothing is consumed),
-   * plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING on Redis
-   * Cluster when the items' keys live in different hash slots.
+   * plus FAILED_PRECONDITION reason `CROSS_SLOT` for CHECK_MANY_MODE_ALL_OR_NOTHING when the
+   * items' keys would live in different Redis Cluster hash slots (on every topology).
    */
   checkMany(
     request: CheckManyRequest,
