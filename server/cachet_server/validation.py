@@ -7,9 +7,9 @@ a google.rpc.BadRequest pointing at exactly what to fix.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2
 from grpc import aio
@@ -21,6 +21,7 @@ from .errors import InvalidArgument
 NAMESPACE_METADATA = "cachet-namespace"
 DEFAULT_NAMESPACE = "default"
 _MAX_NANOS = 999_999_999
+_Choice = TypeVar("_Choice")
 
 
 def _ms(delta: timedelta) -> int:
@@ -102,6 +103,14 @@ class Validator:
                 field, f"is longer than the maximum TTL of {self.limits.max_ttl}"
             )
         return ms
+
+    @staticmethod
+    def choice(value: int, allowed: Mapping[Any, _Choice], field: str) -> _Choice:
+        """What an enum value means, refusing values the server does not handle (proto3
+        enums are open: any integer can arrive)."""
+        if value not in allowed:
+            raise InvalidArgument.field(field, f"unknown or unspecified enum value {value}")
+        return allowed[value]
 
     def finite(self, number: float, field: str) -> float:
         if not math.isfinite(number):

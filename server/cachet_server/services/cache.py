@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
@@ -61,11 +60,6 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         super().__init__(deps)
         self.store = CacheStore(deps.backend, max_ttl_ms=self.check.max_ttl_ms)
         self.stats = deps.stats
-
-    def _enum(self, value: int, allowed: Mapping[Any, str], field: str) -> str:
-        if value not in allowed:
-            raise InvalidArgument.field(field, f"unknown enum value {value}")
-        return allowed[value]
 
     def _bit_offset(self, offset: int) -> int:
         limit = self.check.limits.max_value_bytes * 8
@@ -131,7 +125,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         if request.keep_ttl and ttl is not None:
             raise InvalidArgument.field("keep_ttl", "cannot be combined with ttl")
         ttl_ms = 0 if request.keep_ttl else self.check.ttl_ms(ttl)
-        condition = self._enum(request.condition, _CONDITIONS, "condition")
+        condition = self.check.choice(request.condition, _CONDITIONS, "condition")
         tags = self._tags(request.tags)
         outcome = await self.store.set(
             namespace,
@@ -249,7 +243,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     async def BitCount(self, request: pb.BitCountRequest, context: Context) -> pb.BitCountResponse:
         namespace = self.check.namespace(context)
         key = self.check.key(request.key)
-        unit = self._enum(request.unit, _BIT_UNITS, "unit")
+        unit = self.check.choice(request.unit, _BIT_UNITS, "unit")
         span = (request.range.start, request.range.end) if request.HasField("range") else None
         return pb.BitCountResponse(count=await self.store.bit_count(namespace, key, span, unit))
 

@@ -7,8 +7,8 @@ result. docs/cache.md ("Collections") describes the behaviour for users.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from collections.abc import Sequence
+from typing import Literal, TypeVar
 
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from google.protobuf.message import Message
@@ -47,13 +47,6 @@ _MAX_CURSOR = 2**64 - 1
 _DEADLINE_MARGIN_S = 0.2
 
 _Response = TypeVar("_Response", bound=Message)
-_Choice = TypeVar("_Choice")
-
-
-def _choice(value: int, allowed: Mapping[Any, _Choice], field: str) -> _Choice:
-    if value not in allowed:
-        raise InvalidArgument.field(field, f"unknown or unspecified enum value {value}")
-    return allowed[value]
 
 
 class CollectionsMixin(Servicer):
@@ -256,7 +249,7 @@ class CollectionsMixin(Servicer):
         namespace = self.check.namespace(context)
         key = self.check.key(request.key)
         values = self._values(request.values, "values")
-        end = _choice(request.end, _LIST_ENDS, "end")
+        end = self.check.choice(request.end, _LIST_ENDS, "end")
         if request.keep_newest < 0:
             raise InvalidArgument.field("keep_newest", "must not be negative (0 keeps all)")
         length = await self.collections.list_push(
@@ -273,7 +266,7 @@ class CollectionsMixin(Servicer):
     async def ListPop(self, request: pb.ListPopRequest, context: Context) -> pb.ListPopResponse:
         namespace = self.check.namespace(context)
         key = self.check.key(request.key)
-        end = _choice(request.end, _LIST_ENDS, "end")
+        end = self.check.choice(request.end, _LIST_ENDS, "end")
         count = self._count(request.count, "count")
         values = await self.collections.list_pop(
             namespace,
@@ -327,8 +320,8 @@ class CollectionsMixin(Servicer):
         source = self.check.key(request.source, "source")
         destination = self.check.key(request.destination, "destination")
         # `from` is a Python keyword, hence getattr.
-        from_end = _choice(getattr(request, "from"), _LIST_ENDS, "from")
-        to_end = _choice(request.to, _LIST_ENDS, "to")
+        from_end = self.check.choice(getattr(request, "from"), _LIST_ENDS, "from")
+        to_end = self.check.choice(request.to, _LIST_ENDS, "to")
         value = await self.collections.list_move(
             namespace,
             source,
@@ -423,7 +416,7 @@ class CollectionsMixin(Servicer):
         self, request: pb.SetCombineRequest, context: Context
     ) -> pb.SetCombineResponse:
         namespace = self.check.namespace(context)
-        operation = _choice(request.operation, _SET_OPERATIONS, "operation")
+        operation = self.check.choice(request.operation, _SET_OPERATIONS, "operation")
         keys = self.check.keys(request.keys)
         destination = (
             self.check.key(request.destination, "destination") if request.destination else None
@@ -459,7 +452,7 @@ class CollectionsMixin(Servicer):
             )
             for i, item in enumerate(request.members)
         ]
-        condition = _choice(request.condition, _ADD_CONDITIONS, "condition")
+        condition = self.check.choice(request.condition, _ADD_CONDITIONS, "condition")
         added, changed = await self.collections.sorted_set_add(
             namespace, key, members, condition=condition, ttl=self._ttl(request)
         )
@@ -483,7 +476,7 @@ class CollectionsMixin(Servicer):
         namespace = self.check.namespace(context)
         key = self.check.key(request.key)
         member = self.check.value(request.member, "member")
-        descending = _choice(request.order, _DESCENDING, "order")
+        descending = self.check.choice(request.order, _DESCENDING, "order")
         found = await self.collections.sorted_set_rank(
             namespace, key, member, descending=descending
         )
@@ -496,7 +489,7 @@ class CollectionsMixin(Servicer):
     ) -> pb.SortedSetRangeResponse:
         namespace = self.check.namespace(context)
         key = self.check.key(request.key)
-        descending = _choice(request.order, _DESCENDING, "order")
+        descending = self.check.choice(request.order, _DESCENDING, "order")
         which = request.WhichOneof("range")
         if which == "by_rank":
             if request.offset or request.limit:
