@@ -177,6 +177,8 @@ async def start(settings: Settings, redis_url: str) -> Application:
             socket_timeout=_seconds(settings.redis_timeout),
             connect_timeout=min(1.0, _seconds(settings.redis_timeout)),
             max_connections=settings.redis_max_connections,
+            min_replicas_acked=settings.redis_min_replicas_acked,
+            replica_ack_timeout=_seconds(settings.redis_replica_ack_timeout),
         ),
     )
     stats = ServiceStats()

@@ -456,6 +456,18 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(
         256, ge=1, description="Connection pool size per Redis node."
     )
+    redis_min_replicas_acked: int = Field(
+        0,
+        ge=0,
+        description="Replica acknowledgement: a cache write answers only after this many "
+        "replicas have it (WAIT), else UNAVAILABLE / NOT_ENOUGH_REPLICAS. 0: Redis's "
+        "asynchronous replication, where a failover can lose acknowledged writes.",
+    )
+    redis_replica_ack_timeout: timedelta = Field(
+        timedelta(milliseconds=500),
+        gt=timedelta(0),
+        description="How long a write waits for its replica acknowledgements.",
+    )
     max_concurrent_rpcs: int | None = Field(
         None, ge=1, description="Most RPCs served at once; the rest get RESOURCE_EXHAUSTED."
     )

@@ -5,17 +5,44 @@ URL forms (user, password and TLS work in each):
     redis://[user:password@]host:port[/db]              standalone
     rediss://...                                        standalone over TLS
     redis+sentinel://[user:password@]h1:26379,h2:26379/<master name>[/db]
-    rediss+sentinel://...                               master and replicas over TLS
+    rediss+sentinel://...                               sentinels, master and replicas over TLS
     redis+cluster://[user:password@]h1:7000,h2:7001     cluster seed nodes
     rediss+cluster://...                                cluster over TLS
 
-Query parameters: `sentinel_password` and `sentinel_username` (Sentinel's own
-auth), `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`, `ssl_cert_reqs`
-(`required` | `optional` | `none`).
+The user and password of the URL are those of the data nodes (ACL user or
+`requirepass`). Query parameters: `sentinel_password` and `sentinel_username`
+(Sentinel's own `requirepass`/ACL), `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`,
+`ssl_cert_reqs` (`required` | `optional` | `none`).
 
-Retries use redis-py's own Retry with exponential backoff and jitter, on
-connection errors and timeouts only: a reply that did arrive, an error reply
-included, is never retried. Every call is still bounded by its gRPC deadline.
+Retries and backoff (redis-py's own machinery; every call stays bounded by its gRPC
+deadline, so a retry never outlives the caller's patience):
+
+- Standalone and Sentinel: a `Retry` with `ExponentialWithJitterBackoff` (25 ms
+  doubling to at most 500 ms, `retries` = 3 tries after the first) on connection
+  errors and socket timeouts. A reply that did arrive, an error reply included, is
+  never retried — except READONLY from a master that Sentinel has just demoted:
+  redis-py's Sentinel connection turns it into a connection error, so the retry
+  asks the sentinels again and lands on the new master. Cachet's writes are
+  scripts that either ran or did not, and READONLY and refused connections
+  guarantee "did not"; a connection dropped after the request was sent is the one
+  ambiguous case, where an increment can apply twice (at-least-once, as with any
+  Redis client that retries).
+- Sentinel discovery: redis-py asks each sentinel in turn for the master and
+  reconnects there; a master that cannot be found is UNAVAILABLE.
+- Cluster: MOVED and ASK are followed inside redis-py (up to 16 redirections, the
+  slot table patched on MOVED and rebuilt every 5th); TRYAGAIN during a slot
+  migration is retried with a 50 ms pause; connection errors, timeouts and
+  CLUSTERDOWN rebuild the slot table from the live nodes and retry, `retries`
+  times. Per-node connections do not retry on their own (redis-py's design), so
+  a dead node costs one attempt per retry, not retries squared.
+
+A failure that outlasts the retries reaches the caller as UNAVAILABLE with a
+reason (errors.py), never INTERNAL, and health turns NOT_SERVING until Redis
+answers again.
+
+Replica acknowledgement (`CACHET_REDIS_MIN_REPLICAS_ACKED` > 0): see
+`Backend.run_write`: a write is acknowledged only after WAIT saw that many
+replicas take it, otherwise it answers UNAVAILABLE / NOT_ENOUGH_REPLICAS.
 """
 
 from __future__ import annotations
@@ -122,17 +149,24 @@ def _parse_host(text: str, default_port: int) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class ConnectionTuning:
-    """Timeouts and pool sizes shared by every topology."""
+    """How cachet talks to Redis, whatever the topology."""
 
     socket_timeout: float = 2.0
     connect_timeout: float = 1.0
     max_connections: int = 256
-    retries: int = 2
+    # Tries after the first, on connection errors and timeouts (see the module doc).
+    retries: int = 3
+    backoff_base: float = 0.025
+    backoff_cap: float = 0.5
+    # Replicas that must have a write before it is acknowledged (0: async replication).
+    min_replicas_acked: int = 0
+    # How long WAIT may wait for them, in seconds.
+    replica_ack_timeout: float = 0.5
 
 
 def _retry(tuning: ConnectionTuning) -> Retry:
     return Retry(
-        ExponentialWithJitterBackoff(base=0.02, cap=0.25),
+        ExponentialWithJitterBackoff(base=tuning.backoff_base, cap=tuning.backoff_cap),
         tuning.retries,
         supported_errors=(RedisConnectionError, RedisTimeoutError),
     )
@@ -151,10 +185,19 @@ def _tls_options(target: RedisTarget) -> dict[str, Any]:
 class Topology:
     """One Redis deployment: its command client, its slots and its primaries."""
 
-    def __init__(self, kind: TopologyKind, client: Any) -> None:
+    def __init__(
+        self,
+        kind: TopologyKind,
+        client: Any,
+        tuning: ConnectionTuning | None = None,
+        sentinel: Sentinel | None = None,
+    ) -> None:
         self.kind = kind
         # redis.asyncio.Redis or RedisCluster; both speak the same command API.
         self.client: Any = client
+        self.tuning = tuning or ConnectionTuning()
+        # Sentinel only: the clients of the sentinels themselves, closed with us.
+        self.sentinel = sentinel
         # Cluster only: a plain client per primary node, by node name, made on first use.
         self._node_clients: dict[str, Redis] = {}
 
@@ -203,6 +246,12 @@ class Topology:
         for client in self._node_clients.values():
             await client.aclose(close_connection_pool=True)
         await self.client.aclose()
+        if self.sentinel is not None:
+            # redis-py's Sentinel has no close of its own (redis/redis-py#3201): left
+            # open, each sentinel's connections are collected later with "unclosed
+            # Connection" ResourceWarnings.
+            for sentinel_client in self.sentinel.sentinels:
+                await sentinel_client.aclose()
 
 
 def connect(url: str, tuning: ConnectionTuning) -> Topology:
@@ -224,7 +273,7 @@ def connect(url: str, tuning: ConnectionTuning) -> Topology:
             require_full_coverage=False,
             **common,
         )
-        return Topology(target.kind, client)
+        return Topology(target.kind, client, tuning)
     if target.kind is TopologyKind.SENTINEL:
         assert target.master_name is not None
         sentinel_auth = {
@@ -240,9 +289,9 @@ def connect(url: str, tuning: ConnectionTuning) -> Topology:
         master = sentinel.master_for(
             target.master_name, db=target.db, max_connections=tuning.max_connections
         )
-        return Topology(target.kind, master)
+        return Topology(target.kind, master, tuning, sentinel)
     host, port = target.hosts[0]
     standalone = Redis(
         host=host, port=port, db=target.db, max_connections=tuning.max_connections, **common
     )
-    return Topology(target.kind, standalone)
+    return Topology(target.kind, standalone, tuning)
