@@ -20,7 +20,6 @@ from fractions import Fraction
 import pytest
 from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2 as pb
 from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2_grpc
-from cachet_server.backend.topology import TopologyKind
 from google.protobuf.duration_pb2 import Duration
 
 CALLERS = 20
@@ -234,13 +233,14 @@ def _us(duration: Duration) -> int:
     return duration.seconds * 1_000_000 + duration.nanos // 1000
 
 
+@pytest.mark.topologies(
+    "standalone",
+    "cluster",
+    reason="a decision is one script on one primary; Sentinel only changes how that primary "
+    "is found, which test_ratelimit.py covers",
+)
 @pytest.mark.parametrize("name", list(CASES))
 async def test_concurrent_callers_match_the_reference_model(cachet, channel, name):
-    if cachet.backend.kind is TopologyKind.SENTINEL:
-        pytest.skip(
-            "a decision is one script on one primary; Sentinel only changes how that primary "
-            "is found, which test_ratelimit.py covers"
-        )
     algorithm, limit, period_ms, burst, model_factory = CASES[name]
     stub = ratelimit_pb2_grpc.RateLimitServiceStub(channel)
     target = pb.RateLimitTarget(
