@@ -21,7 +21,8 @@ from google.rpc import error_details_pb2, status_pb2
 from .conftest import bad_fields, error_reason, rpc_error
 
 WAKE_TRIALS = 20
-WAKE_REPORT = Path(__file__).resolve().parent.parent / "bench" / "lock_wake_latency.md"
+# Written on every run outside the tracked tree; bench/lock_wake_latency.md is a kept copy.
+WAKE_REPORT = Path(__file__).resolve().parent.parent / "build" / "reports" / "lock_wake_latency.md"
 _wake_sections: dict[str, str] = {}
 
 
@@ -357,7 +358,7 @@ async def test_wake_latency_is_measured_and_reported(locks, cachet):
     print("\n" + section)
     _wake_sections[str(cachet.backend.kind)] = section
     with contextlib.suppress(OSError):  # a read-only checkout still gets the printed figures
-        WAKE_REPORT.parent.mkdir(exist_ok=True)
+        WAKE_REPORT.parent.mkdir(parents=True, exist_ok=True)
         WAKE_REPORT.write_text(wake_report())
     assert all(gap >= 0 for gap in redis_gaps)
 
