@@ -46,7 +46,7 @@ def test_readme_grpcurl_examples_are_true(server):
         outputs.append(done.stdout)
     listed, described, stored, got, health = outputs
     assert "cachet.cache.v1.CacheService" in listed.split()
-    assert "cachet.cache.v1.CacheService.Set" in described
+    assert "google.protobuf.Duration ttl" in described
     assert int(json.loads(stored)["version"]) > 0
     answer = json.loads(got)
     assert answer["found"] is True and base64.b64decode(answer["value"]) == b"alice"
