@@ -148,6 +148,14 @@ _RESPONSE_ERRORS: dict[str, tuple[type[CachetError], str, str]] = {
     "MASTERDOWN": (Unavailable, "BACKEND_MASTER_DOWN", "Redis lost its master; retry"),
     "CLUSTERDOWN": (Unavailable, "BACKEND_CLUSTER_DOWN", "Redis Cluster is down; retry"),
     "TRYAGAIN": (Unavailable, "BACKEND_TRY_AGAIN", "Redis Cluster is resharding; retry"),
+    # Followed inside redis-py; seen only when a slot keeps moving past its redirect limit.
+    "MOVED": (Unavailable, "BACKEND_TRY_AGAIN", "Redis Cluster is moving the key's slot; retry"),
+    "ASK": (Unavailable, "BACKEND_TRY_AGAIN", "Redis Cluster is moving the key's slot; retry"),
+    "NOPERM": (
+        Unavailable,
+        "BACKEND_NO_PERMISSION",
+        "the Redis user cachet logs in as lacks a permission it needs; check its ACL",
+    ),
     "OOM": (ResourceExhausted, "BACKEND_OUT_OF_MEMORY", "Redis is out of memory"),
     "BUSY": (Unavailable, "BACKEND_BUSY", "Redis is busy running a script; retry"),
     "NOREPLICAS": (Unavailable, "NOT_ENOUGH_REPLICAS", "not enough Redis replicas are in sync"),
@@ -202,6 +210,15 @@ def domain_error(exc: BaseException) -> CachetError:
             cls, reason, message = _RESPONSE_ERRORS["CROSSSLOT"]
             return cls(message, reason=reason)
         return Unavailable(f"Redis Cluster unavailable: {_first_line(exc)}")
+    if isinstance(exc, redis_errors.ClusterError):
+        # "TTL exhausted": ASK/TRYAGAIN/MOVED outlasted redis-py's 16 redirections.
+        return Unavailable(
+            "Redis Cluster kept redirecting the command (a slot is moving); retry",
+            reason="BACKEND_TRY_AGAIN",
+        )
+    if _connection_torn_down(exc):
+        log.warning("Redis connection closed under a command: %r", exc)
+        return Unavailable("the Redis connection was closed under the command; retry")
     if isinstance(
         exc,
         redis_errors.ConnectionError | redis_errors.TimeoutError | ConnectionError | OSError,
@@ -210,6 +227,20 @@ def domain_error(exc: BaseException) -> CachetError:
     ref = uuid.uuid4().hex[:12]
     log.error("unexpected error (ref %s)", ref, exc_info=exc)
     return Internal(f"internal error (ref {ref}); the server log has the details")
+
+
+def _connection_torn_down(exc: BaseException) -> bool:
+    """redis-py's async cluster client closes every connection, busy ones included, when
+    it rebuilds its slot table; a command caught mid-handshake then fails inside the
+    connection with AttributeError (its stream is gone). That is a lost connection."""
+    if not isinstance(exc, AttributeError):
+        return False
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_globals.get("__name__") == (
+        "redis.asyncio.connection"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -47,7 +47,10 @@ replicas take it, otherwise it answers UNAVAILABLE / NOT_ENOUGH_REPLICAS.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +64,8 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
 
 
 class TopologyKind(enum.StrEnum):
@@ -198,6 +203,7 @@ class Topology:
         self.tuning = tuning or ConnectionTuning()
         # Sentinel only: the clients of the sentinels themselves, closed with us.
         self.sentinel = sentinel
+        self._followers: list[asyncio.Task[None]] = []
         # Cluster only: a plain client per primary node, by node name, made on first use.
         self._node_clients: dict[str, Redis] = {}
 
@@ -221,6 +227,37 @@ class Topology:
         (seen with redis-py 8.1), so start-up discovers before serving."""
         if self.kind is TopologyKind.CLUSTER:
             await self.client.initialize()
+        if self.sentinel is not None and not self._followers:
+            self._followers = [
+                asyncio.create_task(self._follow_switches(sentinel_client))
+                for sentinel_client in self.sentinel.sentinels
+            ]
+
+    async def _follow_switches(self, sentinel_client: Redis) -> None:
+        """Leave a master as soon as a sentinel announces `+switch-master` for it.
+
+        redis-py looks for a new master only when the old one fails, and Sentinel
+        demotes a still-reachable old master only at its next INFO poll (every 10 s):
+        until then every write acknowledged there is lost. So each sentinel's
+        announcements are followed: idle connections are dropped and busy ones are
+        dropped when released; the next command asks the sentinels again."""
+        pool = self.client.connection_pool
+        master_name = pool.service_name
+        while True:
+            try:
+                async with sentinel_client.pubsub() as pubsub:
+                    await pubsub.subscribe("+switch-master")
+                    async for message in pubsub.listen():
+                        if message["type"] != "message":
+                            continue
+                        name, *_, new_host, new_port = message["data"].decode().split()
+                        if name == master_name:
+                            log.warning("Sentinel moved %s to %s:%s", name, new_host, new_port)
+                            await pool.update_active_connections_for_reconnect()
+                            await pool.disconnect(inuse_connections=False)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                # That sentinel is away; the others still speak. Try it again shortly.
+                await asyncio.sleep(1.0)
 
     def primaries(self) -> list[Any]:
         """A command client per primary node (one outside Cluster), for SCAN and admin.
@@ -243,6 +280,10 @@ class Topology:
         return client
 
     async def close(self) -> None:
+        for follower in self._followers:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
         for client in self._node_clients.values():
             await client.aclose(close_connection_pool=True)
         await self.client.aclose()
@@ -271,6 +312,9 @@ def connect(url: str, tuning: ConnectionTuning) -> Topology:
             startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
             max_connections=tuning.max_connections,
             require_full_coverage=False,
+            # Patch the slot table on each MOVED instead of rebuilding it every 5th: a
+            # rebuild closes every connection, busy ones included (see errors.py).
+            reinitialize_steps=0,
             **common,
         )
         return Topology(target.kind, client, tuning)
