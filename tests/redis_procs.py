@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
@@ -70,21 +71,31 @@ class TlsFiles:
             subprocess.run(["openssl", *args], check=True, capture_output=True)
 
         openssl(
-            *"req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=cachet-test-ca".split(),
+            *[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=cachet-test-ca",
+            ],
             "-keyout",
             str(ca_key),
             "-out",
             str(ca),
         )
         openssl(
-            *"req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1".split(),
+            *["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"],
             "-keyout",
             str(key),
             "-out",
             str(csr),
         )
         openssl(
-            *"x509 -req -CAcreateserial -days 2".split(),
+            *["x509", "-req", "-CAcreateserial", "-days", "2"],
             "-in",
             str(csr),
             "-CA",
@@ -222,9 +233,10 @@ class RedisProcess:
 
 
 def _userinfo(username: str | None, password: str | None) -> str:
+    user = quote(username or "", safe="")
     if password is None:
-        return f"{username}@" if username else ""
-    return f"{username or ''}:{password}@"
+        return f"{user}@" if user else ""
+    return f"{user}:{quote(password, safe='')}@"
 
 
 def _auth_config(username: str | None, password: str | None) -> list[str]:

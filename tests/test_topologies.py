@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
+import redis
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
 from cachet_server.app import running
 
 from .conftest import channel_to, error_reason, make_settings, rpc_error
+from .redis_procs import ClusterGroup, RedisProcess, SentinelGroup, TlsFiles
 
 
 @pytest.mark.topologies("sentinel", "cluster", reason="a standalone Redis has no replica")
@@ -44,3 +46,67 @@ async def test_more_acknowledgements_than_replicas_is_unavailable_not_enough_rep
         # Reads never wait for replicas.
         got = await cache.Get(pb.GetRequest(key="k"))
         assert got.found, "the write did happen on the primary; only its durability is unsure"
+
+
+async def test_the_test_topologies_really_require_their_credentials(topology):
+    """Every parametrized test runs with authentication on (ACL user on Sentinel's data
+    nodes, sentinel password, cluster password): a client without them is refused."""
+    if topology.kind == "standalone":
+        pytest.skip("the session's standalone Redis stays open; see the ACL test below")
+    node = topology.nodes[0]
+    anonymous = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+    anonymous.close()
+
+
+async def test_standalone_acl_user_and_password(namespace):
+    proc = RedisProcess(
+        username="app",
+        password="s3cret:with@odd/chars",
+        config=["user app on >s3cret:with@odd/chars ~* &* +@all", "user default off"],
+    ).start()
+    try:
+        assert "s3cret%3Awith%40odd%2Fchars" in proc.url
+        async with running(make_settings(proc.url)) as app, channel_to(app.port, namespace) as ch:
+            cache = cache_pb2_grpc.CacheServiceStub(ch)
+            await cache.Set(pb.SetRequest(key="k", value=b"v"))
+            assert (await cache.Get(pb.GetRequest(key="k"))).value == b"v"
+        wrong = proc.url.replace("s3cret", "wrong")
+        async with running(make_settings(wrong)) as app, channel_to(app.port, namespace) as ch:
+            error = await rpc_error(cache_pb2_grpc.CacheServiceStub(ch).Get(pb.GetRequest(key="k")))
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert "Traceback" not in error.details()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> TlsFiles:
+    if not TlsFiles.available():
+        pytest.skip("openssl is not installed: TLS deployments cannot be made")
+    return TlsFiles.make(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.mark.parametrize("kind", ["standalone", "sentinel", "cluster"])
+async def test_tls_on_every_topology(kind, tls_files, namespace):
+    """rediss://, rediss+sentinel:// and rediss+cluster:// against deployments that
+    listen on TLS only (plain TCP off), with a CA given in the URL."""
+    deployment = {
+        "standalone": lambda: RedisProcess(tls=tls_files),
+        "sentinel": lambda: SentinelGroup(tls=tls_files),
+        "cluster": lambda: ClusterGroup(tls=tls_files),
+    }[kind]()
+    deployment.start()
+    try:
+        assert deployment.url.startswith("rediss")
+        async with running(make_settings(deployment.url)) as app:
+            async with channel_to(app.port, namespace) as channel:
+                cache = cache_pb2_grpc.CacheServiceStub(channel)
+                keys = [f"k{i}" for i in range(20)]
+                for key in keys:
+                    await cache.Set(pb.SetRequest(key=key, value=key.encode()))
+                got = await cache.GetMany(pb.GetManyRequest(keys=keys))
+                assert [e.value for e in got.entries] == [k.encode() for k in keys]
+    finally:
+        deployment.stop()
