@@ -28,7 +28,10 @@ deadline, so a retry never outlives the caller's patience):
   ambiguous case, where an increment can apply twice (at-least-once, as with any
   Redis client that retries).
 - Sentinel discovery: redis-py asks each sentinel in turn for the master and
-  reconnects there; a master that cannot be found is UNAVAILABLE.
+  reconnects there; a master that cannot be found is UNAVAILABLE. cachet also
+  follows the sentinels' failover announcements and fences the old master while a
+  replica is promoted (`FencedSentinelPool`), so no write lands on a master that
+  the failover is about to discard.
 - Cluster: MOVED and ASK are followed inside redis-py (up to 16 redirections, the
   slot table patched on MOVED and rebuilt every 5th); TRYAGAIN during a slot
   migration is retried with a 50 ms pause; connection errors, timeouts and
@@ -51,6 +54,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +63,7 @@ from urllib.parse import parse_qs, unquote
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -187,6 +191,73 @@ def _tls_options(target: RedisTarget) -> dict[str, Any]:
     return options
 
 
+# While a failover runs, at most this long: Sentinel normally announces the new master
+# about a second after it starts promoting a replica.
+FAILOVER_FENCE_SECONDS = 5.0
+_PROMOTING = "+failover-state-send-slaveof-noone"
+_SWITCHED = "+switch-master"
+_FAILOVER_EVENTS = (
+    _PROMOTING,
+    _SWITCHED,
+    "-failover-abort-not-elected",
+    "-failover-abort-no-good-slave",
+    "-failover-abort-slave-timeout",
+)
+
+
+class FencedSentinelPool(SentinelConnectionPool):
+    """A Sentinel master pool that refuses the old master while it is failed over.
+
+    Between a sentinel promoting a replica and announcing it, the sentinels still name
+    the old master, which still takes writes that the failover then discards. While
+    fenced, connecting to that address raises MasterNotFoundError (a connection
+    error): redis-py retries with backoff and lands on the new master once it is
+    announced, or the call answers UNAVAILABLE — instead of a write acknowledged and
+    then lost."""
+
+    fenced: tuple[str, int] | None = None
+    fenced_until = 0.0
+
+    async def get_master_address(self) -> Any:
+        address = await super().get_master_address()  # type: ignore[no-untyped-call]
+        if self.fenced == tuple(address) and time.monotonic() < self.fenced_until:
+            raise MasterNotFoundError(f"{self.service_name} is being failed over")
+        return address
+
+    async def leave_master(self) -> None:
+        """Drop idle connections now and busy ones when released."""
+        await self.update_active_connections_for_reconnect()  # type: ignore[no-untyped-call]
+        await self.disconnect(inuse_connections=False)
+
+
+async def _on_failover_event(pool: FencedSentinelPool, channel: bytes, data: bytes) -> None:
+    event, words = channel.decode(), data.decode().split()
+    if event == _SWITCHED:
+        # "<master name> <old ip> <old port> <new ip> <new port>"
+        if words[0] == pool.service_name:
+            log.warning("Sentinel moved %s to %s:%s", words[0], words[3], words[4])
+            pool.fenced = None
+            await pool.leave_master()
+        return
+    # "<type> <name> <ip> <port> @ <master name> <master ip> <master port>" for a
+    # replica or sentinel, "master <name> <ip> <port>" for the master itself.
+    if "@" in words:
+        master_name, host, port = words[words.index("@") + 1 :][:3]
+    elif words[:1] == ["master"] and len(words) >= 4:
+        master_name, host, port = words[1:4]
+    else:
+        return
+    if master_name != pool.service_name:
+        return
+    if event == _PROMOTING:
+        log.warning("Sentinel is failing %s over: leaving %s:%s", master_name, host, port)
+        pool.fenced = (host, int(port))
+        pool.fenced_until = time.monotonic() + FAILOVER_FENCE_SECONDS
+        await pool.leave_master()
+    else:
+        pool.fenced = None
+
+
 class Topology:
     """One Redis deployment: its command client, its slots and its primaries."""
 
@@ -234,27 +305,22 @@ class Topology:
             ]
 
     async def _follow_switches(self, sentinel_client: Redis) -> None:
-        """Leave a master as soon as a sentinel announces `+switch-master` for it.
+        """Follow one sentinel's failover announcements for our master.
 
         redis-py looks for a new master only when the old one fails, and Sentinel
         demotes a still-reachable old master only at its next INFO poll (every 10 s):
-        until then every write acknowledged there is lost. So each sentinel's
-        announcements are followed: idle connections are dropped and busy ones are
-        dropped when released; the next command asks the sentinels again."""
-        pool = self.client.connection_pool
-        master_name = pool.service_name
+        every write acknowledged there meanwhile is lost. So when a sentinel starts
+        promoting a replica, the old master is fenced (`FencedSentinelPool`) and
+        connections to it are dropped (busy ones when released); when it announces
+        the new master, the fence lifts and the next command connects there."""
+        pool: FencedSentinelPool = self.client.connection_pool
         while True:
             try:
                 async with sentinel_client.pubsub() as pubsub:
-                    await pubsub.subscribe("+switch-master")
+                    await pubsub.subscribe(*_FAILOVER_EVENTS)
                     async for message in pubsub.listen():
-                        if message["type"] != "message":
-                            continue
-                        name, *_, new_host, new_port = message["data"].decode().split()
-                        if name == master_name:
-                            log.warning("Sentinel moved %s to %s:%s", name, new_host, new_port)
-                            await pool.update_active_connections_for_reconnect()
-                            await pool.disconnect(inuse_connections=False)
+                        if message["type"] == "message":
+                            await _on_failover_event(pool, message["channel"], message["data"])
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 # That sentinel is away; the others still speak. Try it again shortly.
                 await asyncio.sleep(1.0)
@@ -331,7 +397,10 @@ def connect(url: str, tuning: ConnectionTuning) -> Topology:
             target.hosts, sentinel_kwargs=sentinel_auth, **common
         )
         master = sentinel.master_for(
-            target.master_name, db=target.db, max_connections=tuning.max_connections
+            target.master_name,
+            db=target.db,
+            max_connections=tuning.max_connections,
+            connection_pool_class=FencedSentinelPool,
         )
         return Topology(target.kind, master, tuning, sentinel)
     host, port = target.hosts[0]
