@@ -9,6 +9,8 @@ import redis
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
 from cachet_server.app import running
+from cachet_server.backend.keys import CacheKeys
+from redis.crc import key_slot
 
 from .conftest import channel_to, error_reason, make_settings, rpc_error
 from .redis_procs import ClusterGroup, RedisProcess, SentinelGroup, TlsFiles
@@ -48,11 +50,12 @@ async def test_more_acknowledgements_than_replicas_is_unavailable_not_enough_rep
         assert got.found, "the write did happen on the primary; only its durability is unsure"
 
 
+@pytest.mark.topologies(
+    "sentinel", "cluster", reason="the session's standalone Redis stays open; see the ACL test"
+)
 async def test_the_test_topologies_really_require_their_credentials(topology):
     """Every parametrized test runs with authentication on (ACL user on Sentinel's data
     nodes, sentinel password, cluster password): a client without them is refused."""
-    if topology.kind == "standalone":
-        pytest.skip("the session's standalone Redis stays open; see the ACL test below")
     node = topology.nodes[0]
     anonymous = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2)
     with pytest.raises(redis.AuthenticationError):
@@ -110,3 +113,25 @@ async def test_tls_on_every_topology(kind, tls_files, namespace):
                 assert [e.value for e in got.entries] == [k.encode() for k in keys]
     finally:
         deployment.stop()
+
+
+async def test_scripts_route_by_key_and_scans_cover_every_primary(cachet, cache, namespace):
+    """Keys of many slots: each write runs on its slot's primary, and a SCAN over
+    `Backend.primaries()` (one client per Cluster primary) finds every one of them."""
+    keys = [f"spread-{i}" for i in range(60)]
+    for key in keys:
+        await cache.Set(pb.SetRequest(key=key, value=b"v"))
+    primaries = await cachet.backend.primaries()
+    found_per_primary = []
+    for node in primaries:
+        found = {
+            name.decode()
+            async for name in node.scan_iter(match=f"cachet:{namespace}:k*", count=1000)
+        }
+        found_per_primary.append(found)
+    everything = set().union(*found_per_primary)
+    assert everything == {CacheKeys.of(namespace, key).data for key in keys}
+    if cachet.backend.kind == "cluster":
+        assert len(primaries) == 3
+        assert all(found_per_primary), "keys of many slots land on every primary"
+        assert len({key_slot(name.encode()) for name in everything}) > 10
