@@ -165,9 +165,11 @@ def cluster_group(request):
         group.stop()
 
 
-async def test_cluster_replica_promoted_under_load(cluster_group, namespace):
+@pytest.mark.parametrize("acks", [0, 1], ids=["async-replication", "replica-acks"])
+async def test_cluster_replica_promoted_under_load(cluster_group, namespace, acks):
     group = cluster_group
-    async with running(make_settings(group.url)) as app, channel_to(app.port, namespace) as chan:
+    settings = make_settings(group.url, redis_min_replicas_acked=acks)
+    async with running(settings) as app, channel_to(app.port, namespace) as chan:
         load = Load(
             cache_pb2_grpc.CacheServiceStub(chan), mode="overwrite", keys_per_worker=6
         ).start()
@@ -195,7 +197,8 @@ async def test_cluster_replica_promoted_under_load(cluster_group, namespace):
     assert not load.wrong_reads, load.wrong_reads[:5]
     slowest = max(load.latencies(started))
     record_result(
-        "Replica promoted (CLUSTER FAILOVER) under reads and writes",
+        "Replica promoted (CLUSTER FAILOVER) under reads and writes"
+        + (", WAIT 1 replica" if acks else ""),
         "cluster",
         f"MOVED followed by redis-py; calls: {describe_codes(codes)}",
         f"wrong values read: {len(load.wrong_reads)}; switch {switched:.1f} s; "
@@ -235,9 +238,11 @@ def _owns(master, slot: int) -> bool:
     return any(start <= slot <= end and int(node[1]) == port for start, end, node, *_ in ranges)
 
 
-async def test_cluster_slot_migrated_under_load(cluster_group, namespace):
+@pytest.mark.parametrize("acks", [0, 1], ids=["async-replication", "replica-acks"])
+async def test_cluster_slot_migrated_under_load(cluster_group, namespace, acks):
     group = cluster_group
-    async with running(make_settings(group.url)) as app, channel_to(app.port, namespace) as chan:
+    settings = make_settings(group.url, redis_min_replicas_acked=acks)
+    async with running(settings) as app, channel_to(app.port, namespace) as chan:
         # Every key in one slot, through its hash tag.
         load = Load(
             cache_pb2_grpc.CacheServiceStub(chan),
@@ -258,7 +263,8 @@ async def test_cluster_slot_migrated_under_load(cluster_group, namespace):
     assert not load.wrong_reads, load.wrong_reads[:5]
     assert moved > 0
     record_result(
-        "Slot migrated (SETSLOT/MIGRATE) under reads and writes of its keys",
+        "Slot migrated (SETSLOT/MIGRATE) under reads and writes of its keys"
+        + (", WAIT 1 replica" if acks else ""),
         "cluster",
         f"ASK, TRYAGAIN and MOVED handled; calls: {describe_codes(codes)}",
         f"wrong values read: {len(load.wrong_reads)}; {moved} keys moved in {took:.1f} s",

@@ -292,10 +292,10 @@ class Topology:
         return groups
 
     async def discover(self) -> None:
-        """Learn the Cluster's nodes if the client has not yet; nothing to do outside
-        Cluster. The client would do it on its first command, but many concurrent first
-        commands on an undiscovered async RedisCluster fail with connection errors
-        (seen with redis-py 8.1), so start-up discovers before serving."""
+        """Learn the deployment before serving. Cluster: its nodes (the client would do
+        it on its first command, but many concurrent first commands on an undiscovered
+        async RedisCluster fail with connection errors, seen with redis-py 8.1).
+        Sentinel: start following the sentinels' failover announcements."""
         if self.kind is TopologyKind.CLUSTER:
             await self.client.initialize()
         if self.sentinel is not None and not self._followers:
@@ -319,8 +319,12 @@ class Topology:
                 async with sentinel_client.pubsub() as pubsub:
                     await pubsub.subscribe(*_FAILOVER_EVENTS)
                     async for message in pubsub.listen():
-                        if message["type"] == "message":
+                        if message["type"] != "message":
+                            continue
+                        try:
                             await _on_failover_event(pool, message["channel"], message["data"])
+                        except (ValueError, IndexError, UnicodeDecodeError):
+                            log.warning("unexpected Sentinel event: %r", message)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 # That sentinel is away; the others still speak. Try it again shortly.
                 await asyncio.sleep(1.0)
