@@ -168,25 +168,42 @@ async def cachet(topology: Deployment) -> AsyncIterator[Application]:
         yield app
 
 
-class _AddNamespace(aio.UnaryUnaryClientInterceptor, aio.UnaryStreamClientInterceptor):
+def _with_namespace(details: Any, namespace: str) -> Any:
+    metadata = list(details.metadata or [])
+    if not any(k == "cachet-namespace" for k, _ in metadata):
+        metadata.append(("cachet-namespace", namespace))
+    return details._replace(metadata=metadata)
+
+
+# grpc.aio files each interceptor under one call kind only, so one class per kind.
+class _NamespaceUnaryUnary(aio.UnaryUnaryClientInterceptor):
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
 
-    def _details(self, details: Any) -> Any:
-        metadata = list(details.metadata or [])
-        if not any(k == "cachet-namespace" for k, _ in metadata):
-            metadata.append(("cachet-namespace", self.namespace))
-        return details._replace(metadata=metadata)
-
     async def intercept_unary_unary(self, continuation, client_call_details, request):
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(_with_namespace(client_call_details, self.namespace), request)
+
+
+class _NamespaceUnaryStream(aio.UnaryStreamClientInterceptor):
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
 
     async def intercept_unary_stream(self, continuation, client_call_details, request):
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(_with_namespace(client_call_details, self.namespace), request)
+
+
+class _NamespaceStreamStream(aio.StreamStreamClientInterceptor):
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        details = _with_namespace(client_call_details, self.namespace)
+        return await continuation(details, request_iterator)
 
 
 def channel_to(port: int, namespace: str | None = None) -> aio.Channel:
-    interceptors = [_AddNamespace(namespace)] if namespace else []
+    kinds = (_NamespaceUnaryUnary, _NamespaceUnaryStream, _NamespaceStreamStream)
+    interceptors = [kind(namespace) for kind in kinds] if namespace else []
     return aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors)
 
 
