@@ -20,7 +20,7 @@ from .redis_procs import RedisProcess
 
 INLINE = pb.RateLimitTarget(
     inline_limit=pb.InlineLimit(
-        key="k",
+        key="{t}:k",  # one hash tag with policy(): all-or-nothing needs one slot
         limit=pb.Limit(algorithm=pb.ALGORITHM_GCRA, limit=5, period=Duration(seconds=60)),
     )
 )
@@ -48,7 +48,7 @@ ENVOY_REQUEST = rls_pb2.RateLimitRequest(
 
 
 def policy(name: str) -> pb.RateLimitTarget:
-    return pb.RateLimitTarget(policy=pb.PolicyRef(name=name, key="k"))
+    return pb.RateLimitTarget(policy=pb.PolicyRef(name=name, key="{t}:k"))
 
 
 async def _eventually_allowed(stub) -> pb.CheckResult:
