@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from redis.crc import key_slot
-
 from ..errors import Aborted, FailedPrecondition
 from .core import Backend
 from .keys import CacheKeys, Kind, redis_key, scan_patterns, user_key
@@ -395,14 +393,9 @@ class CacheStore:
         if not names:
             return True, []
         entries = [CacheKeys.of(namespace, name) for name in names]
-        slots = {key_slot(e.data.encode()) for e in entries}
-        if len(slots) > 1:
-            raise FailedPrecondition(
-                f"the keys of a Txn must share one Redis Cluster slot, and {len(names)} keys "
-                f"hash to {len(slots)}: give them a common hash tag, e.g. "
-                "{account}:alice and {account}:bob (only the part in braces is hashed)",
-                reason="CROSS_SLOT",
-            )
+        self.backend.require_one_slot(
+            [e.data for e in entries], "the keys of a Txn", "{account}:alice and {account}:bob"
+        )
         number = {name: i + 1 for i, name in enumerate(names)}
         keys: list[str] = []
         for e in entries:
