@@ -59,7 +59,7 @@ $(TS_DEPS): $(TS_CLIENT)/package-lock.json
 	cd $(TS_CLIENT) && npm ci --no-audit --no-fund
 	touch $@
 
-run: setup ## Serve on localhost:50051 (embedded redis-server unless CACHET_REDIS_URL is set)
+run: $(VENV)/.installed redis ## Serve on localhost:50051 (embedded redis-server unless CACHET_REDIS_URL is set)
 	$(VENV)/bin/cachet-server
 
 test: setup ## Run every test against real redis-server processes (Python, then the Go and TS clients)
