@@ -59,8 +59,8 @@ $(TS_DEPS): $(TS_CLIENT)/package-lock.json
 	cd $(TS_CLIENT) && npm ci --no-audit --no-fund
 	touch $@
 
-run: $(VENV)/.installed redis ## Serve on localhost:50051 (embedded redis-server unless CACHET_REDIS_URL is set)
-	$(VENV)/bin/cachet-server
+run: $(VENV)/.installed redis ## Serve on localhost:50051 (embedded redis-server unless CACHET_REDIS_URL is set; auth off)
+	CACHET_AUTH__MODE=$${CACHET_AUTH__MODE:-off} $(VENV)/bin/cachet-server
 
 test: setup ## Run every test against real redis-server processes (Python, then the Go and TS clients)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -152,6 +152,8 @@ def redis_client(topology: Deployment) -> Iterator[redis.Redis | redis.RedisClus
 
 
 def make_settings(redis_url: str, **overrides: Any) -> Settings:
+    """Settings of a test server: auth off unless the test configures it."""
+    overrides.setdefault("auth", {"mode": "off"})
     return Settings(
         redis_url=redis_url,
         listen=f"127.0.0.1:{free_port()}",

@@ -25,6 +25,7 @@ class CachetProcess:
             **os.environ,
             "CACHET_LISTEN": f"127.0.0.1:{self.port}",
             "CACHET_HEALTH_INTERVAL": "PT0.1S",
+            "CACHET_AUTH__MODE": "off",
             **env,
         }
         if redis_url:

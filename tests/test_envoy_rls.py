@@ -66,6 +66,7 @@ async def envoy_server(cachet: Application, tmp_path_factory) -> AsyncIterator[A
         redis_url=cachet.settings.redis_url,
         listen=f"127.0.0.1:{free_port()}",
         health_interval="PT0.1S",
+        auth={"mode": "off"},
     )
     async with running(settings) as app:
         yield app

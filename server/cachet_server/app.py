@@ -16,16 +16,21 @@ from cachet_client.proto.cachet.eventbus.v1 import eventbus_pb2, eventbus_pb2_gr
 from cachet_client.proto.cachet.lock.v1 import lock_pb2, lock_pb2_grpc
 from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2, ratelimit_pb2_grpc
 from cachet_client.proto.envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .access import call_table
 from .backend.core import Backend
 from .backend.embedded import EmbeddedRedis
 from .backend.topology import ConnectionTuning
-from .config import Settings
-from .interceptors import ErrorMappingInterceptor
+from .config import AuthMode, Settings
+from .credentials import Authenticator
+from .interceptors.auth import AuthInterceptor
+from .interceptors.errors import ErrorsInterceptor
+from .interceptors.telemetry import TelemetryInterceptor
 from .services.admin import AdminService
 from .services.base import Dependencies, Servicer
 from .services.cache import CacheService
@@ -34,18 +39,45 @@ from .services.eventbus import EventBusService
 from .services.lock import LockService
 from .services.ratelimit import RateLimitService
 from .stats import ServiceStats
+from .tls import CertificateFiles
 from .validation import Validator
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = [
-    cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name,
-    lock_pb2.DESCRIPTOR.services_by_name["LockService"].full_name,
-    ratelimit_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name,
-    eventbus_pb2.DESCRIPTOR.services_by_name["EventBusService"].full_name,
-    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-    rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name,
+# Each service: its servicer class, its descriptor, and the generated registration.
+_SERVICES: list[tuple[type[Servicer], ServiceDescriptor, Callable[[Any, aio.Server], None]]] = [
+    (
+        CacheService,
+        cache_pb2.DESCRIPTOR.services_by_name["CacheService"],
+        cache_pb2_grpc.add_CacheServiceServicer_to_server,
+    ),
+    (
+        LockService,
+        lock_pb2.DESCRIPTOR.services_by_name["LockService"],
+        lock_pb2_grpc.add_LockServiceServicer_to_server,
+    ),
+    (
+        RateLimitService,
+        ratelimit_pb2.DESCRIPTOR.services_by_name["RateLimitService"],
+        ratelimit_pb2_grpc.add_RateLimitServiceServicer_to_server,
+    ),
+    (
+        EnvoyRateLimitService,
+        rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"],
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server,
+    ),
+    (
+        EventBusService,
+        eventbus_pb2.DESCRIPTOR.services_by_name["EventBusService"],
+        eventbus_pb2_grpc.add_EventBusServiceServicer_to_server,
+    ),
+    (
+        AdminService,
+        admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
+        admin_pb2_grpc.add_AdminServiceServicer_to_server,
+    ),
 ]
+SERVICE_NAMES = [descriptor.full_name for _, descriptor, _ in _SERVICES]
 
 
 def _seconds(delta: timedelta) -> float:
@@ -116,6 +148,8 @@ class Application:
     monitor: HealthMonitor
     port: int
     servicers: list[Servicer]
+    health_server: aio.Server | None = None
+    health_port: int | None = None
 
     async def stop(self) -> None:
         """Health NOT_SERVING, refuse new calls, let in-flight calls finish within the
@@ -123,20 +157,11 @@ class Application:
         await self.monitor.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(_seconds(self.settings.shutdown_grace))
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         for servicer in self.servicers:
             await servicer.aclose()
         await self.backend.close()
-
-
-# Each service: its servicer class and the generated function that registers it.
-_SERVICES: list[tuple[type[Servicer], Callable[[Any, aio.Server], None]]] = [
-    (CacheService, cache_pb2_grpc.add_CacheServiceServicer_to_server),
-    (LockService, lock_pb2_grpc.add_LockServiceServicer_to_server),
-    (RateLimitService, ratelimit_pb2_grpc.add_RateLimitServiceServicer_to_server),
-    (EnvoyRateLimitService, rls_pb2_grpc.add_RateLimitServiceServicer_to_server),
-    (EventBusService, eventbus_pb2_grpc.add_EventBusServiceServicer_to_server),
-    (AdminService, admin_pb2_grpc.add_AdminServiceServicer_to_server),
-]
 
 
 def build_server(
@@ -144,8 +169,18 @@ def build_server(
 ) -> tuple[aio.Server, Any, list[Servicer]]:
     """The server with every service, health and reflection; not yet bound or started."""
     limits = settings.limits
+    authenticator = Authenticator(settings.auth)
+    table = call_table((descriptor, cls.CALLS) for cls, descriptor, _ in _SERVICES)
+    # The corridor, outermost first: auth, telemetry, errors (see DESIGN.md).
+    interceptors = [
+        AuthInterceptor(
+            authenticator, table, limits, protect_reflection=settings.auth.protect_reflection
+        ),
+        TelemetryInterceptor(stats),
+        ErrorsInterceptor(),
+    ]
     server = aio.server(
-        interceptors=[ErrorMappingInterceptor(stats)],
+        interceptors=interceptors,
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", limits.max_message_bytes),
@@ -155,7 +190,7 @@ def build_server(
     )
     deps = Dependencies(settings, backend, Validator(limits), stats)
     servicers: list[Servicer] = []
-    for servicer_class, register in _SERVICES:
+    for servicer_class, _, register in _SERVICES:
         # Methods whose issue has not landed are inherited and answer UNIMPLEMENTED.
         servicer = servicer_class(deps)
         register(servicer, server)
@@ -183,18 +218,83 @@ async def start(settings: Settings, redis_url: str) -> Application:
     )
     stats = ServiceStats()
     server, health_servicer, servicers = build_server(settings, backend, stats)
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
+    try:
+        port = _bind(server, settings)
+        health_server, health_port = _health_only_server(settings, health_servicer)
+    except BaseException:
         await backend.close()
-        raise RuntimeError(f"cannot listen on {settings.listen}")
+        raise
     monitor = HealthMonitor(backend, health_servicer, _seconds(settings.health_interval))
     if await monitor.probe_once():
         with contextlib.suppress(Exception):
             await backend.load_scripts()
     await server.start()
+    if health_server is not None:
+        await health_server.start()
     monitor.start()
-    log.info("cachet serving on %s (redis: %s)", settings.listen, backend.kind)
-    return Application(settings, server, backend, health_servicer, monitor, port, servicers)
+    log.info(
+        "cachet serving on %s (%s, redis: %s)",
+        settings.listen,
+        "TLS" if settings.tls.enabled else "plaintext",
+        backend.kind,
+    )
+    _warn_about_exposure(settings)
+    return Application(
+        settings,
+        server,
+        backend,
+        health_servicer,
+        monitor,
+        port,
+        servicers,
+        health_server,
+        health_port,
+    )
+
+
+def _bind(server: aio.Server, settings: Settings) -> int:
+    if settings.tls.enabled:
+        port = server.add_secure_port(
+            settings.listen, CertificateFiles(settings.tls).server_credentials()
+        )
+    else:
+        port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {settings.listen}")
+    return port
+
+
+def _health_only_server(
+    settings: Settings, health_servicer: Any
+) -> tuple[aio.Server | None, int | None]:
+    """The optional plaintext port that serves grpc.health.v1 and nothing else, for
+    Kubernetes probes when the main port needs TLS or credentials."""
+    if settings.health_listen is None:
+        return None, None
+    server = aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(settings.health_listen)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {settings.health_listen}")
+    return server, port
+
+
+def _warn_about_exposure(settings: Settings) -> None:
+    if settings.auth.mode is AuthMode.OFF:
+        banner = "*" * 78
+        log.warning(
+            "\n%s\n AUTH IS OFF: every caller can act as any namespace and call every admin "
+            "RPC.\n For local development only. To turn it on, set CACHET_AUTH__MODE=required "
+            "and\n configure auth.api_keys (or auth.jwt, auth.mtls_identities) in the YAML "
+            "file\n named by CACHET_CONFIG_FILE; see docs/security.md.\n%s",
+            banner,
+            banner,
+        )
+    elif not settings.tls.enabled:
+        log.warning(
+            "auth is on but TLS is off: credentials cross the network in plaintext; set "
+            "CACHET_TLS__CERT_FILE and CACHET_TLS__KEY_FILE (or terminate TLS in front)"
+        )
 
 
 @contextlib.asynccontextmanager

@@ -17,6 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .access import Role
+from .backend.keys import NAMESPACE_PATTERN
+
 
 class Limits(BaseModel):
     """Bounds enforced on every request; each answers INVALID_ARGUMENT when exceeded."""
@@ -412,6 +415,205 @@ class AdminSettings(BaseModel):
     )
 
 
+class AuthMode(StrEnum):
+    """Whether calls must carry a credential."""
+
+    REQUIRED = "required"  # every call but health (and reflection, unless protected)
+    OFF = "off"  # local development only: every caller is every tenant
+
+
+def _check_namespace_grants(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        name = pattern[:-1] if pattern.endswith("*") else pattern
+        if pattern != "*" and not NAMESPACE_PATTERN.match(name):
+            raise ValueError(
+                f"namespace grant {pattern[:80]!r} must be a namespace name, or a prefix "
+                "ending in '*' (letters, digits, '_', '.', '-')"
+            )
+    return patterns
+
+
+class Grant(BaseModel):
+    """Namespaces and roles held by one credential."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespaces: list[str] = Field(
+        min_length=1,
+        description="Granted namespaces: exact names, or `prefix-*` for every namespace that "
+        "starts with `prefix-`; `*` grants all.",
+    )
+    roles: list[Role] = Field(
+        min_length=1, description="read, write, admin, operator and/or ratelimit."
+    )
+
+    _namespaces_valid = field_validator("namespaces")(_check_namespace_grants)
+
+
+class ApiKey(Grant):
+    """An API key, stored only as the SHA-256 hex digest of the key."""
+
+    id: str = Field(
+        min_length=1, max_length=128, description="Names the key in audit lines; never secret."
+    )
+    sha256: str = Field(
+        pattern=r"^[0-9a-fA-F]{64}$", description="SHA-256 of the key, hex (64 digits)."
+    )
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower(cls, digest: str) -> str:
+        return digest.lower()
+
+
+class JwtAlgorithm(StrEnum):
+    HS256 = "HS256"
+    RS256 = "RS256"
+    ES256 = "ES256"
+
+
+class JwtKey(BaseModel):
+    """One key that may sign JWTs: an HMAC secret (HS256) or a PEM public key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kid: str | None = Field(
+        None, description="Key id; a token whose header names a kid is checked with that key."
+    )
+    algorithm: JwtAlgorithm = Field(description="HS256, RS256 or ES256; the only one accepted.")
+    secret_file: Path | None = Field(None, description="HS256: file holding the shared secret.")
+    public_key_file: Path | None = Field(
+        None, description="RS256/ES256: PEM file with the public key."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JwtKey:
+        if self.algorithm is JwtAlgorithm.HS256:
+            if self.secret_file is None or self.public_key_file is not None:
+                raise ValueError("auth.jwt.keys: an HS256 key needs secret_file (only)")
+        elif self.public_key_file is None or self.secret_file is not None:
+            raise ValueError(f"auth.jwt.keys: an {self.algorithm} key needs public_key_file (only)")
+        return self
+
+
+class JwtSettings(BaseModel):
+    """JWT bearer credentials (YAML `auth.jwt:`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: str = Field(min_length=1, description="Required `iss` claim.")
+    audience: str = Field(min_length=1, description="Required `aud` claim (one of its values).")
+    leeway: timedelta = Field(
+        timedelta(seconds=30), description="Clock skew allowed on exp and nbf (at most 5 min)."
+    )
+    keys: list[JwtKey] = Field(default_factory=list, description="Signing keys.")
+    jwks_file: Path | None = Field(
+        None, description="A JWKS file (RFC 7517) of public keys, matched by kid."
+    )
+    namespaces_claim: str = Field(
+        "cachet_namespaces", min_length=1, description="Claim with the granted namespaces."
+    )
+    roles_claim: str = Field(
+        "cachet_roles", min_length=1, description="Claim with the granted roles."
+    )
+    id_claim: str = Field(
+        "sub", min_length=1, description="Claim that names the caller in audit lines."
+    )
+
+    @model_validator(mode="after")
+    def _has_keys(self) -> JwtSettings:
+        if not self.keys and self.jwks_file is None:
+            raise ValueError("auth.jwt needs `keys` or `jwks_file`")
+        if not timedelta(0) <= self.leeway <= timedelta(minutes=5):
+            raise ValueError("auth.jwt.leeway must be from 0 to 5 minutes")
+        return self
+
+
+class MtlsIdentity(Grant):
+    """Grants for a client certificate (mutual TLS), matched by subject or by SAN."""
+
+    id: str = Field(min_length=1, max_length=128, description="Names it in audit lines.")
+    subject: str | None = Field(
+        None,
+        description="The certificate's subject as an RFC 4514 string, e.g. `CN=billing,O=acme`.",
+    )
+    san: str | None = Field(
+        None,
+        description="A subject alternative name the certificate carries: a DNS name, URI "
+        "(e.g. a SPIFFE id) or e-mail address.",
+    )
+
+    @model_validator(mode="after")
+    def _one_match(self) -> MtlsIdentity:
+        if (self.subject is None) == (self.san is None):
+            raise ValueError(f"auth.mtls_identities[{self.id}]: set exactly one of subject, san")
+        return self
+
+
+class AuthSettings(BaseModel):
+    """Authentication and authorization (env `CACHET_AUTH__<FIELD>`, YAML `auth:`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: AuthMode = Field(
+        AuthMode.REQUIRED,
+        description="required: every call but health carries `authorization: Bearer "
+        "<credential>` (or a mapped client certificate); off: local development only.",
+    )
+    api_keys: list[ApiKey] = Field(default_factory=list, description="API keys (SHA-256 only).")
+    api_keys_file: Path | None = Field(
+        None,
+        description="A YAML file with more API keys (a list in the `api_keys` shape), e.g. a "
+        "mounted Secret; read at start-up.",
+    )
+    jwt: JwtSettings | None = Field(None, description="JWT bearer credentials.")
+    mtls_identities: list[MtlsIdentity] = Field(
+        default_factory=list,
+        description="Client-certificate identities (needs tls.client_ca_file).",
+    )
+    protect_reflection: bool = Field(
+        False, description="Server reflection needs a valid credential too."
+    )
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> AuthSettings:
+        seen: set[str] = set()
+        for key in self.api_keys:
+            if key.id in seen or key.sha256 in seen:
+                raise ValueError(f"auth.api_keys: {key.id!r} or its digest is configured twice")
+            seen.update((key.id, key.sha256))
+        return self
+
+
+class TlsSettings(BaseModel):
+    """TLS on the gRPC port (env `CACHET_TLS__<FIELD>`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cert_file: Path | None = Field(
+        None,
+        description="PEM certificate chain of the server; with key_file turns TLS on. Read "
+        "again when it changes on disk (cert-manager rotation), for new connections.",
+    )
+    key_file: Path | None = Field(None, description="PEM private key of cert_file.")
+    client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle: clients must present a certificate it signed (mutual TLS).",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file must be set together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("tls.client_ca_file needs tls.cert_file and tls.key_file")
+        return self
+
+
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
@@ -435,6 +637,13 @@ class Settings(BaseSettings):
         "Unset: an embedded redis-server is started for local use only.",
     )
     listen: str = Field("[::]:50051", description="gRPC listen address, host:port.")
+    health_listen: str | None = Field(
+        None,
+        description="Optional plaintext host:port serving only grpc.health.v1 (for Kubernetes "
+        "probes when the main port needs TLS or credentials).",
+    )
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
     config_file: Path | None = Field(None, description="Optional YAML file with structured parts.")
     limits: Limits = Field(default_factory=Limits)
     lock: LockSettings = Field(default_factory=LockSettings)

@@ -1,4 +1,4 @@
-"""Request checks shared by every service: namespaces, keys, values, TTLs, batch sizes.
+"""Request checks shared by every service: keys, values, TTLs, batch sizes.
 
 Each check raises InvalidArgument naming the offending field, so the caller gets
 a google.rpc.BadRequest pointing at exactly what to fix.
@@ -12,14 +12,10 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2
-from grpc import aio
 
-from .backend.keys import NAMESPACE_PATTERN
 from .config import Limits
 from .errors import InvalidArgument
 
-NAMESPACE_METADATA = "cachet-namespace"
-DEFAULT_NAMESPACE = "default"
 _MAX_NANOS = 999_999_999
 _Choice = TypeVar("_Choice")
 
@@ -35,24 +31,6 @@ class Validator:
         self.limits = limits
         self.max_ttl_ms = _ms(limits.max_ttl)
         self.default_ttl_ms = _ms(limits.default_ttl)
-
-    def namespace(self, context: aio.ServicerContext[Any, Any]) -> str:
-        """The caller's namespace, from metadata `cachet-namespace` (default `default`)."""
-        for name, value in context.invocation_metadata() or ():
-            if name == NAMESPACE_METADATA:
-                text = value.decode(errors="replace") if isinstance(value, bytes) else value
-                if not NAMESPACE_PATTERN.match(text):
-                    raise InvalidArgument.field(
-                        f"metadata:{NAMESPACE_METADATA}",
-                        "namespace must be letters, digits, '_', '.' or '-'",
-                    )
-                if len(text) > self.limits.max_namespace_bytes:
-                    raise InvalidArgument.field(
-                        f"metadata:{NAMESPACE_METADATA}",
-                        f"namespace is longer than {self.limits.max_namespace_bytes} bytes",
-                    )
-                return text
-        return DEFAULT_NAMESPACE
 
     def key(self, key: str, field: str = "key") -> str:
         if not key:

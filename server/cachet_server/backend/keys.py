@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 PREFIX = "cachet"
-NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
+NAMESPACE_PATTERN = re.compile(r"\A[A-Za-z0-9_.\-]+\Z")
 _WRAPPED = "#"
 
 

@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from cachet_client.proto.cachet.admin.v1 import admin_pb2 as pb
 from cachet_client.proto.cachet.admin.v1 import admin_pb2_grpc
@@ -22,6 +22,8 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import __version__
+from ..access import ADMIN, OPERATOR, CallSpec, Scope, calls
+from ..access import Role as AccessRole
 from ..backend.admin import (
     MAX_PENDING_KEYS,
     AdminStore,
@@ -36,6 +38,7 @@ from ..backend.admin import (
 )
 from ..backend.keys import Kind, redis_key, scan_patterns
 from ..backend.topology import TopologyKind
+from ..callcontext import current_namespace
 from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 from ..pagination import PageTokens, malformed_token
 from .base import Context, Dependencies, Servicer
@@ -133,6 +136,25 @@ def _unreachable(replies: Sequence[NodeReply]) -> None:
 
 
 class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer):
+    # Whole-server calls need the operator role; calls on a namespace's own keys, admin.
+    CALLS: ClassVar[dict[str, CallSpec]] = {
+        "FlushNamespace": ADMIN,
+        "GetBigKeys": ADMIN,
+        "GetConfig": OPERATOR,
+        "GetKeyMemoryUsage": ADMIN,
+        "GetMemoryStats": OPERATOR,
+        "GetServerInfo": OPERATOR,
+        "GetServiceStats": calls(
+            {AccessRole.ADMIN, AccessRole.OPERATOR}, scope=Scope.SERVER, audit=True
+        ),
+        "GetSlowLog": OPERATOR,
+        "InspectKey": ADMIN,
+        "ListClients": OPERATOR,
+        "ResetSlowLog": OPERATOR,
+        "ScanKeys": ADMIN,
+        "SetConfig": OPERATOR,
+    }
+
     def __init__(self, deps: Dependencies) -> None:
         super().__init__(deps)
         self.settings = deps.settings.admin
@@ -632,7 +654,7 @@ class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer):
     async def GetKeyMemoryUsage(
         self, request: pb.GetKeyMemoryUsageRequest, context: Context
     ) -> pb.GetKeyMemoryUsageResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         kinds = self._kinds(request.kind)
         samples = request.samples if request.HasField("samples") else None
@@ -647,7 +669,7 @@ class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer):
     async def InspectKey(
         self, request: pb.InspectKeyRequest, context: Context
     ) -> pb.InspectKeyResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         for kind in self._kinds(request.kind):
             meta = redis_key(namespace, Kind.META, key) if kind is Kind.DATA else None
@@ -678,7 +700,7 @@ class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer):
     # -- scans ------------------------------------------------------------------------
 
     async def ScanKeys(self, request: pb.ScanKeysRequest, context: Context) -> pb.ScanKeysResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         glob = self._glob(request.pattern)
         redis_type = self._redis_type(request.type)
         kinds = self._kinds(request.kind)
@@ -701,7 +723,7 @@ class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer):
     async def GetBigKeys(
         self, request: pb.GetBigKeysRequest, context: Context
     ) -> pb.GetBigKeysResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         if request.order not in _ORDERS:
             raise InvalidArgument.field("order", f"unknown BigKeysOrder {request.order}")
         by_memory = _ORDERS[request.order] == pb.BIG_KEYS_ORDER_MEMORY
@@ -746,7 +768,7 @@ class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer):
     async def FlushNamespace(
         self, request: pb.FlushNamespaceRequest, context: Context
     ) -> pb.FlushNamespaceResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         if not self.settings.flush_enabled:
             raise FailedPrecondition(
                 "FlushNamespace is disabled on this server (CACHET_ADMIN__FLUSH_ENABLED=false)",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from grpc import aio
 
+from ..access import CallSpec
 from ..backend.core import Backend
 from ..config import Settings
 from ..stats import ServiceStats
@@ -27,7 +28,12 @@ class Dependencies:
 
 class Servicer:
     """Base of our servicers: keeps the dependencies; `aclose` runs at shutdown, after
-    in-flight calls have drained (override it to stop background tasks)."""
+    in-flight calls have drained (override it to stop background tasks).
+
+    `CALLS` declares what each RPC of the service needs (see access.py); the auth
+    interceptor enforces it, so methods never check roles themselves."""
+
+    CALLS: ClassVar[dict[str, CallSpec]] = {}
 
     def __init__(self, deps: Dependencies) -> None:
         self.deps = deps

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
 from google.protobuf import duration_pb2
 
+from ..access import ADMIN, READ, WRITE, CallSpec
 from ..backend.cache import (
     CacheStore,
     FillOptions,
@@ -15,6 +17,7 @@ from ..backend.cache import (
     TxnCompare,
     TxnOperation,
 )
+from ..callcontext import current_namespace
 from ..errors import FailedPrecondition, InvalidArgument
 from ..validation import optional
 from .base import Context, Dependencies
@@ -56,6 +59,29 @@ def _duration(ms: int) -> duration_pb2.Duration:
 
 
 class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
+    CALLS: ClassVar[dict[str, CallSpec]] = {
+        **CollectionsMixin.COLLECTION_CALLS,
+        "BitCount": READ,
+        "Delete": WRITE,
+        "Exists": READ,
+        "Expire": WRITE,
+        "Fill": WRITE,
+        "Get": READ,
+        "GetBit": READ,
+        "GetMany": READ,
+        "GetOrLease": WRITE,
+        "GetTtl": READ,
+        "Increment": WRITE,
+        "InvalidatePattern": ADMIN,
+        "InvalidateTags": WRITE,
+        "Persist": WRITE,
+        "Set": WRITE,
+        "SetBit": WRITE,
+        "SetMany": WRITE,
+        "Txn": WRITE,
+        "WatchInvalidations": READ,
+    }
+
     def __init__(self, deps: Dependencies) -> None:
         super().__init__(deps)
         self.store = CacheStore(deps.backend, max_ttl_ms=self.check.max_ttl_ms)
@@ -85,7 +111,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         return self.check.duration_ms(recompute, "recompute_time") if recompute else None
 
     async def Get(self, request: pb.GetRequest, context: Context) -> pb.GetResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         beta = self.check.finite(request.early_refresh_beta, "early_refresh_beta")
         if not 0 <= beta <= _MAX_BETA:
@@ -105,7 +131,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         return response
 
     async def GetMany(self, request: pb.GetManyRequest, context: Context) -> pb.GetManyResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         keys = self.check.keys(request.keys)
         values = await self.store.get_many(namespace, keys)
         hits = sum(v.found for v in values)
@@ -118,7 +144,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         )
 
     async def Set(self, request: pb.SetRequest, context: Context) -> pb.SetResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         value = self.check.value(request.value)
         ttl = optional(request, "ttl")
@@ -149,7 +175,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         )
 
     async def SetMany(self, request: pb.SetManyRequest, context: Context) -> pb.SetManyResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         self.check.batch(len(request.entries), "entries")
         shared_ttl = self.check.ttl_ms(optional(request, "ttl"))
         items: list[tuple[str, bytes, int]] = []
@@ -167,18 +193,18 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         return pb.SetManyResponse(stored=len(items), versions=versions)
 
     async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         keys = self.check.keys(request.keys)
         return pb.DeleteResponse(deleted=await self.store.delete(namespace, keys))
 
     async def Exists(self, request: pb.ExistsRequest, context: Context) -> pb.ExistsResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         keys = self.check.keys(request.keys)
         flags = await self.store.exists(namespace, keys)
         return pb.ExistsResponse(count=sum(flags), exists=flags)
 
     async def Expire(self, request: pb.ExpireRequest, context: Context) -> pb.ExpireResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         ttl = optional(request, "ttl")
         if ttl is None:
@@ -187,7 +213,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         return pb.ExpireResponse(found=found)
 
     async def Persist(self, request: pb.PersistRequest, context: Context) -> pb.PersistResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         if not self.deps.settings.allow_persist:
             raise FailedPrecondition(
@@ -198,7 +224,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         return pb.PersistResponse(found=await self.store.persist(namespace, key))
 
     async def GetTtl(self, request: pb.GetTtlRequest, context: Context) -> pb.GetTtlResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         ttl_ms = await self.store.ttl_ms(namespace, key)
         if ttl_ms == -2:
@@ -210,7 +236,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     async def Increment(
         self, request: pb.IncrementRequest, context: Context
     ) -> pb.IncrementResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         ttl_ms = self.check.ttl_ms(optional(request, "ttl"))
         delta: int | float
@@ -227,7 +253,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         )
 
     async def SetBit(self, request: pb.SetBitRequest, context: Context) -> pb.SetBitResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         offset = self._bit_offset(request.offset)
         ttl_ms = self.check.ttl_ms(optional(request, "ttl"))
@@ -235,13 +261,13 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         return pb.SetBitResponse(previous=previous)
 
     async def GetBit(self, request: pb.GetBitRequest, context: Context) -> pb.GetBitResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         offset = self._bit_offset(request.offset)
         return pb.GetBitResponse(value=await self.store.get_bit(namespace, key, offset))
 
     async def BitCount(self, request: pb.BitCountRequest, context: Context) -> pb.BitCountResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         unit = self.check.choice(request.unit, _BIT_UNITS, "unit")
         span = (request.range.start, request.range.end) if request.HasField("range") else None
@@ -250,7 +276,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     async def InvalidateTags(
         self, request: pb.InvalidateTagsRequest, context: Context
     ) -> pb.InvalidateTagsResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         self.check.batch(len(request.tags), "tags")
         tags = self._tag_list(request.tags, "tags")
         return pb.InvalidateTagsResponse(deleted=await self.store.invalidate_tags(namespace, tags))
@@ -258,7 +284,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     async def InvalidatePattern(
         self, request: pb.InvalidatePatternRequest, context: Context
     ) -> pb.InvalidatePatternResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         pattern = self.check.key(request.pattern, "pattern")
         if _ends_in_escape(pattern):
             raise InvalidArgument.field("pattern", "must not end with an unescaped backslash")
@@ -273,7 +299,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     async def GetOrLease(
         self, request: pb.GetOrLeaseRequest, context: Context
     ) -> pb.GetOrLeaseResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         lease_ttl = optional(request, "lease_ttl")
         lease_ms = (
@@ -302,7 +328,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         )
 
     async def Fill(self, request: pb.FillRequest, context: Context) -> pb.FillResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         token = request.lease_token
         if not token or len(token.encode()) > _MAX_LEASE_TOKEN_BYTES:
@@ -331,7 +357,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         return pb.FillResponse(version=version)
 
     async def Txn(self, request: pb.TxnRequest, context: Context) -> pb.TxnResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         self.check.batch(len(request.compare), "compare", allow_empty=True)
         self.check.batch(len(request.success), "success", allow_empty=True)
         self.check.batch(len(request.failure), "failure", allow_empty=True)

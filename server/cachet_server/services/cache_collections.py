@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from google.protobuf.message import Message
 
+from ..access import READ, WRITE, CallSpec, Role, calls
 from ..backend.collections import (
     MAX_STORE_KEYS,
     UNBOUNDED_ABOVE,
@@ -21,6 +22,7 @@ from ..backend.collections import (
     CollectionTtl,
     ScoreBound,
 )
+from ..callcontext import current_namespace
 from ..errors import InvalidArgument, ResourceExhausted
 from ..validation import optional
 from .base import Context, Dependencies, Servicer
@@ -49,7 +51,50 @@ _DEADLINE_MARGIN_S = 0.2
 _Response = TypeVar("_Response", bound=Message)
 
 
+def _answers_only(request: pb.SetCombineRequest) -> bool:
+    """A SetCombine that answers the members, storing nothing, is a read."""
+    return not request.destination
+
+
 class CollectionsMixin(Servicer):
+    # What each collection RPC needs (see access.py); CacheService adds its own.
+    COLLECTION_CALLS: ClassVar[dict[str, CallSpec]] = {
+        "HashDelete": WRITE,
+        "HashGet": READ,
+        "HashGetAll": READ,
+        "HashIncrement": WRITE,
+        "HashKeys": READ,
+        "HashLength": READ,
+        "HashScan": READ,
+        "HashSet": WRITE,
+        "HashValues": READ,
+        "ListLength": READ,
+        "ListMove": WRITE,
+        "ListPop": WRITE,
+        "ListPush": WRITE,
+        "ListRange": READ,
+        "ListRemove": WRITE,
+        "ListTrim": WRITE,
+        "SetAdd": WRITE,
+        "SetCardinality": READ,
+        "SetCombine": calls(Role.WRITE, read_if=_answers_only),
+        "SetIsMember": READ,
+        "SetMembers": READ,
+        "SetMove": WRITE,
+        "SetPop": WRITE,
+        "SetRandomMembers": READ,
+        "SetRemove": WRITE,
+        "SortedSetAdd": WRITE,
+        "SortedSetCardinality": READ,
+        "SortedSetCount": READ,
+        "SortedSetIncrement": WRITE,
+        "SortedSetRange": READ,
+        "SortedSetRank": READ,
+        "SortedSetRemove": WRITE,
+        "SortedSetRemoveRange": WRITE,
+        "SortedSetScore": READ,
+    }
+
     def __init__(self, deps: Dependencies) -> None:
         super().__init__(deps)
         self.collections = CollectionStore(
@@ -128,7 +173,7 @@ class CollectionsMixin(Servicer):
     # ---- hashes -----------------------------------------------------------------
 
     async def HashSet(self, request: pb.HashSetRequest, context: Context) -> pb.HashSetResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         self.check.batch(len(request.fields), "fields")
         fields = [
@@ -144,7 +189,7 @@ class CollectionsMixin(Servicer):
         return pb.HashSetResponse(added=added)
 
     async def HashGet(self, request: pb.HashGetRequest, context: Context) -> pb.HashGetResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         fields = self._fields(request.fields, "fields")
         values = await self.collections.hash_get(namespace, key, fields)
@@ -160,7 +205,7 @@ class CollectionsMixin(Servicer):
     async def HashGetAll(
         self, request: pb.HashGetAllRequest, context: Context
     ) -> pb.HashGetAllResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         fields = await self.collections.hash_get_all(namespace, key)
         return self._fits(
@@ -170,7 +215,7 @@ class CollectionsMixin(Servicer):
     async def HashDelete(
         self, request: pb.HashDeleteRequest, context: Context
     ) -> pb.HashDeleteResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         fields = self._fields(request.fields, "fields")
         return pb.HashDeleteResponse(
@@ -180,7 +225,7 @@ class CollectionsMixin(Servicer):
     async def HashIncrement(
         self, request: pb.HashIncrementRequest, context: Context
     ) -> pb.HashIncrementResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         field = self.check.key(request.field, "field")
         delta: int | float
@@ -196,7 +241,7 @@ class CollectionsMixin(Servicer):
         return pb.HashIncrementResponse(float_value=value)
 
     async def HashKeys(self, request: pb.HashKeysRequest, context: Context) -> pb.HashKeysResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         fields = await self.collections.hash_keys(namespace, key)
         return self._fits(pb.HashKeysResponse(fields=fields))
@@ -204,7 +249,7 @@ class CollectionsMixin(Servicer):
     async def HashValues(
         self, request: pb.HashValuesRequest, context: Context
     ) -> pb.HashValuesResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         values = await self.collections.hash_values(namespace, key)
         return self._fits(pb.HashValuesResponse(values=values))
@@ -212,12 +257,12 @@ class CollectionsMixin(Servicer):
     async def HashLength(
         self, request: pb.HashLengthRequest, context: Context
     ) -> pb.HashLengthResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         return pb.HashLengthResponse(length=await self.collections.hash_length(namespace, key))
 
     async def HashScan(self, request: pb.HashScanRequest, context: Context) -> pb.HashScanResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         token = request.page_token
         if token and not (token.isdigit() and token.isascii() and int(token) <= _MAX_CURSOR):
@@ -246,7 +291,7 @@ class CollectionsMixin(Servicer):
     # ---- lists ------------------------------------------------------------------
 
     async def ListPush(self, request: pb.ListPushRequest, context: Context) -> pb.ListPushResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         values = self._values(request.values, "values")
         end = self.check.choice(request.end, _LIST_ENDS, "end")
@@ -264,7 +309,7 @@ class CollectionsMixin(Servicer):
         return pb.ListPushResponse(length=length)
 
     async def ListPop(self, request: pb.ListPopRequest, context: Context) -> pb.ListPopResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         end = self.check.choice(request.end, _LIST_ENDS, "end")
         count = self._count(request.count, "count")
@@ -281,7 +326,7 @@ class CollectionsMixin(Servicer):
     async def ListRange(
         self, request: pb.ListRangeRequest, context: Context
     ) -> pb.ListRangeResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         start, stop = 0, -1  # no range: the whole list
         if request.HasField("range"):
@@ -290,7 +335,7 @@ class CollectionsMixin(Servicer):
         return self._fits(pb.ListRangeResponse(values=values))
 
     async def ListTrim(self, request: pb.ListTrimRequest, context: Context) -> pb.ListTrimResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         if not request.HasField("range"):
             raise InvalidArgument.field("range", "is required: the index range to keep")
@@ -302,21 +347,21 @@ class CollectionsMixin(Servicer):
     async def ListLength(
         self, request: pb.ListLengthRequest, context: Context
     ) -> pb.ListLengthResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         return pb.ListLengthResponse(length=await self.collections.list_length(namespace, key))
 
     async def ListRemove(
         self, request: pb.ListRemoveRequest, context: Context
     ) -> pb.ListRemoveResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         value = self.check.value(request.value)
         removed = await self.collections.list_remove(namespace, key, value, request.count)
         return pb.ListRemoveResponse(removed=removed)
 
     async def ListMove(self, request: pb.ListMoveRequest, context: Context) -> pb.ListMoveResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         source = self.check.key(request.source, "source")
         destination = self.check.key(request.destination, "destination")
         # `from` is a Python keyword, hence getattr.
@@ -338,7 +383,7 @@ class CollectionsMixin(Servicer):
     # ---- sets -------------------------------------------------------------------
 
     async def SetAdd(self, request: pb.SetAddRequest, context: Context) -> pb.SetAddResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         members = self._values(request.members, "members")
         added = await self.collections.set_add(namespace, key, members, self._ttl(request))
@@ -347,7 +392,7 @@ class CollectionsMixin(Servicer):
     async def SetRemove(
         self, request: pb.SetRemoveRequest, context: Context
     ) -> pb.SetRemoveResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         members = self._values(request.members, "members")
         return pb.SetRemoveResponse(
@@ -357,7 +402,7 @@ class CollectionsMixin(Servicer):
     async def SetMembers(
         self, request: pb.SetMembersRequest, context: Context
     ) -> pb.SetMembersResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         members = await self.collections.set_members(namespace, key)
         return self._fits(pb.SetMembersResponse(members=members))
@@ -365,7 +410,7 @@ class CollectionsMixin(Servicer):
     async def SetIsMember(
         self, request: pb.SetIsMemberRequest, context: Context
     ) -> pb.SetIsMemberResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         members = self._values(request.members, "members")
         flags = await self.collections.set_is_member(namespace, key, members)
@@ -374,7 +419,7 @@ class CollectionsMixin(Servicer):
     async def SetCardinality(
         self, request: pb.SetCardinalityRequest, context: Context
     ) -> pb.SetCardinalityResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         return pb.SetCardinalityResponse(
             cardinality=await self.collections.set_cardinality(namespace, key)
@@ -383,7 +428,7 @@ class CollectionsMixin(Servicer):
     async def SetRandomMembers(
         self, request: pb.SetRandomMembersRequest, context: Context
     ) -> pb.SetRandomMembersResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         count = request.count or 1
         if abs(count) > self.check.limits.max_batch:
@@ -394,7 +439,7 @@ class CollectionsMixin(Servicer):
         return self._fits(pb.SetRandomMembersResponse(members=members))
 
     async def SetPop(self, request: pb.SetPopRequest, context: Context) -> pb.SetPopResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         count = self._count(request.count, "count")
         members = await self.collections.set_pop(
@@ -403,7 +448,7 @@ class CollectionsMixin(Servicer):
         return pb.SetPopResponse(members=members)
 
     async def SetMove(self, request: pb.SetMoveRequest, context: Context) -> pb.SetMoveResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         source = self.check.key(request.source, "source")
         destination = self.check.key(request.destination, "destination")
         member = self.check.value(request.member, "member")
@@ -415,7 +460,7 @@ class CollectionsMixin(Servicer):
     async def SetCombine(
         self, request: pb.SetCombineRequest, context: Context
     ) -> pb.SetCombineResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         operation = self.check.choice(request.operation, _SET_OPERATIONS, "operation")
         keys = self.check.keys(request.keys)
         destination = (
@@ -442,7 +487,7 @@ class CollectionsMixin(Servicer):
     async def SortedSetAdd(
         self, request: pb.SortedSetAddRequest, context: Context
     ) -> pb.SortedSetAddResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         self.check.batch(len(request.members), "members")
         members = [
@@ -461,7 +506,7 @@ class CollectionsMixin(Servicer):
     async def SortedSetIncrement(
         self, request: pb.SortedSetIncrementRequest, context: Context
     ) -> pb.SortedSetIncrementResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         member = self.check.value(request.member, "member")
         delta = self._score(request.delta, "delta")
@@ -473,7 +518,7 @@ class CollectionsMixin(Servicer):
     async def SortedSetRank(
         self, request: pb.SortedSetRankRequest, context: Context
     ) -> pb.SortedSetRankResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         member = self.check.value(request.member, "member")
         descending = self.check.choice(request.order, _DESCENDING, "order")
@@ -487,7 +532,7 @@ class CollectionsMixin(Servicer):
     async def SortedSetRange(
         self, request: pb.SortedSetRangeRequest, context: Context
     ) -> pb.SortedSetRangeResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         descending = self.check.choice(request.order, _DESCENDING, "order")
         which = request.WhichOneof("range")
@@ -529,7 +574,7 @@ class CollectionsMixin(Servicer):
     async def SortedSetCount(
         self, request: pb.SortedSetCountRequest, context: Context
     ) -> pb.SortedSetCountResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         low, high = self._score_range(request.range, "range")
         return pb.SortedSetCountResponse(
@@ -539,7 +584,7 @@ class CollectionsMixin(Servicer):
     async def SortedSetScore(
         self, request: pb.SortedSetScoreRequest, context: Context
     ) -> pb.SortedSetScoreResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         members = self._values(request.members, "members")
         scores = await self.collections.sorted_set_score(namespace, key, members)
@@ -555,7 +600,7 @@ class CollectionsMixin(Servicer):
     async def SortedSetRemove(
         self, request: pb.SortedSetRemoveRequest, context: Context
     ) -> pb.SortedSetRemoveResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         members = self._values(request.members, "members")
         return pb.SortedSetRemoveResponse(
@@ -565,7 +610,7 @@ class CollectionsMixin(Servicer):
     async def SortedSetRemoveRange(
         self, request: pb.SortedSetRemoveRangeRequest, context: Context
     ) -> pb.SortedSetRemoveRangeResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         which = request.WhichOneof("range")
         if which == "by_rank":
@@ -582,7 +627,7 @@ class CollectionsMixin(Servicer):
     async def SortedSetCardinality(
         self, request: pb.SortedSetCardinalityRequest, context: Context
     ) -> pb.SortedSetCardinalityResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         key = self.check.key(request.key)
         return pb.SortedSetCardinalityResponse(
             cardinality=await self.collections.sorted_set_cardinality(namespace, key)

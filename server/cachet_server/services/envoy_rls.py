@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
+from typing import ClassVar
 
 from cachet_client.proto.envoy.config.core.v3 import base_pb2
 from cachet_client.proto.envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as common_pb2
@@ -18,7 +19,9 @@ from cachet_client.proto.envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from cachet_client.proto.envoy.type.v3 import ratelimit_unit_pb2
 from google.protobuf import struct_pb2
 
+from ..access import CallSpec, Role, calls
 from ..backend.ratelimit import Algorithm, Decision, LimitSpec
+from ..callcontext import current_namespace
 from ..config import MAX_RATE_LIMIT, UNIT_PERIODS, RateLimitUnit
 from ..errors import InvalidArgument
 from .base import Context, Dependencies, Servicer
@@ -45,6 +48,9 @@ def _rate_limit(spec: LimitSpec, name: str) -> rls_pb2.RateLimitResponse.RateLim
 
 
 class EnvoyRateLimitService(Servicer, rls_pb2_grpc.RateLimitServiceServicer):
+    # A mesh credential holds the ratelimit role and nothing else.
+    CALLS: ClassVar[dict[str, CallSpec]] = {"ShouldRateLimit": calls(Role.RATELIMIT)}
+
     def __init__(self, deps: Dependencies) -> None:
         super().__init__(deps)
         self.limiter = Limiter(deps)
@@ -68,7 +74,7 @@ class EnvoyRateLimitService(Servicer, rls_pb2_grpc.RateLimitServiceServicer):
     async def ShouldRateLimit(
         self, request: rls_pb2.RateLimitRequest, context: Context
     ) -> rls_pb2.RateLimitResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         if not request.domain:
             raise InvalidArgument.field("domain", "must not be empty")
         self.check.batch(len(request.descriptors), "descriptors")

@@ -12,13 +12,14 @@ import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from cachet_client.proto.cachet.eventbus.v1 import eventbus_pb2 as pb
 from cachet_client.proto.cachet.eventbus.v1 import eventbus_pb2_grpc
 from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
 
+from ..access import READ, WRITE, CallSpec
 from ..backend.events import (
     FIRST_ID,
     DeadLetterPolicy,
@@ -29,6 +30,7 @@ from ..backend.events import (
     TopicMessage,
 )
 from ..backend.keys import DEAD_LETTER_SUFFIX, Kind, redis_key, scan_patterns, user_key
+from ..callcontext import current_namespace
 from ..errors import InvalidArgument, ResourceExhausted
 from ..pagination import PageTokens, malformed_token
 from ..validation import optional
@@ -140,6 +142,23 @@ def _well_formed_glob(pattern: str) -> bool:
 
 
 class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
+    CALLS: ClassVar[dict[str, CallSpec]] = {
+        "Ack": WRITE,
+        "Append": WRITE,
+        "Claim": WRITE,
+        "Consume": READ,
+        "CreateGroup": WRITE,
+        "DeleteGroup": WRITE,
+        "Info": READ,
+        "ListPending": READ,
+        "Pending": READ,
+        "Publish": WRITE,
+        "Range": READ,
+        "Read": READ,
+        "Subscribe": READ,
+        "Trim": WRITE,
+    }
+
     def __init__(self, deps: Dependencies) -> None:
         super().__init__(deps)
         self.config = deps.settings.eventbus
@@ -271,7 +290,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
     # -- pub/sub ---------------------------------------------------------------
 
     async def Publish(self, request: pb.PublishRequest, context: Context) -> pb.PublishResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         topic = self.check.key(request.topic, "topic")
         if not request.HasField("event"):
             raise InvalidArgument.field("event", "is required")
@@ -287,7 +306,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: Context
     ) -> AsyncIterator[pb.SubscribeResponse]:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         topics = list(dict.fromkeys(request.topics))
         user_patterns = list(dict.fromkeys(request.patterns))
         total = len(topics) + len(user_patterns)
@@ -354,7 +373,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
     # -- streams ---------------------------------------------------------------
 
     async def Append(self, request: pb.AppendRequest, context: Context) -> pb.AppendResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         stream = self._stream(request.stream)
         if not request.HasField("event"):
             raise InvalidArgument.field("event", "is required")
@@ -368,7 +387,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
         return pb.AppendResponse(id=new_id)
 
     async def Read(self, request: pb.ReadRequest, context: Context) -> pb.ReadResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         stream = self._stream(request.stream)
         count = self._count(request.count, "count", default=_DEFAULT_PAGE)
         wait = self._wait(optional(request, "block"), "block", 0.0)
@@ -388,7 +407,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
         )
 
     async def Range(self, request: pb.RangeRequest, context: Context) -> pb.RangeResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         stream = self._stream(request.stream)
         start = self._bound(request.start, "start", low=True)
         end = self._bound(request.end, "end", low=False)
@@ -415,7 +434,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
         )
 
     async def Trim(self, request: pb.TrimRequest, context: Context) -> pb.TrimResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         stream = self._stream(request.stream)
         strategy = request.WhichOneof("strategy")
         if strategy is None:
@@ -433,7 +452,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
         return pb.TrimResponse(trimmed=trimmed)
 
     async def Info(self, request: pb.InfoRequest, context: Context) -> pb.InfoResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         stream = self._stream(request.stream)
         info = await self.streams.info(namespace, stream, with_consumers=request.include_consumers)
         response = pb.InfoResponse(
@@ -469,7 +488,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
     async def CreateGroup(
         self, request: pb.CreateGroupRequest, context: Context
     ) -> pb.CreateGroupResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         stream = self._stream(request.stream)
         group = self._name(request.group, "group")
         if request.start_id in ("", "$"):
@@ -508,7 +527,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
     async def DeleteGroup(
         self, request: pb.DeleteGroupRequest, context: Context
     ) -> pb.DeleteGroupResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         stream = self._stream(request.stream)
         group = self._name(request.group, "group")
         deleted = await self.streams.delete_group(namespace, stream, group)
@@ -517,7 +536,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
     async def Consume(
         self, request: pb.ConsumeRequest, context: Context
     ) -> AsyncIterator[pb.ConsumeResponse]:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         stream = self._stream(request.stream)
         group = self._name(request.group, "group")
         consumer = self._name(request.consumer, "consumer")
@@ -575,7 +594,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
                 yield batch_of([*claimed, *fresh], dead)
 
     async def Ack(self, request: pb.AckRequest, context: Context) -> pb.AckResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         stream = self._stream(request.stream)
         group = self._name(request.group, "group")
         self.check.batch(len(request.ids), "ids")
@@ -584,7 +603,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
         return pb.AckResponse(acked=acked)
 
     async def Pending(self, request: pb.PendingRequest, context: Context) -> pb.PendingResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         stream = self._stream(request.stream)
         group = self._name(request.group, "group")
         summary = await self.streams.pending(namespace, stream, group)
@@ -601,7 +620,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
     async def ListPending(
         self, request: pb.ListPendingRequest, context: Context
     ) -> pb.ListPendingResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         stream = self._stream(request.stream)
         group = self._name(request.group, "group")
         consumer = self._name(request.consumer, "consumer") if request.consumer else None
@@ -641,7 +660,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
         )
 
     async def Claim(self, request: pb.ClaimRequest, context: Context) -> pb.ClaimResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         stream = self._stream(request.stream)
         group = self._name(request.group, "group")
         consumer = self._name(request.consumer, "consumer")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from cachet_client.proto.cachet.lock.v1 import lock_pb2 as pb
 from cachet_client.proto.cachet.lock.v1 import lock_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from ..access import READ, WRITE, CallSpec
 from ..backend.locks import (
     SERVER_TIME_US,
     Family,
@@ -19,6 +20,7 @@ from ..backend.locks import (
     Replication,
     WakeDispatcher,
 )
+from ..callcontext import current_namespace
 from ..errors import (
     Aborted,
     CachetError,
@@ -79,6 +81,18 @@ def _deadline(context: Context) -> float | None:
 
 
 class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
+    CALLS: ClassVar[dict[str, CallSpec]] = {
+        "Acquire": WRITE,
+        "AcquireSemaphore": WRITE,
+        "Extend": WRITE,
+        "ExtendSemaphore": WRITE,
+        "Hold": WRITE,
+        "Inspect": READ,
+        "InspectSemaphore": READ,
+        "Release": WRITE,
+        "ReleaseSemaphore": WRITE,
+    }
+
     def __init__(self, deps: Dependencies) -> None:
         super().__init__(deps)
         self.settings = deps.settings.lock
@@ -166,7 +180,7 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
     # -- locks
 
     async def Acquire(self, request: pb.AcquireRequest, context: Context) -> pb.AcquireResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         name = self._name(request.name)
         ttl_ms = self._ttl(request, "ttl", "ttl")
         wait = self._wait(request, "wait")
@@ -193,7 +207,7 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
         )
 
     async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.ReleaseResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         name = self._name(request.name)
         token = self._token(request.owner_token)
         replication = self._replication(request, "replication", context)
@@ -203,7 +217,7 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
         )
 
     async def Extend(self, request: pb.ExtendRequest, context: Context) -> pb.ExtendResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         name = self._name(request.name)
         token = self._token(request.owner_token)
         ttl_ms = self._ttl(request, "ttl", "ttl")
@@ -218,7 +232,7 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
         )
 
     async def Inspect(self, request: pb.InspectRequest, context: Context) -> pb.InspectResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         name = self._name(request.name)
         state = await self.locks.inspect(namespace, name)
         response = pb.InspectResponse(
@@ -237,7 +251,7 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
     async def Hold(
         self, requests: AsyncIterator[pb.HoldRequest], context: Context
     ) -> AsyncIterator[pb.HoldResponse]:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         first = await anext(requests, None)
         if first is None or first.WhichOneof("kind") != "acquire":
             raise InvalidArgument.field("acquire", "the first message of a Hold must be acquire")
@@ -374,7 +388,7 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
     async def AcquireSemaphore(
         self, request: pb.AcquireSemaphoreRequest, context: Context
     ) -> pb.AcquireSemaphoreResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         name = self._name(request.name)
         limit = self._limit(request.limit)
         ttl_ms = self._ttl(request, "ttl", "ttl")
@@ -405,7 +419,7 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
     async def ReleaseSemaphore(
         self, request: pb.ReleaseSemaphoreRequest, context: Context
     ) -> pb.ReleaseSemaphoreResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         name = self._name(request.name)
         token = self._token(request.owner_token)
         released = await self.semaphores.release(namespace, name, token)
@@ -416,7 +430,7 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
     async def ExtendSemaphore(
         self, request: pb.ExtendSemaphoreRequest, context: Context
     ) -> pb.ExtendSemaphoreResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         name = self._name(request.name)
         token = self._token(request.owner_token)
         ttl_ms = self._ttl(request, "ttl", "ttl")
@@ -433,7 +447,7 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
     async def InspectSemaphore(
         self, request: pb.InspectSemaphoreRequest, context: Context
     ) -> pb.InspectSemaphoreResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         name = self._name(request.name)
         state = await self.semaphores.inspect(namespace, name)
         return pb.InspectSemaphoreResponse(

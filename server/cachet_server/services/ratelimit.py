@@ -14,11 +14,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import ClassVar
 
 from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2 as pb
 from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from ..access import ADMIN, READ, CallSpec, Role, calls
 from ..backend.ratelimit import (
     Algorithm,
     Decision,
@@ -28,6 +30,7 @@ from ..backend.ratelimit import (
     RateLimitStore,
     state_key,
 )
+from ..callcontext import current_namespace
 from ..config import MAX_RATE_LIMIT, MAX_RATE_PERIOD, FailMode
 from ..errors import InvalidArgument, NotFound, Unavailable, domain_error
 from ..pagination import PageTokens, malformed_token
@@ -196,7 +199,23 @@ def _result(item: Resolved, decision: Decision) -> pb.CheckResult:
     return result
 
 
+def _is_peek(request: pb.CheckRequest | pb.CheckItem) -> bool:
+    """An explicit cost of 0 reports without consuming: a read."""
+    return request.HasField("hits") and request.hits == 0
+
+
+def _all_peeks(request: pb.CheckManyRequest) -> bool:
+    return all(_is_peek(item) for item in request.items)
+
+
 class RateLimitService(Servicer, ratelimit_pb2_grpc.RateLimitServiceServicer):
+    CALLS: ClassVar[dict[str, CallSpec]] = {
+        "Check": calls(Role.WRITE, read_if=_is_peek),
+        "CheckMany": calls(Role.WRITE, read_if=_all_peeks),
+        "ListPolicies": READ,
+        "Reset": ADMIN,
+    }
+
     def __init__(self, deps: Dependencies) -> None:
         super().__init__(deps)
         self.limiter = Limiter(deps)
@@ -269,7 +288,7 @@ class RateLimitService(Servicer, ratelimit_pb2_grpc.RateLimitServiceServicer):
         return hits
 
     async def Check(self, request: pb.CheckRequest, context: Context) -> pb.CheckResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         item = self._resolve(namespace, request.target, self._hits(request, "hits"), "target")
         (decision,) = (await self.limiter.decide([item])).decisions
         return pb.CheckResponse(result=_result(item, decision))
@@ -277,7 +296,7 @@ class RateLimitService(Servicer, ratelimit_pb2_grpc.RateLimitServiceServicer):
     async def CheckMany(
         self, request: pb.CheckManyRequest, context: Context
     ) -> pb.CheckManyResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         self.check.batch(len(request.items), "items")
         if request.mode not in _MODES:
             raise InvalidArgument.field("mode", f"unknown mode {request.mode}")
@@ -296,7 +315,7 @@ class RateLimitService(Servicer, ratelimit_pb2_grpc.RateLimitServiceServicer):
         return response
 
     async def Reset(self, request: pb.ResetRequest, context: Context) -> pb.ResetResponse:
-        namespace = self.check.namespace(context)
+        namespace = current_namespace()
         self.check.batch(len(request.targets), "targets")
         keys = [
             self._resolve(namespace, target, 1, f"targets[{i}]").check.key

@@ -1,0 +1,152 @@
+"""Who may call what: roles, namespace grants, and the call table servicers declare.
+
+A servicer never checks a role itself. Each servicer class declares, in `CALLS`, what
+every one of its methods needs (a `CallSpec`); `call_table` gathers them into one table
+keyed by the full gRPC method path, and the auth interceptor enforces it before the
+handler runs, so a refused call never reaches Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from google.protobuf.descriptor import ServiceDescriptor
+
+
+class Role(StrEnum):
+    """What a credential may do; roles do not imply each other."""
+
+    READ = "read"  # reads, Subscribe, Consume, Inspect, peeks
+    WRITE = "write"  # everything that changes a namespace's data
+    ADMIN = "admin"  # namespace-scoped admin: the caller's own keys, stats, flush, Reset
+    OPERATOR = "operator"  # whole-server admin: server info, slow log, clients, SetConfig
+    RATELIMIT = "ratelimit"  # Envoy's ShouldRateLimit only
+
+
+class Scope(StrEnum):
+    """What a call addresses: one namespace (which must be granted) or the whole server."""
+
+    NAMESPACE = "namespace"
+    SERVER = "server"
+
+
+@dataclass(frozen=True, slots=True)
+class CallSpec:
+    """What one RPC needs.
+
+    `roles`: any one of them admits the call. `read_if`: for unary calls whose request can
+    make them read-only (a rate-limit peek), a predicate on the request; when it holds, the
+    `read` role admits the call too. `audit`: the call writes an audit line.
+    """
+
+    roles: frozenset[Role]
+    scope: Scope = Scope.NAMESPACE
+    read_if: Callable[[Any], bool] | None = None
+    audit: bool = False
+
+    def admits(self, roles: frozenset[Role], request: Any) -> bool:
+        if roles & self.roles:
+            return True
+        return (
+            Role.READ in roles
+            and self.read_if is not None
+            and request is not None
+            and self.read_if(request)
+        )
+
+    def required(self) -> str:
+        names = sorted(role.value for role in self.roles)
+        if self.read_if is not None:
+            names.append("read (for a peek)")
+        return " or ".join(names)
+
+
+def calls(
+    roles: Role | Iterable[Role],
+    *,
+    scope: Scope = Scope.NAMESPACE,
+    read_if: Callable[[Any], bool] | None = None,
+    audit: bool = False,
+) -> CallSpec:
+    """A CallSpec; `roles` may be one role or several (any of them admits)."""
+    chosen = frozenset([roles] if isinstance(roles, Role) else roles)
+    return CallSpec(chosen, scope, read_if, audit)
+
+
+READ = calls(Role.READ)
+WRITE = calls(Role.WRITE)
+ADMIN = calls(Role.ADMIN, audit=True)
+OPERATOR = calls(Role.OPERATOR, scope=Scope.SERVER, audit=True)
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceGrant:
+    """One granted namespace: an exact name, or `prefix*` for every name that starts
+    with prefix (`shop-*` grants `shop-eu` but not `shop`; `*` grants every namespace)."""
+
+    pattern: str
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.pattern.endswith("*")
+
+    def matches(self, namespace: str) -> bool:
+        if self.is_prefix:
+            return namespace.startswith(self.pattern[:-1])
+        return namespace == self.pattern
+
+
+@dataclass(frozen=True, slots=True)
+class Grants:
+    """The namespaces and roles one credential holds."""
+
+    namespaces: tuple[NamespaceGrant, ...]
+    roles: frozenset[Role]
+
+    @classmethod
+    def of(cls, namespaces: Iterable[str], roles: Iterable[Role | str]) -> Grants:
+        return cls(
+            tuple(NamespaceGrant(pattern) for pattern in namespaces),
+            frozenset(Role(role) for role in roles),
+        )
+
+    def allows_namespace(self, namespace: str) -> bool:
+        return any(grant.matches(namespace) for grant in self.namespaces)
+
+    @property
+    def only_namespace(self) -> str | None:
+        """The namespace a call may leave out of its metadata: the one exact grant of a
+        credential that holds exactly one namespace."""
+        if len(self.namespaces) == 1 and not self.namespaces[0].is_prefix:
+            return self.namespaces[0].pattern
+        return None
+
+    @property
+    def all_namespaces(self) -> bool:
+        return any(grant.pattern == "*" for grant in self.namespaces)
+
+
+EVERYTHING = Grants.of(["*"], list(Role))
+
+
+def call_table(
+    servicers: Iterable[tuple[ServiceDescriptor, Mapping[str, CallSpec]]],
+) -> dict[str, CallSpec]:
+    """Every RPC's CallSpec keyed by `/package.Service/Method`. A method a servicer does
+    not declare is a startup error: no RPC is ever served without an access rule."""
+    table: dict[str, CallSpec] = {}
+    for service, specs in servicers:
+        methods = {method.name for method in service.methods}
+        missing = sorted(methods - specs.keys())
+        unknown = sorted(specs.keys() - methods)
+        if missing or unknown:
+            raise RuntimeError(
+                f"{service.full_name}: call table out of step with the proto "
+                f"(undeclared: {missing}, not in the proto: {unknown})"
+            )
+        for name, spec in specs.items():
+            table[f"/{service.full_name}/{name}"] = spec
+    return table

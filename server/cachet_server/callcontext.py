@@ -1,0 +1,77 @@
+"""The resolved facts of the call being served: who calls, in which namespace.
+
+The auth interceptor resolves them once per call and sets them here; servicers, stats,
+spans and quotas read them with `current_call()` / `current_namespace()` and never parse
+metadata themselves. grpc.aio serves every RPC in a task of its own, so a ContextVar
+is exactly per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import grpc
+
+from .access import CallSpec, Grants
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated caller: `kind` is api_key, jwt, mtls or anonymous (auth off);
+    `id` names the credential (never the secret itself)."""
+
+    kind: str
+    id: str
+    grants: Grants
+
+
+@dataclass(slots=True)
+class CallContext:
+    """One call: its method, its namespace (resolved and checked), its caller. The inner
+    stages fill in what the audit line and telemetry report at the end."""
+
+    method: str
+    spec: CallSpec
+    namespace: str
+    identity: Identity
+    # The call's text metadata, read once (it holds the credential: never log it).
+    metadata: Mapping[str, str]
+    # The status the call ended with, set by the errors stage (None: OK or not ended).
+    status: grpc.StatusCode | None = None
+    # The ErrorInfo reason of a failed call.
+    reason: str | None = None
+    # How many keys the call touched, for the audit line (set by servicers that know).
+    keys: int | None = None
+
+
+_current: ContextVar[CallContext] = ContextVar("cachet_call")
+
+
+def current_call() -> CallContext:
+    """The call being served. Raises LookupError outside a call (a bug: every servicer
+    runs behind the auth interceptor)."""
+    return _current.get()
+
+
+def current_call_or_none() -> CallContext | None:
+    """The call being served, or None for calls outside the corridor (health, reflection)."""
+    return _current.get(None)
+
+
+def current_namespace() -> str:
+    return _current.get().namespace
+
+
+def enter_call(call: CallContext) -> object:
+    """Make `call` current; returns the token for `leave_call`."""
+    return _current.set(call)
+
+
+def leave_call(token: object) -> None:
+    # A streaming handler closed from another context (an async generator finalised
+    # late) cannot reset; the call's task, and with it its context, is gone anyway.
+    with contextlib.suppress(ValueError):
+        _current.reset(token)  # type: ignore[arg-type]
