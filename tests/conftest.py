@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import pytest
 import redis
+import yaml
 from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
 from cachet_server.app import Application, running
 from cachet_server.config import Settings
@@ -155,6 +156,22 @@ def make_settings(redis_url: str, **overrides: Any) -> Settings:
     """Settings of a test server: auth off unless the test configures it."""
     overrides.setdefault("auth", {"mode": "off"})
     return Settings(
+        redis_url=redis_url,
+        listen=f"127.0.0.1:{free_port()}",
+        health_interval="PT0.1S",
+        shutdown_grace="PT5S",
+        **overrides,
+    )
+
+
+def settings_from_yaml(
+    redis_url: str, config: dict[str, Any], path: Any, **overrides: Any
+) -> Settings:
+    """Settings of a test server whose structured parts (auth, policies) come from a YAML
+    file, as `CACHET_CONFIG_FILE` would give them."""
+    path.write_text(yaml.safe_dump(config))
+    return Settings.load(
+        config_file=path,
         redis_url=redis_url,
         listen=f"127.0.0.1:{free_port()}",
         health_interval="PT0.1S",

@@ -362,6 +362,23 @@ class EventBusSettings(BaseModel):
         return self
 
 
+# Redis parameters that hold or lead to secrets: never readable or settable through cachet.
+SECRET_REDIS_PARAMETERS = frozenset(
+    {
+        "requirepass",
+        "masterauth",
+        "masteruser",
+        "aclfile",
+        "tls-key-file",
+        "tls-key-file-pass",
+        "tls-client-key-file",
+        "tls-client-key-file-pass",
+        "dir",
+        "dbfilename",
+    }
+)
+
+
 class AdminSettings(BaseModel):
     """AdminService settings (env `CACHET_ADMIN__<FIELD>`, YAML `admin:`)."""
 
@@ -374,7 +391,8 @@ class AdminSettings(BaseModel):
             "maxmemory-policy",
         ],
         description="Redis parameters GetConfig/SetConfig may touch (exact names; any other "
-        "answers PERMISSION_DENIED). Env: a JSON list.",
+        "answers PERMISSION_DENIED). Env: a JSON list. Secrets (passwords, ACL and TLS key "
+        "files) can never be listed.",
     )
     config_int_bounds: dict[str, tuple[int, int]] = Field(
         default_factory=lambda: {
@@ -385,6 +403,15 @@ class AdminSettings(BaseModel):
         description="Inclusive [min, max] for whitelisted integer parameters; SetConfig refuses "
         "a value outside them with INVALID_ARGUMENT.",
     )
+
+    @field_validator("config_whitelist")
+    @classmethod
+    def _no_secrets(cls, names: list[str]) -> list[str]:
+        secret = sorted({name.lower() for name in names} & SECRET_REDIS_PARAMETERS)
+        if secret:
+            raise ValueError(f"admin.config_whitelist may not list {', '.join(secret)}")
+        return names
+
     flush_enabled: bool = Field(
         True,
         description="Allow FlushNamespace at all; false answers FAILED_PRECONDITION "
@@ -412,6 +439,19 @@ class AdminSettings(BaseModel):
     )
     max_scan_budget: int = Field(
         1_000_000, ge=1, description="Largest scan_budget GetBigKeys accepts."
+    )
+    safe_eviction_policies: list[str] = Field(
+        default_factory=lambda: ["noeviction"],
+        description="maxmemory-policy values SetConfig may set. Every other policy can evict "
+        "lock holders (volatile-*) or fencing counters and any tenant's data (allkeys-*); "
+        "add one only when locks live in a Redis of their own.",
+    )
+    maxmemory_headroom: float = Field(
+        0.1,
+        ge=0,
+        le=10,
+        description="SetConfig refuses a maxmemory below a node's used memory times "
+        "(1 + this), so a limit never stops every tenant's writes at once.",
     )
 
 

@@ -222,13 +222,72 @@ class RedisNodes:
 
 @dataclass(frozen=True)
 class SlowLogEntry:
+    """One slow-log entry without its argument values: the command name and the keys it
+    named (`keys` is None when Redis does not say where that command's keys are)."""
+
     node: str
     id: int
     time: int  # Unix seconds
     duration_us: int
-    args: list[bytes]
+    command: str
+    keys: list[str] | None
     client_address: bytes
     client_name: bytes
+
+
+# Commands whose key count is their third argument (EVALSHA sha numkeys key...).
+_NUMKEYS_COMMANDS = {"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"}
+# Commands whose keys follow a STREAMS keyword, then as many ids.
+_STREAMS_COMMANDS = {"XREAD", "XREADGROUP"}
+_COMMAND_CACHE_SIZE = 512
+
+
+class CommandKeys:
+    """Which arguments of a command are keys, from Redis's own COMMAND INFO (cached per
+    command name), so the slow log can show keys and drop every other argument."""
+
+    def __init__(self) -> None:
+        self._ranges: dict[str, tuple[int, int, int] | None] = {}
+
+    async def keys(self, node: RedisNode, args: Sequence[bytes]) -> list[bytes] | None:
+        if not args:
+            return []
+        command = args[0].decode("ascii", "replace").upper()
+        try:
+            if command in _NUMKEYS_COMMANDS:
+                count = int(args[2])
+                return list(args[3 : 3 + count])
+            if command in _STREAMS_COMMANDS:
+                upper = [arg.upper() for arg in args]
+                start = upper.index(b"STREAMS") + 1
+                named = args[start:]
+                return list(named[: len(named) // 2])
+        except (ValueError, IndexError):
+            return None
+        key_range = await self._range(node, command)
+        if key_range is None:
+            return None
+        first, last, step = key_range
+        if first == 0:
+            return []
+        stop = len(args) + last + 1 if last < 0 else last + 1
+        return list(args[first:stop:step])
+
+    async def _range(self, node: RedisNode, command: str) -> tuple[int, int, int] | None:
+        if command in self._ranges:
+            return self._ranges[command]
+        info = await node.client.execute_command("COMMAND", "INFO", command)
+        entry = next(iter(info.values()), None) if isinstance(info, dict) else None
+        key_range: tuple[int, int, int] | None = None
+        if isinstance(entry, dict) and "movablekeys" not in entry.get("flags", []):
+            key_range = (
+                int(entry["first_key_pos"]),
+                int(entry["last_key_pos"]),
+                int(entry["step_count"]),
+            )
+        if len(self._ranges) < _COMMAND_CACHE_SIZE:
+            self._ranges[command] = key_range
+        return key_range
 
 
 @dataclass(frozen=True)
@@ -317,6 +376,7 @@ class AdminStore:
         self.nodes = RedisNodes(backend)
         self.scan_count_max = scan_count_max
         self.flush_batch = flush_batch
+        self.command_keys = CommandKeys()
 
     async def aclose(self) -> None:
         await self.nodes.aclose()
@@ -339,22 +399,30 @@ class AdminStore:
         return replies, now
 
     async def slow_log(self, nodes: Sequence[RedisNode]) -> list[NodeReply]:
-        """Every entry of each node's slow log (SLOWLOG GET -1), as SlowLogEntry lists."""
+        """Every entry of each node's slow log (SLOWLOG GET -1), as SlowLogEntry lists.
+        Argument values are dropped here, before anything else sees them."""
 
         async def read(node: RedisNode) -> list[SlowLogEntry]:
             reply = await node.client.execute_command("SLOWLOG", "GET", -1)
-            return [
-                SlowLogEntry(
-                    node=node.address,
-                    id=int(item[0]),
-                    time=int(item[1]),
-                    duration_us=int(item[2]),
-                    args=list(item[3]),
-                    client_address=item[4] if len(item) > 4 else b"",
-                    client_name=item[5] if len(item) > 5 else b"",
+            entries = []
+            for item in reply:
+                args = list(item[3])
+                keys = await self.command_keys.keys(node, args)
+                entries.append(
+                    SlowLogEntry(
+                        node=node.address,
+                        id=int(item[0]),
+                        time=int(item[1]),
+                        duration_us=int(item[2]),
+                        command=args[0].decode("ascii", "replace").upper() if args else "",
+                        keys=None
+                        if keys is None
+                        else [key.decode("utf-8", "backslashreplace") for key in keys],
+                        client_address=item[4] if len(item) > 4 else b"",
+                        client_name=item[5] if len(item) > 5 else b"",
+                    )
                 )
-                for item in reply
-            ]
+            return entries
 
         return await on_each(nodes, read)
 
@@ -384,6 +452,15 @@ class AdminStore:
                 for key, value in (await node.client.config_get(name)).items():
                     values[text(key)] = text(value)
             return values
+
+        return await on_each(nodes, read)
+
+    async def used_memory(self, nodes: Sequence[RedisNode]) -> list[NodeReply]:
+        """Each node's `used_memory` in bytes (INFO memory)."""
+
+        async def read(node: RedisNode) -> int:
+            info = await node.client.info("memory")
+            return int(info.get("used_memory", 0))
 
         return await on_each(nodes, read)
 

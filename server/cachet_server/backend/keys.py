@@ -93,6 +93,15 @@ def scan_patterns(namespace: str, kind: Kind, user_glob: str) -> list[str]:
     ]
 
 
+def namespace_of(redis_key_: str) -> str | None:
+    """The namespace a Redis key of cachet's layout belongs to; None for any other key."""
+    prefix, _, rest = redis_key_.partition(":")
+    namespace, separator, _ = rest.partition(":")
+    if prefix != PREFIX or not separator or not NAMESPACE_PATTERN.match(namespace):
+        return None
+    return namespace
+
+
 def namespace_pattern(namespace: str) -> str:
     """A SCAN MATCH pattern for every key of a namespace, of every kind."""
     return f"{PREFIX}:{namespace}:*"

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import __version__
-from ..access import ADMIN, OPERATOR, CallSpec, Scope, calls
+from ..access import ADMIN, OPERATOR, CallSpec, Grants, Scope, calls
 from ..access import Role as AccessRole
 from ..backend.admin import (
     MAX_PENDING_KEYS,
@@ -36,9 +36,9 @@ from ..backend.admin import (
     topology_changed,
     user_keys,
 )
-from ..backend.keys import Kind, redis_key, scan_patterns
+from ..backend.keys import Kind, namespace_of, redis_key, scan_patterns
 from ..backend.topology import TopologyKind
-from ..callcontext import current_namespace
+from ..callcontext import current_call, current_namespace
 from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 from ..pagination import PageTokens, malformed_token
 from .base import Context, Dependencies, Servicer
@@ -85,11 +85,36 @@ _EVICTION_POLICIES = {
     "volatile-random",
     "volatile-ttl",
 }
-_MEMORY_SIZE = re.compile(r"^[0-9]+(b|k|kb|m|mb|g|gb)?$", re.IGNORECASE)
-_INTEGER = re.compile(r"^-?[0-9]+$")
+_MEMORY_SIZE = re.compile(r"\A([0-9]{1,20})(b|k|kb|m|mb|g|gb)?\Z", re.IGNORECASE)
+# Redis's own units: k/m/g are powers of 1000, kb/mb/gb powers of 1024.
+_MEMORY_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1024,
+    "m": 1000**2,
+    "mb": 1024**2,
+    "g": 1000**3,
+    "gb": 1024**3,
+}
+# Past 1 PiB a maxmemory is a typo, not a plan (Redis would store up to 2^64-1).
+_MAX_MAXMEMORY = 1024**5
+_INTEGER = re.compile(r"\A-?[0-9]{1,20}\Z")
 _REDIS_ARGUMENT = re.compile(r"argument '([^']+)'")
 _REPLICA_FIELD = re.compile(r"^slave[0-9]+$")
 _DB_FIELD = re.compile(r"^db([0-9]+)$")
+
+
+def _memory_bytes(value: str) -> int:
+    """A Redis memory size (`512mb`, `1gb`, `1073741824`) in bytes; -1 if malformed."""
+    match = _MEMORY_SIZE.match(value)
+    if match is None:
+        return -1
+    return int(match.group(1)) * _MEMORY_UNITS[(match.group(2) or "").lower()]
+
+
+def _holds(grants: Grants, namespace: str | None) -> bool:
+    return namespace is not None and grants.allows_namespace(namespace)
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -358,7 +383,15 @@ class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer):
             if not isinstance(after, str):
                 raise malformed_token()
         stats = self.deps.stats
-        names = sorted(n for n in stats.namespaces if after is None or n > after)
+        identity = current_call().identity
+        # An operator sees the whole process; anyone else only the namespaces they hold,
+        # and no per-method counters, which mix every tenant's traffic.
+        everything = AccessRole.OPERATOR in identity.grants.roles
+        names = sorted(
+            n
+            for n in stats.namespaces
+            if (after is None or n > after) and (everything or identity.grants.allows_namespace(n))
+        )
         response = pb.GetServiceStatsResponse(server_id=self.server_id)
         response.since.FromMicroseconds(int(self.started_at * 1_000_000))
         for name in names[:size]:
@@ -374,7 +407,7 @@ class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer):
             )
         if len(names) > size:
             response.next_page_token = PageTokens.encode(binding, {"after": names[size - 1]})
-        if position is None:
+        if position is None and everything:
             for method in sorted(stats.methods):
                 counted = stats.methods[method]
                 response.methods.append(
@@ -412,11 +445,16 @@ class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer):
             entries = [e for e in entries if (-e.time, e.node, -e.id) > after]
         page = entries[:size]
         response = pb.GetSlowLogResponse()
+        grants = current_call().identity.grants
         for entry in page:
+            keys = entry.keys or []
+            shown = [key for key in keys if _holds(grants, namespace_of(key))]
             item = pb.SlowLogEntry(
                 id=entry.id,
                 duration=_duration(entry.duration_us / 1_000_000),
-                args=[arg.decode("utf-8", "backslashreplace") for arg in entry.args],
+                command=entry.command,
+                keys=shown,
+                hidden_keys=len(keys) - len(shown),
                 client_address=entry.client_address.decode("utf-8", "backslashreplace"),
                 client_name=entry.client_name.decode("utf-8", "backslashreplace"),
                 node=entry.node,
@@ -571,8 +609,10 @@ class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer):
             raise InvalidArgument.field(
                 field, f"must be one of {', '.join(sorted(_EVICTION_POLICIES))}"
             )
-        elif name == "maxmemory" and not _MEMORY_SIZE.match(value):
-            raise InvalidArgument.field(field, "must be a byte count, e.g. 0, 1073741824, 512mb")
+        elif name == "maxmemory" and not 0 <= _memory_bytes(value) <= _MAX_MAXMEMORY:
+            raise InvalidArgument.field(
+                field, "must be a byte count up to 1 PiB, e.g. 0 (no limit), 1073741824, 512mb"
+            )
         if not value or len(value) > 1024 or any(c in value for c in "\r\n\0"):
             raise InvalidArgument.field(field, "must be 1 to 1024 characters on one line")
         return value
@@ -618,6 +658,7 @@ class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer):
             for name, lowered in sorted(names.items())
         }
         deployment = await self.store.nodes.deployment()
+        await self._refuse_unsafe(parameters, deployment.nodes)
         changed: list[tuple[RedisNode, dict[str, str]]] = []
         try:
             for node in deployment.nodes:
@@ -639,6 +680,36 @@ class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer):
                 "the nodes changed before it were restored"
             ) from None
         return pb.SetConfigResponse(nodes=[node.address for node, _ in changed])
+
+    async def _refuse_unsafe(
+        self, parameters: Mapping[str, str], nodes: Sequence[RedisNode]
+    ) -> None:
+        """Refuse, before any node changes, values that would destroy other tenants' data or
+        the lock guarantees (see docs/operations.md)."""
+        policy = parameters.get("maxmemory-policy")
+        if policy is not None and policy not in self.settings.safe_eviction_policies:
+            raise FailedPrecondition(
+                f"maxmemory-policy {policy} can evict lock holders and fencing counters "
+                "(and other tenants' data); allowed: "
+                f"{', '.join(self.settings.safe_eviction_policies)} "
+                "(CACHET_ADMIN__SAFE_EVICTION_POLICIES)",
+                reason="CONFIG_UNSAFE",
+                metadata={"parameter": "maxmemory-policy"},
+            )
+        limit = parameters.get("maxmemory")
+        if limit is None or _memory_bytes(limit) == 0:
+            return
+        replies = await self.store.used_memory(nodes)
+        _unreachable(replies)
+        needed = max(int(reply.value * (1 + self.settings.maxmemory_headroom)) for reply in replies)
+        if _memory_bytes(limit) < needed:
+            raise FailedPrecondition(
+                f"maxmemory {limit} is below what a node already uses plus "
+                f"{self.settings.maxmemory_headroom:.0%} headroom ({needed} bytes): every "
+                "tenant's writes would fail (CACHET_ADMIN__MAXMEMORY_HEADROOM)",
+                reason="CONFIG_UNSAFE",
+                metadata={"parameter": "maxmemory", "minimum_bytes": str(needed)},
+            )
 
     async def _restore(self, changed: Sequence[tuple[RedisNode, dict[str, str]]]) -> None:
         """Best effort: put back the values nodes had before a failed SetConfig."""
@@ -782,6 +853,7 @@ class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer):
                 metadata={"namespace": namespace},
             )
         deleted = await self.store.flush(namespace, dry_run=request.dry_run)
+        current_call().keys = deleted
         return pb.FlushNamespaceResponse(deleted_keys=deleted)
 
 

@@ -30,7 +30,7 @@ from ..backend.ratelimit import (
     RateLimitStore,
     state_key,
 )
-from ..callcontext import current_namespace
+from ..callcontext import current_call, current_namespace
 from ..config import MAX_RATE_LIMIT, MAX_RATE_PERIOD, FailMode
 from ..errors import InvalidArgument, NotFound, Unavailable, domain_error
 from ..pagination import PageTokens, malformed_token
@@ -322,6 +322,7 @@ class RateLimitService(Servicer, ratelimit_pb2_grpc.RateLimitServiceServicer):
             for i, target in enumerate(request.targets)
         ]
         cleared, now_us = await self.limiter.store.reset(keys)
+        current_call().keys = len(keys)
         return pb.ResetResponse(cleared=cleared, server_time=timestamp_us(now_us))
 
     async def ListPolicies(

@@ -1556,16 +1556,25 @@ type SlowLogEntry struct {
 	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
 	// How long it ran (excluding I/O).
 	Duration *durationpb.Duration `protobuf:"bytes,3,opt,name=duration,proto3" json:"duration,omitempty"`
-	// The command and its arguments, as truncated by Redis (at most 32
-	// arguments; each argument at most 128 bytes). Bytes that are not valid
-	// UTF-8 are escaped as "\xNN".
+	// Never filled: a command's arguments hold values, lock owner tokens and
+	// other tenants' data. See `command` and `keys`.
+	//
+	// Deprecated: Marked as deprecated in cachet/admin/v1/admin.proto.
 	Args []string `protobuf:"bytes,4,rep,name=args,proto3" json:"args,omitempty"`
 	// The client's "host:port".
 	ClientAddress string `protobuf:"bytes,5,opt,name=client_address,json=clientAddress,proto3" json:"client_address,omitempty"`
 	// The client's name (CLIENT SETNAME); empty if none.
 	ClientName string `protobuf:"bytes,6,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"`
 	// The node ("host:port") the command ran on.
-	Node          string `protobuf:"bytes,7,opt,name=node,proto3" json:"node,omitempty"`
+	Node string `protobuf:"bytes,7,opt,name=node,proto3" json:"node,omitempty"`
+	// The command name, upper case (e.g. "EVALSHA", "UNLINK").
+	Command string `protobuf:"bytes,8,opt,name=command,proto3" json:"command,omitempty"`
+	// The Redis keys the command named that belong to namespaces the caller
+	// holds (raw keys, with cachet's internal prefixes); keys of other
+	// namespaces, and every argument that is not a key, are left out.
+	Keys []string `protobuf:"bytes,9,rep,name=keys,proto3" json:"keys,omitempty"`
+	// How many keys the command named in namespaces the caller does not hold.
+	HiddenKeys    int32 `protobuf:"varint,10,opt,name=hidden_keys,json=hiddenKeys,proto3" json:"hidden_keys,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1621,6 +1630,7 @@ func (x *SlowLogEntry) GetDuration() *durationpb.Duration {
 	return nil
 }
 
+// Deprecated: Marked as deprecated in cachet/admin/v1/admin.proto.
 func (x *SlowLogEntry) GetArgs() []string {
 	if x != nil {
 		return x.Args
@@ -1647,6 +1657,27 @@ func (x *SlowLogEntry) GetNode() string {
 		return x.Node
 	}
 	return ""
+}
+
+func (x *SlowLogEntry) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *SlowLogEntry) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *SlowLogEntry) GetHiddenKeys() int32 {
+	if x != nil {
+		return x.HiddenKeys
+	}
+	return 0
 }
 
 // ResetSlowLogRequest has no parameters.
@@ -3611,16 +3642,21 @@ const file_cachet_admin_v1_admin_proto_rawDesc = "" +
 	"\x04node\x18\x03 \x01(\tR\x04node\"u\n" +
 	"\x12GetSlowLogResponse\x127\n" +
 	"\aentries\x18\x01 \x03(\v2\x1d.cachet.admin.v1.SlowLogEntryR\aentries\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xf5\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xc8\x02\n" +
 	"\fSlowLogEntry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x125\n" +
-	"\bduration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x12\n" +
-	"\x04args\x18\x04 \x03(\tR\x04args\x12%\n" +
+	"\bduration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x16\n" +
+	"\x04args\x18\x04 \x03(\tB\x02\x18\x01R\x04args\x12%\n" +
 	"\x0eclient_address\x18\x05 \x01(\tR\rclientAddress\x12\x1f\n" +
 	"\vclient_name\x18\x06 \x01(\tR\n" +
 	"clientName\x12\x12\n" +
-	"\x04node\x18\a \x01(\tR\x04node\"\x15\n" +
+	"\x04node\x18\a \x01(\tR\x04node\x12\x18\n" +
+	"\acommand\x18\b \x01(\tR\acommand\x12\x12\n" +
+	"\x04keys\x18\t \x03(\tR\x04keys\x12\x1f\n" +
+	"\vhidden_keys\x18\n" +
+	" \x01(\x05R\n" +
+	"hiddenKeys\"\x15\n" +
 	"\x13ResetSlowLogRequest\"7\n" +
 	"\x14ResetSlowLogResponse\x12\x1f\n" +
 	"\vnodes_reset\x18\x01 \x01(\x03R\n" +

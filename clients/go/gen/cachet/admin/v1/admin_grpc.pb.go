@@ -81,11 +81,15 @@ type AdminServiceClient interface {
 	// since it started: hits, misses and hit ratio per namespace, calls and
 	// errors per RPC method. Counters are per process (each cachet replica
 	// counts its own); use the OpenTelemetry metrics for a fleet-wide view.
-	// Paginated over namespaces.
+	// Paginated over namespaces. Needs the admin or operator role: an admin
+	// sees only the namespaces its credential holds and no per-method
+	// counters (they mix every tenant's traffic); an operator sees everything.
 	GetServiceStats(ctx context.Context, in *GetServiceStatsRequest, opts ...grpc.CallOption) (*GetServiceStatsResponse, error)
 	// GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
-	// replica, merged newest first, paginated. Entries show raw Redis keys
-	// (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+	// replica, merged newest first, paginated. Entries show the command name
+	// and only the keys of namespaces the caller holds, never argument values
+	// (values and owner tokens of other tenants would leak). Needs the
+	// operator role. UNAVAILABLE if a
 	// node cannot be reached (pass `node` to read the others one by one).
 	GetSlowLog(ctx context.Context, in *GetSlowLogRequest, opts ...grpc.CallOption) (*GetSlowLogResponse, error)
 	// ResetSlowLog empties the slow log (SLOWLOG RESET) on every primary and
@@ -138,10 +142,16 @@ type AdminServiceClient interface {
 	// `CONFIG_NOT_WHITELISTED`) if any parameter is not whitelisted, and
 	// nothing is changed; INVALID_ARGUMENT (google.rpc.BadRequest) if a value
 	// is malformed, outside cachet's configured bounds, or refused by Redis;
+	// FAILED_PRECONDITION (reason `CONFIG_UNSAFE`) for a value that would
+	// destroy other tenants' data or the lock guarantees: an eviction policy
+	// other than those in CACHET_ADMIN__SAFE_EVICTION_POLICIES (default only
+	// `noeviction`: every other policy can evict lock holders or fencing
+	// counters), or a `maxmemory` below a node's used memory plus
+	// CACHET_ADMIN__MAXMEMORY_HEADROOM; nothing is changed.
 	// UNAVAILABLE if a node cannot be reached. On an error after some nodes
 	// were changed, cachet restores the previous values on those nodes (best
 	// effort; GetConfig shows the truth). Changes are not persisted to
-	// redis.conf (no CONFIG REWRITE).
+	// redis.conf (no CONFIG REWRITE). Needs the operator role.
 	SetConfig(ctx context.Context, in *SetConfigRequest, opts ...grpc.CallOption) (*SetConfigResponse, error)
 	// FlushNamespace deletes every key of the caller's namespace (cache
 	// values, locks, rate-limit state, streams, and their internal indexes),
@@ -344,11 +354,15 @@ type AdminServiceServer interface {
 	// since it started: hits, misses and hit ratio per namespace, calls and
 	// errors per RPC method. Counters are per process (each cachet replica
 	// counts its own); use the OpenTelemetry metrics for a fleet-wide view.
-	// Paginated over namespaces.
+	// Paginated over namespaces. Needs the admin or operator role: an admin
+	// sees only the namespaces its credential holds and no per-method
+	// counters (they mix every tenant's traffic); an operator sees everything.
 	GetServiceStats(context.Context, *GetServiceStatsRequest) (*GetServiceStatsResponse, error)
 	// GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
-	// replica, merged newest first, paginated. Entries show raw Redis keys
-	// (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+	// replica, merged newest first, paginated. Entries show the command name
+	// and only the keys of namespaces the caller holds, never argument values
+	// (values and owner tokens of other tenants would leak). Needs the
+	// operator role. UNAVAILABLE if a
 	// node cannot be reached (pass `node` to read the others one by one).
 	GetSlowLog(context.Context, *GetSlowLogRequest) (*GetSlowLogResponse, error)
 	// ResetSlowLog empties the slow log (SLOWLOG RESET) on every primary and
@@ -401,10 +415,16 @@ type AdminServiceServer interface {
 	// `CONFIG_NOT_WHITELISTED`) if any parameter is not whitelisted, and
 	// nothing is changed; INVALID_ARGUMENT (google.rpc.BadRequest) if a value
 	// is malformed, outside cachet's configured bounds, or refused by Redis;
+	// FAILED_PRECONDITION (reason `CONFIG_UNSAFE`) for a value that would
+	// destroy other tenants' data or the lock guarantees: an eviction policy
+	// other than those in CACHET_ADMIN__SAFE_EVICTION_POLICIES (default only
+	// `noeviction`: every other policy can evict lock holders or fencing
+	// counters), or a `maxmemory` below a node's used memory plus
+	// CACHET_ADMIN__MAXMEMORY_HEADROOM; nothing is changed.
 	// UNAVAILABLE if a node cannot be reached. On an error after some nodes
 	// were changed, cachet restores the previous values on those nodes (best
 	// effort; GetConfig shows the truth). Changes are not persisted to
-	// redis.conf (no CONFIG REWRITE).
+	// redis.conf (no CONFIG REWRITE). Needs the operator role.
 	SetConfig(context.Context, *SetConfigRequest) (*SetConfigResponse, error)
 	// FlushNamespace deletes every key of the caller's namespace (cache
 	// values, locks, rate-limit state, streams, and their internal indexes),

@@ -19,6 +19,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _TopologyKind:
@@ -828,6 +833,9 @@ class SlowLogEntry(_message.Message):
     CLIENT_ADDRESS_FIELD_NUMBER: _builtins.int
     CLIENT_NAME_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    HIDDEN_KEYS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The entry's id on its node (unique per node, increasing)."""
     client_address: _builtins.str
@@ -836,6 +844,10 @@ class SlowLogEntry(_message.Message):
     """The client's name (CLIENT SETNAME); empty if none."""
     node: _builtins.str
     """The node ("host:port") the command ran on."""
+    command: _builtins.str
+    """The command name, upper case (e.g. "EVALSHA", "UNLINK")."""
+    hidden_keys: _builtins.int
+    """How many keys the command named in namespaces the caller does not hold."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the command ran."""
@@ -845,10 +857,17 @@ class SlowLogEntry(_message.Message):
         """How long it ran (excluding I/O)."""
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The command and its arguments, as truncated by Redis (at most 32
-        arguments; each argument at most 128 bytes). Bytes that are not valid
-        UTF-8 are escaped as "\\xNN".
+        """Never filled: a command's arguments hold values, lock owner tokens and
+        other tenants' data. See `command` and `keys`.
+        """
+
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The Redis keys the command named that belong to namespaces the caller
+        holds (raw keys, with cachet's internal prefixes); keys of other
+        namespaces, and every argument that is not a key, are left out.
         """
 
     def __init__(
@@ -861,10 +880,13 @@ class SlowLogEntry(_message.Message):
         client_address: _builtins.str = ...,
         client_name: _builtins.str = ...,
         node: _builtins.str = ...,
+        command: _builtins.str = ...,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+        hidden_keys: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "client_address", b"client_address", "client_name", b"client_name", "duration", b"duration", "id", b"id", "node", b"node", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "client_address", b"client_address", "client_name", b"client_name", "command", b"command", "duration", b"duration", "hidden_keys", b"hidden_keys", "id", b"id", "keys", b"keys", "node", b"node", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

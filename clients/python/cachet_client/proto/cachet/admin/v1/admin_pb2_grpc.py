@@ -184,7 +184,9 @@ class AdminServiceServicer:
         since it started: hits, misses and hit ratio per namespace, calls and
         errors per RPC method. Counters are per process (each cachet replica
         counts its own); use the OpenTelemetry metrics for a fleet-wide view.
-        Paginated over namespaces.
+        Paginated over namespaces. Needs the admin or operator role: an admin
+        sees only the namespaces its credential holds and no per-method
+        counters (they mix every tenant's traffic); an operator sees everything.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,8 +194,10 @@ class AdminServiceServicer:
 
     def GetSlowLog(self, request, context):
         """GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
-        replica, merged newest first, paginated. Entries show raw Redis keys
-        (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+        replica, merged newest first, paginated. Entries show the command name
+        and only the keys of namespaces the caller holds, never argument values
+        (values and owner tokens of other tenants would leak). Needs the
+        operator role. UNAVAILABLE if a
         node cannot be reached (pass `node` to read the others one by one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -291,10 +295,16 @@ class AdminServiceServicer:
         `CONFIG_NOT_WHITELISTED`) if any parameter is not whitelisted, and
         nothing is changed; INVALID_ARGUMENT (google.rpc.BadRequest) if a value
         is malformed, outside cachet's configured bounds, or refused by Redis;
+        FAILED_PRECONDITION (reason `CONFIG_UNSAFE`) for a value that would
+        destroy other tenants' data or the lock guarantees: an eviction policy
+        other than those in CACHET_ADMIN__SAFE_EVICTION_POLICIES (default only
+        `noeviction`: every other policy can evict lock holders or fencing
+        counters), or a `maxmemory` below a node's used memory plus
+        CACHET_ADMIN__MAXMEMORY_HEADROOM; nothing is changed.
         UNAVAILABLE if a node cannot be reached. On an error after some nodes
         were changed, cachet restores the previous values on those nodes (best
         effort; GetConfig shows the truth). Changes are not persisted to
-        redis.conf (no CONFIG REWRITE).
+        redis.conf (no CONFIG REWRITE). Needs the operator role.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -77,12 +77,16 @@ class AdminServiceStub:
     since it started: hits, misses and hit ratio per namespace, calls and
     errors per RPC method. Counters are per process (each cachet replica
     counts its own); use the OpenTelemetry metrics for a fleet-wide view.
-    Paginated over namespaces.
+    Paginated over namespaces. Needs the admin or operator role: an admin
+    sees only the namespaces its credential holds and no per-method
+    counters (they mix every tenant's traffic); an operator sees everything.
     """
     GetSlowLog: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetSlowLogRequest, _admin_pb2.GetSlowLogResponse]
     """GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
-    replica, merged newest first, paginated. Entries show raw Redis keys
-    (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+    replica, merged newest first, paginated. Entries show the command name
+    and only the keys of namespaces the caller holds, never argument values
+    (values and owner tokens of other tenants would leak). Needs the
+    operator role. UNAVAILABLE if a
     node cannot be reached (pass `node` to read the others one by one).
     """
     ResetSlowLog: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResetSlowLogRequest, _admin_pb2.ResetSlowLogResponse]
@@ -144,10 +148,16 @@ class AdminServiceStub:
     `CONFIG_NOT_WHITELISTED`) if any parameter is not whitelisted, and
     nothing is changed; INVALID_ARGUMENT (google.rpc.BadRequest) if a value
     is malformed, outside cachet's configured bounds, or refused by Redis;
+    FAILED_PRECONDITION (reason `CONFIG_UNSAFE`) for a value that would
+    destroy other tenants' data or the lock guarantees: an eviction policy
+    other than those in CACHET_ADMIN__SAFE_EVICTION_POLICIES (default only
+    `noeviction`: every other policy can evict lock holders or fencing
+    counters), or a `maxmemory` below a node's used memory plus
+    CACHET_ADMIN__MAXMEMORY_HEADROOM; nothing is changed.
     UNAVAILABLE if a node cannot be reached. On an error after some nodes
     were changed, cachet restores the previous values on those nodes (best
     effort; GetConfig shows the truth). Changes are not persisted to
-    redis.conf (no CONFIG REWRITE).
+    redis.conf (no CONFIG REWRITE). Needs the operator role.
     """
     FlushNamespace: _grpc.UnaryUnaryMultiCallable[_admin_pb2.FlushNamespaceRequest, _admin_pb2.FlushNamespaceResponse]
     """FlushNamespace deletes every key of the caller's namespace (cache
@@ -214,12 +224,16 @@ class AdminServiceAsyncStub(AdminServiceStub):
     since it started: hits, misses and hit ratio per namespace, calls and
     errors per RPC method. Counters are per process (each cachet replica
     counts its own); use the OpenTelemetry metrics for a fleet-wide view.
-    Paginated over namespaces.
+    Paginated over namespaces. Needs the admin or operator role: an admin
+    sees only the namespaces its credential holds and no per-method
+    counters (they mix every tenant's traffic); an operator sees everything.
     """
     GetSlowLog: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetSlowLogRequest, _admin_pb2.GetSlowLogResponse]  # type: ignore[assignment]
     """GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
-    replica, merged newest first, paginated. Entries show raw Redis keys
-    (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+    replica, merged newest first, paginated. Entries show the command name
+    and only the keys of namespaces the caller holds, never argument values
+    (values and owner tokens of other tenants would leak). Needs the
+    operator role. UNAVAILABLE if a
     node cannot be reached (pass `node` to read the others one by one).
     """
     ResetSlowLog: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResetSlowLogRequest, _admin_pb2.ResetSlowLogResponse]  # type: ignore[assignment]
@@ -281,10 +295,16 @@ class AdminServiceAsyncStub(AdminServiceStub):
     `CONFIG_NOT_WHITELISTED`) if any parameter is not whitelisted, and
     nothing is changed; INVALID_ARGUMENT (google.rpc.BadRequest) if a value
     is malformed, outside cachet's configured bounds, or refused by Redis;
+    FAILED_PRECONDITION (reason `CONFIG_UNSAFE`) for a value that would
+    destroy other tenants' data or the lock guarantees: an eviction policy
+    other than those in CACHET_ADMIN__SAFE_EVICTION_POLICIES (default only
+    `noeviction`: every other policy can evict lock holders or fencing
+    counters), or a `maxmemory` below a node's used memory plus
+    CACHET_ADMIN__MAXMEMORY_HEADROOM; nothing is changed.
     UNAVAILABLE if a node cannot be reached. On an error after some nodes
     were changed, cachet restores the previous values on those nodes (best
     effort; GetConfig shows the truth). Changes are not persisted to
-    redis.conf (no CONFIG REWRITE).
+    redis.conf (no CONFIG REWRITE). Needs the operator role.
     """
     FlushNamespace: _aio.UnaryUnaryMultiCallable[_admin_pb2.FlushNamespaceRequest, _admin_pb2.FlushNamespaceResponse]  # type: ignore[assignment]
     """FlushNamespace deletes every key of the caller's namespace (cache
@@ -360,7 +380,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         since it started: hits, misses and hit ratio per namespace, calls and
         errors per RPC method. Counters are per process (each cachet replica
         counts its own); use the OpenTelemetry metrics for a fleet-wide view.
-        Paginated over namespaces.
+        Paginated over namespaces. Needs the admin or operator role: an admin
+        sees only the namespaces its credential holds and no per-method
+        counters (they mix every tenant's traffic); an operator sees everything.
         """
 
     @_abc_1.abstractmethod
@@ -370,8 +392,10 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetSlowLogResponse, _abc.Awaitable[_admin_pb2.GetSlowLogResponse]]:
         """GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
-        replica, merged newest first, paginated. Entries show raw Redis keys
-        (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+        replica, merged newest first, paginated. Entries show the command name
+        and only the keys of namespaces the caller holds, never argument values
+        (values and owner tokens of other tenants would leak). Needs the
+        operator role. UNAVAILABLE if a
         node cannot be reached (pass `node` to read the others one by one).
         """
 
@@ -487,10 +511,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         `CONFIG_NOT_WHITELISTED`) if any parameter is not whitelisted, and
         nothing is changed; INVALID_ARGUMENT (google.rpc.BadRequest) if a value
         is malformed, outside cachet's configured bounds, or refused by Redis;
+        FAILED_PRECONDITION (reason `CONFIG_UNSAFE`) for a value that would
+        destroy other tenants' data or the lock guarantees: an eviction policy
+        other than those in CACHET_ADMIN__SAFE_EVICTION_POLICIES (default only
+        `noeviction`: every other policy can evict lock holders or fencing
+        counters), or a `maxmemory` below a node's used memory plus
+        CACHET_ADMIN__MAXMEMORY_HEADROOM; nothing is changed.
         UNAVAILABLE if a node cannot be reached. On an error after some nodes
         were changed, cachet restores the previous values on those nodes (best
         effort; GetConfig shows the truth). Changes are not persisted to
-        redis.conf (no CONFIG REWRITE).
+        redis.conf (no CONFIG REWRITE). Needs the operator role.
         """
 
     @_abc_1.abstractmethod

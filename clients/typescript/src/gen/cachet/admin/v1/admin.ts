@@ -557,9 +557,10 @@ export interface SlowLogEntry {
     | Duration
     | undefined;
   /**
-   * The command and its arguments, as truncated by Redis (at most 32
-   * arguments; each argument at most 128 bytes). Bytes that are not valid
-   * UTF-8 are escaped as "\xNN".
+   * Never filled: a command's arguments hold values, lock owner tokens and
+   * other tenants' data. See `command` and `keys`.
+   *
+   * @deprecated
    */
   args: string[];
   /** The client's "host:port". */
@@ -568,6 +569,16 @@ export interface SlowLogEntry {
   clientName: string;
   /** The node ("host:port") the command ran on. */
   node: string;
+  /** The command name, upper case (e.g. "EVALSHA", "UNLINK"). */
+  command: string;
+  /**
+   * The Redis keys the command named that belong to namespaces the caller
+   * holds (raw keys, with cachet's internal prefixes); keys of other
+   * namespaces, and every argument that is not a key, are left out.
+   */
+  keys: string[];
+  /** How many keys the command named in namespaces the caller does not hold. */
+  hiddenKeys: number;
 }
 
 /** ResetSlowLogRequest has no parameters. */
@@ -3350,7 +3361,18 @@ export const GetSlowLogResponse: MessageFns<GetSlowLogResponse> = {
 };
 
 function createBaseSlowLogEntry(): SlowLogEntry {
-  return { id: 0n, time: undefined, duration: undefined, args: [], clientAddress: "", clientName: "", node: "" };
+  return {
+    id: 0n,
+    time: undefined,
+    duration: undefined,
+    args: [],
+    clientAddress: "",
+    clientName: "",
+    node: "",
+    command: "",
+    keys: [],
+    hiddenKeys: 0,
+  };
 }
 
 export const SlowLogEntry: MessageFns<SlowLogEntry> = {
@@ -3378,6 +3400,15 @@ export const SlowLogEntry: MessageFns<SlowLogEntry> = {
     }
     if (message.node !== "") {
       writer.uint32(58).string(message.node);
+    }
+    if (message.command !== "") {
+      writer.uint32(66).string(message.command);
+    }
+    for (const v of message.keys) {
+      writer.uint32(74).string(v!);
+    }
+    if (message.hiddenKeys !== 0) {
+      writer.uint32(80).int32(message.hiddenKeys);
     }
     return writer;
   },
@@ -3451,6 +3482,30 @@ export const SlowLogEntry: MessageFns<SlowLogEntry> = {
             message.node = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.command = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.keys.push(reader.string());
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.hiddenKeys = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3480,6 +3535,13 @@ export const SlowLogEntry: MessageFns<SlowLogEntry> = {
         ? globalThis.String(object.client_name)
         : "",
       node: isSet(object.node) ? globalThis.String(object.node) : "",
+      command: isSet(object.command) ? globalThis.String(object.command) : "",
+      keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => globalThis.String(e)) : [],
+      hiddenKeys: isSet(object.hiddenKeys)
+        ? globalThis.Number(object.hiddenKeys)
+        : isSet(object.hidden_keys)
+        ? globalThis.Number(object.hidden_keys)
+        : 0,
     };
   },
 
@@ -3506,6 +3568,15 @@ export const SlowLogEntry: MessageFns<SlowLogEntry> = {
     if (message.node !== "") {
       obj.node = message.node;
     }
+    if (message.command !== "") {
+      obj.command = message.command;
+    }
+    if (message.keys?.length) {
+      obj.keys = message.keys;
+    }
+    if (message.hiddenKeys !== 0) {
+      obj.hiddenKeys = Math.round(message.hiddenKeys);
+    }
     return obj;
   },
 
@@ -3523,6 +3594,9 @@ export const SlowLogEntry: MessageFns<SlowLogEntry> = {
     message.clientAddress = object.clientAddress ?? "";
     message.clientName = object.clientName ?? "";
     message.node = object.node ?? "";
+    message.command = object.command ?? "";
+    message.keys = object.keys?.map((e) => e) || [];
+    message.hiddenKeys = object.hiddenKeys ?? 0;
     return message;
   },
 };
@@ -6975,7 +7049,9 @@ export const AdminServiceService = {
    * since it started: hits, misses and hit ratio per namespace, calls and
    * errors per RPC method. Counters are per process (each cachet replica
    * counts its own); use the OpenTelemetry metrics for a fleet-wide view.
-   * Paginated over namespaces.
+   * Paginated over namespaces. Needs the admin or operator role: an admin
+   * sees only the namespaces its credential holds and no per-method
+   * counters (they mix every tenant's traffic); an operator sees everything.
    */
   getServiceStats: {
     path: "/cachet.admin.v1.AdminService/GetServiceStats" as const,
@@ -6990,8 +7066,10 @@ export const AdminServiceService = {
   },
   /**
    * GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
-   * replica, merged newest first, paginated. Entries show raw Redis keys
-   * (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+   * replica, merged newest first, paginated. Entries show the command name
+   * and only the keys of namespaces the caller holds, never argument values
+   * (values and owner tokens of other tenants would leak). Needs the
+   * operator role. UNAVAILABLE if a
    * node cannot be reached (pass `node` to read the others one by one).
    */
   getSlowLog: {
@@ -7139,10 +7217,16 @@ export const AdminServiceService = {
    * `CONFIG_NOT_WHITELISTED`) if any parameter is not whitelisted, and
    * nothing is changed; INVALID_ARGUMENT (google.rpc.BadRequest) if a value
    * is malformed, outside cachet's configured bounds, or refused by Redis;
+   * FAILED_PRECONDITION (reason `CONFIG_UNSAFE`) for a value that would
+   * destroy other tenants' data or the lock guarantees: an eviction policy
+   * other than those in CACHET_ADMIN__SAFE_EVICTION_POLICIES (default only
+   * `noeviction`: every other policy can evict lock holders or fencing
+   * counters), or a `maxmemory` below a node's used memory plus
+   * CACHET_ADMIN__MAXMEMORY_HEADROOM; nothing is changed.
    * UNAVAILABLE if a node cannot be reached. On an error after some nodes
    * were changed, cachet restores the previous values on those nodes (best
    * effort; GetConfig shows the truth). Changes are not persisted to
-   * redis.conf (no CONFIG REWRITE).
+   * redis.conf (no CONFIG REWRITE). Needs the operator role.
    */
   setConfig: {
     path: "/cachet.admin.v1.AdminService/SetConfig" as const,
@@ -7195,13 +7279,17 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
    * since it started: hits, misses and hit ratio per namespace, calls and
    * errors per RPC method. Counters are per process (each cachet replica
    * counts its own); use the OpenTelemetry metrics for a fleet-wide view.
-   * Paginated over namespaces.
+   * Paginated over namespaces. Needs the admin or operator role: an admin
+   * sees only the namespaces its credential holds and no per-method
+   * counters (they mix every tenant's traffic); an operator sees everything.
    */
   getServiceStats: handleUnaryCall<GetServiceStatsRequest, GetServiceStatsResponse>;
   /**
    * GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
-   * replica, merged newest first, paginated. Entries show raw Redis keys
-   * (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+   * replica, merged newest first, paginated. Entries show the command name
+   * and only the keys of namespaces the caller holds, never argument values
+   * (values and owner tokens of other tenants would leak). Needs the
+   * operator role. UNAVAILABLE if a
    * node cannot be reached (pass `node` to read the others one by one).
    */
   getSlowLog: handleUnaryCall<GetSlowLogRequest, GetSlowLogResponse>;
@@ -7272,10 +7360,16 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
    * `CONFIG_NOT_WHITELISTED`) if any parameter is not whitelisted, and
    * nothing is changed; INVALID_ARGUMENT (google.rpc.BadRequest) if a value
    * is malformed, outside cachet's configured bounds, or refused by Redis;
+   * FAILED_PRECONDITION (reason `CONFIG_UNSAFE`) for a value that would
+   * destroy other tenants' data or the lock guarantees: an eviction policy
+   * other than those in CACHET_ADMIN__SAFE_EVICTION_POLICIES (default only
+   * `noeviction`: every other policy can evict lock holders or fencing
+   * counters), or a `maxmemory` below a node's used memory plus
+   * CACHET_ADMIN__MAXMEMORY_HEADROOM; nothing is changed.
    * UNAVAILABLE if a node cannot be reached. On an error after some nodes
    * were changed, cachet restores the previous values on those nodes (best
    * effort; GetConfig shows the truth). Changes are not persisted to
-   * redis.conf (no CONFIG REWRITE).
+   * redis.conf (no CONFIG REWRITE). Needs the operator role.
    */
   setConfig: handleUnaryCall<SetConfigRequest, SetConfigResponse>;
   /**
@@ -7324,7 +7418,9 @@ export interface AdminServiceClient extends Client {
    * since it started: hits, misses and hit ratio per namespace, calls and
    * errors per RPC method. Counters are per process (each cachet replica
    * counts its own); use the OpenTelemetry metrics for a fleet-wide view.
-   * Paginated over namespaces.
+   * Paginated over namespaces. Needs the admin or operator role: an admin
+   * sees only the namespaces its credential holds and no per-method
+   * counters (they mix every tenant's traffic); an operator sees everything.
    */
   getServiceStats(
     request: GetServiceStatsRequest,
@@ -7343,8 +7439,10 @@ export interface AdminServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * GetSlowLog lists the Redis slow log (SLOWLOG GET) of every primary and
-   * replica, merged newest first, paginated. Entries show raw Redis keys
-   * (with cachet's internal prefixes) of every namespace. UNAVAILABLE if a
+   * replica, merged newest first, paginated. Entries show the command name
+   * and only the keys of namespaces the caller holds, never argument values
+   * (values and owner tokens of other tenants would leak). Needs the
+   * operator role. UNAVAILABLE if a
    * node cannot be reached (pass `node` to read the others one by one).
    */
   getSlowLog(
@@ -7541,10 +7639,16 @@ export interface AdminServiceClient extends Client {
    * `CONFIG_NOT_WHITELISTED`) if any parameter is not whitelisted, and
    * nothing is changed; INVALID_ARGUMENT (google.rpc.BadRequest) if a value
    * is malformed, outside cachet's configured bounds, or refused by Redis;
+   * FAILED_PRECONDITION (reason `CONFIG_UNSAFE`) for a value that would
+   * destroy other tenants' data or the lock guarantees: an eviction policy
+   * other than those in CACHET_ADMIN__SAFE_EVICTION_POLICIES (default only
+   * `noeviction`: every other policy can evict lock holders or fencing
+   * counters), or a `maxmemory` below a node's used memory plus
+   * CACHET_ADMIN__MAXMEMORY_HEADROOM; nothing is changed.
    * UNAVAILABLE if a node cannot be reached. On an error after some nodes
    * were changed, cachet restores the previous values on those nodes (best
    * effort; GetConfig shows the truth). Changes are not persisted to
-   * redis.conf (no CONFIG REWRITE).
+   * redis.conf (no CONFIG REWRITE). Needs the operator role.
    */
   setConfig(
     request: SetConfigRequest,
