@@ -122,8 +122,6 @@ async def _get(channel: aio.Channel, key: str = "k") -> Any:
     )
 
 
-
-
 async def test_a_mapped_client_certificate_is_an_identity(tls_server, pki):
     app, _ = tls_server
     async with _secure_channel(app, pki.ca, pki.by_subject, ("cachet-namespace", "billing")) as c:
