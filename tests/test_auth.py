@@ -625,3 +625,38 @@ def test_required_auth_without_any_credential_refuses_to_start(tmp_path: Path):
 
     with pytest.raises(ValueError, match="no credential is configured"):
         Authenticator(AuthSettings(mode="required"))
+
+
+async def test_reflection_can_be_protected(redis_standalone, tmp_path):
+    config = {
+        "auth": {
+            "mode": "required",
+            "protect_reflection": True,
+            "api_keys": [
+                {
+                    "id": "r",
+                    "sha256": sha256(KEYS["shop_ro"]),
+                    "namespaces": ["shop"],
+                    "roles": ["read"],
+                }
+            ],
+        }
+    }
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    async with running(
+        settings_from_yaml(redis_standalone.url, config, tmp_path / "c.yaml")
+    ) as app:
+        async with aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            with pytest.raises(aio.AioRpcError) as refused:
+                async for _ in stub.ServerReflectionInfo(iter([request])):
+                    pass
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            stream = stub.ServerReflectionInfo(iter([request]), metadata=[bearer(KEYS["shop_ro"])])
+            async for answer in stream:
+                assert answer.list_services_response.service
+                break
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest()
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING

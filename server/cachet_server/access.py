@@ -39,12 +39,14 @@ class CallSpec:
 
     `roles`: any one of them admits the call. `read_if`: for unary calls whose request can
     make them read-only (a rate-limit peek), a predicate on the request; when it holds, the
-    `read` role admits the call too. `audit`: the call writes an audit line.
+    `read` role admits the call too (`read_when` says when, for the docs). `audit`: the
+    call writes an audit line.
     """
 
     roles: frozenset[Role]
     scope: Scope = Scope.NAMESPACE
     read_if: Callable[[Any], bool] | None = None
+    read_when: str = ""
     audit: bool = False
 
     def admits(self, roles: frozenset[Role], request: Any) -> bool:
@@ -59,9 +61,10 @@ class CallSpec:
 
     def required(self) -> str:
         names = sorted(role.value for role in self.roles)
+        text = " or ".join(names)
         if self.read_if is not None:
-            names.append("read (for a peek)")
-        return " or ".join(names)
+            text += f"; read {self.read_when}"
+        return text
 
 
 def calls(
@@ -69,11 +72,12 @@ def calls(
     *,
     scope: Scope = Scope.NAMESPACE,
     read_if: Callable[[Any], bool] | None = None,
+    read_when: str = "",
     audit: bool = False,
 ) -> CallSpec:
     """A CallSpec; `roles` may be one role or several (any of them admits)."""
     chosen = frozenset([roles] if isinstance(roles, Role) else roles)
-    return CallSpec(chosen, scope, read_if, audit)
+    return CallSpec(chosen, scope, read_if, read_when, audit)
 
 
 READ = calls(Role.READ)

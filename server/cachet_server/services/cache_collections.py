@@ -77,7 +77,7 @@ class CollectionsMixin(Servicer):
         "ListTrim": WRITE,
         "SetAdd": WRITE,
         "SetCardinality": READ,
-        "SetCombine": calls(Role.WRITE, read_if=_answers_only),
+        "SetCombine": calls(Role.WRITE, read_if=_answers_only, read_when="without a destination"),
         "SetIsMember": READ,
         "SetMembers": READ,
         "SetMove": WRITE,

@@ -210,8 +210,8 @@ def _all_peeks(request: pb.CheckManyRequest) -> bool:
 
 class RateLimitService(Servicer, ratelimit_pb2_grpc.RateLimitServiceServicer):
     CALLS: ClassVar[dict[str, CallSpec]] = {
-        "Check": calls(Role.WRITE, read_if=_is_peek),
-        "CheckMany": calls(Role.WRITE, read_if=_all_peeks),
+        "Check": calls(Role.WRITE, read_if=_is_peek, read_when="for a peek (hits: 0)"),
+        "CheckMany": calls(Role.WRITE, read_if=_all_peeks, read_when="when every item peeks"),
         "ListPolicies": READ,
         "Reset": ADMIN,
     }
