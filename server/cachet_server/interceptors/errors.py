@@ -24,9 +24,45 @@ async def abort_with(context: Context, error: CachetError) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+# The handler's own timeout fires this much before gRPC's deadline (or 10 % of the time
+# left, when that is less), so cachet answers DEADLINE_EXCEEDED itself instead of racing
+# gRPC's deadline timer to the same instant.
+_DEADLINE_MARGIN = 0.002
+
+
+def _handler_budget(remaining: float | None) -> float | None:
+    if remaining is None:
+        return None
+    return max(0.0, remaining - min(_DEADLINE_MARGIN, remaining * 0.1))
+
+
+class _CallAlreadyEnded(logging.Filter):
+    """grpc logs an ERROR, with a traceback, when a handler's answer meets a call that its
+    deadline (or the client) already ended, though nothing went wrong on our side. The
+    margin above makes that rare; this keeps the rest from reading as a server fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        message = record.getMessage()
+        if message.startswith("ExecuteBatchError raised in core by servicer method"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = "%s: the call ended (deadline or cancel) before its answer was sent"
+            record.args = (message,)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_ALREADY_ENDED = _CallAlreadyEnded()
+
+
 class ErrorsInterceptor(StageInterceptor):
     """Exceptions -> one status mapping; unary calls -> bounded by their deadline. The
     status is recorded on the call context, where the outer stages read it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        logging.getLogger("grpc._cython.cygrpc").addFilter(_ALREADY_ENDED)
 
     def around(self, method: str, *, response_streaming: bool) -> Around:
         @contextlib.asynccontextmanager
@@ -34,8 +70,11 @@ class ErrorsInterceptor(StageInterceptor):
             call = current_call_or_none()
             try:
                 if not response_streaming:
-                    async with asyncio.timeout(context.time_remaining()):
+                    async with asyncio.timeout(_handler_budget(context.time_remaining())):
                         yield
+                    if context.done():
+                        # Finished just as gRPC's deadline ended the call: nothing to send.
+                        raise asyncio.CancelledError
                 else:
                     yield
             except aio.AbortError:
@@ -53,6 +92,10 @@ class ErrorsInterceptor(StageInterceptor):
                 if call is not None:
                     call.status = error.code
                     call.reason = error.reason
+                if context.done():
+                    # gRPC already ended the call (its own deadline won the race): there
+                    # is no one left to answer, and aborting would log a core error.
+                    raise asyncio.CancelledError from None
                 await abort_with(context, error)
 
         return outcome
