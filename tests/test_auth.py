@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 import redis
+import yaml
 from cachet_client.proto.cachet.admin.v1 import admin_pb2, admin_pb2_grpc
 from cachet_client.proto.cachet.cache.v1 import cache_pb2, cache_pb2_grpc
 from cachet_client.proto.cachet.lock.v1 import lock_pb2, lock_pb2_grpc
@@ -660,3 +661,38 @@ async def test_reflection_can_be_protected(redis_standalone, tmp_path):
                 health_pb2.HealthCheckRequest()
             )
             assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_api_keys_can_come_from_a_file_the_config_names(tmp_path: Path):
+    """auth.api_keys_file: a mounted Secret with more keys, in the api_keys shape."""
+    from cachet_server.config import AuthSettings
+    from cachet_server.credentials import Authenticator
+    from cachet_server.errors import Unauthenticated
+
+    key = api_key()
+    keys_file = tmp_path / "api-keys.yaml"
+    keys_file.write_text(
+        yaml.safe_dump(
+            {
+                "api_keys": [
+                    {
+                        "id": "from-file",
+                        "sha256": sha256(key),
+                        "namespaces": ["a"],
+                        "roles": ["read"],
+                    }
+                ]
+            }
+        )
+    )
+    authenticator = Authenticator(AuthSettings(mode="required", api_keys_file=keys_file))
+    identity = authenticator.identify([f"Bearer {key}"], None, time.time())
+    assert (identity.kind, identity.id) == ("api_key", "from-file")
+    assert identity.grants.allows_namespace("a") and not identity.grants.allows_namespace("b")
+    with pytest.raises(Unauthenticated):
+        authenticator.identify([f"Bearer {api_key()}"], None, time.time())
+    keys_file.write_text(
+        yaml.safe_dump([{"id": "bad", "sha256": "abc", "namespaces": ["a"], "roles": ["read"]}])
+    )
+    with pytest.raises(ValueError):
+        Authenticator(AuthSettings(mode="required", api_keys_file=keys_file))
