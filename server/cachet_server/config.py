@@ -379,6 +379,37 @@ SECRET_REDIS_PARAMETERS = frozenset(
 )
 
 
+class InvalidationSettings(BaseModel):
+    """CacheService/WatchInvalidations (env `CACHET_INVALIDATIONS__<FIELD>`, YAML
+    `invalidations:`)."""
+
+    watcher_buffer: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Events buffered per WatchInvalidations stream while its client reads "
+        "slowly; on overflow the stream sends flush_all (then synced) instead.",
+    )
+    check_interval: timedelta = Field(
+        timedelta(seconds=1),
+        description="How often an idle tracking connection is pinged and the topology "
+        "compared: the longest a silently dead connection or a failover goes unnoticed "
+        "before watchers get flush_all.",
+    )
+    max_watchers: int = Field(
+        10_000,
+        ge=1,
+        description="Most WatchInvalidations streams one process serves at once; beyond it "
+        "RESOURCE_EXHAUSTED / TOO_MANY_WATCHERS.",
+    )
+
+    @model_validator(mode="after")
+    def _positive(self) -> InvalidationSettings:
+        if self.check_interval <= timedelta(0):
+            raise ValueError("invalidations.check_interval must be positive")
+        return self
+
+
 class AdminSettings(BaseModel):
     """AdminService settings (env `CACHET_ADMIN__<FIELD>`, YAML `admin:`)."""
 
@@ -689,6 +720,7 @@ class Settings(BaseSettings):
     lock: LockSettings = Field(default_factory=LockSettings)
     ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     eventbus: EventBusSettings = Field(default_factory=EventBusSettings)
+    invalidations: InvalidationSettings = Field(default_factory=InvalidationSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     allow_persist: bool = Field(
         False, description="Allow CacheService/Persist to make a key live forever."

@@ -93,6 +93,13 @@ def scan_patterns(namespace: str, kind: Kind, user_glob: str) -> list[str]:
     ]
 
 
+def kind_prefix(namespace: str, kind: Kind) -> str:
+    """The prefix every Redis key of this namespace and kind starts with, in both forms
+    (`cachet:<ns>:k:` and `cachet:<ns>:k#:`): for Redis client tracking's BCAST PREFIX.
+    Only `k` among the kinds starts with the letter k, so it matches no other kind."""
+    return f"{PREFIX}:{namespace}:{kind}"
+
+
 def namespace_of(redis_key_: str) -> str | None:
     """The namespace a Redis key of cachet's layout belongs to; None for any other key."""
     prefix, _, rest = redis_key_.partition(":")

@@ -217,6 +217,9 @@ class FencedSentinelPool(SentinelConnectionPool):
 
     fenced: tuple[str, int] | None = None
     fenced_until = 0.0
+    # Masters announced so far: a change tells followers of the master (invalidation
+    # feeds) that what they track is now a replica.
+    switches = 0
 
     async def get_master_address(self) -> Any:
         address = await super().get_master_address()  # type: ignore[no-untyped-call]
@@ -236,6 +239,7 @@ async def _on_failover_event(pool: FencedSentinelPool, channel: bytes, data: byt
         # "<master name> <old ip> <old port> <new ip> <new port>"
         if words[0] == pool.service_name:
             log.warning("Sentinel moved %s to %s:%s", words[0], words[3], words[4])
+            pool.switches += 1
             pool.fenced = None
             await pool.leave_master()
         return
@@ -328,6 +332,34 @@ class Topology:
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 # That sentinel is away; the others still speak. Try it again shortly.
                 await asyncio.sleep(1.0)
+
+    def signature(self) -> object:
+        """A value that changes whenever the primaries we know of do: a Sentinel master
+        switch, or another set of Cluster primaries. Constant for a standalone Redis."""
+        if self.kind is TopologyKind.CLUSTER:
+            return frozenset(node.name for node in self.client.get_primaries())
+        if self.kind is TopologyKind.SENTINEL:
+            return self.client.connection_pool.switches
+        return None
+
+    async def primaries_moved(self, since: object) -> bool:
+        """Whether the primaries changed since `signature()` answered `since`. On Cluster
+        each known primary is also asked its ROLE: a promoted replica is news to this
+        client until a command of its own meets a MOVED."""
+        if self.signature() != since:
+            return True
+        if self.kind is TopologyKind.CLUSTER:
+            for client in self.primaries():
+                role = await client.execute_command("ROLE")
+                if role[0] not in (b"master", "master"):
+                    return True
+        return False
+
+    async def refresh(self) -> None:
+        """Re-learn the Cluster's nodes once a change was seen (nothing to do elsewhere:
+        the Sentinel pool asks the sentinels on its next connection)."""
+        if self.kind is TopologyKind.CLUSTER:
+            await self.client.nodes_manager.initialize()
 
     def primaries(self) -> list[Any]:
         """A command client per primary node (one outside Cluster), for SCAN and admin.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import ClassVar
 
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
@@ -17,6 +17,7 @@ from ..backend.cache import (
     TxnCompare,
     TxnOperation,
 )
+from ..backend.invalidations import InvalidationHub
 from ..callcontext import current_namespace
 from ..errors import FailedPrecondition, InvalidArgument
 from ..validation import optional
@@ -86,6 +87,17 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         super().__init__(deps)
         self.store = CacheStore(deps.backend, max_ttl_ms=self.check.max_ttl_ms)
         self.stats = deps.stats
+        watching = deps.settings.invalidations
+        self.invalidations = InvalidationHub(
+            deps.backend,
+            watcher_buffer=watching.watcher_buffer,
+            check_interval=watching.check_interval.total_seconds(),
+            max_watchers=watching.max_watchers,
+        )
+
+    async def aclose(self) -> None:
+        await self.invalidations.aclose()
+        await super().aclose()
 
     def _bit_offset(self, offset: int) -> int:
         limit = self.check.limits.max_value_bytes * 8
@@ -427,6 +439,21 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         if which == "get":
             return TxnOperation("get", self.check.key(op.get.key, f"{field}.get.key"))
         raise InvalidArgument.field(f"{field}.op", "set one of set, delete, increment, get")
+
+    async def WatchInvalidations(
+        self, request: pb.WatchInvalidationsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchInvalidationsResponse]:
+        namespace = current_namespace()
+        self.check.batch(len(request.prefixes), "prefixes", allow_empty=True)
+        prefixes = [self.check.key(p, f"prefixes[{i}]") for i, p in enumerate(request.prefixes)]
+        async with self.invalidations.watch(namespace, prefixes) as watcher:
+            async for event in watcher:
+                if event.synced:
+                    yield pb.WatchInvalidationsResponse(synced=True)
+                elif event.flush_all:
+                    yield pb.WatchInvalidationsResponse(flush_all=True)
+                else:
+                    yield pb.WatchInvalidationsResponse(keys=pb.InvalidatedKeys(keys=event.keys))
 
 
 def _ends_in_escape(pattern: str) -> bool:

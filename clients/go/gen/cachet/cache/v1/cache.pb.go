@@ -7791,7 +7791,8 @@ type isWatchInvalidationsResponse_Event interface {
 }
 
 type WatchInvalidationsResponse_Synced struct {
-	// The stream is established; changes from now on will be reported.
+	// The stream is established (first, and again after each `flush_all` once
+	// the gap is closed); changes from now on will be reported.
 	Synced bool `protobuf:"varint,1,opt,name=synced,proto3,oneof"`
 }
 
@@ -7801,7 +7802,8 @@ type WatchInvalidationsResponse_Keys struct {
 }
 
 type WatchInvalidationsResponse_FlushAll struct {
-	// Changes may have been missed (reconnect); drop the whole near-cache.
+	// Changes may have been missed (a gap, see WatchInvalidations); drop the
+	// whole near-cache and serve nothing from it until the next `synced`.
 	FlushAll bool `protobuf:"varint,3,opt,name=flush_all,json=flushAll,proto3,oneof"`
 }
 

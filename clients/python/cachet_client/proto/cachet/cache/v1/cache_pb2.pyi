@@ -3784,9 +3784,13 @@ class WatchInvalidationsResponse(_message.Message):
     KEYS_FIELD_NUMBER: _builtins.int
     FLUSH_ALL_FIELD_NUMBER: _builtins.int
     synced: _builtins.bool
-    """The stream is established; changes from now on will be reported."""
+    """The stream is established (first, and again after each `flush_all` once
+    the gap is closed); changes from now on will be reported.
+    """
     flush_all: _builtins.bool
-    """Changes may have been missed (reconnect); drop the whole near-cache."""
+    """Changes may have been missed (a gap, see WatchInvalidations); drop the
+    whole near-cache and serve nothing from it until the next `synced`.
+    """
     @_builtins.property
     def keys(self) -> Global___InvalidatedKeys:
         """These keys changed; drop them from the near-cache."""

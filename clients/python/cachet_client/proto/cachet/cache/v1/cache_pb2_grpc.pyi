@@ -241,10 +241,18 @@ class CacheServiceStub:
     """
     WatchInvalidations: _grpc.UnaryStreamMultiCallable[_cache_pb2.WatchInvalidationsRequest, _cache_pb2.WatchInvalidationsResponse]
     """WatchInvalidations streams the keys of the caller's namespace that change
-    (are written, deleted, expire or are evicted), so a client can keep a
-    local near-cache that is never stale for longer than the stream's delay.
-    The stream first sends a `synced` event; after any gap (Redis reconnect)
-    it sends `flush_all` so the client drops its whole near-cache.
+    (any write, delete, expiry, eviction, tag or pattern invalidation, flush,
+    Txn or collection write), so a client can keep a local near-cache that is
+    never stale for longer than the stream's delay. The stream first sends
+    `synced`; after any gap (a lost Redis connection, a failover, new Cluster
+    primaries, a FLUSHALL, or a client that reads too slowly for its buffer,
+    CACHET_INVALIDATIONS__WATCHER_BUFFER) it sends `flush_all`, and `synced`
+    again once every primary is tracked: a client serves from its near-cache
+    only between a `synced` and the next `flush_all`. Underneath, one Redis
+    client-tracking connection per primary per namespace and process serves
+    every stream (docs/near-cache.md). Errors: INVALID_ARGUMENT for a bad
+    prefix; RESOURCE_EXHAUSTED (reason `TOO_MANY_WATCHERS`) beyond
+    CACHET_INVALIDATIONS__MAX_WATCHERS streams per process.
     """
 
 @_typing.type_check_only
@@ -460,10 +468,18 @@ class CacheServiceAsyncStub(CacheServiceStub):
     """
     WatchInvalidations: _aio.UnaryStreamMultiCallable[_cache_pb2.WatchInvalidationsRequest, _cache_pb2.WatchInvalidationsResponse]  # type: ignore[assignment]
     """WatchInvalidations streams the keys of the caller's namespace that change
-    (are written, deleted, expire or are evicted), so a client can keep a
-    local near-cache that is never stale for longer than the stream's delay.
-    The stream first sends a `synced` event; after any gap (Redis reconnect)
-    it sends `flush_all` so the client drops its whole near-cache.
+    (any write, delete, expiry, eviction, tag or pattern invalidation, flush,
+    Txn or collection write), so a client can keep a local near-cache that is
+    never stale for longer than the stream's delay. The stream first sends
+    `synced`; after any gap (a lost Redis connection, a failover, new Cluster
+    primaries, a FLUSHALL, or a client that reads too slowly for its buffer,
+    CACHET_INVALIDATIONS__WATCHER_BUFFER) it sends `flush_all`, and `synced`
+    again once every primary is tracked: a client serves from its near-cache
+    only between a `synced` and the next `flush_all`. Underneath, one Redis
+    client-tracking connection per primary per namespace and process serves
+    every stream (docs/near-cache.md). Errors: INVALID_ARGUMENT for a bad
+    prefix; RESOURCE_EXHAUSTED (reason `TOO_MANY_WATCHERS`) beyond
+    CACHET_INVALIDATIONS__MAX_WATCHERS streams per process.
     """
 
 class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -994,10 +1010,18 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_cache_pb2.WatchInvalidationsResponse], _abc.AsyncIterator[_cache_pb2.WatchInvalidationsResponse]]:
         """WatchInvalidations streams the keys of the caller's namespace that change
-        (are written, deleted, expire or are evicted), so a client can keep a
-        local near-cache that is never stale for longer than the stream's delay.
-        The stream first sends a `synced` event; after any gap (Redis reconnect)
-        it sends `flush_all` so the client drops its whole near-cache.
+        (any write, delete, expiry, eviction, tag or pattern invalidation, flush,
+        Txn or collection write), so a client can keep a local near-cache that is
+        never stale for longer than the stream's delay. The stream first sends
+        `synced`; after any gap (a lost Redis connection, a failover, new Cluster
+        primaries, a FLUSHALL, or a client that reads too slowly for its buffer,
+        CACHET_INVALIDATIONS__WATCHER_BUFFER) it sends `flush_all`, and `synced`
+        again once every primary is tracked: a client serves from its near-cache
+        only between a `synced` and the next `flush_all`. Underneath, one Redis
+        client-tracking connection per primary per namespace and process serves
+        every stream (docs/near-cache.md). Errors: INVALID_ARGUMENT for a bad
+        prefix; RESOURCE_EXHAUSTED (reason `TOO_MANY_WATCHERS`) beyond
+        CACHET_INVALIDATIONS__MAX_WATCHERS streams per process.
         """
 
 def add_CacheServiceServicer_to_server(servicer: CacheServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

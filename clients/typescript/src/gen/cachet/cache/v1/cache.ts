@@ -1599,7 +1599,10 @@ export interface WatchInvalidationsRequest {
 
 /** One event of the invalidation stream. */
 export interface WatchInvalidationsResponse {
-  /** The stream is established; changes from now on will be reported. */
+  /**
+   * The stream is established (first, and again after each `flush_all` once
+   * the gap is closed); changes from now on will be reported.
+   */
   synced?:
     | boolean
     | undefined;
@@ -1607,7 +1610,10 @@ export interface WatchInvalidationsResponse {
   keys?:
     | InvalidatedKeys
     | undefined;
-  /** Changes may have been missed (reconnect); drop the whole near-cache. */
+  /**
+   * Changes may have been missed (a gap, see WatchInvalidations); drop the
+   * whole near-cache and serve nothing from it until the next `synced`.
+   */
   flushAll?: boolean | undefined;
 }
 
@@ -13652,10 +13658,18 @@ export const CacheServiceService = {
   },
   /**
    * WatchInvalidations streams the keys of the caller's namespace that change
-   * (are written, deleted, expire or are evicted), so a client can keep a
-   * local near-cache that is never stale for longer than the stream's delay.
-   * The stream first sends a `synced` event; after any gap (Redis reconnect)
-   * it sends `flush_all` so the client drops its whole near-cache.
+   * (any write, delete, expiry, eviction, tag or pattern invalidation, flush,
+   * Txn or collection write), so a client can keep a local near-cache that is
+   * never stale for longer than the stream's delay. The stream first sends
+   * `synced`; after any gap (a lost Redis connection, a failover, new Cluster
+   * primaries, a FLUSHALL, or a client that reads too slowly for its buffer,
+   * CACHET_INVALIDATIONS__WATCHER_BUFFER) it sends `flush_all`, and `synced`
+   * again once every primary is tracked: a client serves from its near-cache
+   * only between a `synced` and the next `flush_all`. Underneath, one Redis
+   * client-tracking connection per primary per namespace and process serves
+   * every stream (docs/near-cache.md). Errors: INVALID_ARGUMENT for a bad
+   * prefix; RESOURCE_EXHAUSTED (reason `TOO_MANY_WATCHERS`) beyond
+   * CACHET_INVALIDATIONS__MAX_WATCHERS streams per process.
    */
   watchInvalidations: {
     path: "/cachet.cache.v1.CacheService/WatchInvalidations" as const,
@@ -13860,10 +13874,18 @@ export interface CacheServiceServer extends UntypedServiceImplementation {
   txn: handleUnaryCall<TxnRequest, TxnResponse>;
   /**
    * WatchInvalidations streams the keys of the caller's namespace that change
-   * (are written, deleted, expire or are evicted), so a client can keep a
-   * local near-cache that is never stale for longer than the stream's delay.
-   * The stream first sends a `synced` event; after any gap (Redis reconnect)
-   * it sends `flush_all` so the client drops its whole near-cache.
+   * (any write, delete, expiry, eviction, tag or pattern invalidation, flush,
+   * Txn or collection write), so a client can keep a local near-cache that is
+   * never stale for longer than the stream's delay. The stream first sends
+   * `synced`; after any gap (a lost Redis connection, a failover, new Cluster
+   * primaries, a FLUSHALL, or a client that reads too slowly for its buffer,
+   * CACHET_INVALIDATIONS__WATCHER_BUFFER) it sends `flush_all`, and `synced`
+   * again once every primary is tracked: a client serves from its near-cache
+   * only between a `synced` and the next `flush_all`. Underneath, one Redis
+   * client-tracking connection per primary per namespace and process serves
+   * every stream (docs/near-cache.md). Errors: INVALID_ARGUMENT for a bad
+   * prefix; RESOURCE_EXHAUSTED (reason `TOO_MANY_WATCHERS`) beyond
+   * CACHET_INVALIDATIONS__MAX_WATCHERS streams per process.
    */
   watchInvalidations: handleServerStreamingCall<WatchInvalidationsRequest, WatchInvalidationsResponse>;
 }
@@ -14774,10 +14796,18 @@ export interface CacheServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * WatchInvalidations streams the keys of the caller's namespace that change
-   * (are written, deleted, expire or are evicted), so a client can keep a
-   * local near-cache that is never stale for longer than the stream's delay.
-   * The stream first sends a `synced` event; after any gap (Redis reconnect)
-   * it sends `flush_all` so the client drops its whole near-cache.
+   * (any write, delete, expiry, eviction, tag or pattern invalidation, flush,
+   * Txn or collection write), so a client can keep a local near-cache that is
+   * never stale for longer than the stream's delay. The stream first sends
+   * `synced`; after any gap (a lost Redis connection, a failover, new Cluster
+   * primaries, a FLUSHALL, or a client that reads too slowly for its buffer,
+   * CACHET_INVALIDATIONS__WATCHER_BUFFER) it sends `flush_all`, and `synced`
+   * again once every primary is tracked: a client serves from its near-cache
+   * only between a `synced` and the next `flush_all`. Underneath, one Redis
+   * client-tracking connection per primary per namespace and process serves
+   * every stream (docs/near-cache.md). Errors: INVALID_ARGUMENT for a bad
+   * prefix; RESOURCE_EXHAUSTED (reason `TOO_MANY_WATCHERS`) beyond
+   * CACHET_INVALIDATIONS__MAX_WATCHERS streams per process.
    */
   watchInvalidations(
     request: WatchInvalidationsRequest,
