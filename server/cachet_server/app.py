@@ -228,6 +228,8 @@ async def start(settings: Settings, redis_url: str) -> Application:
     if await monitor.probe_once():
         with contextlib.suppress(Exception):
             await backend.load_scripts()
+        with contextlib.suppress(Exception):
+            await backend.warn_if_fencing_can_be_evicted()
     await server.start()
     if health_server is not None:
         await health_server.start()

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 
 from ..errors import Aborted
 from .core import Backend
-from .keys import Kind, namespace_pattern, user_key
+from .keys import Kind, kept_by_flush, namespace_pattern, user_key
 from .scripts import script
 from .topology import TopologyKind
 
@@ -586,7 +586,8 @@ class AdminStore:
         ]
 
     async def flush(self, namespace: str, *, dry_run: bool) -> int:
-        """UNLINK every key of the namespace on every primary (or count them). SCAN MATCH
+        """UNLINK every key of the namespace on every primary (or count them), except
+        its fencing counters (`kept_by_flush`). SCAN MATCH
         `cachet:<ns>:*` cannot match another namespace: names hold no glob characters
         and the `:` after the name ends it."""
         deployment = await self.nodes.deployment(replicas=False)
@@ -595,6 +596,8 @@ class AdminStore:
         for node in deployment.primaries:
             batch: list[bytes] = []
             async for key in node.client.scan_iter(match=pattern, count=self.flush_batch):
+                if kept_by_flush(namespace, key.decode(errors="replace")):
+                    continue
                 batch.append(key)
                 if len(batch) >= self.flush_batch:
                     total += len(batch) if dry_run else await self._unlink(batch)

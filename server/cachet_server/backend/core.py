@@ -10,7 +10,7 @@ from typing import Any
 from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import key_slot
-from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
+from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -58,6 +58,27 @@ class Backend:
         for node in await self.primaries():
             for item in all_scripts():
                 await node.script_load(item.source)
+
+    async def warn_if_fencing_can_be_evicted(self) -> None:
+        """Log a warning for each primary whose maxmemory-policy may evict keys without
+        a TTL (`allkeys-*`): lock and semaphore fencing counters have none, and an
+        evicted counter starts again at 1 (see docs/locks.md, "Flushes, eviction and
+        data loss"). A Redis that refuses CONFIG GET is not checked."""
+        for node in await self.primaries():
+            try:
+                answer = await node.config_get("maxmemory-policy")
+            except RedisError as exc:
+                log.info("cannot read maxmemory-policy (%s); eviction not checked", exc)
+                continue
+            policy = str(answer.get("maxmemory-policy", ""))
+            if policy.startswith("allkeys-"):
+                log.warning(
+                    "Redis maxmemory-policy is %s: under memory pressure it can evict lock "
+                    "and semaphore fencing counters, and fencing tokens then start again at "
+                    "1; use noeviction (or a volatile-* policy) and persistence for a Redis "
+                    "that serves locks",
+                    policy,
+                )
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg] = ()) -> Any:
         """Run a script whose keys share one slot: EVALSHA, and EVAL when Redis lost it

@@ -109,6 +109,19 @@ def namespace_of(redis_key_: str) -> str | None:
     return namespace
 
 
+# Fencing counters are kept by FlushNamespace: a flushed lock must never hand out a
+# token it handed out before (a former holder's writes would then be accepted).
+KEPT_BY_FLUSH = (Kind.LOCK_FENCE, Kind.SEMAPHORE_FENCE)
+
+
+def kept_by_flush(namespace: str, redis_key_: str) -> bool:
+    """Whether a key of the namespace survives FlushNamespace (see KEPT_BY_FLUSH)."""
+    return any(
+        redis_key_.startswith((f"{PREFIX}:{namespace}:{kind}:", f"{PREFIX}:{namespace}:{kind}{_WRAPPED}:"))
+        for kind in KEPT_BY_FLUSH
+    )
+
+
 def namespace_pattern(namespace: str) -> str:
     """A SCAN MATCH pattern for every key of a namespace, of every kind."""
     return f"{PREFIX}:{namespace}:*"

@@ -9,8 +9,9 @@ that becomes free is offered to the queue's head first: the script that frees it
 PUBLISHes the head tickets on the name's wake channel. One pattern subscription
 per server process (`WakeDispatcher`) receives every wake and sets the event of
 the local waiter with that ticket, so waiting costs no Redis connection per
-waiter. A waiter also looks again on its own when the holder's TTL runs out (no
-one publishes an expiry) and at least every `recheck_interval`, which covers a
+waiter. A waiter next in line also looks again on its own when the holder's TTL
+runs out (no one publishes an expiry; when the queue moves up, the ticket that
+became next in line is woken to learn that TTL) and at least every `recheck_interval`, which covers a
 notification lost while the subscription was reconnecting. A ticket whose lease
 lapses (its server died) is purged, so it never blocks the queue for longer than
 `waiter_lease`.
@@ -386,7 +387,7 @@ class PermitStore:
         if wait <= 0:
             outcome = await self._attempt(keys, token, ttl_ms, holder, limit, "", replication)
             if isinstance(outcome, Grant):
-                return self._granted(outcome, started)
+                return outcome
             raise self._busy(name, outcome)
 
         ticket = new_secret()
@@ -398,14 +399,18 @@ class PermitStore:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, min(end - loop.time(), 1.0))):
                     await self.wakes.subscribed()
+            queued = False
             while True:
                 woken.clear()
                 outcome = await self._attempt(
                     keys, token, ttl_ms, holder, limit, ticket, replication
                 )
                 if isinstance(outcome, Grant):
-                    granted = self._granted(outcome, started)
+                    # A grant at the first look waited for nothing: exactly zero, not
+                    # the few hundred microseconds the look itself took.
+                    granted = self._granted(outcome, started) if queued else outcome
                     return granted
+                queued = True
                 busy = outcome
                 left = end - loop.time()
                 if left <= 0:

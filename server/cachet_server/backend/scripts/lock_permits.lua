@@ -80,6 +80,16 @@ local function wake(free)
   end
 end
 
+-- The queue moved up by one: the ticket now at rank limit-1 became next in line for
+-- the permit that expires first. Tell it, so it looks again and learns that permit's
+-- TTL as the time to look next (nobody publishes an expiry).
+local function wake_next_in_line(limit)
+  local moved_up = redis.call('ZRANGE', queue, limit - 1, limit - 1)
+  if #moved_up > 0 then
+    redis.call('PUBLISH', channel, moved_up[1])
+  end
+end
+
 local function live_expiry(token)
   local expiry = tonumber(redis.call('ZSCORE', holders, token))
   if expiry and expiry > now_ms then return expiry end
@@ -124,8 +134,11 @@ if op == 'acquire' then
     redis.call('ZADD', holders, cachet_int(expire_ms), token)
     redis.call('HSET', owners, token, cachet_int(fence) .. '\n' .. holder, LIMIT, limit)
     expire_with_latest(holders, owners)
-    if rank then dequeue(ticket) end
     -- A semaphore may have more free permits than this grant took.
+    if rank then
+      dequeue(ticket)
+      if free - 1 <= 0 then wake_next_in_line(limit) end
+    end
     wake(free - 1)
     return {'GRANTED', fence, expire_ms, count + 1, clock[1], clock[2]}
   end
@@ -169,6 +182,7 @@ end
 
 if op == 'leave' then
   local ticket, token = ARGV[3], ARGV[4]
+  local rank = redis.call('ZRANK', queue, ticket)
   dequeue(ticket)
   if live_expiry(token) then
     give_back(token)
@@ -180,7 +194,9 @@ if op == 'leave' then
     if count == 0 then
       wake(1)
     else
-      wake(current_limit() - count)
+      local limit = current_limit()
+      wake(limit - count)
+      if rank and rank < limit and count >= limit then wake_next_in_line(limit) end
     end
   end
   return {'OK', clock[1], clock[2]}
