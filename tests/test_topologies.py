@@ -3,6 +3,8 @@ on Cluster, and the replica-acknowledgement mode."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 import redis
@@ -135,3 +137,38 @@ async def test_scripts_route_by_key_and_scans_cover_every_primary(cachet, cache,
         assert len(primaries) == 3
         assert all(found_per_primary), "keys of many slots land on every primary"
         assert len({key_slot(name.encode()) for name in everything}) > 10
+
+
+@pytest.mark.topologies("cluster", reason="per-node clients exist only on Cluster")
+async def test_clients_of_a_primary_demoted_by_a_failover_are_closed(topology):
+    """After a failover the old primary is a replica: its per-node client (made for SCAN
+    and admin) is closed and dropped, not kept open until shutdown."""
+    del topology  # only selects the Cluster run; this test starts a cluster of its own
+    group = ClusterGroup().start()
+    try:
+        async with running(make_settings(group.url)) as app:
+            for node in await app.backend.primaries():
+                await node.ping()
+            master = group.masters()[0]
+            name = f"127.0.0.1:{master.port}"
+            clients = app.backend.topology._node_clients
+            old = clients[name]
+            assert any(c.is_connected for c in old.connection_pool._available_connections)
+            group.replica_of(master).client().execute_command("CLUSTER", "FAILOVER")
+            for _ in range(200):
+                await asyncio.sleep(0.1)
+                app.backend.redis._initialize = True  # re-read the slot table now
+                await app.backend.primaries()
+                names = {n.name for n in app.backend.redis.get_primaries()}
+                if name not in names and len(names) == len(group.masters()):
+                    break
+            else:
+                raise AssertionError("the failover never showed in the slot table")
+            assert name not in clients
+            pool = old.connection_pool
+            assert not pool._in_use_connections
+            assert not any(c.is_connected for c in pool._available_connections)
+            for node in await app.backend.primaries():
+                await node.ping()
+    finally:
+        group.stop()

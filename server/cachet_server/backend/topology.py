@@ -302,6 +302,7 @@ class Topology:
         Sentinel: start following the sentinels' failover announcements."""
         if self.kind is TopologyKind.CLUSTER:
             await self.client.initialize()
+            await self._close_vanished_node_clients()
         if self.sentinel is not None and not self._followers:
             self._followers = [
                 asyncio.create_task(self._follow_switches(sentinel_client))
@@ -367,6 +368,17 @@ class Topology:
         if self.kind is not TopologyKind.CLUSTER:
             return [self.client]
         return [self._node_client(node) for node in self.client.get_primaries()]
+
+    async def _close_vanished_node_clients(self) -> None:
+        """Close the per-node clients of nodes that are no longer primaries (a failover
+        demoted them, or they left the cluster), so their connections do not stay open
+        until shutdown. A later promotion makes a new client."""
+        current = {node.name for node in self.client.get_primaries()}
+        for name in [name for name in self._node_clients if name not in current]:
+            client = self._node_clients.pop(name)
+            log.info("closing the client of %s: no longer a primary", name)
+            with contextlib.suppress(Exception):
+                await client.aclose(close_connection_pool=True)
 
     def _node_client(self, node: ClusterNode) -> Redis:
         # The async RedisCluster has no per-node Redis client of its own (the sync one
