@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import FailedPrecondition
 from .core import Backend
-from .keys import CacheKeys
+from .keys import CacheKeys, remembered_result
 from .scripts import script
 
 _WRITE = script("coll_write")
@@ -72,8 +72,12 @@ def _score(raw: bytes | float) -> float:
 class CollectionStore:
     """The collections of one namespace at a time."""
 
-    def __init__(self, backend: Backend, *, block_slice_s: float) -> None:
+    def __init__(
+        self, backend: Backend, *, block_slice_s: float, request_window_ms: int = 120_000
+    ) -> None:
         self.backend = backend
+        # How long the result of a write with a request_id is remembered.
+        self.request_window_ms = request_window_ms
         # A blocking command must answer before the connection's socket timeout or
         # redis-py drops the connection (and a value Redis popped with it); waits
         # longer than a slice are done as several blocking calls in a row.
@@ -84,10 +88,29 @@ class CollectionStore:
         return self.backend.redis
 
     async def _write(
-        self, keys: Sequence[str], ttl: CollectionTtl, op: str, args: Sequence[Any]
+        self,
+        namespace: str,
+        key: str,
+        ttl: CollectionTtl,
+        op: str,
+        args: Sequence[Any],
+        *,
+        sources: Sequence[str] = (),
+        request_id: str = "",
     ) -> Any:
+        """Run one collection write on `key` (reading `sources`, Redis keys of its
+        slot). It voids the key's fill lease; with a request_id, a retry within the
+        window answers the first result and writes nothing."""
+        target = CacheKeys.of(namespace, key)
+        remembered = target.lease
+        window = ""
+        if request_id:
+            remembered = remembered_result(namespace, key, op, request_id)
+            window = str(self.request_window_ms)
         return await self.backend.run(
-            _WRITE, keys, [ttl.ttl_ms, "1" if ttl.refresh else "0", op, *args]
+            _WRITE,
+            [target.data, target.lease, remembered, *sources],
+            [ttl.ttl_ms, "1" if ttl.refresh else "0", op, window, *args],
         )
 
     @staticmethod
@@ -112,7 +135,7 @@ class CollectionStore:
         for name, value in fields:
             flat += [name, value]
         op = "hash_set_absent" if if_absent else "hash_set"
-        return int(await self._write([CacheKeys.of(namespace, key).data], ttl, op, flat))
+        return int(await self._write(namespace, key, ttl, op, flat))
 
     async def hash_get(self, namespace: str, key: str, fields: Sequence[str]) -> list[bytes | None]:
         return list(await self._redis.hmget(CacheKeys.of(namespace, key).data, list(fields)))
@@ -125,14 +148,23 @@ class CollectionStore:
         return int(await self._redis.hdel(CacheKeys.of(namespace, key).data, *fields))
 
     async def hash_increment(
-        self, namespace: str, key: str, field: str, delta: int | float, ttl: CollectionTtl
+        self,
+        namespace: str,
+        key: str,
+        field: str,
+        delta: int | float,
+        ttl: CollectionTtl,
+        *,
+        request_id: str = "",
     ) -> int | float:
         is_int = isinstance(delta, int)
         reply = await self._write(
-            [CacheKeys.of(namespace, key).data],
+            namespace,
+            key,
             ttl,
             "hash_increment",
             [field, "int" if is_int else "float", str(delta) if is_int else repr(delta)],
+            request_id=request_id,
         )
         if reply[0] == b"NOT_A_NUMBER":
             kind = "an integer" if is_int else "a number"
@@ -171,16 +203,19 @@ class CollectionStore:
         if_present: bool,
         keep_newest: int,
         ttl: CollectionTtl,
+        request_id: str = "",
     ) -> int:
         keep: tuple[int | str, int | str] = ("", "")
         if keep_newest > 0:
             keep = (0, keep_newest - 1) if end == "LEFT" else (-keep_newest, -1)
         return int(
             await self._write(
-                [CacheKeys.of(namespace, key).data],
+                namespace,
+                key,
                 ttl,
                 "list_push",
                 [end, "1" if if_present else "0", *keep, *values],
+                request_id=request_id,
             )
         )
 
@@ -256,10 +291,12 @@ class CollectionStore:
         list exactly as it was; the move is then tried again. (Every such waiter on
         a source wakes for each value pushed and all but one wait again: a cost
         only paid while the source is empty.)"""
-        src, dst = self._one_slot(namespace, [source, destination], "source and destination")
+        (src, _) = self._one_slot(namespace, [source, destination], "source and destination")
         deadline = time.monotonic() + wait_s
         while True:
-            moved, value = await self._write([dst, src], ttl, "list_move", [from_end, to_end])
+            moved, value = await self._write(
+                namespace, destination, ttl, "list_move", [from_end, to_end], sources=[src]
+            )
             if moved:
                 return bytes(value)
             timeout = self._slice(deadline)
@@ -272,7 +309,7 @@ class CollectionStore:
     async def set_add(
         self, namespace: str, key: str, members: Sequence[bytes], ttl: CollectionTtl
     ) -> int:
-        return int(await self._write([CacheKeys.of(namespace, key).data], ttl, "set_add", members))
+        return int(await self._write(namespace, key, ttl, "set_add", members))
 
     async def set_remove(self, namespace: str, key: str, members: Sequence[bytes]) -> int:
         return int(await self._redis.srem(CacheKeys.of(namespace, key).data, *members))
@@ -299,8 +336,10 @@ class CollectionStore:
     async def set_move(
         self, namespace: str, source: str, destination: str, member: bytes, ttl: CollectionTtl
     ) -> bool:
-        src, dst = self._one_slot(namespace, [source, destination], "source and destination")
-        return bool(await self._write([dst, src], ttl, "set_move", [member]))
+        (src, _) = self._one_slot(namespace, [source, destination], "source and destination")
+        return bool(
+            await self._write(namespace, destination, ttl, "set_move", [member], sources=[src])
+        )
 
     async def set_combine(
         self,
@@ -317,11 +356,11 @@ class CollectionStore:
             names = self._one_slot(namespace, keys, "the sets")
             members = list(await self._redis.execute_command(operation, *names))
             return members, len(members)
-        dst, *names = self._one_slot(namespace, [destination, *keys], "the sets and destination")
+        _, *names = self._one_slot(namespace, [destination, *keys], "the sets and destination")
         # The destination is replaced, so it takes destination_ttl however it existed.
         cardinality = await self._write(
-            [dst, *names], CollectionTtl(destination_ttl_ms, refresh=True), "set_store",
-            [f"{operation}STORE"],
+            namespace, destination, CollectionTtl(destination_ttl_ms, refresh=True), "set_store",
+            [f"{operation}STORE"], sources=names,
         )  # fmt: skip
         return [], int(cardinality)
 
@@ -341,15 +380,27 @@ class CollectionStore:
         for member, score in members:
             flat += [repr(score), member]
         added, changed = await self._write(
-            [CacheKeys.of(namespace, key).data], ttl, "sorted_set_add", [condition, *flat]
+            namespace, key, ttl, "sorted_set_add", [condition, *flat]
         )
         return int(added), int(changed)
 
     async def sorted_set_increment(
-        self, namespace: str, key: str, member: bytes, delta: float, ttl: CollectionTtl
+        self,
+        namespace: str,
+        key: str,
+        member: bytes,
+        delta: float,
+        ttl: CollectionTtl,
+        *,
+        request_id: str = "",
     ) -> float:
         reply = await self._write(
-            [CacheKeys.of(namespace, key).data], ttl, "sorted_set_increment", [repr(delta), member]
+            namespace,
+            key,
+            ttl,
+            "sorted_set_increment",
+            [repr(delta), member],
+            request_id=request_id,
         )
         return _score(reply)
 

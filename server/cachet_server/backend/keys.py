@@ -56,6 +56,8 @@ class Kind(StrEnum):
     DEAD_LETTER = "esd"
     GROUP_POLICY = "esg"
     TOPIC = "ps"
+    REMEMBERED = "rid"
+    HOLDING = "lh"
 
 
 def has_hash_tag(key: str) -> bool:
@@ -83,6 +85,19 @@ def user_key(namespace: str, kind: Kind, redis_key_: str) -> str | None:
     if redis_key_.startswith(wrapped) and redis_key_.endswith("}"):
         return redis_key_[len(wrapped) : -1]
     return None
+
+
+def remembered_result(namespace: str, key: str, operation: str, request_id: str) -> str:
+    """Where the result of `operation` on `key` with `request_id` is remembered: a key
+    of the same Cluster slot as `key`'s data, so the write and the remembering are one
+    script. `key` is a user key, or for Publish the namespace's pub/sub slot key."""
+    return f"{redis_key(namespace, Kind.REMEMBERED, key)}:{operation}:{request_id}"
+
+
+def holding_list(namespace: str, key: str, call_id: str) -> str:
+    """The list one blocking ListPop call moves its value into (BLMOVE) before taking
+    it, in the slot of the list `key`, so a cancelled call can put the value back."""
+    return f"{redis_key(namespace, Kind.HOLDING, key)}:{call_id}"
 
 
 def scan_patterns(namespace: str, kind: Kind, user_glob: str) -> list[str]:

@@ -13,6 +13,29 @@ local function cachet_int(n)
   return string.format('%.0f', n)
 end
 
+-- Waiters of GetOrLease(wait) subscribe to this prefix + the lease key.
+local CACHET_FILL_WAKE_PREFIX = 'cachet-fill-wake:'
+
+-- Void a fill lease (a write made the value it would fill stale) and wake the
+-- callers waiting for that fill, so they look again at once.
+local function cachet_void_lease(lease_key)
+  if redis.call('DEL', lease_key) == 1 then
+    redis.call('PUBLISH', CACHET_FILL_WAKE_PREFIX .. lease_key, '')
+  end
+end
+
+-- The result remembered for a request_id (see backend/keys.py `remembered_result`),
+-- or nil: a retry within the window answers it again instead of writing twice.
+local function cachet_recall(remembered_key)
+  local packed = redis.call('GET', remembered_key)
+  if packed then return cmsgpack.unpack(packed) end
+  return nil
+end
+
+local function cachet_remember(remembered_key, window_ms, reply)
+  redis.call('SET', remembered_key, cmsgpack.pack(reply), 'PX', window_ms)
+end
+
 -- Give the metadata hash exactly the data key's remaining life.
 local function cachet_sync_ttl(data_key, meta_key)
   local pttl = redis.call('PTTL', data_key)
@@ -42,6 +65,8 @@ local function cachet_delete_entry(data_key, meta_key, lease_key, stale_key)
     redis.call('SET', stale_key, redis.call('GET', data_key), 'PX', stale_ms)
   end
   local existed = redis.call('DEL', data_key)
-  redis.call('DEL', meta_key, lease_key)
+  redis.call('DEL', meta_key)
+  cachet_void_lease(lease_key)
   return existed
 end
+

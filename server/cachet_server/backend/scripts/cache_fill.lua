@@ -11,7 +11,7 @@ local stale_ms, recompute_ms, tags = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 if redis.call('GET', lease) ~= token then return {'LEASE_LOST'} end
 -- Refuses (WRONGTYPE) to replace a collection that appeared since the lease was granted.
 redis.call('GET', data)
-redis.call('DEL', lease)
+cachet_void_lease(lease)
 redis.call('SET', data, value, 'PX', ttl_ms)
 if stale_ms > 0 then
   -- Written now with the value's TTL plus the stale TTL, the copy outlives a value

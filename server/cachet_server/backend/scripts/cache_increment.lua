@@ -12,5 +12,5 @@ end
 -- loses digits above 2^53.
 local value = redis.call('GET', data)
 if created == 1 then redis.call('PEXPIRE', data, ARGV[3]) end
-redis.call('DEL', lease)
+cachet_void_lease(lease)
 return {value, created, cachet_touch(data, meta)}

@@ -44,7 +44,8 @@ else
 end
 -- A direct write supersedes any fill in progress, and the stale copy a fill kept.
 redis.call('HDEL', meta, 's')
-redis.call('DEL', lease, stale)
+redis.call('DEL', stale)
+cachet_void_lease(lease)
 local version = cachet_touch(data, meta)
 local pttl = redis.call('PTTL', data)
 if return_previous and exists then

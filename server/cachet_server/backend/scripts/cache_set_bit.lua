@@ -4,6 +4,6 @@ local data, meta, lease = KEYS[1], KEYS[2], KEYS[3]
 local created = redis.call('EXISTS', data) == 0
 local previous = redis.call('SETBIT', data, ARGV[1], ARGV[2])
 if created then redis.call('PEXPIRE', data, ARGV[3]) end
-redis.call('DEL', lease)
+cachet_void_lease(lease)
 cachet_touch(data, meta)
 return previous

@@ -8,7 +8,8 @@ for i = 1, #KEYS, 4 do
   local n = (i - 1) / 4
   redis.call('SET', KEYS[i], ARGV[2 * n + 1], 'PX', ARGV[2 * n + 2])
   redis.call('HDEL', KEYS[i + 1], 'r', 't', 's')
-  redis.call('DEL', KEYS[i + 2], KEYS[i + 3])
+  redis.call('DEL', KEYS[i + 3])
+  cachet_void_lease(KEYS[i + 2])
   table.insert(versions, cachet_touch(KEYS[i], KEYS[i + 1]))
 end
 return versions

@@ -195,7 +195,8 @@ for n = 1, count do
   if kind == 'set' then
     redis.call('SET', data, argument, 'PX', ttl_ms)
     redis.call('HDEL', meta, 'r', 't', 's')
-    redis.call('DEL', lease, stale)
+    redis.call('DEL', stale)
+    cachet_void_lease(lease)
     for _, item in ipairs({0, '', '0', cachet_touch(data, meta)}) do table.insert(out, item) end
   elseif kind == 'del' then
     for _, item in ipairs({cachet_delete_entry(data, meta, lease, stale), '', '0', '0'}) do
@@ -207,7 +208,7 @@ for n = 1, count do
     else
       redis.call('SET', data, sums[n], 'PX', ttl_ms)
     end
-    redis.call('DEL', lease)
+    cachet_void_lease(lease)
     for _, item in ipairs({0, '', sums[n], cachet_touch(data, meta)}) do table.insert(out, item) end
   else
     local value = redis.call('GET', data)
