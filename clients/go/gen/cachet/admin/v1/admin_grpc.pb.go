@@ -156,7 +156,8 @@ type AdminServiceClient interface {
 	// FlushNamespace deletes every key of the caller's namespace (cache
 	// values, locks, rate-limit state, streams, and their internal indexes),
 	// on every node, with SCAN + UNLINK in batches; no other namespace is
-	// touched. Namespace-scoped: the namespace comes from metadata
+	// touched. Lock and semaphore fencing counters are kept, so a lock
+	// granted after the flush gets a higher fencing token than any before it. Namespace-scoped: the namespace comes from metadata
 	// `cachet-namespace`, never from a field.
 	// Guard: `confirm` must equal the namespace name exactly, otherwise
 	// FAILED_PRECONDITION (google.rpc.ErrorInfo reason
@@ -429,7 +430,8 @@ type AdminServiceServer interface {
 	// FlushNamespace deletes every key of the caller's namespace (cache
 	// values, locks, rate-limit state, streams, and their internal indexes),
 	// on every node, with SCAN + UNLINK in batches; no other namespace is
-	// touched. Namespace-scoped: the namespace comes from metadata
+	// touched. Lock and semaphore fencing counters are kept, so a lock
+	// granted after the flush gets a higher fencing token than any before it. Namespace-scoped: the namespace comes from metadata
 	// `cachet-namespace`, never from a field.
 	// Guard: `confirm` must equal the namespace name exactly, otherwise
 	// FAILED_PRECONDITION (google.rpc.ErrorInfo reason

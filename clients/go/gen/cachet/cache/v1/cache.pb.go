@@ -1677,7 +1677,16 @@ type IncrementRequest struct {
 	Delta isIncrementRequest_Delta `protobuf_oneof:"delta"`
 	// TTL given to the counter when this call creates it; an existing counter
 	// keeps its TTL. Absent: the default TTL.
-	Ttl           *durationpb.Duration `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Ttl *durationpb.Duration `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+	// The result of the first call with this id on this key is remembered for
+	// CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+	// within that window answers the first result again and is not applied
+	// again (checked and remembered in the same atomic script as the write). A
+	// retry after the window is applied as a new call. Empty: no idempotency.
+	// Reusing an id for another request on the same key answers the first
+	// request's result; use a fresh id per logical operation.
+	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1749,6 +1758,13 @@ func (x *IncrementRequest) GetTtl() *durationpb.Duration {
 		return x.Ttl
 	}
 	return nil
+}
+
+func (x *IncrementRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 type isIncrementRequest_Delta interface {
@@ -2831,7 +2847,16 @@ type HashIncrementRequest struct {
 	//	*HashIncrementRequest_ByFloat
 	Delta isHashIncrementRequest_Delta `protobuf_oneof:"delta"`
 	// TTL handling for the hash.
-	Ttl           *CollectionTtl `protobuf:"bytes,5,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Ttl *CollectionTtl `protobuf:"bytes,5,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+	// The result of the first call with this id on this key is remembered for
+	// CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+	// within that window answers the first result again and is not applied
+	// again (checked and remembered in the same atomic script as the write). A
+	// retry after the window is applied as a new call. Empty: no idempotency.
+	// Reusing an id for another request on the same key answers the first
+	// request's result; use a fresh id per logical operation.
+	RequestId     string `protobuf:"bytes,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2910,6 +2935,13 @@ func (x *HashIncrementRequest) GetTtl() *CollectionTtl {
 		return x.Ttl
 	}
 	return nil
+}
+
+func (x *HashIncrementRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 type isHashIncrementRequest_Delta interface {
@@ -3405,7 +3437,16 @@ type ListPushRequest struct {
 	// (a capped list: newest N). 0 keeps everything.
 	KeepNewest int64 `protobuf:"varint,5,opt,name=keep_newest,json=keepNewest,proto3" json:"keep_newest,omitempty"`
 	// TTL handling for the list.
-	Ttl           *CollectionTtl `protobuf:"bytes,6,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Ttl *CollectionTtl `protobuf:"bytes,6,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+	// The result of the first call with this id on this key is remembered for
+	// CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+	// within that window answers the first result again and is not applied
+	// again (checked and remembered in the same atomic script as the write). A
+	// retry after the window is applied as a new call. Empty: no idempotency.
+	// Reusing an id for another request on the same key answers the first
+	// request's result; use a fresh id per logical operation.
+	RequestId     string `protobuf:"bytes,7,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3480,6 +3521,13 @@ func (x *ListPushRequest) GetTtl() *CollectionTtl {
 		return x.Ttl
 	}
 	return nil
+}
+
+func (x *ListPushRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 // ListPushResponse has the list's new length.
@@ -5342,7 +5390,16 @@ type SortedSetIncrementRequest struct {
 	// The amount; must be finite.
 	Delta float64 `protobuf:"fixed64,3,opt,name=delta,proto3" json:"delta,omitempty"`
 	// TTL handling for the sorted set.
-	Ttl           *CollectionTtl `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Ttl *CollectionTtl `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+	// The result of the first call with this id on this key is remembered for
+	// CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+	// within that window answers the first result again and is not applied
+	// again (checked and remembered in the same atomic script as the write). A
+	// retry after the window is applied as a new call. Empty: no idempotency.
+	// Reusing an id for another request on the same key answers the first
+	// request's result; use a fresh id per logical operation.
+	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5403,6 +5460,13 @@ func (x *SortedSetIncrementRequest) GetTtl() *CollectionTtl {
 		return x.Ttl
 	}
 	return nil
+}
+
+func (x *SortedSetIncrementRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 // SortedSetIncrementResponse has the new score.
@@ -6665,7 +6729,17 @@ type GetOrLeaseRequest struct {
 	LeaseTtl *durationpb.Duration `protobuf:"bytes,2,opt,name=lease_ttl,json=leaseTtl,proto3" json:"lease_ttl,omitempty"`
 	// When the value was deleted, invalidated or expired recently and a stale
 	// copy is kept (FillRequest.stale_ttl), answer it with FILL_PENDING.
-	AcceptStale   bool `protobuf:"varint,3,opt,name=accept_stale,json=acceptStale,proto3" json:"accept_stale,omitempty"`
+	AcceptStale bool `protobuf:"varint,3,opt,name=accept_stale,json=acceptStale,proto3" json:"accept_stale,omitempty"`
+	// When another caller is filling the key, wait up to this long for its fill
+	// instead of answering FILL_PENDING at once: the call answers HIT as soon
+	// as the fill lands, or LEASE_GRANTED to this caller if the lease expires
+	// or a write voids it without a value, or FILL_PENDING (with the stale
+	// copy, if accepted) when the wait ends first. Waiters are woken by a
+	// notification from the script that fills or voids the lease (one pub/sub
+	// subscription per server), not by polling. Bounded by the call deadline
+	// (the answer comes shortly before it) and by the maximum TTL. Unset or
+	// zero: do not wait.
+	Wait          *durationpb.Duration `protobuf:"bytes,4,opt,name=wait,proto3" json:"wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6719,6 +6793,13 @@ func (x *GetOrLeaseRequest) GetAcceptStale() bool {
 		return x.AcceptStale
 	}
 	return false
+}
+
+func (x *GetOrLeaseRequest) GetWait() *durationpb.Duration {
+	if x != nil {
+		return x.Wait
+	}
+	return nil
 }
 
 // GetOrLeaseResponse is a hit, a lease, or a wait.
@@ -7938,12 +8019,14 @@ const file_cachet_cache_v1_cache_proto_rawDesc = "" +
 	"\x0eGetTtlResponse\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x17\n" +
 	"\ahas_ttl\x18\x02 \x01(\bR\x06hasTtl\x12+\n" +
-	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\x90\x01\n" +
+	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\xaf\x01\n" +
 	"\x10IncrementRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x17\n" +
 	"\x06by_int\x18\x02 \x01(\x03H\x00R\x05byInt\x12\x1b\n" +
 	"\bby_float\x18\x03 \x01(\x01H\x00R\abyFloat\x12+\n" +
-	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttlB\a\n" +
+	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\tR\trequestIdB\a\n" +
 	"\x05delta\"\x85\x01\n" +
 	"\x11IncrementResponse\x12\x1b\n" +
 	"\tint_value\x18\x01 \x01(\x03R\bintValue\x12\x1f\n" +
@@ -8004,13 +8087,15 @@ const file_cachet_cache_v1_cache_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06fields\x18\x02 \x03(\tR\x06fields\".\n" +
 	"\x12HashDeleteResponse\x12\x18\n" +
-	"\adeleted\x18\x01 \x01(\x03R\adeleted\"\xaf\x01\n" +
+	"\adeleted\x18\x01 \x01(\x03R\adeleted\"\xce\x01\n" +
 	"\x14HashIncrementRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05field\x18\x02 \x01(\tR\x05field\x12\x17\n" +
 	"\x06by_int\x18\x03 \x01(\x03H\x00R\x05byInt\x12\x1b\n" +
 	"\bby_float\x18\x04 \x01(\x01H\x00R\abyFloat\x120\n" +
-	"\x03ttl\x18\x05 \x01(\v2\x1e.cachet.cache.v1.CollectionTtlR\x03ttlB\a\n" +
+	"\x03ttl\x18\x05 \x01(\v2\x1e.cachet.cache.v1.CollectionTtlR\x03ttl\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x06 \x01(\tR\trequestIdB\a\n" +
 	"\x05delta\"U\n" +
 	"\x15HashIncrementResponse\x12\x1b\n" +
 	"\tint_value\x18\x01 \x01(\x03R\bintValue\x12\x1f\n" +
@@ -8036,7 +8121,7 @@ const file_cachet_cache_v1_cache_proto_rawDesc = "" +
 	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\"n\n" +
 	"\x10HashScanResponse\x122\n" +
 	"\x06fields\x18\x01 \x03(\v2\x1a.cachet.cache.v1.HashFieldR\x06fields\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd9\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xf8\x01\n" +
 	"\x0fListPushRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06values\x18\x02 \x03(\fR\x06values\x12*\n" +
@@ -8045,7 +8130,9 @@ const file_cachet_cache_v1_cache_proto_rawDesc = "" +
 	"if_present\x18\x04 \x01(\bR\tifPresent\x12\x1f\n" +
 	"\vkeep_newest\x18\x05 \x01(\x03R\n" +
 	"keepNewest\x120\n" +
-	"\x03ttl\x18\x06 \x01(\v2\x1e.cachet.cache.v1.CollectionTtlR\x03ttl\"*\n" +
+	"\x03ttl\x18\x06 \x01(\v2\x1e.cachet.cache.v1.CollectionTtlR\x03ttl\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\a \x01(\tR\trequestId\"*\n" +
 	"\x10ListPushResponse\x12\x16\n" +
 	"\x06length\x18\x01 \x01(\x03R\x06length\"\x93\x01\n" +
 	"\x0eListPopRequest\x12\x10\n" +
@@ -8144,12 +8231,14 @@ const file_cachet_cache_v1_cache_proto_rawDesc = "" +
 	"\x03ttl\x18\x04 \x01(\v2\x1e.cachet.cache.v1.CollectionTtlR\x03ttl\"F\n" +
 	"\x14SortedSetAddResponse\x12\x14\n" +
 	"\x05added\x18\x01 \x01(\x03R\x05added\x12\x18\n" +
-	"\achanged\x18\x02 \x01(\x03R\achanged\"\x8d\x01\n" +
+	"\achanged\x18\x02 \x01(\x03R\achanged\"\xac\x01\n" +
 	"\x19SortedSetIncrementRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06member\x18\x02 \x01(\fR\x06member\x12\x14\n" +
 	"\x05delta\x18\x03 \x01(\x01R\x05delta\x120\n" +
-	"\x03ttl\x18\x04 \x01(\v2\x1e.cachet.cache.v1.CollectionTtlR\x03ttl\"2\n" +
+	"\x03ttl\x18\x04 \x01(\v2\x1e.cachet.cache.v1.CollectionTtlR\x03ttl\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\tR\trequestId\"2\n" +
 	"\x1aSortedSetIncrementResponse\x12\x14\n" +
 	"\x05score\x18\x01 \x01(\x01R\x05score\"n\n" +
 	"\x14SortedSetRankRequest\x12\x10\n" +
@@ -8217,11 +8306,12 @@ const file_cachet_cache_v1_cache_proto_rawDesc = "" +
 	"\n" +
 	"batch_size\x18\x02 \x01(\x05R\tbatchSize\"5\n" +
 	"\x19InvalidatePatternResponse\x12\x18\n" +
-	"\adeleted\x18\x01 \x01(\x03R\adeleted\"\x80\x01\n" +
+	"\adeleted\x18\x01 \x01(\x03R\adeleted\"\xaf\x01\n" +
 	"\x11GetOrLeaseRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
 	"\tlease_ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bleaseTtl\x12!\n" +
-	"\faccept_stale\x18\x03 \x01(\bR\vacceptStale\"\xa8\x02\n" +
+	"\faccept_stale\x18\x03 \x01(\bR\vacceptStale\x12-\n" +
+	"\x04wait\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"\xa8\x02\n" +
 	"\x12GetOrLeaseResponse\x127\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x1d.cachet.cache.v1.LeaseOutcomeR\aoutcome\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
@@ -8597,135 +8687,136 @@ var file_cachet_cache_v1_cache_proto_depIdxs = []int32{
 	34,  // 48: cachet.cache.v1.SortedSetRemoveRangeRequest.by_rank:type_name -> cachet.cache.v1.IndexRange
 	98,  // 49: cachet.cache.v1.SortedSetRemoveRangeRequest.by_score:type_name -> cachet.cache.v1.ScoreRange
 	132, // 50: cachet.cache.v1.GetOrLeaseRequest.lease_ttl:type_name -> google.protobuf.Duration
-	6,   // 51: cachet.cache.v1.GetOrLeaseResponse.outcome:type_name -> cachet.cache.v1.LeaseOutcome
-	132, // 52: cachet.cache.v1.GetOrLeaseResponse.lease_ttl:type_name -> google.protobuf.Duration
-	132, // 53: cachet.cache.v1.GetOrLeaseResponse.retry_after:type_name -> google.protobuf.Duration
-	132, // 54: cachet.cache.v1.FillRequest.ttl:type_name -> google.protobuf.Duration
-	132, // 55: cachet.cache.v1.FillRequest.stale_ttl:type_name -> google.protobuf.Duration
-	132, // 56: cachet.cache.v1.FillRequest.recompute_time:type_name -> google.protobuf.Duration
-	7,   // 57: cachet.cache.v1.Compare.operator:type_name -> cachet.cache.v1.CompareOperator
-	122, // 58: cachet.cache.v1.TxnOp.set:type_name -> cachet.cache.v1.TxnSet
-	123, // 59: cachet.cache.v1.TxnOp.delete:type_name -> cachet.cache.v1.TxnDelete
-	124, // 60: cachet.cache.v1.TxnOp.increment:type_name -> cachet.cache.v1.TxnIncrement
-	125, // 61: cachet.cache.v1.TxnOp.get:type_name -> cachet.cache.v1.TxnGet
-	132, // 62: cachet.cache.v1.TxnSet.ttl:type_name -> google.protobuf.Duration
-	132, // 63: cachet.cache.v1.TxnIncrement.ttl:type_name -> google.protobuf.Duration
-	120, // 64: cachet.cache.v1.TxnRequest.compare:type_name -> cachet.cache.v1.Compare
-	121, // 65: cachet.cache.v1.TxnRequest.success:type_name -> cachet.cache.v1.TxnOp
-	121, // 66: cachet.cache.v1.TxnRequest.failure:type_name -> cachet.cache.v1.TxnOp
-	127, // 67: cachet.cache.v1.TxnResponse.results:type_name -> cachet.cache.v1.TxnOpResult
-	131, // 68: cachet.cache.v1.WatchInvalidationsResponse.keys:type_name -> cachet.cache.v1.InvalidatedKeys
-	9,   // 69: cachet.cache.v1.CacheService.Get:input_type -> cachet.cache.v1.GetRequest
-	11,  // 70: cachet.cache.v1.CacheService.GetMany:input_type -> cachet.cache.v1.GetManyRequest
-	13,  // 71: cachet.cache.v1.CacheService.Set:input_type -> cachet.cache.v1.SetRequest
-	16,  // 72: cachet.cache.v1.CacheService.SetMany:input_type -> cachet.cache.v1.SetManyRequest
-	18,  // 73: cachet.cache.v1.CacheService.Delete:input_type -> cachet.cache.v1.DeleteRequest
-	20,  // 74: cachet.cache.v1.CacheService.Exists:input_type -> cachet.cache.v1.ExistsRequest
-	22,  // 75: cachet.cache.v1.CacheService.Expire:input_type -> cachet.cache.v1.ExpireRequest
-	24,  // 76: cachet.cache.v1.CacheService.Persist:input_type -> cachet.cache.v1.PersistRequest
-	26,  // 77: cachet.cache.v1.CacheService.GetTtl:input_type -> cachet.cache.v1.GetTtlRequest
-	28,  // 78: cachet.cache.v1.CacheService.Increment:input_type -> cachet.cache.v1.IncrementRequest
-	30,  // 79: cachet.cache.v1.CacheService.SetBit:input_type -> cachet.cache.v1.SetBitRequest
-	32,  // 80: cachet.cache.v1.CacheService.GetBit:input_type -> cachet.cache.v1.GetBitRequest
-	35,  // 81: cachet.cache.v1.CacheService.BitCount:input_type -> cachet.cache.v1.BitCountRequest
-	39,  // 82: cachet.cache.v1.CacheService.HashSet:input_type -> cachet.cache.v1.HashSetRequest
-	41,  // 83: cachet.cache.v1.CacheService.HashGet:input_type -> cachet.cache.v1.HashGetRequest
-	44,  // 84: cachet.cache.v1.CacheService.HashGetAll:input_type -> cachet.cache.v1.HashGetAllRequest
-	46,  // 85: cachet.cache.v1.CacheService.HashDelete:input_type -> cachet.cache.v1.HashDeleteRequest
-	48,  // 86: cachet.cache.v1.CacheService.HashIncrement:input_type -> cachet.cache.v1.HashIncrementRequest
-	50,  // 87: cachet.cache.v1.CacheService.HashKeys:input_type -> cachet.cache.v1.HashKeysRequest
-	52,  // 88: cachet.cache.v1.CacheService.HashValues:input_type -> cachet.cache.v1.HashValuesRequest
-	54,  // 89: cachet.cache.v1.CacheService.HashLength:input_type -> cachet.cache.v1.HashLengthRequest
-	56,  // 90: cachet.cache.v1.CacheService.HashScan:input_type -> cachet.cache.v1.HashScanRequest
-	58,  // 91: cachet.cache.v1.CacheService.ListPush:input_type -> cachet.cache.v1.ListPushRequest
-	60,  // 92: cachet.cache.v1.CacheService.ListPop:input_type -> cachet.cache.v1.ListPopRequest
-	62,  // 93: cachet.cache.v1.CacheService.ListRange:input_type -> cachet.cache.v1.ListRangeRequest
-	64,  // 94: cachet.cache.v1.CacheService.ListTrim:input_type -> cachet.cache.v1.ListTrimRequest
-	66,  // 95: cachet.cache.v1.CacheService.ListLength:input_type -> cachet.cache.v1.ListLengthRequest
-	68,  // 96: cachet.cache.v1.CacheService.ListRemove:input_type -> cachet.cache.v1.ListRemoveRequest
-	70,  // 97: cachet.cache.v1.CacheService.ListMove:input_type -> cachet.cache.v1.ListMoveRequest
-	72,  // 98: cachet.cache.v1.CacheService.SetAdd:input_type -> cachet.cache.v1.SetAddRequest
-	74,  // 99: cachet.cache.v1.CacheService.SetRemove:input_type -> cachet.cache.v1.SetRemoveRequest
-	76,  // 100: cachet.cache.v1.CacheService.SetMembers:input_type -> cachet.cache.v1.SetMembersRequest
-	78,  // 101: cachet.cache.v1.CacheService.SetIsMember:input_type -> cachet.cache.v1.SetIsMemberRequest
-	80,  // 102: cachet.cache.v1.CacheService.SetCardinality:input_type -> cachet.cache.v1.SetCardinalityRequest
-	82,  // 103: cachet.cache.v1.CacheService.SetRandomMembers:input_type -> cachet.cache.v1.SetRandomMembersRequest
-	84,  // 104: cachet.cache.v1.CacheService.SetPop:input_type -> cachet.cache.v1.SetPopRequest
-	86,  // 105: cachet.cache.v1.CacheService.SetMove:input_type -> cachet.cache.v1.SetMoveRequest
-	88,  // 106: cachet.cache.v1.CacheService.SetCombine:input_type -> cachet.cache.v1.SetCombineRequest
-	91,  // 107: cachet.cache.v1.CacheService.SortedSetAdd:input_type -> cachet.cache.v1.SortedSetAddRequest
-	93,  // 108: cachet.cache.v1.CacheService.SortedSetIncrement:input_type -> cachet.cache.v1.SortedSetIncrementRequest
-	95,  // 109: cachet.cache.v1.CacheService.SortedSetRank:input_type -> cachet.cache.v1.SortedSetRankRequest
-	99,  // 110: cachet.cache.v1.CacheService.SortedSetRange:input_type -> cachet.cache.v1.SortedSetRangeRequest
-	101, // 111: cachet.cache.v1.CacheService.SortedSetCount:input_type -> cachet.cache.v1.SortedSetCountRequest
-	103, // 112: cachet.cache.v1.CacheService.SortedSetScore:input_type -> cachet.cache.v1.SortedSetScoreRequest
-	106, // 113: cachet.cache.v1.CacheService.SortedSetRemove:input_type -> cachet.cache.v1.SortedSetRemoveRequest
-	108, // 114: cachet.cache.v1.CacheService.SortedSetRemoveRange:input_type -> cachet.cache.v1.SortedSetRemoveRangeRequest
-	110, // 115: cachet.cache.v1.CacheService.SortedSetCardinality:input_type -> cachet.cache.v1.SortedSetCardinalityRequest
-	112, // 116: cachet.cache.v1.CacheService.InvalidateTags:input_type -> cachet.cache.v1.InvalidateTagsRequest
-	114, // 117: cachet.cache.v1.CacheService.InvalidatePattern:input_type -> cachet.cache.v1.InvalidatePatternRequest
-	116, // 118: cachet.cache.v1.CacheService.GetOrLease:input_type -> cachet.cache.v1.GetOrLeaseRequest
-	118, // 119: cachet.cache.v1.CacheService.Fill:input_type -> cachet.cache.v1.FillRequest
-	126, // 120: cachet.cache.v1.CacheService.Txn:input_type -> cachet.cache.v1.TxnRequest
-	129, // 121: cachet.cache.v1.CacheService.WatchInvalidations:input_type -> cachet.cache.v1.WatchInvalidationsRequest
-	10,  // 122: cachet.cache.v1.CacheService.Get:output_type -> cachet.cache.v1.GetResponse
-	12,  // 123: cachet.cache.v1.CacheService.GetMany:output_type -> cachet.cache.v1.GetManyResponse
-	14,  // 124: cachet.cache.v1.CacheService.Set:output_type -> cachet.cache.v1.SetResponse
-	17,  // 125: cachet.cache.v1.CacheService.SetMany:output_type -> cachet.cache.v1.SetManyResponse
-	19,  // 126: cachet.cache.v1.CacheService.Delete:output_type -> cachet.cache.v1.DeleteResponse
-	21,  // 127: cachet.cache.v1.CacheService.Exists:output_type -> cachet.cache.v1.ExistsResponse
-	23,  // 128: cachet.cache.v1.CacheService.Expire:output_type -> cachet.cache.v1.ExpireResponse
-	25,  // 129: cachet.cache.v1.CacheService.Persist:output_type -> cachet.cache.v1.PersistResponse
-	27,  // 130: cachet.cache.v1.CacheService.GetTtl:output_type -> cachet.cache.v1.GetTtlResponse
-	29,  // 131: cachet.cache.v1.CacheService.Increment:output_type -> cachet.cache.v1.IncrementResponse
-	31,  // 132: cachet.cache.v1.CacheService.SetBit:output_type -> cachet.cache.v1.SetBitResponse
-	33,  // 133: cachet.cache.v1.CacheService.GetBit:output_type -> cachet.cache.v1.GetBitResponse
-	36,  // 134: cachet.cache.v1.CacheService.BitCount:output_type -> cachet.cache.v1.BitCountResponse
-	40,  // 135: cachet.cache.v1.CacheService.HashSet:output_type -> cachet.cache.v1.HashSetResponse
-	43,  // 136: cachet.cache.v1.CacheService.HashGet:output_type -> cachet.cache.v1.HashGetResponse
-	45,  // 137: cachet.cache.v1.CacheService.HashGetAll:output_type -> cachet.cache.v1.HashGetAllResponse
-	47,  // 138: cachet.cache.v1.CacheService.HashDelete:output_type -> cachet.cache.v1.HashDeleteResponse
-	49,  // 139: cachet.cache.v1.CacheService.HashIncrement:output_type -> cachet.cache.v1.HashIncrementResponse
-	51,  // 140: cachet.cache.v1.CacheService.HashKeys:output_type -> cachet.cache.v1.HashKeysResponse
-	53,  // 141: cachet.cache.v1.CacheService.HashValues:output_type -> cachet.cache.v1.HashValuesResponse
-	55,  // 142: cachet.cache.v1.CacheService.HashLength:output_type -> cachet.cache.v1.HashLengthResponse
-	57,  // 143: cachet.cache.v1.CacheService.HashScan:output_type -> cachet.cache.v1.HashScanResponse
-	59,  // 144: cachet.cache.v1.CacheService.ListPush:output_type -> cachet.cache.v1.ListPushResponse
-	61,  // 145: cachet.cache.v1.CacheService.ListPop:output_type -> cachet.cache.v1.ListPopResponse
-	63,  // 146: cachet.cache.v1.CacheService.ListRange:output_type -> cachet.cache.v1.ListRangeResponse
-	65,  // 147: cachet.cache.v1.CacheService.ListTrim:output_type -> cachet.cache.v1.ListTrimResponse
-	67,  // 148: cachet.cache.v1.CacheService.ListLength:output_type -> cachet.cache.v1.ListLengthResponse
-	69,  // 149: cachet.cache.v1.CacheService.ListRemove:output_type -> cachet.cache.v1.ListRemoveResponse
-	71,  // 150: cachet.cache.v1.CacheService.ListMove:output_type -> cachet.cache.v1.ListMoveResponse
-	73,  // 151: cachet.cache.v1.CacheService.SetAdd:output_type -> cachet.cache.v1.SetAddResponse
-	75,  // 152: cachet.cache.v1.CacheService.SetRemove:output_type -> cachet.cache.v1.SetRemoveResponse
-	77,  // 153: cachet.cache.v1.CacheService.SetMembers:output_type -> cachet.cache.v1.SetMembersResponse
-	79,  // 154: cachet.cache.v1.CacheService.SetIsMember:output_type -> cachet.cache.v1.SetIsMemberResponse
-	81,  // 155: cachet.cache.v1.CacheService.SetCardinality:output_type -> cachet.cache.v1.SetCardinalityResponse
-	83,  // 156: cachet.cache.v1.CacheService.SetRandomMembers:output_type -> cachet.cache.v1.SetRandomMembersResponse
-	85,  // 157: cachet.cache.v1.CacheService.SetPop:output_type -> cachet.cache.v1.SetPopResponse
-	87,  // 158: cachet.cache.v1.CacheService.SetMove:output_type -> cachet.cache.v1.SetMoveResponse
-	89,  // 159: cachet.cache.v1.CacheService.SetCombine:output_type -> cachet.cache.v1.SetCombineResponse
-	92,  // 160: cachet.cache.v1.CacheService.SortedSetAdd:output_type -> cachet.cache.v1.SortedSetAddResponse
-	94,  // 161: cachet.cache.v1.CacheService.SortedSetIncrement:output_type -> cachet.cache.v1.SortedSetIncrementResponse
-	96,  // 162: cachet.cache.v1.CacheService.SortedSetRank:output_type -> cachet.cache.v1.SortedSetRankResponse
-	100, // 163: cachet.cache.v1.CacheService.SortedSetRange:output_type -> cachet.cache.v1.SortedSetRangeResponse
-	102, // 164: cachet.cache.v1.CacheService.SortedSetCount:output_type -> cachet.cache.v1.SortedSetCountResponse
-	105, // 165: cachet.cache.v1.CacheService.SortedSetScore:output_type -> cachet.cache.v1.SortedSetScoreResponse
-	107, // 166: cachet.cache.v1.CacheService.SortedSetRemove:output_type -> cachet.cache.v1.SortedSetRemoveResponse
-	109, // 167: cachet.cache.v1.CacheService.SortedSetRemoveRange:output_type -> cachet.cache.v1.SortedSetRemoveRangeResponse
-	111, // 168: cachet.cache.v1.CacheService.SortedSetCardinality:output_type -> cachet.cache.v1.SortedSetCardinalityResponse
-	113, // 169: cachet.cache.v1.CacheService.InvalidateTags:output_type -> cachet.cache.v1.InvalidateTagsResponse
-	115, // 170: cachet.cache.v1.CacheService.InvalidatePattern:output_type -> cachet.cache.v1.InvalidatePatternResponse
-	117, // 171: cachet.cache.v1.CacheService.GetOrLease:output_type -> cachet.cache.v1.GetOrLeaseResponse
-	119, // 172: cachet.cache.v1.CacheService.Fill:output_type -> cachet.cache.v1.FillResponse
-	128, // 173: cachet.cache.v1.CacheService.Txn:output_type -> cachet.cache.v1.TxnResponse
-	130, // 174: cachet.cache.v1.CacheService.WatchInvalidations:output_type -> cachet.cache.v1.WatchInvalidationsResponse
-	122, // [122:175] is the sub-list for method output_type
-	69,  // [69:122] is the sub-list for method input_type
-	69,  // [69:69] is the sub-list for extension type_name
-	69,  // [69:69] is the sub-list for extension extendee
-	0,   // [0:69] is the sub-list for field type_name
+	132, // 51: cachet.cache.v1.GetOrLeaseRequest.wait:type_name -> google.protobuf.Duration
+	6,   // 52: cachet.cache.v1.GetOrLeaseResponse.outcome:type_name -> cachet.cache.v1.LeaseOutcome
+	132, // 53: cachet.cache.v1.GetOrLeaseResponse.lease_ttl:type_name -> google.protobuf.Duration
+	132, // 54: cachet.cache.v1.GetOrLeaseResponse.retry_after:type_name -> google.protobuf.Duration
+	132, // 55: cachet.cache.v1.FillRequest.ttl:type_name -> google.protobuf.Duration
+	132, // 56: cachet.cache.v1.FillRequest.stale_ttl:type_name -> google.protobuf.Duration
+	132, // 57: cachet.cache.v1.FillRequest.recompute_time:type_name -> google.protobuf.Duration
+	7,   // 58: cachet.cache.v1.Compare.operator:type_name -> cachet.cache.v1.CompareOperator
+	122, // 59: cachet.cache.v1.TxnOp.set:type_name -> cachet.cache.v1.TxnSet
+	123, // 60: cachet.cache.v1.TxnOp.delete:type_name -> cachet.cache.v1.TxnDelete
+	124, // 61: cachet.cache.v1.TxnOp.increment:type_name -> cachet.cache.v1.TxnIncrement
+	125, // 62: cachet.cache.v1.TxnOp.get:type_name -> cachet.cache.v1.TxnGet
+	132, // 63: cachet.cache.v1.TxnSet.ttl:type_name -> google.protobuf.Duration
+	132, // 64: cachet.cache.v1.TxnIncrement.ttl:type_name -> google.protobuf.Duration
+	120, // 65: cachet.cache.v1.TxnRequest.compare:type_name -> cachet.cache.v1.Compare
+	121, // 66: cachet.cache.v1.TxnRequest.success:type_name -> cachet.cache.v1.TxnOp
+	121, // 67: cachet.cache.v1.TxnRequest.failure:type_name -> cachet.cache.v1.TxnOp
+	127, // 68: cachet.cache.v1.TxnResponse.results:type_name -> cachet.cache.v1.TxnOpResult
+	131, // 69: cachet.cache.v1.WatchInvalidationsResponse.keys:type_name -> cachet.cache.v1.InvalidatedKeys
+	9,   // 70: cachet.cache.v1.CacheService.Get:input_type -> cachet.cache.v1.GetRequest
+	11,  // 71: cachet.cache.v1.CacheService.GetMany:input_type -> cachet.cache.v1.GetManyRequest
+	13,  // 72: cachet.cache.v1.CacheService.Set:input_type -> cachet.cache.v1.SetRequest
+	16,  // 73: cachet.cache.v1.CacheService.SetMany:input_type -> cachet.cache.v1.SetManyRequest
+	18,  // 74: cachet.cache.v1.CacheService.Delete:input_type -> cachet.cache.v1.DeleteRequest
+	20,  // 75: cachet.cache.v1.CacheService.Exists:input_type -> cachet.cache.v1.ExistsRequest
+	22,  // 76: cachet.cache.v1.CacheService.Expire:input_type -> cachet.cache.v1.ExpireRequest
+	24,  // 77: cachet.cache.v1.CacheService.Persist:input_type -> cachet.cache.v1.PersistRequest
+	26,  // 78: cachet.cache.v1.CacheService.GetTtl:input_type -> cachet.cache.v1.GetTtlRequest
+	28,  // 79: cachet.cache.v1.CacheService.Increment:input_type -> cachet.cache.v1.IncrementRequest
+	30,  // 80: cachet.cache.v1.CacheService.SetBit:input_type -> cachet.cache.v1.SetBitRequest
+	32,  // 81: cachet.cache.v1.CacheService.GetBit:input_type -> cachet.cache.v1.GetBitRequest
+	35,  // 82: cachet.cache.v1.CacheService.BitCount:input_type -> cachet.cache.v1.BitCountRequest
+	39,  // 83: cachet.cache.v1.CacheService.HashSet:input_type -> cachet.cache.v1.HashSetRequest
+	41,  // 84: cachet.cache.v1.CacheService.HashGet:input_type -> cachet.cache.v1.HashGetRequest
+	44,  // 85: cachet.cache.v1.CacheService.HashGetAll:input_type -> cachet.cache.v1.HashGetAllRequest
+	46,  // 86: cachet.cache.v1.CacheService.HashDelete:input_type -> cachet.cache.v1.HashDeleteRequest
+	48,  // 87: cachet.cache.v1.CacheService.HashIncrement:input_type -> cachet.cache.v1.HashIncrementRequest
+	50,  // 88: cachet.cache.v1.CacheService.HashKeys:input_type -> cachet.cache.v1.HashKeysRequest
+	52,  // 89: cachet.cache.v1.CacheService.HashValues:input_type -> cachet.cache.v1.HashValuesRequest
+	54,  // 90: cachet.cache.v1.CacheService.HashLength:input_type -> cachet.cache.v1.HashLengthRequest
+	56,  // 91: cachet.cache.v1.CacheService.HashScan:input_type -> cachet.cache.v1.HashScanRequest
+	58,  // 92: cachet.cache.v1.CacheService.ListPush:input_type -> cachet.cache.v1.ListPushRequest
+	60,  // 93: cachet.cache.v1.CacheService.ListPop:input_type -> cachet.cache.v1.ListPopRequest
+	62,  // 94: cachet.cache.v1.CacheService.ListRange:input_type -> cachet.cache.v1.ListRangeRequest
+	64,  // 95: cachet.cache.v1.CacheService.ListTrim:input_type -> cachet.cache.v1.ListTrimRequest
+	66,  // 96: cachet.cache.v1.CacheService.ListLength:input_type -> cachet.cache.v1.ListLengthRequest
+	68,  // 97: cachet.cache.v1.CacheService.ListRemove:input_type -> cachet.cache.v1.ListRemoveRequest
+	70,  // 98: cachet.cache.v1.CacheService.ListMove:input_type -> cachet.cache.v1.ListMoveRequest
+	72,  // 99: cachet.cache.v1.CacheService.SetAdd:input_type -> cachet.cache.v1.SetAddRequest
+	74,  // 100: cachet.cache.v1.CacheService.SetRemove:input_type -> cachet.cache.v1.SetRemoveRequest
+	76,  // 101: cachet.cache.v1.CacheService.SetMembers:input_type -> cachet.cache.v1.SetMembersRequest
+	78,  // 102: cachet.cache.v1.CacheService.SetIsMember:input_type -> cachet.cache.v1.SetIsMemberRequest
+	80,  // 103: cachet.cache.v1.CacheService.SetCardinality:input_type -> cachet.cache.v1.SetCardinalityRequest
+	82,  // 104: cachet.cache.v1.CacheService.SetRandomMembers:input_type -> cachet.cache.v1.SetRandomMembersRequest
+	84,  // 105: cachet.cache.v1.CacheService.SetPop:input_type -> cachet.cache.v1.SetPopRequest
+	86,  // 106: cachet.cache.v1.CacheService.SetMove:input_type -> cachet.cache.v1.SetMoveRequest
+	88,  // 107: cachet.cache.v1.CacheService.SetCombine:input_type -> cachet.cache.v1.SetCombineRequest
+	91,  // 108: cachet.cache.v1.CacheService.SortedSetAdd:input_type -> cachet.cache.v1.SortedSetAddRequest
+	93,  // 109: cachet.cache.v1.CacheService.SortedSetIncrement:input_type -> cachet.cache.v1.SortedSetIncrementRequest
+	95,  // 110: cachet.cache.v1.CacheService.SortedSetRank:input_type -> cachet.cache.v1.SortedSetRankRequest
+	99,  // 111: cachet.cache.v1.CacheService.SortedSetRange:input_type -> cachet.cache.v1.SortedSetRangeRequest
+	101, // 112: cachet.cache.v1.CacheService.SortedSetCount:input_type -> cachet.cache.v1.SortedSetCountRequest
+	103, // 113: cachet.cache.v1.CacheService.SortedSetScore:input_type -> cachet.cache.v1.SortedSetScoreRequest
+	106, // 114: cachet.cache.v1.CacheService.SortedSetRemove:input_type -> cachet.cache.v1.SortedSetRemoveRequest
+	108, // 115: cachet.cache.v1.CacheService.SortedSetRemoveRange:input_type -> cachet.cache.v1.SortedSetRemoveRangeRequest
+	110, // 116: cachet.cache.v1.CacheService.SortedSetCardinality:input_type -> cachet.cache.v1.SortedSetCardinalityRequest
+	112, // 117: cachet.cache.v1.CacheService.InvalidateTags:input_type -> cachet.cache.v1.InvalidateTagsRequest
+	114, // 118: cachet.cache.v1.CacheService.InvalidatePattern:input_type -> cachet.cache.v1.InvalidatePatternRequest
+	116, // 119: cachet.cache.v1.CacheService.GetOrLease:input_type -> cachet.cache.v1.GetOrLeaseRequest
+	118, // 120: cachet.cache.v1.CacheService.Fill:input_type -> cachet.cache.v1.FillRequest
+	126, // 121: cachet.cache.v1.CacheService.Txn:input_type -> cachet.cache.v1.TxnRequest
+	129, // 122: cachet.cache.v1.CacheService.WatchInvalidations:input_type -> cachet.cache.v1.WatchInvalidationsRequest
+	10,  // 123: cachet.cache.v1.CacheService.Get:output_type -> cachet.cache.v1.GetResponse
+	12,  // 124: cachet.cache.v1.CacheService.GetMany:output_type -> cachet.cache.v1.GetManyResponse
+	14,  // 125: cachet.cache.v1.CacheService.Set:output_type -> cachet.cache.v1.SetResponse
+	17,  // 126: cachet.cache.v1.CacheService.SetMany:output_type -> cachet.cache.v1.SetManyResponse
+	19,  // 127: cachet.cache.v1.CacheService.Delete:output_type -> cachet.cache.v1.DeleteResponse
+	21,  // 128: cachet.cache.v1.CacheService.Exists:output_type -> cachet.cache.v1.ExistsResponse
+	23,  // 129: cachet.cache.v1.CacheService.Expire:output_type -> cachet.cache.v1.ExpireResponse
+	25,  // 130: cachet.cache.v1.CacheService.Persist:output_type -> cachet.cache.v1.PersistResponse
+	27,  // 131: cachet.cache.v1.CacheService.GetTtl:output_type -> cachet.cache.v1.GetTtlResponse
+	29,  // 132: cachet.cache.v1.CacheService.Increment:output_type -> cachet.cache.v1.IncrementResponse
+	31,  // 133: cachet.cache.v1.CacheService.SetBit:output_type -> cachet.cache.v1.SetBitResponse
+	33,  // 134: cachet.cache.v1.CacheService.GetBit:output_type -> cachet.cache.v1.GetBitResponse
+	36,  // 135: cachet.cache.v1.CacheService.BitCount:output_type -> cachet.cache.v1.BitCountResponse
+	40,  // 136: cachet.cache.v1.CacheService.HashSet:output_type -> cachet.cache.v1.HashSetResponse
+	43,  // 137: cachet.cache.v1.CacheService.HashGet:output_type -> cachet.cache.v1.HashGetResponse
+	45,  // 138: cachet.cache.v1.CacheService.HashGetAll:output_type -> cachet.cache.v1.HashGetAllResponse
+	47,  // 139: cachet.cache.v1.CacheService.HashDelete:output_type -> cachet.cache.v1.HashDeleteResponse
+	49,  // 140: cachet.cache.v1.CacheService.HashIncrement:output_type -> cachet.cache.v1.HashIncrementResponse
+	51,  // 141: cachet.cache.v1.CacheService.HashKeys:output_type -> cachet.cache.v1.HashKeysResponse
+	53,  // 142: cachet.cache.v1.CacheService.HashValues:output_type -> cachet.cache.v1.HashValuesResponse
+	55,  // 143: cachet.cache.v1.CacheService.HashLength:output_type -> cachet.cache.v1.HashLengthResponse
+	57,  // 144: cachet.cache.v1.CacheService.HashScan:output_type -> cachet.cache.v1.HashScanResponse
+	59,  // 145: cachet.cache.v1.CacheService.ListPush:output_type -> cachet.cache.v1.ListPushResponse
+	61,  // 146: cachet.cache.v1.CacheService.ListPop:output_type -> cachet.cache.v1.ListPopResponse
+	63,  // 147: cachet.cache.v1.CacheService.ListRange:output_type -> cachet.cache.v1.ListRangeResponse
+	65,  // 148: cachet.cache.v1.CacheService.ListTrim:output_type -> cachet.cache.v1.ListTrimResponse
+	67,  // 149: cachet.cache.v1.CacheService.ListLength:output_type -> cachet.cache.v1.ListLengthResponse
+	69,  // 150: cachet.cache.v1.CacheService.ListRemove:output_type -> cachet.cache.v1.ListRemoveResponse
+	71,  // 151: cachet.cache.v1.CacheService.ListMove:output_type -> cachet.cache.v1.ListMoveResponse
+	73,  // 152: cachet.cache.v1.CacheService.SetAdd:output_type -> cachet.cache.v1.SetAddResponse
+	75,  // 153: cachet.cache.v1.CacheService.SetRemove:output_type -> cachet.cache.v1.SetRemoveResponse
+	77,  // 154: cachet.cache.v1.CacheService.SetMembers:output_type -> cachet.cache.v1.SetMembersResponse
+	79,  // 155: cachet.cache.v1.CacheService.SetIsMember:output_type -> cachet.cache.v1.SetIsMemberResponse
+	81,  // 156: cachet.cache.v1.CacheService.SetCardinality:output_type -> cachet.cache.v1.SetCardinalityResponse
+	83,  // 157: cachet.cache.v1.CacheService.SetRandomMembers:output_type -> cachet.cache.v1.SetRandomMembersResponse
+	85,  // 158: cachet.cache.v1.CacheService.SetPop:output_type -> cachet.cache.v1.SetPopResponse
+	87,  // 159: cachet.cache.v1.CacheService.SetMove:output_type -> cachet.cache.v1.SetMoveResponse
+	89,  // 160: cachet.cache.v1.CacheService.SetCombine:output_type -> cachet.cache.v1.SetCombineResponse
+	92,  // 161: cachet.cache.v1.CacheService.SortedSetAdd:output_type -> cachet.cache.v1.SortedSetAddResponse
+	94,  // 162: cachet.cache.v1.CacheService.SortedSetIncrement:output_type -> cachet.cache.v1.SortedSetIncrementResponse
+	96,  // 163: cachet.cache.v1.CacheService.SortedSetRank:output_type -> cachet.cache.v1.SortedSetRankResponse
+	100, // 164: cachet.cache.v1.CacheService.SortedSetRange:output_type -> cachet.cache.v1.SortedSetRangeResponse
+	102, // 165: cachet.cache.v1.CacheService.SortedSetCount:output_type -> cachet.cache.v1.SortedSetCountResponse
+	105, // 166: cachet.cache.v1.CacheService.SortedSetScore:output_type -> cachet.cache.v1.SortedSetScoreResponse
+	107, // 167: cachet.cache.v1.CacheService.SortedSetRemove:output_type -> cachet.cache.v1.SortedSetRemoveResponse
+	109, // 168: cachet.cache.v1.CacheService.SortedSetRemoveRange:output_type -> cachet.cache.v1.SortedSetRemoveRangeResponse
+	111, // 169: cachet.cache.v1.CacheService.SortedSetCardinality:output_type -> cachet.cache.v1.SortedSetCardinalityResponse
+	113, // 170: cachet.cache.v1.CacheService.InvalidateTags:output_type -> cachet.cache.v1.InvalidateTagsResponse
+	115, // 171: cachet.cache.v1.CacheService.InvalidatePattern:output_type -> cachet.cache.v1.InvalidatePatternResponse
+	117, // 172: cachet.cache.v1.CacheService.GetOrLease:output_type -> cachet.cache.v1.GetOrLeaseResponse
+	119, // 173: cachet.cache.v1.CacheService.Fill:output_type -> cachet.cache.v1.FillResponse
+	128, // 174: cachet.cache.v1.CacheService.Txn:output_type -> cachet.cache.v1.TxnResponse
+	130, // 175: cachet.cache.v1.CacheService.WatchInvalidations:output_type -> cachet.cache.v1.WatchInvalidationsResponse
+	123, // [123:176] is the sub-list for method output_type
+	70,  // [70:123] is the sub-list for method input_type
+	70,  // [70:70] is the sub-list for extension type_name
+	70,  // [70:70] is the sub-list for extension extendee
+	0,   // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_cachet_cache_v1_cache_proto_init() }

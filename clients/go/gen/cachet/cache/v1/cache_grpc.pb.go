@@ -168,8 +168,10 @@ type CacheServiceClient interface {
 	// ListPop pops values from one end of a list. With `wait` it blocks until a
 	// value arrives, the wait ends, or the call's deadline is near, whichever
 	// is first; an empty answer is not an error. A value is handed to exactly
-	// one waiter; one handed over just as its caller cancels can be lost (use
-	// ListMove into a processing list for at-least-once delivery).
+	// one waiter. A waiting call moves the value it is handed into a holding
+	// list of its own (BLMOVE) before taking it, so a call cancelled at that
+	// very moment puts the value back at the end it came from: no value is lost
+	// to a cancellation (the value may then be handed to another caller).
 	ListPop(ctx context.Context, in *ListPopRequest, opts ...grpc.CallOption) (*ListPopResponse, error)
 	// ListRange reads a range of a list by index (0-based, negative from end).
 	ListRange(ctx context.Context, in *ListRangeRequest, opts ...grpc.CallOption) (*ListRangeResponse, error)
@@ -916,8 +918,10 @@ type CacheServiceServer interface {
 	// ListPop pops values from one end of a list. With `wait` it blocks until a
 	// value arrives, the wait ends, or the call's deadline is near, whichever
 	// is first; an empty answer is not an error. A value is handed to exactly
-	// one waiter; one handed over just as its caller cancels can be lost (use
-	// ListMove into a processing list for at-least-once delivery).
+	// one waiter. A waiting call moves the value it is handed into a holding
+	// list of its own (BLMOVE) before taking it, so a call cancelled at that
+	// very moment puts the value back at the end it came from: no value is lost
+	// to a cancellation (the value may then be handed to another caller).
 	ListPop(context.Context, *ListPopRequest) (*ListPopResponse, error)
 	// ListRange reads a range of a list by index (0-based, negative from end).
 	ListRange(context.Context, *ListRangeRequest) (*ListRangeResponse, error)

@@ -317,7 +317,13 @@ type PublishRequest struct {
 	// The topic, a name within the caller's namespace. Required.
 	Topic string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
 	// The event. `delivery_count` and `dead_letter` must be unset. Required.
-	Event         *Event `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	Event *Event `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	// Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+	// The first Publish with this id on this topic is remembered for
+	// CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+	// within that window is not published again and answers the first call's
+	// `receivers` and `id`. Empty: no idempotency.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -364,6 +370,13 @@ func (x *PublishRequest) GetEvent() *Event {
 		return x.Event
 	}
 	return nil
+}
+
+func (x *PublishRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 // PublishResponse says how far the event got.
@@ -702,7 +715,13 @@ type AppendRequest struct {
 	// If set (> 0), trims the stream to about this many events in the same
 	// command (XADD MAXLEN ~): Redis may keep somewhat more, never fewer. Unset:
 	// no trimming. Bounds: 1..2^62.
-	MaxLen        *int64 `protobuf:"varint,3,opt,name=max_len,json=maxLen,proto3,oneof" json:"max_len,omitempty"`
+	MaxLen *int64 `protobuf:"varint,3,opt,name=max_len,json=maxLen,proto3,oneof" json:"max_len,omitempty"`
+	// Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+	// The first Append with this id on this stream is remembered for
+	// CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+	// within that window appends nothing and answers the first call's `id`
+	// (checked in the same atomic script as the XADD). Empty: no idempotency.
+	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -756,6 +775,13 @@ func (x *AppendRequest) GetMaxLen() int64 {
 		return *x.MaxLen
 	}
 	return 0
+}
+
+func (x *AppendRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 // AppendResponse has the new event's id.
@@ -2717,10 +2743,12 @@ const file_cachet_eventbus_v1_eventbus_proto_rawDesc = "" +
 	"\x12dead_lettered_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x10deadLetteredTime\"R\n" +
 	"\x10DeadLetterPolicy\x12%\n" +
 	"\x0emax_deliveries\x18\x01 \x01(\x03R\rmaxDeliveries\x12\x17\n" +
-	"\amax_len\x18\x02 \x01(\x03R\x06maxLen\"W\n" +
+	"\amax_len\x18\x02 \x01(\x03R\x06maxLen\"v\n" +
 	"\x0ePublishRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12/\n" +
-	"\x05event\x18\x02 \x01(\v2\x19.cachet.eventbus.v1.EventR\x05event\"?\n" +
+	"\x05event\x18\x02 \x01(\v2\x19.cachet.eventbus.v1.EventR\x05event\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"?\n" +
 	"\x0fPublishResponse\x12\x1c\n" +
 	"\treceivers\x18\x01 \x01(\x03R\treceivers\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"F\n" +
@@ -2736,11 +2764,13 @@ const file_cachet_eventbus_v1_eventbus_proto_rawDesc = "" +
 	"\fTopicMessage\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x18\n" +
 	"\apattern\x18\x02 \x01(\tR\apattern\x12/\n" +
-	"\x05event\x18\x03 \x01(\v2\x19.cachet.eventbus.v1.EventR\x05event\"\x82\x01\n" +
+	"\x05event\x18\x03 \x01(\v2\x19.cachet.eventbus.v1.EventR\x05event\"\xa1\x01\n" +
 	"\rAppendRequest\x12\x16\n" +
 	"\x06stream\x18\x01 \x01(\tR\x06stream\x12/\n" +
 	"\x05event\x18\x02 \x01(\v2\x19.cachet.eventbus.v1.EventR\x05event\x12\x1c\n" +
-	"\amax_len\x18\x03 \x01(\x03H\x00R\x06maxLen\x88\x01\x01B\n" +
+	"\amax_len\x18\x03 \x01(\x03H\x00R\x06maxLen\x88\x01\x01\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestIdB\n" +
 	"\n" +
 	"\b_max_len\" \n" +
 	"\x0eAppendResponse\x12\x0e\n" +

@@ -163,7 +163,8 @@ class AdminServiceStub:
     """FlushNamespace deletes every key of the caller's namespace (cache
     values, locks, rate-limit state, streams, and their internal indexes),
     on every node, with SCAN + UNLINK in batches; no other namespace is
-    touched. Namespace-scoped: the namespace comes from metadata
+    touched. Lock and semaphore fencing counters are kept, so a lock
+    granted after the flush gets a higher fencing token than any before it. Namespace-scoped: the namespace comes from metadata
     `cachet-namespace`, never from a field.
     Guard: `confirm` must equal the namespace name exactly, otherwise
     FAILED_PRECONDITION (google.rpc.ErrorInfo reason
@@ -310,7 +311,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """FlushNamespace deletes every key of the caller's namespace (cache
     values, locks, rate-limit state, streams, and their internal indexes),
     on every node, with SCAN + UNLINK in batches; no other namespace is
-    touched. Namespace-scoped: the namespace comes from metadata
+    touched. Lock and semaphore fencing counters are kept, so a lock
+    granted after the flush gets a higher fencing token than any before it. Namespace-scoped: the namespace comes from metadata
     `cachet-namespace`, never from a field.
     Guard: `confirm` must equal the namespace name exactly, otherwise
     FAILED_PRECONDITION (google.rpc.ErrorInfo reason
@@ -532,7 +534,8 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """FlushNamespace deletes every key of the caller's namespace (cache
         values, locks, rate-limit state, streams, and their internal indexes),
         on every node, with SCAN + UNLINK in batches; no other namespace is
-        touched. Namespace-scoped: the namespace comes from metadata
+        touched. Lock and semaphore fencing counters are kept, so a lock
+        granted after the flush gets a higher fencing token than any before it. Namespace-scoped: the namespace comes from metadata
         `cachet-namespace`, never from a field.
         Guard: `confirm` must equal the namespace name exactly, otherwise
         FAILED_PRECONDITION (google.rpc.ErrorInfo reason

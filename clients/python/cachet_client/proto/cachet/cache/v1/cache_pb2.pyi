@@ -868,12 +868,23 @@ class IncrementRequest(_message.Message):
     BY_INT_FIELD_NUMBER: _builtins.int
     BY_FLOAT_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The counter's key."""
     by_int: _builtins.int
     """Integer amount (Redis INCRBY); may be negative."""
     by_float: _builtins.float
     """Float amount (Redis INCRBYFLOAT); must be finite."""
+    request_id: _builtins.str
+    """Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+    The result of the first call with this id on this key is remembered for
+    CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+    within that window answers the first result again and is not applied
+    again (checked and remembered in the same atomic script as the write). A
+    retry after the window is applied as a new call. Empty: no idempotency.
+    Reusing an id for another request on the same key answers the first
+    request's result; use a fresh id per logical operation.
+    """
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
         """TTL given to the counter when this call creates it; an existing counter
@@ -887,10 +898,11 @@ class IncrementRequest(_message.Message):
         by_int: _builtins.int = ...,
         by_float: _builtins.float = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["by_float", b"by_float", "by_int", b"by_int", "delta", b"delta", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_float", b"by_float", "by_int", b"by_int", "delta", b"delta", "key", b"key", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_float", b"by_float", "by_int", b"by_int", "delta", b"delta", "key", b"key", "request_id", b"request_id", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_delta: _TypeAlias = _typing.Literal["by_int", "by_float"]  # noqa: Y015
     _WhichOneofArgType_delta: _TypeAlias = _typing.Literal["delta", b"delta"]  # noqa: Y015
@@ -1424,6 +1436,7 @@ class HashIncrementRequest(_message.Message):
     BY_INT_FIELD_NUMBER: _builtins.int
     BY_FLOAT_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The hash's key."""
     field: _builtins.str
@@ -1432,6 +1445,16 @@ class HashIncrementRequest(_message.Message):
     """Integer amount."""
     by_float: _builtins.float
     """Float amount; must be finite."""
+    request_id: _builtins.str
+    """Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+    The result of the first call with this id on this key is remembered for
+    CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+    within that window answers the first result again and is not applied
+    again (checked and remembered in the same atomic script as the write). A
+    retry after the window is applied as a new call. Empty: no idempotency.
+    Reusing an id for another request on the same key answers the first
+    request's result; use a fresh id per logical operation.
+    """
     @_builtins.property
     def ttl(self) -> Global___CollectionTtl:
         """TTL handling for the hash."""
@@ -1444,10 +1467,11 @@ class HashIncrementRequest(_message.Message):
         by_int: _builtins.int = ...,
         by_float: _builtins.float = ...,
         ttl: Global___CollectionTtl | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["by_float", b"by_float", "by_int", b"by_int", "delta", b"delta", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_float", b"by_float", "by_int", b"by_int", "delta", b"delta", "field", b"field", "key", b"key", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_float", b"by_float", "by_int", b"by_int", "delta", b"delta", "field", b"field", "key", b"key", "request_id", b"request_id", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_delta: _TypeAlias = _typing.Literal["by_int", "by_float"]  # noqa: Y015
     _WhichOneofArgType_delta: _TypeAlias = _typing.Literal["delta", b"delta"]  # noqa: Y015
@@ -1693,6 +1717,7 @@ class ListPushRequest(_message.Message):
     IF_PRESENT_FIELD_NUMBER: _builtins.int
     KEEP_NEWEST_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The list's key."""
     end: Global___ListEnd.ValueType
@@ -1702,6 +1727,16 @@ class ListPushRequest(_message.Message):
     keep_newest: _builtins.int
     """After pushing, keep only the `keep_newest` values nearest the pushed end
     (a capped list: newest N). 0 keeps everything.
+    """
+    request_id: _builtins.str
+    """Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+    The result of the first call with this id on this key is remembered for
+    CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+    within that window answers the first result again and is not applied
+    again (checked and remembered in the same atomic script as the write). A
+    retry after the window is applied as a new call. Empty: no idempotency.
+    Reusing an id for another request on the same key answers the first
+    request's result; use a fresh id per logical operation.
     """
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
@@ -1720,10 +1755,11 @@ class ListPushRequest(_message.Message):
         if_present: _builtins.bool = ...,
         keep_newest: _builtins.int = ...,
         ttl: Global___CollectionTtl | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "if_present", b"if_present", "keep_newest", b"keep_newest", "key", b"key", "ttl", b"ttl", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "if_present", b"if_present", "keep_newest", b"keep_newest", "key", b"key", "request_id", b"request_id", "ttl", b"ttl", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2662,12 +2698,23 @@ class SortedSetIncrementRequest(_message.Message):
     MEMBER_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The sorted set's key."""
     member: _builtins.bytes
     """The member."""
     delta: _builtins.float
     """The amount; must be finite."""
+    request_id: _builtins.str
+    """Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+    The result of the first call with this id on this key is remembered for
+    CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+    within that window answers the first result again and is not applied
+    again (checked and remembered in the same atomic script as the write). A
+    retry after the window is applied as a new call. Empty: no idempotency.
+    Reusing an id for another request on the same key answers the first
+    request's result; use a fresh id per logical operation.
+    """
     @_builtins.property
     def ttl(self) -> Global___CollectionTtl:
         """TTL handling for the sorted set."""
@@ -2679,10 +2726,11 @@ class SortedSetIncrementRequest(_message.Message):
         member: _builtins.bytes = ...,
         delta: _builtins.float = ...,
         ttl: Global___CollectionTtl | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "key", b"key", "member", b"member", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "key", b"key", "member", b"member", "request_id", b"request_id", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3291,6 +3339,7 @@ class GetOrLeaseRequest(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     LEASE_TTL_FIELD_NUMBER: _builtins.int
     ACCEPT_STALE_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The key."""
     accept_stale: _builtins.bool
@@ -3303,16 +3352,30 @@ class GetOrLeaseRequest(_message.Message):
         absent: 10s. Must be in (0, max TTL].
         """
 
+    @_builtins.property
+    def wait(self) -> _duration_pb2.Duration:
+        """When another caller is filling the key, wait up to this long for its fill
+        instead of answering FILL_PENDING at once: the call answers HIT as soon
+        as the fill lands, or LEASE_GRANTED to this caller if the lease expires
+        or a write voids it without a value, or FILL_PENDING (with the stale
+        copy, if accepted) when the wait ends first. Waiters are woken by a
+        notification from the script that fills or voids the lease (one pub/sub
+        subscription per server), not by polling. Bounded by the call deadline
+        (the answer comes shortly before it) and by the maximum TTL. Unset or
+        zero: do not wait.
+        """
+
     def __init__(
         self,
         *,
         key: _builtins.str = ...,
         lease_ttl: _duration_pb2.Duration | None = ...,
         accept_stale: _builtins.bool = ...,
+        wait: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_ttl", b"lease_ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_ttl", b"lease_ttl", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_stale", b"accept_stale", "key", b"key", "lease_ttl", b"lease_ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_stale", b"accept_stale", "key", b"key", "lease_ttl", b"lease_ttl", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -543,8 +543,10 @@ class CacheServiceServicer:
         """ListPop pops values from one end of a list. With `wait` it blocks until a
         value arrives, the wait ends, or the call's deadline is near, whichever
         is first; an empty answer is not an error. A value is handed to exactly
-        one waiter; one handed over just as its caller cancels can be lost (use
-        ListMove into a processing list for at-least-once delivery).
+        one waiter. A waiting call moves the value it is handed into a holding
+        list of its own (BLMOVE) before taking it, so a call cancelled at that
+        very moment puts the value back at the end it came from: no value is lost
+        to a cancellation (the value may then be handed to another caller).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

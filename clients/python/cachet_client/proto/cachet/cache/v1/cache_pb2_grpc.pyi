@@ -140,8 +140,10 @@ class CacheServiceStub:
     """ListPop pops values from one end of a list. With `wait` it blocks until a
     value arrives, the wait ends, or the call's deadline is near, whichever
     is first; an empty answer is not an error. A value is handed to exactly
-    one waiter; one handed over just as its caller cancels can be lost (use
-    ListMove into a processing list for at-least-once delivery).
+    one waiter. A waiting call moves the value it is handed into a holding
+    list of its own (BLMOVE) before taking it, so a call cancelled at that
+    very moment puts the value back at the end it came from: no value is lost
+    to a cancellation (the value may then be handed to another caller).
     """
     ListRange: _grpc.UnaryUnaryMultiCallable[_cache_pb2.ListRangeRequest, _cache_pb2.ListRangeResponse]
     """ListRange reads a range of a list by index (0-based, negative from end)."""
@@ -367,8 +369,10 @@ class CacheServiceAsyncStub(CacheServiceStub):
     """ListPop pops values from one end of a list. With `wait` it blocks until a
     value arrives, the wait ends, or the call's deadline is near, whichever
     is first; an empty answer is not an error. A value is handed to exactly
-    one waiter; one handed over just as its caller cancels can be lost (use
-    ListMove into a processing list for at-least-once delivery).
+    one waiter. A waiting call moves the value it is handed into a holding
+    list of its own (BLMOVE) before taking it, so a call cancelled at that
+    very moment puts the value back at the end it came from: no value is lost
+    to a cancellation (the value may then be handed to another caller).
     """
     ListRange: _aio.UnaryUnaryMultiCallable[_cache_pb2.ListRangeRequest, _cache_pb2.ListRangeResponse]  # type: ignore[assignment]
     """ListRange reads a range of a list by index (0-based, negative from end)."""
@@ -735,8 +739,10 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListPop pops values from one end of a list. With `wait` it blocks until a
         value arrives, the wait ends, or the call's deadline is near, whichever
         is first; an empty answer is not an error. A value is handed to exactly
-        one waiter; one handed over just as its caller cancels can be lost (use
-        ListMove into a processing list for at-least-once delivery).
+        one waiter. A waiting call moves the value it is handed into a holding
+        list of its own (BLMOVE) before taking it, so a call cancelled at that
+        very moment puts the value back at the end it came from: no value is lost
+        to a cancellation (the value may then be handed to another caller).
         """
 
     @_abc_1.abstractmethod

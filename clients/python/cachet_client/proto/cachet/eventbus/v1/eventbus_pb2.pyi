@@ -215,8 +215,16 @@ class PublishRequest(_message.Message):
 
     TOPIC_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     """The topic, a name within the caller's namespace. Required."""
+    request_id: _builtins.str
+    """Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+    The first Publish with this id on this topic is remembered for
+    CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+    within that window is not published again and answers the first call's
+    `receivers` and `id`. Empty: no idempotency.
+    """
     @_builtins.property
     def event(self) -> Global___Event:
         """The event. `delivery_count` and `dead_letter` must be unset. Required."""
@@ -226,10 +234,11 @@ class PublishRequest(_message.Message):
         *,
         topic: _builtins.str = ...,
         event: Global___Event | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "request_id", b"request_id", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -411,6 +420,7 @@ class AppendRequest(_message.Message):
     STREAM_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
     MAX_LEN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     stream: _builtins.str
     """The stream, a name within the caller's namespace. Created if missing.
     Required.
@@ -419,6 +429,13 @@ class AppendRequest(_message.Message):
     """If set (> 0), trims the stream to about this many events in the same
     command (XADD MAXLEN ~): Redis may keep somewhat more, never fewer. Unset:
     no trimming. Bounds: 1..2^62.
+    """
+    request_id: _builtins.str
+    """Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+    The first Append with this id on this stream is remembered for
+    CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+    within that window appends nothing and answers the first call's `id`
+    (checked in the same atomic script as the XADD). Empty: no idempotency.
     """
     @_builtins.property
     def event(self) -> Global___Event:
@@ -432,10 +449,11 @@ class AppendRequest(_message.Message):
         stream: _builtins.str = ...,
         event: Global___Event | None = ...,
         max_len: _builtins.int | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_len", b"_max_len", "event", b"event", "max_len", b"max_len"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_len", b"_max_len", "event", b"event", "max_len", b"max_len", "stream", b"stream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_len", b"_max_len", "event", b"event", "max_len", b"max_len", "request_id", b"request_id", "stream", b"stream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_len: _TypeAlias = _typing.Literal["max_len"]  # noqa: Y015
     _WhichOneofArgType__max_len: _TypeAlias = _typing.Literal["_max_len", b"_max_len"]  # noqa: Y015

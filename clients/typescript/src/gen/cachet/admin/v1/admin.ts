@@ -7241,7 +7241,8 @@ export const AdminServiceService = {
    * FlushNamespace deletes every key of the caller's namespace (cache
    * values, locks, rate-limit state, streams, and their internal indexes),
    * on every node, with SCAN + UNLINK in batches; no other namespace is
-   * touched. Namespace-scoped: the namespace comes from metadata
+   * touched. Lock and semaphore fencing counters are kept, so a lock
+   * granted after the flush gets a higher fencing token than any before it. Namespace-scoped: the namespace comes from metadata
    * `cachet-namespace`, never from a field.
    * Guard: `confirm` must equal the namespace name exactly, otherwise
    * FAILED_PRECONDITION (google.rpc.ErrorInfo reason
@@ -7376,7 +7377,8 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
    * FlushNamespace deletes every key of the caller's namespace (cache
    * values, locks, rate-limit state, streams, and their internal indexes),
    * on every node, with SCAN + UNLINK in batches; no other namespace is
-   * touched. Namespace-scoped: the namespace comes from metadata
+   * touched. Lock and semaphore fencing counters are kept, so a lock
+   * granted after the flush gets a higher fencing token than any before it. Namespace-scoped: the namespace comes from metadata
    * `cachet-namespace`, never from a field.
    * Guard: `confirm` must equal the namespace name exactly, otherwise
    * FAILED_PRECONDITION (google.rpc.ErrorInfo reason
@@ -7669,7 +7671,8 @@ export interface AdminServiceClient extends Client {
    * FlushNamespace deletes every key of the caller's namespace (cache
    * values, locks, rate-limit state, streams, and their internal indexes),
    * on every node, with SCAN + UNLINK in batches; no other namespace is
-   * touched. Namespace-scoped: the namespace comes from metadata
+   * touched. Lock and semaphore fencing counters are kept, so a lock
+   * granted after the flush gets a higher fencing token than any before it. Namespace-scoped: the namespace comes from metadata
    * `cachet-namespace`, never from a field.
    * Guard: `confirm` must equal the namespace name exactly, otherwise
    * FAILED_PRECONDITION (google.rpc.ErrorInfo reason

@@ -655,7 +655,20 @@ export interface IncrementRequest {
    * TTL given to the counter when this call creates it; an existing counter
    * keeps its TTL. Absent: the default TTL.
    */
-  ttl: Duration | undefined;
+  ttl:
+    | Duration
+    | undefined;
+  /**
+   * Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+   * The result of the first call with this id on this key is remembered for
+   * CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+   * within that window answers the first result again and is not applied
+   * again (checked and remembered in the same atomic script as the write). A
+   * retry after the window is applied as a new call. Empty: no idempotency.
+   * Reusing an id for another request on the same key answers the first
+   * request's result; use a fresh id per logical operation.
+   */
+  requestId: string;
 }
 
 /** IncrementResponse is the counter after the increment. */
@@ -833,7 +846,20 @@ export interface HashIncrementRequest {
     | number
     | undefined;
   /** TTL handling for the hash. */
-  ttl: CollectionTtl | undefined;
+  ttl:
+    | CollectionTtl
+    | undefined;
+  /**
+   * Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+   * The result of the first call with this id on this key is remembered for
+   * CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+   * within that window answers the first result again and is not applied
+   * again (checked and remembered in the same atomic script as the write). A
+   * retry after the window is applied as a new call. Empty: no idempotency.
+   * Reusing an id for another request on the same key answers the first
+   * request's result; use a fresh id per logical operation.
+   */
+  requestId: string;
 }
 
 /** HashIncrementResponse has the field's new value. */
@@ -919,7 +945,20 @@ export interface ListPushRequest {
    */
   keepNewest: bigint;
   /** TTL handling for the list. */
-  ttl: CollectionTtl | undefined;
+  ttl:
+    | CollectionTtl
+    | undefined;
+  /**
+   * Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+   * The result of the first call with this id on this key is remembered for
+   * CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+   * within that window answers the first result again and is not applied
+   * again (checked and remembered in the same atomic script as the write). A
+   * retry after the window is applied as a new call. Empty: no idempotency.
+   * Reusing an id for another request on the same key answers the first
+   * request's result; use a fresh id per logical operation.
+   */
+  requestId: string;
 }
 
 /** ListPushResponse has the list's new length. */
@@ -1216,7 +1255,20 @@ export interface SortedSetIncrementRequest {
   /** The amount; must be finite. */
   delta: number;
   /** TTL handling for the sorted set. */
-  ttl: CollectionTtl | undefined;
+  ttl:
+    | CollectionTtl
+    | undefined;
+  /**
+   * Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+   * The result of the first call with this id on this key is remembered for
+   * CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+   * within that window answers the first result again and is not applied
+   * again (checked and remembered in the same atomic script as the write). A
+   * retry after the window is applied as a new call. Empty: no idempotency.
+   * Reusing an id for another request on the same key answers the first
+   * request's result; use a fresh id per logical operation.
+   */
+  requestId: string;
 }
 
 /** SortedSetIncrementResponse has the new score. */
@@ -1422,6 +1474,18 @@ export interface GetOrLeaseRequest {
    * copy is kept (FillRequest.stale_ttl), answer it with FILL_PENDING.
    */
   acceptStale: boolean;
+  /**
+   * When another caller is filling the key, wait up to this long for its fill
+   * instead of answering FILL_PENDING at once: the call answers HIT as soon
+   * as the fill lands, or LEASE_GRANTED to this caller if the lease expires
+   * or a write voids it without a value, or FILL_PENDING (with the stale
+   * copy, if accepted) when the wait ends first. Waiters are woken by a
+   * notification from the script that fills or voids the lease (one pub/sub
+   * subscription per server), not by polling. Bounded by the call deadline
+   * (the answer comes shortly before it) and by the maximum TTL. Unset or
+   * zero: do not wait.
+   */
+  wait: Duration | undefined;
 }
 
 /** GetOrLeaseResponse is a hit, a lease, or a wait. */
@@ -3556,7 +3620,7 @@ export const GetTtlResponse: MessageFns<GetTtlResponse> = {
 };
 
 function createBaseIncrementRequest(): IncrementRequest {
-  return { key: "", byInt: undefined, byFloat: undefined, ttl: undefined };
+  return { key: "", byInt: undefined, byFloat: undefined, ttl: undefined, requestId: "" };
 }
 
 export const IncrementRequest: MessageFns<IncrementRequest> = {
@@ -3575,6 +3639,9 @@ export const IncrementRequest: MessageFns<IncrementRequest> = {
     }
     if (message.ttl !== undefined) {
       Duration.encode(message.ttl, writer.uint32(34).fork()).join();
+    }
+    if (message.requestId !== "") {
+      writer.uint32(42).string(message.requestId);
     }
     return writer;
   },
@@ -3624,6 +3691,14 @@ export const IncrementRequest: MessageFns<IncrementRequest> = {
             message.ttl = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3646,6 +3721,11 @@ export const IncrementRequest: MessageFns<IncrementRequest> = {
         ? globalThis.Number(object.by_float)
         : undefined,
       ttl: isSet(object.ttl) ? Duration.fromJSON(object.ttl) : undefined,
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
     };
   },
 
@@ -3663,6 +3743,9 @@ export const IncrementRequest: MessageFns<IncrementRequest> = {
     if (message.ttl !== undefined) {
       obj.ttl = Duration.toJSON(message.ttl);
     }
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
     return obj;
   },
 
@@ -3675,6 +3758,7 @@ export const IncrementRequest: MessageFns<IncrementRequest> = {
     message.byInt = (object.byInt !== undefined && object.byInt !== null) ? BigInt(object.byInt) : undefined;
     message.byFloat = object.byFloat ?? undefined;
     message.ttl = (object.ttl !== undefined && object.ttl !== null) ? Duration.fromPartial(object.ttl) : undefined;
+    message.requestId = object.requestId ?? "";
     return message;
   },
 };
@@ -5325,7 +5409,7 @@ export const HashDeleteResponse: MessageFns<HashDeleteResponse> = {
 };
 
 function createBaseHashIncrementRequest(): HashIncrementRequest {
-  return { key: "", field: "", byInt: undefined, byFloat: undefined, ttl: undefined };
+  return { key: "", field: "", byInt: undefined, byFloat: undefined, ttl: undefined, requestId: "" };
 }
 
 export const HashIncrementRequest: MessageFns<HashIncrementRequest> = {
@@ -5347,6 +5431,9 @@ export const HashIncrementRequest: MessageFns<HashIncrementRequest> = {
     }
     if (message.ttl !== undefined) {
       CollectionTtl.encode(message.ttl, writer.uint32(42).fork()).join();
+    }
+    if (message.requestId !== "") {
+      writer.uint32(50).string(message.requestId);
     }
     return writer;
   },
@@ -5404,6 +5491,14 @@ export const HashIncrementRequest: MessageFns<HashIncrementRequest> = {
             message.ttl = CollectionTtl.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5427,6 +5522,11 @@ export const HashIncrementRequest: MessageFns<HashIncrementRequest> = {
         ? globalThis.Number(object.by_float)
         : undefined,
       ttl: isSet(object.ttl) ? CollectionTtl.fromJSON(object.ttl) : undefined,
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
     };
   },
 
@@ -5447,6 +5547,9 @@ export const HashIncrementRequest: MessageFns<HashIncrementRequest> = {
     if (message.ttl !== undefined) {
       obj.ttl = CollectionTtl.toJSON(message.ttl);
     }
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
     return obj;
   },
 
@@ -5460,6 +5563,7 @@ export const HashIncrementRequest: MessageFns<HashIncrementRequest> = {
     message.byInt = (object.byInt !== undefined && object.byInt !== null) ? BigInt(object.byInt) : undefined;
     message.byFloat = object.byFloat ?? undefined;
     message.ttl = (object.ttl !== undefined && object.ttl !== null) ? CollectionTtl.fromPartial(object.ttl) : undefined;
+    message.requestId = object.requestId ?? "";
     return message;
   },
 };
@@ -6186,7 +6290,7 @@ export const HashScanResponse: MessageFns<HashScanResponse> = {
 };
 
 function createBaseListPushRequest(): ListPushRequest {
-  return { key: "", values: [], end: 0, ifPresent: false, keepNewest: 0n, ttl: undefined };
+  return { key: "", values: [], end: 0, ifPresent: false, keepNewest: 0n, ttl: undefined, requestId: "" };
 }
 
 export const ListPushRequest: MessageFns<ListPushRequest> = {
@@ -6211,6 +6315,9 @@ export const ListPushRequest: MessageFns<ListPushRequest> = {
     }
     if (message.ttl !== undefined) {
       CollectionTtl.encode(message.ttl, writer.uint32(50).fork()).join();
+    }
+    if (message.requestId !== "") {
+      writer.uint32(58).string(message.requestId);
     }
     return writer;
   },
@@ -6276,6 +6383,14 @@ export const ListPushRequest: MessageFns<ListPushRequest> = {
             message.ttl = CollectionTtl.decode(reader, reader.uint32());
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6306,6 +6421,11 @@ export const ListPushRequest: MessageFns<ListPushRequest> = {
         ? BigInt(object.keep_newest)
         : 0n,
       ttl: isSet(object.ttl) ? CollectionTtl.fromJSON(object.ttl) : undefined,
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
     };
   },
 
@@ -6329,6 +6449,9 @@ export const ListPushRequest: MessageFns<ListPushRequest> = {
     if (message.ttl !== undefined) {
       obj.ttl = CollectionTtl.toJSON(message.ttl);
     }
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
     return obj;
   },
 
@@ -6345,6 +6468,7 @@ export const ListPushRequest: MessageFns<ListPushRequest> = {
       ? BigInt(object.keepNewest)
       : 0n;
     message.ttl = (object.ttl !== undefined && object.ttl !== null) ? CollectionTtl.fromPartial(object.ttl) : undefined;
+    message.requestId = object.requestId ?? "";
     return message;
   },
 };
@@ -9255,7 +9379,7 @@ export const SortedSetAddResponse: MessageFns<SortedSetAddResponse> = {
 };
 
 function createBaseSortedSetIncrementRequest(): SortedSetIncrementRequest {
-  return { key: "", member: Buffer.alloc(0), delta: 0, ttl: undefined };
+  return { key: "", member: Buffer.alloc(0), delta: 0, ttl: undefined, requestId: "" };
 }
 
 export const SortedSetIncrementRequest: MessageFns<SortedSetIncrementRequest> = {
@@ -9271,6 +9395,9 @@ export const SortedSetIncrementRequest: MessageFns<SortedSetIncrementRequest> = 
     }
     if (message.ttl !== undefined) {
       CollectionTtl.encode(message.ttl, writer.uint32(34).fork()).join();
+    }
+    if (message.requestId !== "") {
+      writer.uint32(42).string(message.requestId);
     }
     return writer;
   },
@@ -9320,6 +9447,14 @@ export const SortedSetIncrementRequest: MessageFns<SortedSetIncrementRequest> = 
             message.ttl = CollectionTtl.decode(reader, reader.uint32());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -9338,6 +9473,11 @@ export const SortedSetIncrementRequest: MessageFns<SortedSetIncrementRequest> = 
       member: isSet(object.member) ? Buffer.from(bytesFromBase64(object.member)) : Buffer.alloc(0),
       delta: isSet(object.delta) ? globalThis.Number(object.delta) : 0,
       ttl: isSet(object.ttl) ? CollectionTtl.fromJSON(object.ttl) : undefined,
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
     };
   },
 
@@ -9355,6 +9495,9 @@ export const SortedSetIncrementRequest: MessageFns<SortedSetIncrementRequest> = 
     if (message.ttl !== undefined) {
       obj.ttl = CollectionTtl.toJSON(message.ttl);
     }
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
     return obj;
   },
 
@@ -9367,6 +9510,7 @@ export const SortedSetIncrementRequest: MessageFns<SortedSetIncrementRequest> = 
     message.member = object.member ?? Buffer.alloc(0);
     message.delta = object.delta ?? 0;
     message.ttl = (object.ttl !== undefined && object.ttl !== null) ? CollectionTtl.fromPartial(object.ttl) : undefined;
+    message.requestId = object.requestId ?? "";
     return message;
   },
 };
@@ -11241,7 +11385,7 @@ export const InvalidatePatternResponse: MessageFns<InvalidatePatternResponse> = 
 };
 
 function createBaseGetOrLeaseRequest(): GetOrLeaseRequest {
-  return { key: "", leaseTtl: undefined, acceptStale: false };
+  return { key: "", leaseTtl: undefined, acceptStale: false, wait: undefined };
 }
 
 export const GetOrLeaseRequest: MessageFns<GetOrLeaseRequest> = {
@@ -11254,6 +11398,9 @@ export const GetOrLeaseRequest: MessageFns<GetOrLeaseRequest> = {
     }
     if (message.acceptStale !== false) {
       writer.uint32(24).bool(message.acceptStale);
+    }
+    if (message.wait !== undefined) {
+      Duration.encode(message.wait, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -11295,6 +11442,14 @@ export const GetOrLeaseRequest: MessageFns<GetOrLeaseRequest> = {
             message.acceptStale = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.wait = Duration.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -11320,6 +11475,7 @@ export const GetOrLeaseRequest: MessageFns<GetOrLeaseRequest> = {
         : isSet(object.accept_stale)
         ? globalThis.Boolean(object.accept_stale)
         : false,
+      wait: isSet(object.wait) ? Duration.fromJSON(object.wait) : undefined,
     };
   },
 
@@ -11334,6 +11490,9 @@ export const GetOrLeaseRequest: MessageFns<GetOrLeaseRequest> = {
     if (message.acceptStale !== false) {
       obj.acceptStale = message.acceptStale;
     }
+    if (message.wait !== undefined) {
+      obj.wait = Duration.toJSON(message.wait);
+    }
     return obj;
   },
 
@@ -11347,6 +11506,7 @@ export const GetOrLeaseRequest: MessageFns<GetOrLeaseRequest> = {
       ? Duration.fromPartial(object.leaseTtl)
       : undefined;
     message.acceptStale = object.acceptStale ?? false;
+    message.wait = (object.wait !== undefined && object.wait !== null) ? Duration.fromPartial(object.wait) : undefined;
     return message;
   },
 };
@@ -13292,8 +13452,10 @@ export const CacheServiceService = {
    * ListPop pops values from one end of a list. With `wait` it blocks until a
    * value arrives, the wait ends, or the call's deadline is near, whichever
    * is first; an empty answer is not an error. A value is handed to exactly
-   * one waiter; one handed over just as its caller cancels can be lost (use
-   * ListMove into a processing list for at-least-once delivery).
+   * one waiter. A waiting call moves the value it is handed into a holding
+   * list of its own (BLMOVE) before taking it, so a call cancelled at that
+   * very moment puts the value back at the end it came from: no value is lost
+   * to a cancellation (the value may then be handed to another caller).
    */
   listPop: {
     path: "/cachet.cache.v1.CacheService/ListPop" as const,
@@ -13764,8 +13926,10 @@ export interface CacheServiceServer extends UntypedServiceImplementation {
    * ListPop pops values from one end of a list. With `wait` it blocks until a
    * value arrives, the wait ends, or the call's deadline is near, whichever
    * is first; an empty answer is not an error. A value is handed to exactly
-   * one waiter; one handed over just as its caller cancels can be lost (use
-   * ListMove into a processing list for at-least-once delivery).
+   * one waiter. A waiting call moves the value it is handed into a holding
+   * list of its own (BLMOVE) before taking it, so a call cancelled at that
+   * very moment puts the value back at the end it came from: no value is lost
+   * to a cancellation (the value may then be handed to another caller).
    */
   listPop: handleUnaryCall<ListPopRequest, ListPopResponse>;
   /** ListRange reads a range of a list by index (0-based, negative from end). */
@@ -14286,8 +14450,10 @@ export interface CacheServiceClient extends Client {
    * ListPop pops values from one end of a list. With `wait` it blocks until a
    * value arrives, the wait ends, or the call's deadline is near, whichever
    * is first; an empty answer is not an error. A value is handed to exactly
-   * one waiter; one handed over just as its caller cancels can be lost (use
-   * ListMove into a processing list for at-least-once delivery).
+   * one waiter. A waiting call moves the value it is handed into a holding
+   * list of its own (BLMOVE) before taking it, so a call cancelled at that
+   * very moment puts the value back at the end it came from: no value is lost
+   * to a cancellation (the value may then be handed to another caller).
    */
   listPop(
     request: ListPopRequest,

@@ -135,7 +135,17 @@ export interface PublishRequest {
   /** The topic, a name within the caller's namespace. Required. */
   topic: string;
   /** The event. `delivery_count` and `dead_letter` must be unset. Required. */
-  event: Event | undefined;
+  event:
+    | Event
+    | undefined;
+  /**
+   * Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+   * The first Publish with this id on this topic is remembered for
+   * CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+   * within that window is not published again and answers the first call's
+   * `receivers` and `id`. Empty: no idempotency.
+   */
+  requestId: string;
 }
 
 /** PublishResponse says how far the event got. */
@@ -232,7 +242,17 @@ export interface AppendRequest {
    * command (XADD MAXLEN ~): Redis may keep somewhat more, never fewer. Unset:
    * no trimming. Bounds: 1..2^62.
    */
-  maxLen?: bigint | undefined;
+  maxLen?:
+    | bigint
+    | undefined;
+  /**
+   * Optional idempotency key, 1 to 128 bytes of [A-Za-z0-9_.:-] (a UUID fits).
+   * The first Append with this id on this stream is remembered for
+   * CACHET_IDEMPOTENCY_WINDOW (default 2 minutes); a retry with the same id
+   * within that window appends nothing and answers the first call's `id`
+   * (checked in the same atomic script as the XADD). Empty: no idempotency.
+   */
+  requestId: string;
 }
 
 /** AppendResponse has the new event's id. */
@@ -1275,7 +1295,7 @@ export const DeadLetterPolicy: MessageFns<DeadLetterPolicy> = {
 };
 
 function createBasePublishRequest(): PublishRequest {
-  return { topic: "", event: undefined };
+  return { topic: "", event: undefined, requestId: "" };
 }
 
 export const PublishRequest: MessageFns<PublishRequest> = {
@@ -1285,6 +1305,9 @@ export const PublishRequest: MessageFns<PublishRequest> = {
     }
     if (message.event !== undefined) {
       Event.encode(message.event, writer.uint32(18).fork()).join();
+    }
+    if (message.requestId !== "") {
+      writer.uint32(26).string(message.requestId);
     }
     return writer;
   },
@@ -1318,6 +1341,14 @@ export const PublishRequest: MessageFns<PublishRequest> = {
             message.event = Event.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1334,6 +1365,11 @@ export const PublishRequest: MessageFns<PublishRequest> = {
     return {
       topic: isSet(object.topic) ? globalThis.String(object.topic) : "",
       event: isSet(object.event) ? Event.fromJSON(object.event) : undefined,
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
     };
   },
 
@@ -1345,6 +1381,9 @@ export const PublishRequest: MessageFns<PublishRequest> = {
     if (message.event !== undefined) {
       obj.event = Event.toJSON(message.event);
     }
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
     return obj;
   },
 
@@ -1355,6 +1394,7 @@ export const PublishRequest: MessageFns<PublishRequest> = {
     const message = createBasePublishRequest();
     message.topic = object.topic ?? "";
     message.event = (object.event !== undefined && object.event !== null) ? Event.fromPartial(object.event) : undefined;
+    message.requestId = object.requestId ?? "";
     return message;
   },
 };
@@ -1790,7 +1830,7 @@ export const TopicMessage: MessageFns<TopicMessage> = {
 };
 
 function createBaseAppendRequest(): AppendRequest {
-  return { stream: "", event: undefined, maxLen: undefined };
+  return { stream: "", event: undefined, maxLen: undefined, requestId: "" };
 }
 
 export const AppendRequest: MessageFns<AppendRequest> = {
@@ -1806,6 +1846,9 @@ export const AppendRequest: MessageFns<AppendRequest> = {
         throw new globalThis.Error("value provided for field message.maxLen of type int64 too large");
       }
       writer.uint32(24).int64(message.maxLen);
+    }
+    if (message.requestId !== "") {
+      writer.uint32(34).string(message.requestId);
     }
     return writer;
   },
@@ -1847,6 +1890,14 @@ export const AppendRequest: MessageFns<AppendRequest> = {
             message.maxLen = reader.int64() as bigint;
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1864,6 +1915,11 @@ export const AppendRequest: MessageFns<AppendRequest> = {
       stream: isSet(object.stream) ? globalThis.String(object.stream) : "",
       event: isSet(object.event) ? Event.fromJSON(object.event) : undefined,
       maxLen: isSet(object.maxLen) ? BigInt(object.maxLen) : isSet(object.max_len) ? BigInt(object.max_len) : undefined,
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
     };
   },
 
@@ -1878,6 +1934,9 @@ export const AppendRequest: MessageFns<AppendRequest> = {
     if (message.maxLen !== undefined) {
       obj.maxLen = message.maxLen.toString();
     }
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
     return obj;
   },
 
@@ -1889,6 +1948,7 @@ export const AppendRequest: MessageFns<AppendRequest> = {
     message.stream = object.stream ?? "";
     message.event = (object.event !== undefined && object.event !== null) ? Event.fromPartial(object.event) : undefined;
     message.maxLen = (object.maxLen !== undefined && object.maxLen !== null) ? BigInt(object.maxLen) : undefined;
+    message.requestId = object.requestId ?? "";
     return message;
   },
 };
