@@ -749,6 +749,14 @@ class Settings(BaseSettings):
         gt=timedelta(0),
         description="How long a write waits for its replica acknowledgements.",
     )
+    idempotency_window: timedelta = Field(
+        timedelta(minutes=2),
+        gt=timedelta(0),
+        le=timedelta(days=1),
+        description="How long the result of a write that carries a request_id (Increment, "
+        "HashIncrement, SortedSetIncrement, ListPush, Append, Publish) is remembered: a retry "
+        "with the same id within it answers that result and is not applied again.",
+    )
     max_concurrent_rpcs: int | None = Field(
         None, ge=1, description="Most RPCs served at once; the rest get RESOURCE_EXHAUSTED."
     )
@@ -760,6 +768,10 @@ class Settings(BaseSettings):
         "unset: tracing off. OTEL_* variables of the OpenTelemetry SDK apply too.",
     )
     otel_service_name: str = Field("cachet", description="service.name of exported traces.")
+
+    @property
+    def idempotency_window_ms(self) -> int:
+        return int(self.idempotency_window / timedelta(milliseconds=1))
 
     @field_validator("redis_url", mode="before")
     @classmethod

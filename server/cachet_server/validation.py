@@ -7,6 +7,7 @@ a google.rpc.BadRequest pointing at exactly what to fix.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ from google.protobuf import duration_pb2
 from .config import Limits
 from .errors import InvalidArgument
 
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _MAX_NANOS = 999_999_999
 _Choice = TypeVar("_Choice")
 
@@ -41,6 +43,13 @@ class Validator:
                 field, f"is {size} bytes; the limit is {self.limits.max_key_bytes}"
             )
         return key
+
+    @staticmethod
+    def request_id(request_id: str, field: str = "request_id") -> str:
+        """An optional idempotency key: empty, or 1 to 128 bytes of [A-Za-z0-9_.:-]."""
+        if request_id and not REQUEST_ID_PATTERN.match(request_id):
+            raise InvalidArgument.field(field, "must be 1 to 128 characters of [A-Za-z0-9_.:-]")
+        return request_id
 
     def batch(self, count: int, field: str, *, allow_empty: bool = False) -> None:
         if count == 0 and not allow_empty:

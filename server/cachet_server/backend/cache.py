@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from ..errors import Aborted, FailedPrecondition
 from .core import Backend
-from .keys import CacheKeys, Kind, redis_key, scan_patterns, user_key
+from .keys import CacheKeys, Kind, redis_key, remembered_result, scan_patterns, user_key
 from .scripts import script
 
 _GET = script("cache_get")
@@ -140,9 +140,13 @@ def _xfetch(ttl_ms: int, recompute_ms: int, beta: float) -> bool:
 class CacheStore:
     """String values and counters of one namespace at a time."""
 
-    def __init__(self, backend: Backend, *, max_ttl_ms: int) -> None:
+    def __init__(
+        self, backend: Backend, *, max_ttl_ms: int, request_window_ms: int = 120_000
+    ) -> None:
         self.backend = backend
         self.max_ttl_ms = max_ttl_ms
+        # How long the result of a write with a request_id is remembered.
+        self.request_window_ms = request_window_ms
 
     async def get_many(
         self, namespace: str, keys: Sequence[str], *, with_ttl: bool = False, beta: float = 0.0
@@ -446,14 +450,25 @@ class CacheStore:
         return int(await self.backend.redis.pttl(CacheKeys.of(namespace, key).data))
 
     async def increment(
-        self, namespace: str, key: str, delta: int | float, ttl_ms: int
+        self, namespace: str, key: str, delta: int | float, ttl_ms: int, *, request_id: str = ""
     ) -> Increment:
+        """Add `delta`; with a request_id, a retry within the window answers the first
+        result and adds nothing (one script: the check, the add and the remembering)."""
         k = CacheKeys.of(namespace, key)
         is_int = isinstance(delta, int)
+        remembered, window = k.lease, ""
+        if request_id:
+            remembered = remembered_result(namespace, key, "increment", request_id)
+            window = str(self.request_window_ms)
         value, created, version = await self.backend.run_write(
             _INCREMENT,
-            [k.data, k.meta, k.lease],
-            ["int" if is_int else "float", str(delta) if is_int else repr(delta), ttl_ms],
+            [k.data, k.meta, k.lease, remembered],
+            [
+                "int" if is_int else "float",
+                str(delta) if is_int else repr(delta),
+                ttl_ms,
+                window,
+            ],
         )
         number = value.decode()
         return Increment(

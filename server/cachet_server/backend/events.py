@@ -38,7 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import CachetError, FailedPrecondition, ResourceExhausted, Unavailable
 from .core import Backend
-from .keys import StreamKeys
+from .keys import DEAD_LETTER_SUFFIX, StreamKeys, remembered_result
 from .scripts import script
 from .topology import TopologyKind
 
@@ -49,6 +49,7 @@ _CREATE_GROUP = script("es_create_group")
 _DELETE_GROUP = script("es_delete_group")
 _ACK = script("es_ack")
 _PUBLISH = script("ps_publish")
+_APPEND = script("es_append")
 
 # What a dropped or unreachable Redis connection raises.
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
@@ -165,8 +166,11 @@ class StreamStore:
         socket_timeout: float,
         max_blocking_reads: int,
         poll_interval: float,
+        request_window_ms: int = 120_000,
     ) -> None:
         self.backend = backend
+        # How long the result of an Append with a request_id is remembered.
+        self.request_window_ms = request_window_ms
         # One blocking command waits at most this long, so it always answers
         # well inside the socket timeout of the connection it holds.
         self.block_slice = max(0.05, socket_timeout / 2)
@@ -200,10 +204,33 @@ class StreamStore:
                 return found
 
     async def append(
-        self, namespace: str, stream: str, fields: dict[str, bytes | str], max_len: int | None
+        self,
+        namespace: str,
+        stream: str,
+        fields: dict[str, bytes | str],
+        max_len: int | None,
+        *,
+        request_id: str = "",
     ) -> str:
+        """XADD one event (acknowledged by replicas when that is configured); with a
+        request_id, a retry within the window answers the first id and appends nothing."""
         keys = StreamKeys.of(namespace, stream)
-        new_id = await self.redis.xadd(keys.stream, fields, maxlen=max_len, approximate=True)
+        remembered, window = keys.stream, ""
+        if request_id:
+            # The remembered result shares the stream's slot: a dead-letter stream
+            # lives in the slot of the stream it belongs to.
+            source = stream.removesuffix(DEAD_LETTER_SUFFIX)
+            operation = "append" if source == stream else "append-dead"
+            remembered = remembered_result(namespace, source, operation, request_id)
+            window = str(self.request_window_ms)
+        flat: list[bytes | str] = []
+        for name, value in fields.items():
+            flat += [name, value]
+        new_id = await self.backend.run_write(
+            _APPEND,
+            [keys.stream, remembered],
+            [window, "" if max_len is None else str(max_len), *flat],
+        )
         return _text(new_id)
 
     async def last_id(self, namespace: str, stream: str) -> str:
@@ -456,8 +483,17 @@ class PubSubHub:
     """Routes a namespace's pub/sub to its Redis node, and gives each subscription
     a connection of its own from pools kept apart from the command pool."""
 
-    def __init__(self, backend: Backend, *, max_subscribers: int, socket_timeout: float) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        max_subscribers: int,
+        socket_timeout: float,
+        request_window_ms: int = 120_000,
+    ) -> None:
         self.backend = backend
+        # How long the result of a Publish with a request_id is remembered.
+        self.request_window_ms = request_window_ms
         self.max_subscribers = max_subscribers
         self.socket_timeout = socket_timeout
         self._pools: dict[str, ConnectionPool] = {}
@@ -479,19 +515,33 @@ class PubSubHub:
             with contextlib.suppress(Exception):
                 await self.redis.nodes_manager.initialize()
 
-    async def publish(self, namespace: str, channel: str, body: bytes) -> int:
+    async def publish(
+        self, namespace: str, channel: str, body: bytes, event_id: str, *, request_id: str = ""
+    ) -> tuple[int, str]:
+        """PUBLISH on the namespace's node; answers (receivers, event id). With a
+        request_id, a retry within the window answers the first call's receivers and
+        event id and publishes nothing: the remembered result lives in the slot that
+        carries the namespace's pub/sub (`{<namespace>}`)."""
+        keys: list[str] = []
+        args: list[bytes | str] = [channel, body, event_id, ""]
+        if request_id:
+            # One id per topic: the same request_id on another topic is another call.
+            slot_key, operation = "{" + namespace + "}", f"publish:{channel}"
+            keys = [remembered_result(namespace, slot_key, operation, request_id)]
+            args[3] = str(self.request_window_ms)
         node = await self._node(namespace)
         if node is None:
-            return int(await self.backend.run(_PUBLISH, [], [channel, body]))
-        try:
-            reply = await self.redis.execute_command(
-                "EVALSHA", _PUBLISH.sha, 0, channel, body, target_nodes=node
-            )
-        except NoScriptError:
-            reply = await self.redis.execute_command(
-                "EVAL", _PUBLISH.source, 0, channel, body, target_nodes=node
-            )
-        return int(reply)
+            reply = await self.backend.run(_PUBLISH, keys, args)
+        else:
+            try:
+                reply = await self.redis.execute_command(
+                    "EVALSHA", _PUBLISH.sha, len(keys), *keys, *args, target_nodes=node
+                )
+            except NoScriptError:
+                reply = await self.redis.execute_command(
+                    "EVAL", _PUBLISH.source, len(keys), *keys, *args, target_nodes=node
+                )
+        return int(reply[0]), _text(reply[1])
 
     def _new_pool(self, template: Any) -> ConnectionPool:
         """A pool like `template` (a command pool, or a Cluster node), of our own."""

@@ -85,7 +85,9 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
 
     def __init__(self, deps: Dependencies) -> None:
         super().__init__(deps)
-        self.store = CacheStore(deps.backend, max_ttl_ms=self.check.max_ttl_ms)
+        self.store = CacheStore(
+            deps.backend, max_ttl_ms=self.check.max_ttl_ms, request_window_ms=deps.settings.idempotency_window_ms
+        )
         self.stats = deps.stats
         watching = deps.settings.invalidations
         self.invalidations = InvalidationHub(
@@ -256,7 +258,8 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
             delta = self.check.finite(request.by_float, "by_float")
         else:
             delta = request.by_int if request.HasField("by_int") else 1
-        result = await self.store.increment(namespace, key, delta, ttl_ms)
+        request_id = self.check.request_id(request.request_id)
+        result = await self.store.increment(namespace, key, delta, ttl_ms, request_id=request_id)
         return pb.IncrementResponse(
             int_value=result.int_value,
             float_value=result.float_value,

@@ -98,7 +98,9 @@ class CollectionsMixin(Servicer):
     def __init__(self, deps: Dependencies) -> None:
         super().__init__(deps)
         self.collections = CollectionStore(
-            deps.backend, block_slice_s=deps.settings.redis_timeout.total_seconds() / 2
+            deps.backend,
+            block_slice_s=deps.settings.redis_timeout.total_seconds() / 2,
+            request_window_ms=deps.settings.idempotency_window_ms,
         )
 
     # ---- request checks shared by the collection RPCs ---------------------------
@@ -233,8 +235,9 @@ class CollectionsMixin(Servicer):
             delta = self.check.finite(request.by_float, "by_float")
         else:
             delta = request.by_int if request.HasField("by_int") else 1
+        request_id = self.check.request_id(request.request_id)
         value = await self.collections.hash_increment(
-            namespace, key, field, delta, self._ttl(request)
+            namespace, key, field, delta, self._ttl(request), request_id=request_id
         )
         if isinstance(value, int):
             return pb.HashIncrementResponse(int_value=value)
@@ -297,6 +300,7 @@ class CollectionsMixin(Servicer):
         end = self.check.choice(request.end, _LIST_ENDS, "end")
         if request.keep_newest < 0:
             raise InvalidArgument.field("keep_newest", "must not be negative (0 keeps all)")
+        request_id = self.check.request_id(request.request_id)
         length = await self.collections.list_push(
             namespace,
             key,
@@ -305,6 +309,7 @@ class CollectionsMixin(Servicer):
             if_present=request.if_present,
             keep_newest=request.keep_newest,
             ttl=self._ttl(request),
+            request_id=request_id,
         )
         return pb.ListPushResponse(length=length)
 
@@ -510,8 +515,9 @@ class CollectionsMixin(Servicer):
         key = self.check.key(request.key)
         member = self.check.value(request.member, "member")
         delta = self._score(request.delta, "delta")
+        request_id = self.check.request_id(request.request_id)
         score = await self.collections.sorted_set_increment(
-            namespace, key, member, delta, self._ttl(request)
+            namespace, key, member, delta, self._ttl(request), request_id=request_id
         )
         return pb.SortedSetIncrementResponse(score=score)
 

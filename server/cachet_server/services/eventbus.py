@@ -168,11 +168,13 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
             socket_timeout=socket_timeout,
             max_blocking_reads=self.config.max_blocking_reads,
             poll_interval=self.config.poll_interval.total_seconds(),
+            request_window_ms=deps.settings.idempotency_window_ms,
         )
         self.hub = PubSubHub(
             deps.backend,
             max_subscribers=self.config.max_subscribers,
             socket_timeout=socket_timeout,
+            request_window_ms=deps.settings.idempotency_window_ms,
         )
         self.max_block = self.config.max_block.total_seconds()
         self.poll_interval = self.config.poll_interval.total_seconds()
@@ -295,13 +297,18 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
         if not request.HasField("event"):
             raise InvalidArgument.field("event", "is required")
         self._event(request.event, "event", for_stream=False)
+        request_id = self.check.request_id(request.request_id)
         event = pb.Event()
         event.CopyFrom(request.event)
         event.id = event.id or str(uuid.uuid4())
-        receivers = await self.hub.publish(
-            namespace, redis_key(namespace, Kind.TOPIC, topic), event.SerializeToString()
+        receivers, event_id = await self.hub.publish(
+            namespace,
+            redis_key(namespace, Kind.TOPIC, topic),
+            event.SerializeToString(),
+            event.id,
+            request_id=request_id,
         )
-        return pb.PublishResponse(receivers=receivers, id=event.id)
+        return pb.PublishResponse(receivers=receivers, id=event_id)
 
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: Context
@@ -383,7 +390,10 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
             if not 1 <= request.max_len <= 2**62:
                 raise InvalidArgument.field("max_len", "must be between 1 and 2^62")
             max_len = request.max_len
-        new_id = await self.streams.append(namespace, stream, _event_fields(request.event), max_len)
+        request_id = self.check.request_id(request.request_id)
+        new_id = await self.streams.append(
+            namespace, stream, _event_fields(request.event), max_len, request_id=request_id
+        )
         return pb.AppendResponse(id=new_id)
 
     async def Read(self, request: pb.ReadRequest, context: Context) -> pb.ReadResponse:
