@@ -12,21 +12,31 @@ that works on a laptop's standalone Redis keeps working in production.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
+import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import FailedPrecondition
 from .core import Backend
-from .keys import CacheKeys, remembered_result
+from .keys import CacheKeys, holding_list, remembered_result
 from .scripts import script
+
+log = logging.getLogger(__name__)
 
 _WRITE = script("coll_write")
 _POP = script("coll_pop")
 _LIST_TRIM = script("coll_list_trim")
 _SORTED_SET_RANK = script("coll_sorted_set_rank")
+_PUT_BACK = script("coll_put_back")
+
+# A holding list of a waiting ListPop lives at most this long (see list_pop).
+HOLDING_TTL_MS = 60_000
 
 # Redis scripts cannot pass more arguments than Lua's stack holds to one command.
 MAX_STORE_KEYS = 4000
@@ -69,13 +79,33 @@ def _score(raw: bytes | float) -> float:
     return float(raw)
 
 
+async def _finish_quietly(work: Awaitable[Any]) -> None:
+    """Run a clean-up to its end even if the calling task is cancelled meanwhile;
+    a failure is logged (the holding list's TTL is then the last resort)."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+    except Exception as exc:
+        log.warning("putting back a cancelled ListPop's values failed: %s", exc)
+
+
 class CollectionStore:
     """The collections of one namespace at a time."""
 
     def __init__(
-        self, backend: Backend, *, block_slice_s: float, request_window_ms: int = 120_000
+        self,
+        backend: Backend,
+        *,
+        block_slice_s: float,
+        request_window_ms: int = 120_000,
+        default_ttl_ms: int = 3_600_000,
     ) -> None:
         self.backend = backend
+        # TTL of a list that putting back a cancelled pop's values re-creates.
+        self.default_ttl_ms = default_ttl_ms
         # How long the result of a write with a request_id is remembered.
         self.request_window_ms = request_window_ms
         # A blocking command must answer before the connection's socket timeout or
@@ -234,23 +264,55 @@ class CollectionStore:
     ) -> list[bytes]:
         """Pop up to `count` values; when the list is empty, wait up to `wait_s` for one.
 
-        The wait is BLPOP/BRPOP: one waiter is woken per value pushed. After waking
-        with one value, the call takes up to count-1 more that are already there."""
+        No value is lost to a cancellation (deadline, client gone). The wait is a
+        BLMOVE into a holding list of this call's own, in the list's slot: one waiter
+        is woken per value pushed, and if the call is cancelled while Redis hands it
+        the value, the value is in the holding list and is put back. Taking values
+        out (the holding list's and up to count-1 more) is one script, shielded from
+        cancellation: a call cancelled meanwhile puts them back too."""
         name = CacheKeys.of(namespace, key).data
-        values = await self._pop(name, end, count, max_answer_bytes)
-        if values:
+        values = await self._take(name, [name], end, count, max_answer_bytes)
+        if values or wait_s <= 0:
             return values
-        block = self._redis.blpop if end == "LEFT" else self._redis.brpop
+        holding = holding_list(namespace, key, secrets.token_urlsafe(12))
         deadline = time.monotonic() + wait_s
-        while (timeout := self._slice(deadline)) is not None:
-            popped = await block([name], timeout)
-            if popped:
-                first: bytes = popped[1]
-                if count == 1:
-                    return [first]
-                budget = max_answer_bytes - len(first)
-                return [first, *await self._pop(name, end, count - 1, budget)]
-        return []
+        try:
+            while (timeout := self._slice(deadline)) is not None:
+                # The PEXPIRE runs right after the BLMOVE unblocks (Redis reads a
+                # blocked client's next command only then): a holding list left by a
+                # process that died in between does not stay forever.
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.blmove(name, holding, timeout, end, "LEFT")
+                    pipe.pexpire(holding, HOLDING_TTL_MS)
+                    first, _ = await pipe.execute()
+                if first is not None:
+                    return await self._take(name, [name, holding], end, count, max_answer_bytes)
+            return []
+        except BaseException:
+            # Cancelled (or the connection failed) around the BLMOVE: whatever it moved
+            # is in the holding list; put it back where it came from.
+            await _finish_quietly(
+                self.backend.run(_PUT_BACK, [name, holding], [end, self.default_ttl_ms])
+            )
+            raise
+
+    async def _take(
+        self, name: str, keys: list[str], end: str, count: int, max_answer_bytes: int
+    ) -> list[bytes]:
+        """Run coll_pop to its end even if the call is cancelled meanwhile; a cancelled
+        call puts what it took back, so the values are never lost with the answer."""
+        work = asyncio.ensure_future(
+            self.backend.run(_POP, keys, [end, count, max_answer_bytes])
+        )
+        try:
+            return list(await asyncio.shield(work))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                taken = list(await work)
+                await _finish_quietly(
+                    self.backend.run(_PUT_BACK, [name], [end, self.default_ttl_ms, *taken])
+                )
+            raise
 
     def _slice(self, deadline: float) -> float | None:
         """Seconds to block in the next blocking command (whole ms, never 0: Redis

@@ -101,6 +101,7 @@ class CollectionsMixin(Servicer):
             deps.backend,
             block_slice_s=deps.settings.redis_timeout.total_seconds() / 2,
             request_window_ms=deps.settings.idempotency_window_ms,
+            default_ttl_ms=self.check.default_ttl_ms,
         )
 
     # ---- request checks shared by the collection RPCs ---------------------------

@@ -3,8 +3,10 @@
 -- popped is never lost to an answer too large to send. At least one value is
 -- popped when there is one.
 --
--- KEYS[1]: the list or set. ARGV[1]: 'LEFT', 'RIGHT' or 'SET'. ARGV[2]: most
--- values to pop. ARGV[3]: the byte budget of the answer.
+-- KEYS[1]: the list or set. KEYS[2] (optional): the holding list of a waiting
+-- ListPop, whose value (moved there by BLMOVE) comes first; it is emptied.
+-- ARGV[1]: 'LEFT', 'RIGHT' or 'SET'. ARGV[2]: most values to pop. ARGV[3]: the
+-- byte budget of the answer.
 -- Answers the popped values, in pop order.
 local key, where = KEYS[1], ARGV[1]
 local count, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -20,6 +22,11 @@ else
 end
 
 local values, used = {}, 0
+if KEYS[2] then
+  values = redis.call('LRANGE', KEYS[2], 0, -1)
+  for _, value in ipairs(values) do used = used + #value + PER_VALUE_OVERHEAD end
+  redis.call('DEL', KEYS[2])
+end
 while #values < count do
   local value = peek()
   if not value then break end
