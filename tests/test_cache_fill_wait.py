@@ -10,7 +10,7 @@ import pytest
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from google.protobuf.duration_pb2 import Duration
 
-from .conftest import error_reason, rpc_error
+from .conftest import bad_fields, error_reason, rpc_error
 
 
 def _ms(milliseconds: int) -> Duration:
@@ -90,3 +90,104 @@ async def test_a_move_voids_the_fill_lease_of_its_destination(cache, write):
         cache.Fill(pb.FillRequest(key=destination, lease_token=lease.lease_token, value=b"x"))
     )
     assert error_reason(error) == "LEASE_LOST"
+
+
+async def _script_calls(cachet) -> int:
+    """EVALSHA + EVAL calls so far on every primary: the Redis round trips of scripts."""
+    total = 0
+    for node in await cachet.backend.primaries():
+        stats = await node.info("commandstats")
+        total += sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+    return total
+
+
+async def _stampede(cache, key: str, callers: int, *, wait: bool) -> tuple[list[bytes], int]:
+    """`callers` concurrent readers of a cold key, one 300 ms fill. Answers every
+    caller's value and how many FILL_PENDING answers they got in all (polls)."""
+    polls = 0
+
+    async def caller() -> bytes:
+        nonlocal polls
+        request = pb.GetOrLeaseRequest(key=key, wait=_ms(5000) if wait else None)
+        while True:
+            answer = await cache.GetOrLease(request, timeout=10)
+            if answer.outcome == pb.LEASE_OUTCOME_HIT:
+                return answer.value
+            if answer.outcome == pb.LEASE_OUTCOME_LEASE_GRANTED:
+                await asyncio.sleep(0.3)  # the expensive computation
+                await cache.Fill(
+                    pb.FillRequest(key=key, lease_token=answer.lease_token, value=b"computed")
+                )
+                return b"computed"
+            polls += 1
+            await asyncio.sleep(answer.retry_after.ToMilliseconds() / 1000)
+
+    values = await asyncio.wait_for(asyncio.gather(*(caller() for _ in range(callers))), 20)
+    return values, polls
+
+
+async def test_waiting_callers_get_the_fill_without_polling(cache, cachet):
+    """30 callers, one 300 ms fill: with `wait` each caller makes one GetOrLease call
+    and is answered the value when the fill lands; without it they poll."""
+    callers = 30
+    before = await _script_calls(cachet)
+    values, polls = await _stampede(cache, "cold-polled", callers, wait=False)
+    polled_scripts = await _script_calls(cachet) - before
+    assert values == [b"computed"] * callers
+
+    before = await _script_calls(cachet)
+    values, waited_polls = await _stampede(cache, "cold-waited", callers, wait=True)
+    waited_scripts = await _script_calls(cachet) - before
+    assert values == [b"computed"] * callers
+    print(
+        f"\n{callers} callers, one 300 ms fill: polling {polls} FILL_PENDING answers, "
+        f"{polled_scripts} script round trips; with wait {waited_polls} FILL_PENDING, "
+        f"{waited_scripts} script round trips"
+    )
+    assert waited_polls == 0, "a waiting caller was answered FILL_PENDING"
+    # One look before the wait and one after the wake per waiter, plus the Fill.
+    assert waited_scripts <= 2 * callers + 1 + callers // 2
+
+
+async def test_a_waiter_takes_over_an_expired_lease(cache):
+    first = await cache.GetOrLease(pb.GetOrLeaseRequest(key="abandoned", lease_ttl=_ms(300)))
+    assert first.outcome == pb.LEASE_OUTCOME_LEASE_GRANTED
+    taken = await cache.GetOrLease(
+        pb.GetOrLeaseRequest(key="abandoned", wait=_ms(5000)), timeout=10
+    )
+    assert taken.outcome == pb.LEASE_OUTCOME_LEASE_GRANTED
+    assert taken.lease_token != first.lease_token
+
+
+async def test_a_write_that_voids_the_lease_answers_the_waiters(cache):
+    first = await cache.GetOrLease(pb.GetOrLeaseRequest(key="voided", lease_ttl=_ms(30_000)))
+    waiter = asyncio.ensure_future(
+        cache.GetOrLease(pb.GetOrLeaseRequest(key="voided", wait=_ms(20_000)), timeout=30)
+    )
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    await cache.Set(pb.SetRequest(key="voided", value=b"written"))
+    answer = await asyncio.wait_for(waiter, 10)
+    assert answer.outcome == pb.LEASE_OUTCOME_HIT and answer.value == b"written"
+    error = await rpc_error(
+        cache.Fill(pb.FillRequest(key="voided", lease_token=first.lease_token, value=b"old"))
+    )
+    assert error_reason(error) == "LEASE_LOST"
+
+
+async def test_the_wait_ends_with_fill_pending_and_the_stale_copy(cache):
+    await cache.GetOrLease(pb.GetOrLeaseRequest(key="slow"))
+    answer = await cache.GetOrLease(pb.GetOrLeaseRequest(key="slow", wait=_ms(200)))
+    assert answer.outcome == pb.LEASE_OUTCOME_FILL_PENDING
+    # Bounded by the deadline: an answer, not DEADLINE_EXCEEDED.
+    answer = await cache.GetOrLease(
+        pb.GetOrLeaseRequest(key="slow", wait=_ms(60_000)), timeout=0.6
+    )
+    assert answer.outcome == pb.LEASE_OUTCOME_FILL_PENDING
+
+
+@pytest.mark.parametrize("wait", [Duration(seconds=-1), Duration(seconds=10**8)])
+async def test_a_bad_wait_is_refused(cache, wait):
+    error = await rpc_error(cache.GetOrLease(pb.GetOrLeaseRequest(key="k", wait=wait)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(error) == ["wait"]

@@ -8,6 +8,7 @@ in other slots than the values they list, so they are kept correct by ordering
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import secrets
@@ -19,6 +20,7 @@ from ..errors import Aborted, FailedPrecondition
 from .core import Backend
 from .keys import CacheKeys, Kind, redis_key, remembered_result, scan_patterns, user_key
 from .scripts import script
+from .wakes import WakeDispatcher
 
 _GET = script("cache_get")
 _SET = script("cache_set")
@@ -39,6 +41,12 @@ TAG_INDEX_GRACE_MS = 60_000
 TAG_INVALIDATION_BATCH = 500
 # The longest a FILL_PENDING caller is told to wait before asking again.
 FILL_POLL_MS = 50
+# The longest GetOrLease(wait) sleeps without a wake before it looks again: a safety
+# net for a wake lost while the subscription reconnects.
+FILL_RECHECK_S = 1.0
+# Fill and every write that voids a lease PUBLISH on this prefix + the lease key
+# (`cachet_void_lease` in scripts/_prelude.lua).
+FILL_WAKE_PREFIX = "cachet-fill-wake:"
 
 _T = TypeVar("_T")
 
@@ -87,6 +95,7 @@ class LeaseAnswer:
     token: str = ""
     lease_ms: int = 0  # GRANTED: the lease's length; PENDING: suggested wait
     stale: bool = False
+    lease_remaining_ms: int = 0  # PENDING: how long the filler's lease still runs
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,9 @@ class CacheStore:
         self.max_ttl_ms = max_ttl_ms
         # How long the result of a write with a request_id is remembered.
         self.request_window_ms = request_window_ms
+        self.fill_wakes = WakeDispatcher(
+            backend, FILL_WAKE_PREFIX, names_in_message=False, what="fill"
+        )
 
     async def get_many(
         self, namespace: str, keys: Sequence[str], *, with_ttl: bool = False, beta: float = 0.0
@@ -329,9 +341,49 @@ class CacheStore:
         return deleted
 
     async def get_or_lease(
-        self, namespace: str, key: str, lease_ms: int, *, accept_stale: bool
+        self,
+        namespace: str,
+        key: str,
+        lease_ms: int,
+        *,
+        accept_stale: bool,
+        wait_s: float = 0.0,
     ) -> LeaseAnswer:
+        """A hit, a lease for this caller, or a fill in progress. With `wait_s`, a fill
+        in progress is waited for: the caller is registered for the lease's wake
+        before it looks, so a fill that lands between its look and its sleep still
+        wakes it, and it looks again when woken (the fill landed, or a write voided the
+        lease), when the lease would expire, or at the latest every FILL_RECHECK_S."""
         k = CacheKeys.of(namespace, key)
+        if wait_s <= 0:
+            return await self._get_or_lease_once(k, lease_ms, accept_stale)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + wait_s
+        woken = self.fill_wakes.register(k.lease)
+        try:
+            # Until the subscription is live a wake could be missed; the timed looks
+            # below still cover that, so do not wait long for it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(wait_s, 1.0)):
+                    await self.fill_wakes.subscribed()
+            while True:
+                woken.clear()
+                answer = await self._get_or_lease_once(k, lease_ms, accept_stale)
+                left = end - loop.time()
+                if answer.outcome != "PENDING" or left <= 0:
+                    return answer
+                # The lease's own expiry is worth a look (a filler that died); 1 ms
+                # past it, so the look finds it expired.
+                nap = min(left, FILL_RECHECK_S, answer.lease_remaining_ms / 1000 + 0.001)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(nap):
+                        await woken.wait()
+        finally:
+            self.fill_wakes.unregister(k.lease, woken)
+
+    async def _get_or_lease_once(
+        self, k: CacheKeys, lease_ms: int, accept_stale: bool
+    ) -> LeaseAnswer:
         token = secrets.token_urlsafe(24)
         reply = await self.backend.run(
             _GET_OR_LEASE,
@@ -349,7 +401,12 @@ class CacheStore:
             value=stale_value or b"",
             lease_ms=max(1, min(remaining, FILL_POLL_MS)),
             stale=stale_value is not None,
+            lease_remaining_ms=max(0, remaining),
         )
+
+    async def aclose(self) -> None:
+        """Stop the fill-wake subscription (at shutdown, after calls have drained)."""
+        await self.fill_wakes.aclose()
 
     async def fill(
         self, namespace: str, key: str, token: str, value: bytes, options: FillOptions

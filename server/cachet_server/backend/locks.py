@@ -36,6 +36,7 @@ from ..config import LockSettings
 from ..errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from .core import Arg, Backend
 from .keys import Kind, redis_key
+from . import wakes
 from .scripts import Script, script
 from .topology import TopologyKind
 
@@ -48,7 +49,6 @@ WAKE_CHANNEL_PREFIX = "cachet-lock-wake:"
 DEADLINE_MARGIN = 0.05
 # A waiter never looks again sooner than this, whatever the script suggests.
 _MIN_RECHECK = 0.005
-_RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 def new_secret() -> str:
@@ -191,80 +191,12 @@ def not_owned(family: Family, name: str, server_us: int) -> FailedPrecondition:
     )
 
 
-class WakeDispatcher:
-    """One pattern subscription per server process, shared by all waiters: a wake
-    message names tickets, and the local waiter holding one of them is woken.
-
-    It reconnects by itself; after every (re)subscription it wakes every waiter,
-    since notifications sent while it was away are lost."""
+class WakeDispatcher(wakes.WakeDispatcher):
+    """Lock and semaphore wakes: a message on a name's wake channel names the tickets
+    that may now take a permit, and the local waiter holding one is woken."""
 
     def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-        self._events: dict[str, asyncio.Event] = {}
-        self._subscribed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-
-    def register(self, ticket: str) -> asyncio.Event:
-        if self._task is None and not self._closing:
-            self._task = asyncio.create_task(self._run(), name="cachet-lock-wakes")
-        event = asyncio.Event()
-        self._events[ticket] = event
-        return event
-
-    def unregister(self, ticket: str) -> None:
-        self._events.pop(ticket, None)
-
-    async def subscribed(self) -> None:
-        """Wait until the subscription is live (bound it with asyncio.timeout)."""
-        await self._subscribed.wait()
-
-    def _wake_all(self) -> None:
-        for event in self._events.values():
-            event.set()
-
-    def _dispatch(self, data: bytes) -> None:
-        for ticket in data.decode(errors="replace").split():
-            event = self._events.get(ticket)
-            if event is not None:
-                event.set()
-
-    async def _run(self) -> None:
-        failures = 0
-        while not self._closing:
-            pubsub = self.backend.redis.pubsub()
-            try:
-                await pubsub.psubscribe(WAKE_CHANNEL_PREFIX + "*")
-                while not self._closing:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    if message["type"] == "pmessage":
-                        self._dispatch(message["data"])
-                    elif message["type"] == "psubscribe":
-                        failures = 0
-                        self._subscribed.set()
-                        self._wake_all()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._subscribed.clear()
-                if failures == 0:
-                    log.warning("lock wake subscription lost, reconnecting: %s", exc)
-                failures += 1
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-            if not self._closing:
-                await asyncio.sleep(_RECONNECT_DELAYS[min(failures, len(_RECONNECT_DELAYS) - 1)])
-
-    async def aclose(self) -> None:
-        self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._wake_all()
+        super().__init__(backend, WAKE_CHANNEL_PREFIX, names_in_message=True, what="lock")
 
 
 class _PinnedConnection:
@@ -425,7 +357,7 @@ class PermitStore:
                 )
             raise self._busy(name, busy)
         finally:
-            self.wakes.unregister(ticket)
+            self.wakes.unregister(ticket, woken)
             if granted is None:
                 # Also runs when the call is cancelled: leave the queue, and give back a
                 # grant that a cancelled attempt may have made, so that no grant

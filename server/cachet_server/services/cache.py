@@ -86,7 +86,9 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     def __init__(self, deps: Dependencies) -> None:
         super().__init__(deps)
         self.store = CacheStore(
-            deps.backend, max_ttl_ms=self.check.max_ttl_ms, request_window_ms=deps.settings.idempotency_window_ms
+            deps.backend,
+            max_ttl_ms=self.check.max_ttl_ms,
+            request_window_ms=deps.settings.idempotency_window_ms,
         )
         self.stats = deps.stats
         watching = deps.settings.invalidations
@@ -99,6 +101,10 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
 
     async def aclose(self) -> None:
         await self.invalidations.aclose()
+        await super().aclose()
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
         await super().aclose()
 
     def _bit_offset(self, offset: int) -> int:
@@ -321,7 +327,11 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
             _DEFAULT_LEASE_MS if lease_ttl is None else self.check.ttl_ms(lease_ttl, "lease_ttl")
         )
         answer = await self.store.get_or_lease(
-            namespace, key, lease_ms, accept_stale=request.accept_stale
+            namespace,
+            key,
+            lease_ms,
+            accept_stale=request.accept_stale,
+            wait_s=self._wait_s(request, context),
         )
         hit = answer.outcome == "HIT"
         self.stats.record_lookups(namespace, hits=int(hit), misses=int(not hit))

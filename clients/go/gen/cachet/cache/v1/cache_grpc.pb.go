@@ -241,9 +241,10 @@ type CacheServiceClient interface {
 	// GetOrLease is a read that protects the backing store from stampedes: it
 	// answers a hit; or, on a miss, grants exactly one caller a lease to fill
 	// the key; or tells the others that a fill is under way (with the stale
-	// value when one is kept, and a suggested wait). Hits and misses count in
-	// the namespace's statistics like Get's. FAILED_PRECONDITION `WRONG_TYPE` for
-	// a key holding a collection.
+	// value when one is kept, and a suggested wait). With `wait`, the others
+	// wait for the fill instead (woken when it lands, no polling). Hits and
+	// misses count in the namespace's statistics like Get's.
+	// FAILED_PRECONDITION `WRONG_TYPE` for a key holding a collection.
 	GetOrLease(ctx context.Context, in *GetOrLeaseRequest, opts ...grpc.CallOption) (*GetOrLeaseResponse, error)
 	// Fill stores the value for a key under the lease GetOrLease granted, and
 	// ends the lease. A lease voided by a write (Set, SetMany, Increment, Txn),
@@ -991,9 +992,10 @@ type CacheServiceServer interface {
 	// GetOrLease is a read that protects the backing store from stampedes: it
 	// answers a hit; or, on a miss, grants exactly one caller a lease to fill
 	// the key; or tells the others that a fill is under way (with the stale
-	// value when one is kept, and a suggested wait). Hits and misses count in
-	// the namespace's statistics like Get's. FAILED_PRECONDITION `WRONG_TYPE` for
-	// a key holding a collection.
+	// value when one is kept, and a suggested wait). With `wait`, the others
+	// wait for the fill instead (woken when it lands, no polling). Hits and
+	// misses count in the namespace's statistics like Get's.
+	// FAILED_PRECONDITION `WRONG_TYPE` for a key holding a collection.
 	GetOrLease(context.Context, *GetOrLeaseRequest) (*GetOrLeaseResponse, error)
 	// Fill stores the value for a key under the lease GetOrLease granted, and
 	// ends the lease. A lease voided by a write (Set, SetMany, Increment, Txn),

@@ -746,9 +746,10 @@ class CacheServiceServicer:
         """GetOrLease is a read that protects the backing store from stampedes: it
         answers a hit; or, on a miss, grants exactly one caller a lease to fill
         the key; or tells the others that a fill is under way (with the stale
-        value when one is kept, and a suggested wait). Hits and misses count in
-        the namespace's statistics like Get's. FAILED_PRECONDITION `WRONG_TYPE` for
-        a key holding a collection.
+        value when one is kept, and a suggested wait). With `wait`, the others
+        wait for the fill instead (woken when it lands, no polling). Hits and
+        misses count in the namespace's statistics like Get's.
+        FAILED_PRECONDITION `WRONG_TYPE` for a key holding a collection.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -219,9 +219,10 @@ class CacheServiceStub:
     """GetOrLease is a read that protects the backing store from stampedes: it
     answers a hit; or, on a miss, grants exactly one caller a lease to fill
     the key; or tells the others that a fill is under way (with the stale
-    value when one is kept, and a suggested wait). Hits and misses count in
-    the namespace's statistics like Get's. FAILED_PRECONDITION `WRONG_TYPE` for
-    a key holding a collection.
+    value when one is kept, and a suggested wait). With `wait`, the others
+    wait for the fill instead (woken when it lands, no polling). Hits and
+    misses count in the namespace's statistics like Get's.
+    FAILED_PRECONDITION `WRONG_TYPE` for a key holding a collection.
     """
     Fill: _grpc.UnaryUnaryMultiCallable[_cache_pb2.FillRequest, _cache_pb2.FillResponse]
     """Fill stores the value for a key under the lease GetOrLease granted, and
@@ -448,9 +449,10 @@ class CacheServiceAsyncStub(CacheServiceStub):
     """GetOrLease is a read that protects the backing store from stampedes: it
     answers a hit; or, on a miss, grants exactly one caller a lease to fill
     the key; or tells the others that a fill is under way (with the stale
-    value when one is kept, and a suggested wait). Hits and misses count in
-    the namespace's statistics like Get's. FAILED_PRECONDITION `WRONG_TYPE` for
-    a key holding a collection.
+    value when one is kept, and a suggested wait). With `wait`, the others
+    wait for the fill instead (woken when it lands, no polling). Hits and
+    misses count in the namespace's statistics like Get's.
+    FAILED_PRECONDITION `WRONG_TYPE` for a key holding a collection.
     """
     Fill: _aio.UnaryUnaryMultiCallable[_cache_pb2.FillRequest, _cache_pb2.FillResponse]  # type: ignore[assignment]
     """Fill stores the value for a key under the lease GetOrLease granted, and
@@ -974,9 +976,10 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetOrLease is a read that protects the backing store from stampedes: it
         answers a hit; or, on a miss, grants exactly one caller a lease to fill
         the key; or tells the others that a fill is under way (with the stale
-        value when one is kept, and a suggested wait). Hits and misses count in
-        the namespace's statistics like Get's. FAILED_PRECONDITION `WRONG_TYPE` for
-        a key holding a collection.
+        value when one is kept, and a suggested wait). With `wait`, the others
+        wait for the fill instead (woken when it lands, no polling). Hits and
+        misses count in the namespace's statistics like Get's.
+        FAILED_PRECONDITION `WRONG_TYPE` for a key holding a collection.
         """
 
     @_abc_1.abstractmethod
