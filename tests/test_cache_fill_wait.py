@@ -24,8 +24,12 @@ _TTL = pb.CollectionTtl(ttl=_ms(60_000))
 
 async def _expire_now(cache, key: str) -> None:
     await cache.Expire(pb.ExpireRequest(key=key, ttl=_ms(1)))
-    while (await cache.Exists(pb.ExistsRequest(keys=[key]))).exists[0]:
+    for _ in range(400):
+        if not (await cache.Exists(pb.ExistsRequest(keys=[key]))).exists[0]:
+            return
         await asyncio.sleep(0.005)
+    raise AssertionError(f"{key} did not expire")
+
 
 # Each collection write that can create the collection at `key`.
 COLLECTION_WRITES = {
@@ -97,7 +101,9 @@ async def _script_calls(cachet) -> int:
     total = 0
     for node in await cachet.backend.primaries():
         stats = await node.info("commandstats")
-        total += sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+        total += sum(
+            int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval")
+        )
     return total
 
 
@@ -180,9 +186,7 @@ async def test_the_wait_ends_with_fill_pending_and_the_stale_copy(cache):
     answer = await cache.GetOrLease(pb.GetOrLeaseRequest(key="slow", wait=_ms(200)))
     assert answer.outcome == pb.LEASE_OUTCOME_FILL_PENDING
     # Bounded by the deadline: an answer, not DEADLINE_EXCEEDED.
-    answer = await cache.GetOrLease(
-        pb.GetOrLeaseRequest(key="slow", wait=_ms(60_000)), timeout=0.6
-    )
+    answer = await cache.GetOrLease(pb.GetOrLeaseRequest(key="slow", wait=_ms(60_000)), timeout=0.6)
     assert answer.outcome == pb.LEASE_OUTCOME_FILL_PENDING
 
 

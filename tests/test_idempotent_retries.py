@@ -76,7 +76,9 @@ async def test_collection_writes_with_a_request_id_are_applied_once(cache):
             )
         )
         assert pushed.length == 2
-    listed = await cache.ListRange(pb.ListRangeRequest(key="l", range=pb.IndexRange(start=0, end=-1)))
+    listed = await cache.ListRange(
+        pb.ListRangeRequest(key="l", range=pb.IndexRange(start=0, end=-1))
+    )
     assert list(listed.values) == [b"a", b"b"]
     pushed = await cache.ListPush(
         pb.ListPushRequest(key="l", values=[b"c"], end=pb.LIST_END_RIGHT, request_id="l-2")

@@ -68,7 +68,9 @@ async def test_waited_is_exactly_zero_on_a_free_lock(channel):
     for n in range(10):
         grant = await locks.Acquire(pb.AcquireRequest(name=f"free-{n}", ttl=ms(1000)))
         assert (grant.waited.seconds, grant.waited.nanos) == (0, 0)
-        grant = await locks.Acquire(pb.AcquireRequest(name=f"free-w-{n}", ttl=ms(1000), wait=ms(500)))
+        grant = await locks.Acquire(
+            pb.AcquireRequest(name=f"free-w-{n}", ttl=ms(1000), wait=ms(500))
+        )
         assert (grant.waited.seconds, grant.waited.nanos) == (0, 0)
     # A grant after a wait still reports how long it waited.
     held = await locks.Acquire(pb.AcquireRequest(name="busy", ttl=ms(150)))
@@ -80,8 +82,9 @@ async def test_waited_is_exactly_zero_on_a_free_lock(channel):
 async def test_fencing_tokens_keep_growing_across_a_namespace_flush(channel, namespace):
     locks = lock_pb2_grpc.LockServiceStub(channel)
     admin = admin_pb2_grpc.AdminServiceStub(channel)
-    for n in range(5):
-        if n:
+    permit = None
+    for _ in range(5):
+        if permit is not None:
             await locks.ReleaseSemaphore(
                 pb.ReleaseSemaphoreRequest(name="pool", owner_token=permit.owner_token)
             )
@@ -97,7 +100,9 @@ async def test_fencing_tokens_keep_growing_across_a_namespace_flush(channel, nam
     state = await locks.InspectSemaphore(pb.InspectSemaphoreRequest(name="pool"))
     assert not state.holders, "the flush freed the semaphore's permits"
     grant = await locks.Acquire(pb.AcquireRequest(name="job", ttl=ms(5000)))
-    permit = await locks.AcquireSemaphore(pb.AcquireSemaphoreRequest(name="pool", limit=2, ttl=ms(5000)))
+    permit = await locks.AcquireSemaphore(
+        pb.AcquireSemaphoreRequest(name="pool", limit=2, ttl=ms(5000))
+    )
     assert grant.fencing_token == 6 and permit.fencing_token == 6
 
 

@@ -10,8 +10,12 @@ import pytest
 import redis
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
+from cachet_client.proto.cachet.eventbus.v1 import eventbus_pb2 as ebpb
+from cachet_client.proto.cachet.eventbus.v1 import eventbus_pb2_grpc
+from cachet_client.proto.cachet.lock.v1 import lock_pb2, lock_pb2_grpc
 from cachet_server.app import running
 from cachet_server.backend.keys import CacheKeys
+from google.protobuf.duration_pb2 import Duration
 from redis.crc import key_slot
 
 from .conftest import channel_to, error_reason, make_settings, rpc_error
@@ -50,6 +54,75 @@ async def test_more_acknowledgements_than_replicas_is_unavailable_not_enough_rep
         # Reads never wait for replicas.
         got = await cache.Get(pb.GetRequest(key="k"))
         assert got.found, "the write did happen on the primary; only its durability is unsure"
+        # Event appends claim durability the same way, through the same primitive.
+        events = eventbus_pb2_grpc.EventBusServiceStub(channel)
+        error = await rpc_error(
+            events.Append(ebpb.AppendRequest(stream="orders", event=ebpb.Event(payload=b"x")))
+        )
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_reason(error) == "NOT_ENOUGH_REPLICAS"
+
+
+@pytest.mark.topologies("sentinel", "cluster", reason="a standalone Redis has no replica")
+async def test_replica_acknowledged_appends_succeed(redis_url, namespace):
+    settings = make_settings(redis_url, redis_min_replicas_acked=1)
+    async with running(settings) as app, channel_to(app.port, namespace) as channel:
+        events = eventbus_pb2_grpc.EventBusServiceStub(channel)
+        for n in range(5):
+            await events.Append(
+                ebpb.AppendRequest(stream=f"s{n}", event=ebpb.Event(payload=b"x"), request_id="a")
+            )
+
+
+@pytest.mark.topologies("cluster", reason="slots move only on Cluster")
+async def test_replica_acknowledged_lock_writes_follow_a_moved_slot(topology):
+    """A lock write with `replication` reaches the slot's new primary after the slot
+    moved (MOVED is followed, as for every other write), instead of failing."""
+    del topology  # only selects the Cluster run; this test moves a slot of its own cluster
+    group = ClusterGroup().start()
+    try:
+        async with running(make_settings(group.url)) as app, channel_to(app.port, "m") as chan:
+            locks = lock_pb2_grpc.LockServiceStub(chan)
+            wanted = lock_pb2.ReplicationRequirement(min_replicas=1, timeout=Duration(seconds=2))
+            ttl = Duration(seconds=5)
+            name = "{moving}:job"
+            grant = await locks.Acquire(
+                lock_pb2.AcquireRequest(name=name, ttl=ttl, replication=wanted)
+            )
+            slot = key_slot(b"moving")
+            owner = next(m for m in group.masters() if _owns(m, slot))
+            target = next(m for m in group.masters() if m is not owner)
+            target_id = target.client().cluster("MYID")
+            # Move the lock's slot with its keys, the way a resharding does.
+            source, dest = owner.client(), target.client()
+            dest.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.cluster("MYID"))
+            source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                source.execute_command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000,
+                    "AUTH", group.password, "KEYS", *keys,
+                )  # fmt: skip
+            for master in group.masters():
+                master.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            released = await locks.Release(
+                lock_pb2.ReleaseRequest(
+                    name=name, owner_token=grant.owner_token, replication=wanted
+                )
+            )
+            assert released.replicas_acked >= 1
+            again = await locks.Acquire(
+                lock_pb2.AcquireRequest(name=name, ttl=ttl, replication=wanted)
+            )
+            assert again.fencing_token == grant.fencing_token + 1 and again.replicas_acked >= 1
+    finally:
+        group.stop()
+
+
+def _owns(master: RedisProcess, slot: int) -> bool:
+    ranges = master.client().execute_command("CLUSTER", "SLOTS")
+    return any(
+        start <= slot <= end and int(node[1]) == master.port for start, end, node, *_ in ranges
+    )
 
 
 @pytest.mark.topologies(

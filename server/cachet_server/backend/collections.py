@@ -301,9 +301,7 @@ class CollectionStore:
     ) -> list[bytes]:
         """Run coll_pop to its end even if the call is cancelled meanwhile; a cancelled
         call puts what it took back, so the values are never lost with the answer."""
-        work = asyncio.ensure_future(
-            self.backend.run(_POP, keys, [end, count, max_answer_bytes])
-        )
+        work = asyncio.ensure_future(self.backend.run(_POP, keys, [end, count, max_answer_bytes]))
         try:
             return list(await asyncio.shield(work))
         except asyncio.CancelledError:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import key_slot
-from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -21,6 +29,16 @@ from .topology import ConnectionTuning, Topology, TopologyKind, connect
 log = logging.getLogger(__name__)
 
 Arg = str | bytes | int | float
+# Redirections (MOVED, ASK, TRYAGAIN, a missing script) one acknowledged write follows.
+_MAX_REDIRECTIONS = 16
+
+
+@dataclass(frozen=True)
+class ReplicaAck:
+    """Wait for `min_replicas` replicas to acknowledge a write, at most `timeout_ms`."""
+
+    min_replicas: int
+    timeout_ms: int
 
 
 class Backend:
@@ -90,97 +108,140 @@ class Backend:
             return await self.redis.eval(script.source, len(keys), *keys, *args)
 
     async def run_write(self, script: Script, keys: Sequence[str], args: Sequence[Arg] = ()) -> Any:
-        """Run a script that writes. With replica acknowledgement on
-        (CACHET_REDIS_MIN_REPLICAS_ACKED = n > 0) the answer comes only once n replicas
-        have the write: WAIT n follows the script on the same connection, in the same
-        round trip. Fewer replicas within CACHET_REDIS_REPLICA_ACK_TIMEOUT answer
-        UNAVAILABLE / NOT_ENOUGH_REPLICAS: the write did happen on the primary but may
-        be lost in a failover, so the caller must not count on it. With it off, the
-        same as `run`."""
+        """Run a script that writes, acknowledged as configured: with
+        CACHET_REDIS_MIN_REPLICAS_ACKED = n > 0 the answer comes only once n replicas
+        have the write (`run_acknowledged`). Fewer replicas within
+        CACHET_REDIS_REPLICA_ACK_TIMEOUT answer UNAVAILABLE / NOT_ENOUGH_REPLICAS: the
+        write did happen on the primary but may be lost in a failover, so the caller
+        must not count on it. With it off, the same as `run`."""
         tuning = self.topology.tuning
         if tuning.min_replicas_acked <= 0:
             return await self.run(script, keys, args)
-        timeout_ms = max(1, round(tuning.replica_ack_timeout * 1000))
-        if self.kind is TopologyKind.CLUSTER:
-            reply, acked = await self._run_and_wait_on_cluster(script, keys, args, timeout_ms)
-        else:
-            reply, acked = await self._run_and_wait(script, keys, args, timeout_ms)
-        if acked < tuning.min_replicas_acked:
+        ack = ReplicaAck(
+            tuning.min_replicas_acked, max(1, round(tuning.replica_ack_timeout * 1000))
+        )
+        reply, acked = await self.run_acknowledged(script, keys, args, ack)
+        if acked < ack.min_replicas:
             raise Unavailable(
-                f"the write reached {acked} of the {tuning.min_replicas_acked} replicas "
-                f"required within {timeout_ms} ms; it may not survive a failover",
+                f"the write reached {acked} of the {ack.min_replicas} replicas "
+                f"required within {ack.timeout_ms} ms; it may not survive a failover",
                 reason="NOT_ENOUGH_REPLICAS",
             )
         return reply
 
-    async def _run_and_wait(
-        self, script: Script, keys: Sequence[str], args: Sequence[Arg], timeout_ms: int
+    async def run_acknowledged(
+        self,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Arg],
+        ack: ReplicaAck,
+        *,
+        wrote: Callable[[Any], bool] | None = None,
     ) -> tuple[Any, int]:
-        # A pipeline holds one connection, which WAIT needs: it waits for the
-        # replication offset of this connection's own last write. redis-py retries the
-        # whole pipeline on connection errors (READONLY from a demoted Sentinel master
-        # included), which is safe: a failed attempt's script did not run.
-        for send_source in (False, True):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                _queue_script(pipe, script, keys, args, send_source)
-                pipe.execute_command("WAIT", self.topology.tuning.min_replicas_acked, timeout_ms)
-                reply, acked = await pipe.execute(raise_on_error=False)
-            if isinstance(reply, NoScriptError) and not send_source:
-                continue
-            return _raised(reply), int(_raised(acked))
-        raise AssertionError("unreachable")
+        """The one replica-acknowledgement primitive: run a script on the primary of its
+        keys' slot, then `WAIT min_replicas timeout` on the same connection (WAIT
+        counts the replication of that connection's own writes). Answers (reply,
+        replicas that acknowledged); the caller decides what too few means.
 
-    async def _run_and_wait_on_cluster(
-        self, script: Script, keys: Sequence[str], args: Sequence[Arg], timeout_ms: int
-    ) -> tuple[Any, int]:
-        # RedisCluster's own pipeline may split or re-route the two commands; WAIT must
-        # follow the script on the very connection that ran it, so the pair goes to the
-        # slot's primary as one node pipeline, and redirections are followed here the
-        # way redis-py follows them for single commands.
-        cluster = self.redis
+        Without `wrote`, the script and WAIT go in one round trip. With it, WAIT is
+        sent only when `wrote(reply)` (a refused lock grant wrote nothing worth
+        waiting for), and `acked` is 0 otherwise.
+
+        The same retries as every other command: connection errors and timeouts are
+        retried with backoff (Sentinel's READONLY from a demoted master included, as a
+        connection error); on Cluster, MOVED and ASK are followed, TRYAGAIN waits, and
+        a lost node rebuilds the slot table. A missing script is sent as source."""
+        if ack.min_replicas <= 0:
+            return await self.run(script, keys, args), 0
         tuning = self.topology.tuning
         backoff = ExponentialWithJitterBackoff(base=tuning.backoff_base, cap=tuning.backoff_cap)
+        wait = ("WAIT", ack.min_replicas, ack.timeout_ms)
+        # WAIT answers within its timeout; the socket timeout covers the round trip.
+        read_timeout = ack.timeout_ms / 1000 + tuning.socket_timeout
         failures = 0
-        send_source = asking = False
-        node: ClusterNode | None = None
-        for _ in range(cluster.RedisClusterRequestTTL):
-            await cluster.initialize()
-            if node is None:
-                node = cluster.get_node_from_key(keys[0])
-            commands: list[tuple[Any, ...]] = [("ASKING",)] if asking else []
-            commands.append(_script_command(script, keys, args, send_source))
-            commands.append(("WAIT", tuning.min_replicas_acked, timeout_ms))
-            piped = [PipelineCommand(i, *command) for i, command in enumerate(commands)]
+        send_source = False
+        redirect: AskError | None = None
+        moved_to: tuple[str, int] | None = None
+        for _ in range(_MAX_REDIRECTIONS):
+            command = _script_command(script, keys, args, send_source)
             try:
-                await node.execute_pipeline(piped)
-                reply, acked = piped[-2].result, piped[-1].result
-                if isinstance(reply, RedisConnectionError | RedisTimeoutError):
-                    raise reply
+                async with self._primary_connection(keys[0], redirect, moved_to) as connection:
+                    if wrote is None:
+                        replies = await _exchange(connection, [command, wait], read_timeout)
+                        reply, acked = replies
+                    else:
+                        (reply,) = await _exchange(connection, [command], read_timeout)
+                        acked = 0
+                        if not isinstance(reply, Exception) and wrote(reply):
+                            (acked,) = await _exchange(connection, [wait], read_timeout)
             except (RedisConnectionError, RedisTimeoutError):
                 failures += 1
                 if failures > tuning.retries:
                     raise
-                # The node may be gone: rebuild the slot table from the live nodes.
-                cluster._initialize = True
+                await self._after_connection_error()
                 await asyncio.sleep(backoff.compute(failures))
-                node, asking = None, False
+                redirect = moved_to = None
                 continue
-            asking = False
-            if isinstance(reply, MovedError):
-                await cluster.nodes_manager.move_slot(reply)
-                node = None
+            redirect = moved_to = None
+            if isinstance(reply, NoScriptError) and not send_source:
+                send_source = True
+            elif isinstance(reply, MovedError):
+                if self.kind is TopologyKind.CLUSTER:
+                    await self.redis.nodes_manager.move_slot(reply)
+                moved_to = (reply.host, reply.port)
             elif isinstance(reply, AskError):
-                node = cluster.get_node(host=reply.host, port=reply.port)
-                asking = node is not None
+                redirect = reply
             elif isinstance(reply, TryAgainError):
                 await asyncio.sleep(0.05)
-            elif isinstance(reply, NoScriptError) and not send_source:
-                send_source = True
             else:
                 return _raised(reply), int(_raised(acked))
         raise Unavailable(
             "Redis Cluster kept redirecting the write; retry", reason="BACKEND_TRY_AGAIN"
         )
+
+    @contextlib.asynccontextmanager
+    async def _primary_connection(
+        self, key: str, ask: AskError | None, moved_to: tuple[str, int] | None
+    ) -> AsyncIterator[Any]:
+        """A connection of the command client's pools to the primary of `key`'s slot
+        (the node an ASK or MOVED named, on Cluster), given back afterwards; dropped
+        instead when it failed, so no half-read answer is left on it."""
+        if self.kind is TopologyKind.CLUSTER:
+            cluster = self.redis
+            await cluster.initialize()
+            node = None
+            if ask is not None:
+                node = cluster.get_node(host=ask.host, port=ask.port)
+            elif moved_to is not None:
+                node = cluster.get_node(host=moved_to[0], port=moved_to[1])
+            if node is None:
+                node = cluster.get_node_from_key(key)
+            connection = node.acquire_connection()
+            try:
+                if ask is not None:
+                    await _exchange(connection, [("ASKING",)], None)
+                yield connection
+            except BaseException:
+                await connection.disconnect()
+                raise
+            finally:
+                node.release(connection)
+            return
+        pool = self.redis.connection_pool
+        connection = await pool.get_connection()
+        try:
+            yield connection
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
+
+    async def _after_connection_error(self) -> None:
+        """On Cluster the node may be gone: rebuild the slot table from the live nodes
+        before the next try (standalone and Sentinel reconnect by themselves)."""
+        if self.kind is TopologyKind.CLUSTER:
+            self.redis._initialize = True
 
     def group_by_slot(self, redis_keys: Sequence[str]) -> dict[int, list[int]]:
         return self.topology.group_by_slot(redis_keys)
@@ -210,10 +271,26 @@ def _script_command(
     return ("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
-def _queue_script(
-    pipe: Any, script: Script, keys: Sequence[str], args: Sequence[Arg], send_source: bool
-) -> None:
-    pipe.execute_command(*_script_command(script, keys, args, send_source))
+async def _exchange(
+    connection: Any, commands: Sequence[tuple[Any, ...]], wait_timeout: float | None
+) -> list[Any]:
+    """Send commands in one write and read every answer; an error answer is returned,
+    not raised, so that the answers after it are still read off the connection. A
+    WAIT's answer may take longer than the socket timeout: it is read with
+    `wait_timeout` (WAIT always answers an integer, so no answer is a timeout)."""
+    await connection.send_packed_command(connection.pack_commands(commands))
+    replies: list[Any] = []
+    for command in commands:
+        is_wait = command[0] == "WAIT"
+        try:
+            reply = await connection.read_response(timeout=wait_timeout if is_wait else None)
+        except ResponseError as exc:
+            reply = exc
+        if is_wait and reply is None:
+            await connection.disconnect()
+            raise RedisTimeoutError("no answer to WAIT in time")
+        replies.append(reply)
+    return replies
 
 
 def _raised(result: Any) -> Any:

@@ -132,7 +132,9 @@ KEPT_BY_FLUSH = (Kind.LOCK_FENCE, Kind.SEMAPHORE_FENCE)
 def kept_by_flush(namespace: str, redis_key_: str) -> bool:
     """Whether a key of the namespace survives FlushNamespace (see KEPT_BY_FLUSH)."""
     return any(
-        redis_key_.startswith((f"{PREFIX}:{namespace}:{kind}:", f"{PREFIX}:{namespace}:{kind}{_WRAPPED}:"))
+        redis_key_.startswith(
+            (f"{PREFIX}:{namespace}:{kind}:", f"{PREFIX}:{namespace}:{kind}{_WRAPPED}:")
+        )
         for kind in KEPT_BY_FLUSH
     )
 

@@ -11,8 +11,9 @@ per server process (`WakeDispatcher`) receives every wake and sets the event of
 the local waiter with that ticket, so waiting costs no Redis connection per
 waiter. A waiter next in line also looks again on its own when the holder's TTL
 runs out (no one publishes an expiry; when the queue moves up, the ticket that
-became next in line is woken to learn that TTL) and at least every `recheck_interval`, which covers a
-notification lost while the subscription was reconnecting. A ticket whose lease
+became next in line is woken to learn that TTL) and at least every
+`recheck_interval`, which covers a notification lost while the subscription was
+reconnecting. A ticket whose lease
 lapses (its server died) is purged, so it never blocks the queue for longer than
 `waiter_lease`.
 """
@@ -25,20 +26,17 @@ import dataclasses
 import enum
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError, TryAgainError
-
 from ..config import LockSettings
 from ..errors import DeadlineExceeded, FailedPrecondition, Unavailable
-from .core import Arg, Backend
-from .keys import Kind, redis_key
 from . import wakes
-from .scripts import Script, script
-from .topology import TopologyKind
+from .core import Arg, Backend, ReplicaAck
+from .keys import Kind, redis_key
+from .scripts import script
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +47,16 @@ WAKE_CHANNEL_PREFIX = "cachet-lock-wake:"
 DEADLINE_MARGIN = 0.05
 # A waiter never looks again sooner than this, whatever the script suggests.
 _MIN_RECHECK = 0.005
+
+
+# Lock writes ask for replica acknowledgement per call (`ReplicationRequirement`).
+Replication = ReplicaAck
+
+
+def _wrote(reply: Any) -> bool:
+    """Whether a lock_permits answer is a write worth acknowledging (a grant, a
+    release or an extension; not a refusal)."""
+    return bool(reply[0] in (b"GRANTED", b"OK"))
 
 
 def new_secret() -> str:
@@ -108,14 +116,6 @@ class PermitKeys:
     def channel(self) -> str:
         """Pub/sub channel on which waiters of this name are woken."""
         return WAKE_CHANNEL_PREFIX + self.queue
-
-
-@dataclass(frozen=True)
-class Replication:
-    """Wait for `min_replicas` replicas to acknowledge a write (Redis WAIT)."""
-
-    min_replicas: int
-    timeout_ms: int
 
 
 @dataclass(frozen=True)
@@ -199,33 +199,6 @@ class WakeDispatcher(wakes.WakeDispatcher):
         super().__init__(backend, WAKE_CHANNEL_PREFIX, names_in_message=True, what="lock")
 
 
-class _PinnedConnection:
-    """One connection to the primary that owns a key, so that WAIT counts the
-    acknowledgements of exactly the writes made on it."""
-
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
-
-    async def command(self, *args: Arg, read_timeout: float | None = None) -> Any:
-        await self.connection.send_command(*args)
-        return await self.connection.read_response(timeout=read_timeout)
-
-    async def run(self, item: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        try:
-            return await self.command("EVALSHA", item.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await self.command("EVAL", item.source, len(keys), *keys, *args)
-
-    async def wait(self, replication: Replication) -> int:
-        acked = await self.command(
-            "WAIT",
-            replication.min_replicas,
-            replication.timeout_ms,
-            read_timeout=replication.timeout_ms / 1000 + 2.0,
-        )
-        return int(acked)
-
-
 class PermitStore:
     """Locks (limit 1) or semaphores of every namespace."""
 
@@ -243,40 +216,6 @@ class PermitStore:
     def keys(self, namespace: str, name: str) -> PermitKeys:
         return PermitKeys.of(namespace, self.family, name)
 
-    # -- running the script, optionally followed by WAIT on the same connection
-
-    @contextlib.asynccontextmanager
-    async def _pinned(self, key: str) -> AsyncIterator[_PinnedConnection]:
-        redis = self.backend.redis
-        failed = False
-        if self.backend.kind is TopologyKind.CLUSTER:
-            node = redis.get_node_from_key(key)
-            connection = node.acquire_connection()
-            try:
-                yield _PinnedConnection(connection)
-            except (MovedError, AskError, TryAgainError) as exc:
-                failed = True
-                raise Unavailable(f"Redis Cluster is moving this slot; retry ({exc})") from exc
-            except BaseException as exc:
-                failed = not isinstance(exc, ResponseError)
-                raise
-            finally:
-                if failed:
-                    await connection.disconnect()
-                node.release(connection)
-            return
-        pool = redis.connection_pool
-        connection = await pool.get_connection()
-        try:
-            yield _PinnedConnection(connection)
-        except BaseException as exc:
-            failed = not isinstance(exc, ResponseError)
-            raise
-        finally:
-            if failed:
-                await connection.disconnect()
-            await pool.release(connection)
-
     async def _run(self, keys: PermitKeys, args: Sequence[Arg]) -> Any:
         return await self.backend.run(_PERMITS, keys.all, [args[0], keys.channel, *args[1:]])
 
@@ -284,14 +223,14 @@ class PermitStore:
         self, keys: PermitKeys, args: Sequence[Arg], replication: Replication | None
     ) -> tuple[Any, int]:
         """Run the script; if it wrote what the caller asked to be acknowledged (its
-        first answer is GRANTED or OK), WAIT for replicas on the same connection."""
+        first answer is GRANTED or OK), WAIT for replicas on the same connection
+        (`Backend.run_acknowledged`, the one primitive every durable write uses)."""
+        script_args = [args[0], keys.channel, *args[1:]]
         if replication is None or replication.min_replicas == 0:
-            return await self._run(keys, args), 0
-        async with self._pinned(keys.holders) as connection:
-            reply = await connection.run(_PERMITS, keys.all, [args[0], keys.channel, *args[1:]])
-            if reply[0] not in (b"GRANTED", b"OK"):
-                return reply, 0
-            return reply, await connection.wait(replication)
+            return await self.backend.run(_PERMITS, keys.all, script_args), 0
+        return await self.backend.run_acknowledged(
+            _PERMITS, keys.all, script_args, replication, wrote=_wrote
+        )
 
     # -- operations
 
