@@ -43,9 +43,9 @@ A failure that outlasts the retries reaches the caller as UNAVAILABLE with a
 reason (errors.py), never INTERNAL, and health turns NOT_SERVING until Redis
 answers again.
 
-Replica acknowledgement (`CACHET_REDIS_MIN_REPLICAS_ACKED` > 0): see
-`Backend.run_write`: a write is acknowledged only after WAIT saw that many
-replicas take it, otherwise it answers UNAVAILABLE / NOT_ENOUGH_REPLICAS.
+Replica acknowledgement (`CACHET_REDIS_MIN_REPLICAS_ACKED` > 0, or a lock call's
+`replication`): see `Backend.run_acknowledged`, the one primitive every durable
+write uses: a write is acknowledged only after WAIT saw that many replicas take it.
 """
 
 from __future__ import annotations
