@@ -9,6 +9,7 @@ import random
 import time
 
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
+from cachet_server.backend.collections import CollectionTtl
 from cachet_server.backend.keys import CacheKeys, Kind, scan_patterns
 from google.protobuf.duration_pb2 import Duration
 
@@ -56,7 +57,17 @@ async def test_cancelled_waiting_pops_lose_no_value(cachet, namespace):
             await asyncio.sleep(0.002)
         # The push and the cancellation race: the cancel lands before, while or
         # after Redis hands the value to the pop and the pop takes it.
-        push = asyncio.ensure_future(redis.rpush(name, f"v{n}".encode()))
+        push = asyncio.ensure_future(
+            store.list_push(
+                namespace,
+                key,
+                [f"v{n}".encode()],
+                end="RIGHT",
+                if_present=False,
+                keep_newest=0,
+                ttl=CollectionTtl(60_000),
+            )
+        )
         for _ in range(n % 7):
             await asyncio.sleep(0)
         if n % 5 == 0:
@@ -83,7 +94,7 @@ async def test_cancelled_waiting_pops_lose_no_value(cachet, namespace):
     assert len(answered) + len(left) == CANCELLATIONS, "a value was duplicated"
     for name in names:
         if await redis.exists(name):
-            assert await redis.pttl(name) > 0, "a list re-created by a put-back has no TTL"
+            assert await redis.pttl(name) > 0, "a list without a TTL"
     holding = []
     for pattern in scan_patterns(namespace, Kind.HOLDING, "*"):
         for node in await cachet.backend.primaries():
