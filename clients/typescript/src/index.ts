@@ -141,6 +141,7 @@ export class CachetClient {
       byInt: BigInt(by),
       byFloat: undefined,
       ttl: duration(options.ttlMs),
+      requestId: "",
     });
     return reply.intValue;
   }
