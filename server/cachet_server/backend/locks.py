@@ -13,9 +13,8 @@ waiter. A waiter next in line also looks again on its own when the holder's TTL
 runs out (no one publishes an expiry; when the queue moves up, the ticket that
 became next in line is woken to learn that TTL) and at least every
 `recheck_interval`, which covers a notification lost while the subscription was
-reconnecting. A ticket whose lease
-lapses (its server died) is purged, so it never blocks the queue for longer than
-`waiter_lease`.
+reconnecting. A ticket whose lease lapses (its server died) is purged, so it never
+blocks the queue for longer than `waiter_lease`.
 """
 
 from __future__ import annotations
@@ -47,10 +46,6 @@ WAKE_CHANNEL_PREFIX = "cachet-lock-wake:"
 DEADLINE_MARGIN = 0.05
 # A waiter never looks again sooner than this, whatever the script suggests.
 _MIN_RECHECK = 0.005
-
-
-# Lock writes ask for replica acknowledgement per call (`ReplicationRequirement`).
-Replication = ReplicaAck
 
 
 def _wrote(reply: Any) -> bool:
@@ -220,7 +215,7 @@ class PermitStore:
         return await self.backend.run(_PERMITS, keys.all, [args[0], keys.channel, *args[1:]])
 
     async def _run_acknowledged(
-        self, keys: PermitKeys, args: Sequence[Arg], replication: Replication | None
+        self, keys: PermitKeys, args: Sequence[Arg], replication: ReplicaAck | None
     ) -> tuple[Any, int]:
         """Run the script; if it wrote what the caller asked to be acknowledged (its
         first answer is GRANTED or OK), WAIT for replicas on the same connection
@@ -244,7 +239,7 @@ class PermitStore:
         holder: str,
         wait: float,
         deadline: float | None,
-        replication: Replication | None = None,
+        replication: ReplicaAck | None = None,
     ) -> Grant:
         """Take a permit, waiting up to `wait` seconds and never past `deadline`
         (seconds from now until the call's deadline; None: no deadline)."""
@@ -311,7 +306,7 @@ class PermitStore:
         holder: str,
         limit: int,
         ticket: str,
-        replication: Replication | None,
+        replication: ReplicaAck | None,
     ) -> Grant | Busy:
         """A grant, or why not and when to look again."""
         reply, acked = await self._run_acknowledged(
@@ -380,7 +375,7 @@ class PermitStore:
         namespace: str,
         name: str,
         token: str,
-        replication: Replication | None = None,
+        replication: ReplicaAck | None = None,
     ) -> Released:
         keys = self.keys(namespace, name)
         reply, acked = await self._run_acknowledged(keys, ["release", token], replication)
@@ -398,7 +393,7 @@ class PermitStore:
         name: str,
         token: str,
         ttl_ms: int,
-        replication: Replication | None = None,
+        replication: ReplicaAck | None = None,
     ) -> Extended:
         keys = self.keys(namespace, name)
         reply, acked = await self._run_acknowledged(keys, ["extend", token, ttl_ms], replication)

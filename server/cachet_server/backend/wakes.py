@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .core import Backend
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,7 @@ class WakeDispatcher:
     waiters (space-separated: lock tickets); otherwise the channel after the prefix
     is the name (a fill lease key)."""
 
-    def __init__(self, backend: Any, prefix: str, *, names_in_message: bool, what: str) -> None:
+    def __init__(self, backend: Backend, prefix: str, *, names_in_message: bool, what: str) -> None:
         self.backend = backend
         self.prefix = prefix
         self.names_in_message = names_in_message

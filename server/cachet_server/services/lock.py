@@ -12,12 +12,12 @@ from cachet_client.proto.cachet.lock.v1 import lock_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from ..access import READ, WRITE, CallSpec
+from ..backend.core import ReplicaAck
 from ..backend.locks import (
     SERVER_TIME_US,
     Family,
     Grant,
     PermitStore,
-    Replication,
     WakeDispatcher,
 )
 from ..callcontext import current_namespace
@@ -150,7 +150,7 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
             )
         return token
 
-    def _replication(self, message: Any, path: str, context: Context) -> Replication | None:
+    def _replication(self, message: Any, path: str, context: Context) -> ReplicaAck | None:
         if not message.HasField("replication"):
             return None
         requirement: pb.ReplicationRequirement = message.replication
@@ -169,7 +169,7 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
         deadline = _deadline(context)
         if deadline is not None:
             timeout_ms = max(1, min(timeout_ms, int(deadline * 1000)))
-        return Replication(requirement.min_replicas, timeout_ms)
+        return ReplicaAck(requirement.min_replicas, timeout_ms)
 
     def _limit(self, limit: int) -> int:
         maximum = self.settings.max_semaphore_limit
@@ -314,7 +314,7 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
         name: str,
         grant: Grant,
         interval_ms: int,
-        replication: Replication | None,
+        replication: ReplicaAck | None,
         reader: asyncio.Future[pb.HoldRequest | None],
     ) -> AsyncIterator[pb.HoldResponse]:
         """Renew until the client ends the hold or the lock is lost; the events to send.
