@@ -101,9 +101,6 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
 
     async def aclose(self) -> None:
         await self.invalidations.aclose()
-        await super().aclose()
-
-    async def aclose(self) -> None:
         await self.store.aclose()
         await super().aclose()
 
