@@ -118,6 +118,10 @@ async def test_get_many_keeps_request_order_with_duplicates(cache):
         ("b", True, b"2"),
     ]
     assert all(e.version > 0 for e in got.entries if e.found)
+    assert not any(e.HasField("ttl") for e in got.entries), "TTLs only when asked for"
+    timed = await cache.GetMany(pb.GetManyRequest(keys=["b", "missing"], include_ttl=True))
+    assert 0 < timed.entries[0].ttl.ToMilliseconds() <= 5000
+    assert not timed.entries[1].HasField("ttl")
     ttl = await cache.GetTtl(pb.GetTtlRequest(key="b"))
     assert ttl.ttl.ToMilliseconds() <= 5000
 

@@ -150,15 +150,18 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     async def GetMany(self, request: pb.GetManyRequest, context: Context) -> pb.GetManyResponse:
         namespace = current_namespace()
         keys = self.check.keys(request.keys)
-        values = await self.store.get_many(namespace, keys)
+        values = await self.store.get_many(namespace, keys, with_ttl=request.include_ttl)
         hits = sum(v.found for v in values)
         self.stats.record_lookups(namespace, hits=hits, misses=len(values) - hits)
-        return pb.GetManyResponse(
-            entries=[
-                pb.Entry(key=key, found=v.found, value=v.value, version=v.version)
-                for key, v in zip(keys, values, strict=True)
-            ]
-        )
+        entries = [
+            pb.Entry(key=key, found=v.found, value=v.value, version=v.version)
+            for key, v in zip(keys, values, strict=True)
+        ]
+        if request.include_ttl:
+            for entry, v in zip(entries, values, strict=True):
+                if v.found and v.ttl_ms >= 0:
+                    entry.ttl.CopyFrom(_duration(v.ttl_ms))
+        return pb.GetManyResponse(entries=entries)
 
     async def Set(self, request: pb.SetRequest, context: Context) -> pb.SetResponse:
         namespace = current_namespace()

@@ -490,7 +490,10 @@ type Entry struct {
 	// The value; empty when not found.
 	Value []byte `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
 	// The value's version (see CacheService); 0 when not found.
-	Version       uint64 `protobuf:"varint,4,opt,name=version,proto3" json:"version,omitempty"`
+	Version uint64 `protobuf:"varint,4,opt,name=version,proto3" json:"version,omitempty"`
+	// The remaining time to live, when asked for (GetManyRequest.include_ttl)
+	// and found.
+	Ttl           *durationpb.Duration `protobuf:"bytes,5,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -551,6 +554,13 @@ func (x *Entry) GetVersion() uint64 {
 		return x.Version
 	}
 	return 0
+}
+
+func (x *Entry) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
 }
 
 // GetRequest reads one value.
@@ -708,7 +718,10 @@ func (x *GetResponse) GetShouldRefresh() bool {
 type GetManyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The keys to read, 1 to max_batch of them; duplicates are allowed.
-	Keys          []string `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	Keys []string `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	// When set, each found entry includes its remaining TTL (a near-cache keeps
+	// an entry no longer than that).
+	IncludeTtl    bool `protobuf:"varint,2,opt,name=include_ttl,json=includeTtl,proto3" json:"include_ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -748,6 +761,13 @@ func (x *GetManyRequest) GetKeys() []string {
 		return x.Keys
 	}
 	return nil
+}
+
+func (x *GetManyRequest) GetIncludeTtl() bool {
+	if x != nil {
+		return x.IncludeTtl
+	}
+	return false
 }
 
 // GetManyResponse holds one entry per requested key, in request order.
@@ -7944,12 +7964,13 @@ var File_cachet_cache_v1_cache_proto protoreflect.FileDescriptor
 
 const file_cachet_cache_v1_cache_proto_rawDesc = "" +
 	"\n" +
-	"\x1bcachet/cache/v1/cache.proto\x12\x0fcachet.cache.v1\x1a\x1egoogle/protobuf/duration.proto\"_\n" +
+	"\x1bcachet/cache/v1/cache.proto\x12\x0fcachet.cache.v1\x1a\x1egoogle/protobuf/duration.proto\"\x8c\x01\n" +
 	"\x05Entry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05found\x18\x02 \x01(\bR\x05found\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\fR\x05value\x12\x18\n" +
-	"\aversion\x18\x04 \x01(\x04R\aversion\"m\n" +
+	"\aversion\x18\x04 \x01(\x04R\aversion\x12+\n" +
+	"\x03ttl\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"m\n" +
 	"\n" +
 	"GetRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1f\n" +
@@ -7961,9 +7982,11 @@ const file_cachet_cache_v1_cache_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\x04R\aversion\x12+\n" +
 	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12%\n" +
-	"\x0eshould_refresh\x18\x05 \x01(\bR\rshouldRefresh\"$\n" +
+	"\x0eshould_refresh\x18\x05 \x01(\bR\rshouldRefresh\"E\n" +
 	"\x0eGetManyRequest\x12\x12\n" +
-	"\x04keys\x18\x01 \x03(\tR\x04keys\"C\n" +
+	"\x04keys\x18\x01 \x03(\tR\x04keys\x12\x1f\n" +
+	"\vinclude_ttl\x18\x02 \x01(\bR\n" +
+	"includeTtl\"C\n" +
 	"\x0fGetManyResponse\x120\n" +
 	"\aentries\x18\x01 \x03(\v2\x16.cachet.cache.v1.EntryR\aentries\"\xa7\x03\n" +
 	"\n" +
@@ -8636,187 +8659,188 @@ var file_cachet_cache_v1_cache_proto_goTypes = []any{
 	(*durationpb.Duration)(nil),          // 132: google.protobuf.Duration
 }
 var file_cachet_cache_v1_cache_proto_depIdxs = []int32{
-	132, // 0: cachet.cache.v1.GetResponse.ttl:type_name -> google.protobuf.Duration
-	8,   // 1: cachet.cache.v1.GetManyResponse.entries:type_name -> cachet.cache.v1.Entry
-	132, // 2: cachet.cache.v1.SetRequest.ttl:type_name -> google.protobuf.Duration
-	0,   // 3: cachet.cache.v1.SetRequest.condition:type_name -> cachet.cache.v1.SetCondition
-	132, // 4: cachet.cache.v1.SetRequest.recompute_time:type_name -> google.protobuf.Duration
-	132, // 5: cachet.cache.v1.SetManyEntry.ttl:type_name -> google.protobuf.Duration
-	15,  // 6: cachet.cache.v1.SetManyRequest.entries:type_name -> cachet.cache.v1.SetManyEntry
-	132, // 7: cachet.cache.v1.SetManyRequest.ttl:type_name -> google.protobuf.Duration
-	132, // 8: cachet.cache.v1.ExpireRequest.ttl:type_name -> google.protobuf.Duration
-	132, // 9: cachet.cache.v1.GetTtlResponse.ttl:type_name -> google.protobuf.Duration
-	132, // 10: cachet.cache.v1.IncrementRequest.ttl:type_name -> google.protobuf.Duration
-	132, // 11: cachet.cache.v1.SetBitRequest.ttl:type_name -> google.protobuf.Duration
-	34,  // 12: cachet.cache.v1.BitCountRequest.range:type_name -> cachet.cache.v1.IndexRange
-	1,   // 13: cachet.cache.v1.BitCountRequest.unit:type_name -> cachet.cache.v1.BitUnit
-	132, // 14: cachet.cache.v1.CollectionTtl.ttl:type_name -> google.protobuf.Duration
-	38,  // 15: cachet.cache.v1.HashSetRequest.fields:type_name -> cachet.cache.v1.HashField
-	37,  // 16: cachet.cache.v1.HashSetRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
-	42,  // 17: cachet.cache.v1.HashGetResponse.fields:type_name -> cachet.cache.v1.HashFieldValue
-	38,  // 18: cachet.cache.v1.HashGetAllResponse.fields:type_name -> cachet.cache.v1.HashField
-	37,  // 19: cachet.cache.v1.HashIncrementRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
-	38,  // 20: cachet.cache.v1.HashScanResponse.fields:type_name -> cachet.cache.v1.HashField
-	2,   // 21: cachet.cache.v1.ListPushRequest.end:type_name -> cachet.cache.v1.ListEnd
-	37,  // 22: cachet.cache.v1.ListPushRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
-	2,   // 23: cachet.cache.v1.ListPopRequest.end:type_name -> cachet.cache.v1.ListEnd
-	132, // 24: cachet.cache.v1.ListPopRequest.wait:type_name -> google.protobuf.Duration
-	34,  // 25: cachet.cache.v1.ListRangeRequest.range:type_name -> cachet.cache.v1.IndexRange
-	34,  // 26: cachet.cache.v1.ListTrimRequest.range:type_name -> cachet.cache.v1.IndexRange
-	2,   // 27: cachet.cache.v1.ListMoveRequest.from:type_name -> cachet.cache.v1.ListEnd
-	2,   // 28: cachet.cache.v1.ListMoveRequest.to:type_name -> cachet.cache.v1.ListEnd
-	132, // 29: cachet.cache.v1.ListMoveRequest.wait:type_name -> google.protobuf.Duration
-	37,  // 30: cachet.cache.v1.ListMoveRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
-	37,  // 31: cachet.cache.v1.SetAddRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
-	37,  // 32: cachet.cache.v1.SetMoveRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
-	3,   // 33: cachet.cache.v1.SetCombineRequest.operation:type_name -> cachet.cache.v1.SetOperation
-	132, // 34: cachet.cache.v1.SetCombineRequest.destination_ttl:type_name -> google.protobuf.Duration
-	90,  // 35: cachet.cache.v1.SortedSetAddRequest.members:type_name -> cachet.cache.v1.ScoredMember
-	4,   // 36: cachet.cache.v1.SortedSetAddRequest.condition:type_name -> cachet.cache.v1.SortedSetAddCondition
-	37,  // 37: cachet.cache.v1.SortedSetAddRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
-	37,  // 38: cachet.cache.v1.SortedSetIncrementRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
-	5,   // 39: cachet.cache.v1.SortedSetRankRequest.order:type_name -> cachet.cache.v1.Order
-	97,  // 40: cachet.cache.v1.ScoreRange.min:type_name -> cachet.cache.v1.ScoreBound
-	97,  // 41: cachet.cache.v1.ScoreRange.max:type_name -> cachet.cache.v1.ScoreBound
-	34,  // 42: cachet.cache.v1.SortedSetRangeRequest.by_rank:type_name -> cachet.cache.v1.IndexRange
-	98,  // 43: cachet.cache.v1.SortedSetRangeRequest.by_score:type_name -> cachet.cache.v1.ScoreRange
-	5,   // 44: cachet.cache.v1.SortedSetRangeRequest.order:type_name -> cachet.cache.v1.Order
-	90,  // 45: cachet.cache.v1.SortedSetRangeResponse.members:type_name -> cachet.cache.v1.ScoredMember
-	98,  // 46: cachet.cache.v1.SortedSetCountRequest.range:type_name -> cachet.cache.v1.ScoreRange
-	104, // 47: cachet.cache.v1.SortedSetScoreResponse.scores:type_name -> cachet.cache.v1.MemberScore
-	34,  // 48: cachet.cache.v1.SortedSetRemoveRangeRequest.by_rank:type_name -> cachet.cache.v1.IndexRange
-	98,  // 49: cachet.cache.v1.SortedSetRemoveRangeRequest.by_score:type_name -> cachet.cache.v1.ScoreRange
-	132, // 50: cachet.cache.v1.GetOrLeaseRequest.lease_ttl:type_name -> google.protobuf.Duration
-	132, // 51: cachet.cache.v1.GetOrLeaseRequest.wait:type_name -> google.protobuf.Duration
-	6,   // 52: cachet.cache.v1.GetOrLeaseResponse.outcome:type_name -> cachet.cache.v1.LeaseOutcome
-	132, // 53: cachet.cache.v1.GetOrLeaseResponse.lease_ttl:type_name -> google.protobuf.Duration
-	132, // 54: cachet.cache.v1.GetOrLeaseResponse.retry_after:type_name -> google.protobuf.Duration
-	132, // 55: cachet.cache.v1.FillRequest.ttl:type_name -> google.protobuf.Duration
-	132, // 56: cachet.cache.v1.FillRequest.stale_ttl:type_name -> google.protobuf.Duration
-	132, // 57: cachet.cache.v1.FillRequest.recompute_time:type_name -> google.protobuf.Duration
-	7,   // 58: cachet.cache.v1.Compare.operator:type_name -> cachet.cache.v1.CompareOperator
-	122, // 59: cachet.cache.v1.TxnOp.set:type_name -> cachet.cache.v1.TxnSet
-	123, // 60: cachet.cache.v1.TxnOp.delete:type_name -> cachet.cache.v1.TxnDelete
-	124, // 61: cachet.cache.v1.TxnOp.increment:type_name -> cachet.cache.v1.TxnIncrement
-	125, // 62: cachet.cache.v1.TxnOp.get:type_name -> cachet.cache.v1.TxnGet
-	132, // 63: cachet.cache.v1.TxnSet.ttl:type_name -> google.protobuf.Duration
-	132, // 64: cachet.cache.v1.TxnIncrement.ttl:type_name -> google.protobuf.Duration
-	120, // 65: cachet.cache.v1.TxnRequest.compare:type_name -> cachet.cache.v1.Compare
-	121, // 66: cachet.cache.v1.TxnRequest.success:type_name -> cachet.cache.v1.TxnOp
-	121, // 67: cachet.cache.v1.TxnRequest.failure:type_name -> cachet.cache.v1.TxnOp
-	127, // 68: cachet.cache.v1.TxnResponse.results:type_name -> cachet.cache.v1.TxnOpResult
-	131, // 69: cachet.cache.v1.WatchInvalidationsResponse.keys:type_name -> cachet.cache.v1.InvalidatedKeys
-	9,   // 70: cachet.cache.v1.CacheService.Get:input_type -> cachet.cache.v1.GetRequest
-	11,  // 71: cachet.cache.v1.CacheService.GetMany:input_type -> cachet.cache.v1.GetManyRequest
-	13,  // 72: cachet.cache.v1.CacheService.Set:input_type -> cachet.cache.v1.SetRequest
-	16,  // 73: cachet.cache.v1.CacheService.SetMany:input_type -> cachet.cache.v1.SetManyRequest
-	18,  // 74: cachet.cache.v1.CacheService.Delete:input_type -> cachet.cache.v1.DeleteRequest
-	20,  // 75: cachet.cache.v1.CacheService.Exists:input_type -> cachet.cache.v1.ExistsRequest
-	22,  // 76: cachet.cache.v1.CacheService.Expire:input_type -> cachet.cache.v1.ExpireRequest
-	24,  // 77: cachet.cache.v1.CacheService.Persist:input_type -> cachet.cache.v1.PersistRequest
-	26,  // 78: cachet.cache.v1.CacheService.GetTtl:input_type -> cachet.cache.v1.GetTtlRequest
-	28,  // 79: cachet.cache.v1.CacheService.Increment:input_type -> cachet.cache.v1.IncrementRequest
-	30,  // 80: cachet.cache.v1.CacheService.SetBit:input_type -> cachet.cache.v1.SetBitRequest
-	32,  // 81: cachet.cache.v1.CacheService.GetBit:input_type -> cachet.cache.v1.GetBitRequest
-	35,  // 82: cachet.cache.v1.CacheService.BitCount:input_type -> cachet.cache.v1.BitCountRequest
-	39,  // 83: cachet.cache.v1.CacheService.HashSet:input_type -> cachet.cache.v1.HashSetRequest
-	41,  // 84: cachet.cache.v1.CacheService.HashGet:input_type -> cachet.cache.v1.HashGetRequest
-	44,  // 85: cachet.cache.v1.CacheService.HashGetAll:input_type -> cachet.cache.v1.HashGetAllRequest
-	46,  // 86: cachet.cache.v1.CacheService.HashDelete:input_type -> cachet.cache.v1.HashDeleteRequest
-	48,  // 87: cachet.cache.v1.CacheService.HashIncrement:input_type -> cachet.cache.v1.HashIncrementRequest
-	50,  // 88: cachet.cache.v1.CacheService.HashKeys:input_type -> cachet.cache.v1.HashKeysRequest
-	52,  // 89: cachet.cache.v1.CacheService.HashValues:input_type -> cachet.cache.v1.HashValuesRequest
-	54,  // 90: cachet.cache.v1.CacheService.HashLength:input_type -> cachet.cache.v1.HashLengthRequest
-	56,  // 91: cachet.cache.v1.CacheService.HashScan:input_type -> cachet.cache.v1.HashScanRequest
-	58,  // 92: cachet.cache.v1.CacheService.ListPush:input_type -> cachet.cache.v1.ListPushRequest
-	60,  // 93: cachet.cache.v1.CacheService.ListPop:input_type -> cachet.cache.v1.ListPopRequest
-	62,  // 94: cachet.cache.v1.CacheService.ListRange:input_type -> cachet.cache.v1.ListRangeRequest
-	64,  // 95: cachet.cache.v1.CacheService.ListTrim:input_type -> cachet.cache.v1.ListTrimRequest
-	66,  // 96: cachet.cache.v1.CacheService.ListLength:input_type -> cachet.cache.v1.ListLengthRequest
-	68,  // 97: cachet.cache.v1.CacheService.ListRemove:input_type -> cachet.cache.v1.ListRemoveRequest
-	70,  // 98: cachet.cache.v1.CacheService.ListMove:input_type -> cachet.cache.v1.ListMoveRequest
-	72,  // 99: cachet.cache.v1.CacheService.SetAdd:input_type -> cachet.cache.v1.SetAddRequest
-	74,  // 100: cachet.cache.v1.CacheService.SetRemove:input_type -> cachet.cache.v1.SetRemoveRequest
-	76,  // 101: cachet.cache.v1.CacheService.SetMembers:input_type -> cachet.cache.v1.SetMembersRequest
-	78,  // 102: cachet.cache.v1.CacheService.SetIsMember:input_type -> cachet.cache.v1.SetIsMemberRequest
-	80,  // 103: cachet.cache.v1.CacheService.SetCardinality:input_type -> cachet.cache.v1.SetCardinalityRequest
-	82,  // 104: cachet.cache.v1.CacheService.SetRandomMembers:input_type -> cachet.cache.v1.SetRandomMembersRequest
-	84,  // 105: cachet.cache.v1.CacheService.SetPop:input_type -> cachet.cache.v1.SetPopRequest
-	86,  // 106: cachet.cache.v1.CacheService.SetMove:input_type -> cachet.cache.v1.SetMoveRequest
-	88,  // 107: cachet.cache.v1.CacheService.SetCombine:input_type -> cachet.cache.v1.SetCombineRequest
-	91,  // 108: cachet.cache.v1.CacheService.SortedSetAdd:input_type -> cachet.cache.v1.SortedSetAddRequest
-	93,  // 109: cachet.cache.v1.CacheService.SortedSetIncrement:input_type -> cachet.cache.v1.SortedSetIncrementRequest
-	95,  // 110: cachet.cache.v1.CacheService.SortedSetRank:input_type -> cachet.cache.v1.SortedSetRankRequest
-	99,  // 111: cachet.cache.v1.CacheService.SortedSetRange:input_type -> cachet.cache.v1.SortedSetRangeRequest
-	101, // 112: cachet.cache.v1.CacheService.SortedSetCount:input_type -> cachet.cache.v1.SortedSetCountRequest
-	103, // 113: cachet.cache.v1.CacheService.SortedSetScore:input_type -> cachet.cache.v1.SortedSetScoreRequest
-	106, // 114: cachet.cache.v1.CacheService.SortedSetRemove:input_type -> cachet.cache.v1.SortedSetRemoveRequest
-	108, // 115: cachet.cache.v1.CacheService.SortedSetRemoveRange:input_type -> cachet.cache.v1.SortedSetRemoveRangeRequest
-	110, // 116: cachet.cache.v1.CacheService.SortedSetCardinality:input_type -> cachet.cache.v1.SortedSetCardinalityRequest
-	112, // 117: cachet.cache.v1.CacheService.InvalidateTags:input_type -> cachet.cache.v1.InvalidateTagsRequest
-	114, // 118: cachet.cache.v1.CacheService.InvalidatePattern:input_type -> cachet.cache.v1.InvalidatePatternRequest
-	116, // 119: cachet.cache.v1.CacheService.GetOrLease:input_type -> cachet.cache.v1.GetOrLeaseRequest
-	118, // 120: cachet.cache.v1.CacheService.Fill:input_type -> cachet.cache.v1.FillRequest
-	126, // 121: cachet.cache.v1.CacheService.Txn:input_type -> cachet.cache.v1.TxnRequest
-	129, // 122: cachet.cache.v1.CacheService.WatchInvalidations:input_type -> cachet.cache.v1.WatchInvalidationsRequest
-	10,  // 123: cachet.cache.v1.CacheService.Get:output_type -> cachet.cache.v1.GetResponse
-	12,  // 124: cachet.cache.v1.CacheService.GetMany:output_type -> cachet.cache.v1.GetManyResponse
-	14,  // 125: cachet.cache.v1.CacheService.Set:output_type -> cachet.cache.v1.SetResponse
-	17,  // 126: cachet.cache.v1.CacheService.SetMany:output_type -> cachet.cache.v1.SetManyResponse
-	19,  // 127: cachet.cache.v1.CacheService.Delete:output_type -> cachet.cache.v1.DeleteResponse
-	21,  // 128: cachet.cache.v1.CacheService.Exists:output_type -> cachet.cache.v1.ExistsResponse
-	23,  // 129: cachet.cache.v1.CacheService.Expire:output_type -> cachet.cache.v1.ExpireResponse
-	25,  // 130: cachet.cache.v1.CacheService.Persist:output_type -> cachet.cache.v1.PersistResponse
-	27,  // 131: cachet.cache.v1.CacheService.GetTtl:output_type -> cachet.cache.v1.GetTtlResponse
-	29,  // 132: cachet.cache.v1.CacheService.Increment:output_type -> cachet.cache.v1.IncrementResponse
-	31,  // 133: cachet.cache.v1.CacheService.SetBit:output_type -> cachet.cache.v1.SetBitResponse
-	33,  // 134: cachet.cache.v1.CacheService.GetBit:output_type -> cachet.cache.v1.GetBitResponse
-	36,  // 135: cachet.cache.v1.CacheService.BitCount:output_type -> cachet.cache.v1.BitCountResponse
-	40,  // 136: cachet.cache.v1.CacheService.HashSet:output_type -> cachet.cache.v1.HashSetResponse
-	43,  // 137: cachet.cache.v1.CacheService.HashGet:output_type -> cachet.cache.v1.HashGetResponse
-	45,  // 138: cachet.cache.v1.CacheService.HashGetAll:output_type -> cachet.cache.v1.HashGetAllResponse
-	47,  // 139: cachet.cache.v1.CacheService.HashDelete:output_type -> cachet.cache.v1.HashDeleteResponse
-	49,  // 140: cachet.cache.v1.CacheService.HashIncrement:output_type -> cachet.cache.v1.HashIncrementResponse
-	51,  // 141: cachet.cache.v1.CacheService.HashKeys:output_type -> cachet.cache.v1.HashKeysResponse
-	53,  // 142: cachet.cache.v1.CacheService.HashValues:output_type -> cachet.cache.v1.HashValuesResponse
-	55,  // 143: cachet.cache.v1.CacheService.HashLength:output_type -> cachet.cache.v1.HashLengthResponse
-	57,  // 144: cachet.cache.v1.CacheService.HashScan:output_type -> cachet.cache.v1.HashScanResponse
-	59,  // 145: cachet.cache.v1.CacheService.ListPush:output_type -> cachet.cache.v1.ListPushResponse
-	61,  // 146: cachet.cache.v1.CacheService.ListPop:output_type -> cachet.cache.v1.ListPopResponse
-	63,  // 147: cachet.cache.v1.CacheService.ListRange:output_type -> cachet.cache.v1.ListRangeResponse
-	65,  // 148: cachet.cache.v1.CacheService.ListTrim:output_type -> cachet.cache.v1.ListTrimResponse
-	67,  // 149: cachet.cache.v1.CacheService.ListLength:output_type -> cachet.cache.v1.ListLengthResponse
-	69,  // 150: cachet.cache.v1.CacheService.ListRemove:output_type -> cachet.cache.v1.ListRemoveResponse
-	71,  // 151: cachet.cache.v1.CacheService.ListMove:output_type -> cachet.cache.v1.ListMoveResponse
-	73,  // 152: cachet.cache.v1.CacheService.SetAdd:output_type -> cachet.cache.v1.SetAddResponse
-	75,  // 153: cachet.cache.v1.CacheService.SetRemove:output_type -> cachet.cache.v1.SetRemoveResponse
-	77,  // 154: cachet.cache.v1.CacheService.SetMembers:output_type -> cachet.cache.v1.SetMembersResponse
-	79,  // 155: cachet.cache.v1.CacheService.SetIsMember:output_type -> cachet.cache.v1.SetIsMemberResponse
-	81,  // 156: cachet.cache.v1.CacheService.SetCardinality:output_type -> cachet.cache.v1.SetCardinalityResponse
-	83,  // 157: cachet.cache.v1.CacheService.SetRandomMembers:output_type -> cachet.cache.v1.SetRandomMembersResponse
-	85,  // 158: cachet.cache.v1.CacheService.SetPop:output_type -> cachet.cache.v1.SetPopResponse
-	87,  // 159: cachet.cache.v1.CacheService.SetMove:output_type -> cachet.cache.v1.SetMoveResponse
-	89,  // 160: cachet.cache.v1.CacheService.SetCombine:output_type -> cachet.cache.v1.SetCombineResponse
-	92,  // 161: cachet.cache.v1.CacheService.SortedSetAdd:output_type -> cachet.cache.v1.SortedSetAddResponse
-	94,  // 162: cachet.cache.v1.CacheService.SortedSetIncrement:output_type -> cachet.cache.v1.SortedSetIncrementResponse
-	96,  // 163: cachet.cache.v1.CacheService.SortedSetRank:output_type -> cachet.cache.v1.SortedSetRankResponse
-	100, // 164: cachet.cache.v1.CacheService.SortedSetRange:output_type -> cachet.cache.v1.SortedSetRangeResponse
-	102, // 165: cachet.cache.v1.CacheService.SortedSetCount:output_type -> cachet.cache.v1.SortedSetCountResponse
-	105, // 166: cachet.cache.v1.CacheService.SortedSetScore:output_type -> cachet.cache.v1.SortedSetScoreResponse
-	107, // 167: cachet.cache.v1.CacheService.SortedSetRemove:output_type -> cachet.cache.v1.SortedSetRemoveResponse
-	109, // 168: cachet.cache.v1.CacheService.SortedSetRemoveRange:output_type -> cachet.cache.v1.SortedSetRemoveRangeResponse
-	111, // 169: cachet.cache.v1.CacheService.SortedSetCardinality:output_type -> cachet.cache.v1.SortedSetCardinalityResponse
-	113, // 170: cachet.cache.v1.CacheService.InvalidateTags:output_type -> cachet.cache.v1.InvalidateTagsResponse
-	115, // 171: cachet.cache.v1.CacheService.InvalidatePattern:output_type -> cachet.cache.v1.InvalidatePatternResponse
-	117, // 172: cachet.cache.v1.CacheService.GetOrLease:output_type -> cachet.cache.v1.GetOrLeaseResponse
-	119, // 173: cachet.cache.v1.CacheService.Fill:output_type -> cachet.cache.v1.FillResponse
-	128, // 174: cachet.cache.v1.CacheService.Txn:output_type -> cachet.cache.v1.TxnResponse
-	130, // 175: cachet.cache.v1.CacheService.WatchInvalidations:output_type -> cachet.cache.v1.WatchInvalidationsResponse
-	123, // [123:176] is the sub-list for method output_type
-	70,  // [70:123] is the sub-list for method input_type
-	70,  // [70:70] is the sub-list for extension type_name
-	70,  // [70:70] is the sub-list for extension extendee
-	0,   // [0:70] is the sub-list for field type_name
+	132, // 0: cachet.cache.v1.Entry.ttl:type_name -> google.protobuf.Duration
+	132, // 1: cachet.cache.v1.GetResponse.ttl:type_name -> google.protobuf.Duration
+	8,   // 2: cachet.cache.v1.GetManyResponse.entries:type_name -> cachet.cache.v1.Entry
+	132, // 3: cachet.cache.v1.SetRequest.ttl:type_name -> google.protobuf.Duration
+	0,   // 4: cachet.cache.v1.SetRequest.condition:type_name -> cachet.cache.v1.SetCondition
+	132, // 5: cachet.cache.v1.SetRequest.recompute_time:type_name -> google.protobuf.Duration
+	132, // 6: cachet.cache.v1.SetManyEntry.ttl:type_name -> google.protobuf.Duration
+	15,  // 7: cachet.cache.v1.SetManyRequest.entries:type_name -> cachet.cache.v1.SetManyEntry
+	132, // 8: cachet.cache.v1.SetManyRequest.ttl:type_name -> google.protobuf.Duration
+	132, // 9: cachet.cache.v1.ExpireRequest.ttl:type_name -> google.protobuf.Duration
+	132, // 10: cachet.cache.v1.GetTtlResponse.ttl:type_name -> google.protobuf.Duration
+	132, // 11: cachet.cache.v1.IncrementRequest.ttl:type_name -> google.protobuf.Duration
+	132, // 12: cachet.cache.v1.SetBitRequest.ttl:type_name -> google.protobuf.Duration
+	34,  // 13: cachet.cache.v1.BitCountRequest.range:type_name -> cachet.cache.v1.IndexRange
+	1,   // 14: cachet.cache.v1.BitCountRequest.unit:type_name -> cachet.cache.v1.BitUnit
+	132, // 15: cachet.cache.v1.CollectionTtl.ttl:type_name -> google.protobuf.Duration
+	38,  // 16: cachet.cache.v1.HashSetRequest.fields:type_name -> cachet.cache.v1.HashField
+	37,  // 17: cachet.cache.v1.HashSetRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
+	42,  // 18: cachet.cache.v1.HashGetResponse.fields:type_name -> cachet.cache.v1.HashFieldValue
+	38,  // 19: cachet.cache.v1.HashGetAllResponse.fields:type_name -> cachet.cache.v1.HashField
+	37,  // 20: cachet.cache.v1.HashIncrementRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
+	38,  // 21: cachet.cache.v1.HashScanResponse.fields:type_name -> cachet.cache.v1.HashField
+	2,   // 22: cachet.cache.v1.ListPushRequest.end:type_name -> cachet.cache.v1.ListEnd
+	37,  // 23: cachet.cache.v1.ListPushRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
+	2,   // 24: cachet.cache.v1.ListPopRequest.end:type_name -> cachet.cache.v1.ListEnd
+	132, // 25: cachet.cache.v1.ListPopRequest.wait:type_name -> google.protobuf.Duration
+	34,  // 26: cachet.cache.v1.ListRangeRequest.range:type_name -> cachet.cache.v1.IndexRange
+	34,  // 27: cachet.cache.v1.ListTrimRequest.range:type_name -> cachet.cache.v1.IndexRange
+	2,   // 28: cachet.cache.v1.ListMoveRequest.from:type_name -> cachet.cache.v1.ListEnd
+	2,   // 29: cachet.cache.v1.ListMoveRequest.to:type_name -> cachet.cache.v1.ListEnd
+	132, // 30: cachet.cache.v1.ListMoveRequest.wait:type_name -> google.protobuf.Duration
+	37,  // 31: cachet.cache.v1.ListMoveRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
+	37,  // 32: cachet.cache.v1.SetAddRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
+	37,  // 33: cachet.cache.v1.SetMoveRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
+	3,   // 34: cachet.cache.v1.SetCombineRequest.operation:type_name -> cachet.cache.v1.SetOperation
+	132, // 35: cachet.cache.v1.SetCombineRequest.destination_ttl:type_name -> google.protobuf.Duration
+	90,  // 36: cachet.cache.v1.SortedSetAddRequest.members:type_name -> cachet.cache.v1.ScoredMember
+	4,   // 37: cachet.cache.v1.SortedSetAddRequest.condition:type_name -> cachet.cache.v1.SortedSetAddCondition
+	37,  // 38: cachet.cache.v1.SortedSetAddRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
+	37,  // 39: cachet.cache.v1.SortedSetIncrementRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
+	5,   // 40: cachet.cache.v1.SortedSetRankRequest.order:type_name -> cachet.cache.v1.Order
+	97,  // 41: cachet.cache.v1.ScoreRange.min:type_name -> cachet.cache.v1.ScoreBound
+	97,  // 42: cachet.cache.v1.ScoreRange.max:type_name -> cachet.cache.v1.ScoreBound
+	34,  // 43: cachet.cache.v1.SortedSetRangeRequest.by_rank:type_name -> cachet.cache.v1.IndexRange
+	98,  // 44: cachet.cache.v1.SortedSetRangeRequest.by_score:type_name -> cachet.cache.v1.ScoreRange
+	5,   // 45: cachet.cache.v1.SortedSetRangeRequest.order:type_name -> cachet.cache.v1.Order
+	90,  // 46: cachet.cache.v1.SortedSetRangeResponse.members:type_name -> cachet.cache.v1.ScoredMember
+	98,  // 47: cachet.cache.v1.SortedSetCountRequest.range:type_name -> cachet.cache.v1.ScoreRange
+	104, // 48: cachet.cache.v1.SortedSetScoreResponse.scores:type_name -> cachet.cache.v1.MemberScore
+	34,  // 49: cachet.cache.v1.SortedSetRemoveRangeRequest.by_rank:type_name -> cachet.cache.v1.IndexRange
+	98,  // 50: cachet.cache.v1.SortedSetRemoveRangeRequest.by_score:type_name -> cachet.cache.v1.ScoreRange
+	132, // 51: cachet.cache.v1.GetOrLeaseRequest.lease_ttl:type_name -> google.protobuf.Duration
+	132, // 52: cachet.cache.v1.GetOrLeaseRequest.wait:type_name -> google.protobuf.Duration
+	6,   // 53: cachet.cache.v1.GetOrLeaseResponse.outcome:type_name -> cachet.cache.v1.LeaseOutcome
+	132, // 54: cachet.cache.v1.GetOrLeaseResponse.lease_ttl:type_name -> google.protobuf.Duration
+	132, // 55: cachet.cache.v1.GetOrLeaseResponse.retry_after:type_name -> google.protobuf.Duration
+	132, // 56: cachet.cache.v1.FillRequest.ttl:type_name -> google.protobuf.Duration
+	132, // 57: cachet.cache.v1.FillRequest.stale_ttl:type_name -> google.protobuf.Duration
+	132, // 58: cachet.cache.v1.FillRequest.recompute_time:type_name -> google.protobuf.Duration
+	7,   // 59: cachet.cache.v1.Compare.operator:type_name -> cachet.cache.v1.CompareOperator
+	122, // 60: cachet.cache.v1.TxnOp.set:type_name -> cachet.cache.v1.TxnSet
+	123, // 61: cachet.cache.v1.TxnOp.delete:type_name -> cachet.cache.v1.TxnDelete
+	124, // 62: cachet.cache.v1.TxnOp.increment:type_name -> cachet.cache.v1.TxnIncrement
+	125, // 63: cachet.cache.v1.TxnOp.get:type_name -> cachet.cache.v1.TxnGet
+	132, // 64: cachet.cache.v1.TxnSet.ttl:type_name -> google.protobuf.Duration
+	132, // 65: cachet.cache.v1.TxnIncrement.ttl:type_name -> google.protobuf.Duration
+	120, // 66: cachet.cache.v1.TxnRequest.compare:type_name -> cachet.cache.v1.Compare
+	121, // 67: cachet.cache.v1.TxnRequest.success:type_name -> cachet.cache.v1.TxnOp
+	121, // 68: cachet.cache.v1.TxnRequest.failure:type_name -> cachet.cache.v1.TxnOp
+	127, // 69: cachet.cache.v1.TxnResponse.results:type_name -> cachet.cache.v1.TxnOpResult
+	131, // 70: cachet.cache.v1.WatchInvalidationsResponse.keys:type_name -> cachet.cache.v1.InvalidatedKeys
+	9,   // 71: cachet.cache.v1.CacheService.Get:input_type -> cachet.cache.v1.GetRequest
+	11,  // 72: cachet.cache.v1.CacheService.GetMany:input_type -> cachet.cache.v1.GetManyRequest
+	13,  // 73: cachet.cache.v1.CacheService.Set:input_type -> cachet.cache.v1.SetRequest
+	16,  // 74: cachet.cache.v1.CacheService.SetMany:input_type -> cachet.cache.v1.SetManyRequest
+	18,  // 75: cachet.cache.v1.CacheService.Delete:input_type -> cachet.cache.v1.DeleteRequest
+	20,  // 76: cachet.cache.v1.CacheService.Exists:input_type -> cachet.cache.v1.ExistsRequest
+	22,  // 77: cachet.cache.v1.CacheService.Expire:input_type -> cachet.cache.v1.ExpireRequest
+	24,  // 78: cachet.cache.v1.CacheService.Persist:input_type -> cachet.cache.v1.PersistRequest
+	26,  // 79: cachet.cache.v1.CacheService.GetTtl:input_type -> cachet.cache.v1.GetTtlRequest
+	28,  // 80: cachet.cache.v1.CacheService.Increment:input_type -> cachet.cache.v1.IncrementRequest
+	30,  // 81: cachet.cache.v1.CacheService.SetBit:input_type -> cachet.cache.v1.SetBitRequest
+	32,  // 82: cachet.cache.v1.CacheService.GetBit:input_type -> cachet.cache.v1.GetBitRequest
+	35,  // 83: cachet.cache.v1.CacheService.BitCount:input_type -> cachet.cache.v1.BitCountRequest
+	39,  // 84: cachet.cache.v1.CacheService.HashSet:input_type -> cachet.cache.v1.HashSetRequest
+	41,  // 85: cachet.cache.v1.CacheService.HashGet:input_type -> cachet.cache.v1.HashGetRequest
+	44,  // 86: cachet.cache.v1.CacheService.HashGetAll:input_type -> cachet.cache.v1.HashGetAllRequest
+	46,  // 87: cachet.cache.v1.CacheService.HashDelete:input_type -> cachet.cache.v1.HashDeleteRequest
+	48,  // 88: cachet.cache.v1.CacheService.HashIncrement:input_type -> cachet.cache.v1.HashIncrementRequest
+	50,  // 89: cachet.cache.v1.CacheService.HashKeys:input_type -> cachet.cache.v1.HashKeysRequest
+	52,  // 90: cachet.cache.v1.CacheService.HashValues:input_type -> cachet.cache.v1.HashValuesRequest
+	54,  // 91: cachet.cache.v1.CacheService.HashLength:input_type -> cachet.cache.v1.HashLengthRequest
+	56,  // 92: cachet.cache.v1.CacheService.HashScan:input_type -> cachet.cache.v1.HashScanRequest
+	58,  // 93: cachet.cache.v1.CacheService.ListPush:input_type -> cachet.cache.v1.ListPushRequest
+	60,  // 94: cachet.cache.v1.CacheService.ListPop:input_type -> cachet.cache.v1.ListPopRequest
+	62,  // 95: cachet.cache.v1.CacheService.ListRange:input_type -> cachet.cache.v1.ListRangeRequest
+	64,  // 96: cachet.cache.v1.CacheService.ListTrim:input_type -> cachet.cache.v1.ListTrimRequest
+	66,  // 97: cachet.cache.v1.CacheService.ListLength:input_type -> cachet.cache.v1.ListLengthRequest
+	68,  // 98: cachet.cache.v1.CacheService.ListRemove:input_type -> cachet.cache.v1.ListRemoveRequest
+	70,  // 99: cachet.cache.v1.CacheService.ListMove:input_type -> cachet.cache.v1.ListMoveRequest
+	72,  // 100: cachet.cache.v1.CacheService.SetAdd:input_type -> cachet.cache.v1.SetAddRequest
+	74,  // 101: cachet.cache.v1.CacheService.SetRemove:input_type -> cachet.cache.v1.SetRemoveRequest
+	76,  // 102: cachet.cache.v1.CacheService.SetMembers:input_type -> cachet.cache.v1.SetMembersRequest
+	78,  // 103: cachet.cache.v1.CacheService.SetIsMember:input_type -> cachet.cache.v1.SetIsMemberRequest
+	80,  // 104: cachet.cache.v1.CacheService.SetCardinality:input_type -> cachet.cache.v1.SetCardinalityRequest
+	82,  // 105: cachet.cache.v1.CacheService.SetRandomMembers:input_type -> cachet.cache.v1.SetRandomMembersRequest
+	84,  // 106: cachet.cache.v1.CacheService.SetPop:input_type -> cachet.cache.v1.SetPopRequest
+	86,  // 107: cachet.cache.v1.CacheService.SetMove:input_type -> cachet.cache.v1.SetMoveRequest
+	88,  // 108: cachet.cache.v1.CacheService.SetCombine:input_type -> cachet.cache.v1.SetCombineRequest
+	91,  // 109: cachet.cache.v1.CacheService.SortedSetAdd:input_type -> cachet.cache.v1.SortedSetAddRequest
+	93,  // 110: cachet.cache.v1.CacheService.SortedSetIncrement:input_type -> cachet.cache.v1.SortedSetIncrementRequest
+	95,  // 111: cachet.cache.v1.CacheService.SortedSetRank:input_type -> cachet.cache.v1.SortedSetRankRequest
+	99,  // 112: cachet.cache.v1.CacheService.SortedSetRange:input_type -> cachet.cache.v1.SortedSetRangeRequest
+	101, // 113: cachet.cache.v1.CacheService.SortedSetCount:input_type -> cachet.cache.v1.SortedSetCountRequest
+	103, // 114: cachet.cache.v1.CacheService.SortedSetScore:input_type -> cachet.cache.v1.SortedSetScoreRequest
+	106, // 115: cachet.cache.v1.CacheService.SortedSetRemove:input_type -> cachet.cache.v1.SortedSetRemoveRequest
+	108, // 116: cachet.cache.v1.CacheService.SortedSetRemoveRange:input_type -> cachet.cache.v1.SortedSetRemoveRangeRequest
+	110, // 117: cachet.cache.v1.CacheService.SortedSetCardinality:input_type -> cachet.cache.v1.SortedSetCardinalityRequest
+	112, // 118: cachet.cache.v1.CacheService.InvalidateTags:input_type -> cachet.cache.v1.InvalidateTagsRequest
+	114, // 119: cachet.cache.v1.CacheService.InvalidatePattern:input_type -> cachet.cache.v1.InvalidatePatternRequest
+	116, // 120: cachet.cache.v1.CacheService.GetOrLease:input_type -> cachet.cache.v1.GetOrLeaseRequest
+	118, // 121: cachet.cache.v1.CacheService.Fill:input_type -> cachet.cache.v1.FillRequest
+	126, // 122: cachet.cache.v1.CacheService.Txn:input_type -> cachet.cache.v1.TxnRequest
+	129, // 123: cachet.cache.v1.CacheService.WatchInvalidations:input_type -> cachet.cache.v1.WatchInvalidationsRequest
+	10,  // 124: cachet.cache.v1.CacheService.Get:output_type -> cachet.cache.v1.GetResponse
+	12,  // 125: cachet.cache.v1.CacheService.GetMany:output_type -> cachet.cache.v1.GetManyResponse
+	14,  // 126: cachet.cache.v1.CacheService.Set:output_type -> cachet.cache.v1.SetResponse
+	17,  // 127: cachet.cache.v1.CacheService.SetMany:output_type -> cachet.cache.v1.SetManyResponse
+	19,  // 128: cachet.cache.v1.CacheService.Delete:output_type -> cachet.cache.v1.DeleteResponse
+	21,  // 129: cachet.cache.v1.CacheService.Exists:output_type -> cachet.cache.v1.ExistsResponse
+	23,  // 130: cachet.cache.v1.CacheService.Expire:output_type -> cachet.cache.v1.ExpireResponse
+	25,  // 131: cachet.cache.v1.CacheService.Persist:output_type -> cachet.cache.v1.PersistResponse
+	27,  // 132: cachet.cache.v1.CacheService.GetTtl:output_type -> cachet.cache.v1.GetTtlResponse
+	29,  // 133: cachet.cache.v1.CacheService.Increment:output_type -> cachet.cache.v1.IncrementResponse
+	31,  // 134: cachet.cache.v1.CacheService.SetBit:output_type -> cachet.cache.v1.SetBitResponse
+	33,  // 135: cachet.cache.v1.CacheService.GetBit:output_type -> cachet.cache.v1.GetBitResponse
+	36,  // 136: cachet.cache.v1.CacheService.BitCount:output_type -> cachet.cache.v1.BitCountResponse
+	40,  // 137: cachet.cache.v1.CacheService.HashSet:output_type -> cachet.cache.v1.HashSetResponse
+	43,  // 138: cachet.cache.v1.CacheService.HashGet:output_type -> cachet.cache.v1.HashGetResponse
+	45,  // 139: cachet.cache.v1.CacheService.HashGetAll:output_type -> cachet.cache.v1.HashGetAllResponse
+	47,  // 140: cachet.cache.v1.CacheService.HashDelete:output_type -> cachet.cache.v1.HashDeleteResponse
+	49,  // 141: cachet.cache.v1.CacheService.HashIncrement:output_type -> cachet.cache.v1.HashIncrementResponse
+	51,  // 142: cachet.cache.v1.CacheService.HashKeys:output_type -> cachet.cache.v1.HashKeysResponse
+	53,  // 143: cachet.cache.v1.CacheService.HashValues:output_type -> cachet.cache.v1.HashValuesResponse
+	55,  // 144: cachet.cache.v1.CacheService.HashLength:output_type -> cachet.cache.v1.HashLengthResponse
+	57,  // 145: cachet.cache.v1.CacheService.HashScan:output_type -> cachet.cache.v1.HashScanResponse
+	59,  // 146: cachet.cache.v1.CacheService.ListPush:output_type -> cachet.cache.v1.ListPushResponse
+	61,  // 147: cachet.cache.v1.CacheService.ListPop:output_type -> cachet.cache.v1.ListPopResponse
+	63,  // 148: cachet.cache.v1.CacheService.ListRange:output_type -> cachet.cache.v1.ListRangeResponse
+	65,  // 149: cachet.cache.v1.CacheService.ListTrim:output_type -> cachet.cache.v1.ListTrimResponse
+	67,  // 150: cachet.cache.v1.CacheService.ListLength:output_type -> cachet.cache.v1.ListLengthResponse
+	69,  // 151: cachet.cache.v1.CacheService.ListRemove:output_type -> cachet.cache.v1.ListRemoveResponse
+	71,  // 152: cachet.cache.v1.CacheService.ListMove:output_type -> cachet.cache.v1.ListMoveResponse
+	73,  // 153: cachet.cache.v1.CacheService.SetAdd:output_type -> cachet.cache.v1.SetAddResponse
+	75,  // 154: cachet.cache.v1.CacheService.SetRemove:output_type -> cachet.cache.v1.SetRemoveResponse
+	77,  // 155: cachet.cache.v1.CacheService.SetMembers:output_type -> cachet.cache.v1.SetMembersResponse
+	79,  // 156: cachet.cache.v1.CacheService.SetIsMember:output_type -> cachet.cache.v1.SetIsMemberResponse
+	81,  // 157: cachet.cache.v1.CacheService.SetCardinality:output_type -> cachet.cache.v1.SetCardinalityResponse
+	83,  // 158: cachet.cache.v1.CacheService.SetRandomMembers:output_type -> cachet.cache.v1.SetRandomMembersResponse
+	85,  // 159: cachet.cache.v1.CacheService.SetPop:output_type -> cachet.cache.v1.SetPopResponse
+	87,  // 160: cachet.cache.v1.CacheService.SetMove:output_type -> cachet.cache.v1.SetMoveResponse
+	89,  // 161: cachet.cache.v1.CacheService.SetCombine:output_type -> cachet.cache.v1.SetCombineResponse
+	92,  // 162: cachet.cache.v1.CacheService.SortedSetAdd:output_type -> cachet.cache.v1.SortedSetAddResponse
+	94,  // 163: cachet.cache.v1.CacheService.SortedSetIncrement:output_type -> cachet.cache.v1.SortedSetIncrementResponse
+	96,  // 164: cachet.cache.v1.CacheService.SortedSetRank:output_type -> cachet.cache.v1.SortedSetRankResponse
+	100, // 165: cachet.cache.v1.CacheService.SortedSetRange:output_type -> cachet.cache.v1.SortedSetRangeResponse
+	102, // 166: cachet.cache.v1.CacheService.SortedSetCount:output_type -> cachet.cache.v1.SortedSetCountResponse
+	105, // 167: cachet.cache.v1.CacheService.SortedSetScore:output_type -> cachet.cache.v1.SortedSetScoreResponse
+	107, // 168: cachet.cache.v1.CacheService.SortedSetRemove:output_type -> cachet.cache.v1.SortedSetRemoveResponse
+	109, // 169: cachet.cache.v1.CacheService.SortedSetRemoveRange:output_type -> cachet.cache.v1.SortedSetRemoveRangeResponse
+	111, // 170: cachet.cache.v1.CacheService.SortedSetCardinality:output_type -> cachet.cache.v1.SortedSetCardinalityResponse
+	113, // 171: cachet.cache.v1.CacheService.InvalidateTags:output_type -> cachet.cache.v1.InvalidateTagsResponse
+	115, // 172: cachet.cache.v1.CacheService.InvalidatePattern:output_type -> cachet.cache.v1.InvalidatePatternResponse
+	117, // 173: cachet.cache.v1.CacheService.GetOrLease:output_type -> cachet.cache.v1.GetOrLeaseResponse
+	119, // 174: cachet.cache.v1.CacheService.Fill:output_type -> cachet.cache.v1.FillResponse
+	128, // 175: cachet.cache.v1.CacheService.Txn:output_type -> cachet.cache.v1.TxnResponse
+	130, // 176: cachet.cache.v1.CacheService.WatchInvalidations:output_type -> cachet.cache.v1.WatchInvalidationsResponse
+	124, // [124:177] is the sub-list for method output_type
+	71,  // [71:124] is the sub-list for method input_type
+	71,  // [71:71] is the sub-list for extension type_name
+	71,  // [71:71] is the sub-list for extension extendee
+	0,   // [0:71] is the sub-list for field type_name
 }
 
 func init() { file_cachet_cache_v1_cache_proto_init() }

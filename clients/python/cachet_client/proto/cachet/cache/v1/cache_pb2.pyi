@@ -262,6 +262,7 @@ class Entry(_message.Message):
     FOUND_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The key, as the caller named it (without any namespace prefix)."""
     found: _builtins.bool
@@ -270,6 +271,12 @@ class Entry(_message.Message):
     """The value; empty when not found."""
     version: _builtins.int
     """The value's version (see CacheService); 0 when not found."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """The remaining time to live, when asked for (GetManyRequest.include_ttl)
+        and found.
+        """
+
     def __init__(
         self,
         *,
@@ -277,10 +284,11 @@ class Entry(_message.Message):
         found: _builtins.bool = ...,
         value: _builtins.bytes = ...,
         version: _builtins.int = ...,
+        ttl: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "key", b"key", "value", b"value", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "key", b"key", "ttl", b"ttl", "value", b"value", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -370,6 +378,11 @@ class GetManyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KEYS_FIELD_NUMBER: _builtins.int
+    INCLUDE_TTL_FIELD_NUMBER: _builtins.int
+    include_ttl: _builtins.bool
+    """When set, each found entry includes its remaining TTL (a near-cache keeps
+    an entry no longer than that).
+    """
     @_builtins.property
     def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The keys to read, 1 to max_batch of them; duplicates are allowed."""
@@ -378,10 +391,11 @@ class GetManyRequest(_message.Message):
         self,
         *,
         keys: _abc.Iterable[_builtins.str] | None = ...,
+        include_ttl: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_ttl", b"include_ttl", "keys", b"keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -442,6 +442,11 @@ export interface Entry {
   value: Buffer;
   /** The value's version (see CacheService); 0 when not found. */
   version: bigint;
+  /**
+   * The remaining time to live, when asked for (GetManyRequest.include_ttl)
+   * and found.
+   */
+  ttl: Duration | undefined;
 }
 
 /** GetRequest reads one value. */
@@ -483,6 +488,11 @@ export interface GetResponse {
 export interface GetManyRequest {
   /** The keys to read, 1 to max_batch of them; duplicates are allowed. */
   keys: string[];
+  /**
+   * When set, each found entry includes its remaining TTL (a near-cache keeps
+   * an entry no longer than that).
+   */
+  includeTtl: boolean;
 }
 
 /** GetManyResponse holds one entry per requested key, in request order. */
@@ -1688,7 +1698,7 @@ export interface InvalidatedKeys {
 }
 
 function createBaseEntry(): Entry {
-  return { key: "", found: false, value: Buffer.alloc(0), version: 0n };
+  return { key: "", found: false, value: Buffer.alloc(0), version: 0n, ttl: undefined };
 }
 
 export const Entry: MessageFns<Entry> = {
@@ -1707,6 +1717,9 @@ export const Entry: MessageFns<Entry> = {
         throw new globalThis.Error("value provided for field message.version of type uint64 too large");
       }
       writer.uint32(32).uint64(message.version);
+    }
+    if (message.ttl !== undefined) {
+      Duration.encode(message.ttl, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -1756,6 +1769,14 @@ export const Entry: MessageFns<Entry> = {
             message.version = reader.uint64() as bigint;
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.ttl = Duration.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1774,6 +1795,7 @@ export const Entry: MessageFns<Entry> = {
       found: isSet(object.found) ? globalThis.Boolean(object.found) : false,
       value: isSet(object.value) ? Buffer.from(bytesFromBase64(object.value)) : Buffer.alloc(0),
       version: isSet(object.version) ? BigInt(object.version) : 0n,
+      ttl: isSet(object.ttl) ? Duration.fromJSON(object.ttl) : undefined,
     };
   },
 
@@ -1791,6 +1813,9 @@ export const Entry: MessageFns<Entry> = {
     if (message.version !== 0n) {
       obj.version = message.version.toString();
     }
+    if (message.ttl !== undefined) {
+      obj.ttl = Duration.toJSON(message.ttl);
+    }
     return obj;
   },
 
@@ -1803,6 +1828,7 @@ export const Entry: MessageFns<Entry> = {
     message.found = object.found ?? false;
     message.value = object.value ?? Buffer.alloc(0);
     message.version = (object.version !== undefined && object.version !== null) ? BigInt(object.version) : 0n;
+    message.ttl = (object.ttl !== undefined && object.ttl !== null) ? Duration.fromPartial(object.ttl) : undefined;
     return message;
   },
 };
@@ -2057,13 +2083,16 @@ export const GetResponse: MessageFns<GetResponse> = {
 };
 
 function createBaseGetManyRequest(): GetManyRequest {
-  return { keys: [] };
+  return { keys: [], includeTtl: false };
 }
 
 export const GetManyRequest: MessageFns<GetManyRequest> = {
   encode(message: GetManyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.keys) {
       writer.uint32(10).string(v!);
+    }
+    if (message.includeTtl !== false) {
+      writer.uint32(16).bool(message.includeTtl);
     }
     return writer;
   },
@@ -2089,6 +2118,14 @@ export const GetManyRequest: MessageFns<GetManyRequest> = {
             message.keys.push(reader.string());
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.includeTtl = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2102,13 +2139,23 @@ export const GetManyRequest: MessageFns<GetManyRequest> = {
   },
 
   fromJSON(object: any): GetManyRequest {
-    return { keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => globalThis.String(e)) : [] };
+    return {
+      keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => globalThis.String(e)) : [],
+      includeTtl: isSet(object.includeTtl)
+        ? globalThis.Boolean(object.includeTtl)
+        : isSet(object.include_ttl)
+        ? globalThis.Boolean(object.include_ttl)
+        : false,
+    };
   },
 
   toJSON(message: GetManyRequest): unknown {
     const obj: any = {};
     if (message.keys?.length) {
       obj.keys = message.keys;
+    }
+    if (message.includeTtl !== false) {
+      obj.includeTtl = message.includeTtl;
     }
     return obj;
   },
@@ -2119,6 +2166,7 @@ export const GetManyRequest: MessageFns<GetManyRequest> = {
   fromPartial<I extends Exact<DeepPartial<GetManyRequest>, I>>(object: I): GetManyRequest {
     const message = createBaseGetManyRequest();
     message.keys = object.keys?.map((e) => e) || [];
+    message.includeTtl = object.includeTtl ?? false;
     return message;
   },
 };
