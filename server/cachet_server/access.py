@@ -52,12 +52,14 @@ class CallSpec:
     def admits(self, roles: frozenset[Role], request: Any) -> bool:
         if roles & self.roles:
             return True
-        return (
-            Role.READ in roles
-            and self.read_if is not None
-            and request is not None
-            and self.read_if(request)
-        )
+        if Role.READ not in roles or self.read_if is None or request is None:
+            return False
+        try:
+            return bool(self.read_if(request))
+        except Exception:
+            # Not a request this predicate understands (say, a malformed body): a read it
+            # cannot vouch for is no read.
+            return False
 
     def required(self) -> str:
         names = sorted(role.value for role in self.roles)
