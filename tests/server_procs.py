@@ -21,9 +21,14 @@ GRPCURL = ROOT / ".tools" / "bin" / "grpcurl"
 class CachetProcess:
     def __init__(self, redis_url: str | None, **env: str) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()
+        # The server refuses CACHET_* names it does not know: the test run's own
+        # (CACHET_TEST_TOPOLOGIES, ...) stay out of its environment.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("CACHET_")}
         self.env = {
-            **os.environ,
+            **inherited,
             "CACHET_LISTEN": f"127.0.0.1:{self.port}",
+            "CACHET_METRICS__LISTEN": f"127.0.0.1:{self.metrics_port}",
             "CACHET_HEALTH_INTERVAL": "PT0.1S",
             "CACHET_AUTH__MODE": "off",
             **env,

@@ -1,17 +1,31 @@
-"""OpenTelemetry: one server span per RPC, continuing the caller's trace."""
+"""OpenTelemetry traces: one server span per RPC, continuing the caller's trace, current
+while the handler runs, with a client span per Redis command under it; JSON log lines
+that carry the call's trace id."""
 
 from __future__ import annotations
+
+import io
+import json
+import logging
 
 import grpc
 import pytest
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
+from cachet_server.config import LogFormat
+from cachet_server.logs import TraceContext, formatter
 from cachet_server.telemetry import setup_tracing
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from .conftest import rpc_error
 
 _exporter = InMemorySpanExporter()
 _provider = None
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+TRACEPARENT = [("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")]
 
 
 @pytest.fixture
@@ -19,7 +33,7 @@ def spans():
     """Spans exported during the test (the global provider can be set once per process)."""
     global _provider
     if _provider is None:
-        _provider = setup_tracing("cachet-test", None, exporter=_exporter)
+        _provider = setup_tracing(exporter=_exporter)
     # Spans of earlier tests may still sit in the batch processor: flush them out first.
     _provider.force_flush()
     _exporter.clear()
@@ -32,24 +46,87 @@ def spans():
     return finished
 
 
+def rpc_span(finished, name: str):
+    (span,) = [s for s in finished if s.name == name and s.kind is SpanKind.SERVER]
+    return span
+
+
 async def test_rpc_span_continues_the_callers_trace(cache, namespace, spans):
-    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
-    parent_id = "00f067aa0ba902b7"
-    traceparent = f"00-{trace_id}-{parent_id}-01"
-    await cache.Set(pb.SetRequest(key="k", value=b"v"), metadata=[("traceparent", traceparent)])
-    (span,) = [s for s in spans() if s.name == "cachet.cache.v1.CacheService/Set"]
-    assert format(span.context.trace_id, "032x") == trace_id
-    assert span.parent is not None and format(span.parent.span_id, "016x") == parent_id
-    assert span.attributes["rpc.system"] == "grpc"
-    assert span.attributes["rpc.service"] == "cachet.cache.v1.CacheService"
-    assert span.attributes["rpc.method"] == "Set"
+    await cache.Set(pb.SetRequest(key="k", value=b"v"), metadata=TRACEPARENT)
+    span = rpc_span(spans(), "cachet.cache.v1.CacheService/Set")
+    assert format(span.context.trace_id, "032x") == TRACE_ID
+    assert span.parent is not None and format(span.parent.span_id, "016x") == PARENT_ID
+    assert span.attributes["rpc.system.name"] == "grpc"
+    assert span.attributes["rpc.method"] == "cachet.cache.v1.CacheService/Set"
     assert span.attributes["cachet.namespace"] == namespace
-    assert span.attributes["rpc.grpc.status_code"] == 0
+    assert span.attributes["rpc.response.status_code"] == "OK"
+    assert "rpc.system" not in span.attributes, "the deprecated names are gone"
+    assert "rpc.grpc.status_code" not in span.attributes
+
+
+async def test_redis_commands_are_child_spans_of_the_rpc_span(cache, spans, topology):
+    secret = b"value-that-must-not-leak"
+    await cache.Set(pb.SetRequest(key="traced-key", value=secret), metadata=TRACEPARENT)
+    await cache.Get(pb.GetRequest(key="traced-key"), metadata=TRACEPARENT)
+    finished = spans()
+    for method in ("Set", "Get"):
+        parent = rpc_span(finished, f"cachet.cache.v1.CacheService/{method}")
+        children = [
+            s
+            for s in finished
+            if s.parent is not None and s.parent.span_id == parent.context.span_id
+        ]
+        assert children, f"{method} ran Redis commands under its span"
+        for child in children:
+            assert child.kind is SpanKind.CLIENT
+            assert format(child.context.trace_id, "032x") == TRACE_ID
+            attributes = dict(child.attributes)
+            assert attributes["db.system.name"] == "redis"
+            assert attributes["db.operation.name"] in ("EVALSHA", "EVAL")
+            assert attributes["server.address"] == "127.0.0.1"
+            script = f"cache_{method.lower()}"
+            assert child.name.endswith(script), "scripts appear by name"
+            assert attributes["db.stored_procedure.name"] == script
+            text = json.dumps(attributes)
+            assert secret.decode() not in text and "traced-key" not in text
+            from cachet_server.backend.scripts import script as load
+
+            assert load(script).sha not in text + child.name, "never by SHA"
 
 
 async def test_failed_rpc_span_records_code_and_reason(cache, spans):
     error = await rpc_error(cache.Get(pb.GetRequest(key="")))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    (span,) = [s for s in spans() if s.name == "cachet.cache.v1.CacheService/Get"]
-    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    span = rpc_span(spans(), "cachet.cache.v1.CacheService/Get")
+    assert span.attributes["rpc.response.status_code"] == "INVALID_ARGUMENT"
     assert span.attributes["cachet.error.reason"] == "INVALID_ARGUMENT"
+
+
+async def test_health_and_reflection_are_not_traced(channel, spans):
+    health = health_pb2_grpc.HealthStub(channel)
+    await health.Check(health_pb2.HealthCheckRequest(service="liveness"))
+    await health.Check(health_pb2.HealthCheckRequest())
+    assert not [s for s in spans() if s.kind is SpanKind.SERVER]
+
+
+def test_json_log_lines_carry_the_current_span_ids(spans):
+    from cachet_server.telemetry import tracer
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(TraceContext(text=False))
+    handler.setFormatter(formatter(LogFormat.JSON))
+    logger = logging.getLogger("cachet_server.test_json_lines")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with tracer.start_as_current_span("work") as span:
+            logger.warning("inside")
+        logger.warning("outside")
+    finally:
+        logger.removeHandler(handler)
+    inside, outside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert inside["message"] == "inside" and inside["level"] == "WARNING"
+    assert inside["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    assert inside["span_id"] == format(span.get_span_context().span_id, "016x")
+    assert outside["trace_id"] is None and outside["logger"] == "cachet_server.test_json_lines"

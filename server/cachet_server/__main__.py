@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -11,8 +12,13 @@ import uvloop
 from pydantic import ValidationError
 
 from .app import running
-from .config import Settings
-from .telemetry import setup_tracing
+from .config import Settings, check_environment
+from .logs import setup_logging
+from .metrics import setup_metrics
+from .telemetry import setup_tracing, shutdown_within
+
+# The most a collector that is down may add to shutdown (flushing spans and metrics).
+TELEMETRY_FLUSH_SECONDS = 1.0
 
 
 async def serve(settings: Settings) -> None:
@@ -25,23 +31,38 @@ async def serve(settings: Settings) -> None:
         logging.getLogger("cachet_server").info("signal received: draining")
 
 
+def _configuration_problem(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+    return str(exc)
+
+
 def main() -> None:
     try:
+        check_environment(os.environ)
         settings = Settings.load()
     except (ValidationError, ValueError, OSError) as exc:
-        sys.exit(f"cachet-server: bad configuration: {exc}")
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    provider = setup_tracing(settings.otel_service_name, settings.otel_endpoint)
+        sys.exit(f"cachet-server: bad configuration: {_configuration_problem(exc)}")
+    setup_logging(settings.log_level.value, settings.log_format)
+    try:
+        tracer_provider = setup_tracing()
+        metrics_runtime = setup_metrics(settings.metrics.listen, settings.metrics.max_namespaces)
+    except (RuntimeError, ValueError) as exc:
+        sys.exit(f"cachet-server: {exc}")
     try:
         uvloop.run(serve(settings))
     except (RuntimeError, ValueError) as exc:
         sys.exit(f"cachet-server: {exc}")
     finally:
-        if provider is not None:
-            provider.shutdown()
+        shutdowns = []
+        if tracer_provider is not None:
+            shutdowns.append(tracer_provider.shutdown)
+        if metrics_runtime is not None:
+            shutdowns.append(lambda: metrics_runtime.shutdown(TELEMETRY_FLUSH_SECONDS))
+        shutdown_within(TELEMETRY_FLUSH_SECONDS, *shutdowns)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from .credentials import Authenticator
 from .interceptors.auth import AuthInterceptor
 from .interceptors.errors import ErrorsInterceptor
 from .interceptors.telemetry import TelemetryInterceptor
+from .metrics import instruments
 from .services.admin import AdminService
 from .services.base import Dependencies, Servicer
 from .services.cache import CacheService
@@ -78,6 +79,10 @@ _SERVICES: list[tuple[type[Servicer], ServiceDescriptor, Callable[[Any, aio.Serv
     ),
 ]
 SERVICE_NAMES = [descriptor.full_name for _, descriptor, _ in _SERVICES]
+# The health service name for liveness: SERVING while this process and its event loop
+# answer, whatever Redis does (the health servicer runs on the loop, so a loop that is
+# stuck does not answer it). "" and the service names follow Redis: readiness.
+LIVENESS = "liveness"
 
 
 def _seconds(delta: timedelta) -> float:
@@ -108,6 +113,7 @@ class HealthMonitor:
         if ok != self.serving:
             if ok and self.serving is False:
                 log.info("Redis reachable again, health SERVING")
+                instruments.redis_reconnects.add(1)
             self.serving = ok
             status = (
                 health_pb2.HealthCheckResponse.SERVING
@@ -176,7 +182,7 @@ def build_server(
         AuthInterceptor(
             authenticator, table, limits, protect_reflection=settings.auth.protect_reflection
         ),
-        TelemetryInterceptor(stats),
+        TelemetryInterceptor(stats, settings.log_access_sample),
         ErrorsInterceptor(),
     ]
     server = aio.server(
@@ -224,6 +230,8 @@ async def start(settings: Settings, redis_url: str) -> Application:
     except BaseException:
         await backend.close()
         raise
+    # Liveness is set once, before serving; only a graceful shutdown changes it.
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     monitor = HealthMonitor(backend, health_servicer, _seconds(settings.health_interval))
     if await monitor.probe_once():
         with contextlib.suppress(Exception):

@@ -7,7 +7,10 @@ structured parts (rate-limit policies, API keys) come from the YAML file named b
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import difflib
+import types
+import typing
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -685,6 +688,44 @@ class TlsSettings(BaseModel):
         return self
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus metrics (env `CACHET_METRICS__<FIELD>`, YAML `metrics:`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str | None = Field(
+        "127.0.0.1:9464",
+        description="host:port of the Prometheus endpoint (path /metrics); empty: no "
+        "endpoint. The chart sets 0.0.0.0:9464. OTLP export of the same metrics follows the "
+        "standard OTEL_EXPORTER_OTLP_* variables.",
+    )
+    max_namespaces: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Most distinct namespace label values per metric; calls of later "
+        "namespaces are counted under the label `_other`.",
+    )
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _empty_is_off(cls, listen: object) -> object:
+        return None if listen == "" else listen
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
@@ -698,8 +739,11 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 class Settings(BaseSettings):
     """Everything the server reads at start-up; see README.md for each variable."""
 
+    # Unknown names are refused by `Settings.load` (YAML) and `check_environment`
+    # (CACHET_* variables), with the nearest valid name; pydantic-settings itself would
+    # not look at variables it has no field for.
     model_config = SettingsConfigDict(
-        env_prefix="CACHET_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="CACHET_", env_nested_delimiter="__", extra="forbid"
     )
 
     redis_url: str | None = Field(
@@ -707,7 +751,10 @@ class Settings(BaseSettings):
         description="redis://, rediss://, redis+sentinel:// or redis+cluster:// URL. "
         "Unset: an embedded redis-server is started for local use only.",
     )
-    listen: str = Field("[::]:50051", description="gRPC listen address, host:port.")
+    listen: str = Field(
+        "127.0.0.1:50051",
+        description="gRPC listen address, host:port (the chart and image set [::]:50051).",
+    )
     health_listen: str | None = Field(
         None,
         description="Optional plaintext host:port serving only grpc.health.v1 (for Kubernetes "
@@ -761,13 +808,27 @@ class Settings(BaseSettings):
         None, ge=1, description="Most RPCs served at once; the rest get RESOURCE_EXHAUSTED."
     )
     reflection: bool = Field(True, description="Serve gRPC server reflection.")
-    log_level: str = Field("INFO", description="Python logging level.")
-    otel_endpoint: str | None = Field(
-        None,
-        description="OTLP/gRPC collector address (e.g. http://otel-collector:4317) for traces; "
-        "unset: tracing off. OTEL_* variables of the OpenTelemetry SDK apply too.",
+    log_level: LogLevel = Field(
+        LogLevel.INFO, description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)."
     )
-    otel_service_name: str = Field("cachet", description="service.name of exported traces.")
+    log_format: LogFormat = Field(
+        LogFormat.TEXT,
+        description="text, or json: one JSON object per line, with trace_id and span_id "
+        "inside a call (the chart sets json).",
+    )
+    log_access_sample: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of calls that write an access-log line (logger cachet.access); "
+        "0: none.",
+    )
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, level: Any) -> Any:
+        return level.upper() if isinstance(level, str) else level
 
     @property
     def idempotency_window_ms(self) -> int:
@@ -794,5 +855,89 @@ class Settings(BaseSettings):
         file_values = yaml.safe_load(from_env.config_file.read_text()) or {}
         if not isinstance(file_values, dict):
             raise ValueError(f"{from_env.config_file}: top level must be a mapping")
+        unknown = _unknown_keys(cls, file_values, "")
+        if unknown:
+            raise ValueError(f"{from_env.config_file}: " + "; ".join(unknown))
         explicitly_set = from_env.model_dump(exclude_unset=True)
         return cls(**_deep_merge(file_values, explicitly_set))
+
+
+ENV_PREFIX = "CACHET_"
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model class of a field typed as a model (or an optional one)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        models = [model for arg in typing.get_args(annotation) if (model := _model_of(arg))]
+        return models[0] if len(models) == 1 else None
+    return None
+
+
+def _item_model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model class of a field typed as a list of models."""
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        return _model_of(item)
+    return None
+
+
+def _nearest(name: str, candidates: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def _unknown_keys(model: type[BaseModel], data: Mapping[str, Any], path: str) -> list[str]:
+    """Every key of a YAML mapping that `model` has no field for, with the nearest one."""
+    problems: list[str] = []
+    for key, value in data.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            problems.append(f"unknown key {path}{key}{_nearest(str(key), model.model_fields)}")
+            continue
+        if (sub := _model_of(field.annotation)) is not None and isinstance(value, dict):
+            problems += _unknown_keys(sub, value, f"{path}{key}.")
+        elif (item := _item_model_of(field.annotation)) is not None and isinstance(value, list):
+            for index, entry in enumerate(value):
+                if isinstance(entry, dict):
+                    problems += _unknown_keys(item, entry, f"{path}{key}[{index}].")
+    return problems
+
+
+def setting_names(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> dict[str, Any]:
+    """Every leaf setting by its environment name (`CACHET_LIMITS__MAX_TTL`), with its
+    field: the names the README table lists."""
+    names: dict[str, Any] = {}
+    for field_name, field in model.model_fields.items():
+        name = prefix + field_name.upper()
+        sub = _model_of(field.annotation)
+        if sub is None:
+            names[name] = field
+        else:
+            names.update(setting_names(sub, name + "__"))
+    return names
+
+
+def _section_names(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> set[str]:
+    names: set[str] = set()
+    for field_name, field in model.model_fields.items():
+        if (sub := _model_of(field.annotation)) is not None:
+            name = prefix + field_name.upper()
+            names |= {name, *_section_names(sub, name + "__")}
+    return names
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse a CACHET_* variable that names no setting, naming the nearest one: a typo
+    would otherwise be ignored silently. A section (`CACHET_LIMITS`) may be set whole,
+    as JSON."""
+    valid = set(setting_names())
+    accepted = valid | _section_names()
+    unknown = [
+        f"{name}{_nearest(name, valid)}"
+        for name in sorted(environ)
+        if name.startswith(ENV_PREFIX) and name not in accepted
+    ]
+    if unknown:
+        raise ValueError("unknown environment variable " + ", ".join(unknown))

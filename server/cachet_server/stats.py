@@ -1,13 +1,17 @@
 """Counters this process keeps about its own traffic, for AdminService/GetServiceStats.
 
 Per process, in memory: each cachet replica reports its own traffic. Updated on
-the event loop only, so plain integers suffice.
+the event loop only, so plain integers suffice. Each record_* method is also where the
+same event reaches the OpenTelemetry instruments (metrics.py): one call per event feeds
+both views, so GetServiceStats and /metrics cannot disagree.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+
+from .metrics import instruments
 
 
 @dataclass
@@ -43,6 +47,11 @@ class ServiceStats:
         entry = self.namespaces[namespace]
         entry.hits += hits
         entry.misses += misses
+        labels = instruments.ns(namespace)
+        if hits:
+            instruments.cache_hits.add(hits, labels)
+        if misses:
+            instruments.cache_misses.add(misses, labels)
 
     def record_namespace_call(self, namespace: str) -> None:
         self.namespaces[namespace].calls += 1
@@ -55,3 +64,19 @@ class ServiceStats:
         if code is not None:
             entry.errors += 1
             entry.errors_by_code[code] += 1
+        instruments.rpc_duration.record(
+            seconds,
+            {
+                "rpc.system.name": "grpc",
+                "rpc.method": method.lstrip("/"),
+                "rpc.response.status_code": code or "OK",
+            },
+        )
+
+    def record_ratelimit_decision(self, policy: str, outcome: str, count: int = 1) -> None:
+        """`outcome`: allowed, denied, shadow_denied or fail_open."""
+        if outcome == "fail_open":
+            self.ratelimit_fail_open += count
+        instruments.ratelimit_decisions.add(
+            count, {"cachet.ratelimit.policy": policy, "cachet.ratelimit.outcome": outcome}
+        )

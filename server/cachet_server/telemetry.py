@@ -1,13 +1,26 @@
-"""OpenTelemetry tracing: one server span per RPC, continuing the caller's trace.
+"""OpenTelemetry tracing: one server span per RPC, continuing the caller's trace, with a
+client span per Redis command under it.
 
-Off unless CACHET_OTEL_ENDPOINT names an OTLP/gRPC collector (or a test installs
-its own exporter). Spans follow the OpenTelemetry RPC conventions: `rpc.system`,
-`rpc.service`, `rpc.method`, `rpc.grpc.status_code`, plus `cachet.namespace`.
+Configured by the standard variables only: tracing is on when OTEL_EXPORTER_OTLP_ENDPOINT
+(or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) names a collector, over gRPC unless
+OTEL_EXPORTER_OTLP_PROTOCOL says http/protobuf; OTEL_TRACES_SAMPLER,
+OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES and the rest apply as the SDK reads them.
+OTEL_TRACES_EXPORTER=none or OTEL_SDK_DISABLED=true turn it off.
+
+Attributes follow the current RPC and database conventions (semconv 0.66b2):
+`rpc.system.name`, `rpc.method` (`package.Service/Method`), `rpc.response.status_code`;
+Redis spans carry `db.system.name=redis`, `db.operation.name`, `server.address` and a
+query text with every argument replaced by `?`. Scripts are named by their file
+(`EVALSHA cache_get`), never by SHA, and no value or key ever reaches a span.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
@@ -18,35 +31,142 @@ from . import __version__
 
 tracer = trace.get_tracer("cachet_server", __version__)
 
+DEFAULT_SERVICE_NAME = "cachet"
 
-def setup_tracing(
-    service_name: str, endpoint: str | None, exporter: SpanExporter | None = None
-) -> TracerProvider | None:
-    """Install the global tracer provider; None when tracing stays off."""
-    if exporter is None:
-        if endpoint is None:
-            return None
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter(endpoint=endpoint)
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": service_name, "service.version": __version__})
+def resource() -> Resource:
+    """service.name from OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES, else `cachet`."""
+    detected = Resource.create({"service.version": __version__})
+    if str(detected.attributes.get("service.name", "")).startswith("unknown_service"):
+        detected = detected.merge(Resource({"service.name": DEFAULT_SERVICE_NAME}))
+    return detected
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() == "true"
+
+
+def otlp_traces_configured() -> bool:
+    if _env_true("OTEL_SDK_DISABLED") or os.environ.get("OTEL_TRACES_EXPORTER") == "none":
+        return False
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     )
+
+
+def _otlp_span_exporter() -> SpanExporter:
+    protocol = os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    )
+    if protocol.startswith("http"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+        OTLPSpanExporter as GrpcOTLPSpanExporter,
+    )
+
+    return GrpcOTLPSpanExporter()
+
+
+def setup_tracing(exporter: SpanExporter | None = None) -> TracerProvider | None:
+    """Install the global tracer provider and trace Redis commands; None when tracing
+    stays off (no collector configured and no exporter given)."""
+    if exporter is None:
+        if not otlp_traces_configured():
+            return None
+        exporter = _otlp_span_exporter()
+    # The atexit shutdown of the SDK would wait out a down collector; `shutdown_within`
+    # bounds it instead.
+    provider = TracerProvider(resource=resource(), shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    instrument_redis(provider)
     return provider
+
+
+def instrument_redis(provider: TracerProvider) -> None:
+    """Client spans for redis-py commands and pipelines, under the current (RPC) span."""
+    # The current database and HTTP conventions (db.system.name, db.query.text,
+    # server.address) instead of the old ones; read when the instrumentor starts.
+    modes = {m.strip() for m in os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "").split(",")}
+    modes |= {"database", "http"}
+    os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = ",".join(sorted(m for m in modes if m))
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    instrumentor = RedisInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=provider, request_hook=_describe_redis_command)
+
+
+_script_names: dict[str, str] = {}
+
+
+def _script_name(sha_or_source: object) -> str | None:
+    if not _script_names:
+        from .backend.scripts import all_scripts
+
+        for item in all_scripts():
+            _script_names[item.sha] = _script_names[item.source] = item.name
+    return _script_names.get(sha_or_source) if isinstance(sha_or_source, str) else None
+
+
+def _describe_redis_command(span: trace.Span, instance: Any, args: Any, kwargs: Any) -> None:
+    if not span.is_recording() or not args:
+        return
+    command = str(args[0]).upper()
+    span.set_attribute("db.operation.name", command)
+    if command in ("EVALSHA", "EVAL") and len(args) > 1:
+        name = _script_name(args[1])
+        if name is not None:
+            span.update_name(f"{command} {name}")
+            span.set_attribute("db.stored_procedure.name", name)
+    address = _server_address(instance, command, args)
+    if address is not None:
+        span.set_attribute("server.address", address[0])
+        span.set_attribute("server.port", address[1])
+
+
+def _server_address(instance: Any, command: str, args: Any) -> tuple[str, int] | None:
+    """The node a command goes to, where the instrumentation cannot see it: a Sentinel
+    master (its pool knows the master found last) or a Cluster node (by the first key)."""
+    pool = getattr(instance, "connection_pool", None)
+    master = getattr(pool, "master_address", None)
+    if master:
+        return str(master[0]), int(master[1])
+    nodes = getattr(instance, "nodes_manager", None)
+    if nodes is None:
+        return None
+    key_index = 3 if command in ("EVALSHA", "EVAL") else 1
+    try:
+        node = nodes.get_node_from_slot(instance.keyslot(args[key_index]))
+    except Exception:  # no key, or slots not known yet: leave the address out
+        return None
+    return str(node.host), int(node.port)
+
+
+def shutdown_within(seconds: float, *shutdowns: Callable[[], object]) -> None:
+    """Run each shutdown (flushing spans and metrics) but give up after `seconds` in
+    all: a collector that is down must not hold up the exit. The exporters' threads are
+    daemons, so an abandoned flush ends with the process."""
+    deadline = time.monotonic() + seconds
+    threads = [threading.Thread(target=step, daemon=True) for step in shutdowns]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def start_rpc_span(method: str, namespace: str, metadata: Mapping[str, str]) -> trace.Span:
     """A server span for `/package.Service/Method`, child of the caller's traceparent."""
-    service, _, name = method.lstrip("/").partition("/")
+    name = method.lstrip("/")
     return tracer.start_span(
-        method.lstrip("/"),
+        name,
         context=propagate.extract(metadata),
         kind=trace.SpanKind.SERVER,
         attributes={
-            "rpc.system": "grpc",
-            "rpc.service": service,
+            "rpc.system.name": "grpc",
             "rpc.method": name,
             "cachet.namespace": namespace,
         },

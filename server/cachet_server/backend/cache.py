@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ..errors import Aborted, FailedPrecondition
+from ..metrics import instruments
 from .core import Backend
 from .keys import CacheKeys, Kind, redis_key, remembered_result, scan_patterns, user_key
 from .scripts import script
@@ -238,6 +239,7 @@ class CacheStore:
                 metadata={"current_version": detail},
             )
         if outcome == "FENCING_TOKEN_STALE":
+            instruments.fencing_rejections.add(1)
             raise Aborted(
                 f"key {key!r} was written under fencing token {detail}, newer than "
                 f"{options.fencing_token}: the writer's lock was lost",

@@ -37,6 +37,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import CachetError, FailedPrecondition, ResourceExhausted, Unavailable
+from ..metrics import instruments
 from .core import Backend
 from .keys import DEAD_LETTER_SUFFIX, StreamKeys, remembered_result
 from .scripts import script
@@ -326,7 +327,9 @@ class StreamStore:
 
     async def ack(self, namespace: str, stream: str, group: str, ids: Sequence[str]) -> int:
         keys = StreamKeys.of(namespace, stream)
-        return int(await self.backend.run(_ACK, [keys.stream], [group, *ids]))
+        acked = int(await self.backend.run(_ACK, [keys.stream], [group, *ids]))
+        instruments.events_acked.add(acked, instruments.ns(namespace))
+        return acked
 
     async def claim(
         self,
@@ -351,6 +354,9 @@ class StreamStore:
             [group, consumer, min_idle_ms, mode, start, count, stream, *ids],
         )
         last, examined, claimed, dead, deleted = reply
+        labels = instruments.ns(namespace)
+        instruments.events_claimed.add(len(claimed), labels)
+        instruments.events_dead_lettered.add(len(dead), labels)
         more = mode != "ids" and examined >= count and last
         return ClaimOutcome(
             entries=[
@@ -472,6 +478,7 @@ class SubscriptionActive:
 
 class SubscriberTooSlow(ResourceExhausted):
     def __init__(self, buffer: int) -> None:
+        instruments.subscriber_drops.add(1)
         super().__init__(
             f"the subscriber fell {buffer} events behind (the configured buffer) and was "
             "disconnected; read faster, or subscribe to less",
@@ -614,6 +621,8 @@ class Subscription:
         self.buffer = buffer
         self.reconnect_window = reconnect_window
         self._queue: asyncio.Queue[Item | BaseException] = asyncio.Queue()
+        # Items put in the queue and not yet taken, as the pending gauge counts them.
+        self._pending = 0
         self._pubsub: PubSub | None = None
         self._pump_task: asyncio.Task[None] | None = None
 
@@ -626,10 +635,12 @@ class Subscription:
         self._queue.put_nowait(SubscriptionActive(reconnected=False))
         for item in early:
             self._queue.put_nowait(item)
+            self._buffered(1)
         self._pump_task = asyncio.create_task(self._pump(), name="cachet-subscription")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._buffered(-self._pending)
         if self._pump_task is not None:
             self._pump_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -640,6 +651,8 @@ class Subscription:
         item = await self._queue.get()
         if isinstance(item, BaseException):
             raise item
+        if isinstance(item, TopicMessage) and self._pending:
+            self._buffered(-1)
         return item
 
     async def _close(self) -> None:
@@ -694,6 +707,12 @@ class Subscription:
         if self._queue.qsize() >= self.buffer:
             raise SubscriberTooSlow(self.buffer)
         self._queue.put_nowait(item)
+        if isinstance(item, TopicMessage):
+            self._buffered(1)
+
+    def _buffered(self, change: int) -> None:
+        self._pending += change
+        instruments.events_pending.add(change)
 
     async def _pump(self) -> None:
         try:

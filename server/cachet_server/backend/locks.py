@@ -32,6 +32,7 @@ from typing import Any
 
 from ..config import LockSettings
 from ..errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from ..metrics import instruments
 from . import wakes
 from .core import Arg, Backend, ReplicaAck
 from .keys import Kind, redis_key
@@ -259,6 +260,8 @@ class PermitStore:
         ticket = new_secret()
         woken = self.wakes.register(ticket)
         granted: Grant | None = None
+        waiters = {"cachet.lock.kind": self.family.noun}
+        instruments.lock_waiters.add(1, waiters)
         try:
             # Until the subscription is live a wake could be missed; the timed looks
             # below still cover that, so do not wait long for it.
@@ -291,6 +294,7 @@ class PermitStore:
                 )
             raise self._busy(name, busy)
         finally:
+            instruments.lock_waiters.add(-1, waiters)
             self.wakes.unregister(ticket, woken)
             if granted is None:
                 # Also runs when the call is cancelled: leave the queue, and give back a
@@ -346,7 +350,10 @@ class PermitStore:
         raise RuntimeError(f"lock_permits acquire answered {outcome!r}")
 
     def _granted(self, grant: Grant, started: float) -> Grant:
-        return dataclasses.replace(grant, waited=asyncio.get_running_loop().time() - started)
+        waited = asyncio.get_running_loop().time() - started
+        instruments.lock_grants.add(1, {"cachet.lock.kind": self.family.noun})
+        instruments.lock_wait.record(waited, {"cachet.lock.kind": self.family.noun})
+        return dataclasses.replace(grant, waited=waited)
 
     def _busy(self, name: str, busy: Busy) -> FailedPrecondition:
         what = "held" if self.family is Family.LOCK else "full"

@@ -69,6 +69,8 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..metrics import instruments
+
 log = logging.getLogger(__name__)
 
 
@@ -240,6 +242,7 @@ async def _on_failover_event(pool: FencedSentinelPool, channel: bytes, data: byt
         if words[0] == pool.service_name:
             log.warning("Sentinel moved %s to %s:%s", words[0], words[3], words[4])
             pool.switches += 1
+            instruments.redis_failovers.add(1)
             pool.fenced = None
             await pool.leave_master()
         return

@@ -20,6 +20,7 @@ from ..backend.cache import (
 from ..backend.invalidations import InvalidationHub
 from ..callcontext import current_namespace
 from ..errors import FailedPrecondition, InvalidArgument
+from ..metrics import instruments
 from ..validation import optional
 from .base import Context, Dependencies
 from .cache_collections import CollectionsMixin
@@ -215,7 +216,9 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteResponse:
         namespace = current_namespace()
         keys = self.check.keys(request.keys)
-        return pb.DeleteResponse(deleted=await self.store.delete(namespace, keys))
+        deleted = await self.store.delete(namespace, keys)
+        instruments.invalidations.add(deleted, instruments.ns(namespace))
+        return pb.DeleteResponse(deleted=deleted)
 
     async def Exists(self, request: pb.ExistsRequest, context: Context) -> pb.ExistsResponse:
         namespace = current_namespace()
@@ -300,7 +303,9 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         namespace = current_namespace()
         self.check.batch(len(request.tags), "tags")
         tags = self._tag_list(request.tags, "tags")
-        return pb.InvalidateTagsResponse(deleted=await self.store.invalidate_tags(namespace, tags))
+        deleted = await self.store.invalidate_tags(namespace, tags)
+        instruments.invalidations.add(deleted, instruments.ns(namespace))
+        return pb.InvalidateTagsResponse(deleted=deleted)
 
     async def InvalidatePattern(
         self, request: pb.InvalidatePatternRequest, context: Context
@@ -315,6 +320,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                 "batch_size", f"must be 1 to {self.check.limits.max_batch} (0: the default)"
             )
         deleted = await self.store.invalidate_pattern(namespace, pattern, batch_size)
+        instruments.invalidations.add(deleted, instruments.ns(namespace))
         return pb.InvalidatePatternResponse(deleted=deleted)
 
     async def GetOrLease(
@@ -340,11 +346,15 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                 outcome=pb.LEASE_OUTCOME_HIT, value=answer.value, version=answer.version
             )
         if answer.outcome == "GRANTED":
+            instruments.lease_grants.add(1, instruments.ns(namespace))
             return pb.GetOrLeaseResponse(
                 outcome=pb.LEASE_OUTCOME_LEASE_GRANTED,
                 lease_token=answer.token,
                 lease_ttl=_duration(answer.lease_ms),
             )
+        instruments.lease_waits.add(1, instruments.ns(namespace))
+        if answer.stale:
+            instruments.stale_served.add(1, instruments.ns(namespace))
         return pb.GetOrLeaseResponse(
             outcome=pb.LEASE_OUTCOME_FILL_PENDING,
             retry_after=_duration(answer.lease_ms),

@@ -32,6 +32,7 @@ from ..backend.events import (
 from ..backend.keys import DEAD_LETTER_SUFFIX, Kind, redis_key, scan_patterns, user_key
 from ..callcontext import current_namespace
 from ..errors import InvalidArgument, ResourceExhausted
+from ..metrics import instruments
 from ..pagination import PageTokens, malformed_token
 from ..validation import optional
 from .base import Context, Dependencies, Servicer
@@ -308,6 +309,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
             event.id,
             request_id=request_id,
         )
+        instruments.events_published.add(1, instruments.ns(namespace))
         return pb.PublishResponse(receivers=receivers, id=event_id)
 
     async def Subscribe(
@@ -341,6 +343,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
                 reason="TOO_MANY_SUBSCRIBERS",
             )
         self.open_subscriptions += 1
+        delivered = instruments.ns(namespace)
         try:
             subscription = self.hub.subscription(
                 namespace,
@@ -357,6 +360,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
                             active=pb.SubscriptionActive(reconnected=item.reconnected)
                         )
                     elif (message := self._topic_message(namespace, item, patterns)) is not None:
+                        instruments.events_delivered.add(1, delivered)
                         yield pb.SubscribeResponse(message=message)
         finally:
             self.open_subscriptions -= 1
@@ -394,6 +398,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
         new_id = await self.streams.append(
             namespace, stream, _event_fields(request.event), max_len, request_id=request_id
         )
+        instruments.events_published.add(1, instruments.ns(namespace))
         return pb.AppendResponse(id=new_id)
 
     async def Read(self, request: pb.ReadRequest, context: Context) -> pb.ReadResponse:
@@ -558,7 +563,10 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
             raise InvalidArgument.field("max_pending", "must not be negative")
         await self.streams.require_group(namespace, stream, group)
 
+        delivered = instruments.ns(namespace)
+
         def batch_of(events: Sequence[StreamEntry], dead: Sequence[str]) -> pb.ConsumeResponse:
+            instruments.events_delivered.add(len(events), delivered)
             return pb.ConsumeResponse(
                 events=[_decode_entry(e) for e in events], dead_lettered_ids=dead
             )

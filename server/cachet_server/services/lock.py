@@ -30,6 +30,7 @@ from ..errors import (
     Unavailable,
     domain_error,
 )
+from ..metrics import instruments
 from ..validation import optional
 from .base import Context, Dependencies, Servicer
 
@@ -381,6 +382,7 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
 
     @staticmethod
     def _lease_lost(name: str) -> CachetError:
+        instruments.hold_losses.add(1)
         return Aborted(f"the hold on lock {name!r} was lost", reason="LEASE_LOST")
 
     # -- semaphores

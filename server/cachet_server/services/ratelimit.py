@@ -161,12 +161,28 @@ class Limiter:
                         raise
                     raise error from exc
                 self._warn_failing_open(error.message)
-                self.stats.ratelimit_fail_open += len(group)
                 decisions.update({i: Decision.failed_open(items[i].check.spec) for i in group})
                 continue
             decisions.update(zip(group, outcome.decisions, strict=True))
             allowed = allowed and outcome.allowed
-        return GroupDecision([decisions[i] for i in range(len(items))], allowed)
+        ordered = [decisions[i] for i in range(len(items))]
+        for item, decision in zip(items, ordered, strict=True):
+            self.stats.record_ratelimit_decision(
+                item.policy.name if item.policy else INLINE_POLICY, _outcome(item, decision)
+            )
+        return GroupDecision(ordered, allowed)
+
+
+# The policy label of a limit given inline in the request (it has no name).
+INLINE_POLICY = "_inline"
+
+
+def _outcome(item: Resolved, decision: Decision) -> str:
+    if decision.fail_open:
+        return "fail_open"
+    if decision.allowed:
+        return "allowed"
+    return "shadow_denied" if item.check.shadow else "denied"
 
 
 def limit_proto(spec: LimitSpec) -> pb.Limit:

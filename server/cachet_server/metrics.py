@@ -1,0 +1,270 @@
+"""OpenTelemetry metrics: every instrument cachet records, and where they are exported.
+
+The instruments live here, one module-level `instruments` for the process (as the
+tracer does in telemetry.py): recording sites call them whether or not metrics are on;
+until `setup_metrics` installs a meter provider they are the API's no-op proxies.
+Exporters: a Prometheus endpoint (`CACHET_METRICS__LISTEN`, path /metrics) and OTLP when
+the standard OTEL_EXPORTER_OTLP_* variables name a collector. Redis command durations,
+pool use and connection errors come from redis-py's own OpenTelemetry metrics
+(`db.client.operation.duration`, `db.client.connection.*`), fed to the same provider.
+
+Names follow the OpenTelemetry semantic conventions where one exists
+(`rpc.server.call.duration`); cachet's own are under `cachet.`. Namespace labels are
+bounded: the first `max_namespaces` namespaces seen keep their name, later ones are
+counted under `_other`, so a tenant churning through names cannot grow the series.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import metrics
+
+from . import __version__
+
+log = logging.getLogger(__name__)
+
+OTHER_NAMESPACE = "_other"
+# The fair-sharing (quota) stage records its refusals under this name, by namespace.
+QUOTA_REFUSALS = "cachet.quota.refusals"
+
+# Seconds; from well under a Redis round trip to a long blocking call.
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+
+class NamespaceLabels:
+    """Namespace label values with a cap on how many distinct ones are ever used."""
+
+    def __init__(self, limit: int = 100) -> None:
+        self.limit = limit
+        self._known: set[str] = set()
+
+    def __call__(self, namespace: str) -> str:
+        if namespace in self._known:
+            return namespace
+        if len(self._known) >= self.limit:
+            return OTHER_NAMESPACE
+        self._known.add(namespace)
+        return namespace
+
+
+class Instruments:
+    """Every instrument, created once from one meter."""
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.namespace = NamespaceLabels()
+        counter = meter.create_counter
+        # RPCs
+        self.rpc_duration = meter.create_histogram(
+            "rpc.server.call.duration",
+            unit="s",
+            description="Duration of calls served, by rpc.method and rpc.response.status_code.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.rpc_active = meter.create_up_down_counter(
+            "cachet.rpc.server.active_calls",
+            unit="{call}",
+            description="Calls being served now.",
+        )
+        # cache
+        self.cache_hits = counter("cachet.cache.hits", "{lookup}", "Keys found, by namespace.")
+        self.cache_misses = counter(
+            "cachet.cache.misses", "{lookup}", "Keys not found, by namespace."
+        )
+        self.lease_grants = counter(
+            "cachet.cache.lease.grants", "{lease}", "Fill leases granted (the caller recomputes)."
+        )
+        self.lease_waits = counter(
+            "cachet.cache.lease.waits", "{call}", "GetOrLease calls that waited for a fill."
+        )
+        self.stale_served = counter(
+            "cachet.cache.stale_served", "{call}", "Stale copies served while a fill runs."
+        )
+        self.invalidations = counter(
+            "cachet.cache.invalidations", "{key}", "Keys deleted or invalidated by tag."
+        )
+        # locks
+        self.lock_grants = counter("cachet.lock.grants", "{grant}", "Locks and permits granted.")
+        self.lock_wait = meter.create_histogram(
+            "cachet.lock.wait.duration",
+            unit="s",
+            description="How long a granted Acquire or Hold waited.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.lock_waiters = meter.create_up_down_counter(
+            "cachet.lock.waiters", unit="{waiter}", description="Callers waiting for a lock now."
+        )
+        self.hold_losses = counter(
+            "cachet.lock.hold.losses", "{hold}", "Hold streams that lost their lock."
+        )
+        self.fencing_rejections = counter(
+            "cachet.lock.fencing.rejections", "{write}", "Writes refused for a stale fencing token."
+        )
+        # rate limits
+        self.ratelimit_decisions = counter(
+            "cachet.ratelimit.decisions",
+            "{decision}",
+            "Rate-limit decisions by cachet.ratelimit.policy and cachet.ratelimit.outcome "
+            "(allowed, denied, shadow_denied, fail_open).",
+        )
+        # event bus
+        self.events_published = counter("cachet.eventbus.published", "{event}", "Events accepted.")
+        self.events_delivered = counter(
+            "cachet.eventbus.delivered", "{event}", "Events sent to subscribers and consumers."
+        )
+        self.events_acked = counter("cachet.eventbus.acked", "{event}", "Events acknowledged.")
+        self.events_claimed = counter(
+            "cachet.eventbus.claimed", "{event}", "Pending events claimed by another consumer."
+        )
+        self.events_dead_lettered = counter(
+            "cachet.eventbus.dead_lettered", "{event}", "Events moved to a dead-letter stream."
+        )
+        self.subscriber_drops = counter(
+            "cachet.eventbus.subscriber.drops",
+            "{subscriber}",
+            "Subscribe calls ended because the client read too slowly.",
+        )
+        self.events_pending = meter.create_up_down_counter(
+            "cachet.eventbus.pending",
+            unit="{event}",
+            description="Events buffered for Subscribe calls, not yet written to the client.",
+        )
+        # Redis (beside redis-py's own db.client.* instruments)
+        self.redis_failovers = counter(
+            "cachet.redis.failovers", "{failover}", "Sentinel failovers followed to a new master."
+        )
+        self.redis_reconnects = counter(
+            "cachet.redis.reconnects",
+            "{event}",
+            "Times Redis became reachable again after the health probe lost it.",
+        )
+        self.quota_refusals = counter(
+            QUOTA_REFUSALS, "{call}", "Calls refused by a namespace's fair share, by namespace."
+        )
+
+    def ns(self, namespace: str) -> dict[str, str]:
+        """The attributes of a per-namespace data point."""
+        return {"cachet.namespace": self.namespace(namespace)}
+
+
+instruments = Instruments(metrics.get_meter("cachet_server", __version__))
+
+
+def _otlp_metrics_configured() -> bool:
+    exporter = os.environ.get("OTEL_METRICS_EXPORTER", "otlp")
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    return bool(endpoint) and exporter != "none"
+
+
+@dataclass
+class MetricsRuntime:
+    """The installed provider and the Prometheus endpoint, if any."""
+
+    provider: Any
+    server: Any = None
+    port: int | None = None
+
+    def shutdown(self, timeout_seconds: float) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        self.provider.shutdown(timeout_millis=max(1, int(timeout_seconds * 1000)))
+
+
+def setup_metrics(listen: str | None, max_namespaces: int) -> MetricsRuntime | None:
+    """Install the process's meter provider with its exporters; None when both are off."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricReader
+
+    from .telemetry import resource
+
+    readers: list[MetricReader] = []
+    registry = None
+    if listen is not None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry(auto_describe=True)
+        readers.append(PrometheusMetricReader(registry=registry))
+    if _otlp_metrics_configured():
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        readers.append(PeriodicExportingMetricReader(_otlp_metric_exporter()))
+    if not readers:
+        return None
+    provider = MeterProvider(resource=resource(), metric_readers=readers)
+    metrics.set_meter_provider(provider)
+    instruments.namespace.limit = max_namespaces
+    _observe_redis_py()
+    runtime = MetricsRuntime(provider)
+    if listen is not None:
+        from prometheus_client import start_http_server
+
+        assert registry is not None
+        host, _, port = listen.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"
+        try:
+            server, _thread = start_http_server(int(port), addr=host, registry=registry)
+        except (OSError, ValueError) as exc:
+            provider.shutdown(timeout_millis=100)
+            raise RuntimeError(f"cannot serve metrics on {listen}: {exc}") from exc
+        runtime.server = server
+        runtime.port = server.server_port
+        log.info("metrics on http://%s/metrics", listen)
+    return runtime
+
+
+def _otlp_metric_exporter() -> Any:
+    protocol = os.environ.get(
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    )
+    if protocol.startswith("http"):
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        return OTLPMetricExporter()
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+        OTLPMetricExporter as GrpcOTLPMetricExporter,
+    )
+
+    return GrpcOTLPMetricExporter()
+
+
+def _observe_redis_py() -> None:
+    """Turn on redis-py's own metrics: command durations by operation, connection pool
+    use and waits, connection errors. Names of streams and channels stay out of them."""
+    from redis.observability import MetricGroup, OTelConfig, get_observability_instance
+
+    get_observability_instance().init(
+        OTelConfig(
+            metric_groups=[
+                MetricGroup.COMMAND,
+                MetricGroup.CONNECTION_BASIC,
+                MetricGroup.CONNECTION_ADVANCED,
+                MetricGroup.RESILIENCY,
+            ],
+            hide_pubsub_channel_names=True,
+            hide_stream_names=True,
+        )
+    )
