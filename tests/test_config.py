@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 def test_defaults():
     settings = Settings()
-    assert settings.listen == "[::]:50051"
+    assert settings.listen == "127.0.0.1:50051", "make run listens on localhost"
+    assert settings.metrics.listen == "127.0.0.1:9464"
     assert settings.redis_url is None
     assert settings.limits.default_ttl == timedelta(hours=1)
 

@@ -233,10 +233,10 @@ def run_server(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProce
         ({"CACHET_LOG_LEVEL": "bogus"}, "log_level: Input should be 'DEBUG'"),
         (
             {"CACHET_DEFAULT_TTL": "PT5M"},
-            "CACHET_DEFAULT_TTL (did you mean CACHET_LIMITS__DEFAULT_TTL?)",
+            "CACHET_DEFAULT_TTL (did you mean CACHET_LIMITS__DEFAULT_TTL",
         ),
         ({"CACHET_LOG_FORMAT": "xml"}, "log_format"),
-        ({"CACHET_METRICS__LISTN": "x"}, "did you mean CACHET_METRICS__LISTEN?"),
+        ({"CACHET_METRICS__LISTN": "x"}, "did you mean CACHET_METRICS__LISTEN"),
     ],
 )
 def test_bad_settings_are_clean_configuration_errors(env, expected, tmp_path):
@@ -249,7 +249,9 @@ def test_bad_settings_are_clean_configuration_errors(env, expected, tmp_path):
 def test_an_unknown_yaml_key_is_refused_with_the_nearest_name(tmp_path):
     config = tmp_path / "cachet.yaml"
     config.write_text(
-        "limits:\n  max_batchh: 5\nratelimit:\n  policies:\n    - name: a\n      rate_limit: {requests_per_unit: 1, unit: hour}\n      shadow: true\n"
+        "limits:\n  max_batchh: 5\n"
+        "ratelimit:\n  policies:\n    - name: a\n"
+        "      rate_limit: {requests_per_unit: 1, unit: hour}\n      shadow: true\n"
     )
     result = run_server({"CACHET_CONFIG_FILE": str(config)}, tmp_path)
     assert result.returncode == 1

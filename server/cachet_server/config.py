@@ -883,9 +883,15 @@ def _item_model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _nearest(name: str, candidates: typing.Iterable[str]) -> str:
-    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]}?)" if match else ""
+def _nearest(name: str, candidates: typing.Iterable[str], prefix: str = "") -> str:
+    """` (did you mean X?)`: settings of the same name in a section first (CACHET_MAX_TTL
+    -> CACHET_LIMITS__MAX_TTL), then the closest spellings."""
+    names = list(candidates)
+    tail = name.removeprefix(prefix)
+    matches = [c for c in names if prefix and c.endswith("__" + tail)]
+    if not matches:
+        matches = difflib.get_close_matches(name, names, n=1, cutoff=0.7)
+    return f" (did you mean {' or '.join(matches)}?)" if matches else ""
 
 
 def _unknown_keys(model: type[BaseModel], data: Mapping[str, Any], path: str) -> list[str]:
@@ -935,7 +941,9 @@ def check_environment(environ: Mapping[str, str]) -> None:
     valid = set(setting_names())
     accepted = valid | _section_names()
     unknown = [
-        f"{name}{_nearest(name, valid)}"
+        f"{name} (tracing and metrics read the standard {name.removeprefix(ENV_PREFIX)})"
+        if name.startswith(ENV_PREFIX + "OTEL_")
+        else f"{name}{_nearest(name, valid, ENV_PREFIX)}"
         for name in sorted(environ)
         if name.startswith(ENV_PREFIX) and name not in accepted
     ]
