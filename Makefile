@@ -78,7 +78,7 @@ lint: setup ## ruff, mypy (strict on server/ and clients/python/), buf lint, hel
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(TOOLS)/buf lint
-	$(TOOLS)/helm lint --strict helm/cachet
+	$(TOOLS)/helm lint --strict helm/cachet -f helm/cachet/ci/lint-values.yaml
 	@unformatted=$$(gofmt -l $(GO_CLIENT)) && test -z "$$unformatted" || { echo "gofmt needed: $$unformatted"; exit 1; }
 	cd $(GO_CLIENT) && go vet ./...
 	cd $(TS_CLIENT) && npm run --silent typecheck

@@ -111,6 +111,7 @@ class HealthMonitor:
                 log.warning("Redis unreachable, health NOT_SERVING: %s", exc)
             ok = False
         if ok != self.serving:
+            instruments.redis_reachable.set(int(ok))
             if ok and self.serving is False:
                 log.info("Redis reachable again, health SERVING")
                 instruments.redis_reconnects.add(1)

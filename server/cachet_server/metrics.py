@@ -153,6 +153,10 @@ class Instruments:
         self.redis_failovers = counter(
             "cachet.redis.failovers", "{failover}", "Sentinel failovers followed to a new master."
         )
+        self.redis_reachable = meter.create_gauge(
+            "cachet.redis.reachable",
+            description="1 while the health probe reaches Redis (readiness SERVING), else 0.",
+        )
         self.redis_reconnects = counter(
             "cachet.redis.reconnects",
             "{event}",
