@@ -8,6 +8,10 @@ what to compare across changes; absolute numbers depend on the machine.
 
     make bench                      # defaults
     python bench/run.py --requests 20000 --concurrency 32
+
+It also measures what telemetry costs: Get with metrics and tracing each on and off,
+one fresh cachet process per combination (tracing exports to a collector address
+nothing listens on, so spans are built, batched and dropped: the cost on the server).
 """
 
 from __future__ import annotations
@@ -126,6 +130,51 @@ def redis_benchmark(port: int, tests: str, requests: int, concurrency: int) -> d
     return results
 
 
+# (label, environment): metrics via the Prometheus endpoint, tracing via OTLP.
+TELEMETRY_CASES = [
+    ("metrics off, tracing off", {"CACHET_METRICS__LISTEN": ""}),
+    ("metrics on, tracing off", {}),
+    ("metrics off, tracing on", {"CACHET_METRICS__LISTEN": "", "TRACING": "on"}),
+    ("metrics on, tracing on", {"TRACING": "on"}),
+]
+
+
+def cachet_env(redis_port: int, cachet_port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CACHET_", "OTEL_"))}
+    return {
+        **env,
+        "CACHET_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "CACHET_LISTEN": f"127.0.0.1:{cachet_port}",
+        "CACHET_METRICS__LISTEN": f"127.0.0.1:{free_port()}",
+        "CACHET_LOG_LEVEL": "WARNING",
+        "CACHET_AUTH__MODE": "off",
+        **extra,
+    }
+
+
+def telemetry_overhead(redis_port: int, requests: int, concurrency: int) -> list[Result]:
+    """Get throughput and latency per telemetry combination, each in a fresh process."""
+    results = []
+    for label, case in TELEMETRY_CASES:
+        extra = {k: v for k, v in case.items() if k != "TRACING"}
+        if case.get("TRACING"):
+            extra["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cachet_server"], env=cachet_env(redis_port, port, **extra)
+        )
+        try:
+            wait_for_port(port)
+            call = "cachet.cache.v1.CacheService/Get"
+            ghz(port, call, {"key": "k"}, 500, 4)  # warm up
+            result = ghz(port, call, {"key": "k"}, requests, concurrency)
+            results.append(Result(label, result.rps, result.p50_ms, result.p99_ms))
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20000)
@@ -156,12 +205,7 @@ def main() -> None:
     cachet = None
     try:
         wait_for_port(redis_port)
-        env = {
-            **os.environ,
-            "CACHET_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "CACHET_LISTEN": f"127.0.0.1:{cachet_port}",
-            "CACHET_LOG_LEVEL": "WARNING",
-        }
+        env = cachet_env(redis_port, cachet_port)
         cachet = subprocess.Popen([sys.executable, "-m", "cachet_server"], env=env)
         wait_for_port(cachet_port)
         encoded = base64.b64encode(b"x" * 64).decode()
@@ -177,6 +221,10 @@ def main() -> None:
         ]  # fmt: skip
         baseline = redis_benchmark(redis_port, "set,get,incr,mset", n, c)
         pairs = {"Set": "SET", "Get": "GET", "Increment": "INCR", "GetMany": "MSET"}
+        cachet.terminate()
+        cachet.wait(timeout=30)
+        cachet = None
+        telemetry = telemetry_overhead(redis_port, n, c)
     finally:
         if cachet is not None:
             cachet.terminate()
@@ -205,6 +253,25 @@ def main() -> None:
             f"| {result.operation} | {result.rps:,.0f} | {result.p50_ms:.2f} | "
             f"{result.p99_ms:.2f} | {base.operation} | {base.rps:,.0f} | {base.p99_ms:.2f} | "
             f"{result.rps / base.rps:.3f} |"
+        )
+    off = telemetry[0]
+    lines += [
+        "",
+        "## Telemetry overhead",
+        "",
+        "Get, same requests and concurrency, one fresh process per row. Metrics: the OTel SDK "
+        "with the Prometheus reader and redis-py's command metrics; tracing: a server span "
+        "per call and a client span per Redis command, exported over OTLP to an address "
+        "nothing listens on (built, batched and dropped). Cost = throughput lost against the "
+        "first row.",
+        "",
+        "| telemetry | rps | p50 ms | p99 ms | throughput vs. off |",
+        "|---|---|---|---|---|",
+    ]
+    for result in telemetry:
+        lines.append(
+            f"| {result.operation} | {result.rps:,.0f} | {result.p50_ms:.2f} | "
+            f"{result.p99_ms:.2f} | {result.rps / off.rps - 1:+.1%} |"
         )
     args.output.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

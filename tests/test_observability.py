@@ -132,6 +132,7 @@ def test_metrics_count_exactly_the_calls_served(redis_server, tmp_path):
         assert value(samples, "cachet_eventbus_published_total", **ns) == 1
         assert value(samples, "cachet_eventbus_delivered_total", **ns) == 1
         assert value(samples, "cachet_rpc_server_active_calls") == 0
+        assert value(samples, "cachet_redis_reachable") == 1
         # Redis command durations come from redis-py's own instruments, by operation.
         assert (
             value(
@@ -172,6 +173,7 @@ def test_readiness_follows_redis_while_liveness_stays_serving():
                 what="readiness to follow Redis down",
             )
             assert health(server.address, "cachet.cache.v1.CacheService") == not_serving
+            assert value(scrape(server.metrics_port), "cachet_redis_reachable") == 0
             for _ in range(5):
                 assert health(server.address, "liveness") == serving
                 time.sleep(0.1)
@@ -258,3 +260,17 @@ def test_an_unknown_yaml_key_is_refused_with_the_nearest_name(tmp_path):
     assert "unknown key limits.max_batchh (did you mean max_batch?)" in result.stderr
     assert "unknown key ratelimit.policies[0].shadow (did you mean shadow_mode?)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_namespace_labels_are_capped():
+    from cachet_server.metrics import OTHER_NAMESPACE, NamespaceLabels
+
+    labels = NamespaceLabels(limit=2)
+    assert [labels(n) for n in ("a", "b", "c", "a", "d", "b")] == [
+        "a",
+        "b",
+        OTHER_NAMESPACE,
+        "a",
+        OTHER_NAMESPACE,
+        "b",
+    ]
