@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
+from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from . import __version__
 
@@ -68,11 +72,25 @@ class NamespaceLabels:
         return namespace
 
 
+class CountingSource(Protocol):
+    """What ServiceStats keeps and the observable instruments read at collection time:
+    lookups per namespace and calls in flight per method."""
+
+    namespaces: dict[str, Any]
+    active: dict[str, int]
+
+
 class Instruments:
-    """Every instrument, created once from one meter."""
+    """Every instrument, created once from one meter.
+
+    The busiest counts (cache hits and misses, calls in flight) are observed, not
+    recorded: ServiceStats keeps them as plain integers on the event loop (it answers
+    GetServiceStats from them) and these instruments read them when a reader collects,
+    so a call pays nothing for them and both views show the same numbers."""
 
     def __init__(self, meter: metrics.Meter) -> None:
         self.namespace = NamespaceLabels()
+        self._sources: weakref.WeakSet[Any] = weakref.WeakSet()
         counter = meter.create_counter
         # RPCs
         self.rpc_duration = meter.create_histogram(
@@ -81,15 +99,24 @@ class Instruments:
             description="Duration of calls served, by rpc.method and rpc.response.status_code.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self.rpc_active = meter.create_up_down_counter(
+        meter.create_observable_up_down_counter(
             "cachet.rpc.server.active_calls",
+            callbacks=[self._observe_active],
             unit="{call}",
-            description="Calls being served now.",
+            description="Calls being served now, by rpc.method.",
         )
         # cache
-        self.cache_hits = counter("cachet.cache.hits", "{lookup}", "Keys found, by namespace.")
-        self.cache_misses = counter(
-            "cachet.cache.misses", "{lookup}", "Keys not found, by namespace."
+        meter.create_observable_counter(
+            "cachet.cache.hits",
+            callbacks=[self._observe_lookups("hits")],
+            unit="{lookup}",
+            description="Keys found, by namespace.",
+        )
+        meter.create_observable_counter(
+            "cachet.cache.misses",
+            callbacks=[self._observe_lookups("misses")],
+            unit="{lookup}",
+            description="Keys not found, by namespace.",
         )
         self.lease_grants = counter(
             "cachet.cache.lease.grants", "{lease}", "Fill leases granted (the caller recomputes)."
@@ -170,6 +197,31 @@ class Instruments:
         """The attributes of a per-namespace data point."""
         return {"cachet.namespace": self.namespace(namespace)}
 
+    def observe(self, source: CountingSource) -> None:
+        """Report `source`'s counts (a ServiceStats) while it lives."""
+        self._sources.add(source)
+
+    def _observe_lookups(self, field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            totals: dict[str, int] = defaultdict(int)
+            for source in list(self._sources):
+                # A copy: the event loop adds namespaces while a reader collects.
+                for namespace, entry in list(source.namespaces.items()):
+                    totals[self.namespace(namespace)] += getattr(entry, field)
+            return [Observation(n, {"cachet.namespace": ns}) for ns, n in totals.items()]
+
+        return observe
+
+    def _observe_active(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals: dict[str, int] = defaultdict(int)
+        for source in list(self._sources):
+            for method, calls in list(source.active.items()):
+                totals[method] += calls
+        return [
+            Observation(n, {"rpc.system.name": "grpc", "rpc.method": method.lstrip("/")})
+            for method, n in totals.items()
+        ]
+
 
 instruments = Instruments(metrics.get_meter("cachet_server", __version__))
 
@@ -218,7 +270,8 @@ def setup_metrics(listen: str | None, max_namespaces: int) -> MetricsRuntime | N
         readers.append(PeriodicExportingMetricReader(_otlp_metric_exporter()))
     if not readers:
         return None
-    provider = MeterProvider(resource=resource(), metric_readers=readers)
+    # Shut down by __main__ within a bound, not by the SDK's own atexit handler.
+    provider = MeterProvider(resource=resource(), metric_readers=readers, shutdown_on_exit=False)
     metrics.set_meter_provider(provider)
     instruments.namespace.limit = max_namespaces
     _observe_redis_py()

@@ -1,9 +1,10 @@
 """Counters this process keeps about its own traffic, for AdminService/GetServiceStats.
 
 Per process, in memory: each cachet replica reports its own traffic. Updated on
-the event loop only, so plain integers suffice. Each record_* method is also where the
-same event reaches the OpenTelemetry instruments (metrics.py): one call per event feeds
-both views, so GetServiceStats and /metrics cannot disagree.
+the event loop only, so plain integers suffice. They are also what the metrics report
+(metrics.py): lookups and calls in flight are read from here at collection time, call
+durations and rate-limit decisions are recorded here as they happen; one place per
+event, so GetServiceStats and /metrics cannot disagree.
 """
 
 from __future__ import annotations
@@ -42,22 +43,25 @@ class ServiceStats:
         self.methods: dict[str, MethodStats] = defaultdict(MethodStats)
         # Rate-limit checks admitted unchecked because Redis was unreachable (fail_open).
         self.ratelimit_fail_open = 0
+        # Calls being served now, per method.
+        self.active: dict[str, int] = defaultdict(int)
+        instruments.observe(self)
 
     def record_lookups(self, namespace: str, hits: int, misses: int) -> None:
         entry = self.namespaces[namespace]
         entry.hits += hits
         entry.misses += misses
-        labels = instruments.ns(namespace)
-        if hits:
-            instruments.cache_hits.add(hits, labels)
-        if misses:
-            instruments.cache_misses.add(misses, labels)
 
     def record_namespace_call(self, namespace: str) -> None:
         self.namespaces[namespace].calls += 1
 
+    def record_call_start(self, method: str) -> None:
+        self.active[method] += 1
+
     def record_call(self, method: str, code: str | None, seconds: float) -> None:
-        """`code` is the gRPC status name of a failed call, None for success."""
+        """A call ended (after record_call_start); `code` is the gRPC status name of a
+        failed call, None for success."""
+        self.active[method] -= 1
         entry = self.methods[method]
         entry.calls += 1
         entry.total_seconds += seconds

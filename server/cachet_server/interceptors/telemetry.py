@@ -16,7 +16,6 @@ from opentelemetry import trace
 
 from ..callcontext import CallContext, current_call
 from ..logs import ACCESS_LOGGER
-from ..metrics import instruments
 from ..stats import ServiceStats
 from ..telemetry import start_rpc_span
 from ._stage import Around, Context, StageInterceptor
@@ -49,8 +48,6 @@ class TelemetryInterceptor(StageInterceptor):
             return None
         stats = self.stats
         sample = self.access_sample
-        active = instruments.rpc_active
-        active_labels = {"rpc.system.name": "grpc", "rpc.method": method.lstrip("/")}
 
         @contextlib.asynccontextmanager
         async def observe(request: object, context: Context) -> AsyncIterator[None]:
@@ -58,7 +55,7 @@ class TelemetryInterceptor(StageInterceptor):
             started = time.monotonic()
             stats.record_namespace_call(call.namespace)
             span = start_rpc_span(method, call.namespace, call.metadata)
-            active.add(1, active_labels)
+            stats.record_call_start(call.method)
             code: grpc.StatusCode | None = None
             try:
                 with trace.use_span(span, end_on_exit=False):
@@ -72,7 +69,6 @@ class TelemetryInterceptor(StageInterceptor):
                         if sample and random.random() < sample:
                             _access_line(call, context, code, seconds)
             finally:
-                active.add(-1, active_labels)
                 _finish(stats, call, span, seconds, code)
 
         return observe
