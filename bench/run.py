@@ -143,6 +143,7 @@ def redis_benchmark(port: int, tests: str, requests: int, concurrency: int) -> d
 TELEMETRY_CASES = [
     ("metrics off, tracing off", {"CACHET_METRICS__LISTEN": ""}),
     ("metrics on, tracing off", {}),
+    ("metrics on without Redis command metrics", {"CACHET_METRICS__REDIS_COMMANDS": "false"}),
     ("metrics off, tracing on", {"CACHET_METRICS__LISTEN": "", "TRACING": "on"}),
     ("metrics on, tracing on", {"TRACING": "on"}),
 ]

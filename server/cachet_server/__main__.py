@@ -49,7 +49,11 @@ def main() -> None:
     setup_logging(settings.log_level.value, settings.log_format)
     try:
         tracer_provider = setup_tracing()
-        metrics_runtime = setup_metrics(settings.metrics.listen, settings.metrics.max_namespaces)
+        metrics_runtime = setup_metrics(
+            settings.metrics.listen,
+            settings.metrics.max_namespaces,
+            redis_commands=settings.metrics.redis_commands,
+        )
     except (RuntimeError, ValueError) as exc:
         sys.exit(f"cachet-server: {exc}")
     try:

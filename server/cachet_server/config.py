@@ -707,6 +707,13 @@ class MetricsSettings(BaseModel):
         "namespaces are counted under the label `_other`.",
     )
 
+    redis_commands: bool = Field(
+        True,
+        description="Also record redis-py's per-command metrics (db.client.operation.duration "
+        "by operation, connection errors): the costliest instrument, about 30 to 60 µs of CPU "
+        "per Redis command (see bench/report.md).",
+    )
+
     @field_validator("listen", mode="before")
     @classmethod
     def _empty_is_off(cls, listen: object) -> object:

@@ -249,7 +249,9 @@ class MetricsRuntime:
         self.provider.shutdown(timeout_millis=max(1, int(timeout_seconds * 1000)))
 
 
-def setup_metrics(listen: str | None, max_namespaces: int) -> MetricsRuntime | None:
+def setup_metrics(
+    listen: str | None, max_namespaces: int, *, redis_commands: bool = True
+) -> MetricsRuntime | None:
     """Install the process's meter provider with its exporters; None when both are off."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricReader
@@ -274,7 +276,7 @@ def setup_metrics(listen: str | None, max_namespaces: int) -> MetricsRuntime | N
     provider = MeterProvider(resource=resource(), metric_readers=readers, shutdown_on_exit=False)
     metrics.set_meter_provider(provider)
     instruments.namespace.limit = max_namespaces
-    _observe_redis_py()
+    _observe_redis_py(commands=redis_commands)
     runtime = MetricsRuntime(provider)
     if listen is not None:
         from prometheus_client import start_http_server
@@ -308,19 +310,18 @@ def _otlp_metric_exporter() -> Any:
     return GrpcOTLPMetricExporter()
 
 
-def _observe_redis_py() -> None:
-    """Turn on redis-py's own metrics: command durations by operation, connection pool
-    use and waits, connection errors. Names of streams and channels stay out of them."""
+def _observe_redis_py(*, commands: bool) -> None:
+    """Turn on redis-py's own metrics: connection pool use and waits, connection errors,
+    and (`commands`) command durations by operation. Names of streams and channels stay
+    out of them."""
     from redis.observability import MetricGroup, OTelConfig, get_observability_instance
 
+    groups = [MetricGroup.CONNECTION_BASIC, MetricGroup.CONNECTION_ADVANCED]
+    if commands:
+        groups += [MetricGroup.COMMAND, MetricGroup.RESILIENCY]
     get_observability_instance().init(
         OTelConfig(
-            metric_groups=[
-                MetricGroup.COMMAND,
-                MetricGroup.CONNECTION_BASIC,
-                MetricGroup.CONNECTION_ADVANCED,
-                MetricGroup.RESILIENCY,
-            ],
+            metric_groups=groups,
             hide_pubsub_channel_names=True,
             hide_stream_names=True,
         )
