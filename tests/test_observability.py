@@ -274,3 +274,70 @@ def test_namespace_labels_are_capped():
         OTHER_NAMESPACE,
         "b",
     ]
+
+
+class _Collector:
+    """An OTLP/gRPC trace collector on a free loopback port that keeps what it gets."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        from opentelemetry.proto.collector.trace.v1 import (
+            trace_service_pb2,
+            trace_service_pb2_grpc,
+        )
+
+        received = self.received = []
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):
+                received.append(request)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.port = free_port()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self.server)
+        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.server.start()
+
+    def spans(self):
+        return [
+            (resource_spans.resource, span)
+            for request in self.received
+            for resource_spans in request.resource_spans
+            for scope in resource_spans.scope_spans
+            for span in scope.spans
+        ]
+
+
+def test_the_standard_otel_variables_alone_export_traces(redis_server):
+    collector = _Collector()
+    server = CachetProcess(
+        redis_server.url,
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}",
+        OTEL_SERVICE_NAME="cachet-orders",
+        OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    ).start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            cache = cache_pb2_grpc.CacheServiceStub(channel)
+            cache.Get(cache_pb2.GetRequest(key="exported"), metadata=[*NS, TRACEPARENT])
+        wait_until(
+            lambda: any(s.kind == s.SPAN_KIND_SERVER for _, s in collector.spans()),
+            timeout=15,
+            what="the RPC span at the collector",
+        )
+        assert server.terminate() == 0
+    finally:
+        server.stop()
+        collector.server.stop(0)
+    spans = collector.spans()
+    resource = {a.key: a.value.string_value for a in spans[0][0].attributes}
+    assert resource["service.name"] == "cachet-orders"
+    assert resource["deployment.environment"] == "test"
+    (rpc,) = [s for _, s in spans if s.name == "cachet.cache.v1.CacheService/Get"]
+    assert rpc.trace_id.hex() == TRACE_ID
+    children = [s for _, s in spans if s.parent_span_id == rpc.span_id]
+    assert children and all(s.trace_id.hex() == TRACE_ID for s in children)
+    assert {s.name for s in children} == {"EVALSHA cache_get"}
