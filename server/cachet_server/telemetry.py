@@ -116,6 +116,9 @@ def _describe_redis_command(span: trace.Span, instance: Any, args: Any, kwargs: 
     if not span.is_recording() or not args:
         return
     command = str(args[0]).upper()
+    # The instrumentation reads the system and address from a connection pool, which a
+    # RedisCluster client has not: set here for every client alike.
+    span.set_attribute("db.system.name", "redis")
     span.set_attribute("db.operation.name", command)
     if command in ("EVALSHA", "EVAL") and len(args) > 1:
         name = _script_name(args[1])
