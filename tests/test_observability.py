@@ -143,6 +143,8 @@ def test_metrics_count_exactly_the_calls_served(redis_server, tmp_path):
         # Health checks are not calls of the corridor.
         assert not any("grpc.health" in dict(series).get("rpc_method", "") for _, series in samples)
         assert server.terminate() == 0
+        assert server.process is not None and server.process.stdout is not None
+        assert "cachet.access" not in server.process.stdout.read().decode(), "off by default"
     finally:
         server.stop()
 
