@@ -254,7 +254,7 @@ class PermitStore:
         if wait <= 0:
             outcome = await self._attempt(keys, token, ttl_ms, holder, limit, "", replication)
             if isinstance(outcome, Grant):
-                return outcome
+                return self._counted(outcome)
             raise self._busy(name, outcome)
 
         ticket = new_secret()
@@ -277,7 +277,7 @@ class PermitStore:
                 if isinstance(outcome, Grant):
                     # A grant at the first look waited for nothing: exactly zero, not
                     # the few hundred microseconds the look itself took.
-                    granted = self._granted(outcome, started) if queued else outcome
+                    granted = self._counted(self._granted(outcome, started) if queued else outcome)
                     return granted
                 queued = True
                 busy = outcome
@@ -350,10 +350,14 @@ class PermitStore:
         raise RuntimeError(f"lock_permits acquire answered {outcome!r}")
 
     def _granted(self, grant: Grant, started: float) -> Grant:
-        waited = asyncio.get_running_loop().time() - started
-        instruments.lock_grants.add(1, {"cachet.lock.kind": self.family.noun})
-        instruments.lock_wait.record(waited, {"cachet.lock.kind": self.family.noun})
-        return dataclasses.replace(grant, waited=waited)
+        return dataclasses.replace(grant, waited=asyncio.get_running_loop().time() - started)
+
+    def _counted(self, grant: Grant) -> Grant:
+        """`grant`, once counted in the metrics with the time it waited."""
+        kind = {"cachet.lock.kind": self.family.noun}
+        instruments.lock_grants.add(1, kind)
+        instruments.lock_wait.record(grant.waited, kind)
+        return grant
 
     def _busy(self, name: str, busy: Busy) -> FailedPrecondition:
         what = "held" if self.family is Family.LOCK else "full"
