@@ -23,6 +23,9 @@ import (
 
 var serverAddr string
 
+// redisAddr is the redis-server behind it (tests that break its connections use it).
+var redisAddr string
+
 func TestMain(m *testing.M) {
 	os.Exit(runWithServer(m))
 }
@@ -48,7 +51,7 @@ func runWithServer(m *testing.M) int {
 		return 1
 	}
 	defer stop(redis)
-	redisAddr := fmt.Sprintf("127.0.0.1:%d", redisPort)
+	redisAddr = fmt.Sprintf("127.0.0.1:%d", redisPort)
 	if err := waitFor(10*time.Second, func() error {
 		conn, err := net.Dial("tcp", redisAddr)
 		if err == nil {
@@ -62,7 +65,8 @@ func runWithServer(m *testing.M) int {
 
 	serverAddr = fmt.Sprintf("127.0.0.1:%d", freePort())
 	server := exec.Command(filepath.Join(root, ".venv", "bin", "python"), "-m", "cachet_server")
-	server.Env = append(os.Environ(), "CACHET_REDIS_URL=redis://"+redisAddr, "CACHET_LISTEN="+serverAddr)
+	server.Env = append(os.Environ(), "CACHET_REDIS_URL=redis://"+redisAddr, "CACHET_LISTEN="+serverAddr,
+		"CACHET_AUTH__MODE=off")
 	serverLog := filepath.Join(logs, "server.log")
 	if err := start(server, serverLog); err != nil {
 		fmt.Fprintln(os.Stderr, "cachet server:", err)
