@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -505,4 +506,112 @@ func (p *nearProxy) refuse(refusing bool) {
 		}
 		clear(p.open)
 	}
+}
+
+// Benchmarks against the live server (not run by `go test ./...`; run them with
+// `go test -run '^$' -bench NearCache ./client/`).
+
+func BenchmarkNearCacheHit(b *testing.B) {
+	near, _ := nearBenchSetup(b)
+	ctx := context.Background()
+	b.ResetTimer()
+	for range b.N {
+		if value, err := near.Get(ctx, "hot"); err != nil || value == nil {
+			b.Fatal("not a hit", err)
+		}
+	}
+	b.StopTimer()
+	if stats := near.Stats(); stats.Misses > 1 {
+		b.Fatalf("hits were misses: %+v", stats)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "hits/s")
+}
+
+func BenchmarkNearCacheHitParallel(b *testing.B) {
+	near, _ := nearBenchSetup(b)
+	ctx := context.Background()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if value, err := near.Get(ctx, "hot"); err != nil || value == nil {
+				b.Error("not a hit", err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "hits/s")
+}
+
+func BenchmarkNearCacheUnaryGet(b *testing.B) {
+	_, stub := nearBenchSetup(b)
+	ctx := context.Background()
+	b.ResetTimer()
+	for range b.N {
+		if reply, err := stub.Get(ctx, &cachev1.GetRequest{Key: "hot"}); err != nil || !reply.GetFound() {
+			b.Fatal("Get", err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "gets/s")
+}
+
+// BenchmarkNearCacheInvalidationDelay: from a write's acknowledgement to its key
+// arriving on another connection's stream (p50-ms, p99-ms, max-ms).
+func BenchmarkNearCacheInvalidationDelay(b *testing.B) {
+	namespace := nearNamespace()
+	watcher, writer := nearStub(b, serverAddr, namespace), nearStub(b, serverAddr, namespace)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := watcher.WatchInvalidations(ctx, &cachev1.WatchInvalidationsRequest{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if event, err := stream.Recv(); err != nil || !event.GetSynced() {
+		b.Fatalf("first event %v, %v", event, err)
+	}
+	received := make(chan time.Time, 1024)
+	go func() {
+		for {
+			event, err := stream.Recv()
+			if err != nil {
+				close(received)
+				return
+			}
+			now := time.Now()
+			for range event.GetKeys().GetKeys() {
+				received <- now
+			}
+		}
+	}()
+	delays := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := writer.Set(ctx, &cachev1.SetRequest{Key: fmt.Sprintf("d%d", i), Value: []byte("1")}); err != nil {
+			b.Fatal(err)
+		}
+		acked := time.Now()
+		at, ok := <-received
+		if !ok {
+			b.Fatal("the stream ended")
+		}
+		delays = append(delays, max(0, at.Sub(acked)))
+	}
+	b.StopTimer()
+	slices.Sort(delays)
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	b.ReportMetric(ms(delays[len(delays)/2]), "p50-ms")
+	b.ReportMetric(ms(delays[min(len(delays)-1, len(delays)*99/100)]), "p99-ms")
+	b.ReportMetric(ms(delays[len(delays)-1]), "max-ms")
+}
+
+// nearBenchSetup writes a 100-byte "hot" key and near-caches it.
+func nearBenchSetup(b *testing.B) (*client.NearCache, cachev1.CacheServiceClient) {
+	namespace := nearNamespace()
+	stub := nearStub(b, serverAddr, namespace)
+	near := nearFollowed(b, stub, client.NearCacheOptions{})
+	nearSet(b, stub, "hot", strings.Repeat("x", 100), 0)
+	nearSeen(b, near, 0)
+	if value, err := near.Get(context.Background(), "hot"); err != nil || value == nil {
+		b.Fatal("hot", err)
+	}
+	return near, stub
 }
