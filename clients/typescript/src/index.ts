@@ -19,6 +19,7 @@ import type { Duration } from "./gen/google/protobuf/duration";
 
 export { errorDetails, errorReason, isServiceError, type ErrorDetails, type FieldViolation } from "./errors";
 export { status } from "@grpc/grpc-js";
+export * from "./nearcache";
 // The generated modules of every service, named like the Go packages.
 export * as adminv1 from "./gen/cachet/admin/v1/admin";
 export * as cachev1 from "./gen/cachet/cache/v1/cache";

@@ -11,6 +11,8 @@ const SERVING = Buffer.from([0x08, 0x01]); // grpc.health.v1.HealthCheckResponse
 
 export interface RunningServer {
   address: string;
+  /** The redis-server behind it (tests that break its connections use it). */
+  redisPort: number;
   stop(): Promise<void>;
 }
 
@@ -35,6 +37,7 @@ export async function startServer(): Promise<RunningServer> {
     const server = launch(join(root, ".venv", "bin", "python"), ["-m", "cachet_server"], serverLog, {
       CACHET_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
       CACHET_LISTEN: address,
+      CACHET_AUTH__MODE: "off",
     });
     children.push(server);
     try {
@@ -42,7 +45,7 @@ export async function startServer(): Promise<RunningServer> {
     } catch (error) {
       throw new Error(`cachet server not serving: ${error}\n${readFileSync(serverLog, "utf8")}`);
     }
-    return { address, stop };
+    return { address, redisPort, stop };
   } catch (error) {
     await stop();
     throw error;
