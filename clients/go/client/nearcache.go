@@ -232,7 +232,8 @@ func (n *NearCache) Begin() NearTicket {
 // (hasTTL false: none). The entry expires at most ttl after the read began, so never
 // after the server's copy. It answers false, storing nothing, when the answer must not
 // be cached: the stream is not synced, or the key was invalidated (or everything
-// flushed) since the read began, or the value is larger than the cache.
+// flushed) since the read began, or the value is larger than the cache. A stored entry
+// keeps value.Data itself: the caller must not change it afterwards.
 func (n *NearCache) Fill(ticket NearTicket, key string, value Value, ttl time.Duration, hasTTL bool) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -208,7 +208,8 @@ export class NearCache {
    * TTL (undefined: none). The entry expires at most `ttlMs` after the read began, so
    * never after the server's copy. False, storing nothing, when the answer must not be
    * cached: the stream is not synced, the key was invalidated (or everything flushed)
-   * since the read began, or the value is larger than the cache.
+   * since the read began, or the value is larger than the cache. A stored entry keeps
+   * `value.data` itself: the caller must not change it afterwards.
    */
   fill(ticket: NearTicket, key: string, value: NearValue, ttlMs: number | undefined): boolean {
     try {
