@@ -9,7 +9,7 @@ handler runs, so a refused call never reaches Redis.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -33,6 +33,13 @@ class Scope(StrEnum):
     SERVER = "server"
 
 
+class StreamKind(StrEnum):
+    """Long-lived streams with a per-namespace quota of their own."""
+
+    SUBSCRIBE = "subscribe"
+    HOLD = "hold"
+
+
 @dataclass(frozen=True, slots=True)
 class CallSpec:
     """What one RPC needs.
@@ -41,6 +48,12 @@ class CallSpec:
     make them read-only (a rate-limit peek), a predicate on the request; when it holds, the
     `read` role admits the call too (`read_when` says when, for the docs). `audit`: the
     call writes an audit line.
+
+    What the quota stage counts (servicers never check quotas themselves):
+    `blocking_if`: a predicate on a unary request, true when the call may wait in Redis
+    (a ListPop `wait`, a Read `block`); it then takes a blocking-call slot of its
+    namespace as well. `stream`: the call is a long-lived stream of that kind and takes
+    one of its namespace's slots for it while open.
     """
 
     roles: frozenset[Role]
@@ -48,6 +61,11 @@ class CallSpec:
     read_if: Callable[[Any], bool] | None = None
     read_when: str = ""
     audit: bool = False
+    blocking_if: Callable[[Any], bool] | None = None
+    stream: StreamKind | None = None
+
+    def blocks(self, request: Any) -> bool:
+        return self.blocking_if is not None and request is not None and self.blocking_if(request)
 
     def admits(self, roles: frozenset[Role], request: Any) -> bool:
         if roles & self.roles:
@@ -80,6 +98,28 @@ def calls(
     """A CallSpec; `roles` may be one role or several (any of them admits)."""
     chosen = frozenset([roles] if isinstance(roles, Role) else roles)
     return CallSpec(chosen, scope, read_if, read_when, audit)
+
+
+def blocking(spec: CallSpec, when: Callable[[Any], bool] = lambda request: True) -> CallSpec:
+    """`spec` for a call that may wait in Redis whenever `when(request)` holds."""
+    return replace(spec, blocking_if=when)
+
+
+def streaming(spec: CallSpec, kind: StreamKind) -> CallSpec:
+    """`spec` for a long-lived stream counted against its namespace's `kind` quota."""
+    return replace(spec, stream=kind)
+
+
+def waits(field: str) -> Callable[[Any], bool]:
+    """A `blocking_if` predicate: the request sets a positive Duration in `field`."""
+
+    def requested(request: Any) -> bool:
+        if not request.HasField(field):
+            return False
+        duration = getattr(request, field)
+        return bool(duration.seconds > 0 or duration.nanos > 0)
+
+    return requested
 
 
 READ = calls(Role.READ)

@@ -30,6 +30,7 @@ from .config import AuthMode, Settings
 from .credentials import Authenticator
 from .interceptors.auth import AuthInterceptor
 from .interceptors.errors import ErrorsInterceptor
+from .interceptors.quota import QuotaInterceptor
 from .interceptors.telemetry import TelemetryInterceptor
 from .metrics import instruments
 from .services.admin import AdminService
@@ -178,11 +179,12 @@ def build_server(
     limits = settings.limits
     authenticator = Authenticator(settings.auth)
     table = call_table((descriptor, cls.CALLS) for cls, descriptor, _ in _SERVICES)
-    # The corridor, outermost first: auth, telemetry, errors (see DESIGN.md).
+    # The corridor, outermost first: auth, quota, telemetry, errors (see DESIGN.md).
     interceptors = [
         AuthInterceptor(
             authenticator, table, limits, protect_reflection=settings.auth.protect_reflection
         ),
+        QuotaInterceptor(settings.quotas, table, stats),
         TelemetryInterceptor(stats, settings.log_access_sample),
         ErrorsInterceptor(),
     ]
@@ -193,6 +195,7 @@ def build_server(
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *settings.connections.grpc_options(),
         ],
     )
     deps = Dependencies(settings, backend, Validator(limits), stats)
@@ -219,11 +222,12 @@ async def start(settings: Settings, redis_url: str) -> Application:
             socket_timeout=_seconds(settings.redis_timeout),
             connect_timeout=min(1.0, _seconds(settings.redis_timeout)),
             max_connections=settings.redis_max_connections,
+            blocking_max_connections=settings.redis_blocking_max_connections,
             min_replicas_acked=settings.redis_min_replicas_acked,
             replica_ack_timeout=_seconds(settings.redis_replica_ack_timeout),
         ),
     )
-    stats = ServiceStats()
+    stats = ServiceStats(settings.stats_max_namespaces)
     server, health_servicer, servicers = build_server(settings, backend, stats)
     try:
         port = _bind(server, settings)

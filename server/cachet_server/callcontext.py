@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import grpc
 
 from .access import CallSpec, Grants
+from .config import QuotaOverrides
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,9 @@ class Identity:
     kind: str
     id: str
     grants: Grants
+    # The credential's own quotas (config `quotas:` on an API key or mTLS identity);
+    # None: the server's defaults.
+    quotas: QuotaOverrides | None = None
 
 
 @dataclass(slots=True)

@@ -42,6 +42,112 @@ class Limits(BaseModel):
     max_namespace_bytes: int = Field(64, ge=1, le=200, description="Longest namespace name.")
 
 
+class Quotas(BaseModel):
+    """Per-namespace concurrency quotas (env `CACHET_QUOTAS__<FIELD>`, YAML `quotas:`).
+
+    Each bounds what one namespace holds at once in one server process; a call beyond a
+    quota answers RESOURCE_EXHAUSTED / QUOTA_EXCEEDED with a RetryInfo, and never touches
+    another namespace's share. A credential may override them (`quotas:` on an API key or
+    mTLS identity); JWTs use these defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_calls: int = Field(
+        512, ge=1, le=1_000_000, description="Calls of one namespace in flight at once."
+    )
+    max_blocking_calls: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Calls of one namespace waiting at once: ListPop/ListMove with `wait`, "
+        "Acquire/AcquireSemaphore with `wait`, Read with `block`, and Consume.",
+    )
+    max_subscribe_streams: int = Field(
+        100, ge=1, le=100_000, description="Subscribe streams of one namespace open at once."
+    )
+    max_hold_streams: int = Field(
+        100, ge=1, le=100_000, description="Hold streams of one namespace open at once."
+    )
+    retry_after: timedelta = Field(
+        timedelta(seconds=1),
+        gt=timedelta(0),
+        description="The RetryInfo delay a refused call is told to wait.",
+    )
+
+
+class QuotaOverrides(BaseModel):
+    """A credential's own quotas; a field left out keeps the `quotas:` default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_calls: int | None = Field(None, ge=1, le=1_000_000)
+    max_blocking_calls: int | None = Field(None, ge=1, le=100_000)
+    max_subscribe_streams: int | None = Field(None, ge=1, le=100_000)
+    max_hold_streams: int | None = Field(None, ge=1, le=100_000)
+
+
+class ConnectionSettings(BaseModel):
+    """Client connections to the gRPC port (env `CACHET_CONNECTIONS__<FIELD>`, YAML
+    `connections:`), enforced by grpc core through server options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_connections: int = Field(
+        4096,
+        ge=1,
+        description="Most client connections open at once on the gRPC port "
+        "(grpc.max_allowed_incoming_connections); beyond it new connections are closed at "
+        "once. Probes keep answering on `health_listen`, a separate port.",
+    )
+    max_streams_per_connection: int = Field(
+        1000,
+        ge=1,
+        le=65536,
+        description="Most calls in flight on one HTTP/2 connection (grpc.max_concurrent_streams); "
+        "beyond it a client queues its calls, except for a burst sent before the server's "
+        "first SETTINGS frame reached it: those answer UNAVAILABLE (REFUSED_STREAM).",
+    )
+    idle_timeout: timedelta = Field(
+        timedelta(minutes=5),
+        gt=timedelta(0),
+        description="A connection without any call for this long is closed with GOAWAY "
+        "(grpc.max_connection_idle_ms); clients reconnect transparently.",
+    )
+    keepalive_time: timedelta = Field(
+        timedelta(minutes=1),
+        gt=timedelta(0),
+        description="The server pings a connection this often (grpc.keepalive_time_ms) ...",
+    )
+    keepalive_timeout: timedelta = Field(
+        timedelta(seconds=20),
+        gt=timedelta(0),
+        description="... and closes it when the ping is not answered within this "
+        "(grpc.keepalive_timeout_ms): dead peers do not hold a connection slot.",
+    )
+    min_client_ping_interval: timedelta = Field(
+        timedelta(seconds=10),
+        gt=timedelta(0),
+        description="Clients may ping no more often than this "
+        "(grpc.http2.min_ping_interval_without_data_ms); two pings too early "
+        "(grpc.http2.max_ping_strikes) close the connection with ENHANCE_YOUR_CALM.",
+    )
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        def ms(delta: timedelta) -> int:
+            return int(delta / timedelta(milliseconds=1))
+
+        return [
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.max_concurrent_streams", self.max_streams_per_connection),
+            ("grpc.max_connection_idle_ms", ms(self.idle_timeout)),
+            ("grpc.keepalive_time_ms", ms(self.keepalive_time)),
+            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", ms(self.min_client_ping_interval)),
+            ("grpc.http2.max_ping_strikes", 2),
+        ]
+
+
 class LockSettings(BaseModel):
     """LockService settings (env `CACHET_LOCK__<FIELD>`, YAML `lock:`)."""
 
@@ -67,8 +173,17 @@ class LockSettings(BaseModel):
         "waiter of a crashed server can hold up the queue. Must exceed recheck_interval.",
     )
 
+    min_renew_interval: timedelta = Field(
+        timedelta(milliseconds=50),
+        description="Floor of a Hold's renew interval, with ttl / 10 (whichever is longer): a "
+        "shorter renew_interval asked for is raised to it, so a Hold costs Redis what its TTL "
+        "implies, not what the client asks. At most 50 ms keeps a 100 ms TTL holdable.",
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> LockSettings:
+        if not timedelta(0) < self.min_renew_interval <= timedelta(milliseconds=50):
+            raise ValueError("lock.min_renew_interval must be from 1 to 50 ms")
         for name in ("max_ttl", "max_wait", "recheck_interval", "waiter_lease"):
             if getattr(self, name) <= timedelta(0):
                 raise ValueError(f"lock.{name} must be positive")
@@ -325,6 +440,14 @@ class EventBusSettings(BaseModel):
         description="Events buffered per Subscribe call while its client reads slowly; when "
         "full, the call ends with RESOURCE_EXHAUSTED / SUBSCRIBER_TOO_SLOW.",
     )
+    subscriber_buffer_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Bytes of events buffered per Subscribe call (beside `subscriber_buffer` "
+        "events): a subscriber further behind ends with RESOURCE_EXHAUSTED / "
+        "SUBSCRIBER_TOO_SLOW. At least max_event_bytes.",
+    )
     max_subscribers: int = Field(
         1000,
         ge=1,
@@ -359,6 +482,8 @@ class EventBusSettings(BaseModel):
 
     @model_validator(mode="after")
     def _positive_durations(self) -> EventBusSettings:
+        if self.subscriber_buffer_bytes < self.max_event_bytes:
+            raise ValueError("eventbus.subscriber_buffer_bytes must be at least max_event_bytes")
         for name in ("reconnect_window", "max_block", "poll_interval"):
             if getattr(self, name) <= timedelta(0):
                 raise ValueError(f"eventbus.{name} must be positive")
@@ -520,6 +645,9 @@ class Grant(BaseModel):
     roles: list[Role] = Field(
         min_length=1, description="read, write, admin, operator and/or ratelimit."
     )
+    quotas: QuotaOverrides | None = Field(
+        None, description="This credential's own quotas (see `quotas:`); unset: the defaults."
+    )
 
     _namespaces_valid = field_validator("namespaces")(_check_namespace_grants)
 
@@ -531,7 +659,7 @@ class ApiKey(Grant):
         min_length=1, max_length=128, description="Names the key in audit lines; never secret."
     )
     sha256: str = Field(
-        pattern=r"^[0-9a-fA-F]{64}$", description="SHA-256 of the key, hex (64 digits)."
+        pattern=r"\A[0-9a-fA-F]{64}\z", description="SHA-256 of the key, hex (64 digits)."
     )
 
     @field_validator("sha256")
@@ -776,6 +904,15 @@ class Settings(BaseSettings):
     eventbus: EventBusSettings = Field(default_factory=EventBusSettings)
     invalidations: InvalidationSettings = Field(default_factory=InvalidationSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    quotas: Quotas = Field(default_factory=Quotas)
+    connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
+    stats_max_namespaces: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Most namespaces GetServiceStats counts one by one; the rest are "
+        "counted together as `(other)`.",
+    )
     allow_persist: bool = Field(
         False, description="Allow CacheService/Persist to make a key live forever."
     )
@@ -789,7 +926,17 @@ class Settings(BaseSettings):
         timedelta(seconds=2), description="Socket timeout for one Redis command."
     )
     redis_max_connections: int = Field(
-        256, ge=1, description="Connection pool size per Redis node."
+        256,
+        ge=1,
+        description="Connection pool size per Redis node; a command waits (within its "
+        "call's deadline) for a free connection instead of failing in a burst.",
+    )
+    redis_blocking_max_connections: int = Field(
+        128,
+        ge=1,
+        description="Connections per Redis node of the pool apart that serves blocking "
+        "commands only (ListPop/ListMove waits, Read and Consume blocks): waiters never take "
+        "a connection from the pool every other command uses.",
     )
     redis_min_replicas_acked: int = Field(
         0,

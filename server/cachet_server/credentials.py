@@ -201,7 +201,9 @@ class CertificateMapper:
         self.by_subject: dict[str, Identity] = {}
         self.by_san: dict[str, Identity] = {}
         for entry in identities:
-            identity = Identity("mtls", entry.id, Grants.of(entry.namespaces, entry.roles))
+            identity = Identity(
+                "mtls", entry.id, Grants.of(entry.namespaces, entry.roles), entry.quotas
+            )
             if entry.subject is not None:
                 self.by_subject[_normalise_subject(entry.subject)] = identity
             if entry.san is not None:
@@ -254,7 +256,7 @@ class Authenticator:
         self._api_keys = [
             (
                 bytes.fromhex(key.sha256),
-                Identity("api_key", key.id, Grants.of(key.namespaces, key.roles)),
+                Identity("api_key", key.id, Grants.of(key.namespaces, key.roles), key.quotas),
             )
             for key in keys
         ]

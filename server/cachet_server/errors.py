@@ -10,6 +10,7 @@ sent.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,45 @@ from redis import exceptions as redis_errors
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "cachet.dev"
+# The longest status message and field description sent, in UTF-8 bytes: input quoted
+# in an error is cut well before this (`quoted`), and this bounds what any message can
+# carry, well below grpc's 8 kB metadata limit even percent-encoded (past that limit the
+# status itself would be lost).
+MAX_MESSAGE_CHARS = 1024
+MAX_DESCRIPTION_CHARS = 256
+# How much of a caller's input an error message quotes.
+QUOTED_CHARS = 64
+# host:port pairs and bare IP addresses in Redis client errors: never sent to callers.
+_ADDRESS = re.compile(
+    r"\(\s*'[^']*'\s*,\s*[0-9]+[^)]*\)"  # ('host', port) as asyncio reports it
+    r"|\[[0-9A-Fa-f:.]+\](?::[0-9]+)?"  # [v6]:port
+    r"|\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?::[0-9]+)?\b"  # v4[:port]
+    r"|\b[A-Za-z0-9_.\-]+:[0-9]{2,5}\b"  # host:port
+    r"|(?<![A-Za-z0-9])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![A-Za-z0-9:])"  # v6
+)
+
+
+def quoted(text: str | bytes, limit: int = QUOTED_CHARS) -> str:
+    """`text` as an error message may quote it: repr of at most `limit` characters, and
+    how much was left out."""
+    shown = repr(text[:limit])
+    if len(text) > limit:
+        shown += f"... ({len(text)} {'bytes' if isinstance(text, bytes) else 'characters'})"
+    return shown
+
+
+def _bounded(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes (grpc percent-encodes the status message
+    byte by byte, so bytes, not characters, are what must stay small)."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode(errors="ignore") + "..."
+
+
+def without_addresses(text: str) -> str:
+    """`text` with every network address replaced: Redis errors name the node."""
+    return _ADDRESS.sub("<redis node>", text)
 
 
 @dataclass(frozen=True)
@@ -158,6 +198,13 @@ _RESPONSE_ERRORS: dict[str, tuple[type[CachetError], str, str]] = {
     ),
     "OOM": (ResourceExhausted, "BACKEND_OUT_OF_MEMORY", "Redis is out of memory"),
     "BUSY": (Unavailable, "BACKEND_BUSY", "Redis is busy running a script; retry"),
+    # Raised by cachet's own read scripts, which size an answer before reading it.
+    "TOOLARGE": (
+        ResourceExhausted,
+        "RESPONSE_TOO_LARGE",
+        "the answer would be larger than the gRPC message limit; read it in parts (HashScan, "
+        "a smaller range, a limit, fewer keys)",
+    ),
     "NOREPLICAS": (Unavailable, "NOT_ENOUGH_REPLICAS", "not enough Redis replicas are in sync"),
     "NOGROUP": (
         FailedPrecondition,
@@ -245,7 +292,7 @@ def _connection_torn_down(exc: BaseException) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    return without_addresses(text.splitlines()[0][:300])
 
 
 def _response_error(exc: redis_errors.ResponseError) -> CachetError:
@@ -284,7 +331,8 @@ def rpc_status_for(error: CachetError) -> grpc.Status:
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
+                            field=_bounded(v.field, MAX_DESCRIPTION_CHARS),
+                            description=_bounded(v.description, MAX_DESCRIPTION_CHARS),
                         )
                         for v in error.violations
                     ]
@@ -296,6 +344,8 @@ def rpc_status_for(error: CachetError) -> grpc.Status:
         delay.FromTimedelta(error.retry_after)
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(
-        code=getattr(code_pb2, error.code.name), message=error.message, details=details
+        code=getattr(code_pb2, error.code.name),
+        message=_bounded(error.message, MAX_MESSAGE_CHARS),
+        details=details,
     )
     return rpc_status.to_status(status)

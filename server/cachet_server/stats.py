@@ -14,17 +14,38 @@ from dataclasses import dataclass, field
 
 from .metrics import instruments
 
+# Where namespaces beyond `max_namespaces` are counted together; not a valid namespace
+# name, so it can never be mistaken for one.
+OTHER_NAMESPACES = "(other)"
+
 
 @dataclass
 class NamespaceStats:
     hits: int = 0
     misses: int = 0
     calls: int = 0
+    # Calls refused by a quota (interceptors/quota.py), by quota name.
+    quota_refusals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     @property
     def hit_ratio(self) -> float:
         lookups = self.hits + self.misses
         return self.hits / lookups if lookups else 0.0
+
+
+class _CappedNamespaces(dict[str, NamespaceStats]):
+    """Entries made on first use, up to `cap` of them; past it, a new name's entry is
+    the shared OTHER_NAMESPACES one."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+
+    def __missing__(self, namespace: str) -> NamespaceStats:
+        if len(self) >= self.cap and namespace != OTHER_NAMESPACES:
+            return self[OTHER_NAMESPACES]
+        entry = self[namespace] = NamespaceStats()
+        return entry
 
 
 @dataclass
@@ -36,10 +57,16 @@ class MethodStats:
 
 
 class ServiceStats:
-    """Hits and misses per namespace; calls, errors and time per RPC method."""
+    """Hits and misses per namespace; calls, errors and time per RPC method.
 
-    def __init__(self) -> None:
-        self.namespaces: dict[str, NamespaceStats] = defaultdict(NamespaceStats)
+    Only namespaces that passed validation and auth are ever recorded (the corridor's
+    telemetry and quota stages run inside auth), and at most `max_namespaces` of them
+    get an entry of their own: the rest are counted together under OTHER_NAMESPACES, so
+    a caller cycling through names cannot grow this without bound."""
+
+    def __init__(self, max_namespaces: int = 1000) -> None:
+        self.max_namespaces = max_namespaces
+        self.namespaces: dict[str, NamespaceStats] = _CappedNamespaces(max_namespaces)
         self.methods: dict[str, MethodStats] = defaultdict(MethodStats)
         # Rate-limit checks admitted unchecked because Redis was unreachable (fail_open).
         self.ratelimit_fail_open = 0
@@ -47,13 +74,22 @@ class ServiceStats:
         self.active: dict[str, int] = defaultdict(int)
         instruments.observe(self)
 
+    def _namespace(self, namespace: str) -> NamespaceStats:
+        return self.namespaces[namespace]
+
     def record_lookups(self, namespace: str, hits: int, misses: int) -> None:
-        entry = self.namespaces[namespace]
+        entry = self._namespace(namespace)
         entry.hits += hits
         entry.misses += misses
 
     def record_namespace_call(self, namespace: str) -> None:
-        self.namespaces[namespace].calls += 1
+        self._namespace(namespace).calls += 1
+
+    def record_quota_refusal(self, namespace: str, quota: str) -> None:
+        """A call refused by a quota, by namespace and quota name (one of four); also the
+        `cachet.quota.refusals` metric, whose namespace labels are capped."""
+        self._namespace(namespace).quota_refusals[quota] += 1
+        instruments.quota_refusals.add(1, {**instruments.ns(namespace), "cachet.quota": quota})
 
     def record_call_start(self, method: str) -> None:
         self.active[method] += 1

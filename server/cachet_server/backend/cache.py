@@ -162,18 +162,32 @@ class CacheStore:
         )
 
     async def get_many(
-        self, namespace: str, keys: Sequence[str], *, with_ttl: bool = False, beta: float = 0.0
+        self,
+        namespace: str,
+        keys: Sequence[str],
+        *,
+        with_ttl: bool = False,
+        beta: float = 0.0,
+        max_answer_bytes: int | None = None,
     ) -> list[CacheValue]:
+        """The values of `keys`. With `max_answer_bytes`, values adding up to more are
+        refused (RESOURCE_EXHAUSTED / RESPONSE_TOO_LARGE) before Redis reads any."""
         entries = [CacheKeys.of(namespace, key) for key in keys]
         results: list[CacheValue | None] = [None] * len(keys)
         want_ttl = with_ttl or beta > 0
+        budget = max_answer_bytes
         for indexes in self.backend.group_by_slot([e.data for e in entries]).values():
             flat: list[str] = []
             for i in indexes:
                 flat += [entries[i].data, entries[i].meta]
-            reply = await self.backend.run(_GET, flat, ["1" if want_ttl else "0"])
+            args: list[str | int] = ["1" if want_ttl else "0"]
+            if budget is not None:
+                args.append(budget)
+            reply = await self.backend.run(_GET, flat, args)
             for n, i in enumerate(indexes):
                 found, value, version, pttl, recompute = reply[5 * n : 5 * n + 5]
+                if budget is not None:
+                    budget -= len(value)
                 results[i] = (
                     CacheValue(
                         True,

@@ -34,6 +34,7 @@ _POP = script("coll_pop")
 _LIST_TRIM = script("coll_list_trim")
 _SORTED_SET_RANK = script("coll_sorted_set_rank")
 _PUT_BACK = script("coll_put_back")
+_READ = script("coll_read")
 
 # A holding list of a waiting ListPop lives at most this long (see list_pop).
 HOLDING_TTL_MS = 60_000
@@ -92,6 +93,11 @@ async def _finish_quietly(work: Awaitable[Any]) -> None:
         log.warning("putting back a cancelled ListPop's values failed: %s", exc)
 
 
+def _scored(flat: Sequence[Any]) -> list[tuple[bytes, float]]:
+    """A flat WITHSCORES reply as (member, score) pairs."""
+    return [(flat[i], _score(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
 class CollectionStore:
     """The collections of one namespace at a time."""
 
@@ -102,12 +108,16 @@ class CollectionStore:
         block_slice_s: float,
         request_window_ms: int = 120_000,
         default_ttl_ms: int = 3_600_000,
+        max_answer_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.backend = backend
         # TTL of a list that putting back a cancelled pop's values re-creates.
         self.default_ttl_ms = default_ttl_ms
         # How long the result of a write with a request_id is remembered.
         self.request_window_ms = request_window_ms
+        # Whole-collection and range reads larger than this are refused in Redis,
+        # before the answer is built (coll_read.lua).
+        self.max_answer_bytes = max_answer_bytes
         # A blocking command must answer before the connection's socket timeout or
         # redis-py drops the connection (and a value Redis popped with it); waits
         # longer than a slice are done as several blocking calls in a row.
@@ -116,6 +126,11 @@ class CollectionStore:
     @property
     def _redis(self) -> Any:
         return self.backend.redis
+
+    async def _read(self, name: str, part: str, *command: Any) -> Any:
+        """`command` on collection `name`, refused (RESOURCE_EXHAUSTED /
+        RESPONSE_TOO_LARGE) without reading when its answer would exceed the budget."""
+        return await self.backend.run(_READ, [name], [self.max_answer_bytes, part, *command])
 
     async def _write(
         self,
@@ -171,8 +186,9 @@ class CollectionStore:
         return list(await self._redis.hmget(CacheKeys.of(namespace, key).data, list(fields)))
 
     async def hash_get_all(self, namespace: str, key: str) -> list[tuple[str, bytes]]:
-        reply = await self._redis.hgetall(CacheKeys.of(namespace, key).data)
-        return [(_text(name), value) for name, value in reply.items()]
+        name = CacheKeys.of(namespace, key).data
+        flat = await self._read(name, "all", "HGETALL", name)
+        return [(_text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
 
     async def hash_delete(self, namespace: str, key: str, fields: Sequence[str]) -> int:
         return int(await self._redis.hdel(CacheKeys.of(namespace, key).data, *fields))
@@ -204,10 +220,12 @@ class CollectionStore:
         return int(reply[1]) if is_int else float(reply[1])
 
     async def hash_keys(self, namespace: str, key: str) -> list[str]:
-        return [_text(n) for n in await self._redis.hkeys(CacheKeys.of(namespace, key).data)]
+        name = CacheKeys.of(namespace, key).data
+        return [_text(n) for n in await self._read(name, "all", "HKEYS", name)]
 
     async def hash_values(self, namespace: str, key: str) -> list[bytes]:
-        return list(await self._redis.hvals(CacheKeys.of(namespace, key).data))
+        name = CacheKeys.of(namespace, key).data
+        return list(await self._read(name, "all", "HVALS", name))
 
     async def hash_length(self, namespace: str, key: str) -> int:
         return int(await self._redis.hlen(CacheKeys.of(namespace, key).data))
@@ -319,7 +337,8 @@ class CollectionStore:
         return remaining_ms / 1000 if remaining_ms >= 1 else None
 
     async def list_range(self, namespace: str, key: str, start: int, stop: int) -> list[bytes]:
-        return list(await self._redis.lrange(CacheKeys.of(namespace, key).data, start, stop))
+        name = CacheKeys.of(namespace, key).data
+        return list(await self._read(name, f"range {start} {stop}", "LRANGE", name, start, stop))
 
     async def list_trim(self, namespace: str, key: str, start: int, stop: int) -> int:
         return int(
@@ -375,7 +394,8 @@ class CollectionStore:
         return int(await self._redis.srem(CacheKeys.of(namespace, key).data, *members))
 
     async def set_members(self, namespace: str, key: str) -> list[bytes]:
-        return list(await self._redis.smembers(CacheKeys.of(namespace, key).data))
+        name = CacheKeys.of(namespace, key).data
+        return list(await self._read(name, "all", "SMEMBERS", name))
 
     async def set_is_member(self, namespace: str, key: str, members: Sequence[bytes]) -> list[bool]:
         reply = await self._redis.smismember(CacheKeys.of(namespace, key).data, list(members))
@@ -477,10 +497,9 @@ class CollectionStore:
     async def sorted_set_range_by_rank(
         self, namespace: str, key: str, start: int, stop: int, *, descending: bool
     ) -> list[tuple[bytes, float]]:
-        reply = await self._redis.zrange(
-            CacheKeys.of(namespace, key).data, start, stop, desc=descending, withscores=True
-        )
-        return [(member, _score(score)) for member, score in reply]
+        name = CacheKeys.of(namespace, key).data
+        command = ["ZRANGE", name, start, stop, *(["REV"] if descending else []), "WITHSCORES"]
+        return _scored(await self._read(name, f"range {start} {stop}", *command))
 
     async def sorted_set_range_by_score(
         self,
@@ -495,17 +514,18 @@ class CollectionStore:
     ) -> list[tuple[bytes, float]]:
         # With REV, ZRANGE ... BYSCORE takes the range from its high end.
         first, last = (high, low) if descending else (low, high)
-        reply = await self._redis.zrange(
-            CacheKeys.of(namespace, key).data,
-            first.redis_arg(),
-            last.redis_arg(),
-            desc=descending,
-            byscore=True,
-            offset=offset,
-            num=limit,
-            withscores=True,
-        )
-        return [(member, _score(score)) for member, score in reply]
+        name = CacheKeys.of(namespace, key).data
+        command: list[Any] = ["ZRANGE", name, first.redis_arg(), last.redis_arg(), "BYSCORE"]
+        if descending:
+            command.append("REV")
+        part = "all"
+        if limit is not None and limit >= 0:
+            command += ["LIMIT", offset, limit]
+            part = f"count {limit}"
+        elif offset:
+            command += ["LIMIT", offset, -1]
+        command.append("WITHSCORES")
+        return _scored(await self._read(name, part, *command))
 
     async def sorted_set_count(
         self, namespace: str, key: str, low: ScoreBound, high: ScoreBound

@@ -67,8 +67,10 @@ class Backend:
         return self.topology.primaries()
 
     async def ping(self) -> None:
-        """Raise unless every primary answers."""
-        for node in await self.primaries():
+        """Raise unless every primary answers. On connections of their own: a command
+        pool that is busy to its last connection does not make Redis unreachable."""
+        await self.topology.discover()
+        for node in self.topology.probe_clients():
             await node.ping()
 
     async def load_scripts(self) -> None:

@@ -36,7 +36,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import CachetError, FailedPrecondition, ResourceExhausted, Unavailable
+from ..errors import (
+    CachetError,
+    FailedPrecondition,
+    ResourceExhausted,
+    Unavailable,
+    without_addresses,
+)
 from ..metrics import instruments
 from .core import Backend
 from .keys import DEAD_LETTER_SUFFIX, StreamKeys, remembered_result
@@ -51,6 +57,7 @@ _DELETE_GROUP = script("es_delete_group")
 _ACK = script("es_ack")
 _PUBLISH = script("ps_publish")
 _APPEND = script("es_append")
+_SIZED_READ = script("coll_read")
 
 # What a dropped or unreachable Redis connection raises.
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
@@ -82,6 +89,13 @@ class StreamEntry:
 
 def _entries(raw: Sequence[Any], delivery_count: int = 0) -> list[StreamEntry]:
     return [StreamEntry(_text(i), dict(f), delivery_count) for i, f in raw if f is not None]
+
+
+def _raw_entries(raw: Sequence[Any]) -> list[StreamEntry]:
+    """Entries of a stream reply that came through a script: fields as a flat list."""
+    return [
+        StreamEntry(_text(i), {f[n]: f[n + 1] for n in range(0, len(f), 2)}, 0) for i, f in raw if f
+    ]
 
 
 @dataclass(frozen=True)
@@ -168,10 +182,13 @@ class StreamStore:
         max_blocking_reads: int,
         poll_interval: float,
         request_window_ms: int = 120_000,
+        max_answer_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.backend = backend
         # How long the result of an Append with a request_id is remembered.
         self.request_window_ms = request_window_ms
+        # Reads that would answer more than this are refused before Redis builds them.
+        self.max_answer_bytes = max_answer_bytes
         # One blocking command waits at most this long, so it always answers
         # well inside the socket timeout of the connection it holds.
         self.block_slice = max(0.05, socket_timeout / 2)
@@ -246,20 +263,46 @@ class StreamStore:
         keys = StreamKeys.of(namespace, stream)
 
         async def read_once(block_ms: int | None) -> list[StreamEntry]:
-            reply = await self.redis.xread({keys.stream: after_id}, count=count, block=block_ms)
-            return _entries(reply[0][1]) if reply else []
+            if block_ms is not None:
+                # Wait for one entry on the blocking pool; the answer itself is then
+                # read sized, like any other (a blocking command cannot run in a script).
+                woke = await self.redis.xread({keys.stream: after_id}, count=1, block=block_ms)
+                if not woke:
+                    return []
+            reply = await self._sized(
+                keys.stream, count, "XREAD", "COUNT", count, "STREAMS", keys.stream, after_id
+            )
+            return _raw_entries(reply[0][1]) if reply else []
 
         return await self._wait_for(read_once, wait)
+
+    async def entries_within_budget(self, namespace: str, stream: str) -> int:
+        """About how many entries of this stream fit in one answer (the message limit),
+        from its average entry size: a group read asks Redis for no more, so a batch of
+        large events is never built whole in Redis only to be refused."""
+        keys = StreamKeys.of(namespace, stream)
+        usage = await self.redis.memory_usage(keys.stream, samples=5)
+        length = int(await self.redis.xlen(keys.stream))
+        if not usage or not length:
+            return self.max_answer_bytes
+        return max(1, self.max_answer_bytes * length // int(usage))
+
+    async def _sized(self, stream_key: str, count: int, *command: Any) -> Any:
+        """A stream read refused (RESOURCE_EXHAUSTED / RESPONSE_TOO_LARGE) in Redis, before
+        it is built, when `count` entries of the stream would exceed the message limit."""
+        return await self.backend.run(
+            _SIZED_READ, [stream_key], [self.max_answer_bytes, f"count {count}", *command]
+        )
 
     async def range(
         self, namespace: str, stream: str, start: str, end: str, count: int, *, reverse: bool
     ) -> list[StreamEntry]:
         keys = StreamKeys.of(namespace, stream)
         if reverse:
-            reply = await self.redis.xrevrange(keys.stream, end, start, count=count)
+            command = ("XREVRANGE", keys.stream, end, start, "COUNT", count)
         else:
-            reply = await self.redis.xrange(keys.stream, start, end, count=count)
-        return _entries(reply)
+            command = ("XRANGE", keys.stream, start, end, "COUNT", count)
+        return _raw_entries(await self._sized(keys.stream, count, *command))
 
     async def trim(
         self, namespace: str, stream: str, *, max_len: int | None, min_id: str | None, approx: bool
@@ -477,13 +520,24 @@ class SubscriptionActive:
 
 
 class SubscriberTooSlow(ResourceExhausted):
-    def __init__(self, buffer: int) -> None:
+    def __init__(self, behind: str) -> None:
         instruments.subscriber_drops.add(1)
         super().__init__(
-            f"the subscriber fell {buffer} events behind (the configured buffer) and was "
+            f"the subscriber fell {behind} behind (the configured buffer) and was "
             "disconnected; read faster, or subscribe to less",
             reason="SUBSCRIBER_TOO_SLOW",
         )
+
+
+# What one buffered message costs beyond its body (the objects around it), for the
+# subscriber's byte budget.
+_MESSAGE_OVERHEAD_BYTES = 256
+
+
+def _message_bytes(item: object) -> int:
+    if isinstance(item, TopicMessage):
+        return len(item.body) + len(item.channel) + _MESSAGE_OVERHEAD_BYTES
+    return _MESSAGE_OVERHEAD_BYTES
 
 
 class PubSubHub:
@@ -584,9 +638,12 @@ class PubSubHub:
         patterns: Sequence[str],
         *,
         buffer: int,
+        buffer_bytes: int,
         reconnect_window: float,
     ) -> Subscription:
-        return Subscription(self, namespace, channels, patterns, buffer, reconnect_window)
+        return Subscription(
+            self, namespace, channels, patterns, buffer, buffer_bytes, reconnect_window
+        )
 
     async def aclose(self) -> None:
         for pool in self._pools.values():
@@ -612,9 +669,13 @@ class Subscription:
         channels: Sequence[str],
         patterns: Sequence[str],
         buffer: int,
+        buffer_bytes: int,
         reconnect_window: float,
     ) -> None:
         self.hub = hub
+        self.buffer_bytes = buffer_bytes
+        # Bytes of the messages in the queue, against buffer_bytes.
+        self.buffered_bytes = 0
         self.namespace = namespace
         self.channels = list(channels)
         self.patterns = list(patterns)
@@ -629,13 +690,13 @@ class Subscription:
     async def __aenter__(self) -> Subscription:
         try:
             early = await self._connect()
+            self._queue.put_nowait(SubscriptionActive(reconnected=False))
+            self.buffered_bytes += _message_bytes(None)
+            for item in early:
+                self._push(item)
         except BaseException:
             await self._close()
             raise
-        self._queue.put_nowait(SubscriptionActive(reconnected=False))
-        for item in early:
-            self._queue.put_nowait(item)
-            self._buffered(1)
         self._pump_task = asyncio.create_task(self._pump(), name="cachet-subscription")
         return self
 
@@ -653,6 +714,7 @@ class Subscription:
             raise item
         if isinstance(item, TopicMessage) and self._pending:
             self._buffered(-1)
+        self.buffered_bytes -= _message_bytes(item)
         return item
 
     async def _close(self) -> None:
@@ -705,7 +767,11 @@ class Subscription:
 
     def _push(self, item: Item) -> None:
         if self._queue.qsize() >= self.buffer:
-            raise SubscriberTooSlow(self.buffer)
+            raise SubscriberTooSlow(f"{self.buffer} events")
+        size = _message_bytes(item)
+        if self.buffered_bytes + size > self.buffer_bytes:
+            raise SubscriberTooSlow(f"{self.buffer_bytes} bytes")
+        self.buffered_bytes += size
         self._queue.put_nowait(item)
         if isinstance(item, TopicMessage):
             self._buffered(1)
@@ -754,7 +820,8 @@ class Subscription:
                 if remaining <= 0:
                     raise Unavailable(
                         "lost the Redis connection of this subscription and could not "
-                        f"restore it within {self.reconnect_window:g} s: {exc}"
+                        f"restore it within {self.reconnect_window:g} s: "
+                        f"{without_addresses(str(exc))[:300]}"
                     ) from exc
                 await asyncio.sleep(min(delay, remaining))
                 delay = min(delay * 2, 1.0)

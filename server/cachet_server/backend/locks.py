@@ -36,11 +36,14 @@ from ..metrics import instruments
 from . import wakes
 from .core import Arg, Backend, ReplicaAck
 from .keys import Kind, redis_key
-from .scripts import script
+from .scripts import Script, script
 
 log = logging.getLogger(__name__)
 
 _PERMITS = script("lock_permits")
+# Release, leave, extend and inspect add nothing: they run under OOM too, so a full
+# Redis never keeps a lock that its holder is giving back.
+_PERMITS_IN_PLACE = script("lock_permits", allow_oom=True)
 WAKE_CHANNEL_PREFIX = "cachet-lock-wake:"
 # The own wait ends this long before the call deadline, so that the caller gets
 # our answer (and our queue entry is gone) before its deadline passes.
@@ -213,7 +216,9 @@ class PermitStore:
         return PermitKeys.of(namespace, self.family, name)
 
     async def _run(self, keys: PermitKeys, args: Sequence[Arg]) -> Any:
-        return await self.backend.run(_PERMITS, keys.all, [args[0], keys.channel, *args[1:]])
+        return await self.backend.run(
+            _permits_for(args[0]), keys.all, [args[0], keys.channel, *args[1:]]
+        )
 
     async def _run_acknowledged(
         self, keys: PermitKeys, args: Sequence[Arg], replication: ReplicaAck | None
@@ -223,9 +228,9 @@ class PermitStore:
         (`Backend.run_acknowledged`, the one primitive every durable write uses)."""
         script_args = [args[0], keys.channel, *args[1:]]
         if replication is None or replication.min_replicas == 0:
-            return await self.backend.run(_PERMITS, keys.all, script_args), 0
+            return await self.backend.run(_permits_for(args[0]), keys.all, script_args), 0
         return await self.backend.run_acknowledged(
-            _PERMITS, keys.all, script_args, replication, wrote=_wrote
+            _permits_for(args[0]), keys.all, script_args, replication, wrote=_wrote
         )
 
     # -- operations
@@ -440,3 +445,8 @@ class PermitStore:
         """Let pending clean-ups (queue exits, releases) finish."""
         if self._cleanups:
             await asyncio.gather(*list(self._cleanups), return_exceptions=True)
+
+
+def _permits_for(op: Arg) -> Script:
+    """The lock script for `op`: refused under OOM only when it may add a holder."""
+    return _PERMITS if op == "acquire" else _PERMITS_IN_PLACE

@@ -39,6 +39,15 @@ deadline, so a retry never outlives the caller's patience):
   times. Per-node connections do not retry on their own (redis-py's design), so
   a dead node costs one attempt per retry, not retries squared.
 
+Connections (`CommandGates`): every command waits for one of `max_connections` slots of
+the command pool instead of failing "Too many connections" in a burst (the wait is
+bounded by the call's deadline). Blocking commands (BLPOP, BRPOP, BLMOVE, BRPOPLPUSH,
+BLMPOP, BZPOPMIN/MAX, BZMPOP, and XREAD/XREADGROUP with BLOCK) never use that pool: they
+go to a client of their own with `blocking_max_connections` connections, so a thousand
+waiters queue among themselves while every other command still finds a connection.
+Health probes use a third, tiny pool (`probe_clients`), so health says whether Redis
+answers, not whether a pool is busy.
+
 A failure that outlasts the retries reaches the caller as UNAVAILABLE with a
 reason (errors.py), never INTERNAL, and health turns NOT_SERVING until Redis
 answers again.
@@ -173,6 +182,105 @@ class ConnectionTuning:
     min_replicas_acked: int = 0
     # How long WAIT may wait for them, in seconds.
     replica_ack_timeout: float = 0.5
+    # Connections (per node) of the pool apart that serves blocking commands only.
+    blocking_max_connections: int = 128
+
+
+# Commands that may wait in Redis until data arrives, and the ones that do only with BLOCK.
+_BLOCKING_COMMANDS = frozenset(
+    {"BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP"}
+)
+_BLOCKING_WITH_OPTION = frozenset({"XREAD", "XREADGROUP"})
+# Connections of each health-probe pool.
+_PROBE_CONNECTIONS = 2
+
+
+def _command_name(args: Sequence[Any]) -> str:
+    name = args[0]
+    return (name.decode() if isinstance(name, bytes) else str(name)).upper()
+
+
+def _block_timeout(args: Sequence[Any]) -> float | None:
+    """How long a blocking command may wait, in seconds (None: forever)."""
+    name = _command_name(args)
+    try:
+        if name in _BLOCKING_WITH_OPTION:
+            words = [a.upper() if isinstance(a, str | bytes) else a for a in args]
+            at = next(i for i, word in enumerate(words) if word in ("BLOCK", b"BLOCK"))
+            seconds = float(args[at + 1]) / 1000
+        elif name in ("BLMPOP", "BZMPOP"):
+            seconds = float(args[1])
+        else:
+            seconds = float(args[-1])
+    except (StopIteration, IndexError, TypeError, ValueError):
+        return None
+    return seconds if seconds > 0 else None
+
+
+def is_blocking(args: Sequence[Any]) -> bool:
+    """Whether a command (name first) may wait in Redis for data to arrive."""
+    if not args:
+        return False
+    name = _command_name(args)
+    if name in _BLOCKING_COMMANDS:
+        return True
+    return name in _BLOCKING_WITH_OPTION and any(_is_block_option(arg) for arg in args[1:])
+
+
+def _is_block_option(arg: Any) -> bool:
+    if isinstance(arg, bytes):
+        return arg.upper() == b"BLOCK"
+    return isinstance(arg, str) and arg.upper() == "BLOCK"
+
+
+class CommandGates:
+    """Where the command client's commands go: a blocking command to the blocking client
+    under its own cap, every other one to the command pool under its size. Callers wait
+    for a slot (bounded by their call's deadline) instead of failing in a burst."""
+
+    def __init__(self, max_connections: int, blocking_max_connections: int) -> None:
+        self.commands = asyncio.Semaphore(max_connections)
+        self.blocking = asyncio.Semaphore(blocking_max_connections)
+        self.blocking_client: Any = None
+
+    async def run(self, send: Any, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        if self.blocking_client is not None and is_blocking(args):
+            # Waiting for a blocking connection is part of the command's own wait: when
+            # none frees up within its timeout, it answers what a timed-out blocking
+            # command answers (nothing), not an error.
+            try:
+                async with asyncio.timeout(_block_timeout(args)):
+                    await self.blocking.acquire()
+            except TimeoutError:
+                return [] if _command_name(args) in _BLOCKING_WITH_OPTION else None
+            try:
+                return await self.blocking_client.execute_command(*args, **options)
+            finally:
+                self.blocking.release()
+        async with self.commands:
+            return await send(*args, **options)
+
+
+class GatedRedis(Redis):
+    """A standalone or Sentinel-managed client whose commands pass `gates`."""
+
+    gates: CommandGates | None = None
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if self.gates is None:
+            return await super().execute_command(*args, **options)
+        return await self.gates.run(super().execute_command, args, options)
+
+
+class GatedRedisCluster(RedisCluster):
+    """A Cluster client whose commands pass `gates`."""
+
+    gates: CommandGates | None = None
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if self.gates is None:
+            return await super().execute_command(*args, **options)
+        return await self.gates.run(super().execute_command, args, options)
 
 
 def _retry(tuning: ConnectionTuning) -> Retry:
@@ -274,16 +382,27 @@ class Topology:
         client: Any,
         tuning: ConnectionTuning | None = None,
         sentinel: Sentinel | None = None,
+        *,
+        blocking: Any = None,
+        probe: Any = None,
     ) -> None:
         self.kind = kind
         # redis.asyncio.Redis or RedisCluster; both speak the same command API.
         self.client: Any = client
+        # The client apart that blocking commands go to (see CommandGates), and the
+        # health-probe client (outside Cluster; there, one per primary).
+        self.blocking: Any = blocking
+        self.probe: Any = probe
         self.tuning = tuning or ConnectionTuning()
+        gates = getattr(client, "gates", None)
+        if isinstance(gates, CommandGates):
+            gates.blocking_client = blocking
         # Sentinel only: the clients of the sentinels themselves, closed with us.
         self.sentinel = sentinel
         self._followers: list[asyncio.Task[None]] = []
         # Cluster only: a plain client per primary node, by node name, made on first use.
         self._node_clients: dict[str, Redis] = {}
+        self._probe_clients: dict[str, Redis] = {}
 
     def slot_of(self, redis_key: str) -> int:
         """The hash slot of a key; 0 for every key outside Cluster."""
@@ -321,7 +440,11 @@ class Topology:
         promoting a replica, the old master is fenced (`FencedSentinelPool`) and
         connections to it are dropped (busy ones when released); when it announces
         the new master, the fence lifts and the next command connects there."""
-        pool: FencedSentinelPool = self.client.connection_pool
+        pools: list[FencedSentinelPool] = [
+            client.connection_pool
+            for client in (self.client, self.blocking, self.probe)
+            if client is not None
+        ]
         while True:
             try:
                 async with sentinel_client.pubsub() as pubsub:
@@ -330,7 +453,8 @@ class Topology:
                         if message["type"] != "message":
                             continue
                         try:
-                            await _on_failover_event(pool, message["channel"], message["data"])
+                            for pool in pools:
+                                await _on_failover_event(pool, message["channel"], message["data"])
                         except (ValueError, IndexError, UnicodeDecodeError):
                             log.warning("unexpected Sentinel event: %r", message)
             except (RedisConnectionError, RedisTimeoutError, OSError):
@@ -377,23 +501,37 @@ class Topology:
         demoted them, or they left the cluster), so their connections do not stay open
         until shutdown. A later promotion makes a new client."""
         current = {node.name for node in self.client.get_primaries()}
-        for name in [name for name in self._node_clients if name not in current]:
-            client = self._node_clients.pop(name)
-            log.info("closing the client of %s: no longer a primary", name)
-            with contextlib.suppress(Exception):
-                await client.aclose(close_connection_pool=True)
+        for clients in (self._node_clients, self._probe_clients):
+            for name in [name for name in clients if name not in current]:
+                client = clients.pop(name)
+                log.info("closing the client of %s: no longer a primary", name)
+                with contextlib.suppress(Exception):
+                    await client.aclose(close_connection_pool=True)
 
-    def _node_client(self, node: ClusterNode) -> Redis:
+    def probe_clients(self) -> list[Any]:
+        """A client per primary on a tiny pool of its own, for health probes only; on
+        Cluster, `await discover()` first."""
+        if self.kind is not TopologyKind.CLUSTER:
+            return [self.probe if self.probe is not None else self.client]
+        return [
+            self._node_client(node, self._probe_clients, _PROBE_CONNECTIONS)
+            for node in self.client.get_primaries()
+        ]
+
+    def _node_client(
+        self, node: ClusterNode, clients: dict[str, Redis] | None = None, size: int | None = None
+    ) -> Redis:
         # The async RedisCluster has no per-node Redis client of its own (the sync one
         # has get_redis_connection); build one from the node's connection settings.
-        client = self._node_clients.get(node.name)
+        clients = self._node_clients if clients is None else clients
+        client = clients.get(node.name)
         if client is None:
             pool = ConnectionPool(
                 connection_class=node.connection_class,
-                max_connections=node.max_connections,
+                max_connections=size or node.max_connections,
                 **node.connection_kwargs,
             )
-            client = self._node_clients[node.name] = Redis(connection_pool=pool)
+            client = clients[node.name] = Redis(connection_pool=pool)
         return client
 
     async def close(self) -> None:
@@ -401,9 +539,12 @@ class Topology:
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
-        for client in self._node_clients.values():
+        for client in [*self._node_clients.values(), *self._probe_clients.values()]:
             await client.aclose(close_connection_pool=True)
         await self.client.aclose()
+        for extra in (self.blocking, self.probe):
+            if extra is not None:
+                await extra.aclose()
         if self.sentinel is not None:
             # redis-py's Sentinel has no close of its own (redis/redis-py#3201): left
             # open, each sentinel's connections are collected later with "unclosed
@@ -424,17 +565,24 @@ def connect(url: str, tuning: ConnectionTuning) -> Topology:
         "health_check_interval": 0,
         **_tls_options(target),
     }
+    gates = CommandGates(tuning.max_connections, tuning.blocking_max_connections)
     if target.kind is TopologyKind.CLUSTER:
-        client = RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
-            max_connections=tuning.max_connections,
-            require_full_coverage=False,
-            # Patch the slot table on each MOVED instead of rebuilding it every 5th: a
-            # rebuild closes every connection, busy ones included (see errors.py).
-            reinitialize_steps=0,
-            **common,
-        )
-        return Topology(target.kind, client, tuning)
+
+        def cluster(cls: type[RedisCluster], size: int) -> Any:
+            return cls(
+                startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+                max_connections=size,
+                require_full_coverage=False,
+                # Patch the slot table on each MOVED instead of rebuilding it every 5th: a
+                # rebuild closes every connection, busy ones included (see errors.py).
+                reinitialize_steps=0,
+                **common,
+            )
+
+        client = cluster(GatedRedisCluster, tuning.max_connections)
+        client.gates = gates
+        blocking = cluster(RedisCluster, tuning.blocking_max_connections)
+        return Topology(target.kind, client, tuning, blocking=blocking)
     if target.kind is TopologyKind.SENTINEL:
         assert target.master_name is not None
         sentinel_auth = {
@@ -447,15 +595,38 @@ def connect(url: str, tuning: ConnectionTuning) -> Topology:
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             target.hosts, sentinel_kwargs=sentinel_auth, **common
         )
-        master = sentinel.master_for(
-            target.master_name,
-            db=target.db,
-            max_connections=tuning.max_connections,
-            connection_pool_class=FencedSentinelPool,
+        master_name = target.master_name
+
+        def master(cls: type[Redis], size: int) -> Any:
+            return sentinel.master_for(
+                master_name,
+                redis_class=cls,
+                db=target.db,
+                max_connections=size,
+                connection_pool_class=FencedSentinelPool,
+            )
+
+        client = master(GatedRedis, tuning.max_connections)
+        client.gates = gates
+        return Topology(
+            target.kind,
+            client,
+            tuning,
+            sentinel,
+            blocking=master(Redis, tuning.blocking_max_connections),
+            probe=master(Redis, _PROBE_CONNECTIONS),
         )
-        return Topology(target.kind, master, tuning, sentinel)
     host, port = target.hosts[0]
-    standalone = Redis(
-        host=host, port=port, db=target.db, max_connections=tuning.max_connections, **common
+
+    def standalone(cls: type[Redis], size: int) -> Any:
+        return cls(host=host, port=port, db=target.db, max_connections=size, **common)
+
+    client = standalone(GatedRedis, tuning.max_connections)
+    client.gates = gates
+    return Topology(
+        target.kind,
+        client,
+        tuning,
+        blocking=standalone(Redis, tuning.blocking_max_connections),
+        probe=standalone(Redis, _PROBE_CONNECTIONS),
     )
-    return Topology(target.kind, standalone, tuning)

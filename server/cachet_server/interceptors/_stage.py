@@ -11,6 +11,8 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from ..errors import InvalidArgument, rpc_status_for
+
 Context = aio.ServicerContext[Any, Any]
 
 # A stage's work around one call: entered before the handler runs (it may refuse the call
@@ -46,16 +48,75 @@ class StageInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         around = self.around(
             method, response_streaming=bool(handler.unary_stream or handler.stream_stream)
         )
-        wrapped = handler if around is None else wrap_handler(handler, around)
+        if around is None and getattr(handler.request_deserializer, "cachet_tolerant", False):
+            # An inner stage already guards the body; nothing to add.
+            wrapped = handler
+        else:
+            wrapped = wrap_handler(handler, around)
         self._handlers[method] = wrapped
         return wrapped
 
 
-def wrap_handler(handler: Any, around: Around) -> Any:
+class _Malformed:
+    """Stands in for a unary request whose body did not parse: grpc deserializes it
+    before any handler code runs, and a deserializer that raises there makes grpc answer
+    UNKNOWN with the exception's text and log a traceback. The outermost stage answers
+    INVALID_ARGUMENT for it instead, before any stage looks at the request."""
+
+    __slots__ = ("message_name",)
+
+    def __init__(self, message_name: str) -> None:
+        self.message_name = message_name
+
+    def error(self) -> InvalidArgument:
+        return malformed_body(self.message_name)
+
+
+def malformed_body(message_name: str) -> InvalidArgument:
+    return InvalidArgument.field("request", f"is not a valid {message_name} message")
+
+
+def _message_name(deserializer: Callable[[bytes], Any]) -> str:
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "protobuf"))
+
+
+def _tolerant(
+    deserializer: Callable[[bytes], Any] | None, *, streamed: bool
+) -> Callable[[bytes], Any] | None:
+    """`deserializer`, made to never raise out of grpc: a unary body that does not parse
+    becomes a `_Malformed`; a streamed one raises InvalidArgument inside the handler's
+    read, where the errors stage maps it."""
+    if deserializer is None or getattr(deserializer, "cachet_tolerant", False):
+        return deserializer
+    name = _message_name(deserializer)
+    parse = deserializer
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except Exception:
+            if streamed:
+                raise malformed_body(name) from None
+            return _Malformed(name)
+
+    deserialize.cachet_tolerant = True  # type: ignore[attr-defined]
+    return deserialize
+
+
+async def _refuse_malformed(request: _Malformed, context: Context) -> None:
+    status = rpc_status_for(request.error())
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def wrap_handler(handler: Any, around: Around | None) -> Any:
     """`handler` (a grpc RpcMethodHandler of any of the four kinds) with `around` entered
-    before its behavior runs and left after it ends."""
+    before its behavior runs and left after it ends (None: no stage, only the request
+    body guard)."""
+    streamed = bool(handler.stream_unary or handler.stream_stream)
     codec = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _tolerant(handler.request_deserializer, streamed=streamed),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
@@ -81,9 +142,16 @@ def wrap_handler(handler: Any, around: Around) -> Any:
 
 
 def _coroutine(
-    behavior: Callable[[Any, Context], Awaitable[Any]], around: Around, *, unary_request: bool
+    behavior: Callable[[Any, Context], Awaitable[Any]],
+    around: Around | None,
+    *,
+    unary_request: bool,
 ) -> Callable[[Any, Context], Awaitable[Any]]:
     async def handle(request: Any, context: Context) -> Any:
+        if isinstance(request, _Malformed):
+            return await _refuse_malformed(request, context)
+        if around is None:
+            return await behavior(request, context)
         async with around(request if unary_request else None, context):
             return await behavior(request, context)
 
@@ -91,9 +159,19 @@ def _coroutine(
 
 
 def _generator(
-    behavior: Callable[[Any, Context], AsyncIterator[Any]], around: Around, *, unary_request: bool
+    behavior: Callable[[Any, Context], AsyncIterator[Any]],
+    around: Around | None,
+    *,
+    unary_request: bool,
 ) -> Callable[[Any, Context], AsyncIterator[Any]]:
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
+        if isinstance(request, _Malformed):
+            await _refuse_malformed(request, context)
+            return
+        if around is None:
+            async for response in behavior(request, context):
+                yield response
+            return
         async with around(request if unary_request else None, context):
             async for response in behavior(request, context):
                 yield response

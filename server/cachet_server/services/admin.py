@@ -101,8 +101,8 @@ _MEMORY_UNITS = {
 _MAX_MAXMEMORY = 1024**5
 _INTEGER = re.compile(r"\A-?[0-9]{1,20}\Z")
 _REDIS_ARGUMENT = re.compile(r"argument '([^']+)'")
-_REPLICA_FIELD = re.compile(r"^slave[0-9]+$")
-_DB_FIELD = re.compile(r"^db([0-9]+)$")
+_REPLICA_FIELD = re.compile(r"\Aslave[0-9]+\Z")
+_DB_FIELD = re.compile(r"\Adb([0-9]+)\Z")
 
 
 def _memory_bytes(value: str) -> int:

@@ -60,6 +60,10 @@ def _duration(ms: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
 
 
+# Protobuf framing of one GetMany entry beside its key and value (tags, lengths, version).
+_ENTRY_OVERHEAD_BYTES = 24
+
+
 class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     CALLS: ClassVar[dict[str, CallSpec]] = {
         **CollectionsMixin.COLLECTION_CALLS,
@@ -151,7 +155,14 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     async def GetMany(self, request: pb.GetManyRequest, context: Context) -> pb.GetManyResponse:
         namespace = current_namespace()
         keys = self.check.keys(request.keys)
-        values = await self.store.get_many(namespace, keys, with_ttl=request.include_ttl)
+        # Keys and per-entry framing come on top of the values.
+        framing = sum(len(key.encode()) + _ENTRY_OVERHEAD_BYTES for key in keys)
+        values = await self.store.get_many(
+            namespace,
+            keys,
+            with_ttl=request.include_ttl,
+            max_answer_bytes=max(0, self.check.limits.max_message_bytes - framing),
+        )
         hits = sum(v.found for v in values)
         self.stats.record_lookups(namespace, hits=hits, misses=len(values) - hits)
         entries = [

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal, TypeVar
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from google.protobuf.message import Message
 
-from ..access import READ, WRITE, CallSpec, Role, calls
+from ..access import READ, WRITE, CallSpec, Role, blocking, calls, waits
 from ..backend.collections import (
     MAX_STORE_KEYS,
     UNBOUNDED_ABOVE,
@@ -69,8 +69,8 @@ class CollectionsMixin(Servicer):
         "HashSet": WRITE,
         "HashValues": READ,
         "ListLength": READ,
-        "ListMove": WRITE,
-        "ListPop": WRITE,
+        "ListMove": blocking(WRITE, waits("wait")),
+        "ListPop": blocking(WRITE, waits("wait")),
         "ListPush": WRITE,
         "ListRange": READ,
         "ListRemove": WRITE,
@@ -102,6 +102,7 @@ class CollectionsMixin(Servicer):
             block_slice_s=deps.settings.redis_timeout.total_seconds() / 2,
             request_window_ms=deps.settings.idempotency_window_ms,
             default_ttl_ms=self.check.default_ttl_ms,
+            max_answer_bytes=deps.settings.limits.max_message_bytes,
         )
 
     # ---- request checks shared by the collection RPCs ---------------------------

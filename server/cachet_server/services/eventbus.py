@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, ClassVar
 
 from cachet_client.proto.cachet.eventbus.v1 import eventbus_pb2 as pb
@@ -19,7 +19,7 @@ from cachet_client.proto.cachet.eventbus.v1 import eventbus_pb2_grpc
 from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
 
-from ..access import READ, WRITE, CallSpec
+from ..access import READ, WRITE, CallSpec, StreamKind, blocking, streaming, waits
 from ..backend.events import (
     FIRST_ID,
     DeadLetterPolicy,
@@ -31,7 +31,7 @@ from ..backend.events import (
 )
 from ..backend.keys import DEAD_LETTER_SUFFIX, Kind, redis_key, scan_patterns, user_key
 from ..callcontext import current_namespace
-from ..errors import InvalidArgument, ResourceExhausted
+from ..errors import InvalidArgument, ResourceExhausted, quoted
 from ..metrics import instruments
 from ..pagination import PageTokens, malformed_token
 from ..validation import optional
@@ -39,8 +39,8 @@ from .base import Context, Dependencies, Servicer
 
 _MAX_ID_PART = 2**64 - 1
 _MAX_ID = f"{_MAX_ID_PART}-{_MAX_ID_PART}"
-_STREAM_ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
-_ATTRIBUTE_KEY = re.compile(r"^[a-z0-9_.\-]{1,128}$")
+_STREAM_ID = re.compile(r"\A([0-9]{1,20})(?:-([0-9]{1,20}))?\Z")
+_ATTRIBUTE_KEY = re.compile(r"\A[a-z0-9_.\-]{1,128}\Z")
 _RESERVED_ATTRIBUTE_PREFIX = "cachet."
 _MAX_ATTRIBUTES = 64
 _MAX_ATTRIBUTE_VALUE_BYTES = 4096
@@ -147,7 +147,8 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
         "Ack": WRITE,
         "Append": WRITE,
         "Claim": WRITE,
-        "Consume": READ,
+        # Consume waits in Redis between batches for as long as it is open.
+        "Consume": blocking(READ),
         "CreateGroup": WRITE,
         "DeleteGroup": WRITE,
         "Info": READ,
@@ -155,8 +156,8 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
         "Pending": READ,
         "Publish": WRITE,
         "Range": READ,
-        "Read": READ,
-        "Subscribe": READ,
+        "Read": blocking(READ, waits("block")),
+        "Subscribe": streaming(READ, StreamKind.SUBSCRIBE),
         "Trim": WRITE,
     }
 
@@ -170,6 +171,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
             max_blocking_reads=self.config.max_blocking_reads,
             poll_interval=self.config.poll_interval.total_seconds(),
             request_window_ms=deps.settings.idempotency_window_ms,
+            max_answer_bytes=deps.settings.limits.max_message_bytes,
         )
         self.hub = PubSubHub(
             deps.backend,
@@ -204,7 +206,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
         match = _STREAM_ID.match(text)
         if not match or any(int(p) > _MAX_ID_PART for p in match.groups("0")):
             raise InvalidArgument.field(
-                field, f"{text!r} is not a stream id ('<ms>-<seq>' or '<ms>', each < 2^64)"
+                field, f"{quoted(text)} is not a stream id ('<ms>-<seq>' or '<ms>', each < 2^64)"
             )
         return f"{int(match[1])}-{int(match[2] or 0)}"
 
@@ -350,6 +352,7 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
                 [redis_key(namespace, Kind.TOPIC, t) for t in topics],
                 list(patterns),
                 buffer=self.config.subscriber_buffer,
+                buffer_bytes=self.config.subscriber_buffer_bytes,
                 reconnect_window=self.config.reconnect_window.total_seconds(),
             )
             async with subscription:
@@ -562,14 +565,30 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
         if request.max_pending < 0:
             raise InvalidArgument.field("max_pending", "must not be negative")
         await self.streams.require_group(namespace, stream, group)
+        # Never more per Redis read than about fits in one answer.
+        batch = min(batch, await self.streams.entries_within_budget(namespace, stream))
+        limit = self.check.limits.max_message_bytes
 
         delivered = instruments.ns(namespace)
 
-        def batch_of(events: Sequence[StreamEntry], dead: Sequence[str]) -> pb.ConsumeResponse:
+        def batches_of(
+            events: Sequence[StreamEntry], dead: Sequence[str]
+        ) -> Iterator[pb.ConsumeResponse]:
+            """The events in answers of at most the message limit each: a batch larger
+            than one answer is cut, and every event of it is still delivered."""
             instruments.events_delivered.add(len(events), delivered)
-            return pb.ConsumeResponse(
-                events=[_decode_entry(e) for e in events], dead_lettered_ids=dead
-            )
+            response = pb.ConsumeResponse(dead_lettered_ids=dead)
+            size = response.ByteSize()
+            for entry in events:
+                event = _decode_entry(entry)
+                # The event, its field tag and its length prefix.
+                cost = event.ByteSize() + 6
+                if response.events and size + cost > limit:
+                    yield response
+                    response, size = pb.ConsumeResponse(), 0
+                response.events.append(event)
+                size += cost
+            yield response
 
         if request.redeliver_pending:
             cursor = FIRST_ID
@@ -578,7 +597,8 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
                     namespace, stream, group, consumer, 0, start=cursor, count=batch, own_only=True
                 )
                 if own.entries or own.dead_lettered:
-                    yield batch_of(own.entries, own.dead_lettered)
+                    for response in batches_of(own.entries, own.dead_lettered):
+                        yield response
                 cursor = own.next_start
 
         claim_cursor = FIRST_ID
@@ -609,7 +629,8 @@ class EventBusService(Servicer, eventbus_pb2_grpc.EventBusServiceServicer):
                     0.0 if claimed or dead else wait,
                 )
             if claimed or fresh or dead:
-                yield batch_of([*claimed, *fresh], dead)
+                for response in batches_of([*claimed, *fresh], dead):
+                    yield response
 
     async def Ack(self, request: pb.AckRequest, context: Context) -> pb.AckResponse:
         namespace = current_namespace()

@@ -11,7 +11,7 @@ from cachet_client.proto.cachet.lock.v1 import lock_pb2 as pb
 from cachet_client.proto.cachet.lock.v1 import lock_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from ..access import READ, WRITE, CallSpec
+from ..access import READ, WRITE, CallSpec, StreamKind, blocking, streaming, waits
 from ..backend.core import ReplicaAck
 from ..backend.locks import (
     SERVER_TIME_US,
@@ -39,6 +39,9 @@ MAX_HOLDER_BYTES = 256
 MAX_OWNER_TOKEN_BYTES = 256
 MIN_HOLD_TTL_MS = 100
 MIN_RENEW_INTERVAL_MS = 10
+# A Hold renews at most ten times per TTL (and never more often than
+# lock.min_renew_interval), whatever renew_interval it asks for.
+RENEW_FLOOR_DIVISOR = 10
 MAX_REPLICAS = 64
 DEFAULT_REPLICATION_TIMEOUT_MS = 1000
 MAX_REPLICATION_TIMEOUT_MS = 10_000
@@ -83,11 +86,11 @@ def _deadline(context: Context) -> float | None:
 
 class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
     CALLS: ClassVar[dict[str, CallSpec]] = {
-        "Acquire": WRITE,
-        "AcquireSemaphore": WRITE,
+        "Acquire": blocking(WRITE, waits("wait")),
+        "AcquireSemaphore": blocking(WRITE, waits("wait")),
         "Extend": WRITE,
         "ExtendSemaphore": WRITE,
-        "Hold": WRITE,
+        "Hold": streaming(WRITE, StreamKind.HOLD),
         "Inspect": READ,
         "InspectSemaphore": READ,
         "Release": WRITE,
@@ -297,6 +300,10 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
             if held:
                 await self.locks.release_quietly(namespace, name, grant.owner_token)
 
+    def renew_floor_ms(self, ttl_ms: int) -> int:
+        """The shortest renew interval a Hold of this TTL gets, whatever it asks."""
+        return max(_ms(self.settings.min_renew_interval), ttl_ms // RENEW_FLOOR_DIVISOR)
+
     def _renew_interval(self, spec: pb.HoldAcquire, ttl_ms: int) -> int:
         duration = optional(spec, "renew_interval")
         ms = self.check.duration_ms(duration, "acquire.renew_interval") if duration else 0
@@ -307,7 +314,7 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
                 "acquire.renew_interval",
                 f"must be between {MIN_RENEW_INTERVAL_MS} ms and ttl / 2 ({ttl_ms // 2} ms)",
             )
-        return ms
+        return max(ms, self.renew_floor_ms(ttl_ms))
 
     async def _keep(
         self,

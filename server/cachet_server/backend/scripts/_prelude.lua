@@ -70,3 +70,13 @@ local function cachet_delete_entry(data_key, meta_key, lease_key, stale_key)
   return existed
 end
 
+-- Refuse a float increment whose result a double cannot hold: INCRBYFLOAT and
+-- HINCRBYFLOAT add in long double and would store a number (3.4e308) that every
+-- reader then sees as infinity. `current` is the stored value (nil: absent).
+local function cachet_check_float_sum(current, delta)
+  local result = (tonumber(current or '0') or 0) + tonumber(delta)
+  if result == math.huge or result == -math.huge or result ~= result then
+    return redis.error_reply('ERR increment would produce NaN or Infinity')
+  end
+  return nil
+end

@@ -1,3 +1,4 @@
+#!lua
 -- Store a value under a fill lease granted by cache_get_or_lease.
 -- KEYS: data, meta, lease, stale.
 -- ARGV: lease token, value, ttl_ms, stale_ttl_ms ('0' = keep no stale copy),

@@ -1,3 +1,4 @@
+#!lua
 -- Add to a counter, creating it with a TTL when absent.
 -- KEYS: data, meta, lease, remembered (where the result of a request with a
 -- request_id is kept; any key of the slot when there is none).
@@ -15,6 +16,8 @@ local created = 1 - redis.call('EXISTS', data)
 if ARGV[1] == 'int' then
   redis.call('INCRBY', data, ARGV[2])
 else
+  local refused = cachet_check_float_sum(redis.call('GET', data), ARGV[2])
+  if refused then return refused end
   redis.call('INCRBYFLOAT', data, ARGV[2])
 end
 -- Read the result back as stored: INCRBY's reply becomes a Lua double, which

@@ -1,3 +1,4 @@
+#!lua
 -- Conditionally write one cache value and its metadata.
 -- KEYS: data, meta, lease, stale
 -- ARGV: value, ttl_ms (0 = keep the current TTL), condition ('', 'NX', 'XX'),

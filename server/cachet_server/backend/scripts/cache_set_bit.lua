@@ -1,3 +1,4 @@
+#!lua
 -- Set one bit, creating the value with a TTL when absent.
 -- KEYS: data, meta, lease. ARGV: offset, bit (0/1), ttl_ms. Answers the previous bit.
 local data, meta, lease = KEYS[1], KEYS[2], KEYS[3]

@@ -1,3 +1,4 @@
+#!lua
 -- Add a user key to a tag's index and make the index live at least as long as asked.
 -- KEYS: the tag index (a set of user keys).
 -- ARGV: user key, ttl_ms the index must at least live (-1: keep it without TTL, for a

@@ -1,3 +1,4 @@
+#!lua
 -- Collection writes (hashes, lists, sets, sorted sets): the write and the
 -- collection's TTL in one atomic step, so no collection ever lives without one.
 -- Every write voids a fill lease on the collection's key (see cache_fill): a
@@ -50,6 +51,10 @@ end
 -- Answers {'OK', new value as a string} or {'NOT_A_NUMBER'}.
 function ops.hash_increment()
   local command = ARGV[6] == 'int' and 'HINCRBY' or 'HINCRBYFLOAT'
+  if command == 'HINCRBYFLOAT' then
+    local refused = cachet_check_float_sum(redis.call('HGET', target, ARGV[5]), ARGV[7])
+    if refused then return refused end
+  end
   local reply = redis.pcall(command, target, ARGV[5], ARGV[7])
   if type(reply) == 'table' and reply.err then
     if string.find(reply.err, 'hash value is not', 1, true) then return {'NOT_A_NUMBER'} end
@@ -109,8 +114,11 @@ function ops.sorted_set_add()
   return {redis.call('ZCARD', target) - before, changed}
 end
 
--- ARGV[5]: delta, ARGV[6]: member. Answers the new score (a string).
+-- ARGV[5]: delta, ARGV[6]: member. Answers the new score (a string). Redis would store
+-- a score that overflows to +/-inf; it is refused instead, with nothing written.
 function ops.sorted_set_increment()
+  local refused = cachet_check_float_sum(redis.call('ZSCORE', target, ARGV[6]), ARGV[5])
+  if refused then return refused end
   return redis.call('ZINCRBY', target, ARGV[5], ARGV[6])
 end
 

@@ -1,3 +1,4 @@
+#!lua
 -- Create a consumer group and record its dead-letter policy, in one step.
 -- KEYS[1] the stream; KEYS[2] its policy hash (absent for a dead-letter stream).
 -- ARGV[1] group, ARGV[2] start id, ARGV[3] '1' to create a missing stream,

@@ -1,3 +1,4 @@
+#!lua
 -- Exclusive locks and counted semaphores. A lock is a semaphore of one permit, so
 -- both share this one script: grants, owner checks, fencing and the fair queue.
 --

@@ -1,3 +1,4 @@
+#!lua
 -- Rate-limit decisions: one or more items, every algorithm, all decided at one Redis TIME.
 --
 -- KEYS:    one state key per item (all in one Cluster slot; an item's key names its

@@ -1,0 +1,152 @@
+"""The quota stage: how much of this process one namespace may hold at once.
+
+Runs inside auth (so it counts only namespaces that passed validation and auth) and
+outside telemetry. Each call takes a slot of its namespace's `calls` quota; a call that
+its CallSpec declares blocking (for this request) takes a `blocking` slot too; a
+Subscribe or Hold stream takes one of its kind for as long as it stays open. A call over
+any of them answers RESOURCE_EXHAUSTED / QUOTA_EXCEEDED with a RetryInfo before its
+handler runs, and only its own namespace's counts decide that: another tenant's load
+never refuses it.
+
+Limits come from the `quotas:` config, overridden per credential (`quotas:` on an API key
+or mTLS identity). Counts are per namespace, so two credentials of one namespace share
+them, each bounded by its own limit. Counters of a namespace with nothing in flight are
+dropped, so the table holds only what is in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import AsyncIterator, Mapping
+
+from ..access import CallSpec, StreamKind
+from ..callcontext import Identity, current_call
+from ..config import QuotaOverrides, Quotas
+from ..errors import ResourceExhausted
+from ..stats import ServiceStats
+from ._stage import Around, Context, StageInterceptor
+from .errors import abort_with
+
+
+class Resource(enum.StrEnum):
+    """What a quota counts; the value names it in messages, ErrorInfo and stats."""
+
+    CALLS = "calls"
+    BLOCKING = "blocking_calls"
+    SUBSCRIBE = "subscribe_streams"
+    HOLD = "hold_streams"
+
+
+_STREAM_RESOURCE = {StreamKind.SUBSCRIBE: Resource.SUBSCRIBE, StreamKind.HOLD: Resource.HOLD}
+_LIMIT_FIELD = {
+    Resource.CALLS: "max_calls",
+    Resource.BLOCKING: "max_blocking_calls",
+    Resource.SUBSCRIBE: "max_subscribe_streams",
+    Resource.HOLD: "max_hold_streams",
+}
+
+
+class QuotaCounts:
+    """In-flight counts per (namespace, resource); an entry lives only while non-zero."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, Resource], int] = {}
+
+    def in_flight(self, namespace: str, resource: Resource) -> int:
+        return self._counts.get((namespace, resource), 0)
+
+    def take(self, namespace: str, resources: tuple[Resource, ...]) -> None:
+        for resource in resources:
+            key = (namespace, resource)
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def give_back(self, namespace: str, resources: tuple[Resource, ...]) -> None:
+        for resource in resources:
+            key = (namespace, resource)
+            left = self._counts[key] - 1
+            if left:
+                self._counts[key] = left
+            else:
+                del self._counts[key]
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
+class QuotaInterceptor(StageInterceptor):
+    def __init__(
+        self, defaults: Quotas, table: Mapping[str, CallSpec], stats: ServiceStats
+    ) -> None:
+        super().__init__()
+        self.defaults = defaults
+        self.table = table
+        self.stats = stats
+        self.counts = QuotaCounts()
+        # Effective limits per credential override (a handful: one per configured
+        # credential with `quotas:`).
+        self._limits: dict[QuotaOverrides, dict[Resource, int]] = {}
+        self._default_limits = {r: int(getattr(defaults, f)) for r, f in _LIMIT_FIELD.items()}
+
+    def limits_for(self, identity: Identity) -> Mapping[Resource, int]:
+        overrides = identity.quotas
+        if overrides is None:
+            return self._default_limits
+        limits = self._limits.get(overrides)
+        if limits is None:
+            limits = self._limits[overrides] = _merged(self._default_limits, overrides)
+        return limits
+
+    def around(self, method: str, *, response_streaming: bool) -> Around | None:
+        spec = self.table.get(method)
+        if spec is None:
+            # Health and reflection: not namespace traffic, never refused here.
+            return None
+        stream_resource = _STREAM_RESOURCE.get(spec.stream) if spec.stream else None
+        counts = self.counts
+        stats = self.stats
+        retry_after = self.defaults.retry_after
+
+        @contextlib.asynccontextmanager
+        async def admit(request: object, context: Context) -> AsyncIterator[None]:
+            call = current_call()
+            namespace = call.namespace
+            resources: tuple[Resource, ...] = (Resource.CALLS,)
+            if stream_resource is not None:
+                resources += (stream_resource,)
+            if spec.blocks(request):
+                resources += (Resource.BLOCKING,)
+            limits = self.limits_for(call.identity)
+            for resource in resources:
+                limit = limits[resource]
+                if counts.in_flight(namespace, resource) >= limit:
+                    stats.record_quota_refusal(namespace, resource.value)
+                    call.status = ResourceExhausted.code
+                    call.reason = "QUOTA_EXCEEDED"
+                    await abort_with(
+                        context,
+                        ResourceExhausted(
+                            f"namespace {namespace!r} already has {limit} "
+                            f"{resource.value.replace('_', ' ')} in flight (its quota); "
+                            "retry later",
+                            retry_after=retry_after,
+                            reason="QUOTA_EXCEEDED",
+                            metadata={"quota": resource.value, "limit": str(limit)},
+                        ),
+                    )
+            counts.take(namespace, resources)
+            try:
+                yield
+            finally:
+                counts.give_back(namespace, resources)
+
+        return admit
+
+
+def _merged(defaults: Mapping[Resource, int], overrides: QuotaOverrides) -> dict[Resource, int]:
+    limits = dict(defaults)
+    for resource, field in _LIMIT_FIELD.items():
+        value = getattr(overrides, field)
+        if value is not None:
+            limits[resource] = int(value)
+    return limits
