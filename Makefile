@@ -95,9 +95,10 @@ check-generated: $(VENV)/.installed $(CODEGEN) ## Fail when the generated code i
 	  diff -r $$tmp/$(TS_CLIENT)/src/gen $(TS_CLIENT)/src/gen && rm -rf $$tmp && echo "generated code is up to date" || \
 	  { echo "generated code is stale: run 'make proto' and commit"; exit 1; }
 
-reliability: setup ## Run the fault tests (Sentinel, Cluster, pauses, overload) and regenerate docs/reliability.md
+reliability: setup ## Run the fault and hostile-tenant tests and regenerate docs/reliability.md
 	rm -rf build/reliability
 	$(PY) -m pytest -q -p no:cacheprovider -m reliability tests/test_faults.py $(PYTEST_ARGS)
+	CACHET_TEST_TOPOLOGIES=standalone $(PY) -m pytest -q -p no:cacheprovider tests/test_hostile_tenant.py $(PYTEST_ARGS)
 	$(PY) scripts/reliability_report.py
 
 bench: setup $(TOOLS)/ghz ## Run the load harness (ghz vs redis-benchmark) and write bench/report.md

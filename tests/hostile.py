@@ -31,6 +31,11 @@ class Victim:
     timeout: float = 5.0
     # An API key, when the server requires one.
     credential: str | None = None
+    # Write the key first (off where Redis refuses writes: the test writes it).
+    write_first: bool = True
+    # The victim calls for at least this long, so a short abuse still gets a sample.
+    min_seconds: float = 0.5
+    _started: float = 0.0
     latencies: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -40,11 +45,13 @@ class Victim:
     async def __aenter__(self) -> Victim:
         self._channel = channel_to(self.port, VICTIM_NAMESPACE)
         stub = cache_pb2_grpc.CacheServiceStub(self._channel)
-        await stub.Set(
-            pb.SetRequest(key="mine", value=b"v" * 100),
-            timeout=self.timeout,
-            metadata=self.metadata,
-        )
+        if self.write_first:
+            await stub.Set(
+                pb.SetRequest(key="mine", value=b"v" * 100),
+                timeout=self.timeout,
+                metadata=self.metadata,
+            )
+        self._started = time.monotonic()
         self._tasks = [asyncio.create_task(self._loop(stub)) for _ in range(self.workers)]
         return self
 
@@ -63,6 +70,7 @@ class Victim:
             await asyncio.sleep(0.005)
 
     async def __aexit__(self, *exc: object) -> None:
+        await asyncio.sleep(max(0.0, self._started + self.min_seconds - time.monotonic()))
         self._stop.set()
         await asyncio.gather(*self._tasks)
         if self._channel is not None:

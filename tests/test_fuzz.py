@@ -275,3 +275,48 @@ def test_no_request_breaks_the_server(fuzz_server, fuzz_channel, memory_baseline
     assert fuzz_server.process is not None and fuzz_server.process.poll() is None
     rss = psutil.Process(fuzz_server.process.pid).memory_info().rss
     assert rss - memory_baseline < MEMORY_BUDGET_BYTES, f"RSS grew by {rss - memory_baseline}"
+
+
+# Bodies that are not protobuf of any message: a field of wire type 7 (invalid), a
+# length that runs past the end, a string field that is not UTF-8, a truncated varint.
+_MALFORMED = [b"\x0f", b"\x0a\x05ab", b"\x0a\x02\xc3\x28", b"\x08\xff\xff\xff"]
+
+
+def _invoke_raw(channel: grpc.Channel, method: d.MethodDescriptor, body: bytes) -> grpc.StatusCode:
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    metadata = [("cachet-namespace", "fuzz")]
+    try:
+        if method.client_streaming:
+            call = channel.stream_stream(path)(iter([body]), timeout=1.0, metadata=metadata)
+            for _ in zip(range(3), call, strict=False):
+                pass
+            call.cancel()
+        elif method.server_streaming:
+            call = channel.unary_stream(path)(body, timeout=1.0, metadata=metadata)
+            for _ in zip(range(3), call, strict=False):
+                pass
+            call.cancel()
+        else:
+            channel.unary_unary(path)(body, timeout=3.0, metadata=metadata)
+    except grpc.RpcError as error:
+        return error.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: f"{m.containing_service.name}.{m.name}")
+def test_malformed_bodies_are_invalid_argument(fuzz_server, fuzz_channel, method):
+    """Raw bodies that do not parse: INVALID_ARGUMENT on every RPC, streaming ones too
+    (grpc itself would answer UNKNOWN with the parser's exception text)."""
+    codes = {body: _invoke_raw(fuzz_channel, method, body) for body in _MALFORMED}
+    assert not set(codes.values()) & SERVER_FAULTS, codes
+    # Broken framing fails every message; bad UTF-8 only where field 1 is a string.
+    broken = {body: code for body, code in codes.items() if body != b"\x0a\x02\xc3\x28"}
+    assert set(broken.values()) == {grpc.StatusCode.INVALID_ARGUMENT}, codes
+
+    @settings(max_examples=max(20, EXAMPLES // 10), deadline=None, database=None)
+    @given(body=st.binary(max_size=64))
+    def random_bytes(body: bytes) -> None:
+        code = _invoke_raw(fuzz_channel, method, body)
+        assert code not in SERVER_FAULTS, f"{method.full_name} answered {code} to {body!r}"
+
+    random_bytes()

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import grpc
+import psutil
 import pytest
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
@@ -35,6 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .conftest import _status_details, bad_fields, channel_to, error_reason, make_settings
 from .hostile import Victim, record_hostile
 from .redis_procs import RedisProcess, free_port
+from .server_procs import CachetProcess
 
 QUOTAS = {
     "max_calls": 300,
@@ -479,6 +481,9 @@ async def test_every_write_that_adds_data_respects_maxmemory(full_redis):
         limits = ratelimit_pb2_grpc.RateLimitServiceStub(channel)
         bus = eventbus_pb2_grpc.EventBusServiceStub(channel)
         held = await locks.Acquire(lk.AcquireRequest(name="before", ttl=wait(60)))
+        async with channel_to(app.port, "victim") as victim_channel:
+            victim_cache = cache_pb2_grpc.CacheServiceStub(victim_channel)
+            await victim_cache.Set(pb.SetRequest(key="mine", value=b"v"))
         for n in range(200):
             if await outcome(cache.Set(pb.SetRequest(key=f"fill{n}", value=b"z" * 65536))) != "OK":
                 break
@@ -527,9 +532,11 @@ async def test_every_write_that_adds_data_respects_maxmemory(full_redis):
                 )
             ],
         }
-        answers = {
-            name: Counter([await outcome(call) for call in calls]) for name, calls in writes.items()
-        }
+        async with Victim(app.port, write_first=False) as victim:
+            answers = {
+                name: Counter([await outcome(call) for call in calls])
+                for name, calls in writes.items()
+            }
         used = int(redis.info("memory")["used_memory"])
         # Giving back is never refused.
         released = await outcome(
@@ -545,6 +552,14 @@ async def test_every_write_that_adds_data_respects_maxmemory(full_redis):
         )
     assert released == "OK"
     assert used - used_before < 1024 * 1024, f"Redis grew {used - used_before} bytes"
+    victim.assert_unharmed()
+    record_hostile(
+        "Redis over maxmemory (noeviction): Acquire x50, AcquireSemaphore x20, rate-limit "
+        "Check x20, Append, ListPush, HashSet, SetAdd, SortedSetAdd",
+        f"every one RESOURCE_EXHAUSTED/BACKEND_OUT_OF_MEMORY; Release OK; Redis grew "
+        f"{(used - used_before) / 1024:.0f} KiB",
+        victim,
+    )
 
 
 # ---- stats cardinality ---------------------------------------------------------------
@@ -669,3 +684,118 @@ async def test_errors_never_name_redis_addresses():
             )
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert str(port) not in error.details() and "127.0.0.1" not in error.details(), error
+
+
+# ---- one process of its own: memory and connections ------------------------------
+
+
+def _rss(process: psutil.Process) -> int:
+    return int(process.memory_info().rss)
+
+
+async def test_slow_subscribers_hold_bounded_memory_and_give_it_back(redis_standalone):
+    """The slow-reader attack at the configured limits: subscribers that never read while
+    50 MiB is published to them. Each ends SUBSCRIBER_TOO_SLOW once 2 MiB behind; the
+    server's RSS stays within a bound and comes back near its baseline."""
+    budget = 2 * 1024 * 1024
+    server = CachetProcess(
+        redis_standalone.url,
+        CACHET_EVENTBUS__SUBSCRIBER_BUFFER_BYTES=str(budget),
+        CACHET_LOG_LEVEL="ERROR",
+    ).start()
+    assert server.process is not None
+    process = psutil.Process(server.process.pid)
+    event = eb.Event(payload=b"p" * (512 * 1024))
+    mib = 2**20
+    try:
+        async with channel_to(server.port, "publisher") as publisher_channel:
+            publisher = eventbus_pb2_grpc.EventBusServiceStub(publisher_channel)
+            # Warm up every path once, so the baseline includes what any use allocates.
+            warm = channel_to(server.port, "publisher")
+            first = eventbus_pb2_grpc.EventBusServiceStub(warm).Subscribe(
+                eb.SubscribeRequest(topics=["t"])
+            )
+            await first.read()
+            await publisher.Publish(eb.PublishRequest(topic="t", event=event))
+            await first.read()
+            first.cancel()
+            await warm.close()
+            await asyncio.sleep(0.5)
+            baseline = _rss(process)
+            channels = [channel_to(server.port, "publisher") for _ in range(4)]
+            slow = [
+                eventbus_pb2_grpc.EventBusServiceStub(c).Subscribe(
+                    eb.SubscribeRequest(topics=["t"])
+                )
+                for c in channels
+            ]
+            for stream in slow:
+                assert (await stream.read()).HasField("active")
+            peak = baseline
+            async with Victim(server.port) as victim:
+                for _ in range(100):
+                    await publisher.Publish(eb.PublishRequest(topic="t", event=event))
+                    peak = max(peak, _rss(process))
+                await asyncio.sleep(0.5)
+                peak = max(peak, _rss(process))
+            ends: list[str] = []
+            for stream in slow:
+                try:
+                    while True:
+                        await asyncio.wait_for(stream.read(), timeout=10)
+                except aio.AioRpcError as error:
+                    ends.append(f"{error.code().name}/{error_reason(error)}")
+            for c in channels:
+                await c.close()
+            await asyncio.sleep(1.0)
+            after = _rss(process)
+    finally:
+        server.stop()
+    assert ends == ["RESOURCE_EXHAUSTED/SUBSCRIBER_TOO_SLOW"] * 4, ends
+    victim.assert_unharmed()
+    grown, kept = (peak - baseline) / mib, (after - baseline) / mib
+    print(f"\nRSS baseline {baseline / mib:.0f} MiB, peak +{grown:.1f}, after +{kept:.1f}")
+    # 4 subscribers x 2 MiB of buffer, plus what grpc holds in flight per stream.
+    assert grown < 64, f"RSS grew {grown:.0f} MiB"
+    assert kept < 24, f"{kept:.0f} MiB still held after the streams ended"
+    record_hostile(
+        "4 Subscribe streams that never read, 100 Publish of 512 KiB (50 MiB each); "
+        "buffer 2 MiB per subscriber",
+        f"all 4 ended RESOURCE_EXHAUSTED/SUBSCRIBER_TOO_SLOW; server RSS {baseline / mib:.0f} "
+        f"MiB, peak +{grown:.0f} MiB, +{kept:.0f} MiB after the streams ended",
+        victim,
+    )
+
+
+def test_connection_cap_keeps_health_answering(redis_standalone):
+    health_port = free_port()
+    server = CachetProcess(
+        redis_standalone.url,
+        CACHET_CONNECTIONS__MAX_CONNECTIONS="4",
+        CACHET_HEALTH_LISTEN=f"127.0.0.1:{health_port}",
+        CACHET_LOG_LEVEL="ERROR",
+    ).start()
+    # A local subchannel pool each, so every channel opens a TCP connection of its own.
+    local = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.insecure_channel(server.address, options=local) for _ in range(12)]
+    try:
+        codes = []
+        for channel in channels:
+            try:
+                cache_pb2_grpc.CacheServiceStub(channel).Get(pb.GetRequest(key="k"), timeout=2)
+                codes.append("OK")
+            except grpc.RpcError as error:
+                codes.append(error.code().name)
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as probe:
+            health = health_pb2_grpc.HealthStub(probe).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+    finally:
+        for channel in channels:
+            channel.close()
+        server.stop()
+    counted = Counter(codes)
+    assert counted["OK"] >= 1 and counted["OK"] <= 4, counted
+    assert set(counted) <= {"OK", "UNAVAILABLE"}, counted
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    print(f"\n[hostile tenant] 12 connections, cap 4: {dict(counted)}; health port SERVING")

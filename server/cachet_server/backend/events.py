@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -529,6 +532,44 @@ class SubscriberTooSlow(ResourceExhausted):
         )
 
 
+def _load_malloc_trim() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc: its allocator gives memory back by itself, or cannot
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+# At most this often: trimming walks the allocator's free lists.
+_TRIM_INTERVAL_S = 1.0
+
+
+class _Trimmer:
+    last = 0.0
+    pending: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def trim(cls) -> None:
+        cls.pending = None
+        cls.last = time.monotonic()
+        _MALLOC_TRIM(0)
+
+
+def give_memory_back() -> None:
+    """Hand freed heap back to the OS once a subscriber's buffer is gone. glibc keeps
+    freed chunks of large payloads in its arenas (its mmap threshold rises after the
+    first large free), so without this a slow subscriber's buffer stays in the RSS
+    for good. At most once a second; a call within the second is done at its end."""
+    if _MALLOC_TRIM is None or _Trimmer.pending is not None:
+        return
+    wait = _Trimmer.last + _TRIM_INTERVAL_S - time.monotonic()
+    if wait <= 0:
+        _Trimmer.trim()
+    else:
+        _Trimmer.pending = asyncio.get_running_loop().call_later(wait, _Trimmer.trim)
+
+
 # What one buffered message costs beyond its body (the objects around it), for the
 # subscriber's byte budget.
 _MESSAGE_OVERHEAD_BYTES = 256
@@ -707,6 +748,9 @@ class Subscription:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump_task
         await self._close()
+        self._queue = asyncio.Queue()
+        self.buffered_bytes = 0
+        give_memory_back()
 
     async def next(self) -> Item:
         item = await self._queue.get()
