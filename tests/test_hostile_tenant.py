@@ -799,3 +799,57 @@ def test_connection_cap_keeps_health_answering(redis_standalone):
     assert set(counted) <= {"OK", "UNAVAILABLE"}, counted
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     print(f"\n[hostile tenant] 12 connections, cap 4: {dict(counted)}; health port SERVING")
+
+
+async def _burst(port: int, count: int) -> Counter[str]:
+    async with channel_to(port, "burst") as channel:
+        cache = cache_pb2_grpc.CacheServiceStub(channel)
+        await cache.Set(pb.SetRequest(key="k", value=b"v"))
+        return Counter(
+            await asyncio.gather(
+                *(outcome(cache.Get(pb.GetRequest(key="k"), timeout=10)) for _ in range(count))
+            )
+        )
+
+
+async def test_a_burst_of_3000_gets_on_one_connection_all_answer(redis_standalone):
+    """Before: 126 UNAVAILABLE ("Too many connections") and 605 CANCELLED of 3,000."""
+    server = CachetProcess(redis_standalone.url, CACHET_LOG_LEVEL="ERROR").start()
+    try:
+        async with Victim(server.port) as victim:
+            answers = await _burst(server.port, 3000)
+    finally:
+        server.stop()
+    assert answers == {"OK": 3000}, answers
+    victim.assert_unharmed()
+    record_hostile(
+        "3,000 concurrent Gets on one connection (default settings)",
+        ", ".join(f"{k} {v}" for k, v in sorted(answers.items())),
+        victim,
+    )
+
+
+async def test_cancelled_comes_from_the_pending_call_backlog(redis_standalone):
+    """Where the spurious CANCELLED came from: grpc core refuses calls the server has not
+    picked up yet beyond grpc.server.max_pending_requests, and the client sees CANCELLED.
+    With the backlog made tiny, a burst shows it; those calls never reach a handler."""
+    server = CachetProcess(
+        redis_standalone.url,
+        CACHET_CONNECTIONS__MAX_PENDING_CALLS="20",
+        CACHET_LOG_LEVEL="ERROR",
+    ).start()
+    try:
+        answers = await _burst(server.port, 1000)
+        async with channel_to(server.port) as channel:
+            from cachet_client.proto.cachet.admin.v1 import admin_pb2, admin_pb2_grpc
+
+            served = await admin_pb2_grpc.AdminServiceStub(channel).GetServiceStats(
+                admin_pb2.GetServiceStatsRequest()
+            )
+    finally:
+        server.stop()
+    handled = {m.method: m.calls for m in served.methods}["/cachet.cache.v1.CacheService/Get"]
+    assert answers["CANCELLED/-"] > 0, answers
+    assert set(answers) <= {"OK", "CANCELLED/-"}, answers
+    assert handled == answers["OK"]
+    print(f"\n[hostile tenant] backlog 20, burst 1000: {dict(answers)}; handled {handled}")

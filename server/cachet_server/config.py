@@ -100,12 +100,21 @@ class ConnectionSettings(BaseModel):
         "once. Probes keep answering on `health_listen`, a separate port.",
     )
     max_streams_per_connection: int = Field(
-        1000,
+        4096,
         ge=1,
         le=65536,
         description="Most calls in flight on one HTTP/2 connection (grpc.max_concurrent_streams); "
         "beyond it a client queues its calls, except for a burst sent before the server's "
         "first SETTINGS frame reached it: those answer UNAVAILABLE (REFUSED_STREAM).",
+    )
+    max_pending_calls: int = Field(
+        10_000,
+        ge=1,
+        description="Most calls that have arrived but that the server has not picked up yet "
+        "(grpc.server.max_pending_requests and its hard limit): grpc.aio picks calls up one "
+        "at a time from its event loop, so a burst queues in grpc core first. Beyond it, "
+        "grpc core refuses a call, and the client sees CANCELLED for a call it never "
+        "cancelled (grpc's defaults, 1,000 and 3,000, did that to bursts of 3,000 Gets).",
     )
     idle_timeout: timedelta = Field(
         timedelta(minutes=5),
@@ -145,6 +154,9 @@ class ConnectionSettings(BaseModel):
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", ms(self.min_client_ping_interval)),
             ("grpc.http2.max_ping_strikes", 2),
+            # Soft and hard limit equal: refusal past the limit, never at random before it.
+            ("grpc.server.max_pending_requests", self.max_pending_calls),
+            ("grpc.server.max_pending_requests_hard_limit", self.max_pending_calls),
         ]
 
 
