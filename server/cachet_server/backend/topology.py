@@ -268,7 +268,7 @@ class GatedRedis(Redis):
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if self.gates is None:
-            return await super().execute_command(*args, **options)
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         return await self.gates.run(super().execute_command, args, options)
 
 
