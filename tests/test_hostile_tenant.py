@@ -853,3 +853,15 @@ async def test_cancelled_comes_from_the_pending_call_backlog(redis_standalone):
     assert set(answers) <= {"OK", "CANCELLED/-"}, answers
     assert handled == answers["OK"]
     print(f"\n[hostile tenant] backlog 20, burst 1000: {dict(answers)}; handled {handled}")
+
+
+def test_blocking_commands_are_told_apart_with_their_timeouts():
+    from cachet_server.backend.topology import _block_timeout, is_blocking
+
+    assert is_blocking(("BLPOP", "k", 1.5)) and _block_timeout(("BLPOP", "k", 1.5)) == 1.5
+    assert is_blocking((b"BLMOVE", "a", "b", 0.2, "LEFT", "LEFT"))
+    read = ("XREAD", "COUNT", 1, b"BLOCK", 250, "STREAMS", "s", "0-0")
+    assert is_blocking(read) and _block_timeout(read) == 0.25
+    assert _block_timeout(("BLPOP", "k", 0)) is None  # 0 is "forever" to Redis
+    assert not is_blocking(("XREAD", "COUNT", 1, "STREAMS", "s", "0-0"))
+    assert not is_blocking(("GET", "k")) and not is_blocking(())

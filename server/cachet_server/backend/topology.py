@@ -425,6 +425,8 @@ class Topology:
         if self.kind is TopologyKind.CLUSTER:
             await self.client.initialize()
             await self._close_vanished_node_clients()
+            if self.blocking is not None:
+                await self.blocking.initialize()
         if self.sentinel is not None and not self._followers:
             self._followers = [
                 asyncio.create_task(self._follow_switches(sentinel_client))
