@@ -64,13 +64,14 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
@@ -260,11 +261,101 @@ class CommandGates:
         async with self.commands:
             return await send(*args, **options)
 
+    async def run_pipeline(
+        self,
+        commands: Sequence[tuple[Any, ...]],
+        send: Callable[[], Awaitable[list[Any]]],
+        send_blocking: Callable[[], Awaitable[list[Any]]],
+    ) -> list[Any]:
+        """A pipeline through the gates: one holding a blocking command goes to the
+        blocking pool (`send_blocking`), as a whole, else to the command pool (`send`).
+        A blocking pipeline that finds no blocking connection within its commands'
+        wait runs nothing and answers None for each command, as a timed-out wait."""
+        blocking = [args for args in commands if is_blocking(args)]
+        if not blocking or self.blocking_client is None:
+            async with self.commands:
+                return await send()
+        waits = [_block_timeout(args) for args in blocking]
+        wait = None if None in waits else min(w for w in waits if w is not None)
+        try:
+            async with asyncio.timeout(wait):
+                await self.blocking.acquire()
+        except TimeoutError:
+            return [None] * len(commands)
+        try:
+            return await send_blocking()
+        finally:
+            self.blocking.release()
+
+
+class GatedPipeline(Pipeline):
+    """A standalone or Sentinel pipeline whose execution passes the gates: a blocking
+    pipeline runs on a connection of the blocking pool."""
+
+    gates: CommandGates
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if self.connection is not None:
+            # WATCHing: already on its connection (never a blocking one).
+            return await super().execute(raise_on_error)
+        commands = [args for args, _ in self.command_stack]
+        own_pool = self.connection_pool
+
+        async def on_blocking_pool() -> list[Any]:
+            self.connection_pool = self.gates.blocking_client.connection_pool
+            try:
+                return await Pipeline.execute(self, raise_on_error)
+            finally:
+                self.connection_pool = own_pool
+
+        results = await self.gates.run_pipeline(
+            commands, lambda: Pipeline.execute(self, raise_on_error), on_blocking_pool
+        )
+        if self.command_stack:  # a blocking pipeline that never ran
+            await self.reset()  # type: ignore[no-untyped-call]
+        return results
+
+
+class GatedClusterPipeline(ClusterPipeline):
+    """A Cluster pipeline whose execution passes the gates: a blocking pipeline is
+    replayed on the blocking client's own Cluster pipeline."""
+
+    gates: CommandGates
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        queued = list(self._execution_strategy._command_queue)  # type: ignore[attr-defined]
+
+        async def on_blocking_client() -> list[Any]:
+            replay = ClusterPipeline(self.gates.blocking_client)  # type: ignore[abstract]
+            for command in queued:
+                replay.execute_command(*command.args, **command.kwargs)
+            try:
+                return await replay.execute(raise_on_error, allow_redirections)
+            finally:
+                await self.reset()  # type: ignore[no-untyped-call]
+
+        async def here() -> list[Any]:
+            return await ClusterPipeline.execute(self, raise_on_error, allow_redirections)
+
+        results = await self.gates.run_pipeline(
+            [command.args for command in queued], here, on_blocking_client
+        )
+        if len(self):
+            await self.reset()  # type: ignore[no-untyped-call]
+        return results
+
 
 class GatedRedis(Redis):
     """A standalone or Sentinel-managed client whose commands pass `gates`."""
 
     gates: CommandGates | None = None
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        if self.gates is None:
+            return super().pipeline(transaction, shard_hint)
+        pipe = GatedPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+        pipe.gates = self.gates
+        return pipe
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if self.gates is None:
@@ -276,6 +367,13 @@ class GatedRedisCluster(RedisCluster):
     """A Cluster client whose commands pass `gates`."""
 
     gates: CommandGates | None = None
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        if self.gates is None:
+            return super().pipeline(transaction, shard_hint)
+        pipe = GatedClusterPipeline(self, transaction)  # type: ignore[abstract]
+        pipe.gates = self.gates
+        return pipe
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if self.gates is None:
