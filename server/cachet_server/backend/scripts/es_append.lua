@@ -1,3 +1,4 @@
+#!lua
 -- Append one event to a durable stream (XADD), optionally trimmed (MAXLEN ~).
 -- KEYS: stream, remembered (where the result of a request with a request_id is
 -- kept; any key of the slot when there is none).
