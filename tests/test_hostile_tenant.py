@@ -865,3 +865,13 @@ def test_blocking_commands_are_told_apart_with_their_timeouts():
     assert _block_timeout(("BLPOP", "k", 0)) is None  # 0 is "forever" to Redis
     assert not is_blocking(("XREAD", "COUNT", 1, "STREAMS", "s", "0-0"))
     assert not is_blocking(("GET", "k")) and not is_blocking(())
+
+
+async def test_request_ids_are_anchored_at_the_very_end(hostile, channels):
+    cache = cache_pb2_grpc.CacheServiceStub(channels["ids"])
+    await cache.Increment(pb.IncrementRequest(key="n", by_int=1, request_id="r-1"))
+    error = await aio_error(
+        cache.Increment(pb.IncrementRequest(key="n", by_int=1, request_id="r-1\n"))
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(error) == ["request_id"]

@@ -17,7 +17,7 @@ from google.protobuf import duration_pb2
 from .config import Limits
 from .errors import InvalidArgument
 
-REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+REQUEST_ID_PATTERN = re.compile(r"\A[A-Za-z0-9_.:\-]{1,128}\Z")
 _MAX_NANOS = 999_999_999
 _Choice = TypeVar("_Choice")
 
