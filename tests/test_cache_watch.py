@@ -321,3 +321,19 @@ async def _write_until_reported(cache: Any, watch: Watch, key: str) -> None:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.2)
+
+
+async def test_watchers_count_against_the_namespace_quota(private_redis: RedisProcess, namespace):
+    settings = make_settings(private_redis.url, quotas={"max_watch_streams": 2})
+    async with running(settings) as app, channel_to(app.port, namespace) as chan:
+        cache = cache_pb2_grpc.CacheServiceStub(chan)
+        async with watching(cache), watching(cache):
+            refused = await rpc_error(
+                cache.WatchInvalidations(pb.WatchInvalidationsRequest()).read()
+            )
+            assert error_reason(refused) == "QUOTA_EXCEEDED"
+            async with channel_to(app.port, f"{namespace}-other") as other:
+                async with watching(cache_pb2_grpc.CacheServiceStub(other)):
+                    pass  # another namespace's quota is its own
+        async with watching(cache):
+            pass  # the slots come back when the streams end

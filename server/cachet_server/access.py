@@ -38,6 +38,7 @@ class StreamKind(StrEnum):
 
     SUBSCRIBE = "subscribe"
     HOLD = "hold"
+    WATCH = "watch"
 
 
 @dataclass(frozen=True, slots=True)

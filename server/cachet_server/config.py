@@ -68,6 +68,12 @@ class Quotas(BaseModel):
     max_hold_streams: int = Field(
         100, ge=1, le=100_000, description="Hold streams of one namespace open at once."
     )
+    max_watch_streams: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="WatchInvalidations streams of one namespace open at once.",
+    )
     retry_after: timedelta = Field(
         timedelta(seconds=1),
         gt=timedelta(0),
@@ -84,6 +90,7 @@ class QuotaOverrides(BaseModel):
     max_blocking_calls: int | None = Field(None, ge=1, le=100_000)
     max_subscribe_streams: int | None = Field(None, ge=1, le=100_000)
     max_hold_streams: int | None = Field(None, ge=1, le=100_000)
+    max_watch_streams: int | None = Field(None, ge=1, le=100_000)
 
 
 class ConnectionSettings(BaseModel):

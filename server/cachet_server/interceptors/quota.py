@@ -3,7 +3,8 @@
 Runs inside auth (so it counts only namespaces that passed validation and auth) and
 outside telemetry. Each call takes a slot of its namespace's `calls` quota; a call that
 its CallSpec declares blocking (for this request) takes a `blocking` slot too; a
-Subscribe or Hold stream takes one of its kind for as long as it stays open. A call over
+Subscribe, Hold or WatchInvalidations stream takes one of its kind for as long as it
+stays open. A call over
 any of them answers RESOURCE_EXHAUSTED / QUOTA_EXCEEDED with a RetryInfo before its
 handler runs, and only its own namespace's counts decide that: another tenant's load
 never refuses it.
@@ -36,14 +37,20 @@ class Resource(enum.StrEnum):
     BLOCKING = "blocking_calls"
     SUBSCRIBE = "subscribe_streams"
     HOLD = "hold_streams"
+    WATCH = "watch_streams"
 
 
-_STREAM_RESOURCE = {StreamKind.SUBSCRIBE: Resource.SUBSCRIBE, StreamKind.HOLD: Resource.HOLD}
+_STREAM_RESOURCE = {
+    StreamKind.SUBSCRIBE: Resource.SUBSCRIBE,
+    StreamKind.HOLD: Resource.HOLD,
+    StreamKind.WATCH: Resource.WATCH,
+}
 _LIMIT_FIELD = {
     Resource.CALLS: "max_calls",
     Resource.BLOCKING: "max_blocking_calls",
     Resource.SUBSCRIBE: "max_subscribe_streams",
     Resource.HOLD: "max_hold_streams",
+    Resource.WATCH: "max_watch_streams",
 }
 
 

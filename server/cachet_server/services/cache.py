@@ -9,7 +9,7 @@ from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
 from google.protobuf import duration_pb2
 
-from ..access import ADMIN, READ, WRITE, CallSpec
+from ..access import ADMIN, READ, WRITE, CallSpec, StreamKind, streaming
 from ..backend.cache import (
     CacheStore,
     FillOptions,
@@ -85,7 +85,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         "SetBit": WRITE,
         "SetMany": WRITE,
         "Txn": WRITE,
-        "WatchInvalidations": READ,
+        "WatchInvalidations": streaming(READ, StreamKind.WATCH),
     }
 
     def __init__(self, deps: Dependencies) -> None:
