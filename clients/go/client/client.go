@@ -1,6 +1,5 @@
-// Package client is a thin Go client for cachet: one gRPC connection scoped to a
-// namespace, typed CacheService calls, and helpers that read the google.rpc error
-// details cachet attaches to every failure.
+// Package client is the Go client for cachet: one gRPC connection scoped to a
+// namespace, with typed calls for every service and typed errors.
 //
 //	c, err := client.Dial("localhost:50051", "shop")
 //	if err != nil { ... }
@@ -8,46 +7,63 @@
 //	version, err := c.Set(ctx, "user:1", []byte("alice"), client.WithTTL(5*time.Minute))
 //	value, err := c.Get(ctx, "user:1") // nil, nil when the key is absent
 //
+// The cache calls are methods of Client; c.Locks(), c.RateLimits(), c.Events() and
+// c.Admin() give the other services. Every call takes a context: its deadline is the
+// call's deadline. Failures are *Error values (errors.As), which also match the
+// sentinels (errors.Is(err, client.ErrLockHeld)) and keep answering status.Code.
+//
 // The generated stubs for every service are under .../clients/go/gen; build them on
-// Conn() and they carry the namespace too:
+// Conn() and they carry the namespace, the credential and the retry policy too:
 //
 //	locks := lockv1.NewLockServiceClient(c.Conn())
 package client
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/types/known/durationpb"
 
+	adminv1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/admin/v1"
 	cachev1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/cache/v1"
+	eventbusv1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/eventbus/v1"
+	lockv1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/lock/v1"
+	ratelimitv1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/ratelimit/v1"
 )
 
 // NamespaceMetadata is the request metadata key that scopes a call to a namespace.
 const NamespaceMetadata = "cachet-namespace"
 
 // Client is a connection to a cachet server whose calls all run in one namespace.
+// It is safe for concurrent use.
 type Client struct {
-	conn  *grpc.ClientConn
-	cache cachev1.CacheServiceClient
-}
-
-// Value is a cached value and the version to pass to IfVersion for compare-and-swap.
-type Value struct {
-	Data    []byte
-	Version uint64
+	conn   *grpc.ClientConn
+	cache  cachev1.CacheServiceClient
+	locks  *Locks
+	limits *RateLimits
+	events *Events
+	admin  *Admin
 }
 
 // Dial connects to the cachet server at target (host:port) in namespace. The
-// connection is plaintext unless opts bring other credentials; it is made lazily, so
-// errors from an unreachable server surface on the first call.
+// connection is plaintext unless an option (WithTLS, WithTLSFiles or any
+// grpc.DialOption) brings other transport credentials; it is made lazily, so errors
+// from an unreachable server surface on the first call. Idempotent calls are retried
+// on UNAVAILABLE through the gRPC service config (RetryServiceConfig); a later
+// grpc.WithDefaultServiceConfig replaces that policy.
 func Dial(target, namespace string, opts ...grpc.DialOption) (*Client, error) {
 	scope := metadata.Pairs(NamespaceMetadata, namespace)
 	defaults := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultServiceConfig(RetryServiceConfig),
 		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any,
 			cc *grpc.ClientConn, invoker grpc.UnaryInvoker, callOpts ...grpc.CallOption,
 		) error {
@@ -63,7 +79,14 @@ func Dial(target, namespace string, opts ...grpc.DialOption) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{conn: conn, cache: cachev1.NewCacheServiceClient(conn)}, nil
+	return &Client{
+		conn:   conn,
+		cache:  cachev1.NewCacheServiceClient(conn),
+		locks:  &Locks{stub: lockv1.NewLockServiceClient(conn)},
+		limits: &RateLimits{stub: ratelimitv1.NewRateLimitServiceClient(conn)},
+		events: &Events{stub: eventbusv1.NewEventBusServiceClient(conn)},
+		admin:  &Admin{stub: adminv1.NewAdminServiceClient(conn), namespace: namespace},
+	}, nil
 }
 
 // scoped adds the namespace to the call's outgoing metadata unless the caller set one.
@@ -75,83 +98,111 @@ func scoped(ctx context.Context, scope metadata.MD) metadata.MD {
 	return metadata.Join(md, scope)
 }
 
-// Conn is the underlying connection, for the generated stubs of the other services.
+// Conn is the underlying connection, for the generated stubs.
 func (c *Client) Conn() *grpc.ClientConn { return c.conn }
 
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }
 
-// Get reads key; it answers nil, nil when the key is absent.
-func (c *Client) Get(ctx context.Context, key string) (*Value, error) {
-	reply, err := c.cache.Get(ctx, &cachev1.GetRequest{Key: key})
-	if err != nil || !reply.GetFound() {
-		return nil, err
+// Locks is LockService: locks, held locks and semaphores.
+func (c *Client) Locks() *Locks { return c.locks }
+
+// RateLimits is RateLimitService.
+func (c *Client) RateLimits() *RateLimits { return c.limits }
+
+// Events is EventBusService: pub/sub and durable streams.
+func (c *Client) Events() *Events { return c.events }
+
+// Admin is AdminService (the admin role when auth is on).
+func (c *Client) Admin() *Admin { return c.admin }
+
+// WithTLS makes the connection use TLS with config (nil: the system roots). Set
+// config.Certificates for mutual TLS.
+func WithTLS(config *tls.Config) grpc.DialOption {
+	if config == nil {
+		config = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
-	return &Value{Data: reply.GetValue(), Version: reply.GetVersion()}, nil
+	return grpc.WithTransportCredentials(credentials.NewTLS(config))
 }
 
-// SetOption refines a Set.
-type SetOption func(*cachev1.SetRequest)
-
-// WithTTL gives the value a time to live; without it the server's default TTL applies.
-func WithTTL(ttl time.Duration) SetOption {
-	return func(r *cachev1.SetRequest) { r.Ttl = durationpb.New(ttl) }
-}
-
-// IfAbsent writes only if the key does not exist (FAILED_PRECONDITION KEY_EXISTS otherwise).
-func IfAbsent() SetOption {
-	return func(r *cachev1.SetRequest) { r.Condition = cachev1.SetCondition_SET_CONDITION_IF_ABSENT }
-}
-
-// IfVersion writes only if the key's current version is version (compare-and-swap;
-// ABORTED VERSION_MISMATCH otherwise).
-func IfVersion(version uint64) SetOption {
-	return func(r *cachev1.SetRequest) { r.IfVersion = &version }
-}
-
-// WithFencingToken rejects the write if a higher LockService fencing token already
-// wrote the key (ABORTED FENCING_TOKEN_STALE).
-func WithFencingToken(token uint64) SetOption {
-	return func(r *cachev1.SetRequest) { r.FencingToken = &token }
-}
-
-// WithTags tags the value for InvalidateTags.
-func WithTags(tags ...string) SetOption {
-	return func(r *cachev1.SetRequest) { r.Tags = append(r.Tags, tags...) }
-}
-
-// Set writes value under key and answers its new version.
-func (c *Client) Set(ctx context.Context, key string, value []byte, opts ...SetOption) (uint64, error) {
-	request := &cachev1.SetRequest{Key: key, Value: value}
-	for _, opt := range opts {
-		opt(request)
+// WithTLSFiles makes the connection use TLS trusting the PEM CA bundle at caFile
+// (empty: the system roots) and, when certFile and keyFile are given, presenting
+// that client certificate (mutual TLS).
+func WithTLSFiles(caFile, certFile, keyFile string) (grpc.DialOption, error) {
+	config := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("cachet TLS CA: %w", err)
+		}
+		config.RootCAs = x509.NewCertPool()
+		if !config.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("cachet TLS CA: no PEM certificate in %s", caFile)
+		}
 	}
-	reply, err := c.cache.Set(ctx, request)
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("cachet TLS: a client certificate needs both certFile and keyFile")
+	}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("cachet TLS client certificate: %w", err)
+		}
+		config.Certificates = []tls.Certificate{pair}
+	}
+	return WithTLS(config), nil
+}
+
+// TokenSource answers the credential to send on a call; it is called once per call
+// (unary or stream), so it can cache a token and refresh it when it nears expiry.
+type TokenSource func(ctx context.Context) (string, error)
+
+// WithToken sends token as `authorization: Bearer <token>` on every call. A
+// credential needs TLS (Dial fails otherwise) unless AllowPlaintextToken is given.
+func WithToken(token string) grpc.DialOption {
+	return WithTokenSource(func(context.Context) (string, error) { return token, nil })
+}
+
+// WithTokenSource sends the token source's answer as `authorization: Bearer <token>`
+// on every call. A credential needs TLS (Dial fails otherwise) unless
+// AllowPlaintextToken is given.
+func WithTokenSource(source TokenSource) grpc.DialOption {
+	return grpc.WithPerRPCCredentials(bearer{source: source, requireTLS: true})
+}
+
+// AllowPlaintextToken is WithTokenSource for a plaintext connection, for a server
+// reached over loopback or a sidecar only: anyone on the path can read the token.
+func AllowPlaintextToken(source TokenSource) grpc.DialOption {
+	return grpc.WithPerRPCCredentials(bearer{source: source})
+}
+
+type bearer struct {
+	source     TokenSource
+	requireTLS bool
+}
+
+func (b bearer) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
+	token, err := b.source(ctx)
 	if err != nil {
-		return 0, err
+		return nil, fmt.Errorf("cachet credential: %w", err)
 	}
-	return reply.GetVersion(), nil
+	return map[string]string{"authorization": "Bearer " + token}, nil
 }
 
-// Delete removes keys and answers how many existed.
-func (c *Client) Delete(ctx context.Context, keys ...string) (int64, error) {
-	reply, err := c.cache.Delete(ctx, &cachev1.DeleteRequest{Keys: keys})
-	if err != nil {
-		return 0, err
-	}
-	return reply.GetDeleted(), nil
-}
+func (b bearer) RequireTransportSecurity() bool { return b.requireTLS }
 
-// Increment adds by to the integer counter at key and answers its new value. A
-// counter this call creates gets ttl, or the server's default TTL when ttl is 0.
-func (c *Client) Increment(ctx context.Context, key string, by int64, ttl time.Duration) (int64, error) {
-	request := &cachev1.IncrementRequest{Key: key, Delta: &cachev1.IncrementRequest_ByInt{ByInt: by}}
-	if ttl != 0 {
-		request.Ttl = durationpb.New(ttl)
-	}
-	reply, err := c.cache.Increment(ctx, request)
-	if err != nil {
-		return 0, err
-	}
-	return reply.GetIntValue(), nil
+// WithDefaultTimeout gives every unary call whose context has no deadline this one,
+// so a forgotten deadline cannot hang a caller. Streams are left alone: they are
+// meant to stay open.
+func WithDefaultTimeout(timeout time.Duration) grpc.DialOption {
+	return grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any,
+		cc *grpc.ClientConn, invoker grpc.UnaryInvoker, callOpts ...grpc.CallOption,
+	) error {
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		return invoker(ctx, method, req, reply, cc, callOpts...)
+	})
 }
