@@ -3,7 +3,7 @@
 // BadRequest for bad input, RetryInfo when a retry time is known. The protos only
 // reference these messages (they live in googleapis, not in protos/), so the few
 // fields read here are decoded directly from their stable wire format.
-import type { ServiceError } from "@grpc/grpc-js";
+import { Metadata, type ServiceError, status } from "@grpc/grpc-js";
 import { BinaryReader } from "@bufbuild/protobuf/wire";
 
 const STATUS_DETAILS_TRAILER = "grpc-status-details-bin";
@@ -31,7 +31,7 @@ export interface ErrorDetails {
   retryDelayMs?: number;
 }
 
-/** True for a failed gRPC call (what CachetClient promises reject with). */
+/** True for a failed gRPC call (a CachetError is one too). */
 export function isServiceError(error: unknown): error is ServiceError {
   return error instanceof Error && typeof (error as Partial<ServiceError>).code === "number" &&
     (error as Partial<ServiceError>).metadata !== undefined;
@@ -130,4 +130,118 @@ function readFields(bytes: Uint8Array, read: (field: number, reader: BinaryReade
       reader.skip(wireType);
     }
   }
+}
+
+/**
+ * A failed cachet call: the gRPC status plus the google.rpc details cachet attaches.
+ * Every wrapper call rejects with one (or a subclass: check with `instanceof`); it is
+ * also a grpc-js ServiceError, so `code`, `details` and `metadata` (the trailers) keep
+ * their meaning. `toCachetError` converts an error of a raw stub.
+ */
+export class CachetError extends Error implements ServiceError {
+  /** The gRPC status code (`status.ABORTED`, ...). */
+  readonly code: status;
+  /** The status message. */
+  readonly details: string;
+  /** The response trailers. */
+  readonly metadata: Metadata;
+  /** google.rpc.ErrorInfo reason, e.g. `VERSION_MISMATCH`. */
+  readonly reason?: string;
+  /** google.rpc.ErrorInfo metadata, e.g. `current_version`. */
+  readonly errorMetadata: Record<string, string>;
+  /** google.rpc.BadRequest field violations (INVALID_ARGUMENT). */
+  readonly fieldViolations: FieldViolation[];
+  /** google.rpc.RetryInfo delay in milliseconds (rate limited, overloaded). */
+  readonly retryAfterMs?: number;
+
+  constructor(code: status, details: string, metadata: Metadata = new Metadata(), parsed?: ErrorDetails, cause?: unknown) {
+    super(`${status[code] ?? code}${parsed?.reason ? ` ${parsed.reason}` : ""}: ${details}`, { cause });
+    this.name = new.target.name;
+    this.code = code;
+    this.details = details;
+    this.metadata = metadata;
+    this.reason = parsed?.reason;
+    this.errorMetadata = parsed?.metadata ?? {};
+    this.fieldViolations = parsed?.fieldViolations ?? [];
+    this.retryAfterMs = parsed?.retryDelayMs;
+  }
+}
+
+export class InvalidArgumentError extends CachetError {}
+export class NotFoundError extends CachetError {}
+export class FailedPreconditionError extends CachetError {}
+export class AbortedError extends CachetError {}
+export class ResourceExhaustedError extends CachetError {}
+/** RESOURCE_EXHAUSTED with a RetryInfo: wait `retryAfterMs` and try again. */
+export class RateLimitedError extends ResourceExhaustedError {}
+export class PermissionDeniedError extends CachetError {}
+export class UnauthenticatedError extends CachetError {}
+export class UnavailableError extends CachetError {}
+export class DeadlineExceededError extends CachetError {}
+/** The call was cancelled, e.g. by its AbortSignal (`cause` is the signal's reason). */
+export class CancelledError extends CachetError {}
+export class UnimplementedError extends CachetError {}
+export class KeyExistsError extends FailedPreconditionError {}
+export class KeyNotFoundError extends FailedPreconditionError {}
+export class WrongTypeError extends FailedPreconditionError {}
+export class NotANumberError extends FailedPreconditionError {}
+export class CrossSlotError extends FailedPreconditionError {}
+export class LockHeldError extends FailedPreconditionError {}
+export class LockNotOwnedError extends FailedPreconditionError {}
+export class SemaphoreFullError extends FailedPreconditionError {}
+export class GroupNotFoundError extends FailedPreconditionError {}
+export class GroupExistsError extends FailedPreconditionError {}
+export class StreamNotFoundError extends FailedPreconditionError {}
+export class VersionMismatchError extends AbortedError {}
+export class FencingTokenStaleError extends AbortedError {}
+export class LeaseLostError extends AbortedError {}
+export class PolicyNotFoundError extends NotFoundError {}
+
+type ErrorClass = new (...args: ConstructorParameters<typeof CachetError>) => CachetError;
+
+const BY_REASON: Record<string, ErrorClass> = {
+  KEY_EXISTS: KeyExistsError,
+  KEY_NOT_FOUND: KeyNotFoundError,
+  WRONG_TYPE: WrongTypeError,
+  NOT_A_NUMBER: NotANumberError,
+  CROSS_SLOT: CrossSlotError,
+  LOCK_HELD: LockHeldError,
+  LOCK_NOT_OWNED: LockNotOwnedError,
+  SEMAPHORE_FULL: SemaphoreFullError,
+  GROUP_NOT_FOUND: GroupNotFoundError,
+  GROUP_EXISTS: GroupExistsError,
+  STREAM_NOT_FOUND: StreamNotFoundError,
+  VERSION_MISMATCH: VersionMismatchError,
+  FENCING_TOKEN_STALE: FencingTokenStaleError,
+  LEASE_LOST: LeaseLostError,
+  POLICY_NOT_FOUND: PolicyNotFoundError,
+};
+
+const BY_CODE: Partial<Record<status, ErrorClass>> = {
+  [status.INVALID_ARGUMENT]: InvalidArgumentError,
+  [status.NOT_FOUND]: NotFoundError,
+  [status.FAILED_PRECONDITION]: FailedPreconditionError,
+  [status.ABORTED]: AbortedError,
+  [status.RESOURCE_EXHAUSTED]: ResourceExhaustedError,
+  [status.PERMISSION_DENIED]: PermissionDeniedError,
+  [status.UNAUTHENTICATED]: UnauthenticatedError,
+  [status.UNAVAILABLE]: UnavailableError,
+  [status.DEADLINE_EXCEEDED]: DeadlineExceededError,
+  [status.CANCELLED]: CancelledError,
+  [status.UNIMPLEMENTED]: UnimplementedError,
+};
+
+/** The CachetError subclass for a failed gRPC call; any other value is answered as is. */
+export function toCachetError(error: unknown, cause?: unknown): unknown {
+  if (error instanceof CachetError || !isServiceError(error)) {
+    return error;
+  }
+  const parsed = errorDetails(error);
+  const byReason = parsed?.reason ? BY_REASON[parsed.reason] : undefined;
+  const byCode = BY_CODE[error.code];
+  let kind: ErrorClass = byCode ?? CachetError;
+  // A reason's class only where it refines the code's (it always does with cachet).
+  if (byReason && (!byCode || byReason.prototype instanceof byCode)) kind = byReason;
+  else if (error.code === status.RESOURCE_EXHAUSTED && parsed?.retryDelayMs !== undefined) kind = RateLimitedError;
+  return new kind(error.code, error.details, error.metadata, parsed, cause ?? error);
 }
