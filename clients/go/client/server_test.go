@@ -23,35 +23,48 @@ import (
 
 var serverAddr string
 
-// redisAddr is the redis-server behind it (tests that break its connections use it).
-var redisAddr string
-
 func TestMain(m *testing.M) {
 	os.Exit(runWithServer(m))
 }
 
 func runWithServer(m *testing.M) int {
-	root, err := repoRoot()
+	server, err := startTestServer()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
+	}
+	defer server.stop()
+	serverAddr = server.addr
+	return m.Run()
+}
+
+// testServer is a redis-server and a cachet server in front of it, on free ports.
+type testServer struct {
+	addr          string
+	logs          string
+	redis, server *exec.Cmd
+}
+
+// startTestServer starts both, the server with extraEnv ("NAME=value") added to its
+// environment, and waits until the server reports SERVING.
+func startTestServer(extraEnv ...string) (*testServer, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return nil, err
 	}
 	logs, err := os.MkdirTemp("", "cachet-go-client-")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return nil, err
 	}
-	defer os.RemoveAll(logs)
-
+	s := &testServer{logs: logs}
 	redisPort := freePort()
-	redis := exec.Command("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(redisPort),
+	s.redis = exec.Command("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(redisPort),
 		"--save", "", "--appendonly", "no", "--dir", logs)
-	if err := start(redis, filepath.Join(logs, "redis.log")); err != nil {
-		fmt.Fprintln(os.Stderr, "redis-server:", err)
-		return 1
+	if err := start(s.redis, filepath.Join(logs, "redis.log")); err != nil {
+		s.stop()
+		return nil, fmt.Errorf("redis-server: %w", err)
 	}
-	defer stop(redis)
-	redisAddr = fmt.Sprintf("127.0.0.1:%d", redisPort)
+	redisAddr := fmt.Sprintf("127.0.0.1:%d", redisPort)
 	if err := waitFor(10*time.Second, func() error {
 		conn, err := net.Dial("tcp", redisAddr)
 		if err == nil {
@@ -59,26 +72,41 @@ func runWithServer(m *testing.M) int {
 		}
 		return err
 	}); err != nil {
-		fmt.Fprintln(os.Stderr, "redis-server did not listen:", err)
-		return 1
+		s.stop()
+		return nil, fmt.Errorf("redis-server did not listen: %w", err)
 	}
 
-	serverAddr = fmt.Sprintf("127.0.0.1:%d", freePort())
-	server := exec.Command(filepath.Join(root, ".venv", "bin", "python"), "-m", "cachet_server")
-	server.Env = append(os.Environ(), "CACHET_REDIS_URL=redis://"+redisAddr, "CACHET_LISTEN="+serverAddr,
-		"CACHET_AUTH__MODE=off")
+	s.addr = fmt.Sprintf("127.0.0.1:%d", freePort())
+	s.server = exec.Command(filepath.Join(root, ".venv", "bin", "python"), "-m", "cachet_server")
+	s.server.Env = append(os.Environ(), "CACHET_REDIS_URL=redis://"+redisAddr, "CACHET_LISTEN="+s.addr)
+	s.server.Env = append(s.server.Env, extraEnv...)
 	serverLog := filepath.Join(logs, "server.log")
-	if err := start(server, serverLog); err != nil {
-		fmt.Fprintln(os.Stderr, "cachet server:", err)
-		return 1
+	if err := start(s.server, serverLog); err != nil {
+		s.stop()
+		return nil, fmt.Errorf("cachet server: %w", err)
 	}
-	defer stop(server)
-	if err := waitServing(serverAddr, 30*time.Second); err != nil {
+	if err := waitServing(s.addr, 30*time.Second); err != nil {
 		log, _ := os.ReadFile(serverLog)
-		fmt.Fprintf(os.Stderr, "cachet server not serving: %v\n%s\n", err, log)
-		return 1
+		s.stop()
+		return nil, fmt.Errorf("cachet server not serving: %v\n%s", err, log)
 	}
-	return m.Run()
+	return s, nil
+}
+
+// stopRedis stops the redis-server only: the cachet server then answers UNAVAILABLE.
+func (s *testServer) stopRedis() {
+	if s.redis != nil && s.redis.Process != nil {
+		stop(s.redis)
+		s.redis = nil
+	}
+}
+
+func (s *testServer) stop() {
+	if s.server != nil && s.server.Process != nil {
+		stop(s.server)
+	}
+	s.stopRedis()
+	_ = os.RemoveAll(s.logs)
 }
 
 // repoRoot is the nearest parent directory holding the Python server.

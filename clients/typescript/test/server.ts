@@ -11,12 +11,13 @@ const SERVING = Buffer.from([0x08, 0x01]); // grpc.health.v1.HealthCheckResponse
 
 export interface RunningServer {
   address: string;
-  /** The redis-server behind it (tests that break its connections use it). */
-  redisPort: number;
   stop(): Promise<void>;
+  /** Stops the redis-server only: the cachet server then answers UNAVAILABLE. */
+  stopRedis(): Promise<void>;
 }
 
-export async function startServer(): Promise<RunningServer> {
+/** Starts both, the cachet server with `env` added to its environment. */
+export async function startServer(env: Record<string, string> = {}): Promise<RunningServer> {
   const root = repoRoot();
   const logs = mkdtempSync(join(tmpdir(), "cachet-ts-client-"));
   const children: ChildProcess[] = [];
@@ -29,7 +30,8 @@ export async function startServer(): Promise<RunningServer> {
   try {
     const redisPort = await freePort();
     const redisArgs = ["--bind", "127.0.0.1", "--port", String(redisPort), "--save", "", "--appendonly", "no", "--dir", logs];
-    children.push(launch("redis-server", redisArgs, join(logs, "redis.log")));
+    const redis = launch("redis-server", redisArgs, join(logs, "redis.log"));
+    children.push(redis);
     await waitFor(10_000, () => tcpOpen(redisPort));
 
     const address = `127.0.0.1:${await freePort()}`;
@@ -37,7 +39,7 @@ export async function startServer(): Promise<RunningServer> {
     const server = launch(join(root, ".venv", "bin", "python"), ["-m", "cachet_server"], serverLog, {
       CACHET_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
       CACHET_LISTEN: address,
-      CACHET_AUTH__MODE: "off",
+      ...env,
     });
     children.push(server);
     try {
@@ -45,7 +47,7 @@ export async function startServer(): Promise<RunningServer> {
     } catch (error) {
       throw new Error(`cachet server not serving: ${error}\n${readFileSync(serverLog, "utf8")}`);
     }
-    return { address, redisPort, stop };
+    return { address, stop, stopRedis: () => terminate(redis) };
   } catch (error) {
     await stop();
     throw error;

@@ -1,0 +1,77 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/stats"
+
+	"github.com/cachet-dev/cachet/clients/go/client"
+)
+
+// attempts counts the RPC attempts grpc-go makes per method (a retry is a new attempt).
+type attempts struct {
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+type methodKey struct{}
+
+func (a *attempts) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	return context.WithValue(ctx, methodKey{}, info.FullMethodName)
+}
+
+func (a *attempts) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	if begin, ok := s.(*stats.Begin); ok && !begin.IsTransparentRetryAttempt {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		a.counts[ctx.Value(methodKey{}).(string)]++
+	}
+}
+
+func (a *attempts) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (a *attempts) HandleConn(context.Context, stats.ConnStats)                       {}
+
+func (a *attempts) of(method string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.counts[method]
+}
+
+// With Redis gone the server answers UNAVAILABLE: the service config retries an
+// idempotent Get (4 attempts) and never a Set.
+func TestUnavailableRetriesOnlyIdempotentCalls(t *testing.T) {
+	server, err := startTestServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.stop()
+	counter := &attempts{counts: map[string]int{}}
+	c, err := client.Dial(server.addr, "go-retry", grpc.WithStatsHandler(counter))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := c.Get(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	server.stopRedis()
+	if _, err := c.Get(ctx, "k"); !errors.Is(err, client.ErrUnavailable) {
+		t.Fatalf("Get without Redis answered %v", err)
+	}
+	if _, err := c.Set(ctx, "k", []byte("v")); !errors.Is(err, client.ErrUnavailable) {
+		t.Fatalf("Set without Redis answered %v", err)
+	}
+	if got := counter.of("/cachet.cache.v1.CacheService/Get"); got != 1+4 {
+		t.Fatalf("Get made %d attempts, want 1 before and 4 after Redis stopped", got)
+	}
+	if got := counter.of("/cachet.cache.v1.CacheService/Set"); got != 1 {
+		t.Fatalf("Set made %d attempts, want 1: it is not idempotent", got)
+	}
+}
