@@ -78,7 +78,8 @@ func startTestServer(extraEnv ...string) (*testServer, error) {
 
 	s.addr = fmt.Sprintf("127.0.0.1:%d", freePort())
 	s.server = exec.Command(filepath.Join(root, ".venv", "bin", "python"), "-m", "cachet_server")
-	s.server.Env = append(os.Environ(), "CACHET_REDIS_URL=redis://"+redisAddr, "CACHET_LISTEN="+s.addr)
+	s.server.Env = append(os.Environ(), "CACHET_REDIS_URL=redis://"+redisAddr, "CACHET_LISTEN="+s.addr,
+		"CACHET_AUTH__MODE=off") // tests that need auth configure it in extraEnv
 	s.server.Env = append(s.server.Env, extraEnv...)
 	serverLog := filepath.Join(logs, "server.log")
 	if err := start(s.server, serverLog); err != nil {

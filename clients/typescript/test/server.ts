@@ -39,6 +39,7 @@ export async function startServer(env: Record<string, string> = {}): Promise<Run
     const server = launch(join(root, ".venv", "bin", "python"), ["-m", "cachet_server"], serverLog, {
       CACHET_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
       CACHET_LISTEN: address,
+      CACHET_AUTH__MODE: "off", // tests that need auth configure it in `env`
       ...env,
     });
     children.push(server);
