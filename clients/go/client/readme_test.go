@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -35,6 +36,33 @@ func TestReadmeShowsTheExamples(t *testing.T) {
 		if want := strings.Join(lines, "\n"); code != want {
 			t.Errorf("the README's %s differs from example_test.go:\n%s\nwant:\n%s", name, code, want)
 		}
+	}
+}
+
+// The README's `<!-- example: name -->` blocks are the `// example: name` ... `// end`
+// blocks of the tests (the TLS one needs a TLS server, so it is a test, not an Example).
+func TestReadmeShowsTheTestBlocks(t *testing.T) {
+	readme := string(must(os.ReadFile("../README.md"))(t))
+	files := must(filepath.Glob("*_test.go"))(t)
+	found := 0
+	for _, file := range files {
+		source := string(must(os.ReadFile(file))(t))
+		for _, block := range regexp.MustCompile(`(?s)\n\t// example: ([\w ]+)\n(.*?)\n\t// end\n`).FindAllStringSubmatch(source, -1) {
+			found++
+			name, lines := block[1], strings.Split(block[2], "\n")
+			for i, line := range lines {
+				lines[i] = strings.TrimPrefix(line, "\t")
+			}
+			shown := regexp.MustCompile("(?s)<!-- example: " + regexp.QuoteMeta(name) + " -->\n```go\n(.*?)\n```").FindStringSubmatch(readme)
+			if shown == nil {
+				t.Errorf("the README lacks the %s example of %s", name, file)
+			} else if want := strings.Join(lines, "\n"); shown[1] != want {
+				t.Errorf("the README's %s example differs from %s:\n%s\nwant:\n%s", name, file, shown[1], want)
+			}
+		}
+	}
+	if strings.Count(readme, "<!-- example: ") != found {
+		t.Errorf("the README shows %d test blocks, the tests have %d", strings.Count(readme, "<!-- example: "), found)
 	}
 }
 

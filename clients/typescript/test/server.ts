@@ -55,7 +55,8 @@ export async function startServer(env: Record<string, string> = {}): Promise<Run
   }
 }
 
-function repoRoot(): string {
+/** The nearest parent directory holding the Python server. */
+export function repoRoot(): string {
   for (let dir = process.cwd(); ; dir = dirname(dir)) {
     if (existsSync(join(dir, "server", "cachet_server"))) {
       return dir;
