@@ -7,7 +7,7 @@ import (
 )
 
 // Admin is AdminService, the operator's console; with auth on, every call needs the
-// admin role (ErrAdminRoleRequired). Listings that page take the generated request
+// admin role (ErrRoleNotGranted). Listings that page take the generated request
 // (nil: the first page with defaults) and answer the page with its next token.
 type Admin struct {
 	stub      adminv1.AdminServiceClient

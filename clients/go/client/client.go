@@ -28,9 +28,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	adminv1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/admin/v1"
 	cachev1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/cache/v1"
@@ -184,7 +186,9 @@ type bearer struct {
 func (b bearer) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
 	token, err := b.source(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("cachet credential: %w", err)
+		// A status error is what grpc-go answers the call with; anything else would
+		// become UNAVAILABLE and be retried as if the server were down.
+		return nil, status.Errorf(codes.Unauthenticated, "cachet credential: %v", err)
 	}
 	return map[string]string{"authorization": "Bearer " + token}, nil
 }

@@ -71,29 +71,31 @@ func (e *Error) Is(target error) bool {
 
 // Sentinels for errors.Is. Reason sentinels match on the ErrorInfo reason alone.
 var (
-	ErrInvalidArgument    = &Error{Code: codes.InvalidArgument}
-	ErrUnavailable        = &Error{Code: codes.Unavailable}
-	ErrUnauthenticated    = &Error{Code: codes.Unauthenticated}
-	ErrPermissionDenied   = &Error{Code: codes.PermissionDenied}
-	ErrKeyExists          = &Error{Reason: "KEY_EXISTS"}
-	ErrKeyNotFound        = &Error{Reason: "KEY_NOT_FOUND"}
-	ErrWrongType          = &Error{Reason: "WRONG_TYPE"}
-	ErrNotANumber         = &Error{Reason: "NOT_A_NUMBER"}
-	ErrCrossSlot          = &Error{Reason: "CROSS_SLOT"}
-	ErrVersionMismatch    = &Error{Reason: "VERSION_MISMATCH"}
-	ErrFencingTokenStale  = &Error{Reason: "FENCING_TOKEN_STALE"}
-	ErrLeaseLost          = &Error{Reason: "LEASE_LOST"}
-	ErrLockHeld           = &Error{Reason: "LOCK_HELD"}
-	ErrLockNotOwned       = &Error{Reason: "LOCK_NOT_OWNED"}
-	ErrSemaphoreFull      = &Error{Reason: "SEMAPHORE_FULL"}
-	ErrGroupNotFound      = &Error{Reason: "GROUP_NOT_FOUND"}
-	ErrGroupExists        = &Error{Reason: "GROUP_EXISTS"}
-	ErrStreamNotFound     = &Error{Reason: "STREAM_NOT_FOUND"}
-	ErrPolicyNotFound     = &Error{Reason: "POLICY_NOT_FOUND"}
-	ErrResponseTooLarge   = &Error{Reason: "RESPONSE_TOO_LARGE"}
-	ErrSubscriberTooSlow  = &Error{Reason: "SUBSCRIBER_TOO_SLOW"}
-	ErrAdminRoleRequired  = &Error{Reason: "ADMIN_ROLE_REQUIRED"}
-	ErrConfirmationFailed = &Error{Reason: "CONFIRMATION_MISMATCH"}
+	ErrInvalidArgument     = &Error{Code: codes.InvalidArgument}
+	ErrUnavailable         = &Error{Code: codes.Unavailable}
+	ErrUnauthenticated     = &Error{Code: codes.Unauthenticated}
+	ErrPermissionDenied    = &Error{Code: codes.PermissionDenied}
+	ErrKeyExists           = &Error{Reason: "KEY_EXISTS"}
+	ErrKeyNotFound         = &Error{Reason: "KEY_NOT_FOUND"}
+	ErrWrongType           = &Error{Reason: "WRONG_TYPE"}
+	ErrNotANumber          = &Error{Reason: "NOT_A_NUMBER"}
+	ErrCrossSlot           = &Error{Reason: "CROSS_SLOT"}
+	ErrVersionMismatch     = &Error{Reason: "VERSION_MISMATCH"}
+	ErrFencingTokenStale   = &Error{Reason: "FENCING_TOKEN_STALE"}
+	ErrLeaseLost           = &Error{Reason: "LEASE_LOST"}
+	ErrLockHeld            = &Error{Reason: "LOCK_HELD"}
+	ErrLockNotOwned        = &Error{Reason: "LOCK_NOT_OWNED"}
+	ErrSemaphoreFull       = &Error{Reason: "SEMAPHORE_FULL"}
+	ErrGroupNotFound       = &Error{Reason: "GROUP_NOT_FOUND"}
+	ErrGroupExists         = &Error{Reason: "GROUP_EXISTS"}
+	ErrStreamNotFound      = &Error{Reason: "STREAM_NOT_FOUND"}
+	ErrPolicyNotFound      = &Error{Reason: "POLICY_NOT_FOUND"}
+	ErrResponseTooLarge    = &Error{Reason: "RESPONSE_TOO_LARGE"}
+	ErrSubscriberTooSlow   = &Error{Reason: "SUBSCRIBER_TOO_SLOW"}
+	ErrNamespaceNotGranted = &Error{Reason: "NAMESPACE_NOT_GRANTED"}
+	ErrRoleNotGranted      = &Error{Reason: "ROLE_NOT_GRANTED"}
+	ErrCredentialExpired   = &Error{Reason: "CREDENTIAL_EXPIRED"}
+	ErrConfirmationFailed  = &Error{Reason: "CONFIRMATION_MISMATCH"}
 	// ErrRateLimited matches RESOURCE_EXHAUSTED that says when to retry (RetryAfter).
 	ErrRateLimited = errors.New("cachet: rate limited")
 )

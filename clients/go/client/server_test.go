@@ -77,16 +77,18 @@ func startTestServer(extraEnv ...string) (*testServer, error) {
 	}
 
 	s.addr = fmt.Sprintf("127.0.0.1:%d", freePort())
+	// Health on a plaintext port of its own, so readiness is checked alike with TLS on.
+	healthAddr := fmt.Sprintf("127.0.0.1:%d", freePort())
 	s.server = exec.Command(filepath.Join(root, ".venv", "bin", "python"), "-m", "cachet_server")
 	s.server.Env = append(os.Environ(), "CACHET_REDIS_URL=redis://"+redisAddr, "CACHET_LISTEN="+s.addr,
-		"CACHET_AUTH__MODE=off") // tests that need auth configure it in extraEnv
+		"CACHET_HEALTH_LISTEN="+healthAddr, "CACHET_AUTH__MODE=off") // tests that need auth set it in extraEnv
 	s.server.Env = append(s.server.Env, extraEnv...)
 	serverLog := filepath.Join(logs, "server.log")
 	if err := start(s.server, serverLog); err != nil {
 		s.stop()
 		return nil, fmt.Errorf("cachet server: %w", err)
 	}
-	if err := waitServing(s.addr, 30*time.Second); err != nil {
+	if err := waitServing(healthAddr, 30*time.Second); err != nil {
 		log, _ := os.ReadFile(serverLog)
 		s.stop()
 		return nil, fmt.Errorf("cachet server not serving: %v\n%s", err, log)

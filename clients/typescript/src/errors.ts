@@ -196,6 +196,10 @@ export class VersionMismatchError extends AbortedError {}
 export class FencingTokenStaleError extends AbortedError {}
 export class LeaseLostError extends AbortedError {}
 export class PolicyNotFoundError extends NotFoundError {}
+export class NamespaceNotGrantedError extends PermissionDeniedError {}
+export class RoleNotGrantedError extends PermissionDeniedError {}
+/** The credential expired: refresh it (a `token` function is asked again on the next call). */
+export class CredentialExpiredError extends UnauthenticatedError {}
 
 type ErrorClass = new (...args: ConstructorParameters<typeof CachetError>) => CachetError;
 
@@ -215,6 +219,9 @@ const BY_REASON: Record<string, ErrorClass> = {
   FENCING_TOKEN_STALE: FencingTokenStaleError,
   LEASE_LOST: LeaseLostError,
   POLICY_NOT_FOUND: PolicyNotFoundError,
+  NAMESPACE_NOT_GRANTED: NamespaceNotGrantedError,
+  ROLE_NOT_GRANTED: RoleNotGrantedError,
+  CREDENTIAL_EXPIRED: CredentialExpiredError,
 };
 
 const BY_CODE: Partial<Record<status, ErrorClass>> = {

@@ -35,16 +35,19 @@ export async function startServer(env: Record<string, string> = {}): Promise<Run
     await waitFor(10_000, () => tcpOpen(redisPort));
 
     const address = `127.0.0.1:${await freePort()}`;
+    // Health on a plaintext port of its own, so readiness is checked alike with TLS on.
+    const healthAddress = `127.0.0.1:${await freePort()}`;
     const serverLog = join(logs, "server.log");
     const server = launch(join(root, ".venv", "bin", "python"), ["-m", "cachet_server"], serverLog, {
       CACHET_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
       CACHET_LISTEN: address,
+      CACHET_HEALTH_LISTEN: healthAddress,
       CACHET_AUTH__MODE: "off", // tests that need auth configure it in `env`
       ...env,
     });
     children.push(server);
     try {
-      await waitFor(30_000, () => serving(address));
+      await waitFor(30_000, () => serving(healthAddress));
     } catch (error) {
       throw new Error(`cachet server not serving: ${error}\n${readFileSync(serverLog, "utf8")}`);
     }
