@@ -1,6 +1,7 @@
 // The built package loads both ways, by its own name (Node resolves a package's
 // self-reference through its "exports"): `require` gets the CommonJS build, `import`
-// the ES module entry, and both reach a live server with the same classes.
+// the ES module entry, and both reach a live server with the same classes; and
+// TypeScript finds the types of each.
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { join } from "node:path";
@@ -47,4 +48,10 @@ test("import loads the ES module entry, with the same classes as require()", asy
     if (required.CachetError !== CachetError) throw new Error("two copies of the client");
     ${roundTrip}`]);
   assert.equal(out, "v true InvalidArgumentError");
+});
+
+test("TypeScript resolves the types of both entry points", async () => {
+  const tsc = join(packageDir, "node_modules", "typescript", "bin", "tsc");
+  const fixtures = ["esm-consumer.mts", "cjs-consumer.cts"].map((name) => join("test", "fixtures", name));
+  await node([tsc, "--noEmit", "--strict", "--module", "node16", "--moduleResolution", "node16", "--types", "node", ...fixtures]);
 });
