@@ -452,7 +452,7 @@ func TestSemaphores(t *testing.T) {
 func TestHoldKeepsTheLockAndSignalsLoss(t *testing.T) {
 	c, ctx := dial(t)
 	locks := c.Locks()
-	held, err := locks.Hold(ctx, "leader", 300*time.Millisecond, client.LockOptions{RenewInterval: 100 * time.Millisecond})
+	held, err := locks.Hold(ctx, "leader", time.Second, client.LockOptions{RenewInterval: 250 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -466,11 +466,11 @@ func TestHoldKeepsTheLockAndSignalsLoss(t *testing.T) {
 			for range 50 {
 				_ = held.ExpireTime()
 				_ = held.Err()
-				time.Sleep(10 * time.Millisecond)
+				time.Sleep(30 * time.Millisecond)
 			}
 		}()
 	}
-	wg.Wait() // 500 ms: longer than the TTL, so it was renewed
+	wg.Wait() // 1.5 s: longer than the TTL, so it was renewed
 	if _, err := locks.Acquire(ctx, "leader", time.Second, client.LockOptions{}); !errors.Is(err, client.ErrLockHeld) {
 		t.Fatalf("the held lock was free after its TTL: %v", err)
 	}
@@ -530,7 +530,7 @@ func TestHoldKeepsTheLockAndSignalsLoss(t *testing.T) {
 	if !errors.Is(held.Err(), context.Canceled) {
 		t.Fatalf("Err after cancel is %v", held.Err())
 	}
-	must(locks.Acquire(ctx, "leader", time.Second, client.LockOptions{Wait: 5 * time.Second}))(t)
+	must(locks.Acquire(ctx, "leader", 30*time.Second, client.LockOptions{Wait: 5 * time.Second}))(t)
 
 	// Hold on a held lock waits, then answers ErrLockHeld.
 	if _, err := locks.Hold(ctx, "leader", time.Second, client.LockOptions{Wait: 50 * time.Millisecond}); !errors.Is(err, client.ErrLockHeld) {
@@ -541,7 +541,7 @@ func TestHoldKeepsTheLockAndSignalsLoss(t *testing.T) {
 func TestRateLimits(t *testing.T) {
 	c, ctx := dial(t)
 	limits := c.RateLimits()
-	window := client.Limit{Algorithm: client.FixedWindow, Limit: 3, Period: time.Hour}
+	window := client.Limit{Algorithm: client.SlidingWindowLog, Limit: 3, Period: time.Hour} // exact: no window ends mid-test
 	a, b := client.Inline("{t}a", window), client.Inline("{t}b", client.Limit{Algorithm: client.GCRA, Limit: 1, Period: time.Hour})
 	if d := must(limits.CheckHits(ctx, a, 2))(t); !d.Allowed || d.Remaining != 1 || d.Limit != 3 {
 		t.Fatalf("CheckHits answered %+v", d)

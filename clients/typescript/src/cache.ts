@@ -19,7 +19,8 @@ import {
   TxnRequest,
 } from "./gen/cachet/cache/v1/cache";
 import { type CallOptions, duration, millis, type Transport } from "./transport";
-import { LeaseLostError } from "./errors";
+import { status } from "@grpc/grpc-js";
+import { CancelledError, LeaseLostError } from "./errors";
 
 export { CompareOperator, ListEnd, Order, SetOperation, SortedSetAddCondition };
 
@@ -104,11 +105,15 @@ const scored = (members: { member: Buffer; score: number }[]): ScoredMember[] =>
 
 const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener("abort", () => {
+    const onAbort = () => {
       clearTimeout(timer);
-      reject(signal.reason);
-    }, { once: true });
+      reject(new CancelledError(status.CANCELLED, "aborted while another caller fills the key", undefined, undefined, signal?.reason));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
   });
 
 /** The CacheService calls; CachetClient is one. */

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import {
   AbortedError,
+  Algorithm,
   CachetClient,
   CachetError,
   CancelledError,
@@ -239,6 +240,23 @@ test("getOrSet answers the stale copy while another caller recomputes", async ()
   assert.equal((await recompute).toString(), "new");
 });
 
+test("getOrSet: a signal ends the wait for another caller's fill", async () => {
+  const client = connect();
+  let release = () => {};
+  let computing = () => {};
+  const started = new Promise<void>((resolve) => (computing = resolve));
+  const filling = client.getOrSet("slow", () => {
+    computing();
+    return new Promise<string>((resolve) => (release = () => resolve("done")));
+  });
+  await started;
+  const waiting = client.getOrSet("slow", () => "never", { signal: AbortSignal.timeout(100) });
+  const error = await waiting.catch((e: unknown) => e);
+  assert.ok(error instanceof CancelledError, `${error}`);
+  release();
+  assert.equal((await filling).toString(), "done");
+});
+
 test("txn runs one branch atomically", async () => {
   const client = connect();
   const v = await client.set("{acct}:alice", "100");
@@ -360,9 +378,9 @@ test("locks and semaphores", async () => {
 
 test("hold keeps the lock, renews it, and signals its loss", async () => {
   const client = connect();
-  const held = await client.locks.hold("leader", 300, { renewIntervalMs: 100 });
+  const held = await client.locks.hold("leader", 1000, { renewIntervalMs: 250 });
   const firstExpiry = held.expireTime;
-  await sleep(500); // longer than the TTL
+  await sleep(1500); // longer than the TTL
   await assert.rejects(client.locks.acquire("leader", 1000), LockHeldError);
   assert.ok(held.expireTime > firstExpiry, "no renewal recorded");
   assert.equal(held.signal.aborted, false);
@@ -384,15 +402,15 @@ test("hold keeps the lock, renews it, and signals its loss", async () => {
   controller.abort();
   await new Promise((resolve) => cancelled.signal.addEventListener("abort", resolve));
   assert.ok(cancelled.signal.reason instanceof CancelledError, `${cancelled.signal.reason}`);
-  await client.locks.acquire("leader", 1000, { waitMs: 5000 }); // the server freed it
+  await client.locks.acquire("leader", 30_000, { waitMs: 5000 }); // the server freed it
   await assert.rejects(client.locks.hold("leader", 1000, { waitMs: 50 }), LockHeldError);
 });
 
 test("rate limits", async () => {
   const client = connect();
   const limits = client.rateLimits;
-  const a = target.inline("{t}a", { limit: 3, periodMs: 3_600_000, algorithm: 1 });
-  const b = target.inline("{t}b", { limit: 1, periodMs: 3_600_000, algorithm: 5 });
+  const a = target.inline("{t}a", { limit: 3, periodMs: 3_600_000, algorithm: Algorithm.ALGORITHM_SLIDING_WINDOW_LOG }); // exact: no window ends mid-test
+  const b = target.inline("{t}b", { limit: 1, periodMs: 3_600_000, algorithm: Algorithm.ALGORITHM_GCRA });
   const spent = await limits.check(a, { hits: 2 });
   assert.deepEqual([spent.allowed, spent.remaining, spent.limit], [true, 1n, 3n]);
   let many = await limits.checkMany([a, a], { allOrNothing: true });
