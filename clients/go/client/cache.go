@@ -2,8 +2,11 @@ package client
 
 import (
 	"context"
+	"fmt"
+	"iter"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	cachev1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/cache/v1"
@@ -176,7 +179,7 @@ func (c *Client) TTL(ctx context.Context, key string) (ttl time.Duration, found 
 // Increment adds by to the integer counter at key and answers its new value. A
 // counter this call creates gets ttl, or the server's default TTL when ttl is 0.
 func (c *Client) Increment(ctx context.Context, key string, by int64, ttl time.Duration) (int64, error) {
-	request := &cachev1.IncrementRequest{Key: key, Delta: &cachev1.IncrementRequest_ByInt{ByInt: by}, Ttl: optionalDuration(ttl)}
+	request := &cachev1.IncrementRequest{Key: key, Delta: &cachev1.IncrementRequest_ByInt{ByInt: by}, Ttl: optionalDuration(ttl), RequestId: newRequestID()}
 	reply, err := c.cache.Increment(ctx, request)
 	if err != nil {
 		return 0, wrap(err)
@@ -186,7 +189,7 @@ func (c *Client) Increment(ctx context.Context, key string, by int64, ttl time.D
 
 // IncrementFloat adds by to the float counter at key and answers its new value.
 func (c *Client) IncrementFloat(ctx context.Context, key string, by float64, ttl time.Duration) (float64, error) {
-	request := &cachev1.IncrementRequest{Key: key, Delta: &cachev1.IncrementRequest_ByFloat{ByFloat: by}, Ttl: optionalDuration(ttl)}
+	request := &cachev1.IncrementRequest{Key: key, Delta: &cachev1.IncrementRequest_ByFloat{ByFloat: by}, Ttl: optionalDuration(ttl), RequestId: newRequestID()}
 	reply, err := c.cache.Increment(ctx, request)
 	if err != nil {
 		return 0, wrap(err)
@@ -279,4 +282,49 @@ func optionalDuration(d time.Duration) *durationpb.Duration {
 		return nil
 	}
 	return durationpb.New(d)
+}
+
+// Invalidation is one event of WatchInvalidations: Keys changed (drop them from a
+// near-cache); or FlushAll: changes may have been missed, drop everything and serve
+// nothing from the near-cache until an event with Synced says tracking is whole again.
+type Invalidation struct {
+	Keys     []string
+	FlushAll bool
+	Synced   bool
+}
+
+// WatchInvalidations streams the namespace's keys (those starting with one of
+// prefixes; none: all) that change, for a near-cache (docs/near-cache.md). It returns
+// once the stream is synced, so every change from then on is reported. The iterator
+// runs until ctx ends or the stream fails (the error is yielded last); stop it to end
+// the call.
+func (c *Client) WatchInvalidations(ctx context.Context, prefixes ...string) (iter.Seq2[Invalidation, error], error) {
+	ctx, cancel := context.WithCancel(ctx)
+	stream, err := c.cache.WatchInvalidations(ctx, &cachev1.WatchInvalidationsRequest{Prefixes: prefixes})
+	var first *cachev1.WatchInvalidationsResponse
+	if err == nil {
+		first, err = stream.Recv()
+	}
+	if err != nil {
+		cancel()
+		return nil, wrap(err)
+	}
+	if !first.GetSynced() {
+		cancel()
+		return nil, &Error{Code: codes.Internal, Message: fmt.Sprintf("WatchInvalidations began with %v, not synced", first)}
+	}
+	return func(yield func(Invalidation, error) bool) {
+		defer cancel()
+		for {
+			event, err := stream.Recv()
+			if err != nil {
+				yield(Invalidation{}, wrap(err))
+				return
+			}
+			change := Invalidation{Keys: event.GetKeys().GetKeys(), FlushAll: event.GetFlushAll(), Synced: event.GetSynced()}
+			if !yield(change, nil) {
+				return
+			}
+		}
+	}, nil
 }

@@ -80,7 +80,7 @@ func (c *Client) HashDelete(ctx context.Context, key string, names ...string) (i
 // HashIncrement adds by to an integer field, creating it at 0; answers the new value.
 func (c *Client) HashIncrement(ctx context.Context, key, field string, by int64, ttl CollectionTTL) (int64, error) {
 	reply, err := c.cache.HashIncrement(ctx, &cachev1.HashIncrementRequest{
-		Key: key, Field: field, Delta: &cachev1.HashIncrementRequest_ByInt{ByInt: by}, Ttl: ttl.proto(),
+		Key: key, Field: field, Delta: &cachev1.HashIncrementRequest_ByInt{ByInt: by}, Ttl: ttl.proto(), RequestId: newRequestID(),
 	})
 	return reply.GetIntValue(), wrap(err)
 }
@@ -88,7 +88,7 @@ func (c *Client) HashIncrement(ctx context.Context, key, field string, by int64,
 // HashIncrementFloat adds by to a float field, creating it at 0; answers the new value.
 func (c *Client) HashIncrementFloat(ctx context.Context, key, field string, by float64, ttl CollectionTTL) (float64, error) {
 	reply, err := c.cache.HashIncrement(ctx, &cachev1.HashIncrementRequest{
-		Key: key, Field: field, Delta: &cachev1.HashIncrementRequest_ByFloat{ByFloat: by}, Ttl: ttl.proto(),
+		Key: key, Field: field, Delta: &cachev1.HashIncrementRequest_ByFloat{ByFloat: by}, Ttl: ttl.proto(), RequestId: newRequestID(),
 	})
 	return reply.GetFloatValue(), wrap(err)
 }
@@ -127,7 +127,9 @@ const (
 // ListPush pushes values at end of the list; keepNewest > 0 then trims it to that
 // many entries. Answers the new length.
 func (c *Client) ListPush(ctx context.Context, key string, end cachev1.ListEnd, values [][]byte, keepNewest int64, ttl CollectionTTL) (int64, error) {
-	reply, err := c.cache.ListPush(ctx, &cachev1.ListPushRequest{Key: key, Values: values, End: end, KeepNewest: keepNewest, Ttl: ttl.proto()})
+	reply, err := c.cache.ListPush(ctx, &cachev1.ListPushRequest{
+		Key: key, Values: values, End: end, KeepNewest: keepNewest, Ttl: ttl.proto(), RequestId: newRequestID(),
+	})
 	return reply.GetLength(), wrap(err)
 }
 
@@ -273,7 +275,9 @@ func (c *Client) SortedSetAdd(ctx context.Context, key string, condition cachev1
 
 // SortedSetIncrement adds delta to member's score; answers the new score.
 func (c *Client) SortedSetIncrement(ctx context.Context, key string, member []byte, delta float64, ttl CollectionTTL) (float64, error) {
-	reply, err := c.cache.SortedSetIncrement(ctx, &cachev1.SortedSetIncrementRequest{Key: key, Member: member, Delta: delta, Ttl: ttl.proto()})
+	reply, err := c.cache.SortedSetIncrement(ctx, &cachev1.SortedSetIncrementRequest{
+		Key: key, Member: member, Delta: delta, Ttl: ttl.proto(), RequestId: newRequestID(),
+	})
 	return reply.GetScore(), wrap(err)
 }
 

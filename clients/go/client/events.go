@@ -20,7 +20,7 @@ type Event = eventbusv1.Event
 
 // Publish sends event to topic's current subscriptions; answers how many got it.
 func (e *Events) Publish(ctx context.Context, topic string, event *Event) (int64, error) {
-	reply, err := e.stub.Publish(ctx, &eventbusv1.PublishRequest{Topic: topic, Event: event})
+	reply, err := e.stub.Publish(ctx, &eventbusv1.PublishRequest{Topic: topic, Event: event, RequestId: newRequestID()})
 	return reply.GetReceivers(), wrap(err)
 }
 
@@ -57,7 +57,7 @@ func (e *Events) Subscribe(ctx context.Context, topics, patterns []string) (iter
 // Append adds event to the durable stream and answers its id; maxLen > 0 trims the
 // stream to about that many events.
 func (e *Events) Append(ctx context.Context, stream string, event *Event, maxLen int64) (string, error) {
-	request := &eventbusv1.AppendRequest{Stream: stream, Event: event}
+	request := &eventbusv1.AppendRequest{Stream: stream, Event: event, RequestId: newRequestID()}
 	if maxLen > 0 {
 		request.MaxLen = &maxLen
 	}

@@ -1,14 +1,16 @@
 package client
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"sort"
 )
 
 // IdempotentMethods are the RPCs that may run twice with the effect of once: reads,
 // and writes that set an absolute state (Delete, Expire, invalidations, Reset, Ack).
-// Only these are retried: a retried Set, Increment, Acquire or Append could apply
-// twice, and a retried Release after a lost answer would report LOCK_NOT_OWNED.
+// These and RequestIDMethods are retried: a retried Set, Acquire or Check could
+// apply twice, and a retried Release after a lost answer would report LOCK_NOT_OWNED.
 var IdempotentMethods = map[string][]string{
 	"cachet.cache.v1.CacheService": {
 		"Get", "GetMany", "Delete", "Exists", "Expire", "GetTtl", "GetBit", "BitCount",
@@ -28,8 +30,25 @@ var IdempotentMethods = map[string][]string{
 	},
 }
 
-// RetryServiceConfig is the gRPC service config Dial installs: IdempotentMethods are
-// retried on UNAVAILABLE, up to 4 attempts with exponential backoff and jitter
+// RequestIDMethods are writes that would apply twice if retried, made safe to retry
+// by the request_id the wrappers set: a fresh random id per call, which its retries
+// (the same serialized request) repeat, so the server applies the call once
+// (docs/cache.md, "Retries that apply once"). A raw stub's call without request_id is
+// retried too, and may then apply twice.
+var RequestIDMethods = map[string][]string{
+	"cachet.cache.v1.CacheService":       {"Increment", "HashIncrement", "ListPush", "SortedSetIncrement"},
+	"cachet.eventbus.v1.EventBusService": {"Publish", "Append"},
+}
+
+// newRequestID is a fresh id for one logical call (128 random bits, hex).
+func newRequestID() string {
+	var id [16]byte
+	_, _ = rand.Read(id[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return hex.EncodeToString(id[:])
+}
+
+// RetryServiceConfig is the gRPC service config Dial installs: IdempotentMethods and
+// RequestIDMethods are retried on UNAVAILABLE, up to 4 attempts with exponential backoff and jitter
 // (grpc-go randomizes each backoff), within the call's deadline.
 var RetryServiceConfig = retryServiceConfig()
 
@@ -39,14 +58,16 @@ func retryServiceConfig() string {
 		Method  string `json:"method"`
 	}
 	var names []name
-	services := make([]string, 0, len(IdempotentMethods))
-	for service := range IdempotentMethods {
-		services = append(services, service)
-	}
-	sort.Strings(services)
-	for _, service := range services {
-		for _, method := range IdempotentMethods[service] {
-			names = append(names, name{service, method})
+	for _, methods := range []map[string][]string{IdempotentMethods, RequestIDMethods} {
+		services := make([]string, 0, len(methods))
+		for service := range methods {
+			services = append(services, service)
+		}
+		sort.Strings(services)
+		for _, service := range services {
+			for _, method := range methods[service] {
+				names = append(names, name{service, method})
+			}
 		}
 	}
 	config := map[string]any{"methodConfig": []any{map[string]any{

@@ -43,7 +43,8 @@ func (a *attempts) of(method string) int {
 }
 
 // With Redis gone the server answers UNAVAILABLE: the service config retries an
-// idempotent Get (4 attempts) and never a Set.
+// idempotent Get and an Increment that carries a request_id (4 attempts each), and
+// never a Set.
 func TestUnavailableRetriesOnlyIdempotentCalls(t *testing.T) {
 	server, err := startTestServer()
 	if err != nil {
@@ -68,10 +69,16 @@ func TestUnavailableRetriesOnlyIdempotentCalls(t *testing.T) {
 	if _, err := c.Set(ctx, "k", []byte("v")); !errors.Is(err, client.ErrUnavailable) {
 		t.Fatalf("Set without Redis answered %v", err)
 	}
+	if _, err := c.Increment(ctx, "n", 1, 0); !errors.Is(err, client.ErrUnavailable) {
+		t.Fatalf("Increment without Redis answered %v", err)
+	}
 	if got := counter.of("/cachet.cache.v1.CacheService/Get"); got != 1+4 {
 		t.Fatalf("Get made %d attempts, want 1 before and 4 after Redis stopped", got)
 	}
 	if got := counter.of("/cachet.cache.v1.CacheService/Set"); got != 1 {
 		t.Fatalf("Set made %d attempts, want 1: it is not idempotent", got)
+	}
+	if got := counter.of("/cachet.cache.v1.CacheService/Increment"); got != 4 {
+		t.Fatalf("Increment made %d attempts, want 4: its request_id makes it safe to retry", got)
 	}
 }

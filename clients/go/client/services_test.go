@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -11,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
@@ -375,6 +378,38 @@ func TestCollections(t *testing.T) {
 	}
 	if _, err := c.HashLength(ctx, "bits"); !errors.Is(err, client.ErrWrongType) {
 		t.Fatalf("a hash call on a string answered %v", err)
+	}
+}
+
+func TestWatchInvalidations(t *testing.T) {
+	c, ctx := dial(t)
+	watch, err := c.WatchInvalidations(ctx, "user:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(c.Set(ctx, "other", []byte("ignored")))(t)
+	must(c.Set(ctx, "user:1", []byte("x")))(t)
+	must(c.Delete(ctx, "user:1"))(t)
+	var changed []string
+	for event, err := range watch {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if event.FlushAll || event.Synced {
+			continue
+		}
+		changed = append(changed, event.Keys...)
+		if len(changed) >= 2 {
+			break
+		}
+	}
+	for _, key := range changed {
+		if key != "user:1" {
+			t.Fatalf("the watch reported %v, want only user:1", changed)
+		}
+	}
+	if _, err := c.WatchInvalidations(ctx, ""); !errors.Is(err, client.ErrInvalidArgument) {
+		t.Fatalf("an empty prefix answered %v", err)
 	}
 }
 
@@ -771,6 +806,69 @@ func TestRetryPolicyNamesRealIdempotentMethods(t *testing.T) {
 				t.Errorf("%s/%s is not idempotent and must not be retried", service, method)
 			}
 		}
+	}
+}
+
+func TestRequestIDMethodsTakeARequestID(t *testing.T) {
+	for service, methods := range client.RequestIDMethods {
+		descriptor := must(protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(service)))(t)
+		for _, method := range methods {
+			rpc := descriptor.(protoreflect.ServiceDescriptor).Methods().ByName(protoreflect.Name(method))
+			if rpc == nil || rpc.Input().Fields().ByName("request_id") == nil {
+				t.Errorf("%s/%s takes no request_id", service, method)
+			}
+		}
+	}
+}
+
+// The wrappers of RequestIDMethods send a fresh request_id on every call, so a retry
+// (the same request again) is applied once, and two calls are two.
+func TestWritesCarryAFreshRequestID(t *testing.T) {
+	sent := map[string][]string{}
+	var mu sync.Mutex
+	record := grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any,
+		cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption,
+	) error {
+		message := req.(proto.Message).ProtoReflect()
+		if field := message.Descriptor().Fields().ByName("request_id"); field != nil {
+			mu.Lock()
+			sent[method] = append(sent[method], message.Get(field).String())
+			mu.Unlock()
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	})
+	c := must(client.Dial(serverAddr, fmt.Sprintf("go-request-id-%d", time.Now().UnixNano()), record))(t)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 2 {
+		must(c.Increment(ctx, "n", 1, 0))(t)
+		must(c.IncrementFloat(ctx, "f", 1, 0))(t)
+		must(c.HashIncrement(ctx, "h", "n", 1, client.CollectionTTL{}))(t)
+		must(c.ListPush(ctx, "l", client.Right, [][]byte{[]byte("x")}, 0, client.CollectionTTL{}))(t)
+		must(c.SortedSetIncrement(ctx, "z", []byte("m"), 1, client.CollectionTTL{}))(t)
+		must(c.Events().Publish(ctx, "t", &client.Event{}))(t)
+		must(c.Events().Append(ctx, "s", &client.Event{}, 0))(t)
+	}
+	if n := must(c.Increment(ctx, "n", 0, 0))(t); n != 2 {
+		t.Fatalf("two Increments by 1 counted %d", n)
+	}
+	calls := 0
+	for service, methods := range client.RequestIDMethods {
+		for _, method := range methods {
+			ids := sent["/"+service+"/"+method]
+			calls += len(ids)
+			seen := map[string]bool{}
+			for _, id := range ids {
+				if id == "" || seen[id] {
+					t.Errorf("%s sent request ids %q: want fresh, non-empty ones", method, ids)
+				}
+				seen[id] = true
+			}
+		}
+	}
+	if calls < 14 {
+		t.Fatalf("recorded %d calls with a request_id, want at least 14", calls)
 	}
 }
 
