@@ -18,9 +18,9 @@ import {
   type TxnOpResult,
   TxnRequest,
 } from "./gen/cachet/cache/v1/cache";
-import { type CallOptions, duration, millis, type Transport } from "./transport";
+import { type CallOptions, duration, iterate, millis, requestId, type Transport } from "./transport";
 import { status } from "@grpc/grpc-js";
-import { CancelledError, LeaseLostError } from "./errors";
+import { CachetError, CancelledError, LeaseLostError } from "./errors";
 
 export { CompareOperator, ListEnd, Order, SetOperation, SortedSetAddCondition };
 
@@ -79,6 +79,13 @@ export interface ScoreRange {
   max?: number;
   minExclusive?: boolean;
   maxExclusive?: boolean;
+}
+
+/** One event of watchInvalidations. */
+export interface Invalidation {
+  keys: string[];
+  flushAll: boolean;
+  synced: boolean;
 }
 
 export interface ScoredMember {
@@ -193,13 +200,13 @@ export class CacheCalls {
 
   /** Adds `by` (default 1) to the integer counter at key; resolves to its new value. */
   async increment(key: string, by: number | bigint = 1, options: IncrementOptions = {}): Promise<bigint> {
-    const request = { key, byInt: BigInt(by), byFloat: undefined, ttl: duration(options.ttlMs) };
+    const request = { key, byInt: BigInt(by), byFloat: undefined, ttl: duration(options.ttlMs), requestId: requestId() };
     return (await this.transport.unary(Cache.increment, request, options)).intValue;
   }
 
   /** Adds `by` to the float counter at key; resolves to its new value. */
   async incrementFloat(key: string, by: number, options: IncrementOptions = {}): Promise<number> {
-    const request = { key, byInt: undefined, byFloat: by, ttl: duration(options.ttlMs) };
+    const request = { key, byInt: undefined, byFloat: by, ttl: duration(options.ttlMs), requestId: requestId() };
     return (await this.transport.unary(Cache.increment, request, options)).floatValue;
   }
 
@@ -260,6 +267,28 @@ export class CacheCalls {
     }
   }
 
+  /**
+   * Streams the namespace's keys (those starting with one of `prefixes`; none: all)
+   * that change, for a near-cache (docs/near-cache.md). Resolves once the stream is
+   * synced, so every change from then on is reported. Each event is `keys` that
+   * changed; or `flushAll`: changes may have been missed, drop everything and serve
+   * nothing from the near-cache until an event with `synced`. Leaving the loop, or
+   * `signal`, ends the call.
+   */
+  async watchInvalidations(prefixes: string[] = [], options: CallOptions = {}): Promise<AsyncGenerator<Invalidation>> {
+    const events = iterate(this.transport.serverStream(Cache.watchInvalidations, { prefixes }, options), options.signal);
+    const first = await events.next();
+    if (first.done || !first.value.synced) {
+      await events.return(undefined);
+      throw new CachetError(13, "WatchInvalidations did not begin with synced");
+    }
+    return (async function* () {
+      for await (const event of events) {
+        yield { keys: event.keys?.keys ?? [], flushAll: event.flushAll ?? false, synced: event.synced ?? false };
+      }
+    })();
+  }
+
   /** Starts a transaction: `client.txn().if(...).onSuccess(...).onFailure(...).commit()`. */
   txn(): Txn {
     return new Txn(this.transport);
@@ -297,13 +326,13 @@ export class CacheCalls {
 
   /** Adds `by` to an integer field, creating it at 0. */
   async hashIncrement(key: string, field: string, by: number | bigint = 1, options: CollectionOptions = {}): Promise<bigint> {
-    const request = { key, field, byInt: BigInt(by), byFloat: undefined, ttl: collectionTtl(options) };
+    const request = { key, field, byInt: BigInt(by), byFloat: undefined, ttl: collectionTtl(options), requestId: requestId() };
     return (await this.transport.unary(Cache.hashIncrement, request, options)).intValue;
   }
 
   /** Adds `by` to a float field, creating it at 0. */
   async hashIncrementFloat(key: string, field: string, by: number, options: CollectionOptions = {}): Promise<number> {
-    const request = { key, field, byInt: undefined, byFloat: by, ttl: collectionTtl(options) };
+    const request = { key, field, byInt: undefined, byFloat: by, ttl: collectionTtl(options), requestId: requestId() };
     return (await this.transport.unary(Cache.hashIncrement, request, options)).floatValue;
   }
 
@@ -344,6 +373,7 @@ export class CacheCalls {
       ifPresent: options.ifPresent ?? false,
       keepNewest: BigInt(options.keepNewest ?? 0),
       ttl: collectionTtl(options),
+      requestId: requestId(),
     };
     return Number((await this.transport.unary(Cache.listPush, request, options)).length);
   }
@@ -467,7 +497,7 @@ export class CacheCalls {
 
   /** Adds `delta` to a member's score; resolves to the new score. */
   async sortedSetIncrement(key: string, member: Bytes, delta: number, options: CollectionOptions = {}): Promise<number> {
-    const request = { key, member: bytes(member), delta, ttl: collectionTtl(options) };
+    const request = { key, member: bytes(member), delta, ttl: collectionTtl(options), requestId: requestId() };
     return (await this.transport.unary(Cache.sortedSetIncrement, request, options)).score;
   }
 

@@ -10,7 +10,7 @@ import {
   type TopicMessage,
 } from "./gen/cachet/eventbus/v1/eventbus";
 import { CachetError } from "./errors";
-import { type CallOptions, duration, iterate, type Transport } from "./transport";
+import { type CallOptions, duration, iterate, requestId, type Transport } from "./transport";
 
 export type { Event, TopicMessage };
 
@@ -75,7 +75,7 @@ export class Events {
 
   /** Sends an event to topic's current subscriptions; resolves to how many got it. */
   async publish(topic: string, input: EventInput, options?: CallOptions): Promise<number> {
-    return Number((await this.transport.unary(EventBus.publish, { topic, event: event(input) }, options)).receivers);
+    return Number((await this.transport.unary(EventBus.publish, { topic, event: event(input), requestId: requestId() }, options)).receivers);
   }
 
   /**
@@ -99,7 +99,12 @@ export class Events {
 
   /** Adds an event to a durable stream; resolves to its id. `maxLen` trims the stream to about that many. */
   async append(stream: string, input: EventInput, options: CallOptions & { maxLen?: number } = {}): Promise<string> {
-    const request = { stream, event: event(input), maxLen: options.maxLen === undefined ? undefined : BigInt(options.maxLen) };
+    const request = {
+      stream,
+      event: event(input),
+      maxLen: options.maxLen === undefined ? undefined : BigInt(options.maxLen),
+      requestId: requestId(),
+    };
     return (await this.transport.unary(EventBus.append, request, options)).id;
   }
 

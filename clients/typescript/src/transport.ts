@@ -14,6 +14,7 @@ import {
   Metadata,
   status,
 } from "@grpc/grpc-js";
+import { randomUUID } from "node:crypto";
 import { type CachetError, CancelledError, toCachetError } from "./errors";
 import type { Duration } from "./gen/google/protobuf/duration";
 
@@ -60,8 +61,8 @@ export interface CallOptions {
 
 /**
  * The RPCs that may run twice with the effect of once: reads, and writes that set an
- * absolute state. Only these are retried: a retried Set, Increment, Acquire or Append
- * could apply twice, and a retried Release after a lost answer would fail.
+ * absolute state. These and REQUEST_ID_METHODS are retried: a retried Set, Acquire or
+ * Check could apply twice, and a retried Release after a lost answer would fail.
  */
 export const IDEMPOTENT_METHODS: Record<string, readonly string[]> = {
   "cachet.cache.v1.CacheService": [
@@ -82,12 +83,26 @@ export const IDEMPOTENT_METHODS: Record<string, readonly string[]> = {
   ],
 };
 
-/** The gRPC service config the client installs: IDEMPOTENT_METHODS retried on UNAVAILABLE. */
+/**
+ * Writes that would apply twice if retried, made safe to retry by the request_id the
+ * wrappers set: a fresh random id per call, which its retries (the same request)
+ * repeat, so the server applies the call once (docs/cache.md, "Retries that apply
+ * once"). A raw stub's call without request_id is retried too, and may apply twice.
+ */
+export const REQUEST_ID_METHODS: Record<string, readonly string[]> = {
+  "cachet.cache.v1.CacheService": ["Increment", "HashIncrement", "ListPush", "SortedSetIncrement"],
+  "cachet.eventbus.v1.EventBusService": ["Publish", "Append"],
+};
+
+/** A fresh request_id for one logical call. */
+export const requestId = (): string => randomUUID();
+
+/** The gRPC service config the client installs: IDEMPOTENT_METHODS and REQUEST_ID_METHODS retried on UNAVAILABLE. */
 export const RETRY_SERVICE_CONFIG = JSON.stringify({
   methodConfig: [
     {
-      name: Object.entries(IDEMPOTENT_METHODS).flatMap(([service, methods]) =>
-        methods.map((method) => ({ service, method })),
+      name: [IDEMPOTENT_METHODS, REQUEST_ID_METHODS].flatMap((table) =>
+        Object.entries(table).flatMap(([service, methods]) => methods.map((method) => ({ service, method }))),
       ),
       retryPolicy: {
         maxAttempts: 4,
@@ -128,6 +143,7 @@ export class Transport {
       const source = options.token;
       this.interceptors.push(bearerInterceptor(typeof source === "string" ? () => source : source));
     }
+    this.interceptors.push(...(options.channelOptions?.interceptors ?? []));
     const channelOptions: Partial<ClientOptions> = { ...options.channelOptions, interceptors: this.interceptors };
     if (options.retry !== false) {
       channelOptions["grpc.service_config"] = RETRY_SERVICE_CONFIG;

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { InterceptingCall, type Interceptor } from "@grpc/grpc-js";
 import { after, before, test } from "node:test";
 import {
   AbortedError,
@@ -16,6 +17,7 @@ import {
   GroupExistsError,
   GroupNotFoundError,
   IDEMPOTENT_METHODS,
+  REQUEST_ID_METHODS,
   InvalidArgumentError,
   KeyNotFoundError,
   LeaseLostError,
@@ -543,6 +545,69 @@ test("the retry policy names only real, idempotent methods", () => {
       assert.ok(!["Set", "Increment", "Acquire", "Release", "Append", "Check"].includes(method), `${method} is not idempotent`);
     }
   }
+});
+
+test("the request-id methods take a request_id", () => {
+  const services: Record<string, Record<string, { path: string; requestDeserialize: (b: Buffer) => object }>> = {
+    "cachet.cache.v1.CacheService": CacheServiceService,
+    "cachet.eventbus.v1.EventBusService": EventBusServiceService,
+  };
+  for (const [service, methods] of Object.entries(REQUEST_ID_METHODS)) {
+    for (const method of methods) {
+      const definition = Object.values(services[service] ?? {}).find((m) => m.path === `/${service}/${method}`);
+      assert.ok(definition && "requestId" in definition.requestDeserialize(Buffer.alloc(0)), `${service}/${method} takes no request_id`);
+    }
+  }
+});
+
+test("writes that could apply twice carry a fresh request_id", async () => {
+  const sent = new Map<string, string[]>();
+  const record: Interceptor = (options, nextCall) =>
+    new InterceptingCall(nextCall(options), {
+      sendMessage(message: { requestId?: string }, next) {
+        if (message.requestId !== undefined) {
+          sent.set(options.method_definition.path, [...(sent.get(options.method_definition.path) ?? []), message.requestId]);
+        }
+        next(message);
+      },
+    });
+  const client = new CachetClient(server.address, { namespace: `ts-request-id-${Date.now()}`, channelOptions: { interceptors: [record] } });
+  clients.push(client);
+  for (let i = 0; i < 2; i++) {
+    await client.increment("n");
+    await client.incrementFloat("f", 1);
+    await client.hashIncrement("h", "n");
+    await client.listPush("l", ["x"]);
+    await client.sortedSetIncrement("z", "m", 1);
+    await client.events.publish("t", {});
+    await client.events.append("s", {});
+  }
+  assert.equal(await client.increment("n", 0), 2n);
+  let calls = 0;
+  for (const [service, methods] of Object.entries(REQUEST_ID_METHODS)) {
+    for (const method of methods) {
+      const ids = sent.get(`/${service}/${method}`) ?? [];
+      calls += ids.length;
+      assert.ok(ids.every((id) => id !== "") && new Set(ids).size === ids.length, `${method} sent ${ids}`);
+    }
+  }
+  assert.ok(calls >= 14, `recorded ${calls} calls with a request_id`);
+});
+
+test("watchInvalidations reports the changed keys once synced", async () => {
+  const client = connect();
+  const changes = await client.watchInvalidations(["user:"]);
+  await client.set("other", "ignored");
+  await client.set("user:1", "x");
+  await client.delete("user:1");
+  const changed: string[] = [];
+  for await (const change of changes) {
+    if (change.flushAll || change.synced) continue;
+    changed.push(...change.keys);
+    if (changed.length >= 2) break;
+  }
+  assert.ok(changed.every((key) => key === "user:1"), `${changed}`);
+  await assert.rejects(client.watchInvalidations([""]), InvalidArgumentError);
 });
 
 test("a credential needs TLS; a failing token source fails the call", async () => {

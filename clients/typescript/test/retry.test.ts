@@ -1,5 +1,6 @@
 // With Redis gone the server answers UNAVAILABLE: the channel's service config retries
-// an idempotent get (4 attempts) and never a set. The server counts every attempt it
+// an idempotent get and an increment carrying a request_id (4 attempts each), and
+// never a set. The server counts every attempt it
 // served (AdminService.GetServiceStats, kept in process memory).
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
@@ -28,8 +29,10 @@ test("UNAVAILABLE retries only idempotent calls", async () => {
     await server.stopRedis();
     await assert.rejects(client.get("k"), UnavailableError);
     await assert.rejects(client.set("k", "v"), UnavailableError);
+    await assert.rejects(client.increment("n"), UnavailableError);
     assert.equal(await attempts(client, "Get"), 1n + 4n);
     assert.equal(await attempts(client, "Set"), 1n);
+    assert.equal(await attempts(client, "Increment"), 4n); // its request_id makes it safe to retry
     const unretried = new CachetClient(server.address, { namespace: "ts-retry", retry: false });
     await assert.rejects(unretried.get("k"), UnavailableError);
     unretried.close();
