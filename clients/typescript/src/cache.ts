@@ -139,7 +139,7 @@ export class CacheCalls {
 
   /** Reads keys at once: one entry per key, in order, undefined when absent. */
   async getMany(keys: string[], options?: CallOptions): Promise<(Value | undefined)[]> {
-    const reply = await this.transport.unary(Cache.getMany, { keys }, options);
+    const reply = await this.transport.unary(Cache.getMany, { keys, includeTtl: false }, options);
     return reply.entries.map((e) => (e.found ? { data: e.value, version: e.version } : undefined));
   }
 
