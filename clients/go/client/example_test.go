@@ -91,7 +91,9 @@ func ExampleEvents_Consume() {
 	}
 	defer c.Close()
 	events := c.Events()
-	_, err = events.CreateGroup(ctx, "orders", "billing", client.GroupOptions{StartID: "0", CreateStream: true})
+	if _, err := events.CreateGroup(ctx, "orders", "billing", client.GroupOptions{StartID: "0", CreateStream: true}); err != nil {
+		log.Fatal(err)
+	}
 	id, _ := events.Append(ctx, "orders", &client.Event{Type: "order.created", Payload: []byte(`{"id":7}`)}, 0)
 	for delivery, err := range events.Consume(ctx, "orders", "billing", "worker-1", client.ConsumeOptions{}) {
 		if err != nil {

@@ -12,11 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/cachet-dev/cachet/clients/go/client"
 	cachev1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/cache/v1"
@@ -907,4 +910,23 @@ func sameNamespace(t *testing.T, c *client.Client) *client.Client {
 	}
 	t.Cleanup(func() { _ = other.Close() })
 	return other
+}
+
+// RESOURCE_EXHAUSTED with a RetryInfo (an overloaded server or a tenant's quota) is
+// ErrRateLimited and says when to retry. Built here: the test server has no quota.
+func TestRateLimitedErrorCarriesRetryAfter(t *testing.T) {
+	st := must(status.New(codes.ResourceExhausted, "slow down").WithDetails(
+		&errdetails.ErrorInfo{Reason: "QUOTA_EXCEEDED", Domain: "cachet.dev"},
+		&errdetails.RetryInfo{RetryDelay: durationpb.New(1500 * time.Millisecond)},
+	))(t)
+	err := client.AsError(st.Err())
+	if !errors.Is(err, client.ErrRateLimited) || err.RetryAfter != 1500*time.Millisecond || err.Reason != "QUOTA_EXCEEDED" {
+		t.Fatalf("AsError answered %+v", err)
+	}
+	if overloaded := client.AsError(status.Error(codes.ResourceExhausted, "no retry info")); errors.Is(overloaded, client.ErrRateLimited) {
+		t.Fatal("RESOURCE_EXHAUSTED without RetryInfo matched ErrRateLimited")
+	}
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("status.Code of an *Error is %v", status.Code(err))
+	}
 }

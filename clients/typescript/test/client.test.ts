@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { InterceptingCall, type Interceptor } from "@grpc/grpc-js";
+import { BinaryWriter } from "@bufbuild/protobuf/wire";
+import { InterceptingCall, type Interceptor, Metadata } from "@grpc/grpc-js";
 import { after, before, test } from "node:test";
 import {
   AbortedError,
@@ -30,6 +31,8 @@ import {
   parseLimit,
   PermissionDeniedError,
   PolicyNotFoundError,
+  RateLimitedError,
+  ResourceExhaustedError,
   SemaphoreFullError,
   SetOperation,
   status,
@@ -625,4 +628,26 @@ test("a credential needs TLS; a failing token source fails the call", async () =
   clients.push(refreshed);
   await refreshed.set("k", "v"); // auth is off on this server: the header is sent and ignored
   assert.equal((await refreshed.get("k"))?.data.toString(), "v");
+});
+
+test("RESOURCE_EXHAUSTED with a RetryInfo is a RateLimitedError with retryAfterMs", () => {
+  // Built here (the test server has no quota): google.rpc.Status with an ErrorInfo and a RetryInfo.
+  const any = (type: string, value: Uint8Array) => new BinaryWriter().uint32(10).string(`type.googleapis.com/${type}`).uint32(18).bytes(value).finish();
+  const retryInfo = new BinaryWriter().uint32(10).fork().uint32(8).int64(1).uint32(16).int32(500_000_000).join().finish();
+  const errorInfo = new BinaryWriter().uint32(10).string("QUOTA_EXCEEDED").uint32(18).string("cachet.dev").finish();
+  const details = new BinaryWriter()
+    .uint32(8).int32(status.RESOURCE_EXHAUSTED)
+    .uint32(18).string("slow down")
+    .uint32(26).bytes(any("google.rpc.ErrorInfo", errorInfo))
+    .uint32(26).bytes(any("google.rpc.RetryInfo", retryInfo))
+    .finish();
+  const trailers = new Metadata();
+  trailers.set("grpc-status-details-bin", Buffer.from(details));
+  const raw = Object.assign(new Error("slow down"), { code: status.RESOURCE_EXHAUSTED, details: "slow down", metadata: trailers });
+  const error = toCachetError(raw);
+  assert.ok(error instanceof RateLimitedError, `${error}`);
+  assert.equal(error.retryAfterMs, 1500);
+  assert.equal(error.reason, "QUOTA_EXCEEDED");
+  const plain = toCachetError(Object.assign(new Error("busy"), { code: status.RESOURCE_EXHAUSTED, details: "busy", metadata: new Metadata() }));
+  assert.ok(plain instanceof ResourceExhaustedError && !(plain instanceof RateLimitedError));
 });
