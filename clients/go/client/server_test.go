@@ -81,7 +81,9 @@ func startTestServer(extraEnv ...string) (*testServer, error) {
 	healthAddr := fmt.Sprintf("127.0.0.1:%d", freePort())
 	s.server = exec.Command(filepath.Join(root, ".venv", "bin", "python"), "-m", "cachet_server")
 	s.server.Env = append(os.Environ(), "CACHET_REDIS_URL=redis://"+redisAddr, "CACHET_LISTEN="+s.addr,
-		"CACHET_HEALTH_LISTEN="+healthAddr, "CACHET_AUTH__MODE=off") // tests that need auth set it in extraEnv
+		"CACHET_HEALTH_LISTEN="+healthAddr,
+		"CACHET_METRICS__LISTEN=", // no metrics port: several test servers run at once
+		"CACHET_AUTH__MODE=off")   // tests that need auth set it in extraEnv
 	s.server.Env = append(s.server.Env, extraEnv...)
 	serverLog := filepath.Join(logs, "server.log")
 	if err := start(s.server, serverLog); err != nil {

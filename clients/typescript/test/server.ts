@@ -42,6 +42,7 @@ export async function startServer(env: Record<string, string> = {}): Promise<Run
       CACHET_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
       CACHET_LISTEN: address,
       CACHET_HEALTH_LISTEN: healthAddress,
+      CACHET_METRICS__LISTEN: "", // no metrics port: several test servers run at once
       CACHET_AUTH__MODE: "off", // tests that need auth configure it in `env`
       ...env,
     });
