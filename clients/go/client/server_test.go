@@ -23,6 +23,9 @@ import (
 
 var serverAddr string
 
+// redisAddr is the redis-server behind it (tests that break its connections use it).
+var redisAddr string
+
 func TestMain(m *testing.M) {
 	os.Exit(runWithServer(m))
 }
@@ -34,15 +37,15 @@ func runWithServer(m *testing.M) int {
 		return 1
 	}
 	defer server.stop()
-	serverAddr = server.addr
+	serverAddr, redisAddr = server.addr, server.redisAddr
 	return m.Run()
 }
 
 // testServer is a redis-server and a cachet server in front of it, on free ports.
 type testServer struct {
-	addr          string
-	logs          string
-	redis, server *exec.Cmd
+	addr, redisAddr string
+	logs            string
+	redis, server   *exec.Cmd
 }
 
 // startTestServer starts both, the server with extraEnv ("NAME=value") added to its
@@ -64,7 +67,8 @@ func startTestServer(extraEnv ...string) (*testServer, error) {
 		s.stop()
 		return nil, fmt.Errorf("redis-server: %w", err)
 	}
-	redisAddr := fmt.Sprintf("127.0.0.1:%d", redisPort)
+	s.redisAddr = fmt.Sprintf("127.0.0.1:%d", redisPort)
+	redisAddr := s.redisAddr
 	if err := waitFor(10*time.Second, func() error {
 		conn, err := net.Dial("tcp", redisAddr)
 		if err == nil {

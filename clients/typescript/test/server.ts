@@ -11,6 +11,8 @@ const SERVING = Buffer.from([0x08, 0x01]); // grpc.health.v1.HealthCheckResponse
 
 export interface RunningServer {
   address: string;
+  /** The redis-server behind it (tests that break its connections use it). */
+  redisPort: number;
   stop(): Promise<void>;
   /** Stops the redis-server only: the cachet server then answers UNAVAILABLE. */
   stopRedis(): Promise<void>;
@@ -52,7 +54,7 @@ export async function startServer(env: Record<string, string> = {}): Promise<Run
     } catch (error) {
       throw new Error(`cachet server not serving: ${error}\n${readFileSync(serverLog, "utf8")}`);
     }
-    return { address, stop, stopRedis: () => terminate(redis) };
+    return { address, redisPort, stop, stopRedis: () => terminate(redis) };
   } catch (error) {
     await stop();
     throw error;
