@@ -44,9 +44,9 @@ func (a *attempts) of(method string) int {
 
 // With Redis gone the server answers UNAVAILABLE: the service config retries an
 // idempotent Get and an Increment that carries a request_id (4 attempts each), and
-// never a Set.
+// never a Set. Before that, a quota refusal shows as ErrRateLimited.
 func TestUnavailableRetriesOnlyIdempotentCalls(t *testing.T) {
-	server, err := startTestServer()
+	server, err := startTestServer("CACHET_QUOTAS__MAX_HOLD_STREAMS=1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,6 +60,17 @@ func TestUnavailableRetriesOnlyIdempotentCalls(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if _, err := c.Get(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	// A namespace's quota (here one Hold stream) answers RESOURCE_EXHAUSTED with a
+	// RetryInfo: ErrRateLimited, with RetryAfter, and not retried.
+	held := must(c.Locks().Hold(ctx, "a", 10*time.Second, client.LockOptions{}))(t)
+	_, err = c.Locks().Hold(ctx, "b", 10*time.Second, client.LockOptions{})
+	var quota *client.Error
+	if !errors.Is(err, client.ErrRateLimited) || !errors.As(err, &quota) || quota.RetryAfter <= 0 || quota.Reason != "QUOTA_EXCEEDED" {
+		t.Fatalf("a second Hold over the quota answered %v", err)
+	}
+	if err := held.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
 	server.stopRedis()

@@ -1,16 +1,16 @@
 // With Redis gone the server answers UNAVAILABLE: the channel's service config retries
 // an idempotent get and an increment carrying a request_id (4 attempts each), and
-// never a set. The server counts every attempt it
+// never a set. Before that, a quota refusal shows as a RateLimitedError. The server counts every attempt it
 // served (AdminService.GetServiceStats, kept in process memory).
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { CachetClient, UnavailableError } from "../src";
+import { CachetClient, RateLimitedError, UnavailableError } from "../src";
 import { type RunningServer, startServer } from "./server";
 
 let server: RunningServer;
 
 before(async () => {
-  server = await startServer();
+  server = await startServer({ CACHET_QUOTAS__MAX_HOLD_STREAMS: "1" });
 });
 
 after(async () => {
@@ -35,6 +35,12 @@ test("UNAVAILABLE retries only idempotent calls", async () => {
   const client = new CachetClient(server.address, { namespace: "ts-retry", timeoutMs: 20_000 });
   try {
     await client.get("k");
+    // A namespace's quota (here one Hold stream) answers RESOURCE_EXHAUSTED with a
+    // RetryInfo: a RateLimitedError with retryAfterMs, and not retried.
+    const held = await client.locks.hold("a", 10_000);
+    const quota = await client.locks.hold("b", 10_000).catch((e: unknown) => e);
+    assert.ok(quota instanceof RateLimitedError && quota.reason === "QUOTA_EXCEEDED" && (quota.retryAfterMs ?? 0) > 0, `${quota}`);
+    await held.release();
     await server.stopRedis();
     await assert.rejects(client.get("k"), UnavailableError);
     await assert.rejects(client.set("k", "v"), UnavailableError);
