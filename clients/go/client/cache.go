@@ -20,6 +20,10 @@ type Value struct {
 
 // Get reads key; it answers nil, nil when the key is absent.
 func (c *Client) Get(ctx context.Context, key string) (*Value, error) {
+	if c.near != nil {
+		value, err := c.near.Get(ctx, key)
+		return value, wrap(err)
+	}
 	reply, err := c.cache.Get(ctx, &cachev1.GetRequest{Key: key})
 	if err != nil || !reply.GetFound() {
 		return nil, wrap(err)
@@ -30,6 +34,10 @@ func (c *Client) Get(ctx context.Context, key string) (*Value, error) {
 // GetMany reads keys at once; the answer has one entry per key, in order, nil for an
 // absent key.
 func (c *Client) GetMany(ctx context.Context, keys ...string) ([]*Value, error) {
+	if c.near != nil {
+		values, err := c.near.GetMany(ctx, keys...)
+		return values, wrap(err)
+	}
 	reply, err := c.cache.GetMany(ctx, &cachev1.GetManyRequest{Keys: keys})
 	if err != nil {
 		return nil, wrap(err)

@@ -53,6 +53,7 @@ type Client struct {
 	limits *RateLimits
 	events *Events
 	admin  *Admin
+	near   *NearCache
 }
 
 // Dial connects to the cachet server at target (host:port) in namespace. The
@@ -104,7 +105,31 @@ func scoped(ctx context.Context, scope metadata.MD) metadata.MD {
 func (c *Client) Conn() *grpc.ClientConn { return c.conn }
 
 // Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+func (c *Client) Close() error {
+	if c.near != nil {
+		c.near.Close()
+	}
+	return c.conn.Close()
+}
+
+// EnableNearCache makes Get and GetMany serve from a local near-cache kept in step
+// with the server's WatchInvalidations stream (see NearCache and docs/near-cache.md):
+// never staler than the stream's delay, and never served while the stream is not
+// synced. Call it once, before the client is shared; NearCache() reports its counters.
+func (c *Client) EnableNearCache(opts NearCacheOptions) error {
+	if c.near != nil {
+		return errors.New("the near-cache is already enabled")
+	}
+	near, err := NewNearCache(c.cache, opts)
+	if err != nil {
+		return err
+	}
+	c.near = near
+	return nil
+}
+
+// NearCache is the near-cache EnableNearCache made, nil if there is none.
+func (c *Client) NearCache() *NearCache { return c.near }
 
 // Locks is LockService: locks, held locks and semaphores.
 func (c *Client) Locks() *Locks { return c.locks }

@@ -3,6 +3,7 @@ package client_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -617,4 +618,47 @@ func nearBenchSetup(b *testing.B) (*client.NearCache, cachev1.CacheServiceClient
 		b.Fatal("hot", err)
 	}
 	return near, stub
+}
+
+func TestClientWithNearCacheServesGetAndGetManyLocally(t *testing.T) {
+	namespace := nearNamespace()
+	c, err := client.Dial(serverAddr, namespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.EnableNearCache(client.NearCacheOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.EnableNearCache(client.NearCacheOptions{}); err == nil {
+		t.Fatal("a second EnableNearCache must be refused")
+	}
+	ctx := context.Background()
+	if err := c.NearCache().WaitSynced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	writer := nearStub(t, serverAddr, namespace)
+	nearSet(t, writer, "k", "v1", 0)
+	nearSeen(t, c.NearCache(), 0)
+	for range 3 {
+		if value, err := c.Get(ctx, "k"); err != nil || nearData(value) != "v1" {
+			t.Fatalf("Get = %q, %v", nearData(value), err)
+		}
+	}
+	values, err := c.GetMany(ctx, "k", "absent")
+	if err != nil || nearData(values[0]) != "v1" || values[1] != nil {
+		t.Fatalf("GetMany = %v, %v", values, err)
+	}
+	if stats := c.NearCache().Stats(); stats.Hits < 3 {
+		t.Fatalf("Get and GetMany were not served locally: %+v", stats)
+	}
+	seen := c.NearCache().Stats().Invalidations
+	nearSet(t, writer, "k", "v2", 0)
+	nearSeen(t, c.NearCache(), seen)
+	if value, err := c.Get(ctx, "k"); err != nil || nearData(value) != "v2" {
+		t.Fatalf("after another client's write: %q, %v", nearData(value), err)
+	}
+	if _, err := c.Get(ctx, ""); !errors.As(err, new(*client.Error)) {
+		t.Fatalf("errors through the near-cache are typed: %v", err)
+	}
 }
