@@ -281,3 +281,24 @@ async def test_redis_down_answers_unavailable_and_batches_recover():
                     except grpc.aio.AioRpcError:
                         await asyncio.sleep(0.1)
                 assert reply.results[1].get.value == b"v"
+
+
+async def test_gets_read_together_keep_their_own_options(cache):
+    await cache.Set(pb.SetRequest(key="a", value=b"1", ttl=Duration(seconds=100)))
+    await cache.Set(pb.SetRequest(key="b", value=b"2", ttl=Duration(seconds=100)))
+    reply = await cache.Batch(
+        pb.BatchRequest(
+            operations=[
+                op(get=pb.GetRequest(key="a", include_ttl=True)),
+                get("b"),
+                get(""),  # refused alone; the reads around it still run
+                op(get=pb.GetRequest(key="b", early_refresh_beta=-1)),
+                get("a"),
+            ]
+        )
+    )
+    first, second, bad, beta, last = reply.results
+    assert first.get.value == b"1" and 90 < first.get.ttl.seconds <= 100
+    assert second.get.value == b"2" and not second.get.HasField("ttl")
+    assert bad.status.code == beta.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert last.get.value == b"1" and not last.get.HasField("ttl")

@@ -202,11 +202,29 @@ class CacheStore:
                 )
         return [r if r is not None else CacheValue(False) for r in results]
 
-    def get_step(self, namespace: str, key: str, *, with_ttl: bool, beta: float) -> Step:
-        """`get` as one step of a batch; answers a CacheValue."""
-        k = CacheKeys.of(namespace, key)
-        command = Command.of_script(_GET, [k.data, k.meta], ["1" if with_ttl or beta > 0 else "0"])
-        return Step([command], lambda replies: _cache_value(replies[0], 0, beta))
+    def get_many_step(
+        self, namespace: str, keys: Sequence[str], *, with_ttl: bool, betas: Sequence[float]
+    ) -> Step:
+        """Reads of a batch as one step, one script per slot group as in `get_many`;
+        answers a CacheValue per key (`betas[i]`: the early-refresh beta of key i)."""
+        entries = [CacheKeys.of(namespace, key) for key in keys]
+        want_ttl = "1" if with_ttl or any(beta > 0 for beta in betas) else "0"
+        groups = list(self.backend.group_by_slot([e.data for e in entries]).values())
+        commands = []
+        for indexes in groups:
+            flat: list[str] = []
+            for i in indexes:
+                flat += [entries[i].data, entries[i].meta]
+            commands.append(Command.of_script(_GET, flat, [want_ttl]))
+
+        def answer(replies: list[Any]) -> list[CacheValue]:
+            values = [CacheValue(False)] * len(keys)
+            for indexes, reply in zip(groups, replies, strict=True):
+                for n, i in enumerate(indexes):
+                    values[i] = _cache_value(reply, n, betas[i])
+            return values
+
+        return Step(commands, answer)
 
     async def get(
         self, namespace: str, key: str, *, with_ttl: bool = False, beta: float = 0.0

@@ -89,8 +89,14 @@ def _failed(error: CachetError) -> pb.BatchResult:
     )
 
 
-# How one operation's answer becomes its BatchResult.
-_Respond = Callable[[Any], pb.BatchResult]
+# How a step's answer becomes the BatchResult of one operation (`_plan`), or of each
+# operation the step serves (`_run_operations`).
+_Respond = Callable[[Any], Any]
+
+
+def _one(respond: _Respond) -> _Respond:
+    """A step's respond for the one operation it serves, as a list of one result."""
+    return lambda answer: [respond(answer)]
 
 
 def _duration(ms: int) -> duration_pb2.Duration:
@@ -545,39 +551,69 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         self, namespace: str, operations: Sequence[pb.BatchOperation]
     ) -> list[pb.BatchResult]:
         """Validate each operation, run the valid ones as one pipeline, and answer each
-        with its own result; a bad operation fails alone."""
+        with its own result; a bad operation fails alone. Consecutive gets are read
+        together, one script per slot group as GetMany reads (still in request order
+        with the writes around them)."""
         results: list[pb.BatchResult] = [pb.BatchResult()] * len(operations)
-        planned: list[tuple[int, Step, _Respond]] = []
+        planned: list[tuple[list[int], Step, _Respond]] = []
+        reads: list[tuple[int, pb.GetRequest, str, float]] = []
+
+        def read_together() -> None:
+            if reads:
+                planned.append(self._plan_gets(namespace, list(reads)))
+                reads.clear()
+
         for i, operation in enumerate(operations):
             try:
+                if operation.WhichOneof("operation") == "get":
+                    key, beta = self._get_args(operation.get)
+                    reads.append((i, operation.get, key, beta))
+                    continue
                 step, respond = self._plan(namespace, operation)
             except CachetError as exc:
                 results[i] = _failed(exc)
                 continue
-            planned.append((i, step, respond))
-        if planned:
-            outcomes = await run_steps(self.deps.backend, [step for _, step, _ in planned])
-            for (i, _, respond), outcome in zip(planned, outcomes, strict=True):
-                if isinstance(outcome, CachetError):
-                    results[i] = _failed(outcome)
-                    continue
+            read_together()
+            planned.append(([i], step, _one(respond)))
+        read_together()
+        if not planned:
+            return results
+        outcomes = await run_steps(self.deps.backend, [step for _, step, _ in planned])
+        for (indexes, _, respond), outcome in zip(planned, outcomes, strict=True):
+            answered: list[pb.BatchResult]
+            if isinstance(outcome, CachetError):
+                answered = [_failed(outcome)] * len(indexes)
+            else:
                 try:
-                    results[i] = respond(outcome)
+                    answered = respond(outcome)
                 except CachetError as exc:
-                    results[i] = _failed(exc)
+                    answered = [_failed(exc)] * len(indexes)
+            for i, result in zip(indexes, answered, strict=True):
+                results[i] = result
         return results
 
+    def _plan_gets(
+        self, namespace: str, reads: Sequence[tuple[int, pb.GetRequest, str, float]]
+    ) -> tuple[list[int], Step, _Respond]:
+        step = self.store.get_many_step(
+            namespace,
+            [key for _, _, key, _ in reads],
+            with_ttl=any(request.include_ttl for _, request, _, _ in reads),
+            betas=[beta for _, _, _, beta in reads],
+        )
+
+        def respond(values: list[CacheValue]) -> list[pb.BatchResult]:
+            return [
+                pb.BatchResult(get=self._get_response(namespace, request, found))
+                for (_, request, _, _), found in zip(reads, values, strict=True)
+            ]
+
+        return [i for i, _, _, _ in reads], step, respond
+
     def _plan(self, namespace: str, operation: pb.BatchOperation) -> tuple[Step, _Respond]:
-        """The backend step of one operation, validated as its unary RPC validates, and
-        how its answer maps to a BatchResult."""
+        """The backend step of one operation but a get (see `_plan_gets`), validated as
+        its unary RPC validates, and how its answer maps to a BatchResult."""
         which = operation.WhichOneof("operation")
-        if which == "get":
-            get = operation.get
-            key, beta = self._get_args(get)
-            return (
-                self.store.get_step(namespace, key, with_ttl=get.include_ttl, beta=beta),
-                lambda found: pb.BatchResult(get=self._get_response(namespace, get, found)),
-            )
         if which == "set":
             key, value, options = self._set_args(operation.set)
             if options.tags:
