@@ -129,7 +129,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         "SetMany": WRITE,
         "Txn": WRITE,
         # A batch of reads needs only `read`; any write in it needs `write`.
-        "Batch": calls(Role.WRITE, read_if=_batch_only_reads),
+        "Batch": calls(Role.WRITE, read_if=_batch_only_reads, read_when="when it only reads"),
         # Opening the stream needs either role; the servicer checks each message, since
         # the interceptor sees the stream open, never the operations sent on it.
         "Session": calls([Role.READ, Role.WRITE]),
