@@ -302,3 +302,29 @@ async def test_gets_read_together_keep_their_own_options(cache):
     assert second.get.value == b"2" and not second.get.HasField("ttl")
     assert bad.status.code == beta.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert last.get.value == b"1" and not last.get.HasField("ttl")
+
+
+@pytest.mark.topologies("standalone", reason="needs a primary without replicas")
+async def test_with_replica_acknowledgement_each_write_waits_alone(topology):
+    settings = make_settings(
+        topology.url, redis_min_replicas_acked=1, redis_replica_ack_timeout="PT0.1S"
+    )
+    async with running(settings) as app:
+        async with channel_to(app.port, f"t-{uuid.uuid4().hex[:8]}") as channel:
+            stub = cache_pb2_grpc.CacheServiceStub(channel)
+            reply = await stub.Batch(
+                pb.BatchRequest(
+                    operations=[
+                        put("k", b"v"),
+                        get("k"),
+                        op(increment=pb.IncrementRequest(key="n")),
+                        get("missing"),
+                    ]
+                )
+            )
+    unavailable = grpc.StatusCode.UNAVAILABLE.value[0]
+    first, read, counted, missing = reply.results
+    assert (first.status.code, first.status.reason) == (unavailable, "NOT_ENOUGH_REPLICAS")
+    assert (counted.status.code, counted.status.reason) == (unavailable, "NOT_ENOUGH_REPLICAS")
+    # The writes did happen on the primary (as the unary calls document), reads answer.
+    assert read.status.code == OK and missing.status.code == OK and not missing.get.found
