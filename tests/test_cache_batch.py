@@ -328,3 +328,12 @@ async def test_with_replica_acknowledgement_each_write_waits_alone(topology):
     assert (counted.status.code, counted.status.reason) == (unavailable, "NOT_ENOUGH_REPLICAS")
     # The writes did happen on the primary (as the unary calls document), reads answer.
     assert read.status.code == OK and missing.status.code == OK and not missing.get.found
+
+
+async def test_a_retried_increment_with_a_request_id_adds_once(cache):
+    retried = op(increment=pb.IncrementRequest(key="paid", by_int=10, request_id="order-7"))
+    first = await cache.Batch(pb.BatchRequest(operations=[retried]))
+    again = await cache.Batch(pb.BatchRequest(operations=[retried, get("paid")]))
+    assert first.results[0].increment.int_value == 10
+    assert again.results[0].increment.int_value == 10, "the retry answers the first result"
+    assert again.results[1].get.value == b"10"
