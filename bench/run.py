@@ -8,6 +8,10 @@ taskset to the first CPU, load generators (ghz, the Go driver in bench/driver,
 redis-benchmark, the redis.asyncio client) to the second; the two-worker server gets
 both CPUs, so its load generator shares a core with it (stated in the report).
 
+Four more cachet-servers measure what telemetry costs on Get (metrics off and tracing
+off, metrics without Redis command metrics, tracing alone, both); every cachet-server
+otherwise runs as deployed by default (metrics on, tracing off).
+
 Every row runs for a fixed time at concurrency 1 and 32 and records throughput, p50,
 p99 and the server's CPU time per call (utime + stime from /proc, the whole process
 tree). Writes bench/results/latest.json (`machine`, `placement`, `rows`, `ratios`,
@@ -132,7 +136,7 @@ class Bench:
     def start(self, name: str, args: list[str], port: int, cpus: str, **env: str) -> Server:
         log_path = self.workdir / (name.replace("/", "_").replace(" ", "_") + ".log")
         log = log_path.open("wb")
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("CACHET_")}
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("CACHET_", "OTEL_"))}
         process = subprocess.Popen(
             self.taskset(cpus, args),
             env={**clean, **env},
@@ -414,6 +418,12 @@ def _ratios(rows: list[Row]) -> dict[str, float]:
     ratios["cpu_us_per_key_getmany100"] = cpu("cachet GetMany(100)") / BATCH_KEYS
     ratios["cpu_us_per_key_batch100"] = cpu("cachet Batch(100 gets)") / BATCH_KEYS
     ratios["auth_cpu_us_per_call_added"] = cpu("cachet Get, API key") - cpu("cachet Get")
+    telemetry_off = "cachet Get, metrics off, tracing off"
+    if (telemetry_off, 32) in by:
+        ratios["metrics_cpu_us_per_call_added"] = cpu("cachet Get") - cpu(telemetry_off)
+        ratios["metrics_and_tracing_cpu_us_per_call_added"] = cpu(
+            "cachet Get, metrics on, tracing on"
+        ) - cpu(telemetry_off)
     return ratios
 
 
@@ -617,13 +627,18 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         )
     )
 
-    def cachet(name: str, cpus: str, *extra: str, auth: bool = False) -> Server:
+    def cachet(name: str, cpus: str, *extra: str, auth: bool = False, **telemetry: str) -> Server:
+        """A cachet-server as deployed by default (metrics on, tracing off) unless
+        `telemetry` says otherwise; its metrics endpoint on a free port (a worker serves
+        on that port plus its slot)."""
         port = free_port()
         env = {
             "CACHET_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
             "CACHET_LISTEN": f"127.0.0.1:{port}",
+            "CACHET_METRICS__LISTEN": f"127.0.0.1:{free_port()}",
             "CACHET_LOG_LEVEL": "WARNING",
             "CACHET_CONFIG_FILE": str(auth_config if auth else plain_config),
+            **telemetry,
         }
         if not auth:
             env["CACHET_AUTH__MODE"] = "off"
@@ -632,6 +647,12 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     one = cachet("cachet", server_cpus)
     authed = cachet("cachet (auth required)", server_cpus, auth=True)
     two = cachet("cachet --workers 2", workers_cpus, "--workers", "2")
+    # What telemetry costs: Get on one process per combination. Tracing exports over
+    # OTLP to an address nothing listens on, so spans are built, batched and dropped.
+    telemetry_servers = {
+        label: cachet(f"cachet ({label})", server_cpus, **case)
+        for label, case in _telemetry_cases().items()
+    }
     echo_port = free_port()
     echo = bench.start(
         "echo",
@@ -743,6 +764,12 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
             proto="cachet/eventbus/v1/eventbus.proto",
         ),
         lambda c: bench.redis_client(redis_port, c),
+        *(
+            lambda c, label=label, server=server: bench.ghz(
+                f"cachet Get, {label}", server, f"{cache}Get", {"key": "k"}, c
+            )
+            for label, server in telemetry_servers.items()
+        ),
     ]
     rounds: list[list[Row]] = []
     for repeat in range(args.repeats):
@@ -782,6 +809,21 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         "repeat_rows": [[asdict(row) for row in repeat] for repeat in rounds],
         "ratios": {name: round(value, 4) for name, value in ratios.items()},
         "targets": _targets(ratios),
+    }
+
+
+def _telemetry_cases() -> dict[str, dict[str, str]]:
+    """Label -> environment of each telemetry combination measured on Get (the default
+    deployment, metrics on and tracing off, is the `cachet Get` row itself)."""
+    collector = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    return {
+        "metrics off, tracing off": {"CACHET_METRICS__LISTEN": ""},
+        "metrics on without Redis command metrics": {"CACHET_METRICS__REDIS_COMMANDS": "false"},
+        "metrics off, tracing on": {
+            "CACHET_METRICS__LISTEN": "",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector,
+        },
+        "metrics on, tracing on": {"OTEL_EXPORTER_OTLP_ENDPOINT": collector},
     }
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import psutil
 import pytest
@@ -46,6 +47,12 @@ def serving_workers(server: CachetProcess, count: int) -> list[psutil.Process]:
 
     wait_until(listening, timeout=30, what=f"{count} workers listening")
     return workers_of(server)
+
+
+def metrics_page(port: int) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+        body: bytes = page.read()
+        return body
 
 
 async def get_stats_calls(server: CachetProcess, method: str) -> int:
@@ -96,6 +103,9 @@ async def test_two_workers_serve_one_port_and_stats_count_both(redis_proc):
             await asyncio.sleep(0.2)
         assert seen == CHANNELS
         assert await get_stats_calls(server, "/Get") == CHANNELS
+        # Each worker has a Prometheus endpoint of its own: the port plus its slot.
+        for port in (server.metrics_port, server.metrics_port + 1):
+            assert b"# TYPE" in metrics_page(port)
     finally:
         server.stop()
 

@@ -15,6 +15,9 @@ counters to its siblings' last snapshots. Files rather than Redis: the counters 
 process-local facts, no Redis round trip or key without namespace is needed, and a
 dead worker's last snapshot stays counted. A sibling's figures are at most
 `PUBLISH_INTERVAL` old.
+
+Metrics: each worker serves its own Prometheus endpoint, on the configured port plus
+its slot (9464, 9465, … by default); a scrape sums them. Only the gRPC port is shared.
 """
 
 from __future__ import annotations
@@ -133,10 +136,22 @@ class Supervisor:
             await asyncio.wait(pending)
         return [task.result() for task in keepers]
 
+    def _worker_env(self, slot: int, env: dict[str, str]) -> dict[str, str]:
+        """The environment of worker `slot`: its own Prometheus port, the configured port
+        plus the slot (9464, 9465, …), since only the gRPC port is shared."""
+        listen = self.settings.metrics.listen
+        if not listen:
+            return env
+        host, _, port = listen.rpartition(":")
+        if not port.isdigit() or int(port) == 0:
+            return env
+        return {**env, "CACHET_METRICS__LISTEN": f"{host}:{int(port) + slot}"}
+
     async def _keep(self, slot: int, env: dict[str, str], stats_dir: Path) -> int:
         """Run worker `slot`, restarting it whenever it dies before the stop; answers its
         final exit code."""
         pause = RESTART_PAUSE
+        env = self._worker_env(slot, env)
         while True:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
