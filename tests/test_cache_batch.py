@@ -337,3 +337,20 @@ async def test_a_retried_increment_with_a_request_id_adds_once(cache):
     assert first.results[0].increment.int_value == 10
     assert again.results[0].increment.int_value == 10, "the retry answers the first result"
     assert again.results[1].get.value == b"10"
+
+
+@pytest.mark.topologies("standalone", reason="the byte budget does not depend on the topology")
+async def test_gets_over_the_message_size_fail_without_building_the_answer(topology):
+    settings = make_settings(topology.url, limits={"max_message_bytes": 4096})
+    async with running(settings) as app:
+        async with channel_to(app.port, f"t-{uuid.uuid4().hex[:8]}") as channel:
+            stub = cache_pb2_grpc.CacheServiceStub(channel)
+            for key in ("{g}:a", "{g}:b"):
+                await stub.Set(pb.SetRequest(key=key, value=b"x" * 3000))
+            reply = await stub.Batch(
+                pb.BatchRequest(operations=[get("{g}:a"), get("{g}:b"), put("c", b"1")])
+            )
+    first, second, written = reply.results
+    assert first.status.reason == second.status.reason == "RESPONSE_TOO_LARGE"
+    assert first.status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert written.status.code == OK, "the other operations still ran"

@@ -203,10 +203,18 @@ class CacheStore:
         return [r if r is not None else CacheValue(False) for r in results]
 
     def get_many_step(
-        self, namespace: str, keys: Sequence[str], *, with_ttl: bool, betas: Sequence[float]
+        self,
+        namespace: str,
+        keys: Sequence[str],
+        *,
+        with_ttl: bool,
+        betas: Sequence[float],
+        max_answer_bytes: int,
     ) -> Step:
         """Reads of a batch as one step, one script per slot group as in `get_many`;
-        answers a CacheValue per key (`betas[i]`: the early-refresh beta of key i)."""
+        answers a CacheValue per key (`betas[i]`: the early-refresh beta of key i). The
+        groups run in one pipeline, so each gets the whole byte budget (a group over it
+        fails with TOOLARGE before Redis builds it; the response is checked whole too)."""
         entries = [CacheKeys.of(namespace, key) for key in keys]
         want_ttl = "1" if with_ttl or any(beta > 0 for beta in betas) else "0"
         groups = list(self.backend.group_by_slot([e.data for e in entries]).values())
@@ -215,7 +223,7 @@ class CacheStore:
             flat: list[str] = []
             for i in indexes:
                 flat += [entries[i].data, entries[i].meta]
-            commands.append(Command.of_script(_GET, flat, [want_ttl]))
+            commands.append(Command.of_script(_GET, flat, [want_ttl, max_answer_bytes]))
 
         def answer(replies: list[Any]) -> list[CacheValue]:
             values = [CacheValue(False)] * len(keys)

@@ -600,6 +600,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
             [key for _, _, key, _ in reads],
             with_ttl=any(request.include_ttl for _, request, _, _ in reads),
             betas=[beta for _, _, _, beta in reads],
+            max_answer_bytes=self.check.limits.max_message_bytes,
         )
 
         def respond(values: list[CacheValue]) -> list[pb.BatchResult]:
