@@ -193,3 +193,27 @@ def test_worker_count_is_a_number_or_auto():
     for bad in ("0", "-1", "two", "1025"):
         with pytest.raises(ValidationError):
             Settings(workers=bad)
+
+
+def test_a_stats_snapshot_adds_up_in_another_process():
+    from cachet_server.stats import ServiceStats
+
+    served = ServiceStats(observed=False)
+    served.record_lookups("shop", hits=2, misses=1)
+    served.record_namespace_call("shop")
+    served.record_call_start("/cachet.cache.v1.CacheService/Get")
+    served.record_call("/cachet.cache.v1.CacheService/Get", "UNAVAILABLE", 0.25)
+    served.namespaces["shop"].quota_refusals["calls"] += 3
+    combined = ServiceStats(observed=False)
+    combined.add(served.snapshot())
+    combined.add(served.snapshot())
+    shop = combined.namespaces["shop"]
+    assert (shop.hits, shop.misses, shop.calls, dict(shop.quota_refusals)) == (
+        4,
+        2,
+        2,
+        {"calls": 6},
+    )
+    get = combined.methods["/cachet.cache.v1.CacheService/Get"]
+    assert (get.calls, get.errors, dict(get.errors_by_code)) == (2, 2, {"UNAVAILABLE": 2})
+    assert get.total_seconds == pytest.approx(0.5)

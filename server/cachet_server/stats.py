@@ -12,7 +12,7 @@ GetServiceStats for the whole server; /metrics stays per worker.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .metrics import instruments
@@ -145,7 +145,15 @@ class ServiceStats:
     def snapshot(self) -> dict[str, Any]:
         """The counters as plain JSON-ready data."""
         return {
-            "namespaces": {name: asdict(entry) for name, entry in self.namespaces.items()},
+            "namespaces": {
+                name: {
+                    "hits": entry.hits,
+                    "misses": entry.misses,
+                    "calls": entry.calls,
+                    "quota_refusals": dict(entry.quota_refusals),
+                }
+                for name, entry in self.namespaces.items()
+            },
             "methods": {
                 name: {
                     "calls": entry.calls,
@@ -165,6 +173,8 @@ class ServiceStats:
             entry.hits += int(counted["hits"])
             entry.misses += int(counted["misses"])
             entry.calls += int(counted["calls"])
+            for quota, n in counted.get("quota_refusals", {}).items():
+                entry.quota_refusals[quota] += int(n)
         for name, counted in snapshot.get("methods", {}).items():
             method = self.methods[name]
             method.calls += int(counted["calls"])
