@@ -79,8 +79,9 @@ lint: setup ## ruff, mypy (strict on server/ and clients/python/), buf lint, hel
 	$(VENV)/bin/mypy
 	$(TOOLS)/buf lint
 	$(TOOLS)/helm lint --strict helm/cachet -f helm/cachet/ci/lint-values.yaml
-	@unformatted=$$(gofmt -l $(GO_CLIENT)) && test -z "$$unformatted" || { echo "gofmt needed: $$unformatted"; exit 1; }
+	@unformatted=$$(gofmt -l $(GO_CLIENT) bench/driver) && test -z "$$unformatted" || { echo "gofmt needed: $$unformatted"; exit 1; }
 	cd $(GO_CLIENT) && go vet ./...
+	cd bench/driver && go vet ./...
 	cd $(TS_CLIENT) && npm run --silent typecheck
 
 proto: $(VENV)/.installed $(CODEGEN) ## Regenerate the Python, Go and TypeScript stubs from protos/
@@ -101,11 +102,25 @@ reliability: setup ## Run the fault and hostile-tenant tests and regenerate docs
 	CACHET_TEST_TOPOLOGIES=standalone $(PY) -m pytest -q -p no:cacheprovider tests/test_hostile_tenant.py $(PYTEST_ARGS)
 	$(PY) scripts/reliability_report.py
 
-bench: setup $(TOOLS)/ghz ## Run the load harness (ghz vs redis-benchmark) and write bench/report.md
+# The bench's own binaries (ghz, envoyproxy/ratelimit, the Go driver) live in the
+# worktree's build/, built from pinned versions by `go install`.
+BENCH_BIN := build/bench/bin
+ENVOY_RATELIMIT_VERSION := v1.4.1-0.20260122083618-3fb702589d36
+BENCH_TOOLS := $(BENCH_BIN)/ghz $(BENCH_BIN)/ratelimit $(BENCH_BIN)/cachet-bench-driver
+
+bench: setup $(BENCH_TOOLS) ## Benchmark cachet against its baselines (BENCH_ARGS=--short: 1.5 s per row); writes bench/results/
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-$(TOOLS)/ghz:
-	GOBIN=$(TOOLS) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+$(BENCH_BIN)/ghz:
+	GOBIN=$(CURDIR)/$(BENCH_BIN) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+$(BENCH_BIN)/ratelimit:
+	GOBIN=$(CURDIR)/$(BENCH_BIN) go install github.com/envoyproxy/ratelimit/src/service_cmd@$(ENVOY_RATELIMIT_VERSION)
+	mv $(BENCH_BIN)/service_cmd $@
+	echo $(ENVOY_RATELIMIT_VERSION) > $(BENCH_BIN)/ratelimit.version
+
+$(BENCH_BIN)/cachet-bench-driver: bench/driver/main.go bench/driver/go.mod $(GO_CLIENT)/gen/cachet/cache/v1/cache_grpc.pb.go
+	cd bench/driver && go build -o $(CURDIR)/$@ .
 
 clean: ## Remove the venv, tools and caches
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -1,38 +1,72 @@
-"""Load harness: cachet's RPCs against raw Redis, measured in one run on one machine.
+"""`make bench`: cachet's RPCs against their baselines, every figure from one run.
 
-Starts a throwaway redis-server and a `cachet-server` process on free loopback
-ports, drives cachet with ghz (gRPC load generator) and the same Redis with
-redis-benchmark at the same concurrency, and writes bench/report.md with
-throughput and latency per operation and the ratio cachet/Redis. The ratio is
-what to compare across changes; absolute numbers depend on the machine.
+Starts, on free loopback ports, one redis-server and against it: a cachet-server (auth
+off), a second one with an API key required, a third with `--workers 2`, a bare
+grpc.aio echo server of Get's message shape, and envoyproxy/ratelimit (built from the Go
+module proxy at the version the Makefile pins). Servers and Redis are pinned with
+taskset to the first CPU, load generators (ghz, the Go driver in bench/driver,
+redis-benchmark, the redis.asyncio client) to the second; the two-worker server gets
+both CPUs, so its load generator shares a core with it (stated in the report).
 
-    make bench                      # defaults
-    python bench/run.py --requests 20000 --concurrency 32
+Four more cachet-servers measure what telemetry costs on Get (metrics off and tracing
+off, metrics without Redis command metrics, tracing alone, both); every cachet-server
+otherwise runs as deployed by default (metrics on, tracing off).
 
-It also measures what telemetry costs: Get with metrics and tracing each on and off,
-one fresh cachet process per combination (tracing exports to a collector address
-nothing listens on, so spans are built, batched and dropped: the cost on the server).
+Every row runs for a fixed time at concurrency 1 and 32 and records throughput, p50,
+p99 and the server's CPU time per call (utime + stime from /proc, the whole process
+tree). Writes bench/results/latest.json (`machine`, `placement`, `rows`, `ratios`,
+`targets`), bench/results/latest.md and bench/results/latest.png.
+
+    make bench                                 # 5 s per row, about 4 minutes
+    make bench BENCH_ARGS=--short              # 1.5 s per row, to prove it works
+    python bench/run.py --duration 10 --repeats 3   # medians of interleaved repeats
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import hashlib
 import json
 import os
 import platform
+import secrets
 import shutil
+import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ROOT / ".tools" / "bin"
+BIN = ROOT / "build" / "bench" / "bin"
+PROTOS = ROOT / "protos"
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "performance.md"
+DOC_BEGIN, DOC_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 NAMESPACE = "bench"
+VALUE = b"x" * 100  # the value size of every read and write row
+CONCURRENCY = (1, 32)
+TICKS = os.sysconf("SC_CLK_TCK")
+BATCH_KEYS = 100
+
+# The issue's targets: name -> (threshold, "ge" or "le").
+TARGETS: dict[str, tuple[float, str]] = {
+    "unary_get_vs_echo": (0.85, "ge"),
+    "get_c1_p50_vs_echo_c1_p50": (1.3, "le"),
+    "getmany100_keys_vs_redis_p16": (0.40, "ge"),
+    "session_get_vs_redis_p1": (0.50, "ge"),
+    "should_rate_limit_vs_envoy_ratelimit": (0.50, "ge"),
+    "lock_rpcs_vs_unary_get": (0.90, "ge"),
+    "workers2_vs_workers1": (1.7, "ge"),
+}
 
 
 def free_port() -> int:
@@ -42,163 +76,507 @@ def free_port() -> int:
         return port
 
 
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-@dataclass
-class Result:
-    operation: str
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    # CPU time the cachet process spent per call (user + system), when measured: less
-    # sensitive than throughput to other load on a shared machine.
-    cpu_us: float | None = None
+    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a process and its live descendants (a supervisor's workers)."""
+    total = 0.0
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / TICKS
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += cpu_seconds(int(child))
+    return total
 
 
-def ghz(port: int, call: str, data: dict[str, object], requests: int, concurrency: int) -> Result:
-    out = subprocess.run(
-        [
-            str(TOOLS / "ghz"),
+@dataclass
+class Server:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    cpus: str
+
+
+@dataclass
+class Row:
+    """One measured row: `name` names what ran, `concurrency` how many calls in flight."""
+
+    name: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    calls: int
+    cpu_us_per_call: float | None = None
+    server: str = ""
+    load_cpus: str = ""
+    note: str = ""
+
+
+@dataclass
+class Bench:
+    duration: float
+    server_cpus: str
+    load_cpus: str
+    workdir: Path
+    servers: list[Server] = field(default_factory=list)
+
+    def taskset(self, cpus: str, args: list[str]) -> list[str]:
+        return ["taskset", "-c", cpus, *args]
+
+    def start(self, name: str, args: list[str], port: int, cpus: str, **env: str) -> Server:
+        log_path = self.workdir / (name.replace("/", "_").replace(" ", "_") + ".log")
+        log = log_path.open("wb")
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("CACHET_", "OTEL_"))}
+        process = subprocess.Popen(
+            self.taskset(cpus, args),
+            env={**clean, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        server = Server(name, port, process, cpus)
+        self.servers.append(server)
+        try:
+            wait_for_port(port)
+        except RuntimeError:
+            raise RuntimeError(f"{name} did not start: {log_path.read_text()[-2000:]}") from None
+        return server
+
+    def stop_all(self) -> None:
+        for server in reversed(self.servers):
+            if server.process.poll() is None:
+                server.process.send_signal(signal.SIGTERM)
+        for server in reversed(self.servers):
+            try:
+                server.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+                server.process.wait()
+
+    def measured(self, server: Server | None, run: Callable[[], Row]) -> Row:
+        before = cpu_seconds(server.process.pid) if server else 0.0
+        row = run()
+        if server is not None:
+            spent = cpu_seconds(server.process.pid) - before
+            row.cpu_us_per_call = spent * 1e6 / row.calls if row.calls else None
+            row.server = f"{server.name} on CPU {server.cpus}"
+        return row
+
+    # ---- load generators ----------------------------------------------------------
+
+    def ghz(
+        self,
+        name: str,
+        server: Server,
+        call: str,
+        data: object,
+        concurrency: int,
+        *,
+        proto: str = "cachet/cache/v1/cache.proto",
+        metadata: dict[str, str] | None = None,
+        load_cpus: str | None = None,
+    ) -> Row:
+        cpus = load_cpus or self.load_cpus
+        args = [
+            str(BIN / "ghz"),
             "--insecure",
-            "--format",
-            "json",
-            "--import-paths",
-            str(ROOT / "protos"),
-            "--proto",
-            str(ROOT / "protos" / "cachet" / "cache" / "v1" / "cache.proto"),
-            "--call",
-            call,
-            "-d",
-            json.dumps(data),
-            "-m",
-            json.dumps({"cachet-namespace": NAMESPACE}),
-            "-n",
-            str(requests),
-            "-c",
-            str(concurrency),
-            f"127.0.0.1:{port}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    report = json.loads(out.stdout)
-    codes = report.get("statusCodeDistribution", {})
-    if any(code != "OK" for code in codes):
-        raise RuntimeError(f"{call}: failed calls: {codes}")
-    latencies = {d["percentage"]: d["latency"] / 1e6 for d in report["latencyDistribution"]}
-    return Result(call.rsplit("/", 1)[1], report["rps"], latencies[50], latencies[99])
+            "--format=json",
+            f"--import-paths={PROTOS}",
+            f"--proto={PROTOS / proto}",
+            f"--call={call}",
+            f"--data={json.dumps(data)}",
+            f"--metadata={json.dumps(metadata or {'cachet-namespace': NAMESPACE})}",
+            f"--concurrency={concurrency}",
+            f"--duration={self.duration}s",
+            "--duration-stop=wait",
+            "--total=1000000000",
+            f"--cpus={len(cpus.split(','))}",
+            f"127.0.0.1:{server.port}",
+        ]
 
+        def run() -> Row:
+            out = subprocess.run(
+                self.taskset(cpus, args),
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=self.duration + 60,
+            )
+            report = json.loads(out.stdout)
+            codes = report.get("statusCodeDistribution", {})
+            failed = {code: n for code, n in codes.items() if code != "OK"}
+            if failed:
+                raise RuntimeError(
+                    f"{name}: failed calls {failed}: {report.get('errorDistribution')}"
+                )
+            latencies = {d["percentage"]: d["latency"] / 1e6 for d in report["latencyDistribution"]}
+            return Row(
+                name,
+                concurrency,
+                report["rps"],
+                latencies[50],
+                latencies[99],
+                report["count"],
+                load_cpus=cpus,
+            )
 
-def redis_benchmark(port: int, tests: str, requests: int, concurrency: int) -> dict[str, Result]:
-    out = subprocess.run(
-        [
+        return self.measured(server, run)
+
+    def driver(self, name: str, server: Server, mode: str, concurrency: int) -> Row:
+        args = [
+            str(BIN / "cachet-bench-driver"),
+            f"-addr=127.0.0.1:{server.port}",
+            f"-mode={mode}",
+            f"-c={concurrency}",
+            f"-duration={self.duration}s",
+            f"-namespace={NAMESPACE}",
+        ]
+
+        def run() -> Row:
+            out = subprocess.run(
+                self.taskset(self.load_cpus, args),
+                capture_output=True,
+                text=True,
+                timeout=self.duration + 60,
+            )
+            if out.returncode != 0:
+                raise RuntimeError(f"{name}: driver failed: {out.stdout}{out.stderr}")
+            report = json.loads(out.stdout)
+            return Row(
+                name,
+                concurrency,
+                report["rps"],
+                report["p50_ms"],
+                report["p99_ms"],
+                report["calls"],
+                load_cpus=self.load_cpus,
+            )
+
+        return self.measured(server, run)
+
+    def redis_benchmark(self, redis_port: int, pipeline: int, concurrency: int) -> Row:
+        # redis-benchmark has no time limit: size the run from a generous rate guess and
+        # bound it with a timeout.
+        requests = int((20_000 if pipeline == 1 else 150_000) * self.duration)
+        args = [
             "redis-benchmark",
             "-p",
-            str(port),
+            str(redis_port),
             "-t",
-            tests,
+            "get",
             "-n",
             str(requests),
             "-c",
             str(concurrency),
+            "-P",
+            str(pipeline),
             "-d",
-            "64",
+            str(len(VALUE)),
             "--csv",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    results: dict[str, Result] = {}
-    lines = [line.replace('"', "").split(",") for line in out.stdout.strip().splitlines()]
-    header, rows = lines[0], lines[1:]
-    for row in rows:
-        record = dict(zip(header, row, strict=False))
-        name = record["test"].split(" ")[0]
-        results[name] = Result(
-            name, float(record["rps"]), float(record["p50_latency_ms"]),
+        ]
+        out = subprocess.run(
+            self.taskset(self.load_cpus, args),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=self.duration * 10 + 60,
+        )
+        lines = [line.replace('"', "").split(",") for line in out.stdout.strip().splitlines()]
+        record = dict(zip(lines[0], lines[1], strict=False))
+        return Row(
+            f"redis-benchmark GET -P{pipeline}",
+            concurrency,
+            float(record["rps"]),
+            float(record["p50_latency_ms"]),
             float(record["p99_latency_ms"]),
-        )  # fmt: skip
-    return results
+            requests,
+            server=f"redis-server on CPU {self.server_cpus}",
+            load_cpus=self.load_cpus,
+        )
+
+    def redis_client(self, redis_port: int, concurrency: int) -> Row:
+        args = [
+            sys.executable,
+            str(ROOT / "bench" / "redis_client.py"),
+            str(redis_port),
+            str(concurrency),
+            str(self.duration),
+        ]
+        out = subprocess.run(
+            self.taskset(self.load_cpus, args),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=self.duration + 60,
+        )
+        report = json.loads(out.stdout)
+        return Row(
+            "redis.asyncio + hiredis GET",
+            concurrency,
+            report["rps"],
+            report["p50_ms"],
+            report["p99_ms"],
+            report["calls"],
+            server=f"redis-server on CPU {self.server_cpus}",
+            load_cpus=self.load_cpus,
+        )
 
 
-# (label, environment): metrics via the Prometheus endpoint, tracing via OTLP.
-TELEMETRY_CASES = [
-    ("metrics off, tracing off", {"CACHET_METRICS__LISTEN": ""}),
-    ("metrics on, tracing off", {}),
-    ("metrics on without Redis command metrics", {"CACHET_METRICS__REDIS_COMMANDS": "false"}),
-    ("metrics off, tracing on", {"CACHET_METRICS__LISTEN": "", "TRACING": "on"}),
-    ("metrics on, tracing on", {"TRACING": "on"}),
-]
+def _yaml(document: object) -> str:
+    return json.dumps(document)  # JSON is YAML
 
 
-def cachet_env(redis_port: int, cachet_port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CACHET_", "OTEL_"))}
+def _machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
     return {
-        **env,
-        "CACHET_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "CACHET_LISTEN": f"127.0.0.1:{cachet_port}",
-        "CACHET_METRICS__LISTEN": f"127.0.0.1:{free_port()}",
-        "CACHET_LOG_LEVEL": "WARNING",
-        "CACHET_AUTH__MODE": "off",
-        **extra,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average_at_start": list(os.getloadavg()),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
-def telemetry_overhead(redis_port: int, requests: int, concurrency: int) -> list[Result]:
-    """Get throughput and latency per telemetry combination, each in a fresh process."""
-    results = []
-    for label, case in TELEMETRY_CASES:
-        extra = {k: v for k, v in case.items() if k != "TRACING"}
-        if case.get("TRACING"):
-            extra["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cachet_server"], env=cachet_env(redis_port, port, **extra)
+def _median_rows(rounds: list[list[Row]]) -> list[Row]:
+    """Per (name, concurrency), the repeat with the median throughput."""
+    merged: list[Row] = []
+    for i, first in enumerate(rounds[0]):
+        candidates = sorted((r[i] for r in rounds), key=lambda row: row.rps)
+        chosen = candidates[len(candidates) // 2]
+        if len(rounds) > 1:
+            chosen.note = f"median of {len(rounds)}: " + ", ".join(
+                f"{c.rps:,.0f}" for c in candidates
+            )
+        merged.append(chosen)
+        assert chosen.name == first.name
+    return merged
+
+
+def _median_ratios(rounds: list[list[Row]]) -> dict[str, float]:
+    """Each ratio is computed within each repeat (its two rows ran minutes apart at most,
+    under the same neighbours), then the median over the repeats is taken."""
+    per_repeat = [_ratios(rows) for rows in rounds]
+    return {name: statistics.median(r[name] for r in per_repeat) for name in per_repeat[0]}
+
+
+def _ratios(rows: list[Row]) -> dict[str, float]:
+    by = {(row.name, row.concurrency): row for row in rows}
+
+    def rps(name: str, c: int = 32) -> float:
+        return by[(name, c)].rps
+
+    ratios = {
+        "unary_get_vs_echo": rps("cachet Get") / rps("echo Get (grpc.aio + uvloop)"),
+        "get_c1_p50_vs_echo_c1_p50": by[("cachet Get", 1)].p50_ms
+        / by[("echo Get (grpc.aio + uvloop)", 1)].p50_ms,
+        "getmany100_keys_vs_redis_p16": rps("cachet GetMany(100)")
+        * BATCH_KEYS
+        / rps("redis-benchmark GET -P16"),
+        "session_get_vs_redis_p1": rps("cachet Session Get") / rps("redis-benchmark GET -P1"),
+        "should_rate_limit_vs_envoy_ratelimit": rps("cachet ShouldRateLimit")
+        / rps("envoyproxy/ratelimit ShouldRateLimit"),
+        "lock_rpcs_vs_unary_get": 2 * rps("cachet Acquire+Release pair") / rps("cachet Get"),
+        "workers2_vs_workers1": rps("cachet Get, --workers 2") / rps("cachet Get"),
+        "auth_get_vs_get": rps("cachet Get, API key") / rps("cachet Get"),
+        "get_vs_redis_asyncio_hiredis": rps("cachet Get") / rps("redis.asyncio + hiredis GET"),
+        "batch100_keys_vs_getmany100_keys": rps("cachet Batch(100 gets)")
+        / rps("cachet GetMany(100)"),
+    }
+
+    def cpu(name: str, c: int = 32) -> float:
+        return by[(name, c)].cpu_us_per_call or float("nan")
+
+    # On a loaded machine throughput swings with the neighbours, CPU time per call much
+    # less: these are the same comparisons as calls per CPU-second (what the ratio
+    # would be if both sides were CPU-bound on equal cores).
+    ratios["cpu_unary_get_vs_echo"] = cpu("echo Get (grpc.aio + uvloop)") / cpu("cachet Get")
+    ratios["cpu_should_rate_limit_vs_envoy_ratelimit"] = cpu(
+        "envoyproxy/ratelimit ShouldRateLimit"
+    ) / cpu("cachet ShouldRateLimit")
+    ratios["cpu_lock_rpcs_vs_unary_get"] = (
+        2 * cpu("cachet Get") / cpu("cachet Acquire+Release pair")
+    )
+    ratios["cpu_session_get_vs_unary_get"] = cpu("cachet Get") / cpu("cachet Session Get")
+    ratios["cpu_us_per_key_getmany100"] = cpu("cachet GetMany(100)") / BATCH_KEYS
+    ratios["cpu_us_per_key_batch100"] = cpu("cachet Batch(100 gets)") / BATCH_KEYS
+    ratios["auth_cpu_us_per_call_added"] = cpu("cachet Get, API key") - cpu("cachet Get")
+    telemetry_off = "cachet Get, metrics off, tracing off"
+    if (telemetry_off, 32) in by:
+        ratios["metrics_cpu_us_per_call_added"] = cpu("cachet Get") - cpu(telemetry_off)
+        ratios["metrics_and_tracing_cpu_us_per_call_added"] = cpu(
+            "cachet Get, metrics on, tracing on"
+        ) - cpu(telemetry_off)
+    return ratios
+
+
+def _targets(ratios: dict[str, float]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, (threshold, sense) in TARGETS.items():
+        value = ratios[name]
+        met = value >= threshold if sense == "ge" else value <= threshold
+        out[name] = {
+            "value": round(value, 3),
+            "target": f"{'≥' if sense == 'ge' else '≤'} {threshold}",
+            "met": met,
+        }
+    return out
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    placement = result["placement"]
+    lines = [
+        "# cachet benchmark",
+        "",
+        f"{result['machine']['time_utc']} on {result['machine']['host']} "
+        f"({result['machine']['cpus']} CPUs, {result['machine']['cpu_model']}), load average "
+        f"at start {', '.join(f'{x:.2f}' for x in result['machine']['load_average_at_start'])}. "
+        f"{result['duration_s']} s per row, {result['repeats']} repeat(s). Placement: "
+        f"{placement['summary']}",
+        "",
+        "| row | c | calls/s | p50 ms | p99 ms | server CPU µs/call |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        cpu = f"{row['cpu_us_per_call']:,.0f}" if row["cpu_us_per_call"] else "—"
+        lines.append(
+            f"| {row['name']} | {row['concurrency']} | {row['rps']:,.0f} | "
+            f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {cpu} |"
         )
-        try:
-            wait_for_port(port)
-            call = "cachet.cache.v1.CacheService/Get"
-            ghz(port, call, {"key": "k"}, 500, 4)  # warm up
-            before = cpu_seconds(process.pid)
-            result = ghz(port, call, {"key": "k"}, requests, concurrency)
-            cpu_us = (cpu_seconds(process.pid) - before) / requests * 1e6
-            results.append(Result(label, result.rps, result.p50_ms, result.p99_ms, cpu_us))
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-    return results
+    lines += ["", "| ratio | value | target | met |", "|---|---|---|---|"]
+    for name, value in result["ratios"].items():
+        target = result["targets"].get(name)
+        lines.append(
+            f"| `{name}` | {value:.3f} | {target['target'] if target else ''} | "
+            f"{('yes' if target['met'] else '**no**') if target else ''} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _chart(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in result["rows"] if row["concurrency"] == 32]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(15, 7), width_ratios=[3, 2])
+    names = [row["name"] for row in rows]
+    left.barh(
+        names,
+        [row["rps"] for row in rows],
+        color=["tab:blue" if row["name"].startswith("cachet") else "tab:gray" for row in rows],
+    )
+    left.set_xscale("log")
+    left.invert_yaxis()
+    left.set_xlabel("calls/s at concurrency 32 (log scale); grey: baselines")
+    ratio_names = list(result["targets"])
+    values = [result["targets"][n]["value"] for n in ratio_names]
+    colors = ["tab:green" if result["targets"][n]["met"] else "tab:red" for n in ratio_names]
+    right.barh(ratio_names, values, color=colors)
+    for i, name in enumerate(ratio_names):
+        threshold = TARGETS[name][0]
+        right.plot([threshold, threshold], [i - 0.4, i + 0.4], color="black")
+    right.invert_yaxis()
+    right.set_xlabel("ratio (black tick: target; green met, red missed)")
+    figure.suptitle(
+        f"cachet bench {result['machine']['time_utc']} — {result['placement']['summary']}",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+@contextlib.contextmanager
+def bench_environment(args: argparse.Namespace) -> Iterator[Bench]:
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus = str(cpus[0])
+    load_cpus = str(cpus[1]) if len(cpus) > 1 else str(cpus[0])
+    workdir = Path(tempfile.mkdtemp(prefix="cachet-bench-"))
+    bench = Bench(args.duration, server_cpus, load_cpus, workdir)
+    try:
+        yield bench
+    finally:
+        bench.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=20000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "report.md")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per row")
+    parser.add_argument("--short", action="store_true", help="1.5 s per row")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats (median)")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure nothing: recompute ratios, table and chart from the rows of latest.json",
+    )
     args = parser.parse_args()
-    if not (TOOLS / "ghz").exists():
-        sys.exit("ghz is missing: run `make bench` (it installs the pinned ghz)")
+    if args.render_only:
+        result = json.loads((args.output_dir / "latest.json").read_text())
+        rounds = result.get("repeat_rows") or [result["rows"]]
+        ratios = _median_ratios([[Row(**row) for row in repeat] for repeat in rounds])
+        result["ratios"] = {name: round(value, 4) for name, value in ratios.items()}
+        result["targets"] = _targets(ratios)
+        _write(result, args.output_dir)
+        return
+    if args.short:
+        args.duration = 1.5
+    for tool in ("ghz", "cachet-bench-driver", "ratelimit"):
+        if not (BIN / tool).exists():
+            sys.exit(f"{BIN / tool} is missing: run `make bench` (it builds the pinned tools)")
+    if shutil.which("taskset") is None or shutil.which("redis-benchmark") is None:
+        sys.exit("taskset and redis-benchmark are needed (util-linux, redis-tools)")
+    started = time.monotonic()
+    with bench_environment(args) as bench:
+        result = run_all(bench, args)
+    result["wall_seconds"] = round(time.monotonic() - started, 1)
+    _write(result, args.output_dir)
+    print(f"measured in {result['wall_seconds']} s")
 
-    workdir = Path(tempfile.mkdtemp(prefix="cachet-bench-"))
-    redis_port, cachet_port = free_port(), free_port()
-    redis = subprocess.Popen(
+
+def _write(result: dict[str, Any], output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    markdown = _markdown(result)
+    (output_dir / "latest.md").write_text(markdown)
+    _chart(result, output_dir / "latest.png")
+    print(markdown)
+    print(f"wrote {output_dir}/latest.json, latest.md and latest.png")
+    if output_dir.resolve() == RESULTS.resolve() and DOC.exists():
+        # docs/performance.md shows the last run: its tables between the markers.
+        head, rest = DOC.read_text().split(DOC_BEGIN, 1)
+        _, tail = rest.split(DOC_END, 1)
+        table = markdown.split("\n", 2)[2].strip()  # without the "# cachet benchmark" title
+        DOC.write_text(f"{head}{DOC_BEGIN}\n{table}\n{DOC_END}{tail}")
+        print(f"updated the tables in {DOC.relative_to(ROOT)}")
+
+
+def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    server_cpus, load_cpus = bench.server_cpus, bench.load_cpus
+    workers_cpus = ",".join(sorted({server_cpus, load_cpus}))
+    redis_port = free_port()
+    redis = bench.start(
+        "redis-server",
         [
             shutil.which("redis-server") or "redis-server",
             "--port",
@@ -210,87 +588,280 @@ def main() -> None:
             "--appendonly",
             "no",
             "--dir",
-            str(workdir),
+            str(bench.workdir),
         ],
-        stdout=subprocess.DEVNULL,
+        redis_port,
+        server_cpus,
     )
-    cachet = None
-    try:
-        wait_for_port(redis_port)
-        env = cachet_env(redis_port, cachet_port)
-        cachet = subprocess.Popen([sys.executable, "-m", "cachet_server"], env=env)
-        wait_for_port(cachet_port)
-        encoded = base64.b64encode(b"x" * 64).decode()
-        ghz(cachet_port, "cachet.cache.v1.CacheService/Set", {"key": "k", "value": encoded}, 500, 4)
-        n, c = args.requests, args.concurrency
-        cachet_results = [
-            ghz(cachet_port, "cachet.cache.v1.CacheService/Set",
-                {"key": "bench:{{.RequestNumber}}", "value": encoded}, n, c),
-            ghz(cachet_port, "cachet.cache.v1.CacheService/Get", {"key": "k"}, n, c),
-            ghz(cachet_port, "cachet.cache.v1.CacheService/Increment", {"key": "counter"}, n, c),
-            ghz(cachet_port, "cachet.cache.v1.CacheService/GetMany",
-                {"keys": [f"bench:{i}" for i in range(10)]}, n, c),
-        ]  # fmt: skip
-        baseline = redis_benchmark(redis_port, "set,get,incr,mset", n, c)
-        pairs = {"Set": "SET", "Get": "GET", "Increment": "INCR", "GetMany": "MSET"}
-        cachet.terminate()
-        cachet.wait(timeout=30)
-        cachet = None
-        telemetry = telemetry_overhead(redis_port, n, c)
-    finally:
-        if cachet is not None:
-            cachet.terminate()
-            cachet.wait(timeout=30)
-        redis.terminate()
-        redis.wait(timeout=30)
-        shutil.rmtree(workdir, ignore_errors=True)
+    del redis
+    api_key = secrets.token_urlsafe(32)
+    ratelimit_rules = {
+        "domains": [
+            {
+                "domain": "bench",
+                "descriptors": [
+                    {"key": "k", "rate_limit": {"unit": "second", "requests_per_unit": 10**9}}
+                ],
+            }
+        ]
+    }
+    plain_config = bench.workdir / "cachet.yaml"
+    plain_config.write_text(_yaml({"ratelimit": ratelimit_rules}))
+    auth_config = bench.workdir / "cachet-auth.yaml"
+    auth_config.write_text(
+        _yaml(
+            {
+                "ratelimit": ratelimit_rules,
+                "auth": {
+                    "mode": "required",
+                    "api_keys": [
+                        {
+                            "id": "bench",
+                            "sha256": hashlib.sha256(api_key.encode()).hexdigest(),
+                            "namespaces": [NAMESPACE],
+                            "roles": ["read", "write"],
+                        }
+                    ],
+                },
+            }
+        )
+    )
 
-    lines = [
-        "# cachet benchmark",
-        "",
-        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
-        f"({os.cpu_count()} cores), {args.requests} requests per operation, "
-        f"concurrency {args.concurrency}, 64-byte values. cachet: one `cachet-server` process "
-        "driven by ghz; baseline: redis-benchmark against the same redis-server. The ratio is "
-        "cachet throughput / Redis throughput for the nearest Redis command (GetMany(10) is "
-        "set against MSET of 10 keys, the closest multi-key command redis-benchmark has).",
-        "",
-        "| operation | cachet rps | p50 ms | p99 ms | Redis command | Redis rps | Redis p99 ms "
-        "| ratio |",
-        "|---|---|---|---|---|---|---|---|",
+    def cachet(name: str, cpus: str, *extra: str, auth: bool = False, **telemetry: str) -> Server:
+        """A cachet-server as deployed by default (metrics on, tracing off) unless
+        `telemetry` says otherwise; its metrics endpoint on a free port (a worker serves
+        on that port plus its slot)."""
+        port = free_port()
+        env = {
+            "CACHET_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "CACHET_LISTEN": f"127.0.0.1:{port}",
+            "CACHET_METRICS__LISTEN": f"127.0.0.1:{free_port()}",
+            "CACHET_LOG_LEVEL": "WARNING",
+            "CACHET_CONFIG_FILE": str(auth_config if auth else plain_config),
+            **telemetry,
+        }
+        if not auth:
+            env["CACHET_AUTH__MODE"] = "off"
+        return bench.start(name, [sys.executable, "-m", "cachet_server", *extra], port, cpus, **env)
+
+    one = cachet("cachet", server_cpus)
+    authed = cachet("cachet (auth required)", server_cpus, auth=True)
+    two = cachet("cachet --workers 2", workers_cpus, "--workers", "2")
+    # What telemetry costs: Get on one process per combination. Tracing exports over
+    # OTLP to an address nothing listens on, so spans are built, batched and dropped.
+    telemetry_servers = {
+        label: cachet(f"cachet ({label})", server_cpus, **case)
+        for label, case in _telemetry_cases().items()
+    }
+    echo_port = free_port()
+    echo = bench.start(
+        "echo",
+        [
+            sys.executable,
+            str(ROOT / "bench" / "echo_server.py"),
+            f"127.0.0.1:{echo_port}",
+            str(len(VALUE)),
+        ],
+        echo_port,
+        server_cpus,
+    )
+    envoy = _start_envoy_ratelimit(bench, redis_port)
+
+    encoded = base64.b64encode(VALUE).decode()
+    many_keys = [f"bench:many:{i}" for i in range(BATCH_KEYS)]
+    preload = [*many_keys, "k"]
+    cache = "cachet.cache.v1.CacheService/"
+    # Data every read row finds, and a warm-up of each server.
+    subprocess.run(
+        [
+            str(BIN / "ghz"),
+            "--insecure",
+            f"--import-paths={PROTOS}",
+            f"--proto={PROTOS / 'cachet/cache/v1/cache.proto'}",
+            f"--call={cache}SetMany",
+            f"--data={json.dumps({'entries': [{'key': k, 'value': encoded} for k in preload]})}",
+            f"--metadata={json.dumps({'cachet-namespace': NAMESPACE})}",
+            "-n",
+            "200",
+            "-c",
+            "4",
+            f"127.0.0.1:{one.port}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    bearer = {"cachet-namespace": NAMESPACE, "authorization": f"Bearer {api_key}"}
+    rls = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+    rls_proto = "envoy/service/ratelimit/v3/rls.proto"
+    rls_request = {"domain": "bench", "descriptors": [{"entries": [{"key": "k", "value": "v"}]}]}
+    check_request = {
+        "target": {
+            "inline_limit": {
+                "key": "bench",
+                "limit": {"algorithm": "ALGORITHM_FIXED_WINDOW", "limit": 10**9, "period": "1s"},
+            }
+        }
+    }
+    publish = {"topic": "bench", "event": {"type": "bench", "payload": encoded}}
+
+    # Rows a ratio compares run next to each other (each ratio is taken within a repeat),
+    # so a neighbour's burst of load hits both sides alike.
+    plan: list[Callable[[int], Row]] = [
+        lambda c: bench.ghz("echo Get (grpc.aio + uvloop)", echo, f"{cache}Get", {"key": "k"}, c),
+        lambda c: bench.ghz("cachet Get", one, f"{cache}Get", {"key": "k"}, c),
+        lambda c: bench.ghz(
+            "cachet Get, --workers 2", two, f"{cache}Get", {"key": "k"}, c, load_cpus=load_cpus
+        ),
+        lambda c: bench.ghz(
+            "cachet Get, API key", authed, f"{cache}Get", {"key": "k"}, c, metadata=bearer
+        ),
+        lambda c: bench.driver("cachet Acquire+Release pair", one, "lockpair", c),
+        lambda c: bench.driver("cachet Session Get", one, "session", c),
+        lambda c: bench.redis_benchmark(redis_port, 1, c),
+        lambda c: bench.ghz("cachet GetMany(100)", one, f"{cache}GetMany", {"keys": many_keys}, c),
+        lambda c: bench.redis_benchmark(redis_port, 16, c),
+        lambda c: bench.ghz(
+            "cachet Batch(100 gets)",
+            one,
+            f"{cache}Batch",
+            {"operations": [{"get": {"key": k}} for k in many_keys]},
+            c,
+        ),
+        lambda c: bench.ghz(
+            "cachet Set",
+            one,
+            f"{cache}Set",
+            {"key": "bench:set:{{.RequestNumber}}", "value": encoded},
+            c,
+        ),
+        lambda c: bench.ghz("cachet Increment", one, f"{cache}Increment", {"key": "counter"}, c),
+        lambda c: bench.ghz(
+            "cachet SetMany(100)",
+            one,
+            f"{cache}SetMany",
+            {"entries": [{"key": k, "value": encoded} for k in many_keys]},
+            c,
+        ),
+        lambda c: bench.ghz(
+            "cachet RateLimit Check",
+            one,
+            "cachet.ratelimit.v1.RateLimitService/Check",
+            check_request,
+            c,
+            proto="cachet/ratelimit/v1/ratelimit.proto",
+        ),
+        lambda c: bench.ghz("cachet ShouldRateLimit", one, rls, rls_request, c, proto=rls_proto),
+        lambda c: bench.ghz(
+            "envoyproxy/ratelimit ShouldRateLimit", envoy, rls, rls_request, c, proto=rls_proto
+        ),
+        lambda c: bench.ghz(
+            "cachet Publish",
+            one,
+            "cachet.eventbus.v1.EventBusService/Publish",
+            publish,
+            c,
+            proto="cachet/eventbus/v1/eventbus.proto",
+        ),
+        lambda c: bench.redis_client(redis_port, c),
+        *(
+            lambda c, label=label, server=server: bench.ghz(
+                f"cachet Get, {label}", server, f"{cache}Get", {"key": "k"}, c
+            )
+            for label, server in telemetry_servers.items()
+        ),
     ]
-    for result in cachet_results:
-        base = baseline[pairs[result.operation]]
-        lines.append(
-            f"| {result.operation} | {result.rps:,.0f} | {result.p50_ms:.2f} | "
-            f"{result.p99_ms:.2f} | {base.operation} | {base.rps:,.0f} | {base.p99_ms:.2f} | "
-            f"{result.rps / base.rps:.3f} |"
+    rounds: list[list[Row]] = []
+    for repeat in range(args.repeats):
+        rows: list[Row] = []
+        for step in plan:
+            for c in CONCURRENCY:
+                row = step(c)
+                print(
+                    f"[{repeat + 1}/{args.repeats}] {row.name} c{c}: {row.rps:,.0f}/s "
+                    f"p50 {row.p50_ms:.2f} ms p99 {row.p99_ms:.2f} ms "
+                    f"cpu {row.cpu_us_per_call or 0:,.0f} µs/call",
+                    flush=True,
+                )
+                rows.append(row)
+        rounds.append(rows)
+    rows = _median_rows(rounds)
+    ratios = _median_ratios(rounds)
+    return {
+        "machine": _machine(),
+        "placement": {
+            "servers_cpus": server_cpus,
+            "load_generator_cpus": load_cpus,
+            "workers2_cpus": workers_cpus,
+            "summary": (
+                f"redis-server, cachet, the echo server and envoyproxy/ratelimit on CPU "
+                f"{server_cpus}; load generators on CPU {load_cpus}; the --workers 2 server "
+                f"on CPUs {workers_cpus}, sharing CPU {load_cpus} with its load generator"
+            ),
+        },
+        "duration_s": args.duration,
+        "repeats": args.repeats,
+        "value_bytes": len(VALUE),
+        "envoy_ratelimit_version": (BIN / "ratelimit.version").read_text().strip()
+        if (BIN / "ratelimit.version").exists()
+        else "",
+        "rows": [asdict(row) for row in rows],
+        "repeat_rows": [[asdict(row) for row in repeat] for repeat in rounds],
+        "ratios": {name: round(value, 4) for name, value in ratios.items()},
+        "targets": _targets(ratios),
+    }
+
+
+def _telemetry_cases() -> dict[str, dict[str, str]]:
+    """Label -> environment of each telemetry combination measured on Get (the default
+    deployment, metrics on and tracing off, is the `cachet Get` row itself)."""
+    collector = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    return {
+        "metrics off, tracing off": {"CACHET_METRICS__LISTEN": ""},
+        "metrics on without Redis command metrics": {"CACHET_METRICS__REDIS_COMMANDS": "false"},
+        "metrics off, tracing on": {
+            "CACHET_METRICS__LISTEN": "",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector,
+        },
+        "metrics on, tracing on": {"OTEL_EXPORTER_OTLP_ENDPOINT": collector},
+    }
+
+
+def _start_envoy_ratelimit(bench: Bench, redis_port: int) -> Server:
+    """envoyproxy/ratelimit on the same Redis with the same rule as cachet's."""
+    runtime = bench.workdir / "ratelimit-runtime"
+    (runtime / "ratelimit" / "config").mkdir(parents=True)
+    (runtime / "ratelimit" / "config" / "bench.yaml").write_text(
+        _yaml(
+            {
+                "domain": "bench",
+                "descriptors": [
+                    {"key": "k", "rate_limit": {"unit": "second", "requests_per_unit": 10**9}}
+                ],
+            }
         )
-    off = telemetry[0]
-    lines += [
-        "",
-        "## Telemetry overhead",
-        "",
-        "Get, same requests and concurrency, one fresh process per row. Metrics: the OTel SDK "
-        "with the Prometheus reader and redis-py's command metrics; tracing: a server span "
-        "per call and a client span per Redis command, exported over OTLP to an address "
-        "nothing listens on (built, batched and dropped). Cost = throughput lost against the "
-        "first row; the CPU time the server process spent per call is the steadier figure "
-        "on a shared machine.",
-        "",
-        "| telemetry | rps | p50 ms | p99 ms | throughput vs. off | server CPU µs per call "
-        "| CPU vs. off |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for result in telemetry:
-        assert result.cpu_us is not None and off.cpu_us is not None
-        lines.append(
-            f"| {result.operation} | {result.rps:,.0f} | {result.p50_ms:.2f} | "
-            f"{result.p99_ms:.2f} | {result.rps / off.rps - 1:+.1%} | {result.cpu_us:,.0f} | "
-            f"{result.cpu_us / off.cpu_us - 1:+.1%} |"
-        )
-    args.output.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    )
+    grpc_port = free_port()
+    return bench.start(
+        "envoyproxy/ratelimit",
+        [str(BIN / "ratelimit")],
+        grpc_port,
+        bench.server_cpus,
+        GRPC_HOST="127.0.0.1",
+        GRPC_PORT=str(grpc_port),
+        HOST="127.0.0.1",
+        PORT=str(free_port()),
+        DEBUG_HOST="127.0.0.1",
+        DEBUG_PORT=str(free_port()),
+        USE_STATSD="false",
+        LOG_LEVEL="warn",
+        REDIS_SOCKET_TYPE="tcp",
+        REDIS_URL=f"127.0.0.1:{redis_port}",
+        RUNTIME_ROOT=str(runtime),
+        RUNTIME_SUBDIRECTORY="ratelimit",
+        RUNTIME_WATCH_ROOT="false",
+        GOMAXPROCS="1",
+    )
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from .services.ratelimit import RateLimitService
 from .stats import ServiceStats
 from .tls import CertificateFiles
 from .validation import Validator
+from .workers import StatsShare
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,9 @@ class Application:
     servicers: list[Servicer]
     health_server: aio.Server | None = None
     health_port: int | None = None
+    share: StatsShare | None = None
+    publisher: asyncio.Task[None] | None = None
+    stats: ServiceStats | None = None
 
     async def stop(self) -> None:
         """Health NOT_SERVING, refuse new calls, let in-flight calls finish within the
@@ -170,6 +174,13 @@ class Application:
         for servicer in self.servicers:
             await servicer.aclose()
         await self.backend.close()
+        if self.publisher is not None:
+            self.publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.publisher
+        if self.share is not None and self.stats is not None:
+            # The drained calls counted too, for the siblings still answering.
+            self.share.publish(self.stats)
 
 
 def build_server(
@@ -194,7 +205,9 @@ def build_server(
         options=[
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Workers of one `--workers N` server share the port; a lone process must
+            # not, or a second server started by mistake would silently split traffic.
+            ("grpc.so_reuseport", int(settings.worker_count > 1)),
             *settings.connections.grpc_options(),
         ],
     )
@@ -214,8 +227,9 @@ def build_server(
     return server, health_servicer, servicers
 
 
-async def start(settings: Settings, redis_url: str) -> Application:
-    """Connect to Redis, build the server, bind, start serving."""
+async def start(settings: Settings, redis_url: str, share: StatsShare | None = None) -> Application:
+    """Connect to Redis, build the server, bind, start serving. `share`: this process is
+    a worker of a `--workers N` server and publishes its stats there."""
     backend = Backend.from_url(
         redis_url,
         ConnectionTuning(
@@ -227,7 +241,7 @@ async def start(settings: Settings, redis_url: str) -> Application:
             replica_ack_timeout=_seconds(settings.redis_replica_ack_timeout),
         ),
     )
-    stats = ServiceStats(settings.stats_max_namespaces)
+    stats = ServiceStats(settings.stats_max_namespaces, share)
     server, health_servicer, servicers = build_server(settings, backend, stats)
     try:
         port = _bind(server, settings)
@@ -247,6 +261,9 @@ async def start(settings: Settings, redis_url: str) -> Application:
     if health_server is not None:
         await health_server.start()
     monitor.start()
+    publisher = None
+    if share is not None:
+        publisher = asyncio.create_task(share.publish_periodically(stats), name="cachet-stats")
     log.info(
         "cachet serving on %s (%s, redis: %s)",
         settings.listen,
@@ -264,6 +281,9 @@ async def start(settings: Settings, redis_url: str) -> Application:
         servicers,
         health_server,
         health_port,
+        share,
+        publisher,
+        stats,
     )
 
 
@@ -286,7 +306,7 @@ def _health_only_server(
     Kubernetes probes when the main port needs TLS or credentials."""
     if settings.health_listen is None:
         return None, None
-    server = aio.server()
+    server = aio.server(options=[("grpc.so_reuseport", int(settings.worker_count > 1))])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(settings.health_listen)
     if port == 0:
@@ -313,13 +333,15 @@ def _warn_about_exposure(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Application]:
+async def running(
+    settings: Settings, share: StatsShare | None = None
+) -> AsyncIterator[Application]:
     """Serve until the block exits; starts an embedded redis-server when no URL is set."""
     async with contextlib.AsyncExitStack() as stack:
         url = settings.redis_url
         if url is None:
             url = await stack.enter_async_context(EmbeddedRedis())
-        app = await start(settings, url)
+        app = await start(settings, url, share)
         try:
             yield app
         finally:

@@ -8,6 +8,7 @@ structured parts (rate-limit policies, API keys) come from the YAML file named b
 from __future__ import annotations
 
 import difflib
+import os
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -981,6 +982,11 @@ class Settings(BaseSettings):
     max_concurrent_rpcs: int | None = Field(
         None, ge=1, description="Most RPCs served at once; the rest get RESOURCE_EXHAUSTED."
     )
+    workers: str = Field(
+        "1",
+        description="Serving processes sharing the port (SO_REUSEPORT) under a supervisor: "
+        "a number, or `auto` for one per available CPU. One process serves on one core.",
+    )
     reflection: bool = Field(True, description="Serve gRPC server reflection.")
     log_level: LogLevel = Field(
         LogLevel.INFO, description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)."
@@ -1012,6 +1018,21 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_url_is_unset(cls, url: object) -> object:
         return None if url == "" else url
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _worker_count(cls, workers: object) -> object:
+        text = str(workers).strip().lower()
+        if text != "auto" and not (text.isdigit() and 1 <= int(text) <= 1024):
+            raise ValueError("workers must be a number from 1 to 1024, or auto")
+        return text
+
+    @property
+    def worker_count(self) -> int:
+        """How many serving processes `workers` asks for."""
+        if self.workers == "auto":
+            return max(1, len(os.sched_getaffinity(0)))
+        return int(self.workers)
 
     @field_validator("limits")
     @classmethod

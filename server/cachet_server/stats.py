@@ -4,19 +4,28 @@ Per process, in memory: each cachet replica reports its own traffic. Updated on
 the event loop only, so plain integers suffice. They are also what the metrics report
 (metrics.py): lookups and calls in flight are read from here at collection time, call
 durations and rate-limit decisions are recorded here as they happen; one place per
-event, so GetServiceStats and /metrics cannot disagree.
+event, so GetServiceStats and /metrics cannot disagree. The workers of one
+`--workers N` server publish them to each other (see workers.py), so any worker answers
+GetServiceStats for the whole server; /metrics stays per worker.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from .metrics import instruments
 
 # Where namespaces beyond `max_namespaces` are counted together; not a valid namespace
 # name, so it can never be mistaken for one.
 OTHER_NAMESPACES = "(other)"
+
+
+class SiblingStats(Protocol):
+    """Where the other workers of this server published their counters."""
+
+    def siblings(self) -> list[dict[str, Any]]: ...
 
 
 @dataclass
@@ -64,7 +73,16 @@ class ServiceStats:
     get an entry of their own: the rest are counted together under OTHER_NAMESPACES, so
     a caller cycling through names cannot grow this without bound."""
 
-    def __init__(self, max_namespaces: int = 1000) -> None:
+    def __init__(
+        self,
+        max_namespaces: int = 1000,
+        share: SiblingStats | None = None,
+        *,
+        observed: bool = True,
+    ) -> None:
+        """`share`: where sibling workers publish (workers.py); `observed`: the metrics
+        read these counters (false for a merged copy)."""
+        self.share = share
         self.max_namespaces = max_namespaces
         self.namespaces: dict[str, NamespaceStats] = _CappedNamespaces(max_namespaces)
         self.methods: dict[str, MethodStats] = defaultdict(MethodStats)
@@ -72,7 +90,8 @@ class ServiceStats:
         self.ratelimit_fail_open = 0
         # Calls being served now, per method.
         self.active: dict[str, int] = defaultdict(int)
-        instruments.observe(self)
+        if observed:
+            instruments.observe(self)
 
     def _namespace(self, namespace: str) -> NamespaceStats:
         return self.namespaces[namespace]
@@ -120,3 +139,58 @@ class ServiceStats:
         instruments.ratelimit_decisions.add(
             count, {"cachet.ratelimit.policy": policy, "cachet.ratelimit.outcome": outcome}
         )
+
+    # ---- across workers (see workers.py) -----------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as plain JSON-ready data."""
+        return {
+            "namespaces": {
+                name: {
+                    "hits": entry.hits,
+                    "misses": entry.misses,
+                    "calls": entry.calls,
+                    "quota_refusals": dict(entry.quota_refusals),
+                }
+                for name, entry in self.namespaces.items()
+            },
+            "methods": {
+                name: {
+                    "calls": entry.calls,
+                    "errors": entry.errors,
+                    "errors_by_code": dict(entry.errors_by_code),
+                    "total_seconds": entry.total_seconds,
+                }
+                for name, entry in self.methods.items()
+            },
+            "ratelimit_fail_open": self.ratelimit_fail_open,
+        }
+
+    def add(self, snapshot: dict[str, Any]) -> None:
+        """Add another process's snapshot to these counters."""
+        for name, counted in snapshot.get("namespaces", {}).items():
+            entry = self.namespaces[name]
+            entry.hits += int(counted["hits"])
+            entry.misses += int(counted["misses"])
+            entry.calls += int(counted["calls"])
+            for quota, n in counted.get("quota_refusals", {}).items():
+                entry.quota_refusals[quota] += int(n)
+        for name, counted in snapshot.get("methods", {}).items():
+            method = self.methods[name]
+            method.calls += int(counted["calls"])
+            method.errors += int(counted["errors"])
+            method.total_seconds += float(counted["total_seconds"])
+            for code, n in counted["errors_by_code"].items():
+                method.errors_by_code[code] += int(n)
+        self.ratelimit_fail_open += int(snapshot.get("ratelimit_fail_open", 0))
+
+    def across_workers(self) -> ServiceStats:
+        """These counters, plus those the sibling workers of a `--workers N` server last
+        published; just these in a single-process server."""
+        if self.share is None:
+            return self
+        combined = ServiceStats(self.max_namespaces, observed=False)
+        combined.add(self.snapshot())
+        for snapshot in self.share.siblings():
+            combined.add(snapshot)
+        return combined

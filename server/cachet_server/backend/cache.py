@@ -14,11 +14,12 @@ import random
 import secrets
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..errors import Aborted, FailedPrecondition
 from ..metrics import instruments
-from .core import Backend
+from .batch import Step
+from .core import Backend, Command
 from .keys import CacheKeys, Kind, redis_key, remembered_result, scan_patterns, user_key
 from .scripts import script
 from .wakes import WakeDispatcher
@@ -201,6 +202,38 @@ class CacheStore:
                 )
         return [r if r is not None else CacheValue(False) for r in results]
 
+    def get_many_step(
+        self,
+        namespace: str,
+        keys: Sequence[str],
+        *,
+        with_ttl: bool,
+        betas: Sequence[float],
+        max_answer_bytes: int,
+    ) -> Step:
+        """Reads of a batch as one step, one script per slot group as in `get_many`;
+        answers a CacheValue per key (`betas[i]`: the early-refresh beta of key i). The
+        groups run in one pipeline, so each gets the whole byte budget (a group over it
+        fails with TOOLARGE before Redis builds it; the response is checked whole too)."""
+        entries = [CacheKeys.of(namespace, key) for key in keys]
+        want_ttl = "1" if with_ttl or any(beta > 0 for beta in betas) else "0"
+        groups = list(self.backend.group_by_slot([e.data for e in entries]).values())
+        commands = []
+        for indexes in groups:
+            flat: list[str] = []
+            for i in indexes:
+                flat += [entries[i].data, entries[i].meta]
+            commands.append(Command.of_script(_GET, flat, [want_ttl, max_answer_bytes]))
+
+        def answer(replies: list[Any]) -> list[CacheValue]:
+            values = [CacheValue(False)] * len(keys)
+            for indexes, reply in zip(groups, replies, strict=True):
+                for n, i in enumerate(indexes):
+                    values[i] = _cache_value(reply, n, betas[i])
+            return values
+
+        return Step(commands, answer)
+
     async def get(
         self, namespace: str, key: str, *, with_ttl: bool = False, beta: float = 0.0
     ) -> CacheValue:
@@ -217,50 +250,22 @@ class CacheStore:
             # A keep-TTL write may keep any TTL up to the maximum.
             await self._index_tags(namespace, key, options.tags, options.ttl_ms or self.max_ttl_ms)
         reply = await self.backend.run_write(
-            _SET,
-            [k.data, k.meta, k.lease, k.stale],
-            [
-                value,
-                options.ttl_ms,
-                options.condition,
-                "" if options.if_version is None else str(options.if_version),
-                "1" if options.return_previous else "0",
-                "" if options.fencing_token is None else str(options.fencing_token),
-                "" if options.recompute_ms is None else str(options.recompute_ms),
-                options.default_ttl_ms,
-                "\n".join(options.tags),
-            ],
+            _SET, [k.data, k.meta, k.lease, k.stale], _set_args(value, options)
         )
-        outcome = reply[0].decode()
-        if outcome == "OK":
-            if options.tags:
-                await _finish(self._index_tags(namespace, key, options.tags, int(reply[4])))
-            return SetOutcome(int(reply[1]), bool(reply[2]), reply[3])
-        detail = reply[1].decode()
-        if outcome == "KEY_EXISTS":
-            raise FailedPrecondition(
-                f"key {key!r} already exists (condition IF_ABSENT)", reason=outcome
-            )
-        if outcome == "KEY_NOT_FOUND":
-            raise FailedPrecondition(
-                f"key {key!r} does not exist (condition IF_PRESENT)", reason=outcome
-            )
-        if outcome == "VERSION_MISMATCH":
-            raise Aborted(
-                f"key {key!r} is at version {detail}, not {options.if_version}; "
-                "read it again and retry",
-                reason=outcome,
-                metadata={"current_version": detail},
-            )
-        if outcome == "FENCING_TOKEN_STALE":
-            instruments.fencing_rejections.add(1)
-            raise Aborted(
-                f"key {key!r} was written under fencing token {detail}, newer than "
-                f"{options.fencing_token}: the writer's lock was lost",
-                reason=outcome,
-                metadata={"latest_fencing_token": detail},
-            )
-        raise RuntimeError(f"cache_set answered {outcome!r}")
+        if reply[0] == b"OK" and options.tags:
+            await _finish(self._index_tags(namespace, key, options.tags, int(reply[4])))
+        return _set_outcome(key, options, reply)
+
+    def set_step(self, namespace: str, key: str, value: bytes, options: SetOptions) -> Step:
+        """`set` without tags as one step of a batch (tag indexes are written around the
+        value, which a pipeline cannot order); answers a SetOutcome."""
+        if options.tags:
+            raise ValueError("a batched set cannot carry tags")
+        k = CacheKeys.of(namespace, key)
+        command = Command.of_script(
+            _SET, [k.data, k.meta, k.lease, k.stale], _set_args(value, options)
+        )
+        return Step([command], lambda replies: _set_outcome(key, options, replies[0]))
 
     async def set_many(self, namespace: str, items: Sequence[tuple[str, bytes, int]]) -> list[int]:
         """Write (key, value, ttl_ms) items; atomic within each slot. Answers versions."""
@@ -288,6 +293,18 @@ class CacheStore:
                 flat += [entries[i].data, entries[i].meta, entries[i].lease, entries[i].stale]
             deleted += int(await self.backend.run_write(_DELETE, flat, [only_tag]))
         return deleted
+
+    def delete_step(self, namespace: str, keys: Sequence[str]) -> Step:
+        """`delete` as one step of a batch (one script per slot group); answers how many
+        keys existed."""
+        entries = [CacheKeys.of(namespace, key) for key in dict.fromkeys(keys)]
+        commands = []
+        for indexes in self.backend.group_by_slot([e.data for e in entries]).values():
+            flat: list[str] = []
+            for i in indexes:
+                flat += [entries[i].data, entries[i].meta, entries[i].lease, entries[i].stale]
+            commands.append(Command.of_script(_DELETE, flat, [""]))
+        return Step(commands, lambda replies: sum(int(reply) for reply in replies))
 
     async def _index_tags(self, namespace: str, key: str, tags: Sequence[str], ttl_ms: int) -> None:
         """List `key` in each tag's index, which must outlive a key living `ttl_ms`
@@ -518,6 +535,25 @@ class CacheStore:
             await _finish(self._index_tags(namespace, key, tags.decode().split("\n"), ttl_ms))
         return bool(found)
 
+    def expire_step(self, namespace: str, key: str, ttl_ms: int) -> Step:
+        """`expire` as one step of a batch; answers whether the key exists. Its tags'
+        indexes are extended afterwards, as `_expire` does."""
+        k = CacheKeys.of(namespace, key)
+        command = Command.of_script(_EXPIRE, [k.data, k.meta, k.stale], [ttl_ms])
+        tags: list[str] = []
+
+        def answer(replies: list[Any]) -> bool:
+            found, listed = replies[0]
+            if found and listed:
+                tags.extend(listed.decode().split("\n"))
+            return bool(found)
+
+        async def reindex(found: bool) -> None:
+            if tags:
+                await self._index_tags(namespace, key, tags, ttl_ms)
+
+        return Step([command], answer, reindex)
+
     async def ttl_ms(self, namespace: str, key: str) -> int:
         """Remaining TTL in ms; -2 for a missing key, -1 for a key without TTL."""
         return int(await self.backend.redis.pttl(CacheKeys.of(namespace, key).data))
@@ -527,28 +563,34 @@ class CacheStore:
     ) -> Increment:
         """Add `delta`; with a request_id, a retry within the window answers the first
         result and adds nothing (one script: the check, the add and the remembering)."""
+        reply = await self.backend.run_write(
+            _INCREMENT, *self._increment_call(namespace, key, delta, ttl_ms, request_id)
+        )
+        return _increment(reply, delta)
+
+    def increment_step(
+        self, namespace: str, key: str, delta: int | float, ttl_ms: int, request_id: str = ""
+    ) -> Step:
+        """`increment` as one step of a batch (a request_id is honoured as in
+        `increment`); answers an Increment."""
+        command = Command.of_script(
+            _INCREMENT, *self._increment_call(namespace, key, delta, ttl_ms, request_id)
+        )
+        return Step([command], lambda replies: _increment(replies[0], delta))
+
+    def _increment_call(
+        self, namespace: str, key: str, delta: int | float, ttl_ms: int, request_id: str
+    ) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of cache_increment."""
         k = CacheKeys.of(namespace, key)
         is_int = isinstance(delta, int)
         remembered, window = k.lease, ""
         if request_id:
             remembered = remembered_result(namespace, key, "increment", request_id)
             window = str(self.request_window_ms)
-        value, created, version = await self.backend.run_write(
-            _INCREMENT,
+        return (
             [k.data, k.meta, k.lease, remembered],
-            [
-                "int" if is_int else "float",
-                str(delta) if is_int else repr(delta),
-                ttl_ms,
-                window,
-            ],
-        )
-        number = value.decode()
-        return Increment(
-            int_value=int(number) if is_int else 0,
-            float_value=0.0 if is_int else float(number),
-            created=bool(created),
-            version=int(version),
+            ["int" if is_int else "float", str(delta) if is_int else repr(delta), ttl_ms, window],
         )
 
     async def set_bit(self, namespace: str, key: str, offset: int, bit: bool, ttl_ms: int) -> bool:
@@ -568,6 +610,74 @@ class CacheStore:
         if span is None:
             return int(await self.backend.redis.bitcount(name))
         return int(await self.backend.redis.bitcount(name, span[0], span[1], unit))
+
+
+def _cache_value(reply: list[Any], n: int, beta: float) -> CacheValue:
+    """The n-th value of a cache_get reply (five fields per key)."""
+    found, value, version, pttl, recompute = reply[5 * n : 5 * n + 5]
+    if not found:
+        return CacheValue(False)
+    return CacheValue(
+        True, value, int(version), int(pttl), _xfetch(int(pttl), int(recompute), beta)
+    )
+
+
+def _set_args(value: bytes, options: SetOptions) -> list[bytes | str | int]:
+    return [
+        value,
+        options.ttl_ms,
+        options.condition,
+        "" if options.if_version is None else str(options.if_version),
+        "1" if options.return_previous else "0",
+        "" if options.fencing_token is None else str(options.fencing_token),
+        "" if options.recompute_ms is None else str(options.recompute_ms),
+        options.default_ttl_ms,
+        "\n".join(options.tags),
+    ]
+
+
+def _set_outcome(key: str, options: SetOptions, reply: list[Any]) -> SetOutcome:
+    """A cache_set reply, or the error of a refused write."""
+    outcome = reply[0].decode()
+    if outcome == "OK":
+        return SetOutcome(int(reply[1]), bool(reply[2]), reply[3])
+    detail = reply[1].decode()
+    if outcome == "KEY_EXISTS":
+        raise FailedPrecondition(
+            f"key {key!r} already exists (condition IF_ABSENT)", reason=outcome
+        )
+    if outcome == "KEY_NOT_FOUND":
+        raise FailedPrecondition(
+            f"key {key!r} does not exist (condition IF_PRESENT)", reason=outcome
+        )
+    if outcome == "VERSION_MISMATCH":
+        raise Aborted(
+            f"key {key!r} is at version {detail}, not {options.if_version}; "
+            "read it again and retry",
+            reason=outcome,
+            metadata={"current_version": detail},
+        )
+    if outcome == "FENCING_TOKEN_STALE":
+        instruments.fencing_rejections.add(1)
+        raise Aborted(
+            f"key {key!r} was written under fencing token {detail}, newer than "
+            f"{options.fencing_token}: the writer's lock was lost",
+            reason=outcome,
+            metadata={"latest_fencing_token": detail},
+        )
+    raise RuntimeError(f"cache_set answered {outcome!r}")
+
+
+def _increment(reply: list[Any], delta: int | float) -> Increment:
+    value, created, version = reply
+    number = value.decode()
+    is_int = isinstance(delta, int)
+    return Increment(
+        int_value=int(number) if is_int else 0,
+        float_value=0.0 if is_int else float(number),
+        created=bool(created),
+        version=int(version),
+    )
 
 
 _TXN_ERRORS = {

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import FailedPrecondition
-from .core import Backend
+from .batch import Step
+from .core import Backend, Command
 from .keys import CacheKeys, holding_list, remembered_result
 from .scripts import script
 
@@ -146,14 +147,28 @@ class CollectionStore:
         """Run one collection write on `key` (reading `sources`, Redis keys of its
         slot). It voids the key's fill lease; with a request_id, a retry within the
         window answers the first result and writes nothing."""
+        return await self.backend.run(
+            _WRITE, *self._write_call(namespace, key, ttl, op, args, sources, request_id)
+        )
+
+    def _write_call(
+        self,
+        namespace: str,
+        key: str,
+        ttl: CollectionTtl,
+        op: str,
+        args: Sequence[Any],
+        sources: Sequence[str] = (),
+        request_id: str = "",
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of coll_write for one write."""
         target = CacheKeys.of(namespace, key)
         remembered = target.lease
         window = ""
         if request_id:
             remembered = remembered_result(namespace, key, op, request_id)
             window = str(self.request_window_ms)
-        return await self.backend.run(
-            _WRITE,
+        return (
             [target.data, target.lease, remembered, *sources],
             [ttl.ttl_ms, "1" if ttl.refresh else "0", op, window, *args],
         )
@@ -184,6 +199,28 @@ class CollectionStore:
 
     async def hash_get(self, namespace: str, key: str, fields: Sequence[str]) -> list[bytes | None]:
         return list(await self._redis.hmget(CacheKeys.of(namespace, key).data, list(fields)))
+
+    def hash_set_step(
+        self,
+        namespace: str,
+        key: str,
+        fields: Sequence[tuple[str, bytes]],
+        *,
+        if_absent: bool,
+        ttl: CollectionTtl,
+    ) -> Step:
+        """`hash_set` as one step of a batch; answers how many fields were added."""
+        flat: list[str | bytes] = []
+        for name, value in fields:
+            flat += [name, value]
+        op = "hash_set_absent" if if_absent else "hash_set"
+        command = Command.of_script(_WRITE, *self._write_call(namespace, key, ttl, op, flat))
+        return Step([command], lambda replies: int(replies[0]))
+
+    def hash_get_step(self, namespace: str, key: str, fields: Sequence[str]) -> Step:
+        """`hash_get` as one step of a batch; answers each field's value or None."""
+        command = Command(["HMGET", CacheKeys.of(namespace, key).data, *fields])
+        return Step([command], lambda replies: list(replies[0]))
 
     async def hash_get_all(self, namespace: str, key: str) -> list[tuple[str, bytes]]:
         name = CacheKeys.of(namespace, key).data

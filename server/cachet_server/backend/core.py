@@ -41,6 +41,29 @@ class ReplicaAck:
     timeout_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command of a pipeline: a script over keys of one slot (`script` set), or a
+    plain Redis command whose arguments are `args` (name first)."""
+
+    args: Sequence[Arg]
+    script: Script | None = None
+    keys: Sequence[str] = ()
+
+    @classmethod
+    def of_script(cls, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Command:
+        return cls(args, script, keys)
+
+    @property
+    def writes(self) -> bool:
+        return self.script is not None and self.script.name not in _READ_ONLY_SCRIPTS
+
+
+# Scripts that never write; any other pipelined script counts as a write for replica
+# acknowledgement.
+_READ_ONLY_SCRIPTS = frozenset({"cache_get"})
+
+
 class Backend:
     """Redis access for every service. All commands go through here, so this is the
     one place where topology is known and where commands could later be coalesced."""
@@ -245,6 +268,58 @@ class Backend:
         if self.kind is TopologyKind.CLUSTER:
             self.redis._initialize = True
 
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Send `commands` as one pipeline (on Cluster, redis-py sends one per node and
+        follows redirections), not atomically: each reply, or the exception of a command
+        that failed, in order. A lost script is sent again with its source. A connection
+        failure raises for the whole pipeline.
+
+        With replica acknowledgement on, writes cannot share the pipeline (WAIT must
+        follow each write on its own connection), so each runs through `run_write`,
+        concurrently with the pipelined reads."""
+        if self.topology.tuning.min_replicas_acked > 0 and any(c.writes for c in commands):
+            return await self._pipeline_with_acks(commands)
+        replies = await self._pipe(commands, send_source=False)
+        lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if lost:
+            again = await self._pipe([commands[i] for i in lost], send_source=True)
+            for i, reply in zip(lost, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipe(self, commands: Sequence[Command], *, send_source: bool) -> list[Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                if command.script is None:
+                    pipe.execute_command(*command.args)
+                else:
+                    pipe.execute_command(
+                        *_script_command(command.script, command.keys, command.args, send_source)
+                    )
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def _pipeline_with_acks(self, commands: Sequence[Command]) -> list[Any]:
+        reads = [i for i, command in enumerate(commands) if not command.writes]
+        writes = [i for i, command in enumerate(commands) if command.writes]
+
+        async def write(command: Command) -> Any:
+            assert command.script is not None
+            try:
+                return await self.run_write(command.script, command.keys, command.args)
+            except Exception as exc:  # one failed write must not fail the others
+                return exc
+
+        read_replies, *write_replies = await asyncio.gather(
+            self.pipeline([commands[i] for i in reads]) if reads else _nothing(),
+            *(write(commands[i]) for i in writes),
+        )
+        replies: list[Any] = [None] * len(commands)
+        for i, reply in zip(reads, read_replies, strict=True):
+            replies[i] = reply
+        for i, reply in zip(writes, write_replies, strict=True):
+            replies[i] = reply
+        return replies
+
     def group_by_slot(self, redis_keys: Sequence[str]) -> dict[int, list[int]]:
         return self.topology.group_by_slot(redis_keys)
 
@@ -293,6 +368,10 @@ async def _exchange(
             raise RedisTimeoutError("no answer to WAIT in time")
         replies.append(reply)
     return replies
+
+
+async def _nothing() -> list[Any]:
+    return []
 
 
 def _raised(result: Any) -> Any:

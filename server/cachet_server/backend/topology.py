@@ -80,6 +80,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..metrics import instruments
+from . import connection
 
 log = logging.getLogger(__name__)
 
@@ -655,6 +656,7 @@ class Topology:
 
 def connect(url: str, tuning: ConnectionTuning) -> Topology:
     """Build the client for a CACHET_REDIS_URL (connections open lazily)."""
+    connection.install()
     target = parse_redis_url(url)
     common: dict[str, Any] = {
         "username": target.username,

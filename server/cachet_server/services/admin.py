@@ -382,9 +382,9 @@ class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer):
             after = position.get("after")
             if not isinstance(after, str):
                 raise malformed_token()
-        stats = self.deps.stats
+        stats = self.deps.stats.across_workers()
         identity = current_call().identity
-        # An operator sees the whole process; anyone else only the namespaces they hold,
+        # An operator sees the whole server; anyone else only the namespaces they hold,
         # and no per-method counters, which mix every tenant's traffic.
         everything = AccessRole.OPERATOR in identity.grants.roles
         names = sorted(

@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from typing import ClassVar
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, ClassVar
 
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
 from google.protobuf import duration_pb2
 
-from ..access import ADMIN, READ, WRITE, CallSpec, StreamKind, streaming
+from ..access import ADMIN, READ, WRITE, CallSpec, Role, StreamKind, calls, streaming
+from ..backend.batch import Step, run_steps
 from ..backend.cache import (
     CacheStore,
+    CacheValue,
     FillOptions,
+    Increment,
     SetOptions,
     TxnCompare,
     TxnOperation,
 )
 from ..backend.invalidations import InvalidationHub
-from ..callcontext import current_namespace
-from ..errors import FailedPrecondition, InvalidArgument
+from ..callcontext import current_call, current_namespace
+from ..errors import (
+    CachetError,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    domain_error,
+)
 from ..metrics import instruments
 from ..validation import optional
 from .base import Context, Dependencies
@@ -56,6 +67,38 @@ _TARGETS = {
 }
 
 
+# Batch and Session operations that change data; the others only read.
+_WRITE_OPERATIONS = frozenset({"set", "delete", "increment", "expire", "hash_set"})
+# Operations of one Session stream running at once; past that the stream is not read
+# until one completes (backpressure instead of unbounded tasks).
+SESSION_IN_FLIGHT = 256
+
+
+def _batch_only_reads(request: pb.BatchRequest) -> bool:
+    return not any(op.WhichOneof("operation") in _WRITE_OPERATIONS for op in request.operations)
+
+
+def _failed(error: CachetError) -> pb.BatchResult:
+    return pb.BatchResult(
+        status=pb.OperationStatus(
+            code=error.code.value[0],
+            message=error.message,
+            reason=error.reason,
+            metadata=error.metadata,
+        )
+    )
+
+
+# How a step's answer becomes the BatchResult of one operation (`_plan`), or of each
+# operation the step serves (`_run_operations`).
+_Respond = Callable[[Any], Any]
+
+
+def _one(respond: _Respond) -> _Respond:
+    """A step's respond for the one operation it serves, as a list of one result."""
+    return lambda answer: [respond(answer)]
+
+
 def _duration(ms: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
 
@@ -85,6 +128,11 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         "SetBit": WRITE,
         "SetMany": WRITE,
         "Txn": WRITE,
+        # A batch of reads needs only `read`; any write in it needs `write`.
+        "Batch": calls(Role.WRITE, read_if=_batch_only_reads, read_when="when it only reads"),
+        # Opening the stream needs either role; the servicer checks each message, since
+        # the interceptor sees the stream open, never the operations sent on it.
+        "Session": calls([Role.READ, Role.WRITE]),
         "WatchInvalidations": streaming(READ, StreamKind.WATCH),
     }
 
@@ -134,11 +182,20 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
 
     async def Get(self, request: pb.GetRequest, context: Context) -> pb.GetResponse:
         namespace = current_namespace()
+        key, beta = self._get_args(request)
+        found = await self.store.get(namespace, key, with_ttl=request.include_ttl, beta=beta)
+        return self._get_response(namespace, request, found)
+
+    def _get_args(self, request: pb.GetRequest) -> tuple[str, float]:
         key = self.check.key(request.key)
         beta = self.check.finite(request.early_refresh_beta, "early_refresh_beta")
         if not 0 <= beta <= _MAX_BETA:
             raise InvalidArgument.field("early_refresh_beta", f"must be in [0, {_MAX_BETA}]")
-        found = await self.store.get(namespace, key, with_ttl=request.include_ttl, beta=beta)
+        return key, beta
+
+    def _get_response(
+        self, namespace: str, request: pb.GetRequest, found: CacheValue
+    ) -> pb.GetResponse:
         self.stats.record_lookups(namespace, hits=int(found.found), misses=int(not found.found))
         if not found.found:
             return pb.GetResponse(found=False)
@@ -177,6 +234,15 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
 
     async def Set(self, request: pb.SetRequest, context: Context) -> pb.SetResponse:
         namespace = current_namespace()
+        key, value, options = self._set_args(request)
+        outcome = await self.store.set(namespace, key, value, options)
+        return pb.SetResponse(
+            version=outcome.version,
+            previous_found=outcome.previous_found,
+            previous_value=outcome.previous,
+        )
+
+    def _set_args(self, request: pb.SetRequest) -> tuple[str, bytes, SetOptions]:
         key = self.check.key(request.key)
         value = self.check.value(request.value)
         ttl = optional(request, "ttl")
@@ -185,8 +251,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         ttl_ms = 0 if request.keep_ttl else self.check.ttl_ms(ttl)
         condition = self.check.choice(request.condition, _CONDITIONS, "condition")
         tags = self._tags(request.tags)
-        outcome = await self.store.set(
-            namespace,
+        return (
             key,
             value,
             SetOptions(
@@ -199,11 +264,6 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                 recompute_ms=self._recompute_ms(request),
                 tags=tags,
             ),
-        )
-        return pb.SetResponse(
-            version=outcome.version,
-            previous_found=outcome.previous_found,
-            previous_value=outcome.previous,
         )
 
     async def SetMany(self, request: pb.SetManyRequest, context: Context) -> pb.SetManyResponse:
@@ -239,12 +299,16 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
 
     async def Expire(self, request: pb.ExpireRequest, context: Context) -> pb.ExpireResponse:
         namespace = current_namespace()
+        key, ttl_ms = self._expire_args(request)
+        found = await self.store.expire(namespace, key, ttl_ms)
+        return pb.ExpireResponse(found=found)
+
+    def _expire_args(self, request: pb.ExpireRequest) -> tuple[str, int]:
         key = self.check.key(request.key)
         ttl = optional(request, "ttl")
         if ttl is None:
             raise InvalidArgument.field("ttl", "is required")
-        found = await self.store.expire(namespace, key, self.check.ttl_ms(ttl))
-        return pb.ExpireResponse(found=found)
+        return key, self.check.ttl_ms(ttl)
 
     async def Persist(self, request: pb.PersistRequest, context: Context) -> pb.PersistResponse:
         namespace = current_namespace()
@@ -271,6 +335,11 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         self, request: pb.IncrementRequest, context: Context
     ) -> pb.IncrementResponse:
         namespace = current_namespace()
+        key, delta, ttl_ms, request_id = self._increment_args(request)
+        result = await self.store.increment(namespace, key, delta, ttl_ms, request_id=request_id)
+        return _increment_response(result)
+
+    def _increment_args(self, request: pb.IncrementRequest) -> tuple[str, int | float, int, str]:
         key = self.check.key(request.key)
         ttl_ms = self.check.ttl_ms(optional(request, "ttl"))
         delta: int | float
@@ -278,14 +347,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
             delta = self.check.finite(request.by_float, "by_float")
         else:
             delta = request.by_int if request.HasField("by_int") else 1
-        request_id = self.check.request_id(request.request_id)
-        result = await self.store.increment(namespace, key, delta, ttl_ms, request_id=request_id)
-        return pb.IncrementResponse(
-            int_value=result.int_value,
-            float_value=result.float_value,
-            created=result.created,
-            version=result.version,
-        )
+        return key, delta, ttl_ms, self.check.request_id(request.request_id)
 
     async def SetBit(self, request: pb.SetBitRequest, context: Context) -> pb.SetBitResponse:
         namespace = current_namespace()
@@ -421,6 +483,192 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
             ],
         )
 
+    async def Batch(self, request: pb.BatchRequest, context: Context) -> pb.BatchResponse:
+        namespace = current_namespace()
+        self.check.batch(len(request.operations), "operations")
+        results = await self._run_operations(namespace, request.operations)
+        return self._fits(pb.BatchResponse(results=results))
+
+    async def Session(
+        self, request_iterator: AsyncIterator[pb.SessionRequest], context: Context
+    ) -> AsyncIterator[pb.SessionResponse]:
+        namespace = current_namespace()
+        roles = current_call().identity.grants.roles
+        answers: asyncio.Queue[pb.SessionResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(SESSION_IN_FLIGHT)
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.SessionRequest) -> None:
+            try:
+                result = await self._session_result(namespace, roles, request.operation)
+                answers.put_nowait(pb.SessionResponse(id=request.id, result=result))
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.gather(*running)
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+            await reader  # raises what ended the reading, if anything did
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _session_result(
+        self, namespace: str, roles: frozenset[Role], operation: pb.BatchOperation
+    ) -> pb.BatchResult:
+        # As in Batch (whose CallSpec admits reads with writes under `write`): a write
+        # needs `write`; a read needs `read` or `write`.
+        which = operation.WhichOneof("operation")
+        writes = which in _WRITE_OPERATIONS
+        if Role.WRITE not in roles and (writes or Role.READ not in roles):
+            needed = "write" if writes else "read or write"
+            return _failed(
+                PermissionDenied(f"a {which or 'missing'} operation needs the {needed} role")
+            )
+        try:
+            (result,) = await self._run_operations(namespace, [operation])
+        except Exception as exc:  # Redis unreachable: this answer fails, the stream goes on
+            return _failed(domain_error(exc))
+        return result
+
+    async def _run_operations(
+        self, namespace: str, operations: Sequence[pb.BatchOperation]
+    ) -> list[pb.BatchResult]:
+        """Validate each operation, run the valid ones as one pipeline, and answer each
+        with its own result; a bad operation fails alone. Consecutive gets are read
+        together, one script per slot group as GetMany reads (still in request order
+        with the writes around them)."""
+        results: list[pb.BatchResult] = [pb.BatchResult()] * len(operations)
+        planned: list[tuple[list[int], Step, _Respond]] = []
+        reads: list[tuple[int, pb.GetRequest, str, float]] = []
+
+        def read_together() -> None:
+            if reads:
+                planned.append(self._plan_gets(namespace, list(reads)))
+                reads.clear()
+
+        for i, operation in enumerate(operations):
+            try:
+                if operation.WhichOneof("operation") == "get":
+                    key, beta = self._get_args(operation.get)
+                    reads.append((i, operation.get, key, beta))
+                    continue
+                step, respond = self._plan(namespace, operation)
+            except CachetError as exc:
+                results[i] = _failed(exc)
+                continue
+            read_together()
+            planned.append(([i], step, _one(respond)))
+        read_together()
+        if not planned:
+            return results
+        outcomes = await run_steps(self.deps.backend, [step for _, step, _ in planned])
+        for (indexes, _, respond), outcome in zip(planned, outcomes, strict=True):
+            answered: list[pb.BatchResult]
+            if isinstance(outcome, CachetError):
+                answered = [_failed(outcome)] * len(indexes)
+            else:
+                try:
+                    answered = respond(outcome)
+                except CachetError as exc:
+                    answered = [_failed(exc)] * len(indexes)
+            for i, result in zip(indexes, answered, strict=True):
+                results[i] = result
+        return results
+
+    def _plan_gets(
+        self, namespace: str, reads: Sequence[tuple[int, pb.GetRequest, str, float]]
+    ) -> tuple[list[int], Step, _Respond]:
+        step = self.store.get_many_step(
+            namespace,
+            [key for _, _, key, _ in reads],
+            with_ttl=any(request.include_ttl for _, request, _, _ in reads),
+            betas=[beta for _, _, _, beta in reads],
+            max_answer_bytes=self.check.limits.max_message_bytes,
+        )
+
+        def respond(values: list[CacheValue]) -> list[pb.BatchResult]:
+            return [
+                pb.BatchResult(get=self._get_response(namespace, request, found))
+                for (_, request, _, _), found in zip(reads, values, strict=True)
+            ]
+
+        return [i for i, _, _, _ in reads], step, respond
+
+    def _plan(self, namespace: str, operation: pb.BatchOperation) -> tuple[Step, _Respond]:
+        """The backend step of one operation but a get (see `_plan_gets`), validated as
+        its unary RPC validates, and how its answer maps to a BatchResult."""
+        which = operation.WhichOneof("operation")
+        if which == "set":
+            key, value, options = self._set_args(operation.set)
+            if options.tags:
+                raise InvalidArgument.field(
+                    "tags", "a batched set cannot carry tags: use CacheService/Set"
+                )
+            return (
+                self.store.set_step(namespace, key, value, options),
+                lambda outcome: pb.BatchResult(
+                    set=pb.SetResponse(
+                        version=outcome.version,
+                        previous_found=outcome.previous_found,
+                        previous_value=outcome.previous,
+                    )
+                ),
+            )
+        if which == "delete":
+            keys = self.check.keys(operation.delete.keys)
+            return (
+                self.store.delete_step(namespace, keys),
+                lambda deleted: pb.BatchResult(delete=pb.DeleteResponse(deleted=deleted)),
+            )
+        if which == "increment":
+            key, delta, ttl_ms, request_id = self._increment_args(operation.increment)
+            return (
+                self.store.increment_step(namespace, key, delta, ttl_ms, request_id),
+                lambda result: pb.BatchResult(increment=_increment_response(result)),
+            )
+        if which == "expire":
+            key, ttl_ms = self._expire_args(operation.expire)
+            return (
+                self.store.expire_step(namespace, key, ttl_ms),
+                lambda found: pb.BatchResult(expire=pb.ExpireResponse(found=found)),
+            )
+        if which == "hash_get":
+            key = self.check.key(operation.hash_get.key)
+            fields = self._fields(operation.hash_get.fields, "fields")
+            return (
+                self.collections.hash_get_step(namespace, key, fields),
+                lambda values: pb.BatchResult(hash_get=self._hash_get_response(fields, values)),
+            )
+        if which == "hash_set":
+            hash_set = operation.hash_set
+            key, fields_set, ttl = self._hash_set_args(hash_set)
+            return (
+                self.collections.hash_set_step(
+                    namespace, key, fields_set, if_absent=hash_set.if_absent, ttl=ttl
+                ),
+                lambda added: pb.BatchResult(hash_set=pb.HashSetResponse(added=added)),
+            )
+        raise InvalidArgument.field(
+            "operation", "set one of get, set, delete, increment, expire, hash_get, hash_set"
+        )
+
     def _compare(self, compare: pb.Compare, field: str) -> TxnCompare:
         key = self.check.key(compare.key, f"{field}.key")
         if compare.operator not in _OPERATORS:
@@ -488,6 +736,15 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                     yield pb.WatchInvalidationsResponse(flush_all=True)
                 else:
                     yield pb.WatchInvalidationsResponse(keys=pb.InvalidatedKeys(keys=event.keys))
+
+
+def _increment_response(result: Increment) -> pb.IncrementResponse:
+    return pb.IncrementResponse(
+        int_value=result.int_value,
+        float_value=result.float_value,
+        created=result.created,
+        version=result.version,
+    )
 
 
 def _ends_in_escape(pattern: str) -> bool:

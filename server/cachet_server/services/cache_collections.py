@@ -178,6 +178,15 @@ class CollectionsMixin(Servicer):
 
     async def HashSet(self, request: pb.HashSetRequest, context: Context) -> pb.HashSetResponse:
         namespace = current_namespace()
+        key, fields, ttl = self._hash_set_args(request)
+        added = await self.collections.hash_set(
+            namespace, key, fields, if_absent=request.if_absent, ttl=ttl
+        )
+        return pb.HashSetResponse(added=added)
+
+    def _hash_set_args(
+        self, request: pb.HashSetRequest
+    ) -> tuple[str, list[tuple[str, bytes]], CollectionTtl]:
         key = self.check.key(request.key)
         self.check.batch(len(request.fields), "fields")
         fields = [
@@ -187,16 +196,18 @@ class CollectionsMixin(Servicer):
             )
             for i, item in enumerate(request.fields)
         ]
-        added = await self.collections.hash_set(
-            namespace, key, fields, if_absent=request.if_absent, ttl=self._ttl(request)
-        )
-        return pb.HashSetResponse(added=added)
+        return key, fields, self._ttl(request)
 
     async def HashGet(self, request: pb.HashGetRequest, context: Context) -> pb.HashGetResponse:
         namespace = current_namespace()
         key = self.check.key(request.key)
         fields = self._fields(request.fields, "fields")
         values = await self.collections.hash_get(namespace, key, fields)
+        return self._hash_get_response(fields, values)
+
+    def _hash_get_response(
+        self, fields: Sequence[str], values: Sequence[bytes | None]
+    ) -> pb.HashGetResponse:
         return self._fits(
             pb.HashGetResponse(
                 fields=[

@@ -7762,6 +7762,639 @@ func (x *TxnResponse) GetResults() []*TxnOpResult {
 	return nil
 }
 
+// One operation of a Batch or a Session: the request of the unary RPC of the same name,
+// answered as that RPC answers it.
+type BatchOperation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The operation; exactly one must be set (INVALID_ARGUMENT otherwise).
+	//
+	// Types that are valid to be assigned to Operation:
+	//
+	//	*BatchOperation_Get
+	//	*BatchOperation_Set
+	//	*BatchOperation_Delete
+	//	*BatchOperation_Increment
+	//	*BatchOperation_Expire
+	//	*BatchOperation_HashGet
+	//	*BatchOperation_HashSet
+	Operation     isBatchOperation_Operation `protobuf_oneof:"operation"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchOperation) Reset() {
+	*x = BatchOperation{}
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[121]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchOperation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchOperation) ProtoMessage() {}
+
+func (x *BatchOperation) ProtoReflect() protoreflect.Message {
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[121]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchOperation.ProtoReflect.Descriptor instead.
+func (*BatchOperation) Descriptor() ([]byte, []int) {
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{121}
+}
+
+func (x *BatchOperation) GetOperation() isBatchOperation_Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+func (x *BatchOperation) GetGet() *GetRequest {
+	if x != nil {
+		if x, ok := x.Operation.(*BatchOperation_Get); ok {
+			return x.Get
+		}
+	}
+	return nil
+}
+
+func (x *BatchOperation) GetSet() *SetRequest {
+	if x != nil {
+		if x, ok := x.Operation.(*BatchOperation_Set); ok {
+			return x.Set
+		}
+	}
+	return nil
+}
+
+func (x *BatchOperation) GetDelete() *DeleteRequest {
+	if x != nil {
+		if x, ok := x.Operation.(*BatchOperation_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *BatchOperation) GetIncrement() *IncrementRequest {
+	if x != nil {
+		if x, ok := x.Operation.(*BatchOperation_Increment); ok {
+			return x.Increment
+		}
+	}
+	return nil
+}
+
+func (x *BatchOperation) GetExpire() *ExpireRequest {
+	if x != nil {
+		if x, ok := x.Operation.(*BatchOperation_Expire); ok {
+			return x.Expire
+		}
+	}
+	return nil
+}
+
+func (x *BatchOperation) GetHashGet() *HashGetRequest {
+	if x != nil {
+		if x, ok := x.Operation.(*BatchOperation_HashGet); ok {
+			return x.HashGet
+		}
+	}
+	return nil
+}
+
+func (x *BatchOperation) GetHashSet() *HashSetRequest {
+	if x != nil {
+		if x, ok := x.Operation.(*BatchOperation_HashSet); ok {
+			return x.HashSet
+		}
+	}
+	return nil
+}
+
+type isBatchOperation_Operation interface {
+	isBatchOperation_Operation()
+}
+
+type BatchOperation_Get struct {
+	// Read one value, as CacheService/Get.
+	Get *GetRequest `protobuf:"bytes,1,opt,name=get,proto3,oneof"`
+}
+
+type BatchOperation_Set struct {
+	// Write one value, as CacheService/Set (without tags).
+	Set *SetRequest `protobuf:"bytes,2,opt,name=set,proto3,oneof"`
+}
+
+type BatchOperation_Delete struct {
+	// Delete keys, as CacheService/Delete.
+	Delete *DeleteRequest `protobuf:"bytes,3,opt,name=delete,proto3,oneof"`
+}
+
+type BatchOperation_Increment struct {
+	// Add to a counter, as CacheService/Increment.
+	Increment *IncrementRequest `protobuf:"bytes,4,opt,name=increment,proto3,oneof"`
+}
+
+type BatchOperation_Expire struct {
+	// Set a key's TTL, as CacheService/Expire.
+	Expire *ExpireRequest `protobuf:"bytes,5,opt,name=expire,proto3,oneof"`
+}
+
+type BatchOperation_HashGet struct {
+	// Read fields of a hash, as CacheService/HashGet.
+	HashGet *HashGetRequest `protobuf:"bytes,6,opt,name=hash_get,json=hashGet,proto3,oneof"`
+}
+
+type BatchOperation_HashSet struct {
+	// Write fields of a hash, as CacheService/HashSet.
+	HashSet *HashSetRequest `protobuf:"bytes,7,opt,name=hash_set,json=hashSet,proto3,oneof"`
+}
+
+func (*BatchOperation_Get) isBatchOperation_Operation() {}
+
+func (*BatchOperation_Set) isBatchOperation_Operation() {}
+
+func (*BatchOperation_Delete) isBatchOperation_Operation() {}
+
+func (*BatchOperation_Increment) isBatchOperation_Operation() {}
+
+func (*BatchOperation_Expire) isBatchOperation_Operation() {}
+
+func (*BatchOperation_HashGet) isBatchOperation_Operation() {}
+
+func (*BatchOperation_HashSet) isBatchOperation_Operation() {}
+
+// The status of one operation: the fields of a google.rpc.Status with its ErrorInfo
+// flattened in, so a client reads them without unpacking Any.
+type OperationStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The google.rpc.Code value: 0 (OK) when the operation succeeded.
+	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	// What went wrong, for people; empty on success. Never contains values.
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// The ErrorInfo reason (see the error-reason table in the README); empty on success.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The ErrorInfo metadata (e.g. `current_version` of a VERSION_MISMATCH).
+	Metadata      map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OperationStatus) Reset() {
+	*x = OperationStatus{}
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[122]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OperationStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OperationStatus) ProtoMessage() {}
+
+func (x *OperationStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[122]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OperationStatus.ProtoReflect.Descriptor instead.
+func (*OperationStatus) Descriptor() ([]byte, []int) {
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{122}
+}
+
+func (x *OperationStatus) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *OperationStatus) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *OperationStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *OperationStatus) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+// The answer to one BatchOperation.
+type BatchResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Why this operation failed (then no result is set); unset (code 0) when it succeeded.
+	Status *OperationStatus `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	// The response of the unary RPC, of the same kind as the operation; unset on failure.
+	//
+	// Types that are valid to be assigned to Result:
+	//
+	//	*BatchResult_Get
+	//	*BatchResult_Set
+	//	*BatchResult_Delete
+	//	*BatchResult_Increment
+	//	*BatchResult_Expire
+	//	*BatchResult_HashGet
+	//	*BatchResult_HashSet
+	Result        isBatchResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchResult) Reset() {
+	*x = BatchResult{}
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[123]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchResult) ProtoMessage() {}
+
+func (x *BatchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[123]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
+func (*BatchResult) Descriptor() ([]byte, []int) {
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{123}
+}
+
+func (x *BatchResult) GetStatus() *OperationStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *BatchResult) GetResult() isBatchResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *BatchResult) GetGet() *GetResponse {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_Get); ok {
+			return x.Get
+		}
+	}
+	return nil
+}
+
+func (x *BatchResult) GetSet() *SetResponse {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_Set); ok {
+			return x.Set
+		}
+	}
+	return nil
+}
+
+func (x *BatchResult) GetDelete() *DeleteResponse {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *BatchResult) GetIncrement() *IncrementResponse {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_Increment); ok {
+			return x.Increment
+		}
+	}
+	return nil
+}
+
+func (x *BatchResult) GetExpire() *ExpireResponse {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_Expire); ok {
+			return x.Expire
+		}
+	}
+	return nil
+}
+
+func (x *BatchResult) GetHashGet() *HashGetResponse {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_HashGet); ok {
+			return x.HashGet
+		}
+	}
+	return nil
+}
+
+func (x *BatchResult) GetHashSet() *HashSetResponse {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_HashSet); ok {
+			return x.HashSet
+		}
+	}
+	return nil
+}
+
+type isBatchResult_Result interface {
+	isBatchResult_Result()
+}
+
+type BatchResult_Get struct {
+	// The answer to a get.
+	Get *GetResponse `protobuf:"bytes,2,opt,name=get,proto3,oneof"`
+}
+
+type BatchResult_Set struct {
+	// The answer to a set.
+	Set *SetResponse `protobuf:"bytes,3,opt,name=set,proto3,oneof"`
+}
+
+type BatchResult_Delete struct {
+	// The answer to a delete.
+	Delete *DeleteResponse `protobuf:"bytes,4,opt,name=delete,proto3,oneof"`
+}
+
+type BatchResult_Increment struct {
+	// The answer to an increment.
+	Increment *IncrementResponse `protobuf:"bytes,5,opt,name=increment,proto3,oneof"`
+}
+
+type BatchResult_Expire struct {
+	// The answer to an expire.
+	Expire *ExpireResponse `protobuf:"bytes,6,opt,name=expire,proto3,oneof"`
+}
+
+type BatchResult_HashGet struct {
+	// The answer to a hash_get.
+	HashGet *HashGetResponse `protobuf:"bytes,7,opt,name=hash_get,json=hashGet,proto3,oneof"`
+}
+
+type BatchResult_HashSet struct {
+	// The answer to a hash_set.
+	HashSet *HashSetResponse `protobuf:"bytes,8,opt,name=hash_set,json=hashSet,proto3,oneof"`
+}
+
+func (*BatchResult_Get) isBatchResult_Result() {}
+
+func (*BatchResult_Set) isBatchResult_Result() {}
+
+func (*BatchResult_Delete) isBatchResult_Result() {}
+
+func (*BatchResult_Increment) isBatchResult_Result() {}
+
+func (*BatchResult_Expire) isBatchResult_Result() {}
+
+func (*BatchResult_HashGet) isBatchResult_Result() {}
+
+func (*BatchResult_HashSet) isBatchResult_Result() {}
+
+// BatchRequest carries independent operations.
+type BatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to max_batch operations, sent as one pipeline per Redis node. Operations on the
+	// same key apply in request order (a key lives on one node); operations on different
+	// nodes have no order between them.
+	Operations    []*BatchOperation `protobuf:"bytes,1,rep,name=operations,proto3" json:"operations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRequest) Reset() {
+	*x = BatchRequest{}
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[124]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRequest) ProtoMessage() {}
+
+func (x *BatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[124]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
+func (*BatchRequest) Descriptor() ([]byte, []int) {
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{124}
+}
+
+func (x *BatchRequest) GetOperations() []*BatchOperation {
+	if x != nil {
+		return x.Operations
+	}
+	return nil
+}
+
+// BatchResponse answers every operation.
+type BatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One result per operation, in request order.
+	Results       []*BatchResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchResponse) Reset() {
+	*x = BatchResponse{}
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[125]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchResponse) ProtoMessage() {}
+
+func (x *BatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[125]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
+func (*BatchResponse) Descriptor() ([]byte, []int) {
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{125}
+}
+
+func (x *BatchResponse) GetResults() []*BatchResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// SessionRequest is one operation sent on a Session stream.
+type SessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the client to match the answer to this request; the server only echoes
+	// it (ids may repeat, but then the client cannot tell the answers apart).
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The operation.
+	Operation     *BatchOperation `protobuf:"bytes,2,opt,name=operation,proto3" json:"operation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionRequest) Reset() {
+	*x = SessionRequest{}
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[126]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionRequest) ProtoMessage() {}
+
+func (x *SessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[126]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionRequest.ProtoReflect.Descriptor instead.
+func (*SessionRequest) Descriptor() ([]byte, []int) {
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{126}
+}
+
+func (x *SessionRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SessionRequest) GetOperation() *BatchOperation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+// SessionResponse answers one SessionRequest.
+type SessionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of the request this answers.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Its result.
+	Result        *BatchResult `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionResponse) Reset() {
+	*x = SessionResponse{}
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[127]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionResponse) ProtoMessage() {}
+
+func (x *SessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[127]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionResponse.ProtoReflect.Descriptor instead.
+func (*SessionResponse) Descriptor() ([]byte, []int) {
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{127}
+}
+
+func (x *SessionResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SessionResponse) GetResult() *BatchResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
 // WatchInvalidationsRequest opens an invalidation stream.
 type WatchInvalidationsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -7773,7 +8406,7 @@ type WatchInvalidationsRequest struct {
 
 func (x *WatchInvalidationsRequest) Reset() {
 	*x = WatchInvalidationsRequest{}
-	mi := &file_cachet_cache_v1_cache_proto_msgTypes[121]
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[128]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7785,7 +8418,7 @@ func (x *WatchInvalidationsRequest) String() string {
 func (*WatchInvalidationsRequest) ProtoMessage() {}
 
 func (x *WatchInvalidationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cachet_cache_v1_cache_proto_msgTypes[121]
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[128]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7798,7 +8431,7 @@ func (x *WatchInvalidationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchInvalidationsRequest.ProtoReflect.Descriptor instead.
 func (*WatchInvalidationsRequest) Descriptor() ([]byte, []int) {
-	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{121}
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{128}
 }
 
 func (x *WatchInvalidationsRequest) GetPrefixes() []string {
@@ -7825,7 +8458,7 @@ type WatchInvalidationsResponse struct {
 
 func (x *WatchInvalidationsResponse) Reset() {
 	*x = WatchInvalidationsResponse{}
-	mi := &file_cachet_cache_v1_cache_proto_msgTypes[122]
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[129]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7837,7 +8470,7 @@ func (x *WatchInvalidationsResponse) String() string {
 func (*WatchInvalidationsResponse) ProtoMessage() {}
 
 func (x *WatchInvalidationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cachet_cache_v1_cache_proto_msgTypes[122]
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[129]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7850,7 +8483,7 @@ func (x *WatchInvalidationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchInvalidationsResponse.ProtoReflect.Descriptor instead.
 func (*WatchInvalidationsResponse) Descriptor() ([]byte, []int) {
-	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{122}
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{129}
 }
 
 func (x *WatchInvalidationsResponse) GetEvent() isWatchInvalidationsResponse_Event {
@@ -7925,7 +8558,7 @@ type InvalidatedKeys struct {
 
 func (x *InvalidatedKeys) Reset() {
 	*x = InvalidatedKeys{}
-	mi := &file_cachet_cache_v1_cache_proto_msgTypes[123]
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[130]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7937,7 +8570,7 @@ func (x *InvalidatedKeys) String() string {
 func (*InvalidatedKeys) ProtoMessage() {}
 
 func (x *InvalidatedKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_cachet_cache_v1_cache_proto_msgTypes[123]
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[130]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7950,7 +8583,7 @@ func (x *InvalidatedKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidatedKeys.ProtoReflect.Descriptor instead.
 func (*InvalidatedKeys) Descriptor() ([]byte, []int) {
-	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{123}
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{130}
 }
 
 func (x *InvalidatedKeys) GetKeys() []string {
@@ -8395,7 +9028,46 @@ const file_cachet_cache_v1_cache_proto_rawDesc = "" +
 	"\aversion\x18\x04 \x01(\x04R\aversion\"c\n" +
 	"\vTxnResponse\x12\x1c\n" +
 	"\tsucceeded\x18\x01 \x01(\bR\tsucceeded\x126\n" +
-	"\aresults\x18\x02 \x03(\v2\x1c.cachet.cache.v1.TxnOpResultR\aresults\"7\n" +
+	"\aresults\x18\x02 \x03(\v2\x1c.cachet.cache.v1.TxnOpResultR\aresults\"\xb2\x03\n" +
+	"\x0eBatchOperation\x12/\n" +
+	"\x03get\x18\x01 \x01(\v2\x1b.cachet.cache.v1.GetRequestH\x00R\x03get\x12/\n" +
+	"\x03set\x18\x02 \x01(\v2\x1b.cachet.cache.v1.SetRequestH\x00R\x03set\x128\n" +
+	"\x06delete\x18\x03 \x01(\v2\x1e.cachet.cache.v1.DeleteRequestH\x00R\x06delete\x12A\n" +
+	"\tincrement\x18\x04 \x01(\v2!.cachet.cache.v1.IncrementRequestH\x00R\tincrement\x128\n" +
+	"\x06expire\x18\x05 \x01(\v2\x1e.cachet.cache.v1.ExpireRequestH\x00R\x06expire\x12<\n" +
+	"\bhash_get\x18\x06 \x01(\v2\x1f.cachet.cache.v1.HashGetRequestH\x00R\ahashGet\x12<\n" +
+	"\bhash_set\x18\a \x01(\v2\x1f.cachet.cache.v1.HashSetRequestH\x00R\ahashSetB\v\n" +
+	"\toperation\"\xe0\x01\n" +
+	"\x0fOperationStatus\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12J\n" +
+	"\bmetadata\x18\x04 \x03(\v2..cachet.cache.v1.OperationStatus.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xed\x03\n" +
+	"\vBatchResult\x128\n" +
+	"\x06status\x18\x01 \x01(\v2 .cachet.cache.v1.OperationStatusR\x06status\x120\n" +
+	"\x03get\x18\x02 \x01(\v2\x1c.cachet.cache.v1.GetResponseH\x00R\x03get\x120\n" +
+	"\x03set\x18\x03 \x01(\v2\x1c.cachet.cache.v1.SetResponseH\x00R\x03set\x129\n" +
+	"\x06delete\x18\x04 \x01(\v2\x1f.cachet.cache.v1.DeleteResponseH\x00R\x06delete\x12B\n" +
+	"\tincrement\x18\x05 \x01(\v2\".cachet.cache.v1.IncrementResponseH\x00R\tincrement\x129\n" +
+	"\x06expire\x18\x06 \x01(\v2\x1f.cachet.cache.v1.ExpireResponseH\x00R\x06expire\x12=\n" +
+	"\bhash_get\x18\a \x01(\v2 .cachet.cache.v1.HashGetResponseH\x00R\ahashGet\x12=\n" +
+	"\bhash_set\x18\b \x01(\v2 .cachet.cache.v1.HashSetResponseH\x00R\ahashSetB\b\n" +
+	"\x06result\"O\n" +
+	"\fBatchRequest\x12?\n" +
+	"\n" +
+	"operations\x18\x01 \x03(\v2\x1f.cachet.cache.v1.BatchOperationR\n" +
+	"operations\"G\n" +
+	"\rBatchResponse\x126\n" +
+	"\aresults\x18\x01 \x03(\v2\x1c.cachet.cache.v1.BatchResultR\aresults\"_\n" +
+	"\x0eSessionRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12=\n" +
+	"\toperation\x18\x02 \x01(\v2\x1f.cachet.cache.v1.BatchOperationR\toperation\"W\n" +
+	"\x0fSessionResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
+	"\x06result\x18\x02 \x01(\v2\x1c.cachet.cache.v1.BatchResultR\x06result\"7\n" +
 	"\x19WatchInvalidationsRequest\x12\x1a\n" +
 	"\bprefixes\x18\x01 \x03(\tR\bprefixes\"\x96\x01\n" +
 	"\x1aWatchInvalidationsResponse\x12\x18\n" +
@@ -8444,7 +9116,7 @@ const file_cachet_cache_v1_cache_proto_rawDesc = "" +
 	"\x18COMPARE_OPERATOR_GREATER\x10\x03\x12\x19\n" +
 	"\x15COMPARE_OPERATOR_LESS\x10\x04\x12%\n" +
 	"!COMPARE_OPERATOR_GREATER_OR_EQUAL\x10\x05\x12\"\n" +
-	"\x1eCOMPARE_OPERATOR_LESS_OR_EQUAL\x10\x062\xef#\n" +
+	"\x1eCOMPARE_OPERATOR_LESS_OR_EQUAL\x10\x062\x89%\n" +
 	"\fCacheService\x12@\n" +
 	"\x03Get\x12\x1b.cachet.cache.v1.GetRequest\x1a\x1c.cachet.cache.v1.GetResponse\x12L\n" +
 	"\aGetMany\x12\x1f.cachet.cache.v1.GetManyRequest\x1a .cachet.cache.v1.GetManyResponse\x12@\n" +
@@ -8506,7 +9178,9 @@ const file_cachet_cache_v1_cache_proto_rawDesc = "" +
 	"\n" +
 	"GetOrLease\x12\".cachet.cache.v1.GetOrLeaseRequest\x1a#.cachet.cache.v1.GetOrLeaseResponse\x12C\n" +
 	"\x04Fill\x12\x1c.cachet.cache.v1.FillRequest\x1a\x1d.cachet.cache.v1.FillResponse\x12@\n" +
-	"\x03Txn\x12\x1b.cachet.cache.v1.TxnRequest\x1a\x1c.cachet.cache.v1.TxnResponse\x12o\n" +
+	"\x03Txn\x12\x1b.cachet.cache.v1.TxnRequest\x1a\x1c.cachet.cache.v1.TxnResponse\x12F\n" +
+	"\x05Batch\x12\x1d.cachet.cache.v1.BatchRequest\x1a\x1e.cachet.cache.v1.BatchResponse\x12P\n" +
+	"\aSession\x12\x1f.cachet.cache.v1.SessionRequest\x1a .cachet.cache.v1.SessionResponse(\x010\x01\x12o\n" +
 	"\x12WatchInvalidations\x12*.cachet.cache.v1.WatchInvalidationsRequest\x1a+.cachet.cache.v1.WatchInvalidationsResponse0\x01BEZCgithub.com/cachet-dev/cachet/clients/go/gen/cachet/cache/v1;cachev1b\x06proto3"
 
 var (
@@ -8522,7 +9196,7 @@ func file_cachet_cache_v1_cache_proto_rawDescGZIP() []byte {
 }
 
 var file_cachet_cache_v1_cache_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_cachet_cache_v1_cache_proto_msgTypes = make([]protoimpl.MessageInfo, 124)
+var file_cachet_cache_v1_cache_proto_msgTypes = make([]protoimpl.MessageInfo, 132)
 var file_cachet_cache_v1_cache_proto_goTypes = []any{
 	(SetCondition)(0),                    // 0: cachet.cache.v1.SetCondition
 	(BitUnit)(0),                         // 1: cachet.cache.v1.BitUnit
@@ -8653,28 +9327,36 @@ var file_cachet_cache_v1_cache_proto_goTypes = []any{
 	(*TxnRequest)(nil),                   // 126: cachet.cache.v1.TxnRequest
 	(*TxnOpResult)(nil),                  // 127: cachet.cache.v1.TxnOpResult
 	(*TxnResponse)(nil),                  // 128: cachet.cache.v1.TxnResponse
-	(*WatchInvalidationsRequest)(nil),    // 129: cachet.cache.v1.WatchInvalidationsRequest
-	(*WatchInvalidationsResponse)(nil),   // 130: cachet.cache.v1.WatchInvalidationsResponse
-	(*InvalidatedKeys)(nil),              // 131: cachet.cache.v1.InvalidatedKeys
-	(*durationpb.Duration)(nil),          // 132: google.protobuf.Duration
+	(*BatchOperation)(nil),               // 129: cachet.cache.v1.BatchOperation
+	(*OperationStatus)(nil),              // 130: cachet.cache.v1.OperationStatus
+	(*BatchResult)(nil),                  // 131: cachet.cache.v1.BatchResult
+	(*BatchRequest)(nil),                 // 132: cachet.cache.v1.BatchRequest
+	(*BatchResponse)(nil),                // 133: cachet.cache.v1.BatchResponse
+	(*SessionRequest)(nil),               // 134: cachet.cache.v1.SessionRequest
+	(*SessionResponse)(nil),              // 135: cachet.cache.v1.SessionResponse
+	(*WatchInvalidationsRequest)(nil),    // 136: cachet.cache.v1.WatchInvalidationsRequest
+	(*WatchInvalidationsResponse)(nil),   // 137: cachet.cache.v1.WatchInvalidationsResponse
+	(*InvalidatedKeys)(nil),              // 138: cachet.cache.v1.InvalidatedKeys
+	nil,                                  // 139: cachet.cache.v1.OperationStatus.MetadataEntry
+	(*durationpb.Duration)(nil),          // 140: google.protobuf.Duration
 }
 var file_cachet_cache_v1_cache_proto_depIdxs = []int32{
-	132, // 0: cachet.cache.v1.Entry.ttl:type_name -> google.protobuf.Duration
-	132, // 1: cachet.cache.v1.GetResponse.ttl:type_name -> google.protobuf.Duration
+	140, // 0: cachet.cache.v1.Entry.ttl:type_name -> google.protobuf.Duration
+	140, // 1: cachet.cache.v1.GetResponse.ttl:type_name -> google.protobuf.Duration
 	8,   // 2: cachet.cache.v1.GetManyResponse.entries:type_name -> cachet.cache.v1.Entry
-	132, // 3: cachet.cache.v1.SetRequest.ttl:type_name -> google.protobuf.Duration
+	140, // 3: cachet.cache.v1.SetRequest.ttl:type_name -> google.protobuf.Duration
 	0,   // 4: cachet.cache.v1.SetRequest.condition:type_name -> cachet.cache.v1.SetCondition
-	132, // 5: cachet.cache.v1.SetRequest.recompute_time:type_name -> google.protobuf.Duration
-	132, // 6: cachet.cache.v1.SetManyEntry.ttl:type_name -> google.protobuf.Duration
+	140, // 5: cachet.cache.v1.SetRequest.recompute_time:type_name -> google.protobuf.Duration
+	140, // 6: cachet.cache.v1.SetManyEntry.ttl:type_name -> google.protobuf.Duration
 	15,  // 7: cachet.cache.v1.SetManyRequest.entries:type_name -> cachet.cache.v1.SetManyEntry
-	132, // 8: cachet.cache.v1.SetManyRequest.ttl:type_name -> google.protobuf.Duration
-	132, // 9: cachet.cache.v1.ExpireRequest.ttl:type_name -> google.protobuf.Duration
-	132, // 10: cachet.cache.v1.GetTtlResponse.ttl:type_name -> google.protobuf.Duration
-	132, // 11: cachet.cache.v1.IncrementRequest.ttl:type_name -> google.protobuf.Duration
-	132, // 12: cachet.cache.v1.SetBitRequest.ttl:type_name -> google.protobuf.Duration
+	140, // 8: cachet.cache.v1.SetManyRequest.ttl:type_name -> google.protobuf.Duration
+	140, // 9: cachet.cache.v1.ExpireRequest.ttl:type_name -> google.protobuf.Duration
+	140, // 10: cachet.cache.v1.GetTtlResponse.ttl:type_name -> google.protobuf.Duration
+	140, // 11: cachet.cache.v1.IncrementRequest.ttl:type_name -> google.protobuf.Duration
+	140, // 12: cachet.cache.v1.SetBitRequest.ttl:type_name -> google.protobuf.Duration
 	34,  // 13: cachet.cache.v1.BitCountRequest.range:type_name -> cachet.cache.v1.IndexRange
 	1,   // 14: cachet.cache.v1.BitCountRequest.unit:type_name -> cachet.cache.v1.BitUnit
-	132, // 15: cachet.cache.v1.CollectionTtl.ttl:type_name -> google.protobuf.Duration
+	140, // 15: cachet.cache.v1.CollectionTtl.ttl:type_name -> google.protobuf.Duration
 	38,  // 16: cachet.cache.v1.HashSetRequest.fields:type_name -> cachet.cache.v1.HashField
 	37,  // 17: cachet.cache.v1.HashSetRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
 	42,  // 18: cachet.cache.v1.HashGetResponse.fields:type_name -> cachet.cache.v1.HashFieldValue
@@ -8684,17 +9366,17 @@ var file_cachet_cache_v1_cache_proto_depIdxs = []int32{
 	2,   // 22: cachet.cache.v1.ListPushRequest.end:type_name -> cachet.cache.v1.ListEnd
 	37,  // 23: cachet.cache.v1.ListPushRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
 	2,   // 24: cachet.cache.v1.ListPopRequest.end:type_name -> cachet.cache.v1.ListEnd
-	132, // 25: cachet.cache.v1.ListPopRequest.wait:type_name -> google.protobuf.Duration
+	140, // 25: cachet.cache.v1.ListPopRequest.wait:type_name -> google.protobuf.Duration
 	34,  // 26: cachet.cache.v1.ListRangeRequest.range:type_name -> cachet.cache.v1.IndexRange
 	34,  // 27: cachet.cache.v1.ListTrimRequest.range:type_name -> cachet.cache.v1.IndexRange
 	2,   // 28: cachet.cache.v1.ListMoveRequest.from:type_name -> cachet.cache.v1.ListEnd
 	2,   // 29: cachet.cache.v1.ListMoveRequest.to:type_name -> cachet.cache.v1.ListEnd
-	132, // 30: cachet.cache.v1.ListMoveRequest.wait:type_name -> google.protobuf.Duration
+	140, // 30: cachet.cache.v1.ListMoveRequest.wait:type_name -> google.protobuf.Duration
 	37,  // 31: cachet.cache.v1.ListMoveRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
 	37,  // 32: cachet.cache.v1.SetAddRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
 	37,  // 33: cachet.cache.v1.SetMoveRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
 	3,   // 34: cachet.cache.v1.SetCombineRequest.operation:type_name -> cachet.cache.v1.SetOperation
-	132, // 35: cachet.cache.v1.SetCombineRequest.destination_ttl:type_name -> google.protobuf.Duration
+	140, // 35: cachet.cache.v1.SetCombineRequest.destination_ttl:type_name -> google.protobuf.Duration
 	90,  // 36: cachet.cache.v1.SortedSetAddRequest.members:type_name -> cachet.cache.v1.ScoredMember
 	4,   // 37: cachet.cache.v1.SortedSetAddRequest.condition:type_name -> cachet.cache.v1.SortedSetAddCondition
 	37,  // 38: cachet.cache.v1.SortedSetAddRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
@@ -8710,137 +9392,161 @@ var file_cachet_cache_v1_cache_proto_depIdxs = []int32{
 	104, // 48: cachet.cache.v1.SortedSetScoreResponse.scores:type_name -> cachet.cache.v1.MemberScore
 	34,  // 49: cachet.cache.v1.SortedSetRemoveRangeRequest.by_rank:type_name -> cachet.cache.v1.IndexRange
 	98,  // 50: cachet.cache.v1.SortedSetRemoveRangeRequest.by_score:type_name -> cachet.cache.v1.ScoreRange
-	132, // 51: cachet.cache.v1.GetOrLeaseRequest.lease_ttl:type_name -> google.protobuf.Duration
-	132, // 52: cachet.cache.v1.GetOrLeaseRequest.wait:type_name -> google.protobuf.Duration
+	140, // 51: cachet.cache.v1.GetOrLeaseRequest.lease_ttl:type_name -> google.protobuf.Duration
+	140, // 52: cachet.cache.v1.GetOrLeaseRequest.wait:type_name -> google.protobuf.Duration
 	6,   // 53: cachet.cache.v1.GetOrLeaseResponse.outcome:type_name -> cachet.cache.v1.LeaseOutcome
-	132, // 54: cachet.cache.v1.GetOrLeaseResponse.lease_ttl:type_name -> google.protobuf.Duration
-	132, // 55: cachet.cache.v1.GetOrLeaseResponse.retry_after:type_name -> google.protobuf.Duration
-	132, // 56: cachet.cache.v1.FillRequest.ttl:type_name -> google.protobuf.Duration
-	132, // 57: cachet.cache.v1.FillRequest.stale_ttl:type_name -> google.protobuf.Duration
-	132, // 58: cachet.cache.v1.FillRequest.recompute_time:type_name -> google.protobuf.Duration
+	140, // 54: cachet.cache.v1.GetOrLeaseResponse.lease_ttl:type_name -> google.protobuf.Duration
+	140, // 55: cachet.cache.v1.GetOrLeaseResponse.retry_after:type_name -> google.protobuf.Duration
+	140, // 56: cachet.cache.v1.FillRequest.ttl:type_name -> google.protobuf.Duration
+	140, // 57: cachet.cache.v1.FillRequest.stale_ttl:type_name -> google.protobuf.Duration
+	140, // 58: cachet.cache.v1.FillRequest.recompute_time:type_name -> google.protobuf.Duration
 	7,   // 59: cachet.cache.v1.Compare.operator:type_name -> cachet.cache.v1.CompareOperator
 	122, // 60: cachet.cache.v1.TxnOp.set:type_name -> cachet.cache.v1.TxnSet
 	123, // 61: cachet.cache.v1.TxnOp.delete:type_name -> cachet.cache.v1.TxnDelete
 	124, // 62: cachet.cache.v1.TxnOp.increment:type_name -> cachet.cache.v1.TxnIncrement
 	125, // 63: cachet.cache.v1.TxnOp.get:type_name -> cachet.cache.v1.TxnGet
-	132, // 64: cachet.cache.v1.TxnSet.ttl:type_name -> google.protobuf.Duration
-	132, // 65: cachet.cache.v1.TxnIncrement.ttl:type_name -> google.protobuf.Duration
+	140, // 64: cachet.cache.v1.TxnSet.ttl:type_name -> google.protobuf.Duration
+	140, // 65: cachet.cache.v1.TxnIncrement.ttl:type_name -> google.protobuf.Duration
 	120, // 66: cachet.cache.v1.TxnRequest.compare:type_name -> cachet.cache.v1.Compare
 	121, // 67: cachet.cache.v1.TxnRequest.success:type_name -> cachet.cache.v1.TxnOp
 	121, // 68: cachet.cache.v1.TxnRequest.failure:type_name -> cachet.cache.v1.TxnOp
 	127, // 69: cachet.cache.v1.TxnResponse.results:type_name -> cachet.cache.v1.TxnOpResult
-	131, // 70: cachet.cache.v1.WatchInvalidationsResponse.keys:type_name -> cachet.cache.v1.InvalidatedKeys
-	9,   // 71: cachet.cache.v1.CacheService.Get:input_type -> cachet.cache.v1.GetRequest
-	11,  // 72: cachet.cache.v1.CacheService.GetMany:input_type -> cachet.cache.v1.GetManyRequest
-	13,  // 73: cachet.cache.v1.CacheService.Set:input_type -> cachet.cache.v1.SetRequest
-	16,  // 74: cachet.cache.v1.CacheService.SetMany:input_type -> cachet.cache.v1.SetManyRequest
-	18,  // 75: cachet.cache.v1.CacheService.Delete:input_type -> cachet.cache.v1.DeleteRequest
-	20,  // 76: cachet.cache.v1.CacheService.Exists:input_type -> cachet.cache.v1.ExistsRequest
-	22,  // 77: cachet.cache.v1.CacheService.Expire:input_type -> cachet.cache.v1.ExpireRequest
-	24,  // 78: cachet.cache.v1.CacheService.Persist:input_type -> cachet.cache.v1.PersistRequest
-	26,  // 79: cachet.cache.v1.CacheService.GetTtl:input_type -> cachet.cache.v1.GetTtlRequest
-	28,  // 80: cachet.cache.v1.CacheService.Increment:input_type -> cachet.cache.v1.IncrementRequest
-	30,  // 81: cachet.cache.v1.CacheService.SetBit:input_type -> cachet.cache.v1.SetBitRequest
-	32,  // 82: cachet.cache.v1.CacheService.GetBit:input_type -> cachet.cache.v1.GetBitRequest
-	35,  // 83: cachet.cache.v1.CacheService.BitCount:input_type -> cachet.cache.v1.BitCountRequest
-	39,  // 84: cachet.cache.v1.CacheService.HashSet:input_type -> cachet.cache.v1.HashSetRequest
-	41,  // 85: cachet.cache.v1.CacheService.HashGet:input_type -> cachet.cache.v1.HashGetRequest
-	44,  // 86: cachet.cache.v1.CacheService.HashGetAll:input_type -> cachet.cache.v1.HashGetAllRequest
-	46,  // 87: cachet.cache.v1.CacheService.HashDelete:input_type -> cachet.cache.v1.HashDeleteRequest
-	48,  // 88: cachet.cache.v1.CacheService.HashIncrement:input_type -> cachet.cache.v1.HashIncrementRequest
-	50,  // 89: cachet.cache.v1.CacheService.HashKeys:input_type -> cachet.cache.v1.HashKeysRequest
-	52,  // 90: cachet.cache.v1.CacheService.HashValues:input_type -> cachet.cache.v1.HashValuesRequest
-	54,  // 91: cachet.cache.v1.CacheService.HashLength:input_type -> cachet.cache.v1.HashLengthRequest
-	56,  // 92: cachet.cache.v1.CacheService.HashScan:input_type -> cachet.cache.v1.HashScanRequest
-	58,  // 93: cachet.cache.v1.CacheService.ListPush:input_type -> cachet.cache.v1.ListPushRequest
-	60,  // 94: cachet.cache.v1.CacheService.ListPop:input_type -> cachet.cache.v1.ListPopRequest
-	62,  // 95: cachet.cache.v1.CacheService.ListRange:input_type -> cachet.cache.v1.ListRangeRequest
-	64,  // 96: cachet.cache.v1.CacheService.ListTrim:input_type -> cachet.cache.v1.ListTrimRequest
-	66,  // 97: cachet.cache.v1.CacheService.ListLength:input_type -> cachet.cache.v1.ListLengthRequest
-	68,  // 98: cachet.cache.v1.CacheService.ListRemove:input_type -> cachet.cache.v1.ListRemoveRequest
-	70,  // 99: cachet.cache.v1.CacheService.ListMove:input_type -> cachet.cache.v1.ListMoveRequest
-	72,  // 100: cachet.cache.v1.CacheService.SetAdd:input_type -> cachet.cache.v1.SetAddRequest
-	74,  // 101: cachet.cache.v1.CacheService.SetRemove:input_type -> cachet.cache.v1.SetRemoveRequest
-	76,  // 102: cachet.cache.v1.CacheService.SetMembers:input_type -> cachet.cache.v1.SetMembersRequest
-	78,  // 103: cachet.cache.v1.CacheService.SetIsMember:input_type -> cachet.cache.v1.SetIsMemberRequest
-	80,  // 104: cachet.cache.v1.CacheService.SetCardinality:input_type -> cachet.cache.v1.SetCardinalityRequest
-	82,  // 105: cachet.cache.v1.CacheService.SetRandomMembers:input_type -> cachet.cache.v1.SetRandomMembersRequest
-	84,  // 106: cachet.cache.v1.CacheService.SetPop:input_type -> cachet.cache.v1.SetPopRequest
-	86,  // 107: cachet.cache.v1.CacheService.SetMove:input_type -> cachet.cache.v1.SetMoveRequest
-	88,  // 108: cachet.cache.v1.CacheService.SetCombine:input_type -> cachet.cache.v1.SetCombineRequest
-	91,  // 109: cachet.cache.v1.CacheService.SortedSetAdd:input_type -> cachet.cache.v1.SortedSetAddRequest
-	93,  // 110: cachet.cache.v1.CacheService.SortedSetIncrement:input_type -> cachet.cache.v1.SortedSetIncrementRequest
-	95,  // 111: cachet.cache.v1.CacheService.SortedSetRank:input_type -> cachet.cache.v1.SortedSetRankRequest
-	99,  // 112: cachet.cache.v1.CacheService.SortedSetRange:input_type -> cachet.cache.v1.SortedSetRangeRequest
-	101, // 113: cachet.cache.v1.CacheService.SortedSetCount:input_type -> cachet.cache.v1.SortedSetCountRequest
-	103, // 114: cachet.cache.v1.CacheService.SortedSetScore:input_type -> cachet.cache.v1.SortedSetScoreRequest
-	106, // 115: cachet.cache.v1.CacheService.SortedSetRemove:input_type -> cachet.cache.v1.SortedSetRemoveRequest
-	108, // 116: cachet.cache.v1.CacheService.SortedSetRemoveRange:input_type -> cachet.cache.v1.SortedSetRemoveRangeRequest
-	110, // 117: cachet.cache.v1.CacheService.SortedSetCardinality:input_type -> cachet.cache.v1.SortedSetCardinalityRequest
-	112, // 118: cachet.cache.v1.CacheService.InvalidateTags:input_type -> cachet.cache.v1.InvalidateTagsRequest
-	114, // 119: cachet.cache.v1.CacheService.InvalidatePattern:input_type -> cachet.cache.v1.InvalidatePatternRequest
-	116, // 120: cachet.cache.v1.CacheService.GetOrLease:input_type -> cachet.cache.v1.GetOrLeaseRequest
-	118, // 121: cachet.cache.v1.CacheService.Fill:input_type -> cachet.cache.v1.FillRequest
-	126, // 122: cachet.cache.v1.CacheService.Txn:input_type -> cachet.cache.v1.TxnRequest
-	129, // 123: cachet.cache.v1.CacheService.WatchInvalidations:input_type -> cachet.cache.v1.WatchInvalidationsRequest
-	10,  // 124: cachet.cache.v1.CacheService.Get:output_type -> cachet.cache.v1.GetResponse
-	12,  // 125: cachet.cache.v1.CacheService.GetMany:output_type -> cachet.cache.v1.GetManyResponse
-	14,  // 126: cachet.cache.v1.CacheService.Set:output_type -> cachet.cache.v1.SetResponse
-	17,  // 127: cachet.cache.v1.CacheService.SetMany:output_type -> cachet.cache.v1.SetManyResponse
-	19,  // 128: cachet.cache.v1.CacheService.Delete:output_type -> cachet.cache.v1.DeleteResponse
-	21,  // 129: cachet.cache.v1.CacheService.Exists:output_type -> cachet.cache.v1.ExistsResponse
-	23,  // 130: cachet.cache.v1.CacheService.Expire:output_type -> cachet.cache.v1.ExpireResponse
-	25,  // 131: cachet.cache.v1.CacheService.Persist:output_type -> cachet.cache.v1.PersistResponse
-	27,  // 132: cachet.cache.v1.CacheService.GetTtl:output_type -> cachet.cache.v1.GetTtlResponse
-	29,  // 133: cachet.cache.v1.CacheService.Increment:output_type -> cachet.cache.v1.IncrementResponse
-	31,  // 134: cachet.cache.v1.CacheService.SetBit:output_type -> cachet.cache.v1.SetBitResponse
-	33,  // 135: cachet.cache.v1.CacheService.GetBit:output_type -> cachet.cache.v1.GetBitResponse
-	36,  // 136: cachet.cache.v1.CacheService.BitCount:output_type -> cachet.cache.v1.BitCountResponse
-	40,  // 137: cachet.cache.v1.CacheService.HashSet:output_type -> cachet.cache.v1.HashSetResponse
-	43,  // 138: cachet.cache.v1.CacheService.HashGet:output_type -> cachet.cache.v1.HashGetResponse
-	45,  // 139: cachet.cache.v1.CacheService.HashGetAll:output_type -> cachet.cache.v1.HashGetAllResponse
-	47,  // 140: cachet.cache.v1.CacheService.HashDelete:output_type -> cachet.cache.v1.HashDeleteResponse
-	49,  // 141: cachet.cache.v1.CacheService.HashIncrement:output_type -> cachet.cache.v1.HashIncrementResponse
-	51,  // 142: cachet.cache.v1.CacheService.HashKeys:output_type -> cachet.cache.v1.HashKeysResponse
-	53,  // 143: cachet.cache.v1.CacheService.HashValues:output_type -> cachet.cache.v1.HashValuesResponse
-	55,  // 144: cachet.cache.v1.CacheService.HashLength:output_type -> cachet.cache.v1.HashLengthResponse
-	57,  // 145: cachet.cache.v1.CacheService.HashScan:output_type -> cachet.cache.v1.HashScanResponse
-	59,  // 146: cachet.cache.v1.CacheService.ListPush:output_type -> cachet.cache.v1.ListPushResponse
-	61,  // 147: cachet.cache.v1.CacheService.ListPop:output_type -> cachet.cache.v1.ListPopResponse
-	63,  // 148: cachet.cache.v1.CacheService.ListRange:output_type -> cachet.cache.v1.ListRangeResponse
-	65,  // 149: cachet.cache.v1.CacheService.ListTrim:output_type -> cachet.cache.v1.ListTrimResponse
-	67,  // 150: cachet.cache.v1.CacheService.ListLength:output_type -> cachet.cache.v1.ListLengthResponse
-	69,  // 151: cachet.cache.v1.CacheService.ListRemove:output_type -> cachet.cache.v1.ListRemoveResponse
-	71,  // 152: cachet.cache.v1.CacheService.ListMove:output_type -> cachet.cache.v1.ListMoveResponse
-	73,  // 153: cachet.cache.v1.CacheService.SetAdd:output_type -> cachet.cache.v1.SetAddResponse
-	75,  // 154: cachet.cache.v1.CacheService.SetRemove:output_type -> cachet.cache.v1.SetRemoveResponse
-	77,  // 155: cachet.cache.v1.CacheService.SetMembers:output_type -> cachet.cache.v1.SetMembersResponse
-	79,  // 156: cachet.cache.v1.CacheService.SetIsMember:output_type -> cachet.cache.v1.SetIsMemberResponse
-	81,  // 157: cachet.cache.v1.CacheService.SetCardinality:output_type -> cachet.cache.v1.SetCardinalityResponse
-	83,  // 158: cachet.cache.v1.CacheService.SetRandomMembers:output_type -> cachet.cache.v1.SetRandomMembersResponse
-	85,  // 159: cachet.cache.v1.CacheService.SetPop:output_type -> cachet.cache.v1.SetPopResponse
-	87,  // 160: cachet.cache.v1.CacheService.SetMove:output_type -> cachet.cache.v1.SetMoveResponse
-	89,  // 161: cachet.cache.v1.CacheService.SetCombine:output_type -> cachet.cache.v1.SetCombineResponse
-	92,  // 162: cachet.cache.v1.CacheService.SortedSetAdd:output_type -> cachet.cache.v1.SortedSetAddResponse
-	94,  // 163: cachet.cache.v1.CacheService.SortedSetIncrement:output_type -> cachet.cache.v1.SortedSetIncrementResponse
-	96,  // 164: cachet.cache.v1.CacheService.SortedSetRank:output_type -> cachet.cache.v1.SortedSetRankResponse
-	100, // 165: cachet.cache.v1.CacheService.SortedSetRange:output_type -> cachet.cache.v1.SortedSetRangeResponse
-	102, // 166: cachet.cache.v1.CacheService.SortedSetCount:output_type -> cachet.cache.v1.SortedSetCountResponse
-	105, // 167: cachet.cache.v1.CacheService.SortedSetScore:output_type -> cachet.cache.v1.SortedSetScoreResponse
-	107, // 168: cachet.cache.v1.CacheService.SortedSetRemove:output_type -> cachet.cache.v1.SortedSetRemoveResponse
-	109, // 169: cachet.cache.v1.CacheService.SortedSetRemoveRange:output_type -> cachet.cache.v1.SortedSetRemoveRangeResponse
-	111, // 170: cachet.cache.v1.CacheService.SortedSetCardinality:output_type -> cachet.cache.v1.SortedSetCardinalityResponse
-	113, // 171: cachet.cache.v1.CacheService.InvalidateTags:output_type -> cachet.cache.v1.InvalidateTagsResponse
-	115, // 172: cachet.cache.v1.CacheService.InvalidatePattern:output_type -> cachet.cache.v1.InvalidatePatternResponse
-	117, // 173: cachet.cache.v1.CacheService.GetOrLease:output_type -> cachet.cache.v1.GetOrLeaseResponse
-	119, // 174: cachet.cache.v1.CacheService.Fill:output_type -> cachet.cache.v1.FillResponse
-	128, // 175: cachet.cache.v1.CacheService.Txn:output_type -> cachet.cache.v1.TxnResponse
-	130, // 176: cachet.cache.v1.CacheService.WatchInvalidations:output_type -> cachet.cache.v1.WatchInvalidationsResponse
-	124, // [124:177] is the sub-list for method output_type
-	71,  // [71:124] is the sub-list for method input_type
-	71,  // [71:71] is the sub-list for extension type_name
-	71,  // [71:71] is the sub-list for extension extendee
-	0,   // [0:71] is the sub-list for field type_name
+	9,   // 70: cachet.cache.v1.BatchOperation.get:type_name -> cachet.cache.v1.GetRequest
+	13,  // 71: cachet.cache.v1.BatchOperation.set:type_name -> cachet.cache.v1.SetRequest
+	18,  // 72: cachet.cache.v1.BatchOperation.delete:type_name -> cachet.cache.v1.DeleteRequest
+	28,  // 73: cachet.cache.v1.BatchOperation.increment:type_name -> cachet.cache.v1.IncrementRequest
+	22,  // 74: cachet.cache.v1.BatchOperation.expire:type_name -> cachet.cache.v1.ExpireRequest
+	41,  // 75: cachet.cache.v1.BatchOperation.hash_get:type_name -> cachet.cache.v1.HashGetRequest
+	39,  // 76: cachet.cache.v1.BatchOperation.hash_set:type_name -> cachet.cache.v1.HashSetRequest
+	139, // 77: cachet.cache.v1.OperationStatus.metadata:type_name -> cachet.cache.v1.OperationStatus.MetadataEntry
+	130, // 78: cachet.cache.v1.BatchResult.status:type_name -> cachet.cache.v1.OperationStatus
+	10,  // 79: cachet.cache.v1.BatchResult.get:type_name -> cachet.cache.v1.GetResponse
+	14,  // 80: cachet.cache.v1.BatchResult.set:type_name -> cachet.cache.v1.SetResponse
+	19,  // 81: cachet.cache.v1.BatchResult.delete:type_name -> cachet.cache.v1.DeleteResponse
+	29,  // 82: cachet.cache.v1.BatchResult.increment:type_name -> cachet.cache.v1.IncrementResponse
+	23,  // 83: cachet.cache.v1.BatchResult.expire:type_name -> cachet.cache.v1.ExpireResponse
+	43,  // 84: cachet.cache.v1.BatchResult.hash_get:type_name -> cachet.cache.v1.HashGetResponse
+	40,  // 85: cachet.cache.v1.BatchResult.hash_set:type_name -> cachet.cache.v1.HashSetResponse
+	129, // 86: cachet.cache.v1.BatchRequest.operations:type_name -> cachet.cache.v1.BatchOperation
+	131, // 87: cachet.cache.v1.BatchResponse.results:type_name -> cachet.cache.v1.BatchResult
+	129, // 88: cachet.cache.v1.SessionRequest.operation:type_name -> cachet.cache.v1.BatchOperation
+	131, // 89: cachet.cache.v1.SessionResponse.result:type_name -> cachet.cache.v1.BatchResult
+	138, // 90: cachet.cache.v1.WatchInvalidationsResponse.keys:type_name -> cachet.cache.v1.InvalidatedKeys
+	9,   // 91: cachet.cache.v1.CacheService.Get:input_type -> cachet.cache.v1.GetRequest
+	11,  // 92: cachet.cache.v1.CacheService.GetMany:input_type -> cachet.cache.v1.GetManyRequest
+	13,  // 93: cachet.cache.v1.CacheService.Set:input_type -> cachet.cache.v1.SetRequest
+	16,  // 94: cachet.cache.v1.CacheService.SetMany:input_type -> cachet.cache.v1.SetManyRequest
+	18,  // 95: cachet.cache.v1.CacheService.Delete:input_type -> cachet.cache.v1.DeleteRequest
+	20,  // 96: cachet.cache.v1.CacheService.Exists:input_type -> cachet.cache.v1.ExistsRequest
+	22,  // 97: cachet.cache.v1.CacheService.Expire:input_type -> cachet.cache.v1.ExpireRequest
+	24,  // 98: cachet.cache.v1.CacheService.Persist:input_type -> cachet.cache.v1.PersistRequest
+	26,  // 99: cachet.cache.v1.CacheService.GetTtl:input_type -> cachet.cache.v1.GetTtlRequest
+	28,  // 100: cachet.cache.v1.CacheService.Increment:input_type -> cachet.cache.v1.IncrementRequest
+	30,  // 101: cachet.cache.v1.CacheService.SetBit:input_type -> cachet.cache.v1.SetBitRequest
+	32,  // 102: cachet.cache.v1.CacheService.GetBit:input_type -> cachet.cache.v1.GetBitRequest
+	35,  // 103: cachet.cache.v1.CacheService.BitCount:input_type -> cachet.cache.v1.BitCountRequest
+	39,  // 104: cachet.cache.v1.CacheService.HashSet:input_type -> cachet.cache.v1.HashSetRequest
+	41,  // 105: cachet.cache.v1.CacheService.HashGet:input_type -> cachet.cache.v1.HashGetRequest
+	44,  // 106: cachet.cache.v1.CacheService.HashGetAll:input_type -> cachet.cache.v1.HashGetAllRequest
+	46,  // 107: cachet.cache.v1.CacheService.HashDelete:input_type -> cachet.cache.v1.HashDeleteRequest
+	48,  // 108: cachet.cache.v1.CacheService.HashIncrement:input_type -> cachet.cache.v1.HashIncrementRequest
+	50,  // 109: cachet.cache.v1.CacheService.HashKeys:input_type -> cachet.cache.v1.HashKeysRequest
+	52,  // 110: cachet.cache.v1.CacheService.HashValues:input_type -> cachet.cache.v1.HashValuesRequest
+	54,  // 111: cachet.cache.v1.CacheService.HashLength:input_type -> cachet.cache.v1.HashLengthRequest
+	56,  // 112: cachet.cache.v1.CacheService.HashScan:input_type -> cachet.cache.v1.HashScanRequest
+	58,  // 113: cachet.cache.v1.CacheService.ListPush:input_type -> cachet.cache.v1.ListPushRequest
+	60,  // 114: cachet.cache.v1.CacheService.ListPop:input_type -> cachet.cache.v1.ListPopRequest
+	62,  // 115: cachet.cache.v1.CacheService.ListRange:input_type -> cachet.cache.v1.ListRangeRequest
+	64,  // 116: cachet.cache.v1.CacheService.ListTrim:input_type -> cachet.cache.v1.ListTrimRequest
+	66,  // 117: cachet.cache.v1.CacheService.ListLength:input_type -> cachet.cache.v1.ListLengthRequest
+	68,  // 118: cachet.cache.v1.CacheService.ListRemove:input_type -> cachet.cache.v1.ListRemoveRequest
+	70,  // 119: cachet.cache.v1.CacheService.ListMove:input_type -> cachet.cache.v1.ListMoveRequest
+	72,  // 120: cachet.cache.v1.CacheService.SetAdd:input_type -> cachet.cache.v1.SetAddRequest
+	74,  // 121: cachet.cache.v1.CacheService.SetRemove:input_type -> cachet.cache.v1.SetRemoveRequest
+	76,  // 122: cachet.cache.v1.CacheService.SetMembers:input_type -> cachet.cache.v1.SetMembersRequest
+	78,  // 123: cachet.cache.v1.CacheService.SetIsMember:input_type -> cachet.cache.v1.SetIsMemberRequest
+	80,  // 124: cachet.cache.v1.CacheService.SetCardinality:input_type -> cachet.cache.v1.SetCardinalityRequest
+	82,  // 125: cachet.cache.v1.CacheService.SetRandomMembers:input_type -> cachet.cache.v1.SetRandomMembersRequest
+	84,  // 126: cachet.cache.v1.CacheService.SetPop:input_type -> cachet.cache.v1.SetPopRequest
+	86,  // 127: cachet.cache.v1.CacheService.SetMove:input_type -> cachet.cache.v1.SetMoveRequest
+	88,  // 128: cachet.cache.v1.CacheService.SetCombine:input_type -> cachet.cache.v1.SetCombineRequest
+	91,  // 129: cachet.cache.v1.CacheService.SortedSetAdd:input_type -> cachet.cache.v1.SortedSetAddRequest
+	93,  // 130: cachet.cache.v1.CacheService.SortedSetIncrement:input_type -> cachet.cache.v1.SortedSetIncrementRequest
+	95,  // 131: cachet.cache.v1.CacheService.SortedSetRank:input_type -> cachet.cache.v1.SortedSetRankRequest
+	99,  // 132: cachet.cache.v1.CacheService.SortedSetRange:input_type -> cachet.cache.v1.SortedSetRangeRequest
+	101, // 133: cachet.cache.v1.CacheService.SortedSetCount:input_type -> cachet.cache.v1.SortedSetCountRequest
+	103, // 134: cachet.cache.v1.CacheService.SortedSetScore:input_type -> cachet.cache.v1.SortedSetScoreRequest
+	106, // 135: cachet.cache.v1.CacheService.SortedSetRemove:input_type -> cachet.cache.v1.SortedSetRemoveRequest
+	108, // 136: cachet.cache.v1.CacheService.SortedSetRemoveRange:input_type -> cachet.cache.v1.SortedSetRemoveRangeRequest
+	110, // 137: cachet.cache.v1.CacheService.SortedSetCardinality:input_type -> cachet.cache.v1.SortedSetCardinalityRequest
+	112, // 138: cachet.cache.v1.CacheService.InvalidateTags:input_type -> cachet.cache.v1.InvalidateTagsRequest
+	114, // 139: cachet.cache.v1.CacheService.InvalidatePattern:input_type -> cachet.cache.v1.InvalidatePatternRequest
+	116, // 140: cachet.cache.v1.CacheService.GetOrLease:input_type -> cachet.cache.v1.GetOrLeaseRequest
+	118, // 141: cachet.cache.v1.CacheService.Fill:input_type -> cachet.cache.v1.FillRequest
+	126, // 142: cachet.cache.v1.CacheService.Txn:input_type -> cachet.cache.v1.TxnRequest
+	132, // 143: cachet.cache.v1.CacheService.Batch:input_type -> cachet.cache.v1.BatchRequest
+	134, // 144: cachet.cache.v1.CacheService.Session:input_type -> cachet.cache.v1.SessionRequest
+	136, // 145: cachet.cache.v1.CacheService.WatchInvalidations:input_type -> cachet.cache.v1.WatchInvalidationsRequest
+	10,  // 146: cachet.cache.v1.CacheService.Get:output_type -> cachet.cache.v1.GetResponse
+	12,  // 147: cachet.cache.v1.CacheService.GetMany:output_type -> cachet.cache.v1.GetManyResponse
+	14,  // 148: cachet.cache.v1.CacheService.Set:output_type -> cachet.cache.v1.SetResponse
+	17,  // 149: cachet.cache.v1.CacheService.SetMany:output_type -> cachet.cache.v1.SetManyResponse
+	19,  // 150: cachet.cache.v1.CacheService.Delete:output_type -> cachet.cache.v1.DeleteResponse
+	21,  // 151: cachet.cache.v1.CacheService.Exists:output_type -> cachet.cache.v1.ExistsResponse
+	23,  // 152: cachet.cache.v1.CacheService.Expire:output_type -> cachet.cache.v1.ExpireResponse
+	25,  // 153: cachet.cache.v1.CacheService.Persist:output_type -> cachet.cache.v1.PersistResponse
+	27,  // 154: cachet.cache.v1.CacheService.GetTtl:output_type -> cachet.cache.v1.GetTtlResponse
+	29,  // 155: cachet.cache.v1.CacheService.Increment:output_type -> cachet.cache.v1.IncrementResponse
+	31,  // 156: cachet.cache.v1.CacheService.SetBit:output_type -> cachet.cache.v1.SetBitResponse
+	33,  // 157: cachet.cache.v1.CacheService.GetBit:output_type -> cachet.cache.v1.GetBitResponse
+	36,  // 158: cachet.cache.v1.CacheService.BitCount:output_type -> cachet.cache.v1.BitCountResponse
+	40,  // 159: cachet.cache.v1.CacheService.HashSet:output_type -> cachet.cache.v1.HashSetResponse
+	43,  // 160: cachet.cache.v1.CacheService.HashGet:output_type -> cachet.cache.v1.HashGetResponse
+	45,  // 161: cachet.cache.v1.CacheService.HashGetAll:output_type -> cachet.cache.v1.HashGetAllResponse
+	47,  // 162: cachet.cache.v1.CacheService.HashDelete:output_type -> cachet.cache.v1.HashDeleteResponse
+	49,  // 163: cachet.cache.v1.CacheService.HashIncrement:output_type -> cachet.cache.v1.HashIncrementResponse
+	51,  // 164: cachet.cache.v1.CacheService.HashKeys:output_type -> cachet.cache.v1.HashKeysResponse
+	53,  // 165: cachet.cache.v1.CacheService.HashValues:output_type -> cachet.cache.v1.HashValuesResponse
+	55,  // 166: cachet.cache.v1.CacheService.HashLength:output_type -> cachet.cache.v1.HashLengthResponse
+	57,  // 167: cachet.cache.v1.CacheService.HashScan:output_type -> cachet.cache.v1.HashScanResponse
+	59,  // 168: cachet.cache.v1.CacheService.ListPush:output_type -> cachet.cache.v1.ListPushResponse
+	61,  // 169: cachet.cache.v1.CacheService.ListPop:output_type -> cachet.cache.v1.ListPopResponse
+	63,  // 170: cachet.cache.v1.CacheService.ListRange:output_type -> cachet.cache.v1.ListRangeResponse
+	65,  // 171: cachet.cache.v1.CacheService.ListTrim:output_type -> cachet.cache.v1.ListTrimResponse
+	67,  // 172: cachet.cache.v1.CacheService.ListLength:output_type -> cachet.cache.v1.ListLengthResponse
+	69,  // 173: cachet.cache.v1.CacheService.ListRemove:output_type -> cachet.cache.v1.ListRemoveResponse
+	71,  // 174: cachet.cache.v1.CacheService.ListMove:output_type -> cachet.cache.v1.ListMoveResponse
+	73,  // 175: cachet.cache.v1.CacheService.SetAdd:output_type -> cachet.cache.v1.SetAddResponse
+	75,  // 176: cachet.cache.v1.CacheService.SetRemove:output_type -> cachet.cache.v1.SetRemoveResponse
+	77,  // 177: cachet.cache.v1.CacheService.SetMembers:output_type -> cachet.cache.v1.SetMembersResponse
+	79,  // 178: cachet.cache.v1.CacheService.SetIsMember:output_type -> cachet.cache.v1.SetIsMemberResponse
+	81,  // 179: cachet.cache.v1.CacheService.SetCardinality:output_type -> cachet.cache.v1.SetCardinalityResponse
+	83,  // 180: cachet.cache.v1.CacheService.SetRandomMembers:output_type -> cachet.cache.v1.SetRandomMembersResponse
+	85,  // 181: cachet.cache.v1.CacheService.SetPop:output_type -> cachet.cache.v1.SetPopResponse
+	87,  // 182: cachet.cache.v1.CacheService.SetMove:output_type -> cachet.cache.v1.SetMoveResponse
+	89,  // 183: cachet.cache.v1.CacheService.SetCombine:output_type -> cachet.cache.v1.SetCombineResponse
+	92,  // 184: cachet.cache.v1.CacheService.SortedSetAdd:output_type -> cachet.cache.v1.SortedSetAddResponse
+	94,  // 185: cachet.cache.v1.CacheService.SortedSetIncrement:output_type -> cachet.cache.v1.SortedSetIncrementResponse
+	96,  // 186: cachet.cache.v1.CacheService.SortedSetRank:output_type -> cachet.cache.v1.SortedSetRankResponse
+	100, // 187: cachet.cache.v1.CacheService.SortedSetRange:output_type -> cachet.cache.v1.SortedSetRangeResponse
+	102, // 188: cachet.cache.v1.CacheService.SortedSetCount:output_type -> cachet.cache.v1.SortedSetCountResponse
+	105, // 189: cachet.cache.v1.CacheService.SortedSetScore:output_type -> cachet.cache.v1.SortedSetScoreResponse
+	107, // 190: cachet.cache.v1.CacheService.SortedSetRemove:output_type -> cachet.cache.v1.SortedSetRemoveResponse
+	109, // 191: cachet.cache.v1.CacheService.SortedSetRemoveRange:output_type -> cachet.cache.v1.SortedSetRemoveRangeResponse
+	111, // 192: cachet.cache.v1.CacheService.SortedSetCardinality:output_type -> cachet.cache.v1.SortedSetCardinalityResponse
+	113, // 193: cachet.cache.v1.CacheService.InvalidateTags:output_type -> cachet.cache.v1.InvalidateTagsResponse
+	115, // 194: cachet.cache.v1.CacheService.InvalidatePattern:output_type -> cachet.cache.v1.InvalidatePatternResponse
+	117, // 195: cachet.cache.v1.CacheService.GetOrLease:output_type -> cachet.cache.v1.GetOrLeaseResponse
+	119, // 196: cachet.cache.v1.CacheService.Fill:output_type -> cachet.cache.v1.FillResponse
+	128, // 197: cachet.cache.v1.CacheService.Txn:output_type -> cachet.cache.v1.TxnResponse
+	133, // 198: cachet.cache.v1.CacheService.Batch:output_type -> cachet.cache.v1.BatchResponse
+	135, // 199: cachet.cache.v1.CacheService.Session:output_type -> cachet.cache.v1.SessionResponse
+	137, // 200: cachet.cache.v1.CacheService.WatchInvalidations:output_type -> cachet.cache.v1.WatchInvalidationsResponse
+	146, // [146:201] is the sub-list for method output_type
+	91,  // [91:146] is the sub-list for method input_type
+	91,  // [91:91] is the sub-list for extension type_name
+	91,  // [91:91] is the sub-list for extension extendee
+	0,   // [0:91] is the sub-list for field type_name
 }
 
 func init() { file_cachet_cache_v1_cache_proto_init() }
@@ -8878,7 +9584,25 @@ func file_cachet_cache_v1_cache_proto_init() {
 		(*TxnOp_Increment)(nil),
 		(*TxnOp_Get)(nil),
 	}
-	file_cachet_cache_v1_cache_proto_msgTypes[122].OneofWrappers = []any{
+	file_cachet_cache_v1_cache_proto_msgTypes[121].OneofWrappers = []any{
+		(*BatchOperation_Get)(nil),
+		(*BatchOperation_Set)(nil),
+		(*BatchOperation_Delete)(nil),
+		(*BatchOperation_Increment)(nil),
+		(*BatchOperation_Expire)(nil),
+		(*BatchOperation_HashGet)(nil),
+		(*BatchOperation_HashSet)(nil),
+	}
+	file_cachet_cache_v1_cache_proto_msgTypes[123].OneofWrappers = []any{
+		(*BatchResult_Get)(nil),
+		(*BatchResult_Set)(nil),
+		(*BatchResult_Delete)(nil),
+		(*BatchResult_Increment)(nil),
+		(*BatchResult_Expire)(nil),
+		(*BatchResult_HashGet)(nil),
+		(*BatchResult_HashSet)(nil),
+	}
+	file_cachet_cache_v1_cache_proto_msgTypes[129].OneofWrappers = []any{
 		(*WatchInvalidationsResponse_Synced)(nil),
 		(*WatchInvalidationsResponse_Keys)(nil),
 		(*WatchInvalidationsResponse_FlushAll)(nil),
@@ -8889,7 +9613,7 @@ func file_cachet_cache_v1_cache_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cachet_cache_v1_cache_proto_rawDesc), len(file_cachet_cache_v1_cache_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   124,
+			NumMessages:   132,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -71,6 +71,8 @@ const (
 	CacheService_GetOrLease_FullMethodName           = "/cachet.cache.v1.CacheService/GetOrLease"
 	CacheService_Fill_FullMethodName                 = "/cachet.cache.v1.CacheService/Fill"
 	CacheService_Txn_FullMethodName                  = "/cachet.cache.v1.CacheService/Txn"
+	CacheService_Batch_FullMethodName                = "/cachet.cache.v1.CacheService/Batch"
+	CacheService_Session_FullMethodName              = "/cachet.cache.v1.CacheService/Session"
 	CacheService_WatchInvalidations_FullMethodName   = "/cachet.cache.v1.CacheService/WatchInvalidations"
 )
 
@@ -262,6 +264,37 @@ type CacheServiceClient interface {
 	// tags, recompute time and stale copy; a TxnSet without TTL and a counter a
 	// TxnIncrement creates get the default TTL; an incremented counter keeps its.
 	Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOption) (*TxnResponse, error)
+	// Batch runs up to the configured max_batch (default 1,000) independent operations of
+	// different kinds in one call and answers each with its own status, in request order.
+	// It is a pipeline, not a transaction: the operations go to Redis as one pipeline per
+	// node (so N reads cost about one round trip), each applies atomically on its own, and
+	// one failing does not stop or undo the others; Txn is the atomic one. Every operation
+	// acts in the namespace of the call. Each operation validates as its unary RPC does and
+	// answers what that RPC would (a bad operation gets INVALID_ARGUMENT in its own result
+	// and the others still run). `Set` with tags is refused (INVALID_ARGUMENT): tag indexes
+	// are written around the value, which a pipeline cannot order; use the unary Set.
+	//
+	// Auth: the call needs the `write` role when any operation writes (everything but get
+	// and hash_get), and `read` or `write` otherwise.
+	//
+	// Statuses of the call itself: OK (each result then carries its own status);
+	// INVALID_ARGUMENT for no operations or more than max_batch; UNAVAILABLE when Redis is
+	// unreachable for the whole pipeline.
+	Batch(ctx context.Context, in *BatchRequest, opts ...grpc.CallOption) (*BatchResponse, error)
+	// Session is a bidirectional stream of independent operations: the client sends
+	// requests with ids it chooses and the server answers each as soon as it completes, so
+	// answers may come out of order. A hot client pays the per-call cost once per stream
+	// instead of once per operation. Operations are those of Batch, in the namespace of the
+	// stream's metadata; each is answered with its own status and never ends the stream.
+	// The server runs at most 256 operations of one stream at once and reads no further
+	// requests until one completes.
+	//
+	// Auth: opening the stream needs `read` or `write`; each operation is then checked on
+	// its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
+	// and one the credential may not do is answered PERMISSION_DENIED in its result.
+	//
+	// Statuses of the stream: OK when the client half-closes and every answer is sent.
+	Session(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SessionRequest, SessionResponse], error)
 	// WatchInvalidations streams the keys of the caller's namespace that change
 	// (any write, delete, expiry, eviction, tag or pattern invalidation, flush,
 	// Txn or collection write), so a client can keep a local near-cache that is
@@ -806,9 +839,32 @@ func (c *cacheServiceClient) Txn(ctx context.Context, in *TxnRequest, opts ...gr
 	return out, nil
 }
 
+func (c *cacheServiceClient) Batch(ctx context.Context, in *BatchRequest, opts ...grpc.CallOption) (*BatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchResponse)
+	err := c.cc.Invoke(ctx, CacheService_Batch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cacheServiceClient) Session(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SessionRequest, SessionResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &CacheService_ServiceDesc.Streams[0], CacheService_Session_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SessionRequest, SessionResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CacheService_SessionClient = grpc.BidiStreamingClient[SessionRequest, SessionResponse]
+
 func (c *cacheServiceClient) WatchInvalidations(ctx context.Context, in *WatchInvalidationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchInvalidationsResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &CacheService_ServiceDesc.Streams[0], CacheService_WatchInvalidations_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &CacheService_ServiceDesc.Streams[1], CacheService_WatchInvalidations_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -1013,6 +1069,37 @@ type CacheServiceServer interface {
 	// tags, recompute time and stale copy; a TxnSet without TTL and a counter a
 	// TxnIncrement creates get the default TTL; an incremented counter keeps its.
 	Txn(context.Context, *TxnRequest) (*TxnResponse, error)
+	// Batch runs up to the configured max_batch (default 1,000) independent operations of
+	// different kinds in one call and answers each with its own status, in request order.
+	// It is a pipeline, not a transaction: the operations go to Redis as one pipeline per
+	// node (so N reads cost about one round trip), each applies atomically on its own, and
+	// one failing does not stop or undo the others; Txn is the atomic one. Every operation
+	// acts in the namespace of the call. Each operation validates as its unary RPC does and
+	// answers what that RPC would (a bad operation gets INVALID_ARGUMENT in its own result
+	// and the others still run). `Set` with tags is refused (INVALID_ARGUMENT): tag indexes
+	// are written around the value, which a pipeline cannot order; use the unary Set.
+	//
+	// Auth: the call needs the `write` role when any operation writes (everything but get
+	// and hash_get), and `read` or `write` otherwise.
+	//
+	// Statuses of the call itself: OK (each result then carries its own status);
+	// INVALID_ARGUMENT for no operations or more than max_batch; UNAVAILABLE when Redis is
+	// unreachable for the whole pipeline.
+	Batch(context.Context, *BatchRequest) (*BatchResponse, error)
+	// Session is a bidirectional stream of independent operations: the client sends
+	// requests with ids it chooses and the server answers each as soon as it completes, so
+	// answers may come out of order. A hot client pays the per-call cost once per stream
+	// instead of once per operation. Operations are those of Batch, in the namespace of the
+	// stream's metadata; each is answered with its own status and never ends the stream.
+	// The server runs at most 256 operations of one stream at once and reads no further
+	// requests until one completes.
+	//
+	// Auth: opening the stream needs `read` or `write`; each operation is then checked on
+	// its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
+	// and one the credential may not do is answered PERMISSION_DENIED in its result.
+	//
+	// Statuses of the stream: OK when the client half-closes and every answer is sent.
+	Session(grpc.BidiStreamingServer[SessionRequest, SessionResponse]) error
 	// WatchInvalidations streams the keys of the caller's namespace that change
 	// (any write, delete, expiry, eviction, tag or pattern invalidation, flush,
 	// Txn or collection write), so a client can keep a local near-cache that is
@@ -1192,6 +1279,12 @@ func (UnimplementedCacheServiceServer) Fill(context.Context, *FillRequest) (*Fil
 }
 func (UnimplementedCacheServiceServer) Txn(context.Context, *TxnRequest) (*TxnResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Txn not implemented")
+}
+func (UnimplementedCacheServiceServer) Batch(context.Context, *BatchRequest) (*BatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Batch not implemented")
+}
+func (UnimplementedCacheServiceServer) Session(grpc.BidiStreamingServer[SessionRequest, SessionResponse]) error {
+	return status.Error(codes.Unimplemented, "method Session not implemented")
 }
 func (UnimplementedCacheServiceServer) WatchInvalidations(*WatchInvalidationsRequest, grpc.ServerStreamingServer[WatchInvalidationsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchInvalidations not implemented")
@@ -2153,6 +2246,31 @@ func _CacheService_Txn_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CacheService_Batch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CacheServiceServer).Batch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CacheService_Batch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CacheServiceServer).Batch(ctx, req.(*BatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CacheService_Session_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(CacheServiceServer).Session(&grpc.GenericServerStream[SessionRequest, SessionResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CacheService_SessionServer = grpc.BidiStreamingServer[SessionRequest, SessionResponse]
+
 func _CacheService_WatchInvalidations_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchInvalidationsRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -2379,8 +2497,18 @@ var CacheService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Txn",
 			Handler:    _CacheService_Txn_Handler,
 		},
+		{
+			MethodName: "Batch",
+			Handler:    _CacheService_Batch_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Session",
+			Handler:       _CacheService_Session_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "WatchInvalidations",
 			Handler:       _CacheService_WatchInvalidations_Handler,

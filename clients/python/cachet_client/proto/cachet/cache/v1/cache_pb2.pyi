@@ -3828,6 +3828,305 @@ class TxnResponse(_message.Message):
 Global___TxnResponse: _TypeAlias = TxnResponse  # noqa: Y015
 
 @_typing.final
+class BatchOperation(_message.Message):
+    """One operation of a Batch or a Session: the request of the unary RPC of the same name,
+    answered as that RPC answers it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GET_FIELD_NUMBER: _builtins.int
+    SET_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    INCREMENT_FIELD_NUMBER: _builtins.int
+    EXPIRE_FIELD_NUMBER: _builtins.int
+    HASH_GET_FIELD_NUMBER: _builtins.int
+    HASH_SET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def get(self) -> Global___GetRequest:
+        """Read one value, as CacheService/Get."""
+
+    @_builtins.property
+    def set(self) -> Global___SetRequest:
+        """Write one value, as CacheService/Set (without tags)."""
+
+    @_builtins.property
+    def delete(self) -> Global___DeleteRequest:
+        """Delete keys, as CacheService/Delete."""
+
+    @_builtins.property
+    def increment(self) -> Global___IncrementRequest:
+        """Add to a counter, as CacheService/Increment."""
+
+    @_builtins.property
+    def expire(self) -> Global___ExpireRequest:
+        """Set a key's TTL, as CacheService/Expire."""
+
+    @_builtins.property
+    def hash_get(self) -> Global___HashGetRequest:
+        """Read fields of a hash, as CacheService/HashGet."""
+
+    @_builtins.property
+    def hash_set(self) -> Global___HashSetRequest:
+        """Write fields of a hash, as CacheService/HashSet."""
+
+    def __init__(
+        self,
+        *,
+        get: Global___GetRequest | None = ...,
+        set: Global___SetRequest | None = ...,
+        delete: Global___DeleteRequest | None = ...,
+        increment: Global___IncrementRequest | None = ...,
+        expire: Global___ExpireRequest | None = ...,
+        hash_get: Global___HashGetRequest | None = ...,
+        hash_set: Global___HashSetRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "expire", b"expire", "get", b"get", "hash_get", b"hash_get", "hash_set", b"hash_set", "increment", b"increment", "operation", b"operation", "set", b"set"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "expire", b"expire", "get", b"get", "hash_get", b"hash_get", "hash_set", b"hash_set", "increment", b"increment", "operation", b"operation", "set", b"set"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_operation: _TypeAlias = _typing.Literal["get", "set", "delete", "increment", "expire", "hash_get", "hash_set"]  # noqa: Y015
+    _WhichOneofArgType_operation: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_operation) -> _WhichOneofReturnType_operation | None: ...
+
+Global___BatchOperation: _TypeAlias = BatchOperation  # noqa: Y015
+
+@_typing.final
+class OperationStatus(_message.Message):
+    """The status of one operation: the fields of a google.rpc.Status with its ErrorInfo
+    flattened in, so a client reads them without unpacking Any.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The google.rpc.Code value: 0 (OK) when the operation succeeded."""
+    message: _builtins.str
+    """What went wrong, for people; empty on success. Never contains values."""
+    reason: _builtins.str
+    """The ErrorInfo reason (see the error-reason table in the README); empty on success."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The ErrorInfo metadata (e.g. `current_version` of a VERSION_MISMATCH)."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "metadata", b"metadata", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OperationStatus: _TypeAlias = OperationStatus  # noqa: Y015
+
+@_typing.final
+class BatchResult(_message.Message):
+    """The answer to one BatchOperation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    GET_FIELD_NUMBER: _builtins.int
+    SET_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    INCREMENT_FIELD_NUMBER: _builtins.int
+    EXPIRE_FIELD_NUMBER: _builtins.int
+    HASH_GET_FIELD_NUMBER: _builtins.int
+    HASH_SET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___OperationStatus:
+        """Why this operation failed (then no result is set); unset (code 0) when it succeeded."""
+
+    @_builtins.property
+    def get(self) -> Global___GetResponse:
+        """The answer to a get."""
+
+    @_builtins.property
+    def set(self) -> Global___SetResponse:
+        """The answer to a set."""
+
+    @_builtins.property
+    def delete(self) -> Global___DeleteResponse:
+        """The answer to a delete."""
+
+    @_builtins.property
+    def increment(self) -> Global___IncrementResponse:
+        """The answer to an increment."""
+
+    @_builtins.property
+    def expire(self) -> Global___ExpireResponse:
+        """The answer to an expire."""
+
+    @_builtins.property
+    def hash_get(self) -> Global___HashGetResponse:
+        """The answer to a hash_get."""
+
+    @_builtins.property
+    def hash_set(self) -> Global___HashSetResponse:
+        """The answer to a hash_set."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___OperationStatus | None = ...,
+        get: Global___GetResponse | None = ...,
+        set: Global___SetResponse | None = ...,
+        delete: Global___DeleteResponse | None = ...,
+        increment: Global___IncrementResponse | None = ...,
+        expire: Global___ExpireResponse | None = ...,
+        hash_get: Global___HashGetResponse | None = ...,
+        hash_set: Global___HashSetResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "expire", b"expire", "get", b"get", "hash_get", b"hash_get", "hash_set", b"hash_set", "increment", b"increment", "result", b"result", "set", b"set", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "expire", b"expire", "get", b"get", "hash_get", b"hash_get", "hash_set", b"hash_set", "increment", b"increment", "result", b"result", "set", b"set", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["get", "set", "delete", "increment", "expire", "hash_get", "hash_set"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___BatchResult: _TypeAlias = BatchResult  # noqa: Y015
+
+@_typing.final
+class BatchRequest(_message.Message):
+    """BatchRequest carries independent operations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchOperation]:
+        """1 to max_batch operations, sent as one pipeline per Redis node. Operations on the
+        same key apply in request order (a key lives on one node); operations on different
+        nodes have no order between them.
+        """
+
+    def __init__(
+        self,
+        *,
+        operations: _abc.Iterable[Global___BatchOperation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operations", b"operations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRequest: _TypeAlias = BatchRequest  # noqa: Y015
+
+@_typing.final
+class BatchResponse(_message.Message):
+    """BatchResponse answers every operation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchResult]:
+        """One result per operation, in request order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchResponse: _TypeAlias = BatchResponse  # noqa: Y015
+
+@_typing.final
+class SessionRequest(_message.Message):
+    """SessionRequest is one operation sent on a Session stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the client to match the answer to this request; the server only echoes
+    it (ids may repeat, but then the client cannot tell the answers apart).
+    """
+    @_builtins.property
+    def operation(self) -> Global___BatchOperation:
+        """The operation."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        operation: Global___BatchOperation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "operation", b"operation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class SessionResponse(_message.Message):
+    """SessionResponse answers one SessionRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The id of the request this answers."""
+    @_builtins.property
+    def result(self) -> Global___BatchResult:
+        """Its result."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        result: Global___BatchResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015
+
+@_typing.final
 class WatchInvalidationsRequest(_message.Message):
     """WatchInvalidationsRequest opens an invalidation stream."""
 

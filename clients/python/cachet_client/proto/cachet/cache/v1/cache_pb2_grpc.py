@@ -319,6 +319,16 @@ class CacheServiceStub:
                 request_serializer=cachet_dot_cache_dot_v1_dot_cache__pb2.TxnRequest.SerializeToString,
                 response_deserializer=cachet_dot_cache_dot_v1_dot_cache__pb2.TxnResponse.FromString,
                 _registered_method=True)
+        self.Batch = channel.unary_unary(
+                '/cachet.cache.v1.CacheService/Batch',
+                request_serializer=cachet_dot_cache_dot_v1_dot_cache__pb2.BatchRequest.SerializeToString,
+                response_deserializer=cachet_dot_cache_dot_v1_dot_cache__pb2.BatchResponse.FromString,
+                _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/cachet.cache.v1.CacheService/Session',
+                request_serializer=cachet_dot_cache_dot_v1_dot_cache__pb2.SessionRequest.SerializeToString,
+                response_deserializer=cachet_dot_cache_dot_v1_dot_cache__pb2.SessionResponse.FromString,
+                _registered_method=True)
         self.WatchInvalidations = channel.unary_stream(
                 '/cachet.cache.v1.CacheService/WatchInvalidations',
                 request_serializer=cachet_dot_cache_dot_v1_dot_cache__pb2.WatchInvalidationsRequest.SerializeToString,
@@ -781,6 +791,47 @@ class CacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Batch(self, request, context):
+        """Batch runs up to the configured max_batch (default 1,000) independent operations of
+        different kinds in one call and answers each with its own status, in request order.
+        It is a pipeline, not a transaction: the operations go to Redis as one pipeline per
+        node (so N reads cost about one round trip), each applies atomically on its own, and
+        one failing does not stop or undo the others; Txn is the atomic one. Every operation
+        acts in the namespace of the call. Each operation validates as its unary RPC does and
+        answers what that RPC would (a bad operation gets INVALID_ARGUMENT in its own result
+        and the others still run). `Set` with tags is refused (INVALID_ARGUMENT): tag indexes
+        are written around the value, which a pipeline cannot order; use the unary Set.
+
+        Auth: the call needs the `write` role when any operation writes (everything but get
+        and hash_get), and `read` or `write` otherwise.
+
+        Statuses of the call itself: OK (each result then carries its own status);
+        INVALID_ARGUMENT for no operations or more than max_batch; UNAVAILABLE when Redis is
+        unreachable for the whole pipeline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Session(self, request_iterator, context):
+        """Session is a bidirectional stream of independent operations: the client sends
+        requests with ids it chooses and the server answers each as soon as it completes, so
+        answers may come out of order. A hot client pays the per-call cost once per stream
+        instead of once per operation. Operations are those of Batch, in the namespace of the
+        stream's metadata; each is answered with its own status and never ends the stream.
+        The server runs at most 256 operations of one stream at once and reads no further
+        requests until one completes.
+
+        Auth: opening the stream needs `read` or `write`; each operation is then checked on
+        its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
+        and one the credential may not do is answered PERMISSION_DENIED in its result.
+
+        Statuses of the stream: OK when the client half-closes and every answer is sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchInvalidations(self, request, context):
         """WatchInvalidations streams the keys of the caller's namespace that change
         (any write, delete, expiry, eviction, tag or pattern invalidation, flush,
@@ -1062,6 +1113,16 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     servicer.Txn,
                     request_deserializer=cachet_dot_cache_dot_v1_dot_cache__pb2.TxnRequest.FromString,
                     response_serializer=cachet_dot_cache_dot_v1_dot_cache__pb2.TxnResponse.SerializeToString,
+            ),
+            'Batch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Batch,
+                    request_deserializer=cachet_dot_cache_dot_v1_dot_cache__pb2.BatchRequest.FromString,
+                    response_serializer=cachet_dot_cache_dot_v1_dot_cache__pb2.BatchResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=cachet_dot_cache_dot_v1_dot_cache__pb2.SessionRequest.FromString,
+                    response_serializer=cachet_dot_cache_dot_v1_dot_cache__pb2.SessionResponse.SerializeToString,
             ),
             'WatchInvalidations': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchInvalidations,
@@ -2498,6 +2559,60 @@ class CacheService:
             '/cachet.cache.v1.CacheService/Txn',
             cachet_dot_cache_dot_v1_dot_cache__pb2.TxnRequest.SerializeToString,
             cachet_dot_cache_dot_v1_dot_cache__pb2.TxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Batch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cachet.cache.v1.CacheService/Batch',
+            cachet_dot_cache_dot_v1_dot_cache__pb2.BatchRequest.SerializeToString,
+            cachet_dot_cache_dot_v1_dot_cache__pb2.BatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cachet.cache.v1.CacheService/Session',
+            cachet_dot_cache_dot_v1_dot_cache__pb2.SessionRequest.SerializeToString,
+            cachet_dot_cache_dot_v1_dot_cache__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

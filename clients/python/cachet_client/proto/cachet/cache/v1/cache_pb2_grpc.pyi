@@ -242,6 +242,39 @@ class CacheServiceStub:
     tags, recompute time and stale copy; a TxnSet without TTL and a counter a
     TxnIncrement creates get the default TTL; an incremented counter keeps its.
     """
+    Batch: _grpc.UnaryUnaryMultiCallable[_cache_pb2.BatchRequest, _cache_pb2.BatchResponse]
+    """Batch runs up to the configured max_batch (default 1,000) independent operations of
+    different kinds in one call and answers each with its own status, in request order.
+    It is a pipeline, not a transaction: the operations go to Redis as one pipeline per
+    node (so N reads cost about one round trip), each applies atomically on its own, and
+    one failing does not stop or undo the others; Txn is the atomic one. Every operation
+    acts in the namespace of the call. Each operation validates as its unary RPC does and
+    answers what that RPC would (a bad operation gets INVALID_ARGUMENT in its own result
+    and the others still run). `Set` with tags is refused (INVALID_ARGUMENT): tag indexes
+    are written around the value, which a pipeline cannot order; use the unary Set.
+
+    Auth: the call needs the `write` role when any operation writes (everything but get
+    and hash_get), and `read` or `write` otherwise.
+
+    Statuses of the call itself: OK (each result then carries its own status);
+    INVALID_ARGUMENT for no operations or more than max_batch; UNAVAILABLE when Redis is
+    unreachable for the whole pipeline.
+    """
+    Session: _grpc.StreamStreamMultiCallable[_cache_pb2.SessionRequest, _cache_pb2.SessionResponse]
+    """Session is a bidirectional stream of independent operations: the client sends
+    requests with ids it chooses and the server answers each as soon as it completes, so
+    answers may come out of order. A hot client pays the per-call cost once per stream
+    instead of once per operation. Operations are those of Batch, in the namespace of the
+    stream's metadata; each is answered with its own status and never ends the stream.
+    The server runs at most 256 operations of one stream at once and reads no further
+    requests until one completes.
+
+    Auth: opening the stream needs `read` or `write`; each operation is then checked on
+    its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
+    and one the credential may not do is answered PERMISSION_DENIED in its result.
+
+    Statuses of the stream: OK when the client half-closes and every answer is sent.
+    """
     WatchInvalidations: _grpc.UnaryStreamMultiCallable[_cache_pb2.WatchInvalidationsRequest, _cache_pb2.WatchInvalidationsResponse]
     """WatchInvalidations streams the keys of the caller's namespace that change
     (any write, delete, expiry, eviction, tag or pattern invalidation, flush,
@@ -471,6 +504,39 @@ class CacheServiceAsyncStub(CacheServiceStub):
     is written. Writes bump versions, void fill leases and, like Set, drop
     tags, recompute time and stale copy; a TxnSet without TTL and a counter a
     TxnIncrement creates get the default TTL; an incremented counter keeps its.
+    """
+    Batch: _aio.UnaryUnaryMultiCallable[_cache_pb2.BatchRequest, _cache_pb2.BatchResponse]  # type: ignore[assignment]
+    """Batch runs up to the configured max_batch (default 1,000) independent operations of
+    different kinds in one call and answers each with its own status, in request order.
+    It is a pipeline, not a transaction: the operations go to Redis as one pipeline per
+    node (so N reads cost about one round trip), each applies atomically on its own, and
+    one failing does not stop or undo the others; Txn is the atomic one. Every operation
+    acts in the namespace of the call. Each operation validates as its unary RPC does and
+    answers what that RPC would (a bad operation gets INVALID_ARGUMENT in its own result
+    and the others still run). `Set` with tags is refused (INVALID_ARGUMENT): tag indexes
+    are written around the value, which a pipeline cannot order; use the unary Set.
+
+    Auth: the call needs the `write` role when any operation writes (everything but get
+    and hash_get), and `read` or `write` otherwise.
+
+    Statuses of the call itself: OK (each result then carries its own status);
+    INVALID_ARGUMENT for no operations or more than max_batch; UNAVAILABLE when Redis is
+    unreachable for the whole pipeline.
+    """
+    Session: _aio.StreamStreamMultiCallable[_cache_pb2.SessionRequest, _cache_pb2.SessionResponse]  # type: ignore[assignment]
+    """Session is a bidirectional stream of independent operations: the client sends
+    requests with ids it chooses and the server answers each as soon as it completes, so
+    answers may come out of order. A hot client pays the per-call cost once per stream
+    instead of once per operation. Operations are those of Batch, in the namespace of the
+    stream's metadata; each is answered with its own status and never ends the stream.
+    The server runs at most 256 operations of one stream at once and reads no further
+    requests until one completes.
+
+    Auth: opening the stream needs `read` or `write`; each operation is then checked on
+    its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
+    and one the credential may not do is answered PERMISSION_DENIED in its result.
+
+    Statuses of the stream: OK when the client half-closes and every answer is sent.
     """
     WatchInvalidations: _aio.UnaryStreamMultiCallable[_cache_pb2.WatchInvalidationsRequest, _cache_pb2.WatchInvalidationsResponse]  # type: ignore[assignment]
     """WatchInvalidations streams the keys of the caller's namespace that change
@@ -1010,6 +1076,51 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         is written. Writes bump versions, void fill leases and, like Set, drop
         tags, recompute time and stale copy; a TxnSet without TTL and a counter a
         TxnIncrement creates get the default TTL; an incremented counter keeps its.
+        """
+
+    @_abc_1.abstractmethod
+    def Batch(
+        self,
+        request: _cache_pb2.BatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cache_pb2.BatchResponse, _abc.Awaitable[_cache_pb2.BatchResponse]]:
+        """Batch runs up to the configured max_batch (default 1,000) independent operations of
+        different kinds in one call and answers each with its own status, in request order.
+        It is a pipeline, not a transaction: the operations go to Redis as one pipeline per
+        node (so N reads cost about one round trip), each applies atomically on its own, and
+        one failing does not stop or undo the others; Txn is the atomic one. Every operation
+        acts in the namespace of the call. Each operation validates as its unary RPC does and
+        answers what that RPC would (a bad operation gets INVALID_ARGUMENT in its own result
+        and the others still run). `Set` with tags is refused (INVALID_ARGUMENT): tag indexes
+        are written around the value, which a pipeline cannot order; use the unary Set.
+
+        Auth: the call needs the `write` role when any operation writes (everything but get
+        and hash_get), and `read` or `write` otherwise.
+
+        Statuses of the call itself: OK (each result then carries its own status);
+        INVALID_ARGUMENT for no operations or more than max_batch; UNAVAILABLE when Redis is
+        unreachable for the whole pipeline.
+        """
+
+    @_abc_1.abstractmethod
+    def Session(
+        self,
+        request_iterator: _MaybeAsyncIterator[_cache_pb2.SessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_cache_pb2.SessionResponse], _abc.AsyncIterator[_cache_pb2.SessionResponse]]:
+        """Session is a bidirectional stream of independent operations: the client sends
+        requests with ids it chooses and the server answers each as soon as it completes, so
+        answers may come out of order. A hot client pays the per-call cost once per stream
+        instead of once per operation. Operations are those of Batch, in the namespace of the
+        stream's metadata; each is answered with its own status and never ends the stream.
+        The server runs at most 256 operations of one stream at once and reads no further
+        requests until one completes.
+
+        Auth: opening the stream needs `read` or `write`; each operation is then checked on
+        its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
+        and one the credential may not do is answered PERMISSION_DENIED in its result.
+
+        Statuses of the stream: OK when the client half-closes and every answer is sent.
         """
 
     @_abc_1.abstractmethod

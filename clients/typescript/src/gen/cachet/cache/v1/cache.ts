@@ -10,9 +10,11 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
   type ClientReadableStream,
   type ClientUnaryCall,
+  type handleBidiStreamingCall,
   type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
@@ -1663,6 +1665,128 @@ export interface TxnResponse {
   succeeded: boolean;
   /** One result per operation of the branch that ran. */
   results: TxnOpResult[];
+}
+
+/**
+ * One operation of a Batch or a Session: the request of the unary RPC of the same name,
+ * answered as that RPC answers it.
+ */
+export interface BatchOperation {
+  /** Read one value, as CacheService/Get. */
+  get?:
+    | GetRequest
+    | undefined;
+  /** Write one value, as CacheService/Set (without tags). */
+  set?:
+    | SetRequest
+    | undefined;
+  /** Delete keys, as CacheService/Delete. */
+  delete?:
+    | DeleteRequest
+    | undefined;
+  /** Add to a counter, as CacheService/Increment. */
+  increment?:
+    | IncrementRequest
+    | undefined;
+  /** Set a key's TTL, as CacheService/Expire. */
+  expire?:
+    | ExpireRequest
+    | undefined;
+  /** Read fields of a hash, as CacheService/HashGet. */
+  hashGet?:
+    | HashGetRequest
+    | undefined;
+  /** Write fields of a hash, as CacheService/HashSet. */
+  hashSet?: HashSetRequest | undefined;
+}
+
+/**
+ * The status of one operation: the fields of a google.rpc.Status with its ErrorInfo
+ * flattened in, so a client reads them without unpacking Any.
+ */
+export interface OperationStatus {
+  /** The google.rpc.Code value: 0 (OK) when the operation succeeded. */
+  code: number;
+  /** What went wrong, for people; empty on success. Never contains values. */
+  message: string;
+  /** The ErrorInfo reason (see the error-reason table in the README); empty on success. */
+  reason: string;
+  /** The ErrorInfo metadata (e.g. `current_version` of a VERSION_MISMATCH). */
+  metadata: { [key: string]: string };
+}
+
+export interface OperationStatus_MetadataEntry {
+  key: string;
+  value: string;
+}
+
+/** The answer to one BatchOperation. */
+export interface BatchResult {
+  /** Why this operation failed (then no result is set); unset (code 0) when it succeeded. */
+  status:
+    | OperationStatus
+    | undefined;
+  /** The answer to a get. */
+  get?:
+    | GetResponse
+    | undefined;
+  /** The answer to a set. */
+  set?:
+    | SetResponse
+    | undefined;
+  /** The answer to a delete. */
+  delete?:
+    | DeleteResponse
+    | undefined;
+  /** The answer to an increment. */
+  increment?:
+    | IncrementResponse
+    | undefined;
+  /** The answer to an expire. */
+  expire?:
+    | ExpireResponse
+    | undefined;
+  /** The answer to a hash_get. */
+  hashGet?:
+    | HashGetResponse
+    | undefined;
+  /** The answer to a hash_set. */
+  hashSet?: HashSetResponse | undefined;
+}
+
+/** BatchRequest carries independent operations. */
+export interface BatchRequest {
+  /**
+   * 1 to max_batch operations, sent as one pipeline per Redis node. Operations on the
+   * same key apply in request order (a key lives on one node); operations on different
+   * nodes have no order between them.
+   */
+  operations: BatchOperation[];
+}
+
+/** BatchResponse answers every operation. */
+export interface BatchResponse {
+  /** One result per operation, in request order. */
+  results: BatchResult[];
+}
+
+/** SessionRequest is one operation sent on a Session stream. */
+export interface SessionRequest {
+  /**
+   * Chosen by the client to match the answer to this request; the server only echoes
+   * it (ids may repeat, but then the client cannot tell the answers apart).
+   */
+  id: bigint;
+  /** The operation. */
+  operation: BatchOperation | undefined;
+}
+
+/** SessionResponse answers one SessionRequest. */
+export interface SessionResponse {
+  /** The id of the request this answers. */
+  id: bigint;
+  /** Its result. */
+  result: BatchResult | undefined;
 }
 
 /** WatchInvalidationsRequest opens an invalidation stream. */
@@ -12964,6 +13088,961 @@ export const TxnResponse: MessageFns<TxnResponse> = {
   },
 };
 
+function createBaseBatchOperation(): BatchOperation {
+  return {
+    get: undefined,
+    set: undefined,
+    delete: undefined,
+    increment: undefined,
+    expire: undefined,
+    hashGet: undefined,
+    hashSet: undefined,
+  };
+}
+
+export const BatchOperation: MessageFns<BatchOperation> = {
+  encode(message: BatchOperation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.get !== undefined) {
+      GetRequest.encode(message.get, writer.uint32(10).fork()).join();
+    }
+    if (message.set !== undefined) {
+      SetRequest.encode(message.set, writer.uint32(18).fork()).join();
+    }
+    if (message.delete !== undefined) {
+      DeleteRequest.encode(message.delete, writer.uint32(26).fork()).join();
+    }
+    if (message.increment !== undefined) {
+      IncrementRequest.encode(message.increment, writer.uint32(34).fork()).join();
+    }
+    if (message.expire !== undefined) {
+      ExpireRequest.encode(message.expire, writer.uint32(42).fork()).join();
+    }
+    if (message.hashGet !== undefined) {
+      HashGetRequest.encode(message.hashGet, writer.uint32(50).fork()).join();
+    }
+    if (message.hashSet !== undefined) {
+      HashSetRequest.encode(message.hashSet, writer.uint32(58).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BatchOperation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBatchOperation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.get = GetRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.set = SetRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.delete = DeleteRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.increment = IncrementRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.expire = ExpireRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.hashGet = HashGetRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.hashSet = HashSetRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BatchOperation {
+    return {
+      get: isSet(object.get) ? GetRequest.fromJSON(object.get) : undefined,
+      set: isSet(object.set) ? SetRequest.fromJSON(object.set) : undefined,
+      delete: isSet(object.delete) ? DeleteRequest.fromJSON(object.delete) : undefined,
+      increment: isSet(object.increment) ? IncrementRequest.fromJSON(object.increment) : undefined,
+      expire: isSet(object.expire) ? ExpireRequest.fromJSON(object.expire) : undefined,
+      hashGet: isSet(object.hashGet)
+        ? HashGetRequest.fromJSON(object.hashGet)
+        : isSet(object.hash_get)
+        ? HashGetRequest.fromJSON(object.hash_get)
+        : undefined,
+      hashSet: isSet(object.hashSet)
+        ? HashSetRequest.fromJSON(object.hashSet)
+        : isSet(object.hash_set)
+        ? HashSetRequest.fromJSON(object.hash_set)
+        : undefined,
+    };
+  },
+
+  toJSON(message: BatchOperation): unknown {
+    const obj: any = {};
+    if (message.get !== undefined) {
+      obj.get = GetRequest.toJSON(message.get);
+    }
+    if (message.set !== undefined) {
+      obj.set = SetRequest.toJSON(message.set);
+    }
+    if (message.delete !== undefined) {
+      obj.delete = DeleteRequest.toJSON(message.delete);
+    }
+    if (message.increment !== undefined) {
+      obj.increment = IncrementRequest.toJSON(message.increment);
+    }
+    if (message.expire !== undefined) {
+      obj.expire = ExpireRequest.toJSON(message.expire);
+    }
+    if (message.hashGet !== undefined) {
+      obj.hashGet = HashGetRequest.toJSON(message.hashGet);
+    }
+    if (message.hashSet !== undefined) {
+      obj.hashSet = HashSetRequest.toJSON(message.hashSet);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BatchOperation>, I>>(base?: I): BatchOperation {
+    return BatchOperation.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BatchOperation>, I>>(object: I): BatchOperation {
+    const message = createBaseBatchOperation();
+    message.get = (object.get !== undefined && object.get !== null) ? GetRequest.fromPartial(object.get) : undefined;
+    message.set = (object.set !== undefined && object.set !== null) ? SetRequest.fromPartial(object.set) : undefined;
+    message.delete = (object.delete !== undefined && object.delete !== null)
+      ? DeleteRequest.fromPartial(object.delete)
+      : undefined;
+    message.increment = (object.increment !== undefined && object.increment !== null)
+      ? IncrementRequest.fromPartial(object.increment)
+      : undefined;
+    message.expire = (object.expire !== undefined && object.expire !== null)
+      ? ExpireRequest.fromPartial(object.expire)
+      : undefined;
+    message.hashGet = (object.hashGet !== undefined && object.hashGet !== null)
+      ? HashGetRequest.fromPartial(object.hashGet)
+      : undefined;
+    message.hashSet = (object.hashSet !== undefined && object.hashSet !== null)
+      ? HashSetRequest.fromPartial(object.hashSet)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseOperationStatus(): OperationStatus {
+  return { code: 0, message: "", reason: "", metadata: {} };
+}
+
+export const OperationStatus: MessageFns<OperationStatus> = {
+  encode(message: OperationStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.code !== 0) {
+      writer.uint32(8).int32(message.code);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    globalThis.Object.entries(message.metadata).forEach(([key, value]: [string, string]) => {
+      OperationStatus_MetadataEntry.encode({ key: key as any, value }, writer.uint32(34).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OperationStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOperationStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.code = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            const entry4 = OperationStatus_MetadataEntry.decode(reader, reader.uint32());
+            if (entry4.value !== undefined) {
+              message.metadata[entry4.key] = entry4.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OperationStatus {
+    return {
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      metadata: isObject(object.metadata)
+        ? (globalThis.Object.entries(object.metadata) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: OperationStatus): unknown {
+    const obj: any = {};
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.metadata) {
+      const entries = globalThis.Object.entries(message.metadata) as [string, string][];
+      if (entries.length > 0) {
+        obj.metadata = {};
+        entries.forEach(([k, v]) => {
+          obj.metadata[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OperationStatus>, I>>(base?: I): OperationStatus {
+    return OperationStatus.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OperationStatus>, I>>(object: I): OperationStatus {
+    const message = createBaseOperationStatus();
+    message.code = object.code ?? 0;
+    message.message = object.message ?? "";
+    message.reason = object.reason ?? "";
+    message.metadata = (globalThis.Object.entries(object.metadata ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseOperationStatus_MetadataEntry(): OperationStatus_MetadataEntry {
+  return { key: "", value: "" };
+}
+
+export const OperationStatus_MetadataEntry: MessageFns<OperationStatus_MetadataEntry> = {
+  encode(message: OperationStatus_MetadataEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OperationStatus_MetadataEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOperationStatus_MetadataEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OperationStatus_MetadataEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: OperationStatus_MetadataEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OperationStatus_MetadataEntry>, I>>(base?: I): OperationStatus_MetadataEntry {
+    return OperationStatus_MetadataEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OperationStatus_MetadataEntry>, I>>(
+    object: I,
+  ): OperationStatus_MetadataEntry {
+    const message = createBaseOperationStatus_MetadataEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseBatchResult(): BatchResult {
+  return {
+    status: undefined,
+    get: undefined,
+    set: undefined,
+    delete: undefined,
+    increment: undefined,
+    expire: undefined,
+    hashGet: undefined,
+    hashSet: undefined,
+  };
+}
+
+export const BatchResult: MessageFns<BatchResult> = {
+  encode(message: BatchResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.status !== undefined) {
+      OperationStatus.encode(message.status, writer.uint32(10).fork()).join();
+    }
+    if (message.get !== undefined) {
+      GetResponse.encode(message.get, writer.uint32(18).fork()).join();
+    }
+    if (message.set !== undefined) {
+      SetResponse.encode(message.set, writer.uint32(26).fork()).join();
+    }
+    if (message.delete !== undefined) {
+      DeleteResponse.encode(message.delete, writer.uint32(34).fork()).join();
+    }
+    if (message.increment !== undefined) {
+      IncrementResponse.encode(message.increment, writer.uint32(42).fork()).join();
+    }
+    if (message.expire !== undefined) {
+      ExpireResponse.encode(message.expire, writer.uint32(50).fork()).join();
+    }
+    if (message.hashGet !== undefined) {
+      HashGetResponse.encode(message.hashGet, writer.uint32(58).fork()).join();
+    }
+    if (message.hashSet !== undefined) {
+      HashSetResponse.encode(message.hashSet, writer.uint32(66).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BatchResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBatchResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.status = OperationStatus.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.get = GetResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.set = SetResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.delete = DeleteResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.increment = IncrementResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.expire = ExpireResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.hashGet = HashGetResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.hashSet = HashSetResponse.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BatchResult {
+    return {
+      status: isSet(object.status) ? OperationStatus.fromJSON(object.status) : undefined,
+      get: isSet(object.get) ? GetResponse.fromJSON(object.get) : undefined,
+      set: isSet(object.set) ? SetResponse.fromJSON(object.set) : undefined,
+      delete: isSet(object.delete) ? DeleteResponse.fromJSON(object.delete) : undefined,
+      increment: isSet(object.increment) ? IncrementResponse.fromJSON(object.increment) : undefined,
+      expire: isSet(object.expire) ? ExpireResponse.fromJSON(object.expire) : undefined,
+      hashGet: isSet(object.hashGet)
+        ? HashGetResponse.fromJSON(object.hashGet)
+        : isSet(object.hash_get)
+        ? HashGetResponse.fromJSON(object.hash_get)
+        : undefined,
+      hashSet: isSet(object.hashSet)
+        ? HashSetResponse.fromJSON(object.hashSet)
+        : isSet(object.hash_set)
+        ? HashSetResponse.fromJSON(object.hash_set)
+        : undefined,
+    };
+  },
+
+  toJSON(message: BatchResult): unknown {
+    const obj: any = {};
+    if (message.status !== undefined) {
+      obj.status = OperationStatus.toJSON(message.status);
+    }
+    if (message.get !== undefined) {
+      obj.get = GetResponse.toJSON(message.get);
+    }
+    if (message.set !== undefined) {
+      obj.set = SetResponse.toJSON(message.set);
+    }
+    if (message.delete !== undefined) {
+      obj.delete = DeleteResponse.toJSON(message.delete);
+    }
+    if (message.increment !== undefined) {
+      obj.increment = IncrementResponse.toJSON(message.increment);
+    }
+    if (message.expire !== undefined) {
+      obj.expire = ExpireResponse.toJSON(message.expire);
+    }
+    if (message.hashGet !== undefined) {
+      obj.hashGet = HashGetResponse.toJSON(message.hashGet);
+    }
+    if (message.hashSet !== undefined) {
+      obj.hashSet = HashSetResponse.toJSON(message.hashSet);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BatchResult>, I>>(base?: I): BatchResult {
+    return BatchResult.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BatchResult>, I>>(object: I): BatchResult {
+    const message = createBaseBatchResult();
+    message.status = (object.status !== undefined && object.status !== null)
+      ? OperationStatus.fromPartial(object.status)
+      : undefined;
+    message.get = (object.get !== undefined && object.get !== null) ? GetResponse.fromPartial(object.get) : undefined;
+    message.set = (object.set !== undefined && object.set !== null) ? SetResponse.fromPartial(object.set) : undefined;
+    message.delete = (object.delete !== undefined && object.delete !== null)
+      ? DeleteResponse.fromPartial(object.delete)
+      : undefined;
+    message.increment = (object.increment !== undefined && object.increment !== null)
+      ? IncrementResponse.fromPartial(object.increment)
+      : undefined;
+    message.expire = (object.expire !== undefined && object.expire !== null)
+      ? ExpireResponse.fromPartial(object.expire)
+      : undefined;
+    message.hashGet = (object.hashGet !== undefined && object.hashGet !== null)
+      ? HashGetResponse.fromPartial(object.hashGet)
+      : undefined;
+    message.hashSet = (object.hashSet !== undefined && object.hashSet !== null)
+      ? HashSetResponse.fromPartial(object.hashSet)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseBatchRequest(): BatchRequest {
+  return { operations: [] };
+}
+
+export const BatchRequest: MessageFns<BatchRequest> = {
+  encode(message: BatchRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.operations) {
+      BatchOperation.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BatchRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBatchRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.operations.push(BatchOperation.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BatchRequest {
+    return {
+      operations: globalThis.Array.isArray(object?.operations)
+        ? object.operations.map((e: any) => BatchOperation.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: BatchRequest): unknown {
+    const obj: any = {};
+    if (message.operations?.length) {
+      obj.operations = message.operations.map((e) => BatchOperation.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BatchRequest>, I>>(base?: I): BatchRequest {
+    return BatchRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BatchRequest>, I>>(object: I): BatchRequest {
+    const message = createBaseBatchRequest();
+    message.operations = object.operations?.map((e) => BatchOperation.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseBatchResponse(): BatchResponse {
+  return { results: [] };
+}
+
+export const BatchResponse: MessageFns<BatchResponse> = {
+  encode(message: BatchResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.results) {
+      BatchResult.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BatchResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBatchResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.results.push(BatchResult.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BatchResponse {
+    return {
+      results: globalThis.Array.isArray(object?.results) ? object.results.map((e: any) => BatchResult.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: BatchResponse): unknown {
+    const obj: any = {};
+    if (message.results?.length) {
+      obj.results = message.results.map((e) => BatchResult.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BatchResponse>, I>>(base?: I): BatchResponse {
+    return BatchResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BatchResponse>, I>>(object: I): BatchResponse {
+    const message = createBaseBatchResponse();
+    message.results = object.results?.map((e) => BatchResult.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSessionRequest(): SessionRequest {
+  return { id: 0n, operation: undefined };
+}
+
+export const SessionRequest: MessageFns<SessionRequest> = {
+  encode(message: SessionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0n) {
+      if (BigInt.asUintN(64, message.id) !== message.id) {
+        throw new globalThis.Error("value provided for field message.id of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.operation !== undefined) {
+      BatchOperation.encode(message.operation, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operation = BatchOperation.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SessionRequest {
+    return {
+      id: isSet(object.id) ? BigInt(object.id) : 0n,
+      operation: isSet(object.operation) ? BatchOperation.fromJSON(object.operation) : undefined,
+    };
+  },
+
+  toJSON(message: SessionRequest): unknown {
+    const obj: any = {};
+    if (message.id !== 0n) {
+      obj.id = message.id.toString();
+    }
+    if (message.operation !== undefined) {
+      obj.operation = BatchOperation.toJSON(message.operation);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SessionRequest>, I>>(base?: I): SessionRequest {
+    return SessionRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SessionRequest>, I>>(object: I): SessionRequest {
+    const message = createBaseSessionRequest();
+    message.id = (object.id !== undefined && object.id !== null) ? BigInt(object.id) : 0n;
+    message.operation = (object.operation !== undefined && object.operation !== null)
+      ? BatchOperation.fromPartial(object.operation)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSessionResponse(): SessionResponse {
+  return { id: 0n, result: undefined };
+}
+
+export const SessionResponse: MessageFns<SessionResponse> = {
+  encode(message: SessionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0n) {
+      if (BigInt.asUintN(64, message.id) !== message.id) {
+        throw new globalThis.Error("value provided for field message.id of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.result !== undefined) {
+      BatchResult.encode(message.result, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.result = BatchResult.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SessionResponse {
+    return {
+      id: isSet(object.id) ? BigInt(object.id) : 0n,
+      result: isSet(object.result) ? BatchResult.fromJSON(object.result) : undefined,
+    };
+  },
+
+  toJSON(message: SessionResponse): unknown {
+    const obj: any = {};
+    if (message.id !== 0n) {
+      obj.id = message.id.toString();
+    }
+    if (message.result !== undefined) {
+      obj.result = BatchResult.toJSON(message.result);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SessionResponse>, I>>(base?: I): SessionResponse {
+    return SessionResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SessionResponse>, I>>(object: I): SessionResponse {
+    const message = createBaseSessionResponse();
+    message.id = (object.id !== undefined && object.id !== null) ? BigInt(object.id) : 0n;
+    message.result = (object.result !== undefined && object.result !== null)
+      ? BatchResult.fromPartial(object.result)
+      : undefined;
+    return message;
+  },
+};
+
 function createBaseWatchInvalidationsRequest(): WatchInvalidationsRequest {
   return { prefixes: [] };
 }
@@ -13868,6 +14947,57 @@ export const CacheServiceService = {
     responseDeserialize: (value: Buffer): TxnResponse => TxnResponse.decode(value),
   },
   /**
+   * Batch runs up to the configured max_batch (default 1,000) independent operations of
+   * different kinds in one call and answers each with its own status, in request order.
+   * It is a pipeline, not a transaction: the operations go to Redis as one pipeline per
+   * node (so N reads cost about one round trip), each applies atomically on its own, and
+   * one failing does not stop or undo the others; Txn is the atomic one. Every operation
+   * acts in the namespace of the call. Each operation validates as its unary RPC does and
+   * answers what that RPC would (a bad operation gets INVALID_ARGUMENT in its own result
+   * and the others still run). `Set` with tags is refused (INVALID_ARGUMENT): tag indexes
+   * are written around the value, which a pipeline cannot order; use the unary Set.
+   *
+   * Auth: the call needs the `write` role when any operation writes (everything but get
+   * and hash_get), and `read` or `write` otherwise.
+   *
+   * Statuses of the call itself: OK (each result then carries its own status);
+   * INVALID_ARGUMENT for no operations or more than max_batch; UNAVAILABLE when Redis is
+   * unreachable for the whole pipeline.
+   */
+  batch: {
+    path: "/cachet.cache.v1.CacheService/Batch" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: BatchRequest): Buffer => Buffer.from(BatchRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): BatchRequest => BatchRequest.decode(value),
+    responseSerialize: (value: BatchResponse): Buffer => Buffer.from(BatchResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): BatchResponse => BatchResponse.decode(value),
+  },
+  /**
+   * Session is a bidirectional stream of independent operations: the client sends
+   * requests with ids it chooses and the server answers each as soon as it completes, so
+   * answers may come out of order. A hot client pays the per-call cost once per stream
+   * instead of once per operation. Operations are those of Batch, in the namespace of the
+   * stream's metadata; each is answered with its own status and never ends the stream.
+   * The server runs at most 256 operations of one stream at once and reads no further
+   * requests until one completes.
+   *
+   * Auth: opening the stream needs `read` or `write`; each operation is then checked on
+   * its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
+   * and one the credential may not do is answered PERMISSION_DENIED in its result.
+   *
+   * Statuses of the stream: OK when the client half-closes and every answer is sent.
+   */
+  session: {
+    path: "/cachet.cache.v1.CacheService/Session" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: SessionRequest): Buffer => Buffer.from(SessionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SessionRequest => SessionRequest.decode(value),
+    responseSerialize: (value: SessionResponse): Buffer => Buffer.from(SessionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SessionResponse => SessionResponse.decode(value),
+  },
+  /**
    * WatchInvalidations streams the keys of the caller's namespace that change
    * (any write, delete, expiry, eviction, tag or pattern invalidation, flush,
    * Txn or collection write), so a client can keep a local near-cache that is
@@ -14086,6 +15216,41 @@ export interface CacheServiceServer extends UntypedServiceImplementation {
    * TxnIncrement creates get the default TTL; an incremented counter keeps its.
    */
   txn: handleUnaryCall<TxnRequest, TxnResponse>;
+  /**
+   * Batch runs up to the configured max_batch (default 1,000) independent operations of
+   * different kinds in one call and answers each with its own status, in request order.
+   * It is a pipeline, not a transaction: the operations go to Redis as one pipeline per
+   * node (so N reads cost about one round trip), each applies atomically on its own, and
+   * one failing does not stop or undo the others; Txn is the atomic one. Every operation
+   * acts in the namespace of the call. Each operation validates as its unary RPC does and
+   * answers what that RPC would (a bad operation gets INVALID_ARGUMENT in its own result
+   * and the others still run). `Set` with tags is refused (INVALID_ARGUMENT): tag indexes
+   * are written around the value, which a pipeline cannot order; use the unary Set.
+   *
+   * Auth: the call needs the `write` role when any operation writes (everything but get
+   * and hash_get), and `read` or `write` otherwise.
+   *
+   * Statuses of the call itself: OK (each result then carries its own status);
+   * INVALID_ARGUMENT for no operations or more than max_batch; UNAVAILABLE when Redis is
+   * unreachable for the whole pipeline.
+   */
+  batch: handleUnaryCall<BatchRequest, BatchResponse>;
+  /**
+   * Session is a bidirectional stream of independent operations: the client sends
+   * requests with ids it chooses and the server answers each as soon as it completes, so
+   * answers may come out of order. A hot client pays the per-call cost once per stream
+   * instead of once per operation. Operations are those of Batch, in the namespace of the
+   * stream's metadata; each is answered with its own status and never ends the stream.
+   * The server runs at most 256 operations of one stream at once and reads no further
+   * requests until one completes.
+   *
+   * Auth: opening the stream needs `read` or `write`; each operation is then checked on
+   * its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
+   * and one the credential may not do is answered PERMISSION_DENIED in its result.
+   *
+   * Statuses of the stream: OK when the client half-closes and every answer is sent.
+   */
+  session: handleBidiStreamingCall<SessionRequest, SessionResponse>;
   /**
    * WatchInvalidations streams the keys of the caller's namespace that change
    * (any write, delete, expiry, eviction, tag or pattern invalidation, flush,
@@ -15012,6 +16177,57 @@ export interface CacheServiceClient extends Client {
     callback: (error: ServiceError | null, response: TxnResponse) => void,
   ): ClientUnaryCall;
   /**
+   * Batch runs up to the configured max_batch (default 1,000) independent operations of
+   * different kinds in one call and answers each with its own status, in request order.
+   * It is a pipeline, not a transaction: the operations go to Redis as one pipeline per
+   * node (so N reads cost about one round trip), each applies atomically on its own, and
+   * one failing does not stop or undo the others; Txn is the atomic one. Every operation
+   * acts in the namespace of the call. Each operation validates as its unary RPC does and
+   * answers what that RPC would (a bad operation gets INVALID_ARGUMENT in its own result
+   * and the others still run). `Set` with tags is refused (INVALID_ARGUMENT): tag indexes
+   * are written around the value, which a pipeline cannot order; use the unary Set.
+   *
+   * Auth: the call needs the `write` role when any operation writes (everything but get
+   * and hash_get), and `read` or `write` otherwise.
+   *
+   * Statuses of the call itself: OK (each result then carries its own status);
+   * INVALID_ARGUMENT for no operations or more than max_batch; UNAVAILABLE when Redis is
+   * unreachable for the whole pipeline.
+   */
+  batch(
+    request: BatchRequest,
+    callback: (error: ServiceError | null, response: BatchResponse) => void,
+  ): ClientUnaryCall;
+  batch(
+    request: BatchRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: BatchResponse) => void,
+  ): ClientUnaryCall;
+  batch(
+    request: BatchRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: BatchResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Session is a bidirectional stream of independent operations: the client sends
+   * requests with ids it chooses and the server answers each as soon as it completes, so
+   * answers may come out of order. A hot client pays the per-call cost once per stream
+   * instead of once per operation. Operations are those of Batch, in the namespace of the
+   * stream's metadata; each is answered with its own status and never ends the stream.
+   * The server runs at most 256 operations of one stream at once and reads no further
+   * requests until one completes.
+   *
+   * Auth: opening the stream needs `read` or `write`; each operation is then checked on
+   * its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
+   * and one the credential may not do is answered PERMISSION_DENIED in its result.
+   *
+   * Statuses of the stream: OK when the client half-closes and every answer is sent.
+   */
+  session(): ClientDuplexStream<SessionRequest, SessionResponse>;
+  session(options: Partial<CallOptions>): ClientDuplexStream<SessionRequest, SessionResponse>;
+  session(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<SessionRequest, SessionResponse>;
+  /**
    * WatchInvalidations streams the keys of the caller's namespace that change
    * (any write, delete, expiry, eviction, tag or pattern invalidation, flush,
    * Txn or collection write), so a client can keep a local near-cache that is
@@ -15069,6 +16285,10 @@ export type DeepPartial<T> = T extends bigint ? string | number | bigint
 type KeysOfUnion<T> = T extends T ? keyof T : never;
 export type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;

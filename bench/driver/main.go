@@ -1,0 +1,174 @@
+// Command driver is the bench load generator for what ghz cannot drive: lock
+// Acquire+Release pairs (two dependent calls) and Session streams (many requests in
+// flight on one stream). It runs for a fixed duration and prints one JSON object.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	cachev1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/cache/v1"
+	lockv1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/lock/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+type report struct {
+	Mode        string  `json:"mode"`
+	Concurrency int     `json:"concurrency"`
+	Calls       int     `json:"calls"`
+	Errors      int64   `json:"errors"`
+	Seconds     float64 `json:"seconds"`
+	RPS         float64 `json:"rps"`
+	P50Ms       float64 `json:"p50_ms"`
+	P99Ms       float64 `json:"p99_ms"`
+}
+
+func percentile(sorted []time.Duration, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted)-1) * p)
+	return float64(sorted[i]) / float64(time.Millisecond)
+}
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:50051", "cachet address")
+	mode := flag.String("mode", "lockpair", "lockpair or session")
+	concurrency := flag.Int("c", 1, "workers (lockpair) or requests in flight (session)")
+	duration := flag.Duration("duration", 3*time.Second, "how long to run")
+	namespace := flag.String("namespace", "bench", "cachet-namespace metadata")
+	key := flag.String("key", "k", "key a session reads")
+	flag.Parse()
+
+	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "cachet-namespace", *namespace)
+
+	var latencies []time.Duration
+	var errors int64
+	start := time.Now()
+	switch *mode {
+	case "lockpair":
+		latencies, errors = lockPairs(ctx, lockv1.NewLockServiceClient(conn), *concurrency, *duration)
+	case "session":
+		latencies, errors, err = session(ctx, cachev1.NewCacheServiceClient(conn), *key, *concurrency, *duration)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	default:
+		fmt.Fprintln(os.Stderr, "unknown mode", *mode)
+		os.Exit(2)
+	}
+	elapsed := time.Since(start).Seconds()
+	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
+	out := report{
+		Mode: *mode, Concurrency: *concurrency, Calls: len(latencies), Errors: errors,
+		Seconds: elapsed, RPS: float64(len(latencies)) / elapsed,
+		P50Ms: percentile(latencies, 0.50), P99Ms: percentile(latencies, 0.99),
+	}
+	_ = json.NewEncoder(os.Stdout).Encode(out)
+	if errors > 0 {
+		os.Exit(3)
+	}
+}
+
+// lockPairs: each worker acquires its own lock and releases it, again and again; one
+// latency is one Acquire+Release pair.
+func lockPairs(ctx context.Context, client lockv1.LockServiceClient, workers int, duration time.Duration) ([]time.Duration, int64) {
+	deadline := time.Now().Add(duration)
+	var mu sync.Mutex
+	var all []time.Duration
+	var errors int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			name := fmt.Sprintf("bench-lock-%d", w)
+			var mine []time.Duration
+			for time.Now().Before(deadline) {
+				began := time.Now()
+				grant, err := client.Acquire(ctx, &lockv1.AcquireRequest{Name: name, Ttl: durationpb.New(10 * time.Second)})
+				if err == nil {
+					_, err = client.Release(ctx, &lockv1.ReleaseRequest{Name: name, OwnerToken: grant.OwnerToken})
+				}
+				if err != nil {
+					atomic.AddInt64(&errors, 1)
+					continue
+				}
+				mine = append(mine, time.Since(began))
+			}
+			mu.Lock()
+			all = append(all, mine...)
+			mu.Unlock()
+		}(w)
+	}
+	wg.Wait()
+	return all, errors
+}
+
+// session: one Session stream with `window` Get requests in flight; each answer frees a
+// slot for the next request. Latency is from Send to the matching answer.
+func session(ctx context.Context, client cachev1.CacheServiceClient, key string, window int, duration time.Duration) ([]time.Duration, int64, error) {
+	stream, err := client.Session(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	slots := make(chan struct{}, window)
+	var mu sync.Mutex
+	sent := map[uint64]time.Time{}
+	var latencies []time.Duration
+	var errors int64
+	done := make(chan error, 1)
+	go func() {
+		for {
+			answer, err := stream.Recv()
+			if err != nil {
+				done <- err
+				return
+			}
+			mu.Lock()
+			latencies = append(latencies, time.Since(sent[answer.Id]))
+			delete(sent, answer.Id)
+			mu.Unlock()
+			if answer.Result.GetStatus().GetCode() != 0 {
+				atomic.AddInt64(&errors, 1)
+			}
+			<-slots
+		}
+	}()
+	op := &cachev1.BatchOperation{Operation: &cachev1.BatchOperation_Get{Get: &cachev1.GetRequest{Key: key}}}
+	deadline := time.Now().Add(duration)
+	for id := uint64(1); time.Now().Before(deadline); id++ {
+		slots <- struct{}{}
+		mu.Lock()
+		sent[id] = time.Now()
+		mu.Unlock()
+		if err := stream.Send(&cachev1.SessionRequest{Id: id, Operation: op}); err != nil {
+			return nil, errors, err
+		}
+	}
+	if err := stream.CloseSend(); err != nil {
+		return nil, errors, err
+	}
+	if err := <-done; err != nil && err != io.EOF {
+		return latencies, errors, err
+	}
+	return latencies, errors, nil
+}
