@@ -48,7 +48,8 @@ class CachetError(Exception):
         field_violations: tuple[FieldViolation, ...] = (),
         retry_after: timedelta | None = None,
     ) -> None:
-        super().__init__(f"{code.name}{f' {reason}' if reason else ''}: {message}")
+        named = f"{code.name} {reason}" if reason and reason != code.name else code.name
+        super().__init__(f"{named}: {message}")
         self.message = message
         self.code = code
         self.reason = reason
