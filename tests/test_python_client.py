@@ -312,8 +312,10 @@ async def test_get_or_set_keeps_a_newer_write_when_its_lease_is_lost(client):
         client.cache.set("cfg", b"newer")
         return b"computed"
 
-    factory = overwritten_meanwhile if isinstance(client, cachet_client.AsyncClient) else (
-        overwritten_meanwhile_sync
+    factory = (
+        overwritten_meanwhile
+        if isinstance(client, cachet_client.AsyncClient)
+        else (overwritten_meanwhile_sync)
     )
     assert await r(client.cache.get_or_set("cfg", factory, ttl=60)) == b"computed"
     assert (await r(client.cache.get("cfg"))).data == b"newer"

@@ -1,0 +1,266 @@
+"""Retries of the Python client, against a live cachet-server process.
+
+- Redis paused: the server answers UNAVAILABLE until it is resumed, and the client's
+  service-config retry carries an idempotent call across the outage.
+- RESOURCE_EXHAUSTED with a RetryInfo, and exact UNAVAILABLE counts: a fault-injecting
+  gRPC proxy sits in front of the real server. It answers the first calls of a method
+  with a status of the test's choosing (the shape the server's errors.py sends: ErrorInfo,
+  RetryInfo) and forwards every other call, bytes untouched, to the server. It records
+  when each attempt arrived, so the test sees how many attempts were made and how far
+  apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import threading
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from typing import Any
+
+import cachet_client
+import grpc
+import pytest
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc import aio
+from grpc_status import rpc_status
+
+from .redis_procs import standalone
+from .server_procs import CachetProcess
+
+pytestmark = pytest.mark.topologies(
+    "standalone",
+    reason="client retry behaviour is topology-neutral; fault tests per topology are the server's",
+)
+
+RETRY_DELAY = timedelta(milliseconds=300)
+FORWARDED_METADATA = ("cachet-namespace", "authorization")
+
+
+def fault(code: grpc.StatusCode, reason: str, retry_delay: timedelta | None = None) -> grpc.Status:
+    """A status as cachet's errors.py builds it: ErrorInfo, and RetryInfo when given."""
+    details = []
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="cachet.dev"))
+    details.append(info)
+    if retry_delay is not None:
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(retry_delay)
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(retry)
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=f"injected {reason}", details=details
+    )
+    return rpc_status.to_status(status)
+
+
+class FaultProxy(grpc.GenericRpcHandler):
+    """Forwards unary calls to `upstream`, after answering queued faults per method."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.faults: dict[str, list[grpc.Status]] = defaultdict(list)
+        self.attempts: dict[str, list[float]] = defaultdict(list)
+        self.server = aio.server()
+        self.server.add_generic_rpc_handlers([self])
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.channel = aio.insecure_channel(upstream)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def inject(self, method: str, *statuses: grpc.Status) -> None:
+        self.faults[method].extend(statuses)
+
+    def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:
+        path: str = handler_call_details.method
+        name = path.rsplit("/", 1)[-1]
+
+        async def forward(request: bytes, context: aio.ServicerContext) -> bytes:
+            self.attempts[name].append(time.monotonic())
+            if self.faults[name]:
+                await context.abort_with_status(self.faults[name].pop(0))
+            metadata = [
+                (k, v) for k, v in context.invocation_metadata() or () if k in FORWARDED_METADATA
+            ]
+            try:
+                answer: bytes = await self.channel.unary_unary(path)(request, metadata=metadata)
+            except aio.AioRpcError as error:
+                await context.abort(error.code(), error.details() or "")
+            return answer
+
+        return grpc.unary_unary_rpc_method_handler(forward)
+
+
+@pytest.fixture(scope="module")
+def server(topology: Any) -> Iterator[CachetProcess]:
+    proc = CachetProcess(topology.url, CACHET_AUTH__MODE="off")
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+async def proxy(server: CachetProcess) -> AsyncIterator[FaultProxy]:
+    front = FaultProxy(server.address)
+    await front.server.start()
+    try:
+        yield front
+    finally:
+        await front.server.stop(None)
+        await front.channel.close()
+
+
+@pytest.fixture(params=["async", "sync"])
+def flavor(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def call(flavor: str, address: str, namespace: str, operation: Any, **settings: Any) -> Any:
+    """Run `operation(client)` on a fresh client of the flavor (the sync one in a thread,
+    so the proxy, which runs on this event loop, keeps serving)."""
+    if flavor == "async":
+        async with cachet_client.connect(address, namespace=namespace, **settings) as client:
+            answer = operation(client)
+            return await answer if inspect.isawaitable(answer) else answer
+
+    def blocking() -> Any:
+        with cachet_client.connect_sync(address, namespace=namespace, **settings) as client:
+            return operation(client)
+
+    return await asyncio.to_thread(blocking)
+
+
+async def test_retry_info_is_waited_out_for_idempotent_calls(flavor, proxy, server, namespace):
+    exhausted = fault(grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED", RETRY_DELAY)
+    async with cachet_client.connect(server.address, namespace=namespace) as direct:
+        await direct.cache.set("k", b"v")
+    proxy.inject("Get", exhausted, exhausted)
+    value = await call(flavor, proxy.address, namespace, lambda c: c.cache.get("k"))
+    assert value.data == b"v"
+    attempts = proxy.attempts["Get"]
+    assert len(attempts) == 3
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    # Each retry came at least the server's retry delay after the attempt it answered.
+    assert min(gaps) >= RETRY_DELAY.total_seconds(), gaps
+    print(f"\n[retry] {flavor}: RetryInfo {RETRY_DELAY}, gaps {[round(g, 3) for g in gaps]} s")
+
+
+async def test_retry_info_is_not_retried_for_non_idempotent_calls(flavor, proxy, server, namespace):
+    proxy.inject("Increment", fault(grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED", RETRY_DELAY))
+    with pytest.raises(cachet_client.RateLimited) as limited:
+        await call(flavor, proxy.address, namespace, lambda c: c.cache.increment("n"))
+    assert limited.value.retry_after == RETRY_DELAY and limited.value.reason == "OVERLOADED"
+    assert len(proxy.attempts["Increment"]) == 1
+    async with cachet_client.connect(server.address, namespace=namespace) as direct:
+        assert await direct.cache.get("n") is None  # never applied
+
+
+async def test_retries_stop_at_max_attempts(flavor, proxy, namespace):
+    exhausted = fault(grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED", timedelta(milliseconds=50))
+    proxy.inject("Get", exhausted, exhausted, exhausted)
+    policy = cachet_client.RetryPolicy(max_attempts=2)
+    with pytest.raises(cachet_client.RateLimited):
+        await call(flavor, proxy.address, namespace, lambda c: c.cache.get("k"), retry=policy)
+    assert len(proxy.attempts["Get"]) == 2
+
+
+async def test_resource_exhausted_without_retry_info_is_not_retried(flavor, proxy, namespace):
+    proxy.inject("Get", fault(grpc.StatusCode.RESOURCE_EXHAUSTED, "RESPONSE_TOO_LARGE"))
+    with pytest.raises(cachet_client.ResponseTooLarge) as too_large:
+        await call(flavor, proxy.address, namespace, lambda c: c.cache.get("k"))
+    assert too_large.value.retry_after is None
+    assert not isinstance(too_large.value, cachet_client.RateLimited)
+    assert len(proxy.attempts["Get"]) == 1
+
+
+async def test_unavailable_is_retried_by_grpc_for_idempotent_calls_only(
+    flavor, proxy, server, namespace
+):
+    unavailable = fault(grpc.StatusCode.UNAVAILABLE, "BACKEND_UNAVAILABLE")
+    proxy.inject("Get", unavailable, unavailable)
+    assert await call(flavor, proxy.address, namespace, lambda c: c.cache.get("k")) is None
+    assert len(proxy.attempts["Get"]) == 3
+    proxy.inject("Increment", unavailable)
+    with pytest.raises(cachet_client.Unavailable) as down:
+        await call(flavor, proxy.address, namespace, lambda c: c.cache.increment("n"))
+    assert down.value.reason == "BACKEND_UNAVAILABLE"
+    assert len(proxy.attempts["Increment"]) == 1
+    # Retries off: one attempt only.
+    proxy.inject("Get", unavailable)
+    with pytest.raises(cachet_client.Unavailable):
+        await call(
+            flavor,
+            proxy.address,
+            namespace,
+            lambda c: c.cache.get("k"),
+            retry=cachet_client.NO_RETRY,
+        )
+    assert len(proxy.attempts["Get"]) == 4
+
+
+def _unavailable_gets(admin: Any) -> int:
+    stats = admin.service_stats()
+    return sum(
+        m.errors_by_code.get("UNAVAILABLE", 0) for m in stats.methods if m.method.endswith("/Get")
+    )
+
+
+def test_unavailable_while_redis_is_paused_is_retried_through(namespace):
+    """Redis stops answering (SIGSTOP): the server answers UNAVAILABLE after its Redis
+    timeout; the client's gRPC retry policy carries a Get across until Redis resumes."""
+    with standalone() as redis:
+        proc = CachetProcess(redis.url, CACHET_AUTH__MODE="off", CACHET_REDIS_TIMEOUT="PT0.25S")
+        proc.start()
+        try:
+            policy = cachet_client.RetryPolicy(
+                max_attempts=5,
+                initial_backoff=timedelta(milliseconds=200),
+                max_backoff=timedelta(seconds=1),
+            )
+            with (
+                cachet_client.connect_sync(
+                    proc.address, namespace=namespace, timeout=30, retry=policy
+                ) as client,
+                cachet_client.connect_sync(proc.address, namespace=namespace) as observer,
+            ):
+                client.cache.set("k", b"kept")
+                outcome: dict[str, Any] = {}
+
+                def get() -> None:
+                    started = time.monotonic()
+                    try:
+                        outcome["value"] = client.cache.get("k")
+                    except cachet_client.CachetError as error:
+                        outcome["error"] = error
+                    outcome["seconds"] = time.monotonic() - started
+
+                redis.pause()
+                try:
+                    caller = threading.Thread(target=get)
+                    caller.start()
+                    deadline = time.monotonic() + 20
+                    while _unavailable_gets(observer.admin) == 0:
+                        assert time.monotonic() < deadline, "the server never answered UNAVAILABLE"
+                        time.sleep(0.02)
+                finally:
+                    redis.resume()
+                caller.join(30)
+                assert "error" not in outcome, outcome.get("error")
+                assert outcome["value"].data == b"kept"
+                failed = _unavailable_gets(observer.admin)
+                assert failed >= 1
+                print(
+                    f"\n[retry] Redis paused: Get answered after {outcome['seconds']:.2f} s "
+                    f"and {failed} UNAVAILABLE attempt(s) retried by gRPC"
+                )
+        finally:
+            proc.stop()
