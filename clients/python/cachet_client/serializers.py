@@ -1,7 +1,7 @@
 """How values become bytes: one serializer per client (`connect(..., serializer=...)`).
 
 `BYTES` (the default: values are bytes, passed through), `STR` (UTF-8) and `JSON` are
-built in. `MSGPACK` needs the `msgpack` extra (`pip install cachet-client[msgpack]`);
+built in. `msgpack()` needs the `msgpack` extra (`pip install cachet-client[msgpack]`);
 `PICKLE` is opt-in because unpickling runs code: use it only when every writer of the
 namespace is trusted.
 """
@@ -73,7 +73,7 @@ class MsgpackSerializer:
 
     def __init__(self) -> None:
         try:
-            import msgpack  # type: ignore[import-not-found,unused-ignore]
+            import msgpack  # type: ignore[import-untyped,import-not-found,unused-ignore]
         except ImportError as missing:  # pragma: no cover - depends on the extra
             raise ImportError(
                 "the msgpack serializer needs `pip install cachet-client[msgpack]`"
