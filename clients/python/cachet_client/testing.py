@@ -86,7 +86,7 @@ class CachetServer:
 
     def _serving(self) -> bool:
         with grpc.insecure_channel(self.address) as channel:
-            check = channel.unary_unary(_HEALTH_CHECK)
+            check = channel.unary_unary(_HEALTH_CHECK, None, None)  # bytes in, bytes out
             try:
                 answer: bytes = check(b"", timeout=1)
             except grpc.RpcError:
