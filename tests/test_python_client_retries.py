@@ -66,6 +66,8 @@ class FaultProxy(grpc.GenericRpcHandler):
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.faults: dict[str, list[grpc.Status]] = defaultdict(list)
+        # Calls forwarded, whose answer is then lost: the client sees UNAVAILABLE.
+        self.lost_answers: dict[str, int] = defaultdict(int)
         self.attempts: dict[str, list[float]] = defaultdict(list)
         self.server = aio.server()
         self.server.add_generic_rpc_handlers([self])
@@ -94,6 +96,11 @@ class FaultProxy(grpc.GenericRpcHandler):
                 answer: bytes = await self.channel.unary_unary(path)(request, metadata=metadata)
             except aio.AioRpcError as error:
                 await context.abort(error.code(), error.details() or "")
+            if self.lost_answers[name]:
+                self.lost_answers[name] -= 1
+                await context.abort_with_status(
+                    fault(grpc.StatusCode.UNAVAILABLE, "BACKEND_UNAVAILABLE")
+                )
             return answer
 
         return grpc.unary_unary_rpc_method_handler(forward)
@@ -205,6 +212,25 @@ async def test_unavailable_is_retried_by_grpc_for_idempotent_calls_only(
             retry=cachet_client.NO_RETRY,
         )
     assert len(proxy.attempts["Get"]) == 4
+
+
+async def test_lost_answers_of_non_idempotent_calls(flavor, proxy, server, namespace):
+    """Increment applied, its answer lost. Without a request_id in the protos the client
+    must not retry (it would count twice); with one, it retries under the same id and the
+    server applies it once."""
+    from cachet_client.proto.cachet.cache.v1 import cache_pb2
+
+    deduplicated = "request_id" in cache_pb2.IncrementRequest.DESCRIPTOR.fields_by_name
+    proxy.lost_answers["Increment"] = 1
+    if deduplicated:
+        assert await call(flavor, proxy.address, namespace, lambda c: c.cache.increment("n")) == 1
+        assert len(proxy.attempts["Increment"]) == 2
+    else:
+        with pytest.raises(cachet_client.Unavailable):
+            await call(flavor, proxy.address, namespace, lambda c: c.cache.increment("n"))
+        assert len(proxy.attempts["Increment"]) == 1
+    async with cachet_client.connect(server.address, namespace=namespace) as direct:
+        assert (await direct.cache.get("n")).data == b"1"  # applied exactly once
 
 
 def _unavailable_gets(admin: Any) -> int:

@@ -377,14 +377,14 @@ class Cache(Service[F]):
     def increment(self, key: str, by: int = 1, *, ttl: Ttl = None) -> Steps[int]:
         """Add `by` to the integer at `key` (created at 0 with `ttl`); answers the result."""
         request = pb.IncrementRequest(key=key, by_int=by, ttl=duration(ttl))
-        reply = yield from self._call(INCREMENT, request)
+        reply = yield from self._call(INCREMENT, request, idempotent=self._deduplicated(request))
         return reply.int_value
 
     @procedure
     def increment_float(self, key: str, by: float, *, ttl: Ttl = None) -> Steps[float]:
         """Add `by` to the number at `key` (created at 0 with `ttl`); answers the result."""
         request = pb.IncrementRequest(key=key, by_float=by, ttl=duration(ttl))
-        reply = yield from self._call(INCREMENT, request)
+        reply = yield from self._call(INCREMENT, request, idempotent=self._deduplicated(request))
         return reply.float_value
 
     @procedure
@@ -467,7 +467,9 @@ class Cache(Service[F]):
         request = pb.HashIncrementRequest(
             key=key, field=field, by_int=by, ttl=_collection_ttl(ttl, refresh_ttl)
         )
-        reply = yield from self._call(HASH_INCREMENT, request)
+        reply = yield from self._call(
+            HASH_INCREMENT, request, idempotent=self._deduplicated(request)
+        )
         return reply.int_value
 
     @procedure
@@ -478,7 +480,9 @@ class Cache(Service[F]):
         request = pb.HashIncrementRequest(
             key=key, field=field, by_float=by, ttl=_collection_ttl(ttl, refresh_ttl)
         )
-        reply = yield from self._call(HASH_INCREMENT, request)
+        reply = yield from self._call(
+            HASH_INCREMENT, request, idempotent=self._deduplicated(request)
+        )
         return reply.float_value
 
     @procedure
@@ -534,7 +538,7 @@ class Cache(Service[F]):
             keep_newest=keep_newest,
             ttl=_collection_ttl(ttl, refresh_ttl),
         )
-        reply = yield from self._call(LIST_PUSH, request)
+        reply = yield from self._call(LIST_PUSH, request, idempotent=self._deduplicated(request))
         return reply.length
 
     @procedure
@@ -713,7 +717,7 @@ class Cache(Service[F]):
             delta=delta,
             ttl=_collection_ttl(ttl, False),
         )
-        reply = yield from self._call(ZINCR, request)
+        reply = yield from self._call(ZINCR, request, idempotent=self._deduplicated(request))
         return reply.score
 
     @procedure

@@ -22,6 +22,7 @@ import inspect
 import json
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -269,6 +270,19 @@ class Service(Generic[F]):
                     raise
                 # At least the server's delay; the jitter spreads the callers it told.
                 yield Sleep(exhausted.retry_after.total_seconds() + policy.backoff(attempt - 1))
+
+    def _deduplicated(self, request: Message) -> bool:
+        """Give `request` a fresh `request_id` when its message has one: the server
+        answers a repeat of that id (within its window) without applying it again, so
+        the call may be retried. Answers whether it did."""
+        field = request.DESCRIPTOR.fields_by_name.get("request_id")
+        if field is None:
+            return False
+        token = uuid.uuid4()
+        # setattr: the field is looked up at run time, so the Message type does not name it.
+        value = token.bytes if field.type == field.TYPE_BYTES else token.hex
+        setattr(request, "request_id", value)  # noqa: B010
+        return True
 
     def _encode(self, value: Any) -> bytes:
         return self._serializer.dumps(value)

@@ -115,7 +115,8 @@ class Events(Service[F]):
         """Fire-and-forget: send `value` to the topic's current subscribers; answers how
         many received it."""
         event = self._message(value, type, source, content_type, attributes)
-        reply = yield from self._call(PUBLISH, pb.PublishRequest(topic=topic, event=event))
+        request = pb.PublishRequest(topic=topic, event=event)
+        reply = yield from self._call(PUBLISH, request, idempotent=self._deduplicated(request))
         return reply.receivers
 
     @procedure
@@ -133,7 +134,7 @@ class Events(Service[F]):
         """Append to a durable stream (trimmed to about `max_len`); answers the id."""
         event = self._message(value, type, source, content_type, attributes)
         request = pb.AppendRequest(stream=stream, event=event, max_len=max_len)
-        reply = yield from self._call(APPEND, request)
+        reply = yield from self._call(APPEND, request, idempotent=self._deduplicated(request))
         return reply.id
 
     @procedure
