@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -372,30 +372,37 @@ class SyncDelivery:
 class AsyncEvents(Events[Async]):
     """EventBusService on the asyncio client."""
 
-    async def subscribe(self, *topics: str, patterns: Sequence[str] = ()) -> AsyncIterator[Event]:
+    async def subscribe(
+        self, *topics: str, patterns: Sequence[str] = ()
+    ) -> AsyncGenerator[Event, None]:
         """Receive what is published to `topics` (and glob `patterns`) from now on, as
         an async iterator of Events (`topic` set); stop by leaving the loop."""
         async for event in self._subscription(topics, patterns):
             if event is not None:
                 yield event
 
-    async def subscribed(self, *topics: str, patterns: Sequence[str] = ()) -> AsyncIterator[Event]:
+    async def subscribed(
+        self, *topics: str, patterns: Sequence[str] = ()
+    ) -> AsyncGenerator[Event, None]:
         """Like `subscribe`, but returns once the server confirms the subscription, so
         a publish made after it is sure to arrive:
         `events = await client.events.subscribed("t")`, then `async for e in events`."""
         frames = self._subscription(topics, patterns)
         await anext(frames)  # the "active" frame
 
-        async def events() -> AsyncIterator[Event]:
-            async for event in frames:
-                if event is not None:
-                    yield event
+        async def events() -> AsyncGenerator[Event, None]:
+            try:
+                async for event in frames:
+                    if event is not None:
+                        yield event
+            finally:
+                await frames.aclose()  # ends the stream now, not when collected
 
         return events()
 
     async def _subscription(
         self, topics: Sequence[str], patterns: Sequence[str]
-    ) -> AsyncIterator[Event | None]:
+    ) -> AsyncGenerator[Event | None, None]:
         """Frames of a Subscribe stream: None for "active", then the events."""
         runner: Any = self._runner
         call = runner.channels.plain.unary_stream(
@@ -428,7 +435,7 @@ class AsyncEvents(Events[Async]):
         auto_claim_min_idle: Ttl | None = None,
         redeliver_pending: bool = False,
         max_pending: int = 0,
-    ) -> AsyncIterator[AsyncDelivery]:
+    ) -> AsyncGenerator[AsyncDelivery, None]:
         """Deliveries to `consumer` of `group`, as an async iterator: each has the event
         and `await delivery.ack()`. Unacked events stay pending when the loop ends."""
         runner: Any = self._runner
@@ -462,7 +469,7 @@ class SyncEvents(Events[Sync]):
 
     def _subscription(
         self, topics: Sequence[str], patterns: Sequence[str]
-    ) -> Iterator[Event | None]:
+    ) -> Generator[Event | None, None, None]:
         """Frames of a Subscribe stream: None for "active", then the events."""
         runner: Any = self._runner
         call = runner.channels.plain.unary_stream(
@@ -485,19 +492,30 @@ class SyncEvents(Events[Sync]):
         finally:
             call.cancel()
 
-    def subscribe(self, *topics: str, patterns: Sequence[str] = ()) -> Iterator[Event]:
+    def subscribe(self, *topics: str, patterns: Sequence[str] = ()) -> Generator[Event, None, None]:
         """Receive what is published to `topics` (and glob `patterns`) from now on, as an
         iterator of Events (`topic` set); stop by leaving the loop."""
         for event in self._subscription(topics, patterns):
             if event is not None:
                 yield event
 
-    def subscribed(self, *topics: str, patterns: Sequence[str] = ()) -> Iterator[Event]:
+    def subscribed(
+        self, *topics: str, patterns: Sequence[str] = ()
+    ) -> Generator[Event, None, None]:
         """Like `subscribe`, but returns once the subscription is active, so a publish
         made after it is sure to arrive."""
         frames = self._subscription(topics, patterns)
         next(frames)  # the "active" frame
-        return (event for event in frames if event is not None)
+
+        def events() -> Generator[Event, None, None]:
+            try:
+                for event in frames:
+                    if event is not None:
+                        yield event
+            finally:
+                frames.close()  # ends the stream now, not when collected
+
+        return events()
 
     def consume(
         self,
@@ -510,7 +528,7 @@ class SyncEvents(Events[Sync]):
         auto_claim_min_idle: Ttl | None = None,
         redeliver_pending: bool = False,
         max_pending: int = 0,
-    ) -> Iterator[SyncDelivery]:
+    ) -> Generator[SyncDelivery, None, None]:
         """Deliveries to `consumer` of `group`, as an iterator: each has the event and
         `delivery.ack()`. Unacked events stay pending when the loop ends."""
         runner: Any = self._runner

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from ._core import Async, F, Service, Steps, Sync, duration, procedure, rpc, seconds
-from .errors import CachetError, from_rpc_error
+from .errors import CachetError, DeadlineExceeded, from_rpc_error
 from .proto.cachet.lock.v1 import lock_pb2 as pb
 
 _SERVICE = "cachet.lock.v1.LockService"
@@ -223,6 +223,12 @@ class AsyncLocks(Locks[Async]):
             first = _granted(name, await asyncio.wait_for(call.read(), _open_timeout(self, wait)))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+        except TimeoutError:
+            call.cancel()
+            raise DeadlineExceeded(
+                f"Hold on {name!r}: no grant within the deadline",
+                code=grpc.StatusCode.DEADLINE_EXCEEDED,
+            ) from None
         except BaseException:
             call.cancel()
             raise
