@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import threading
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -244,33 +244,58 @@ async def test_txn_builder(json_client):
     assert not absent.succeeded and absent.results == []
 
 
-async def test_get_or_set_computes_once_across_clients_and_threads(server, namespace):
-    computed = 0
-    lock = threading.Lock()
+OTHER_PROCESS = """
+import sys, time
+import cachet_client
 
-    def slow_factory() -> bytes:
-        nonlocal computed
-        with lock:
-            computed += 1
-        time.sleep(0.3)
-        return b"report"
+address, namespace = sys.argv[1], sys.argv[2]
+with cachet_client.connect_sync(address, namespace=namespace) as client:
+    def compute():
+        client.cache.increment("computations")
+        time.sleep(1.5)
+        return b"from another process"
+    print("calling", flush=True)
+    print(client.cache.get_or_set("report", compute, ttl=60).decode(), flush=True)
+"""
 
-    async def async_factory() -> bytes:
-        return await asyncio.to_thread(slow_factory)
 
+async def test_get_or_set_computes_once_across_processes_clients_and_threads(server, namespace):
+    """Callers in another process, in two async clients and in threads of a sync client
+    ask for the same missing key at once: one computes, the others wait for its Fill."""
+
+    def slow_local() -> bytes:
+        sync_client.cache.increment("computations")
+        time.sleep(1.5)
+        return b"from this process"
+
+    async def async_local() -> bytes:
+        return await asyncio.to_thread(slow_local)
+
+    other = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        OTHER_PROCESS,
+        server.address,
+        namespace,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert other.stdout is not None
+    assert (await asyncio.wait_for(other.stdout.readline(), 30)).strip() == b"calling"
     async_clients = [cachet_client.connect(server.address, namespace=namespace) for _ in range(2)]
     sync_client = cachet_client.connect_sync(server.address, namespace=namespace)
     try:
         answers = await asyncio.gather(
-            *(c.cache.get_or_set("report", async_factory, ttl=60) for c in async_clients * 3),
+            *(c.cache.get_or_set("report", async_local, ttl=60) for c in async_clients * 2),
             *(
-                asyncio.to_thread(sync_client.cache.get_or_set, "report", slow_factory, ttl=60)
+                asyncio.to_thread(sync_client.cache.get_or_set, "report", slow_local, ttl=60)
                 for _ in range(3)
             ),
         )
-        assert answers == [b"report"] * 9
-        assert computed == 1
-        assert (await async_clients[0].cache.get("report")).data == b"report"
+        remote = (await asyncio.wait_for(other.stdout.readline(), 30)).strip().decode()
+        assert await asyncio.wait_for(other.wait(), 30) == 0
+        assert len({*answers, remote.encode()}) == 1, (answers, remote)
+        assert (await async_clients[0].cache.get("computations")).data == b"1"
+        print(f"\n[get_or_set] 8 callers in 2 processes, computed once: {remote!r}")
     finally:
         for c in async_clients:
             await c.close()

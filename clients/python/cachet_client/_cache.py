@@ -264,9 +264,13 @@ class _CachedCall:
     function: Callable[..., Any]
     key: KeySpec
     tags: TagSpec
+    signature: inspect.Signature = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "signature", inspect.signature(self.function))
 
     def names(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, list[str]]:
-        bound = inspect.signature(self.function).bind(*args, **kwargs)
+        bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         if callable(self.key):
             key = self.key(*args, **kwargs)
