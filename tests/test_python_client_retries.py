@@ -183,6 +183,14 @@ async def test_retries_stop_at_max_attempts(flavor, proxy, namespace):
     assert len(proxy.attempts["Get"]) == 2
 
 
+async def test_retry_info_beyond_the_deadline_is_not_waited_for(flavor, proxy, namespace):
+    proxy.inject("Get", fault(grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED", timedelta(5)))
+    with pytest.raises(cachet_client.RateLimited) as limited:
+        await call(flavor, proxy.address, namespace, lambda c: c.cache.get("k"), timeout=2)
+    assert limited.value.retry_after == timedelta(days=5)
+    assert len(proxy.attempts["Get"]) == 1
+
+
 async def test_resource_exhausted_without_retry_info_is_not_retried(flavor, proxy, namespace):
     proxy.inject("Get", fault(grpc.StatusCode.RESOURCE_EXHAUSTED, "RESPONSE_TOO_LARGE"))
     with pytest.raises(cachet_client.ResponseTooLarge) as too_large:

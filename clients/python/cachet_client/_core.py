@@ -259,6 +259,8 @@ class Service(Generic[F]):
         """One call, retried after RESOURCE_EXHAUSTED + RetryInfo when idempotent."""
         retrying = method.idempotent if idempotent is None else idempotent
         policy = self._settings.retry
+        budget = self._settings.deadline(blocks_for)
+        started = time.monotonic()
         attempt = 0
         while True:
             try:
@@ -269,7 +271,10 @@ class Service(Generic[F]):
                 if not retrying or exhausted.retry_after is None or attempt >= policy.max_attempts:
                     raise
                 # At least the server's delay; the jitter spreads the callers it told.
-                yield Sleep(exhausted.retry_after.total_seconds() + policy.backoff(attempt - 1))
+                wait = exhausted.retry_after.total_seconds() + policy.backoff(attempt - 1)
+                if budget is not None and time.monotonic() - started + wait > budget:
+                    raise  # the call's deadline would pass before the retry
+                yield Sleep(wait)
 
     def _deduplicated(self, request: Message) -> bool:
         """Give `request` a fresh `request_id` when its message has one: the server
