@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import cachet_client
+import grpc
 import pytest
 from cachet_client import serializers
 
@@ -208,6 +211,23 @@ async def test_wrong_type_and_bad_input_are_typed_errors(client):
     with pytest.raises(cachet_client.NotANumber):
         await r(client.cache.increment("str"))
     assert isinstance(bad.value, cachet_client.CachetError)
+
+
+def test_every_reason_of_the_servers_error_table_has_its_class():
+    from cachet_client import errors
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = text[text.index("| status | when | reasons |") :]
+    rows = table[: table.index("\n\n")].splitlines()[2:]
+    assert len(rows) >= 10
+    for row in rows:
+        status, _, reasons = (cell.strip() for cell in row.strip("|").split("|"))
+        code = grpc.StatusCode[status.strip("`")]
+        assert code in errors._BY_CODE, code
+        for reason in re.findall(r"`([A-Z_]+)`", reasons):
+            if reason in {"INVALID_ARGUMENT", "INTERNAL"}:
+                continue  # the status's own class
+            assert issubclass(errors._BY_REASON[reason], errors._BY_CODE[code]), reason
 
 
 # -- cache: tags, patterns, Txn, leases, the decorator ---------------------------------

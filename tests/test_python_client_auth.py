@@ -215,16 +215,19 @@ async def test_credentials_are_checked_and_mapped(flavor, tls_server):
         flavor, tls_server, tls=tls, credential=WRITER_TOKEN, namespace="other-app"
     )
     try:
-        with pytest.raises(cachet_client.Unauthenticated):
+        with pytest.raises(cachet_client.CredentialMissing) as missing:
             await r(anonymous.cache.get("k"))
-        with pytest.raises(cachet_client.Unauthenticated):
+        assert isinstance(missing.value, cachet_client.Unauthenticated)
+        with pytest.raises(cachet_client.CredentialUnknown):
             await r(wrong.cache.get("k"))
         assert await r(reader.cache.get("nothing")) is None
-        with pytest.raises(cachet_client.PermissionDenied):
+        with pytest.raises(cachet_client.RoleNotGranted) as role:
             await r(reader.cache.set("k", b"v"))
-        with pytest.raises(cachet_client.PermissionDenied):
+        assert isinstance(role.value, cachet_client.PermissionDenied)
+        assert READER_TOKEN not in str(role.value)  # the server never echoes a credential
+        with pytest.raises(cachet_client.NamespaceNotGranted):
             await r(elsewhere.cache.get("k"))
-        with pytest.raises(cachet_client.PermissionDenied):
+        with pytest.raises(cachet_client.RoleNotGranted):
             await r(reader.admin.server_info())
     finally:
         for client in (anonymous, wrong, reader, elsewhere):

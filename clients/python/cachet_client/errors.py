@@ -130,6 +130,10 @@ class FlushDisabled(FailedPrecondition):
     """Namespace flush is switched off on the server (FLUSH_DISABLED)."""
 
 
+class ConfigUnsafe(FailedPrecondition):
+    """A Redis setting the server refuses as unsafe (CONFIG_UNSAFE)."""
+
+
 class Aborted(CachetError):
     """A concurrent writer won, or what the call relied on changed."""
 
@@ -190,8 +194,48 @@ class ConfigNotWhitelisted(PermissionDenied):
     """A Redis setting outside the admin whitelist (CONFIG_NOT_WHITELISTED)."""
 
 
+class NamespaceNotGranted(PermissionDenied):
+    """The credential does not grant the call's namespace (NAMESPACE_NOT_GRANTED)."""
+
+
+class RoleNotGranted(PermissionDenied):
+    """The RPC needs a role the credential does not hold (ROLE_NOT_GRANTED)."""
+
+
 class Unauthenticated(CachetError):
     """No credential, or one the server does not know (UNAUTHENTICATED)."""
+
+
+class CredentialMissing(Unauthenticated):
+    """The call carried no credential (CREDENTIAL_MISSING)."""
+
+
+class CredentialMalformed(Unauthenticated):
+    """The credential is not `Bearer <token>` or does not parse (CREDENTIAL_MALFORMED)."""
+
+
+class CredentialUnknown(Unauthenticated):
+    """No API key or certificate identity matches the credential (CREDENTIAL_UNKNOWN)."""
+
+
+class CredentialExpired(Unauthenticated):
+    """A JWT past its `exp` (CREDENTIAL_EXPIRED): refresh it."""
+
+
+class CredentialNotYetValid(Unauthenticated):
+    """A JWT before its `nbf` (CREDENTIAL_NOT_YET_VALID)."""
+
+
+class CredentialWrongAudience(Unauthenticated):
+    """A JWT for another audience (CREDENTIAL_WRONG_AUDIENCE)."""
+
+
+class CredentialWrongIssuer(Unauthenticated):
+    """A JWT from another issuer (CREDENTIAL_WRONG_ISSUER)."""
+
+
+class CredentialBadSignature(Unauthenticated):
+    """A JWT no configured key verifies (CREDENTIAL_BAD_SIGNATURE)."""
 
 
 class Unavailable(CachetError):
@@ -200,6 +244,30 @@ class Unavailable(CachetError):
 
 class NotEnoughReplicas(Unavailable):
     """Too few Redis replicas acknowledged a write (NOT_ENOUGH_REPLICAS)."""
+
+
+class BackendUnavailable(Unavailable):
+    """Redis cannot be reached (BACKEND_UNAVAILABLE)."""
+
+
+class BackendReadonly(Unavailable):
+    """The Redis node is a read-only replica, e.g. during a failover (BACKEND_READONLY)."""
+
+
+class BackendLoading(Unavailable):
+    """Redis is loading its dataset (BACKEND_LOADING)."""
+
+
+class BackendClusterDown(Unavailable):
+    """Redis Cluster is down (BACKEND_CLUSTER_DOWN)."""
+
+
+class BackendTryAgain(Unavailable):
+    """Redis Cluster is moving the key's slot (BACKEND_TRY_AGAIN)."""
+
+
+class ReplicationIncomplete(Unavailable):
+    """A write reached fewer replicas than required (REPLICATION_INCOMPLETE)."""
 
 
 class DeadlineExceeded(CachetError):
@@ -235,6 +303,7 @@ _BY_REASON: dict[str, type[CachetError]] = {
     "STREAM_NOT_FOUND": StreamNotFound,
     "CONFIRMATION_MISMATCH": ConfirmationMismatch,
     "FLUSH_DISABLED": FlushDisabled,
+    "CONFIG_UNSAFE": ConfigUnsafe,
     "VERSION_MISMATCH": VersionMismatch,
     "FENCING_TOKEN_STALE": FencingTokenStale,
     "LEASE_LOST": LeaseLost,
@@ -245,7 +314,23 @@ _BY_REASON: dict[str, type[CachetError]] = {
     "TOO_MANY_SUBSCRIBERS": TooManySubscribers,
     "BACKEND_OUT_OF_MEMORY": BackendOutOfMemory,
     "CONFIG_NOT_WHITELISTED": ConfigNotWhitelisted,
+    "NAMESPACE_NOT_GRANTED": NamespaceNotGranted,
+    "ROLE_NOT_GRANTED": RoleNotGranted,
+    "CREDENTIAL_MISSING": CredentialMissing,
+    "CREDENTIAL_MALFORMED": CredentialMalformed,
+    "CREDENTIAL_UNKNOWN": CredentialUnknown,
+    "CREDENTIAL_EXPIRED": CredentialExpired,
+    "CREDENTIAL_NOT_YET_VALID": CredentialNotYetValid,
+    "CREDENTIAL_WRONG_AUDIENCE": CredentialWrongAudience,
+    "CREDENTIAL_WRONG_ISSUER": CredentialWrongIssuer,
+    "CREDENTIAL_BAD_SIGNATURE": CredentialBadSignature,
     "NOT_ENOUGH_REPLICAS": NotEnoughReplicas,
+    "BACKEND_UNAVAILABLE": BackendUnavailable,
+    "BACKEND_READONLY": BackendReadonly,
+    "BACKEND_LOADING": BackendLoading,
+    "BACKEND_CLUSTER_DOWN": BackendClusterDown,
+    "BACKEND_TRY_AGAIN": BackendTryAgain,
+    "REPLICATION_INCOMPLETE": ReplicationIncomplete,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[CachetError]] = {
