@@ -38,9 +38,24 @@ async def r(answer: Any) -> Any:
     return await answer if inspect.isawaitable(answer) else answer
 
 
+POLICIES = """
+ratelimit:
+  policies:
+    - name: login
+      rate_limit: {requests_per_unit: 2, unit: minute, algorithm: sliding_window_log}
+"""
+
+
 @pytest.fixture(scope="module")
-def server(topology: Any) -> Iterator[CachetProcess]:
-    proc = CachetProcess(topology.url, CACHET_AUTH__MODE="off", CACHET_ALLOW_PERSIST="true")
+def server(topology: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CachetProcess]:
+    config = tmp_path_factory.mktemp("config") / "cachet.yaml"
+    config.write_text(POLICIES)
+    proc = CachetProcess(
+        topology.url,
+        CACHET_AUTH__MODE="off",
+        CACHET_ALLOW_PERSIST="true",
+        CACHET_CONFIG_FILE=str(config),
+    )
     try:
         yield proc.start()
     finally:
@@ -533,7 +548,13 @@ async def test_rate_limits(client):
     with pytest.raises(cachet_client.PolicyNotFound) as missing:
         await r(limits.check("api:alice", policy="no-such-policy"))
     assert missing.value.code.name == "NOT_FOUND"
-    assert isinstance(await r(limits.list_policies()), list)
+    assert [p.name for p in await r(limits.list_policies())] == ["login"]
+    named = [await r(limits.check("alice", policy="login")) for _ in range(3)]
+    assert [d.allowed for d in named] == [True, True, False]
+    assert named[0].matched_policy == "login" and named[0].limit == 2
+    assert not (await r(limits.peek("alice", policy="login"))).allowed
+    assert await r(limits.reset(cachet_client.RateLimit("alice", policy="login"))) >= 1
+    assert (await r(limits.check("alice", policy="login"))).allowed
     with pytest.raises(ValueError, match="bad rate"):
         await r(limits.check("k", "10/fortnight"))
 

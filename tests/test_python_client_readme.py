@@ -157,3 +157,20 @@ async def test_every_public_call_has_a_docstring():
     await clients[0].close()
     clients[1].close()
     assert missing == []
+
+
+async def test_both_clients_have_the_same_surface():
+    aclient, sclient = (
+        cachet_client.connect("127.0.0.1:1"),
+        cachet_client.connect_sync("127.0.0.1:1"),
+    )
+    try:
+        for service in ("cache", "locks", "rate_limits", "events", "admin"):
+            names = [
+                {n for n in dir(getattr(c, service)) if not n.startswith("_")}
+                for c in (aclient, sclient)
+            ]
+            assert names[0] == names[1], (service, names[0] ^ names[1])
+    finally:
+        await aclient.close()
+        sclient.close()
