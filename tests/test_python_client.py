@@ -738,3 +738,14 @@ async def test_blocking_calls_wait_beyond_the_default_deadline(flavor, server, n
         assert await r(client.cache.list_pop("empty", wait=0.6)) == []
     finally:
         await close(client)
+
+
+def test_async_client_made_before_the_event_loop_runs(server, namespace):
+    client = cachet_client.connect(server.address, namespace=namespace)  # no loop yet
+
+    async def use() -> bytes:
+        async with client:
+            await client.cache.set("k", b"made early")
+            return (await client.cache.get("k")).data
+
+    assert asyncio.run(use()) == b"made early"

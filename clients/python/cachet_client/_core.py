@@ -361,7 +361,15 @@ class AsyncRunner:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.channels = _Channels(self._channel(retrying=True), self._channel(retrying=False))
+        self._channels: _Channels | None = None
+
+    @property
+    def channels(self) -> _Channels:
+        """The channels, made on first use: a grpc.aio channel belongs to the event loop
+        running when it is made, so `connect()` may be called before any loop runs."""
+        if self._channels is None:
+            self._channels = _Channels(self._channel(retrying=True), self._channel(retrying=False))
+        return self._channels
 
     def _channel(self, *, retrying: bool) -> aio.Channel:
         options = self.settings.channel_options(retrying=retrying)
@@ -419,9 +427,11 @@ class AsyncRunner:
             steps.close()
 
     async def close(self) -> None:
-        """Close both channels."""
-        await self.channels.retrying.close(None)
-        await self.channels.plain.close(None)
+        """Close both channels (if they were ever made)."""
+        if self._channels is not None:
+            await self._channels.retrying.close(None)
+            await self._channels.plain.close(None)
+            self._channels = None
 
 
 class SyncRunner:

@@ -242,6 +242,7 @@ class AsyncLocks(Locks[Async]):
                         held.lost_reason = _lost_reason(event)
                         held.lost.set()
             if not closing.is_set():  # the stream broke while the block still runs
+                held.lost_reason = held.lost_reason or "the Hold stream ended"
                 held.lost.set()
 
         closing = asyncio.Event()
@@ -316,7 +317,8 @@ class SyncLocks(Locks[Sync]):
                         held.lost.set()
             except grpc.RpcError:
                 pass
-            if not closing.is_set():
+            if not closing.is_set():  # the stream broke while the block still runs
+                held.lost_reason = held.lost_reason or "the Hold stream ended"
                 held.lost.set()
 
         watcher = threading.Thread(target=watch, name=f"cachet-hold-{name}", daemon=True)
