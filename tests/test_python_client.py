@@ -112,6 +112,9 @@ async def test_strings_round_trip_and_compare_and_set(client):
         await r(cache.set("user:1", b"dave", condition="if_absent"))
     with pytest.raises(cachet_client.KeyNotFound):
         await r(cache.set("nobody", b"x", condition="if_present"))
+    assert (await r(cache.exchange("swap", b"first"))) is None
+    previous = await r(cache.exchange("swap", b"second", ttl=60))
+    assert previous.data == b"first" and (await r(cache.get("swap"))).data == b"second"
     assert await r(cache.set_many({"a": b"1", "b": b"2"}, ttl=60)) != []
     assert set(await r(cache.get_many(["user:1", "a", "b", "nope"]))) == {"user:1", "a", "b"}
     assert await r(cache.exists("a", "b", "nope")) == 2

@@ -339,6 +339,23 @@ class Cache(Service[F]):
         return reply.version
 
     @procedure
+    def exchange(
+        self, key: str, value: Any, *, ttl: Ttl = None, tags: Sequence[str] = ()
+    ) -> Steps[Value | None]:
+        """Write `key` and answer the Value it replaced (None when absent; its version is
+        not reported, so 0), in one
+        step. Never retried (a repeat would answer the new value as the previous one)."""
+        request = pb.SetRequest(
+            key=key,
+            value=self._encode(value),
+            ttl=duration(ttl),
+            return_previous=True,
+            tags=list(tags),
+        )
+        reply = yield from self._call(SET, request, idempotent=False)
+        return self._value(reply.previous_value, 0) if reply.previous_found else None
+
+    @procedure
     def set_many(self, items: Mapping[str, Any], *, ttl: Ttl = None) -> Steps[list[int]]:
         """Write many keys at once (one TTL for all); answers their versions in order."""
         entries = [pb.SetManyEntry(key=k, value=self._encode(v)) for k, v in items.items()]
