@@ -342,9 +342,9 @@ class Cache(Service[F]):
     def exchange(
         self, key: str, value: Any, *, ttl: Ttl = None, tags: Sequence[str] = ()
     ) -> Steps[Value | None]:
-        """Write `key` and answer the Value it replaced (None when absent; its version is
-        not reported, so 0), in one
-        step. Never retried (a repeat would answer the new value as the previous one)."""
+        """Write `key` and answer the Value it replaced, in one step (None when absent;
+        its version is not reported, so 0). Never retried: a repeat would answer the new
+        value as the previous one."""
         request = pb.SetRequest(
             key=key,
             value=self._encode(value),
