@@ -895,8 +895,14 @@ class Cache(Service[F]):
         request = pb.GetOrLeaseRequest(
             key=key, lease_ttl=duration(lease_ttl), accept_stale=stale_ttl is not None
         )
+        # Protos with GetOrLease `wait` let the server hold a waiter until the fill lands
+        # (woken, not polled). Not with a stale copy: that is answered at once instead.
+        server_wait = 0.0
+        if stale_ttl is None and "wait" in request.DESCRIPTOR.fields_by_name:
+            server_wait = seconds(self._settings.timeout) or 5.0
+            getattr(request, "wait").CopyFrom(duration(server_wait))  # noqa: B009
         while True:
-            reply = yield from self._call(GET_OR_LEASE, request)
+            reply = yield from self._call(GET_OR_LEASE, request, blocks_for=server_wait)
             if reply.outcome == pb.LEASE_OUTCOME_HIT or (
                 reply.outcome == pb.LEASE_OUTCOME_FILL_PENDING and reply.stale
             ):
