@@ -165,11 +165,17 @@ async def test_retry_info_is_waited_out_for_idempotent_calls(flavor, proxy, serv
 
 
 async def test_retry_info_is_not_retried_for_non_idempotent_calls(flavor, proxy, server, namespace):
-    proxy.inject("Increment", fault(grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED", RETRY_DELAY))
+    # A conditional write stands for every call that is never retried.
+    proxy.inject("Set", fault(grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED", RETRY_DELAY))
     with pytest.raises(cachet_client.RateLimited) as limited:
-        await call(flavor, proxy.address, namespace, lambda c: c.cache.increment("n"))
+        await call(
+            flavor,
+            proxy.address,
+            namespace,
+            lambda c: c.cache.set("n", b"1", condition="if_absent"),
+        )
     assert limited.value.retry_after == RETRY_DELAY and limited.value.reason == "OVERLOADED"
-    assert len(proxy.attempts["Increment"]) == 1
+    assert len(proxy.attempts["Set"]) == 1
     async with cachet_client.connect(server.address, namespace=namespace) as direct:
         assert await direct.cache.get("n") is None  # never applied
 
@@ -207,11 +213,11 @@ async def test_unavailable_is_retried_by_grpc_for_idempotent_calls_only(
     proxy.inject("Get", unavailable, unavailable)
     assert await call(flavor, proxy.address, namespace, lambda c: c.cache.get("k")) is None
     assert len(proxy.attempts["Get"]) == 3
-    proxy.inject("Increment", unavailable)
+    proxy.inject("Set", unavailable)
     with pytest.raises(cachet_client.Unavailable) as down:
-        await call(flavor, proxy.address, namespace, lambda c: c.cache.increment("n"))
+        await call(flavor, proxy.address, namespace, lambda c: c.cache.set("n", b"1", if_version=1))
     assert down.value.reason == "BACKEND_UNAVAILABLE"
-    assert len(proxy.attempts["Increment"]) == 1
+    assert len(proxy.attempts["Set"]) == 1
     # Retries off: one attempt only.
     proxy.inject("Get", unavailable)
     with pytest.raises(cachet_client.Unavailable):
