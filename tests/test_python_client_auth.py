@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import inspect
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import cachet_client
 import grpc
+import jwt
 import pytest
 import trustme
 import yaml
@@ -32,6 +34,24 @@ SERVER_NAME = "cachet.internal"
 WRITER_TOKEN = "writer-token-7f3a"
 READER_TOKEN = "reader-token-19c2"
 ADMIN_TOKEN = "admin-token-e51d"
+JWT_SECRET = "a-shared-secret-for-hs256-tests-only-0123456789"
+JWT_ISSUER = "https://issuer.test"
+JWT_AUDIENCE = "cachet"
+
+
+def mint_jwt(namespace: str, lifetime: float) -> str:
+    """An HS256 JWT granting read and write on `namespace` for `lifetime` seconds."""
+    now = int(time.time())
+    claims = {
+        "iss": JWT_ISSUER,
+        "aud": JWT_AUDIENCE,
+        "sub": "billing",
+        "iat": now,
+        "exp": now + lifetime,
+        "cachet_namespaces": [namespace],
+        "cachet_roles": ["read", "write"],
+    }
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
 
 
 class _TlsProcess(CachetProcess):
@@ -112,8 +132,18 @@ def secured_server(
             "roles": ["read", "write", "admin"],
         },
     ]
+    secret = directory / "jwt-secret"
+    secret.write_text(JWT_SECRET)
+    jwt_settings = {
+        "issuer": JWT_ISSUER,
+        "audience": JWT_AUDIENCE,
+        "leeway": "PT0S",
+        "keys": [{"algorithm": "HS256", "secret_file": str(secret)}],
+    }
     config = directory / "cachet.yaml"
-    config.write_text(yaml.safe_dump({"auth": {"mode": "required", "api_keys": keys}}))
+    config.write_text(
+        yaml.safe_dump({"auth": {"mode": "required", "api_keys": keys, "jwt": jwt_settings}})
+    )
     env = {
         "CACHET_AUTH__MODE": "required",
         "CACHET_CONFIG_FILE": str(config),
@@ -203,7 +233,7 @@ async def test_tls_checks_the_server_name(flavor, tls_server):
     finally:
         await r(client.close())
     with pytest.raises(ValueError, match="cert and key"):
-        open_client(flavor, tls_server, tls=cachet_client.TLS(ca=tls_server.ca, cert=b"x"))
+        cachet_client.TLS(ca=tls_server.ca, cert=b"x")
 
 
 async def test_credentials_are_checked_and_mapped(flavor, tls_server):
@@ -302,3 +332,33 @@ async def test_a_changing_token_is_picked_up(tls_server):
         current["token"] = next(tokens)
         client.cache.set("rotated", b"x")
         assert client.cache.get("rotated").data == b"x"
+
+
+async def test_a_refresher_minting_short_lived_jwts(flavor, tls_server):
+    """A JWT that has expired is refused (CredentialExpired); a refresher that mints a
+    fresh one before each call keeps working past any one token's lifetime."""
+    tls = tls_server.tls(mutual=False)
+    expired = open_client(
+        flavor, tls_server, tls=tls, credential=mint_jwt(tls_server.namespace, -5)
+    )
+    minted: list[str] = []
+
+    def fresh() -> str:
+        minted.append(mint_jwt(tls_server.namespace, 2))
+        return minted[-1]
+
+    async def fresh_async() -> str:
+        return fresh()
+
+    refreshing = open_client(
+        flavor, tls_server, tls=tls, credential=fresh_async if flavor == "async" else fresh
+    )
+    try:
+        with pytest.raises(cachet_client.CredentialExpired):
+            await r(expired.cache.get("k"))
+        await r(refreshing.cache.set("jwt", b"signed"))
+        assert (await r(refreshing.cache.get("jwt"))).data == b"signed"
+        assert len(minted) == 2
+    finally:
+        await r(expired.close())
+        await r(refreshing.close())

@@ -69,10 +69,12 @@ class TLS:
     key: bytes | str | Path | None = None
     server_name: str | None = None
 
-    def credentials(self) -> grpc.ChannelCredentials:
-        """The grpc channel credentials these settings describe."""
+    def __post_init__(self) -> None:
         if (self.cert is None) != (self.key is None):
             raise ValueError("TLS: cert and key go together (mutual TLS needs both)")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The grpc channel credentials these settings describe."""
         return grpc.ssl_channel_credentials(
             root_certificates=_read(self.ca),
             private_key=_read(self.key),
@@ -361,6 +363,8 @@ class AsyncRunner:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Read now, so a missing PEM file fails connect(), not the first call.
+        self._credentials = settings.tls.credentials() if settings.tls else None
         self._channels: _Channels | None = None
 
     @property
@@ -373,11 +377,9 @@ class AsyncRunner:
 
     def _channel(self, *, retrying: bool) -> aio.Channel:
         options = self.settings.channel_options(retrying=retrying)
-        if self.settings.tls is None:
+        if self._credentials is None:
             return aio.insecure_channel(self.settings.target, options=options)
-        return aio.secure_channel(
-            self.settings.target, self.settings.tls.credentials(), options=options
-        )
+        return aio.secure_channel(self.settings.target, self._credentials, options=options)
 
     async def metadata(self) -> list[tuple[str, str]]:
         """Metadata of every call: the namespace and, when set, the bearer credential."""
