@@ -752,3 +752,24 @@ def test_async_client_made_before_the_event_loop_runs(server, namespace):
             return (await client.cache.get("k")).data
 
     assert asyncio.run(use()) == b"made early"
+
+
+async def test_watch_invalidations_async(server, namespace):
+    async with cachet_client.connect(server.address, namespace=namespace) as client:
+        stream = client.cache.watch_invalidations("user:")
+        assert await asyncio.wait_for(anext(stream), 10) == cachet_client.Invalidation(synced=True)
+        await client.cache.set("page:1", b"not watched")
+        await client.cache.set("user:1", b"alice")
+        event = await asyncio.wait_for(anext(stream), 10)
+        assert event == cachet_client.Invalidation(keys=("user:1",))
+        await stream.aclose()
+
+
+def test_watch_invalidations_sync(server, namespace):
+    with cachet_client.connect_sync(server.address, namespace=namespace) as client:
+        stream = client.cache.watch_invalidations()
+        assert next(stream).synced
+        client.cache.delete("gone")  # nothing existed: no change
+        client.cache.set("k", b"v")
+        assert next(stream).keys == ("k",)
+        stream.close()

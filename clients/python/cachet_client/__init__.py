@@ -12,7 +12,7 @@ stubs under `cachet_client.proto`.
 """
 
 from . import serializers
-from ._cache import Txn, TxnOpResult, TxnResult, Value
+from ._cache import Invalidation, Txn, TxnOpResult, TxnResult, Value
 from ._client import AsyncClient, SyncClient, connect, connect_sync
 from ._core import NO_RETRY, TLS, RetryPolicy
 from ._events import AsyncDelivery, Claimed, Event, SyncDelivery
@@ -62,6 +62,7 @@ from .errors import (
     PermissionDenied,
     PersistDisabled,
     PolicyNotFound,
+    QuotaExceeded,
     RateLimited,
     ReplicationIncomplete,
     ResourceExhausted,
@@ -72,6 +73,7 @@ from .errors import (
     StreamNotFound,
     SubscriberTooSlow,
     TooManySubscribers,
+    TooManyWatchers,
     TopologyChanged,
     Unauthenticated,
     Unavailable,
@@ -123,6 +125,7 @@ __all__ = [
     "GroupNotFound",
     "Internal",
     "InvalidArgument",
+    "Invalidation",
     "KeyExists",
     "KeyNotFound",
     "Lease",
@@ -138,6 +141,7 @@ __all__ = [
     "PermissionDenied",
     "PersistDisabled",
     "PolicyNotFound",
+    "QuotaExceeded",
     "RateLimit",
     "RateLimited",
     "ReplicationIncomplete",
@@ -154,6 +158,7 @@ __all__ = [
     "SyncDelivery",
     "SyncHeld",
     "TooManySubscribers",
+    "TooManyWatchers",
     "TopologyChanged",
     "Txn",
     "TxnOpResult",

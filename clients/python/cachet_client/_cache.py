@@ -9,13 +9,24 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
+import grpc
+
 from ._core import Async, F, Invoke, Service, Sleep, Steps, Sync, duration, procedure, rpc, seconds
-from .errors import LeaseLost
+from .errors import LeaseLost, from_rpc_error
 from .proto.cachet.cache.v1 import cache_pb2 as pb
 from .serializers import BYTES, Serializer
 
@@ -77,6 +88,7 @@ INVALIDATE_PATTERN = rpc(
 GET_OR_LEASE = rpc(_SERVICE, "GetOrLease", pb.GetOrLeaseResponse, idempotent=False)
 FILL = rpc(_SERVICE, "Fill", pb.FillResponse, idempotent=False)
 TXN = rpc(_SERVICE, "Txn", pb.TxnResponse, idempotent=False)
+WATCH_PATH = f"/{_SERVICE}/WatchInvalidations"
 
 Condition = Literal["if_absent", "if_present"]
 End = Literal["left", "right"]
@@ -286,6 +298,25 @@ class _CachedCall:
         else:
             tags = [tag.format(*bound.args, **bound.arguments) for tag in self.tags]
         return key, tags
+
+
+@dataclass(frozen=True)
+class Invalidation:
+    """One event of `watch_invalidations`: `synced` (the stream is established: a
+    near-cache may serve from now on), `keys` (these keys changed: drop them), or
+    `flush_all` (changes may have been missed: drop everything and serve nothing until
+    the next `synced`)."""
+
+    synced: bool = False
+    keys: tuple[str, ...] = ()
+    flush_all: bool = False
+
+
+def _invalidation(event: pb.WatchInvalidationsResponse) -> Invalidation:
+    kind = event.WhichOneof("event")
+    if kind == "keys":
+        return Invalidation(keys=tuple(event.keys.keys))
+    return Invalidation(synced=kind == "synced", flush_all=kind == "flush_all")
 
 
 class Cache(Service[F]):
@@ -949,6 +980,24 @@ class _AsyncCachedDecorator(Protocol):
 class AsyncCache(Cache[Async]):
     """CacheService on the asyncio client."""
 
+    async def watch_invalidations(self, *prefixes: str) -> AsyncGenerator[Invalidation, None]:
+        """The namespace's invalidation stream (keys with these prefixes, or all), as an
+        async iterator of Invalidation events, for keeping a near-cache; it starts with
+        `synced`. Stop by leaving the loop (or `aclose()`)."""
+        runner: Any = self._runner
+        call = runner.channels.plain.unary_stream(
+            WATCH_PATH,
+            request_serializer=pb.WatchInvalidationsRequest.SerializeToString,
+            response_deserializer=pb.WatchInvalidationsResponse.FromString,
+        )(pb.WatchInvalidationsRequest(prefixes=prefixes), metadata=await runner.metadata())
+        try:
+            async for event in call:
+                yield _invalidation(event)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            call.cancel()
+
     async def get_or_set(
         self,
         key: str,
@@ -1001,6 +1050,25 @@ class AsyncCache(Cache[Async]):
 
 class SyncCache(Cache[Sync]):
     """CacheService on the blocking client."""
+
+    def watch_invalidations(self, *prefixes: str) -> Generator[Invalidation, None, None]:
+        """The namespace's invalidation stream (keys with these prefixes, or all), as an
+        iterator of Invalidation events, for keeping a near-cache; it starts with
+        `synced`. Stop by leaving the loop (or `close()`)."""
+        runner: Any = self._runner
+        call = runner.channels.plain.unary_stream(
+            WATCH_PATH,
+            request_serializer=pb.WatchInvalidationsRequest.SerializeToString,
+            response_deserializer=pb.WatchInvalidationsResponse.FromString,
+        )(pb.WatchInvalidationsRequest(prefixes=prefixes), metadata=runner.metadata())
+        try:
+            for event in call:
+                yield _invalidation(event)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.CANCELLED:
+                raise from_rpc_error(error) from None
+        finally:
+            call.cancel()
 
     def get_or_set(
         self,

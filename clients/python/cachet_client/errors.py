@@ -170,6 +170,15 @@ class RateLimited(ResourceExhausted):
     """RESOURCE_EXHAUSTED with a RetryInfo: try again after `retry_after`."""
 
 
+class QuotaExceeded(RateLimited):
+    """The namespace has its quota of calls, blocking calls or streams in flight
+    (QUOTA_EXCEEDED); `retry_after` says when to try again."""
+
+
+class TooManyWatchers(ResourceExhausted):
+    """The server's limit of WatchInvalidations streams is reached (TOO_MANY_WATCHERS)."""
+
+
 class ResponseTooLarge(ResourceExhausted):
     """The answer would exceed the message limit (RESPONSE_TOO_LARGE)."""
 
@@ -310,6 +319,8 @@ _BY_REASON: dict[str, type[CachetError]] = {
     "TOPOLOGY_CHANGED": TopologyChanged,
     "POLICY_NOT_FOUND": PolicyNotFound,
     "RESPONSE_TOO_LARGE": ResponseTooLarge,
+    "QUOTA_EXCEEDED": QuotaExceeded,
+    "TOO_MANY_WATCHERS": TooManyWatchers,
     "SUBSCRIBER_TOO_SLOW": SubscriberTooSlow,
     "TOO_MANY_SUBSCRIBERS": TooManySubscribers,
     "BACKEND_OUT_OF_MEMORY": BackendOutOfMemory,
