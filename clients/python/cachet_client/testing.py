@@ -70,11 +70,15 @@ class CachetServer:
     ) -> None:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # Only the settings given here reach the server (it refuses CACHET_* names it does
+        # not know, and a test's server should not pick up the developer's own settings).
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("CACHET_")}
         self._env = {
-            **os.environ,
+            **inherited,
             "CACHET_LISTEN": self.address,
             "CACHET_AUTH__MODE": "off",
             "CACHET_HEALTH_INTERVAL": "PT0.1S",
+            "CACHET_METRICS__LISTEN": "",  # no Prometheus port to collide on
             **(env or {}),
         }
         if redis_url:
