@@ -2,6 +2,8 @@
 
 - Redis paused: the server answers UNAVAILABLE until it is resumed, and the client's
   service-config retry carries an idempotent call across the outage.
+- A namespace over its quota: the server answers RESOURCE_EXHAUSTED / QUOTA_EXCEEDED with
+  a RetryInfo, and the client waits it out for an idempotent call.
 - RESOURCE_EXHAUSTED with a RetryInfo, and exact UNAVAILABLE counts: a fault-injecting
   gRPC proxy sits in front of the real server. It answers the first calls of a method
   with a status of the test's choosing (the shape the server's errors.py sends: ErrorInfo,
@@ -316,3 +318,58 @@ def test_unavailable_while_redis_is_paused_is_retried_through(namespace):
                 )
         finally:
             proc.stop()
+
+
+def test_quota_exceeded_with_retry_info_from_the_server(topology, namespace):
+    """A real server's quota (one blocking call per namespace at a time) refuses a second
+    blocking call with RESOURCE_EXHAUSTED / QUOTA_EXCEEDED and a RetryInfo. A blocking
+    ListPop (never retried) raises QuotaExceeded with the server's retry_after at once; a
+    blocking Read (idempotent) waits it out and succeeds once the first call is done."""
+    proc = CachetProcess(
+        topology.url,
+        CACHET_QUOTAS__MAX_BLOCKING_CALLS="1",
+        CACHET_QUOTAS__RETRY_AFTER="PT1S",
+    )
+    proc.start()
+    try:
+        attempts = 0
+
+        def counting_credential() -> str:  # called once per attempt (auth is off here)
+            nonlocal attempts
+            attempts += 1
+            return "unused"
+
+        with (
+            cachet_client.connect_sync(proc.address, namespace=namespace) as first,
+            cachet_client.connect_sync(
+                proc.address, namespace=namespace, credential=counting_credential
+            ) as second,
+        ):
+            first.events.append("s", b"x")
+            holder = threading.Thread(
+                target=first.events.read, args=("s",), kwargs={"after_id": "$", "block": 2.0}
+            )
+            holder.start()
+            refused = None
+            deadline = time.monotonic() + 10
+            while refused is None:  # until the first Read holds the namespace's one slot
+                assert time.monotonic() < deadline, "the quota never refused a blocking call"
+                try:
+                    second.cache.list_pop("q", wait=0.05)
+                except cachet_client.QuotaExceeded as error:
+                    refused = error
+            assert refused.retry_after == timedelta(seconds=1)
+            assert refused.reason == "QUOTA_EXCEEDED"
+            assert isinstance(refused, cachet_client.RateLimited)
+            started, before = time.monotonic(), attempts
+            events, _ = second.events.read("s", after_id="0", block=0.1)
+            waited, tries = time.monotonic() - started, attempts - before
+            holder.join(10)
+            assert [e.payload for e in events] == [b"x"]
+            assert tries >= 2  # refused at least once, then retried
+            print(
+                f"\n[retry] QUOTA_EXCEEDED waited out: Read answered after {waited:.2f} s, "
+                f"{tries} attempts"
+            )
+    finally:
+        proc.stop()
