@@ -324,52 +324,59 @@ def test_quota_exceeded_with_retry_info_from_the_server(topology, namespace):
     """A real server's quota (one blocking call per namespace at a time) refuses a second
     blocking call with RESOURCE_EXHAUSTED / QUOTA_EXCEEDED and a RetryInfo. A blocking
     ListPop (never retried) raises QuotaExceeded with the server's retry_after at once; a
-    blocking Read (idempotent) waits it out and succeeds once the first call is done."""
+    blocking Read (idempotent) is retried after the delay, and is answered once the call
+    holding the quota (a Consume stream) has ended."""
     proc = CachetProcess(
         topology.url,
         CACHET_QUOTAS__MAX_BLOCKING_CALLS="1",
         CACHET_QUOTAS__RETRY_AFTER="PT1S",
     )
     proc.start()
+    attempts = 0
+
+    def counting_credential() -> str:  # called once per attempt (auth is off here)
+        nonlocal attempts
+        attempts += 1
+        return "unused"
+
     try:
-        attempts = 0
-
-        def counting_credential() -> str:  # called once per attempt (auth is off here)
-            nonlocal attempts
-            attempts += 1
-            return "unused"
-
         with (
             cachet_client.connect_sync(proc.address, namespace=namespace) as first,
             cachet_client.connect_sync(
                 proc.address, namespace=namespace, credential=counting_credential
             ) as second,
         ):
+            first.events.create_group("s", "g", start_id="0")
             first.events.append("s", b"x")
-            holder = threading.Thread(
-                target=first.events.read, args=("s",), kwargs={"after_id": "$", "block": 2.0}
-            )
-            holder.start()
-            refused = None
-            deadline = time.monotonic() + 10
-            while refused is None:  # until the first Read holds the namespace's one slot
-                assert time.monotonic() < deadline, "the quota never refused a blocking call"
+            holding = first.events.consume("s", "g", "c", block=5)
+            next(holding)  # a Consume stream is open: it holds the namespace's one slot
+            with pytest.raises(cachet_client.QuotaExceeded) as refused:
+                second.cache.list_pop("q", wait=0.05)
+            assert refused.value.retry_after == timedelta(seconds=1)
+            assert isinstance(refused.value, cachet_client.RateLimited)
+
+            outcome: dict[str, Any] = {}
+            before = attempts
+
+            def read() -> None:
                 try:
-                    second.cache.list_pop("q", wait=0.05)
-                except cachet_client.QuotaExceeded as error:
-                    refused = error
-            assert refused.retry_after == timedelta(seconds=1)
-            assert refused.reason == "QUOTA_EXCEEDED"
-            assert isinstance(refused, cachet_client.RateLimited)
-            started, before = time.monotonic(), attempts
-            events, _ = second.events.read("s", after_id="0", block=0.1)
-            waited, tries = time.monotonic() - started, attempts - before
-            holder.join(10)
-            assert [e.payload for e in events] == [b"x"]
-            assert tries >= 2  # refused at least once, then retried
+                    outcome["events"] = second.events.read("s", after_id="0", block=0.1)[0]
+                except Exception as error:  # reported by the assertion below
+                    outcome["error"] = error
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            deadline = time.monotonic() + 10
+            while attempts - before < 2:  # a second attempt: the first one was refused
+                assert reader.is_alive(), f"answered without a retry: {outcome}"
+                assert time.monotonic() < deadline, "the Read was never retried"
+                time.sleep(0.01)
+            holding.close()  # the Consume ends: its slot is free for the retry
+            reader.join(10)
+            assert "error" not in outcome, outcome
+            assert [e.payload for e in outcome["events"]] == [b"x"]
             print(
-                f"\n[retry] QUOTA_EXCEEDED waited out: Read answered after {waited:.2f} s, "
-                f"{tries} attempts"
+                f"\n[retry] QUOTA_EXCEEDED waited out: Read answered at attempt {attempts - before}"
             )
     finally:
         proc.stop()
