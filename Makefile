@@ -28,7 +28,7 @@ setup: $(VENV)/.installed redis tools $(TS_DEPS) ## Install everything: venv wit
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e clients/python -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e 'clients/python[msgpack]' -e '.[dev]'
 	touch $@
 
 redis: ## Install redis-server and redis-sentinel (apt-get) when missing
