@@ -773,3 +773,45 @@ def test_watch_invalidations_sync(server, namespace):
         client.cache.set("k", b"v")
         assert next(stream).keys == ("k",)
         stream.close()
+
+
+# -- near-cache (issue 13) ------------------------------------------------------------
+
+
+async def test_near_cache_serves_get_and_get_many_locally_and_is_invalidated(
+    flavor, server, namespace
+):
+    reader = open_client(flavor, server, namespace)
+    writer = open_client(flavor, server, namespace)
+    try:
+        near = await r(reader.enable_near_cache(max_entries=100))
+        assert near.synced
+        with pytest.raises(RuntimeError):
+            await r(reader.enable_near_cache())
+        await r(writer.cache.set("user:1", b"v1"))
+        await r(writer.cache.set("user:2", b"w1"))
+        deadline = time.monotonic() + 10
+        while near.stats().invalidations < 2:  # the writes' own invalidations came by
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert (await r(reader.cache.get("user:1"))).data == b"v1"
+        assert (await r(reader.cache.get("user:1"))).data == b"v1"
+        many = await r(reader.cache.get_many(["user:1", "user:2", "absent"]))
+        assert {key: value.data for key, value in many.items()} == {
+            "user:1": b"v1",
+            "user:2": b"w1",
+        }
+        assert (await r(reader.cache.get_many(["user:2"])))["user:2"].data == b"w1"
+        stats = near.stats()
+        assert stats.hits >= 3 and stats.entries == 2, stats
+        seen = stats.invalidations
+        await r(writer.cache.set("user:1", b"v2"))
+        while near.stats().invalidations == seen:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert (await r(reader.cache.get("user:1"))).data == b"v2"
+        assert await r(reader.cache.get("absent")) is None
+    finally:
+        await close(reader)
+        await close(writer)
+    assert reader.cache._near is None, "close stops the near-cache"

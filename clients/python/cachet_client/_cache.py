@@ -26,6 +26,7 @@ from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 import grpc
 
 from ._core import Async, F, Invoke, Service, Sleep, Steps, Sync, duration, procedure, rpc, seconds
+from ._nearcache import NearCache
 from .errors import LeaseLost, from_rpc_error
 from .proto.cachet.cache.v1 import cache_pb2 as pb
 from .serializers import BYTES, Serializer
@@ -319,23 +320,76 @@ def _invalidation(event: pb.WatchInvalidationsResponse) -> Invalidation:
     return Invalidation(synced=kind == "synced", flush_all=kind == "flush_all")
 
 
+def _ttl_seconds(message: pb.GetResponse | pb.Entry) -> float | None:
+    return message.ttl.ToTimedelta().total_seconds() if message.HasField("ttl") else None
+
+
 class Cache(Service[F]):
     """CacheService calls for one namespace (values go through the client's serializer)."""
+
+    # Set by the client's enable_near_cache: get and get_many then serve from it.
+    _near: NearCache | None = None
 
     def _value(self, data: bytes, version: int) -> Value:
         return Value(data, version, self._serializer)
 
     @procedure
     def get(self, key: str) -> Steps[Value | None]:
-        """Read `key`: its Value, or None when missing."""
-        reply = yield from self._call(GET, pb.GetRequest(key=key))
-        return self._value(reply.value, reply.version) if reply.found else None
+        """Read `key`: its Value, or None when missing (from the near-cache, when the
+        client has one and it holds the key)."""
+        near = self._near
+        if near is None:
+            reply = yield from self._call(GET, pb.GetRequest(key=key))
+            return self._value(reply.value, reply.version) if reply.found else None
+        cached = near.get(key)
+        if cached is not None:
+            return self._value(*cached)
+        ticket = near.begin()
+        try:
+            reply = yield from self._call(GET, pb.GetRequest(key=key, include_ttl=True))
+        except BaseException:
+            near.abandon(ticket)
+            raise
+        if not reply.found:
+            near.abandon(ticket)
+            return None
+        near.fill(ticket, key, reply.value, reply.version, _ttl_seconds(reply))
+        return self._value(reply.value, reply.version)
 
     @procedure
     def get_many(self, keys: Iterable[str]) -> Steps[dict[str, Value]]:
-        """Read many keys at once: a dict of those that exist."""
-        reply = yield from self._call(GET_MANY, pb.GetManyRequest(keys=list(keys)))
-        return {e.key: self._value(e.value, e.version) for e in reply.entries if e.found}
+        """Read many keys at once: a dict of those that exist (near-cached ones from the
+        near-cache, the rest in one call)."""
+        wanted = list(keys)
+        near = self._near
+        if near is None:
+            reply = yield from self._call(GET_MANY, pb.GetManyRequest(keys=wanted))
+            return {e.key: self._value(e.value, e.version) for e in reply.entries if e.found}
+        found: dict[str, Value] = {}
+        missing = []
+        for key in dict.fromkeys(wanted):
+            cached = near.get(key)
+            if cached is not None:
+                found[key] = self._value(*cached)
+            else:
+                missing.append(key)
+        if not missing:
+            return found
+        ticket = near.begin()
+        try:
+            reply = yield from self._call(
+                GET_MANY, pb.GetManyRequest(keys=missing, include_ttl=True)
+            )
+        except BaseException:
+            near.abandon(ticket)
+            raise
+        fills = []
+        for entry in reply.entries:
+            if entry.found:
+                found[entry.key] = self._value(entry.value, entry.version)
+                fills.append((entry.key, entry.value, entry.version, _ttl_seconds(entry)))
+        near.fill_many(ticket, fills)
+        return found
 
     @procedure
     def set(
@@ -980,6 +1034,20 @@ class _AsyncCachedDecorator(Protocol):
 class AsyncCache(Cache[Async]):
     """CacheService on the asyncio client."""
 
+    async def _watch_events(self) -> AsyncGenerator[pb.WatchInvalidationsResponse, None]:
+        """The raw invalidation stream of the namespace, for the near-cache follower."""
+        runner: Any = self._runner
+        call = runner.channels.plain.unary_stream(
+            WATCH_PATH,
+            request_serializer=pb.WatchInvalidationsRequest.SerializeToString,
+            response_deserializer=pb.WatchInvalidationsResponse.FromString,
+        )(pb.WatchInvalidationsRequest(), metadata=await runner.metadata())
+        try:
+            async for event in call:
+                yield event
+        finally:
+            call.cancel()
+
     async def watch_invalidations(self, *prefixes: str) -> AsyncGenerator[Invalidation, None]:
         """The namespace's invalidation stream (keys with these prefixes, or all), as an
         async iterator of Invalidation events, for keeping a near-cache; it starts with
@@ -1050,6 +1118,16 @@ class AsyncCache(Cache[Async]):
 
 class SyncCache(Cache[Sync]):
     """CacheService on the blocking client."""
+
+    def _watch_call(self) -> Any:
+        """The raw invalidation stream of the namespace (an iterator that can be
+        cancelled), for the near-cache follower thread."""
+        runner: Any = self._runner
+        return runner.channels.plain.unary_stream(
+            WATCH_PATH,
+            request_serializer=pb.WatchInvalidationsRequest.SerializeToString,
+            response_deserializer=pb.WatchInvalidationsResponse.FromString,
+        )(pb.WatchInvalidationsRequest(), metadata=runner.metadata())
 
     def watch_invalidations(self, *prefixes: str) -> Generator[Invalidation, None, None]:
         """The namespace's invalidation stream (keys with these prefixes, or all), as an

@@ -4,6 +4,10 @@ on grpc's sync channel), with the same surface: `cache`, `locks`, `rate_limits`,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from types import TracebackType
@@ -21,9 +25,11 @@ from ._core import (
     Sync,
     SyncCredential,
     SyncRunner,
+    seconds,
 )
 from ._events import AsyncEvents, SyncEvents
 from ._locks import AsyncLocks, SyncLocks
+from ._nearcache import NearCache, follow, follow_in_thread
 from ._ratelimit import AsyncRateLimits, SyncRateLimits
 from .serializers import BYTES, Serializer
 
@@ -52,11 +58,16 @@ def _settings(
     )
 
 
+# How long enable_near_cache waits for the first `synced` when calls have no deadline.
+_SYNC_WAIT = 5.0
+
+
 class AsyncClient:
     """A cachet client for asyncio code. Use it as `async with` (or `await close()`)."""
 
     def __init__(self, settings: Settings, serializer: Serializer = BYTES) -> None:
         self.settings = settings
+        self._near_task: asyncio.Task[None] | None = None
         self._runner = AsyncRunner(settings)
         self.cache = AsyncCache(self._runner, serializer)
         self.locks = AsyncLocks(self._runner, serializer)
@@ -70,8 +81,38 @@ class AsyncClient:
         `cachet_client.proto` (it carries no namespace: pass the metadata yourself)."""
         return self._runner.channels.retrying
 
+    async def enable_near_cache(
+        self,
+        *,
+        max_entries: int = 10_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        max_ttl: Timeout = timedelta(minutes=5),
+    ) -> NearCache:
+        """Serve `cache.get` and `cache.get_many` from a local near-cache kept in step by
+        the server's WatchInvalidations stream (docs/near-cache.md): bounded by entries
+        and bytes, never kept past the server's TTL nor `max_ttl`, never served while
+        the stream is not synced. Waits (up to the default deadline) for the first
+        `synced`; answers the near-cache, whose `stats()` count hits and misses."""
+        if self._near_task is not None:
+            raise RuntimeError("the near-cache is already enabled")
+        near = NearCache(max_entries=max_entries, max_bytes=max_bytes, max_ttl=seconds(max_ttl))
+        synced = asyncio.Event()
+        near.on_synced = synced.set
+        self._near_task = asyncio.create_task(follow(near, self.cache._watch_events))
+        self.cache._near = near
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.deadline(0.0) or _SYNC_WAIT):
+                await synced.wait()
+        return near
+
     async def close(self) -> None:
         """Close the client's channels (calls in flight are cancelled)."""
+        if self._near_task is not None:
+            self._near_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._near_task
+            self._near_task = None
+            self.cache._near = None
         await self._runner.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -92,6 +133,9 @@ class SyncClient:
 
     def __init__(self, settings: Settings, serializer: Serializer = BYTES) -> None:
         self.settings = settings
+        self._near_thread: threading.Thread | None = None
+        self._near_stop = threading.Event()
+        self._near_calls: list[Any] = []
         self._runner = SyncRunner(settings)
         self.cache = SyncCache(self._runner, serializer)
         self.locks = SyncLocks(self._runner, serializer)
@@ -105,8 +149,50 @@ class SyncClient:
         `cachet_client.proto` (it carries no namespace: pass the metadata yourself)."""
         return self._runner.channels.retrying
 
+    def enable_near_cache(
+        self,
+        *,
+        max_entries: int = 10_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        max_ttl: Timeout = timedelta(minutes=5),
+    ) -> NearCache:
+        """As AsyncClient.enable_near_cache: the stream is read by one thread of its own."""
+        if self._near_thread is not None:
+            raise RuntimeError("the near-cache is already enabled")
+        near = NearCache(max_entries=max_entries, max_bytes=max_bytes, max_ttl=seconds(max_ttl))
+        stop = self._near_stop = threading.Event()
+        calls: list[Any] = []
+
+        def open_stream() -> Any:
+            call = self.cache._watch_call()
+            calls[:] = [call]
+            if stop.is_set():
+                call.cancel()
+            return call
+
+        self._near_calls = calls
+        self._near_thread = threading.Thread(
+            target=follow_in_thread,
+            args=(near, open_stream, stop),
+            name="cachet-near-cache",
+            daemon=True,
+        )
+        self._near_thread.start()
+        self.cache._near = near
+        deadline = time.monotonic() + (self.settings.deadline(0.0) or _SYNC_WAIT)
+        while not near.synced and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return near
+
     def close(self) -> None:
         """Close the client's channels."""
+        if self._near_thread is not None:
+            self._near_stop.set()
+            for call in self._near_calls:
+                call.cancel()
+            self._near_thread.join(timeout=5)
+            self._near_thread = None
+            self.cache._near = None
         self._runner.close()
 
     def __enter__(self) -> SyncClient:

@@ -75,6 +75,8 @@ class NearCache:
         self._invalidated_at: dict[str, int] = {}
         self._reads_in_flight = 0
         self._hits = self._misses = self._invalidations = self._flushes = self._evictions = 0
+        # Called (outside the lock, on the follower's thread) whenever the stream syncs.
+        self.on_synced: Callable[[], None] | None = None
 
     @property
     def synced(self) -> bool:
@@ -105,20 +107,23 @@ class NearCache:
         """Store what a read begun at `ticket` answered (`ttl`: the server's remaining
         TTL in seconds, None if it has none). False if it must not be cached: the stream
         is not synced, or the key was invalidated (or everything flushed) since."""
+        return self.fill_many(ticket, [(key, value, version, ttl)]) == 1
+
+    def fill_many(
+        self, ticket: int, entries: Iterable[tuple[str, bytes, int, float | None]]
+    ) -> int:
+        """`fill` for the answers of one read of many keys (one ticket); answers how
+        many were stored."""
         with self._lock:
-            stored = (
-                self._synced
-                and ticket >= self._flushed_at
-                and self._invalidated_at.get(key, -1) <= ticket
-                and len(value) <= self.max_bytes
-                and (ttl is None or ttl > 0)
-            )
-            if stored:
-                lifetime = self.max_ttl if ttl is None else min(ttl, self.max_ttl)
-                self._drop(key)
-                self._entries[key] = _Entry(value, version, self._clock() + lifetime)
-                self._bytes += len(value)
-                self._evict()
+            stored = 0
+            for key, value, version, ttl in entries:
+                if self._may_store(ticket, key, value, ttl):
+                    lifetime = self.max_ttl if ttl is None else min(ttl, self.max_ttl)
+                    self._drop(key)
+                    self._entries[key] = _Entry(value, version, self._clock() + lifetime)
+                    self._bytes += len(value)
+                    stored += 1
+            self._evict()
             self._end_read()
             return stored
 
@@ -150,6 +155,8 @@ class NearCache:
     def mark_synced(self) -> None:
         with self._lock:
             self._synced = True
+        if self.on_synced is not None:
+            self.on_synced()
 
     def stats(self) -> NearCacheStats:
         with self._lock:
@@ -165,6 +172,15 @@ class NearCache:
             )
 
     # -- under the lock ------------------------------------------------------------
+
+    def _may_store(self, ticket: int, key: str, value: bytes, ttl: float | None) -> bool:
+        return (
+            self._synced
+            and ticket >= self._flushed_at
+            and self._invalidated_at.get(key, -1) <= ticket
+            and len(value) <= self.max_bytes
+            and (ttl is None or ttl > 0)
+        )
 
     def _drop(self, key: str) -> None:
         entry = self._entries.pop(key, None)
