@@ -3,7 +3,6 @@ package dev.cachet.client;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import cachet.cache.v1.Cache;
 import cachet.cache.v1.CacheServiceGrpc;
@@ -23,7 +22,6 @@ import io.grpc.Status;
 import io.grpc.TlsServerCredentials;
 import io.grpc.stub.StreamObserver;
 import java.io.IOException;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
@@ -162,56 +160,25 @@ class ClientWiringTest {
 
   @Test
   void mutualTlsWithTheClientsCertificate(@TempDir Path dir) throws Exception {
-    assumeTrue(Files.isExecutable(Path.of("/usr/bin/openssl")), "openssl makes the throwaway CA");
-    Certificates pki = Certificates.make(dir);
+    TestCertificates pki = TestCertificates.make(dir);
     ServerCredentials tls =
         TlsServerCredentials.newBuilder()
-            .keyManager(pki.serverCertificate.toFile(), pki.serverKey.toFile())
-            .trustManager(pki.ca.toFile())
+            .keyManager(pki.serverCertificate().toFile(), pki.serverKey().toFile())
+            .trustManager(pki.ca().toFile())
             .clientAuth(TlsServerCredentials.ClientAuth.REQUIRE)
             .build();
     String target = start(tls);
     try (CachetClient client =
-        client(target).tls(Tls.ca(pki.ca).clientCertificate(pki.clientCertificate, pki.clientKey)).credentials("key").build()) {
+        client(target).tls(Tls.ca(pki.ca()).clientCertificate(pki.clientCertificate(), pki.clientKey())).credentials("key").build()) {
       assertEquals("ok", client.cache().get("k").orElseThrow().asString());
     }
     assertEquals("Bearer key", headersByMethod.get("Get").get(0).get(CachetClient.AUTHORIZATION));
-    try (CachetClient withoutCertificate = client(target).tls(Tls.ca(pki.ca)).retries(1, Duration.ofMillis(10)).build()) {
+    try (CachetClient withoutCertificate = client(target).tls(Tls.ca(pki.ca())).retries(1, Duration.ofMillis(10)).build()) {
       assertThrows(UnavailableException.class, () -> withoutCertificate.cache().get("k"));
     }
     try (CachetClient plaintext = client(target).retries(1, Duration.ofMillis(10)).build()) {
       assertThrows(UnavailableException.class, () -> plaintext.cache().get("k"));
     }
     assertEquals(1, getAttempts.get(), "only the mutually authenticated call got through");
-  }
-
-  /** A throwaway CA with a server certificate for 127.0.0.1 and a client certificate. */
-  private record Certificates(Path ca, Path serverCertificate, Path serverKey, Path clientCertificate, Path clientKey) {
-    static Certificates make(Path dir) throws Exception {
-      openssl(dir, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=cachet-test-ca",
-          "-keyout", "ca.key", "-out", "ca.pem");
-      issue(dir, "server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n");
-      issue(dir, "client", "extendedKeyUsage=clientAuth\n");
-      return new Certificates(dir.resolve("ca.pem"), dir.resolve("server.pem"), dir.resolve("server.key"),
-          dir.resolve("client.pem"), dir.resolve("client.key"));
-    }
-
-    private static void issue(Path dir, String name, String extensions) throws Exception {
-      Files.writeString(dir.resolve(name + ".ext"), extensions);
-      openssl(dir, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name,
-          "-keyout", name + ".key", "-out", name + ".csr");
-      openssl(dir, "x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-          "-days", "1", "-extfile", name + ".ext", "-out", name + ".pem");
-    }
-
-    private static void openssl(Path dir, String... arguments) throws Exception {
-      List<String> command = new java.util.ArrayList<>(List.of("openssl"));
-      command.addAll(List.of(arguments));
-      Process process = new ProcessBuilder(command).directory(dir.toFile()).redirectErrorStream(true).start();
-      String output = new String(process.getInputStream().readAllBytes(), java.nio.charset.StandardCharsets.UTF_8);
-      if (!process.waitFor(30, TimeUnit.SECONDS) || process.exitValue() != 0) {
-        throw new IllegalStateException("openssl " + String.join(" ", arguments) + " failed:\n" + output);
-      }
-    }
   }
 }
