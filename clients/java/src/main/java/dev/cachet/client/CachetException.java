@@ -83,7 +83,10 @@ public class CachetException extends RuntimeException {
       case NOT_FOUND -> new NotFoundException(failure);
       case FAILED_PRECONDITION -> new FailedPreconditionException(failure);
       case ABORTED -> new AbortedException(failure);
-      case RESOURCE_EXHAUSTED -> new RateLimitedException(failure);
+      case RESOURCE_EXHAUSTED ->
+          failure.retryAfter().isPresent()
+              ? new RateLimitedException(failure)
+              : new ResourceExhaustedException(failure);
       case UNAVAILABLE -> new UnavailableException(failure);
       case DEADLINE_EXCEEDED -> new DeadlineExceededException(failure);
       case UNAUTHENTICATED -> new UnauthenticatedException(failure);

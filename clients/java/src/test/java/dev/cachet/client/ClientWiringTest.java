@@ -66,6 +66,36 @@ class ClientWiringTest {
       setAttempts.incrementAndGet();
       reply.onError(Status.UNAVAILABLE.withDescription("flaky").asRuntimeException());
     }
+
+    /** Overloaded, with a retry time (as cachet's errors.py sends RESOURCE_EXHAUSTED). */
+    @Override
+    public void increment(Cache.IncrementRequest request, StreamObserver<Cache.IncrementResponse> reply) {
+      reply.onError(exhausted("OVERLOADED", true));
+    }
+
+    /** An answer too large: RESOURCE_EXHAUSTED without a retry time. */
+    @Override
+    public void getMany(Cache.GetManyRequest request, StreamObserver<Cache.GetManyResponse> reply) {
+      reply.onError(exhausted("RESPONSE_TOO_LARGE", false));
+    }
+  }
+
+  private static io.grpc.StatusRuntimeException exhausted(String reason, boolean withRetryInfo) {
+    com.google.rpc.Status.Builder status =
+        com.google.rpc.Status.newBuilder()
+            .setCode(Status.Code.RESOURCE_EXHAUSTED.value())
+            .setMessage(reason.toLowerCase(java.util.Locale.ROOT))
+            .addDetails(
+                com.google.protobuf.Any.pack(
+                    com.google.rpc.ErrorInfo.newBuilder().setDomain("cachet.dev").setReason(reason).build()));
+    if (withRetryInfo) {
+      status.addDetails(
+          com.google.protobuf.Any.pack(
+              com.google.rpc.RetryInfo.newBuilder()
+                  .setRetryDelay(com.google.protobuf.Duration.newBuilder().setSeconds(2).setNanos(500_000_000))
+                  .build()));
+    }
+    return io.grpc.protobuf.StatusProto.toStatusRuntimeException(status.build());
   }
 
   /** Confirms every subscription at once, then stays open. */
@@ -118,6 +148,21 @@ class ClientWiringTest {
 
       assertThrows(UnavailableException.class, () -> client.cache().set("k", new byte[] {1}));
       assertEquals(1, setAttempts.get(), "a write is never repeated by the client");
+    }
+  }
+
+  @Test
+  void resourceExhaustedWithRetryInfoIsRateLimited() throws IOException {
+    try (CachetClient client = client(start(InsecureServerCredentials.create())).build()) {
+      RateLimitedException overloaded = assertThrows(RateLimitedException.class, () -> client.cache().increment("n", 1));
+      assertEquals("OVERLOADED", overloaded.reason());
+      assertEquals(java.util.Optional.of(Duration.ofMillis(2500)), overloaded.retryAfter());
+
+      ResourceExhaustedException tooLarge =
+          assertThrows(ResourceExhaustedException.class, () -> client.cache().getMany(List.of("k")));
+      assertFalse(tooLarge instanceof RateLimitedException, "no retry time: not a rate limit");
+      assertEquals("RESPONSE_TOO_LARGE", tooLarge.reason());
+      assertEquals(Status.Code.RESOURCE_EXHAUSTED, tooLarge.code());
     }
   }
 

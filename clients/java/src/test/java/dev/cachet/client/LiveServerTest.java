@@ -143,6 +143,14 @@ class LiveServerTest {
   }
 
   @Test
+  void anExplicitDeadlineBoundsASubscriptionsLife() {
+    try (Subscription subscription =
+        client.events().withDeadline(Duration.ofMillis(700)).subscribe(List.of(unique("quiet")))) {
+      assertThrows(DeadlineExceededException.class, subscription::hasNext);
+    }
+  }
+
+  @Test
   void getOrSetComputesAMissOnceForConcurrentCallers() throws Exception {
     String key = unique("expensive");
     AtomicInteger loads = new AtomicInteger();
