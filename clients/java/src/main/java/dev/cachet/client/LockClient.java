@@ -44,7 +44,12 @@ public final class LockClient {
             .build();
     cachet.lock.v1.Lock.AcquireResponse reply =
         Calls.call(() -> Calls.withDeadline(LockServiceGrpc.newBlockingStub(channel), waitingDeadline(wait)).acquire(request));
-    return new Lock(name, reply.getOwnerToken(), reply.getFencingToken(), Calls.instant(reply.getExpireTime()));
+    return new Lock(
+        name,
+        reply.getOwnerToken(),
+        reply.getFencingToken(),
+        Calls.instant(reply.getExpireTime()),
+        Calls.duration(reply.getWaited()));
   }
 
   /** Gives the lock back; {@link LockNotOwnedException} if it expired or was released already. */

@@ -201,6 +201,7 @@ class LiveServerTest {
 
       first.close();
       Lock granted = second.get(30, TimeUnit.SECONDS);
+      assertTrue(granted.waited().compareTo(Duration.ZERO) > 0, "the server says the acquire waited");
       assertTrue(
           Long.compareUnsigned(granted.fencingToken(), first.fencingToken()) > 0,
           "a later grant has a larger fencing token");
@@ -229,7 +230,7 @@ class LiveServerTest {
     CountDownLatch lost = new CountDownLatch(1);
     try (LockHold hold = client.locks().hold(name, Duration.ofMillis(600), Duration.ZERO, gone -> lost.countDown())) {
       // Someone else frees the lock behind the holder's back: the next renewal finds it gone.
-      client.locks().release(new Lock(name, hold.ownerToken(), hold.fencingToken(), hold.expireTime()));
+      client.locks().release(new Lock(name, hold.ownerToken(), hold.fencingToken(), hold.expireTime(), Duration.ZERO));
       assertTrue(lost.await(SOON.toSeconds(), TimeUnit.SECONDS), "the lost callback ran");
       assertTrue(hold.isLost());
     }
