@@ -43,7 +43,8 @@ public final class CacheClient {
 
   /** The value of {@code key}, or empty when the key is absent. */
   public Optional<CachedValue> get(String key) {
-    Cache.GetResponse reply = Calls.call(() -> stub().get(Cache.GetRequest.newBuilder().setKey(key).build()));
+    Cache.GetResponse reply =
+        Calls.call(() -> stub().get(Cache.GetRequest.newBuilder().setKey(key).build()));
     return reply.getFound()
         ? Optional.of(new CachedValue(reply.getValue().toByteArray(), reply.getVersion()))
         : Optional.empty();
@@ -52,11 +53,13 @@ public final class CacheClient {
   /** The values of the keys that exist, in the order asked (absent keys are left out). */
   public Map<String, CachedValue> getMany(Collection<String> keys) {
     Cache.GetManyResponse reply =
-        Calls.call(() -> stub().getMany(Cache.GetManyRequest.newBuilder().addAllKeys(keys).build()));
+        Calls.call(
+            () -> stub().getMany(Cache.GetManyRequest.newBuilder().addAllKeys(keys).build()));
     Map<String, CachedValue> found = new LinkedHashMap<>();
     for (Cache.Entry entry : reply.getEntriesList()) {
       if (entry.getFound()) {
-        found.putIfAbsent(entry.getKey(), new CachedValue(entry.getValue().toByteArray(), entry.getVersion()));
+        found.putIfAbsent(
+            entry.getKey(), new CachedValue(entry.getValue().toByteArray(), entry.getVersion()));
       }
     }
     return found;
@@ -88,7 +91,12 @@ public final class CacheClient {
   /** Removes keys of any type; answers how many existed. */
   public long delete(String... keys) {
     return Calls.call(
-            () -> stub().delete(Cache.DeleteRequest.newBuilder().addAllKeys(java.util.List.of(keys)).build()))
+            () ->
+                stub()
+                    .delete(
+                        Cache.DeleteRequest.newBuilder()
+                            .addAllKeys(java.util.List.of(keys))
+                            .build()))
         .getDeleted();
   }
 
@@ -99,7 +107,8 @@ public final class CacheClient {
 
   /** The same; a counter this call creates gets {@code ttl}. */
   public long increment(String key, long by, Duration ttl) {
-    Cache.IncrementRequest.Builder request = Cache.IncrementRequest.newBuilder().setKey(key).setByInt(by);
+    Cache.IncrementRequest.Builder request =
+        Cache.IncrementRequest.newBuilder().setKey(key).setByInt(by);
     if (ttl != null) {
       request.setTtl(Calls.duration(Calls.positive(ttl, "ttl")));
     }
@@ -107,11 +116,11 @@ public final class CacheClient {
   }
 
   /**
-   * The value of {@code key}, computing it with {@code loader} on a miss. Only one caller at a
-   * time computes a missing key (it holds the server's fill lease); the others wait for its
-   * value instead of stampeding the source. The whole call is bounded by the deadline, the
-   * loader's time included; if the lease is lost meanwhile (the key was written or deleted),
-   * the freshly computed value is still answered, and not written.
+   * The value of {@code key}, computing it with {@code loader} on a miss. Only one caller at a time
+   * computes a missing key (it holds the server's fill lease); the others wait for its value
+   * instead of stampeding the source. The whole call is bounded by the deadline, the loader's time
+   * included; if the lease is lost meanwhile (the key was written or deleted), the freshly computed
+   * value is still answered, and not written.
    */
   public byte[] getOrSet(String key, Duration ttl, Supplier<byte[]> loader) {
     Calls.positive(ttl, "ttl");
@@ -141,7 +150,8 @@ public final class CacheClient {
     }
   }
 
-  private byte[] fill(String key, Duration ttl, Supplier<byte[]> loader, String token, long deadlineAt) {
+  private byte[] fill(
+      String key, Duration ttl, Supplier<byte[]> loader, String token, long deadlineAt) {
     long started = System.nanoTime();
     byte[] value = loader.get();
     Cache.FillRequest request =
@@ -176,7 +186,9 @@ public final class CacheClient {
     } catch (InterruptedException interrupted) {
       Thread.currentThread().interrupt();
       throw CachetException.local(
-          io.grpc.Status.Code.CANCELLED, "interrupted while waiting for another caller's fill", interrupted);
+          io.grpc.Status.Code.CANCELLED,
+          "interrupted while waiting for another caller's fill",
+          interrupted);
     }
   }
 }

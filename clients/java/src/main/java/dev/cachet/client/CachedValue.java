@@ -43,6 +43,10 @@ public final class CachedValue {
   /** Says the size and version, never the value (cached values stay out of logs). */
   @Override
   public String toString() {
-    return "CachedValue{" + bytes.length + " bytes, version " + Long.toUnsignedString(version) + "}";
+    return "CachedValue{"
+        + bytes.length
+        + " bytes, version "
+        + Long.toUnsignedString(version)
+        + "}";
   }
 }

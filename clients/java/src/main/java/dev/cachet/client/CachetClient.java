@@ -33,8 +33,8 @@ import java.util.regex.Pattern;
  * }</pre>
  *
  * <p>Every call, unary and streaming, carries metadata {@code cachet-namespace} and, when
- * credentials are set, {@code authorization: Bearer <token>}. Unary calls get the default
- * deadline (5 s unless {@link Builder#defaultDeadline} says otherwise); each sub-client's {@code
+ * credentials are set, {@code authorization: Bearer <token>}. Unary calls get the default deadline
+ * (5 s unless {@link Builder#defaultDeadline} says otherwise); each sub-client's {@code
  * withDeadline} gives another one. Failures are {@link CachetException}s. A client is thread-safe;
  * share one per server and namespace, and close it at the end.
  */
@@ -96,8 +96,8 @@ public final class CachetClient implements AutoCloseable {
 
   /**
    * The channel, for the generated stubs of calls the wrapper does not cover (for example {@code
-   * cachet.cache.v1.CacheServiceGrpc.newBlockingStub(client.channel())}); they carry the
-   * namespace and credentials too.
+   * cachet.cache.v1.CacheServiceGrpc.newBlockingStub(client.channel())}); they carry the namespace
+   * and credentials too.
    */
   public Channel channel() {
     return channel;
@@ -135,7 +135,10 @@ public final class CachetClient implements AutoCloseable {
       return this;
     }
 
-    /** The namespace of every call (letters, digits, {@code _ . -}, at most 64); default {@code default}. */
+    /**
+     * The namespace of every call (letters, digits, {@code _ . -}, at most 64); default {@code
+     * default}.
+     */
     public Builder namespace(String namespace) {
       if (namespace == null || !NAMESPACE_SYNTAX.matcher(namespace).matches()) {
         throw new IllegalArgumentException(
@@ -173,9 +176,9 @@ public final class CachetClient implements AutoCloseable {
     }
 
     /**
-     * Attempts of an idempotent read that fails with UNAVAILABLE (default 4; 1 turns retries
-     * off), with exponential backoff from {@code initialBackoff} (default 100 ms). Writes are
-     * never retried.
+     * Attempts of an idempotent read that fails with UNAVAILABLE (default 4; 1 turns retries off),
+     * with exponential backoff from {@code initialBackoff} (default 100 ms). Writes are never
+     * retried.
      */
     public Builder retries(int maxAttempts, Duration initialBackoff) {
       if (maxAttempts < 1) {
@@ -196,10 +199,11 @@ public final class CachetClient implements AutoCloseable {
         transport = CompositeChannelCredentials.create(transport, new BearerToken(credentials));
       }
       ManagedChannelBuilder<?> builder =
-          Grpc.newChannelBuilder(target, transport)
-              .intercept(new NamespaceInterceptor(namespace));
+          Grpc.newChannelBuilder(target, transport).intercept(new NamespaceInterceptor(namespace));
       if (maxAttempts > 1) {
-        builder.defaultServiceConfig(RetryPolicy.serviceConfig(maxAttempts, initialBackoff)).enableRetry();
+        builder
+            .defaultServiceConfig(RetryPolicy.serviceConfig(maxAttempts, initialBackoff))
+            .enableRetry();
       } else {
         builder.disableRetry();
       }
@@ -252,7 +256,8 @@ public final class CachetClient implements AutoCloseable {
               return;
             }
             if (token == null || token.isEmpty()) {
-              applier.fail(Status.UNAUTHENTICATED.withDescription("the credential supplier gave no token"));
+              applier.fail(
+                  Status.UNAUTHENTICATED.withDescription("the credential supplier gave no token"));
               return;
             }
             Metadata headers = new Metadata();

@@ -12,10 +12,10 @@ import java.util.Map;
 import java.util.Optional;
 
 /**
- * A failed cachet call: the gRPC status code, the {@code google.rpc.ErrorInfo} reason (for
- * example {@code VERSION_MISMATCH}) and its metadata. Calls throw a subclass when the status or
- * reason has one ({@link LockHeldException}, {@link VersionMismatchException}, ...), this class
- * otherwise. The main README's error table lists every code and reason.
+ * A failed cachet call: the gRPC status code, the {@code google.rpc.ErrorInfo} reason (for example
+ * {@code VERSION_MISMATCH}) and its metadata. Calls throw a subclass when the status or reason has
+ * one ({@link LockHeldException}, {@link VersionMismatchException}, ...), this class otherwise. The
+ * main README's error table lists every code and reason.
  */
 public class CachetException extends RuntimeException {
   private static final long serialVersionUID = 1L;
@@ -70,7 +70,9 @@ public class CachetException extends RuntimeException {
     };
   }
 
-  /** A failure the client itself detected (a local deadline, an interrupt), typed like the server's. */
+  /**
+   * A failure the client itself detected (a local deadline, an interrupt), typed like the server's.
+   */
   static CachetException local(Status.Code code, String message, Throwable cause) {
     return byCode(
         new Failure(
@@ -115,8 +117,7 @@ public class CachetException extends RuntimeException {
               violations.put(violation.getField(), violation.getDescription());
             }
           } else if (detail.is(RetryInfo.class)) {
-            com.google.protobuf.Duration delay =
-                detail.unpack(RetryInfo.class).getRetryDelay();
+            com.google.protobuf.Duration delay = detail.unpack(RetryInfo.class).getRetryDelay();
             retryAfter = Optional.of(Duration.ofSeconds(delay.getSeconds(), delay.getNanos()));
           }
         } catch (com.google.protobuf.InvalidProtocolBufferException malformed) {
@@ -127,12 +128,6 @@ public class CachetException extends RuntimeException {
     String message =
         status.getCode() + (status.getDescription() == null ? "" : ": " + status.getDescription());
     return new Failure(
-        status.getCode(),
-        reason,
-        message,
-        metadata,
-        Map.copyOf(violations),
-        retryAfter,
-        error);
+        status.getCode(), reason, message, metadata, Map.copyOf(violations), retryAfter, error);
   }
 }

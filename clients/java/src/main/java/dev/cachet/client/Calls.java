@@ -19,7 +19,9 @@ final class Calls {
   }
 
   static <S extends io.grpc.stub.AbstractStub<S>> S withDeadline(S stub, Duration deadline) {
-    return deadline == null ? stub : stub.withDeadlineAfter(deadline.toNanos(), TimeUnit.NANOSECONDS);
+    return deadline == null
+        ? stub
+        : stub.withDeadlineAfter(deadline.toNanos(), TimeUnit.NANOSECONDS);
   }
 
   static com.google.protobuf.Duration duration(Duration duration) {

@@ -23,7 +23,11 @@ public final class Consumption implements Iterator<Delivery>, AutoCloseable {
   private final ArrayDeque<Delivery> batch = new ArrayDeque<>();
   private volatile Throwable failure;
 
-  Consumption(EventClient events, String stream, String group, ServerStream<ConsumeRequest, ConsumeResponse> responses) {
+  Consumption(
+      EventClient events,
+      String stream,
+      String group,
+      ServerStream<ConsumeRequest, ConsumeResponse> responses) {
     this.events = events;
     this.stream = stream;
     this.group = group;
@@ -82,13 +86,16 @@ public final class Consumption implements Iterator<Delivery>, AutoCloseable {
   private boolean fill(Duration timeout) {
     long deadlineAt = timeout == null ? 0 : System.nanoTime() + timeout.toNanos();
     while (batch.isEmpty()) {
-      Duration left = timeout == null ? null : Duration.ofNanos(Math.max(deadlineAt - System.nanoTime(), 0));
+      Duration left =
+          timeout == null ? null : Duration.ofNanos(Math.max(deadlineAt - System.nanoTime(), 0));
       Optional<ConsumeResponse> next = Subscription.interruptible(() -> responses.take(left));
       if (next.isEmpty()) {
         return false;
       }
       // A batch may only report dead-lettered ids; it then holds no event to hand out.
-      next.get().getEventsList().forEach(event -> batch.add(new Delivery(events, stream, group, Event.from(event))));
+      next.get()
+          .getEventsList()
+          .forEach(event -> batch.add(new Delivery(events, stream, group, Event.from(event))));
     }
     return true;
   }

@@ -44,7 +44,8 @@ public record Event(
 
   /** An event carrying {@code payload} as UTF-8 text. */
   public static Event of(String payload) {
-    return of(payload.getBytes(StandardCharsets.UTF_8)).withContentType("text/plain; charset=utf-8");
+    return of(payload.getBytes(StandardCharsets.UTF_8))
+        .withContentType("text/plain; charset=utf-8");
   }
 
   public Event withId(String id) {

@@ -53,7 +53,13 @@ public final class EventClient {
   public PublishResult publish(String topic, Event event) {
     Eventbus.PublishResponse reply =
         Calls.call(
-            () -> blocking().publish(Eventbus.PublishRequest.newBuilder().setTopic(topic).setEvent(event.proto()).build()));
+            () ->
+                blocking()
+                    .publish(
+                        Eventbus.PublishRequest.newBuilder()
+                            .setTopic(topic)
+                            .setEvent(event.proto())
+                            .build()));
     return new PublishResult(reply.getReceivers(), reply.getId());
   }
 
@@ -63,13 +69,17 @@ public final class EventClient {
   }
 
   /**
-   * Subscribes to {@code topics} and to the topics matching the glob {@code patterns}; returns
-   * once every subscription is in place, so an event published after this returns reaches it.
+   * Subscribes to {@code topics} and to the topics matching the glob {@code patterns}; returns once
+   * every subscription is in place, so an event published after this returns reaches it.
    */
   public Subscription subscribe(Collection<String> topics, Collection<String> patterns) {
     Eventbus.SubscribeRequest request =
-        Eventbus.SubscribeRequest.newBuilder().addAllTopics(topics).addAllPatterns(patterns).build();
-    ServerStream<Eventbus.SubscribeRequest, Eventbus.SubscribeResponse> stream = new ServerStream<>();
+        Eventbus.SubscribeRequest.newBuilder()
+            .addAllTopics(topics)
+            .addAllPatterns(patterns)
+            .build();
+    ServerStream<Eventbus.SubscribeRequest, Eventbus.SubscribeResponse> stream =
+        new ServerStream<>();
     streaming().subscribe(request, stream);
     return new Subscription(stream, unaryDeadline());
   }
@@ -85,17 +95,25 @@ public final class EventClient {
     return subscription;
   }
 
-  /** Adds {@code event} to the durable {@code stream} (created if missing); answers its stream id. */
+  /**
+   * Adds {@code event} to the durable {@code stream} (created if missing); answers its stream id.
+   */
   public String append(String stream, Event event) {
     return Calls.call(
-            () -> blocking().append(Eventbus.AppendRequest.newBuilder().setStream(stream).setEvent(event.proto()).build()))
+            () ->
+                blocking()
+                    .append(
+                        Eventbus.AppendRequest.newBuilder()
+                            .setStream(stream)
+                            .setEvent(event.proto())
+                            .build()))
         .getId();
   }
 
   /**
    * Creates consumer group {@code group} on {@code stream} (and the stream, if missing), starting
-   * after {@code startId}: {@code "$"} for events appended from now on, {@code "0"} for every event.
-   * Answers false if the group existed already (it is then left as it is).
+   * after {@code startId}: {@code "$"} for events appended from now on, {@code "0"} for every
+   * event. Answers false if the group existed already (it is then left as it is).
    */
   public boolean createGroup(String stream, String group, String startId) {
     return Calls.call(
@@ -124,17 +142,19 @@ public final class EventClient {
             .setConsumer(consumer)
             .setRedeliverPending(true)
             .build();
-    ServerStream<Eventbus.ConsumeRequest, Eventbus.ConsumeResponse> responses = new ServerStream<>();
+    ServerStream<Eventbus.ConsumeRequest, Eventbus.ConsumeResponse> responses =
+        new ServerStream<>();
     streaming().consume(request, responses);
     return new Consumption(this, stream, group, responses);
   }
 
   /**
-   * Consumes as above, calling {@code handler} with each delivery on a thread of the
-   * consumption's own, and acknowledging it when the handler returns. A handler that throws
-   * leaves its event pending and ends the consumption ({@link Consumption#failure()} says why).
+   * Consumes as above, calling {@code handler} with each delivery on a thread of the consumption's
+   * own, and acknowledging it when the handler returns. A handler that throws leaves its event
+   * pending and ends the consumption ({@link Consumption#failure()} says why).
    */
-  public Consumption consume(String stream, String group, String consumer, Consumer<Delivery> handler) {
+  public Consumption consume(
+      String stream, String group, String consumer, Consumer<Delivery> handler) {
     Consumption consumption = consume(stream, group, consumer);
     consumption.deliverTo(handler);
     return consumption;
@@ -145,7 +165,12 @@ public final class EventClient {
     return Calls.call(
             () ->
                 blocking()
-                    .ack(Eventbus.AckRequest.newBuilder().setStream(stream).setGroup(group).addAllIds(List.of(ids)).build()))
+                    .ack(
+                        Eventbus.AckRequest.newBuilder()
+                            .setStream(stream)
+                            .setGroup(group)
+                            .addAllIds(List.of(ids))
+                            .build()))
         .getAcked();
   }
 }

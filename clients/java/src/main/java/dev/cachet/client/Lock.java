@@ -13,9 +13,16 @@ import java.time.Instant;
  * @param expireTime Redis time at which the grant ends unless extended
  * @param waited how long the acquire waited for the lock (zero if it was free)
  */
-public record Lock(String name, String ownerToken, long fencingToken, Instant expireTime, Duration waited) {
+public record Lock(
+    String name, String ownerToken, long fencingToken, Instant expireTime, Duration waited) {
   @Override
   public String toString() {
-    return "Lock{" + name + ", fencing token " + Long.toUnsignedString(fencingToken) + ", expires " + expireTime + "}";
+    return "Lock{"
+        + name
+        + ", fencing token "
+        + Long.toUnsignedString(fencingToken)
+        + ", expires "
+        + expireTime
+        + "}";
   }
 }

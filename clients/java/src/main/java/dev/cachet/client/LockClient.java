@@ -43,7 +43,10 @@ public final class LockClient {
             .setWait(Calls.duration(wait))
             .build();
     cachet.lock.v1.Lock.AcquireResponse reply =
-        Calls.call(() -> Calls.withDeadline(LockServiceGrpc.newBlockingStub(channel), waitingDeadline(wait)).acquire(request));
+        Calls.call(
+            () ->
+                Calls.withDeadline(LockServiceGrpc.newBlockingStub(channel), waitingDeadline(wait))
+                    .acquire(request));
     return new Lock(
         name,
         reply.getOwnerToken(),
@@ -71,9 +74,9 @@ public final class LockClient {
 
   /**
    * Holds the lock until the returned hold is closed: the server renews it every {@code ttl / 3}
-   * while the stream is open, and releases it when the hold is closed or this process dies (at
-   * the latest {@code ttl} after the last renewal). Blocks until the lock is granted, or throws
-   * {@link LockHeldException} when {@code wait} runs out first.
+   * while the stream is open, and releases it when the hold is closed or this process dies (at the
+   * latest {@code ttl} after the last renewal). Blocks until the lock is granted, or throws {@link
+   * LockHeldException} when {@code wait} runs out first.
    *
    * <pre>{@code
    * try (LockHold hold = client.locks().hold("invoice:7", Duration.ofSeconds(10), Duration.ofSeconds(5), lost -> stop())) {
@@ -87,7 +90,14 @@ public final class LockClient {
   public LockHold hold(String name, Duration ttl, Duration wait, Consumer<LockHold> onLost) {
     Calls.positive(ttl, "ttl");
     return LockHold.open(
-        LockServiceGrpc.newStub(channel), deadline, name, ttl, wait, waitingDeadline(wait), unaryDeadline(), onLost);
+        LockServiceGrpc.newStub(channel),
+        deadline,
+        name,
+        ttl,
+        wait,
+        waitingDeadline(wait),
+        unaryDeadline(),
+        onLost);
   }
 
   private Duration unaryDeadline() {

@@ -14,6 +14,8 @@ public class LockHeldException extends FailedPreconditionException {
   /** The holder's remaining TTL when the server refused, when it said. */
   public Optional<Duration> remainingTtl() {
     String millis = metadata().get("remaining_ttl_ms");
-    return millis == null ? Optional.empty() : Optional.of(Duration.ofMillis(Long.parseLong(millis)));
+    return millis == null
+        ? Optional.empty()
+        : Optional.of(Duration.ofMillis(Long.parseLong(millis)));
   }
 }

@@ -19,9 +19,9 @@ import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.function.Consumer;
 
 /**
- * A lock held over a {@code LockService/Hold} stream, renewed by the server for as long as the
- * hold is open. Close it (try-with-resources) to release the lock. If the server reports the lock
- * lost, {@link #isLost()} turns true and the lost callback runs: the holder must stop.
+ * A lock held over a {@code LockService/Hold} stream, renewed by the server for as long as the hold
+ * is open. Close it (try-with-resources) to release the lock. If the server reports the lock lost,
+ * {@link #isLost()} turns true and the lost callback runs: the holder must stop.
  */
 public final class LockHold implements AutoCloseable {
   private final String name;
@@ -69,11 +69,14 @@ public final class LockHold implements AutoCloseable {
     } catch (TimeoutException late) {
       hold.cancel("no grant before the deadline");
       throw CachetException.local(
-          Status.Code.DEADLINE_EXCEEDED, "lock " + name + " was not granted within " + waitDeadline, late);
+          Status.Code.DEADLINE_EXCEEDED,
+          "lock " + name + " was not granted within " + waitDeadline,
+          late);
     } catch (InterruptedException interrupted) {
       hold.cancel("interrupted");
       Thread.currentThread().interrupt();
-      throw CachetException.local(Status.Code.CANCELLED, "interrupted while waiting for lock " + name, interrupted);
+      throw CachetException.local(
+          Status.Code.CANCELLED, "interrupted while waiting for lock " + name, interrupted);
     }
   }
 
@@ -108,7 +111,8 @@ public final class LockHold implements AutoCloseable {
       return;
     }
     synchronized (this) {
-      requests.onNext(HoldRequest.newBuilder().setRelease(HoldRelease.getDefaultInstance()).build());
+      requests.onNext(
+          HoldRequest.newBuilder().setRelease(HoldRelease.getDefaultInstance()).build());
       requests.onCompleted();
     }
     try {
@@ -124,7 +128,12 @@ public final class LockHold implements AutoCloseable {
 
   @Override
   public String toString() {
-    return "LockHold{" + name + ", fencing token " + Long.toUnsignedString(fencingToken) + (isLost() ? ", lost" : "") + "}";
+    return "LockHold{"
+        + name
+        + ", fencing token "
+        + Long.toUnsignedString(fencingToken)
+        + (isLost() ? ", lost" : "")
+        + "}";
   }
 
   private synchronized void send(HoldRequest request) {
@@ -178,7 +187,8 @@ public final class LockHold implements AutoCloseable {
     @Override
     public void onCompleted() {
       if (!granted.completeExceptionally(
-          CachetException.local(Status.Code.UNKNOWN, "Hold on " + name + " ended before a grant", null))) {
+          CachetException.local(
+              Status.Code.UNKNOWN, "Hold on " + name + " ended before a grant", null))) {
         reportLost();
       }
       ended.complete(null);

@@ -4,8 +4,8 @@ import cachet.ratelimit.v1.Ratelimit;
 import java.time.Duration;
 
 /**
- * An inline limit: {@code limit} hits per {@code period}, counted by an algorithm (the token
- * bucket unless said otherwise). Immutable.
+ * An inline limit: {@code limit} hits per {@code period}, counted by an algorithm (the token bucket
+ * unless said otherwise). Immutable.
  *
  * <pre>{@code
  * RateLimit.of(100, Duration.ofMinutes(1)).algorithm(RateLimit.Algorithm.SLIDING_WINDOW_LOG)

@@ -48,16 +48,22 @@ public final class RateLimitClient {
     if (hits < 0) {
       throw new IllegalArgumentException("hits must not be negative, got " + hits);
     }
-    Ratelimit.CheckRequest request = Ratelimit.CheckRequest.newBuilder().setTarget(target).setHits(hits).build();
+    Ratelimit.CheckRequest request =
+        Ratelimit.CheckRequest.newBuilder().setTarget(target).setHits(hits).build();
     Ratelimit.CheckResult result =
-        Calls.call(() -> Calls.withDeadline(RateLimitServiceGrpc.newBlockingStub(channel), deadline).check(request))
+        Calls.call(
+                () ->
+                    Calls.withDeadline(RateLimitServiceGrpc.newBlockingStub(channel), deadline)
+                        .check(request))
             .getResult();
     return new RateDecision(
         key,
         result.getAllowed(),
         result.getLimit(),
         result.getRemaining(),
-        result.hasRetryAfter() ? Optional.of(Calls.duration(result.getRetryAfter())) : Optional.empty(),
+        result.hasRetryAfter()
+            ? Optional.of(Calls.duration(result.getRetryAfter()))
+            : Optional.empty(),
         Calls.duration(result.getResetAfter()));
   }
 }

@@ -10,8 +10,8 @@ import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.TimeUnit;
 
 /**
- * A server stream read one message at a time: the next message is requested only when the last
- * one was taken, so a slow reader slows the server down (flow control) instead of filling memory.
+ * A server stream read one message at a time: the next message is requested only when the last one
+ * was taken, so a slow reader slows the server down (flow control) instead of filling memory.
  */
 final class ServerStream<Q, R> implements ClientResponseObserver<Q, R> {
   /** The stream's end: completion (failure null) or the failure that ended it. */
@@ -48,13 +48,14 @@ final class ServerStream<Q, R> implements ClientResponseObserver<Q, R> {
   }
 
   /**
-   * The next message, waiting up to {@code timeout} (null: without limit); empty when none came
-   * in time or the stream ended normally or by {@link #cancel}. Throws what ended it otherwise.
+   * The next message, waiting up to {@code timeout} (null: without limit); empty when none came in
+   * time or the stream ended normally or by {@link #cancel}. Throws what ended it otherwise.
    */
   @SuppressWarnings("unchecked")
   synchronized Optional<R> take(Duration timeout) throws InterruptedException {
     if (end == null) {
-      Object next = timeout == null ? arrived.take() : arrived.poll(timeout.toNanos(), TimeUnit.NANOSECONDS);
+      Object next =
+          timeout == null ? arrived.take() : arrived.poll(timeout.toNanos(), TimeUnit.NANOSECONDS);
       if (next == null) {
         return Optional.empty();
       }

@@ -11,8 +11,8 @@ import java.util.function.Consumer;
 
 /**
  * An open {@code Subscribe} stream: the events published to its topics from the moment it was
- * opened (at-most-once: nothing published while it is closed or too slow reaches it). Read it as
- * a blocking {@link Iterator} ({@link #hasNext()} waits for the next event), with {@link
+ * opened (at-most-once: nothing published while it is closed or too slow reaches it). Read it as a
+ * blocking {@link Iterator} ({@link #hasNext()} waits for the next event), with {@link
  * #next(Duration)}, or give {@link EventClient#subscribe(java.util.Collection, Consumer)} a
  * callback. Close it to end the subscription.
  */
@@ -30,11 +30,14 @@ public final class Subscription implements Iterator<TopicMessage>, AutoCloseable
                 () -> {
                   stream.cancel();
                   return CachetException.local(
-                      Status.Code.DEADLINE_EXCEEDED, "the subscription was not active within " + activeDeadline, null);
+                      Status.Code.DEADLINE_EXCEEDED,
+                      "the subscription was not active within " + activeDeadline,
+                      null);
                 });
     if (!first.hasActive()) {
       stream.cancel();
-      throw CachetException.local(Status.Code.INTERNAL, "Subscribe did not start with `active`", null);
+      throw CachetException.local(
+          Status.Code.INTERNAL, "Subscribe did not start with `active`", null);
     }
   }
 
@@ -104,7 +107,9 @@ public final class Subscription implements Iterator<TopicMessage>, AutoCloseable
       }
       if (next.get().hasMessage()) {
         var message = next.get().getMessage();
-        return Optional.of(new TopicMessage(message.getTopic(), message.getPattern(), Event.from(message.getEvent())));
+        return Optional.of(
+            new TopicMessage(
+                message.getTopic(), message.getPattern(), Event.from(message.getEvent())));
       }
       // `active` again: the server re-subscribed after a Redis reconnect.
     }
@@ -119,7 +124,8 @@ public final class Subscription implements Iterator<TopicMessage>, AutoCloseable
       return take.take();
     } catch (InterruptedException interrupted) {
       Thread.currentThread().interrupt();
-      throw CachetException.local(Status.Code.CANCELLED, "interrupted while reading a stream", interrupted);
+      throw CachetException.local(
+          Status.Code.CANCELLED, "interrupted while reading a stream", interrupted);
     }
   }
 }

@@ -51,7 +51,8 @@ public final class Tls {
         builder.keyManager(clientCertificate.toFile(), clientKey.toFile());
       }
     } catch (IOException unreadable) {
-      throw new UncheckedIOException("cannot read a TLS file: " + unreadable.getMessage(), unreadable);
+      throw new UncheckedIOException(
+          "cannot read a TLS file: " + unreadable.getMessage(), unreadable);
     }
     return builder.build();
   }

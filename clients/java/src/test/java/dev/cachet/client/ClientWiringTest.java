@@ -37,9 +37,9 @@ import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 
 /**
- * What the client puts on the wire, checked against a small gRPC server in this test: the
- * metadata of unary and streaming calls, which calls the retry policy repeats, and TLS. The
- * cachet behaviour itself is tested against the real server in {@link LiveServerTest}.
+ * What the client puts on the wire, checked against a small gRPC server in this test: the metadata
+ * of unary and streaming calls, which calls the retry policy repeats, and TLS. The cachet behaviour
+ * itself is tested against the real server in {@link LiveServerTest}.
  */
 @Timeout(value = 60, unit = TimeUnit.SECONDS)
 class ClientWiringTest {
@@ -57,7 +57,12 @@ class ClientWiringTest {
         reply.onError(Status.UNAVAILABLE.withDescription("flaky").asRuntimeException());
         return;
       }
-      reply.onNext(Cache.GetResponse.newBuilder().setFound(true).setValue(ByteString.copyFromUtf8("ok")).setVersion(1).build());
+      reply.onNext(
+          Cache.GetResponse.newBuilder()
+              .setFound(true)
+              .setValue(ByteString.copyFromUtf8("ok"))
+              .setVersion(1)
+              .build());
       reply.onCompleted();
     }
 
@@ -69,7 +74,8 @@ class ClientWiringTest {
 
     /** Overloaded, with a retry time (as cachet's errors.py sends RESOURCE_EXHAUSTED). */
     @Override
-    public void increment(Cache.IncrementRequest request, StreamObserver<Cache.IncrementResponse> reply) {
+    public void increment(
+        Cache.IncrementRequest request, StreamObserver<Cache.IncrementResponse> reply) {
       reply.onError(exhausted("OVERLOADED", true));
     }
 
@@ -87,12 +93,16 @@ class ClientWiringTest {
             .setMessage(reason.toLowerCase(java.util.Locale.ROOT))
             .addDetails(
                 com.google.protobuf.Any.pack(
-                    com.google.rpc.ErrorInfo.newBuilder().setDomain("cachet.dev").setReason(reason).build()));
+                    com.google.rpc.ErrorInfo.newBuilder()
+                        .setDomain("cachet.dev")
+                        .setReason(reason)
+                        .build()));
     if (withRetryInfo) {
       status.addDetails(
           com.google.protobuf.Any.pack(
               com.google.rpc.RetryInfo.newBuilder()
-                  .setRetryDelay(com.google.protobuf.Duration.newBuilder().setSeconds(2).setNanos(500_000_000))
+                  .setRetryDelay(
+                      com.google.protobuf.Duration.newBuilder().setSeconds(2).setNanos(500_000_000))
                   .build()));
     }
     return io.grpc.protobuf.StatusProto.toStatusRuntimeException(status.build());
@@ -101,9 +111,12 @@ class ClientWiringTest {
   /** Confirms every subscription at once, then stays open. */
   private static final class ConfirmingEvents extends EventBusServiceGrpc.EventBusServiceImplBase {
     @Override
-    public void subscribe(Eventbus.SubscribeRequest request, StreamObserver<Eventbus.SubscribeResponse> reply) {
+    public void subscribe(
+        Eventbus.SubscribeRequest request, StreamObserver<Eventbus.SubscribeResponse> reply) {
       reply.onNext(
-          Eventbus.SubscribeResponse.newBuilder().setActive(Eventbus.SubscriptionActive.getDefaultInstance()).build());
+          Eventbus.SubscribeResponse.newBuilder()
+              .setActive(Eventbus.SubscriptionActive.getDefaultInstance())
+              .build());
     }
   }
 
@@ -112,7 +125,9 @@ class ClientWiringTest {
     public <Q, R> ServerCall.Listener<Q> interceptCall(
         ServerCall<Q, R> call, Metadata headers, ServerCallHandler<Q, R> next) {
       headersByMethod
-          .computeIfAbsent(call.getMethodDescriptor().getBareMethodName(), method -> new CopyOnWriteArrayList<>())
+          .computeIfAbsent(
+              call.getMethodDescriptor().getBareMethodName(),
+              method -> new CopyOnWriteArrayList<>())
           .add(headers);
       return next.startCall(call, headers);
     }
@@ -136,7 +151,10 @@ class ClientWiringTest {
   }
 
   private static CachetClient.Builder client(String target) {
-    return CachetClient.builder().target(target).namespace("wired").retries(4, Duration.ofMillis(10));
+    return CachetClient.builder()
+        .target(target)
+        .namespace("wired")
+        .retries(4, Duration.ofMillis(10));
   }
 
   @Test
@@ -154,12 +172,14 @@ class ClientWiringTest {
   @Test
   void resourceExhaustedWithRetryInfoIsRateLimited() throws IOException {
     try (CachetClient client = client(start(InsecureServerCredentials.create())).build()) {
-      RateLimitedException overloaded = assertThrows(RateLimitedException.class, () -> client.cache().increment("n", 1));
+      RateLimitedException overloaded =
+          assertThrows(RateLimitedException.class, () -> client.cache().increment("n", 1));
       assertEquals("OVERLOADED", overloaded.reason());
       assertEquals(java.util.Optional.of(Duration.ofMillis(2500)), overloaded.retryAfter());
 
       ResourceExhaustedException tooLarge =
-          assertThrows(ResourceExhaustedException.class, () -> client.cache().getMany(List.of("k")));
+          assertThrows(
+              ResourceExhaustedException.class, () -> client.cache().getMany(List.of("k")));
       assertFalse(tooLarge instanceof RateLimitedException, "no retry time: not a rate limit");
       assertEquals("RESPONSE_TOO_LARGE", tooLarge.reason());
       assertEquals(Status.Code.RESOURCE_EXHAUSTED, tooLarge.code());
@@ -169,7 +189,10 @@ class ClientWiringTest {
   @Test
   void retriesCanBeTurnedOff() throws IOException {
     failingGets = 1;
-    try (CachetClient client = client(start(InsecureServerCredentials.create())).retries(1, Duration.ofMillis(10)).build()) {
+    try (CachetClient client =
+        client(start(InsecureServerCredentials.create()))
+            .retries(1, Duration.ofMillis(10))
+            .build()) {
       assertThrows(UnavailableException.class, () -> client.cache().get("k"));
       assertEquals(1, getAttempts.get());
     }
@@ -179,7 +202,8 @@ class ClientWiringTest {
   void everyCallCarriesTheNamespaceAndTheBearerToken() throws IOException {
     AtomicInteger issued = new AtomicInteger();
     Supplier<String> rotating = () -> "token-" + issued.incrementAndGet();
-    try (CachetClient client = client(start(InsecureServerCredentials.create())).credentials(rotating).build()) {
+    try (CachetClient client =
+        client(start(InsecureServerCredentials.create())).credentials(rotating).build()) {
       client.cache().get("k");
       try (Subscription subscription = client.events().subscribe(List.of("topic"))) {
         assertFalse(subscription.next(Duration.ofMillis(10)).isPresent());
@@ -189,15 +213,21 @@ class ClientWiringTest {
     Metadata streaming = headersByMethod.get("Subscribe").get(0);
     assertEquals("wired", unary.get(CachetClient.NAMESPACE));
     assertEquals("wired", streaming.get(CachetClient.NAMESPACE));
-    assertEquals("Bearer token-1", unary.get(CachetClient.AUTHORIZATION), "the supplier is asked per call");
+    assertEquals(
+        "Bearer token-1", unary.get(CachetClient.AUTHORIZATION), "the supplier is asked per call");
     assertEquals("Bearer token-2", streaming.get(CachetClient.AUTHORIZATION));
   }
 
   @Test
   void aFailingCredentialSupplierIsUnauthenticatedWithoutItsMessage() throws IOException {
-    Supplier<String> broken = () -> { throw new IllegalStateException("secret-sauce"); };
-    try (CachetClient client = client(start(InsecureServerCredentials.create())).credentials(broken).build()) {
-      UnauthenticatedException refused = assertThrows(UnauthenticatedException.class, () -> client.cache().get("k"));
+    Supplier<String> broken =
+        () -> {
+          throw new IllegalStateException("secret-sauce");
+        };
+    try (CachetClient client =
+        client(start(InsecureServerCredentials.create())).credentials(broken).build()) {
+      UnauthenticatedException refused =
+          assertThrows(UnauthenticatedException.class, () -> client.cache().get("k"));
       assertFalse(refused.getMessage().contains("secret-sauce"), refused.getMessage());
     }
     assertEquals(0, getAttempts.get(), "nothing reached the server");
@@ -214,11 +244,15 @@ class ClientWiringTest {
             .build();
     String target = start(tls);
     try (CachetClient client =
-        client(target).tls(Tls.ca(pki.ca()).clientCertificate(pki.clientCertificate(), pki.clientKey())).credentials("key").build()) {
+        client(target)
+            .tls(Tls.ca(pki.ca()).clientCertificate(pki.clientCertificate(), pki.clientKey()))
+            .credentials("key")
+            .build()) {
       assertEquals("ok", client.cache().get("k").orElseThrow().asString());
     }
     assertEquals("Bearer key", headersByMethod.get("Get").get(0).get(CachetClient.AUTHORIZATION));
-    try (CachetClient withoutCertificate = client(target).tls(Tls.ca(pki.ca())).retries(1, Duration.ofMillis(10)).build()) {
+    try (CachetClient withoutCertificate =
+        client(target).tls(Tls.ca(pki.ca())).retries(1, Duration.ofMillis(10)).build()) {
       assertThrows(UnavailableException.class, () -> withoutCertificate.cache().get("k"));
     }
     try (CachetClient plaintext = client(target).retries(1, Duration.ofMillis(10)).build()) {

@@ -20,10 +20,10 @@ import org.junit.jupiter.api.extension.BeforeAllCallback;
 import org.junit.jupiter.api.extension.ExtensionContext;
 
 /**
- * A real cachet server (the repository's {@code .venv/bin/cachet-server}) in front of a real
- * {@code redis-server}, both on free loopback ports, started once for the whole test run and
- * stopped when it ends. Auth is off ({@code CACHET_AUTH__MODE=off}), as in the other clients'
- * tests; {@link #startServer} starts more servers on the same Redis with settings of their own.
+ * A real cachet server (the repository's {@code .venv/bin/cachet-server}) in front of a real {@code
+ * redis-server}, both on free loopback ports, started once for the whole test run and stopped when
+ * it ends. Auth is off ({@code CACHET_AUTH__MODE=off}), as in the other clients' tests; {@link
+ * #startServer} starts more servers on the same Redis with settings of their own.
  */
 public final class LiveServer implements BeforeAllCallback {
   private static volatile Processes running;
@@ -42,7 +42,8 @@ public final class LiveServer implements BeforeAllCallback {
    * Another cachet-server on the live server's Redis, with {@code settings} (auth, TLS) added to
    * its environment; {@code probe} makes a client able to reach it, asked until a call answers.
    */
-  static Server startServer(Map<String, String> settings, Function<String, CachetClient> probe) throws Exception {
+  static Server startServer(Map<String, String> settings, Function<String, CachetClient> probe)
+      throws Exception {
     Processes processes = started();
     return Server.start(processes.redisUrl, settings, processes.logs, probe);
   }
@@ -53,7 +54,10 @@ public final class LiveServer implements BeforeAllCallback {
       if (running == null) {
         Processes processes = Processes.start();
         // Closed by JUnit when the whole run ends, after every test class that used it.
-        context.getRoot().getStore(ExtensionContext.Namespace.GLOBAL).put(LiveServer.class, processes);
+        context
+            .getRoot()
+            .getStore(ExtensionContext.Namespace.GLOBAL)
+            .put(LiveServer.class, processes);
         running = processes;
       }
     }
@@ -68,7 +72,9 @@ public final class LiveServer implements BeforeAllCallback {
 
   static Path repositoryRoot() {
     String configured = System.getProperty("cachet.root");
-    Path start = Paths.get(configured != null ? configured : System.getProperty("user.dir")).toAbsolutePath();
+    Path start =
+        Paths.get(configured != null ? configured : System.getProperty("user.dir"))
+            .toAbsolutePath();
     for (Path dir = start.normalize(); dir != null; dir = dir.getParent()) {
       if (Files.isDirectory(dir.resolve("server/cachet_server"))) {
         return dir;
@@ -93,7 +99,11 @@ public final class LiveServer implements BeforeAllCallback {
       this.process = process;
     }
 
-    static Server start(String redisUrl, Map<String, String> settings, Path logs, Function<String, CachetClient> probe)
+    static Server start(
+        String redisUrl,
+        Map<String, String> settings,
+        Path logs,
+        Function<String, CachetClient> probe)
         throws Exception {
       Path executable = repositoryRoot().resolve(".venv/bin/cachet-server");
       if (!Files.isExecutable(executable)) {
@@ -113,7 +123,10 @@ public final class LiveServer implements BeforeAllCallback {
             () -> {
               if (!server.process.isAlive()) {
                 throw new IllegalStateException(
-                    "cachet-server exited " + server.process.exitValue() + ":\n" + Files.readString(log));
+                    "cachet-server exited "
+                        + server.process.exitValue()
+                        + ":\n"
+                        + Files.readString(log));
               }
               try {
                 client.cache().get("probe");
@@ -155,8 +168,17 @@ public final class LiveServer implements BeforeAllCallback {
       Process redis =
           launch(
               List.of(
-                  "redis-server", "--bind", "127.0.0.1", "--port", Integer.toString(port),
-                  "--save", "", "--appendonly", "no", "--dir", logs.toString()),
+                  "redis-server",
+                  "--bind",
+                  "127.0.0.1",
+                  "--port",
+                  Integer.toString(port),
+                  "--save",
+                  "",
+                  "--appendonly",
+                  "no",
+                  "--dir",
+                  logs.toString()),
               Map.of(),
               logs.resolve("redis.log"));
       try {
@@ -190,7 +212,8 @@ public final class LiveServer implements BeforeAllCallback {
     }
   }
 
-  private static Process launch(List<String> command, Map<String, String> env, Path log) throws IOException {
+  private static Process launch(List<String> command, Map<String, String> env, Path log)
+      throws IOException {
     ProcessBuilder builder =
         new ProcessBuilder(command)
             .redirectErrorStream(true)

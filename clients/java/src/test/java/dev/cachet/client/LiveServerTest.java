@@ -77,7 +77,8 @@ class LiveServerTest {
     String a = unique("a");
     String b = unique("b");
     String absent = unique("absent");
-    long version = client.cache().set(a, bytes("1"), SetOptions.ttl(Duration.ofMinutes(5)).tags("group"));
+    long version =
+        client.cache().set(a, bytes("1"), SetOptions.ttl(Duration.ofMinutes(5)).tags("group"));
     client.cache().set(b, bytes("2"));
     Map<String, CachedValue> found = client.cache().getMany(List.of(b, absent, a));
     assertEquals(List.of(b, a), new ArrayList<>(found.keySet()));
@@ -98,19 +99,28 @@ class LiveServerTest {
     CachedValue read = client.cache().get(key).orElseThrow();
     assertEquals(first, read.version());
 
-    long second = client.cache().set(key, bytes("v2"), SetOptions.defaults().ifVersion(read.version()));
+    long second =
+        client.cache().set(key, bytes("v2"), SetOptions.defaults().ifVersion(read.version()));
     assertTrue(Long.compareUnsigned(second, first) > 0, "versions increase");
 
     VersionMismatchException stale =
         assertThrows(
             VersionMismatchException.class,
-            () -> client.cache().set(key, bytes("lost update"), SetOptions.defaults().ifVersion(read.version())));
+            () ->
+                client
+                    .cache()
+                    .set(
+                        key,
+                        bytes("lost update"),
+                        SetOptions.defaults().ifVersion(read.version())));
     assertEquals(io.grpc.Status.Code.ABORTED, stale.code());
     assertEquals("VERSION_MISMATCH", stale.reason());
     assertEquals(second, stale.currentVersion().orElseThrow());
     assertEquals("v2", client.cache().get(key).orElseThrow().asString());
 
-    assertThrows(KeyExistsException.class, () -> client.cache().set(key, bytes("x"), SetOptions.defaults().ifAbsent()));
+    assertThrows(
+        KeyExistsException.class,
+        () -> client.cache().set(key, bytes("x"), SetOptions.defaults().ifAbsent()));
   }
 
   @Test
@@ -129,7 +139,8 @@ class LiveServerTest {
   void badInputIsInvalidArgumentNamingTheField() {
     InvalidArgumentException bad =
         assertThrows(InvalidArgumentException.class, () -> client.cache().set("", bytes("x")));
-    assertTrue(bad.fieldViolations().containsKey("key"), () -> "violations: " + bad.fieldViolations());
+    assertTrue(
+        bad.fieldViolations().containsKey("key"), () -> "violations: " + bad.fieldViolations());
     assertFalse(bad.getMessage().contains("Traceback"));
   }
 
@@ -162,7 +173,8 @@ class LiveServerTest {
               () -> {
                 allAsking.countDown();
                 allAsking.await();
-                return client.cache()
+                return client
+                    .cache()
                     .withDeadline(SOON)
                     .getOrSet(
                         key,
@@ -180,7 +192,14 @@ class LiveServerTest {
     assertEquals(1, loads.get(), "only the lease holder computes");
     assertEquals("computed", client.cache().get(key).orElseThrow().asString());
     // A hit does not call the loader at all.
-    client.cache().getOrSet(key, Duration.ofMinutes(1), () -> { throw new AssertionError("loaded on a hit"); });
+    client
+        .cache()
+        .getOrSet(
+            key,
+            Duration.ofMinutes(1),
+            () -> {
+              throw new AssertionError("loaded on a hit");
+            });
   }
 
   @Test
@@ -189,19 +208,22 @@ class LiveServerTest {
     String name = unique("lock");
     try (LockHold first = client.locks().hold(name, Duration.ofSeconds(10), Duration.ZERO)) {
       LockHeldException held =
-          assertThrows(LockHeldException.class, () -> client.locks().acquire(name, Duration.ofSeconds(5)));
+          assertThrows(
+              LockHeldException.class, () -> client.locks().acquire(name, Duration.ofSeconds(5)));
       assertTrue(held.remainingTtl().isPresent(), "LOCK_HELD says the holder's remaining TTL");
 
       CompletableFuture<Lock> second =
           CompletableFuture.supplyAsync(
-              () -> client.locks().acquire(name, Duration.ofSeconds(10), Duration.ofSeconds(30)), background);
+              () -> client.locks().acquire(name, Duration.ofSeconds(10), Duration.ofSeconds(30)),
+              background);
       // Still waiting while the first hold is open (the wait is 30 s, so this is not a timeout).
       sleep(Duration.ofMillis(500));
       assertFalse(second.isDone(), "the second acquirer waits while the lock is held");
 
       first.close();
       Lock granted = second.get(30, TimeUnit.SECONDS);
-      assertTrue(granted.waited().compareTo(Duration.ZERO) > 0, "the server says the acquire waited");
+      assertTrue(
+          granted.waited().compareTo(Duration.ZERO) > 0, "the server says the acquire waited");
       assertTrue(
           Long.compareUnsigned(granted.fencingToken(), first.fencingToken()) > 0,
           "a later grant has a larger fencing token");
@@ -218,7 +240,11 @@ class LiveServerTest {
     try {
       assertThrows(
           DeadlineExceededException.class,
-          () -> client.locks().withDeadline(Duration.ofMillis(300)).acquire(name, Duration.ofSeconds(5), Duration.ofSeconds(20)));
+          () ->
+              client
+                  .locks()
+                  .withDeadline(Duration.ofMillis(300))
+                  .acquire(name, Duration.ofSeconds(5), Duration.ofSeconds(20)));
     } finally {
       client.locks().release(holder);
     }
@@ -228,9 +254,16 @@ class LiveServerTest {
   void aLostHoldRunsTheCallback() throws Exception {
     String name = unique("lost");
     CountDownLatch lost = new CountDownLatch(1);
-    try (LockHold hold = client.locks().hold(name, Duration.ofMillis(600), Duration.ZERO, gone -> lost.countDown())) {
+    try (LockHold hold =
+        client
+            .locks()
+            .hold(name, Duration.ofMillis(600), Duration.ZERO, gone -> lost.countDown())) {
       // Someone else frees the lock behind the holder's back: the next renewal finds it gone.
-      client.locks().release(new Lock(name, hold.ownerToken(), hold.fencingToken(), hold.expireTime(), Duration.ZERO));
+      client
+          .locks()
+          .release(
+              new Lock(
+                  name, hold.ownerToken(), hold.fencingToken(), hold.expireTime(), Duration.ZERO));
       assertTrue(lost.await(SOON.toSeconds(), TimeUnit.SECONDS), "the lost callback ran");
       assertTrue(hold.isLost());
     }
@@ -239,7 +272,8 @@ class LiveServerTest {
   @Test
   void rateLimitDenialSaysWhenToRetry() {
     String key = unique("login");
-    RateLimit twoPerMinute = RateLimit.of(2, Duration.ofMinutes(1)).algorithm(RateLimit.Algorithm.FIXED_WINDOW);
+    RateLimit twoPerMinute =
+        RateLimit.of(2, Duration.ofMinutes(1)).algorithm(RateLimit.Algorithm.FIXED_WINDOW);
     assertTrue(client.rateLimits().check(key, twoPerMinute).allowed());
     RateDecision second = client.rateLimits().check(key, twoPerMinute).orThrow();
     assertEquals(0, second.remaining());
@@ -247,7 +281,10 @@ class LiveServerTest {
     RateDecision denied = client.rateLimits().check(key, twoPerMinute);
     assertFalse(denied.allowed());
     Duration retryAfter = denied.retryAfter().orElseThrow();
-    assertTrue(!retryAfter.isNegative() && !retryAfter.isZero() && retryAfter.compareTo(Duration.ofMinutes(1)) <= 0,
+    assertTrue(
+        !retryAfter.isNegative()
+            && !retryAfter.isZero()
+            && retryAfter.compareTo(Duration.ofMinutes(1)) <= 0,
         () -> "retry after " + retryAfter);
 
     RateLimitedException limited = assertThrows(RateLimitedException.class, denied::orThrow);
@@ -261,7 +298,8 @@ class LiveServerTest {
   void publishReachesASubscriber() throws Exception {
     String topic = unique("news");
     try (Subscription subscription = client.events().subscribe(List.of(topic))) {
-      PublishResult published = client.events().publish(topic, Event.of("hello").withType("greeting"));
+      PublishResult published =
+          client.events().publish(topic, Event.of("hello").withType("greeting"));
       assertEquals(1, published.receivers());
       TopicMessage received = subscription.next(SOON).orElseThrow();
       assertEquals(topic, received.topic());
@@ -278,10 +316,14 @@ class LiveServerTest {
     List<String> received = new CopyOnWriteArrayList<>();
     CountDownLatch three = new CountDownLatch(3);
     try (Subscription subscription =
-        client.events().subscribe(List.of(topic), message -> {
-          received.add(message.event().payloadAsString());
-          three.countDown();
-        })) {
+        client
+            .events()
+            .subscribe(
+                List.of(topic),
+                message -> {
+                  received.add(message.event().payloadAsString());
+                  three.countDown();
+                })) {
       for (String tick : List.of("1", "2", "3")) {
         client.events().publish(topic, bytes(tick));
       }
@@ -337,9 +379,15 @@ class LiveServerTest {
           cachet.eventbus.v1.EventBusServiceGrpc.newBlockingStub(client.channel())
               .withDeadlineAfter(5, TimeUnit.SECONDS);
       var request =
-          cachet.eventbus.v1.Eventbus.PendingRequest.newBuilder().setStream(stream).setGroup("workers").build();
+          cachet.eventbus.v1.Eventbus.PendingRequest.newBuilder()
+              .setStream(stream)
+              .setGroup("workers")
+              .build();
       waitUntil(() -> pending.pending(request).getCount() == 0);
-      assertEquals(0, client.events().ack(stream, "workers", ids.toArray(String[]::new)), "all acknowledged already");
+      assertEquals(
+          0,
+          client.events().ack(stream, "workers", ids.toArray(String[]::new)),
+          "all acknowledged already");
       assertEquals(Optional.empty(), consumption.failure());
     }
   }

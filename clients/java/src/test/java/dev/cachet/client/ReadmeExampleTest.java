@@ -24,12 +24,20 @@ class ReadmeExampleTest {
   /** The example's lines from the source file, without the method's indentation. */
   static String exampleSource() throws IOException {
     List<String> lines =
-        Files.readAllLines(JAVA_CLIENT.resolve("src/test/java/dev/cachet/client/ReadmeExample.java"));
+        Files.readAllLines(
+            JAVA_CLIENT.resolve("src/test/java/dev/cachet/client/ReadmeExample.java"));
     int start = indexOf(lines, "// README example: start") + 1;
     int end = indexOf(lines, "// README example: end");
     List<String> example = lines.subList(start, end);
-    int indent = example.stream().filter(line -> !line.isBlank()).mapToInt(ReadmeExampleTest::indentation).min().orElse(0);
-    return example.stream().map(line -> line.isBlank() ? "" : line.substring(indent)).collect(Collectors.joining("\n"));
+    int indent =
+        example.stream()
+            .filter(line -> !line.isBlank())
+            .mapToInt(ReadmeExampleTest::indentation)
+            .min()
+            .orElse(0);
+    return example.stream()
+        .map(line -> line.isBlank() ? "" : line.substring(indent))
+        .collect(Collectors.joining("\n"));
   }
 
   private static int indexOf(List<String> lines, String marker) {
@@ -49,8 +57,10 @@ class ReadmeExampleTest {
   void theReadmeQuotesTheExampleVerbatim() throws IOException {
     String readme = Files.readString(JAVA_CLIENT.resolve("README.md"));
     String example = exampleSource();
-    assertTrue(readme.contains("```java\n" + example + "\n```"),
-        () -> "clients/java/README.md must quote ReadmeExample.java's example exactly:\n" + example);
+    assertTrue(
+        readme.contains("```java\n" + example + "\n```"),
+        () ->
+            "clients/java/README.md must quote ReadmeExample.java's example exactly:\n" + example);
     long lines = Arrays.stream(example.split("\n")).filter(line -> !line.isBlank()).count();
     assertTrue(lines <= 10, () -> "the example has " + lines + " lines, the README promises ten");
   }

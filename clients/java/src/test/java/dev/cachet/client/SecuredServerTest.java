@@ -21,9 +21,9 @@ import org.junit.jupiter.api.extension.ExtendWith;
 import org.junit.jupiter.api.io.TempDir;
 
 /**
- * The client against a live cachet server with auth required (an API key granted one namespace)
- * and mutual TLS (a throwaway CA): the bearer token, the namespace and the client certificate go
- * out on unary and streaming calls, and refusals arrive as typed exceptions.
+ * The client against a live cachet server with auth required (an API key granted one namespace) and
+ * mutual TLS (a throwaway CA): the bearer token, the namespace and the client certificate go out on
+ * unary and streaming calls, and refusals arrive as typed exceptions.
  */
 @ExtendWith(LiveServer.class)
 @Timeout(value = 90, unit = TimeUnit.SECONDS)
@@ -37,7 +37,9 @@ class SecuredServerTest {
   @BeforeAll
   static void startSecuredServer() throws Exception {
     pki = TestCertificates.make(dir);
-    String digest = HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(API_KEY.getBytes(UTF_8)));
+    String digest =
+        HexFormat.of()
+            .formatHex(MessageDigest.getInstance("SHA-256").digest(API_KEY.getBytes(UTF_8)));
     Path config = dir.resolve("cachet.yaml");
     Files.writeString(
         config,
@@ -45,7 +47,9 @@ class SecuredServerTest {
             + "  mode: required\n"
             + "  api_keys:\n"
             + "    - id: java-tests\n"
-            + "      sha256: " + digest + "\n"
+            + "      sha256: "
+            + digest
+            + "\n"
             + "      namespaces: [java-secure]\n"
             + "      roles: [read, write]\n");
     server =
@@ -55,7 +59,10 @@ class SecuredServerTest {
                 "CACHET_TLS__CERT_FILE", pki.serverCertificate().toString(),
                 "CACHET_TLS__KEY_FILE", pki.serverKey().toString(),
                 "CACHET_TLS__CLIENT_CA_FILE", pki.ca().toString()),
-            target -> client(target, "java-secure", API_KEY).defaultDeadline(Duration.ofSeconds(1)).build());
+            target ->
+                client(target, "java-secure", API_KEY)
+                    .defaultDeadline(Duration.ofSeconds(1))
+                    .build());
   }
 
   @AfterAll
@@ -80,22 +87,27 @@ class SecuredServerTest {
       client.cache().set("k", "v".getBytes(UTF_8));
       assertEquals("v", client.cache().get("k").orElseThrow().asString());
       assertEquals(1, client.events().publish("secure-news", Event.of("hi")).receivers());
-      assertEquals("hi", subscription.next(Duration.ofSeconds(15)).orElseThrow().event().payloadAsString());
+      assertEquals(
+          "hi", subscription.next(Duration.ofSeconds(15)).orElseThrow().event().payloadAsString());
     }
   }
 
   @Test
   void aWrongKeyIsUnauthenticated() {
     try (CachetClient client = client(server.target, "java-secure", "not-the-key").build()) {
-      UnauthenticatedException refused = assertThrows(UnauthenticatedException.class, () -> client.cache().get("k"));
-      assertFalse(refused.getMessage().contains("not-the-key"), "the credential never comes back in errors");
+      UnauthenticatedException refused =
+          assertThrows(UnauthenticatedException.class, () -> client.cache().get("k"));
+      assertFalse(
+          refused.getMessage().contains("not-the-key"),
+          "the credential never comes back in errors");
     }
   }
 
   @Test
   void aNamespaceTheKeyIsNotGrantedIsPermissionDenied() {
     try (CachetClient client = client(server.target, "java-other", API_KEY).build()) {
-      PermissionDeniedException refused = assertThrows(PermissionDeniedException.class, () -> client.cache().get("k"));
+      PermissionDeniedException refused =
+          assertThrows(PermissionDeniedException.class, () -> client.cache().get("k"));
       assertEquals("NAMESPACE_NOT_GRANTED", refused.reason());
       assertThrows(PermissionDeniedException.class, () -> client.events().subscribe(List.of("t")));
     }
