@@ -71,10 +71,6 @@ final class ServerStream<Q, R> implements ClientResponseObserver<Q, R> {
     return Optional.empty();
   }
 
-  synchronized boolean ended() {
-    return end != null;
-  }
-
   void cancel() {
     cancelled = true;
     call.cancel("closed by the client", null);
