@@ -114,6 +114,8 @@ public final class LiveServer implements BeforeAllCallback {
       env.put("CACHET_REDIS_URL", redisUrl);
       env.put("CACHET_LISTEN", target);
       env.putIfAbsent("CACHET_HEALTH_INTERVAL", "PT0.1S");
+      // Its own Prometheus port: the default (127.0.0.1:9464) is one per machine.
+      env.putIfAbsent("CACHET_METRICS__LISTEN", "127.0.0.1:" + freePort());
       Path log = Files.createTempFile(logs, "server-", ".log");
       Server server = new Server(target, launch(List.of(executable.toString()), env, log));
       try (CachetClient client = probe.apply(target)) {
