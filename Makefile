@@ -15,16 +15,20 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GO_CLIENT := clients/go
 TS_CLIENT := clients/typescript
 TS_DEPS := $(TS_CLIENT)/node_modules/.installed
+JAVA_CLIENT := clients/java
+# Maven's local repository holds the Java client's dependencies; the stamp says they were fetched.
+JAVA_DEPS := $(JAVA_CLIENT)/target/.deps-fetched
+MVN := mvn -B -ntp -f $(JAVA_CLIENT)
 # buf.gen.yaml runs these local plugins for the Go and TypeScript clients.
 CODEGEN := $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc $(TS_DEPS)
 export PATH := $(CURDIR)/$(VENV)/bin:$(TOOLS):$(PATH)
 
-.PHONY: help setup redis tools run test test-clients test-fuzz-long lint proto check-generated bench reliability clean
+.PHONY: help setup redis tools maven java-deps run test test-clients test-java test-fuzz-long lint proto check-generated bench reliability clean
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed redis tools $(TS_DEPS) ## Install everything: venv with pinned deps, redis-server, grpcurl, buf, npm deps
+setup: $(VENV)/.installed redis tools $(TS_DEPS) $(JAVA_DEPS) ## Install everything: venv with pinned deps, redis-server, grpcurl, buf, npm and Maven deps
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,19 +63,37 @@ $(TS_DEPS): $(TS_CLIENT)/package-lock.json
 	cd $(TS_CLIENT) && npm ci --no-audit --no-fund
 	touch $@
 
+maven: ## Install Maven (apt-get) when missing; the Java client needs it and a JDK 17
+	@if ! command -v mvn >/dev/null; then \
+	  echo "installing maven and openjdk-17-jdk-headless"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven openjdk-17-jdk-headless >/dev/null; \
+	fi
+
+java-deps: $(JAVA_DEPS) ## Fetch the Java client's Maven dependencies, plugins and protoc binaries (then it builds offline)
+
+# A build without tests loads every plugin of the lifecycle (and the protoc binaries);
+# go-offline adds the declared plugins the build itself does not run (clean, install).
+$(JAVA_DEPS): $(JAVA_CLIENT)/pom.xml | maven
+	$(MVN) -q -DskipTests dependency:go-offline verify
+	touch $@
+
 run: $(VENV)/.installed redis ## Serve on localhost:50051 (embedded redis-server unless CACHET_REDIS_URL is set; auth off)
 	CACHET_AUTH__MODE=$${CACHET_AUTH__MODE:-off} $(VENV)/bin/cachet-server
 
-test: setup ## Run every test against real redis-server processes (Python, then the Go and TS clients)
+test: setup ## Run every test against real redis-server processes (Python, then the Go, TS and Java clients)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-clients
 
 test-fuzz-long: setup ## Fuzz every RPC with 3,000 generated requests each (the default run uses 200)
 	CACHET_FUZZ_EXAMPLES=3000 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py -o timeout=7200
 
-test-clients: $(VENV)/.installed redis $(TS_DEPS) ## Test the TypeScript and Go clients against a live cachet server
+test-clients: $(VENV)/.installed redis $(TS_DEPS) $(JAVA_DEPS) ## Test the TypeScript, Go and Java clients against a live cachet server
 	cd $(TS_CLIENT) && npm test
 	cd $(GO_CLIENT) && go test -count=1 ./... # never cached: the tests run a live server the cache cannot see
+	$(MAKE) --no-print-directory test-java
+
+test-java: $(VENV)/.installed redis $(JAVA_DEPS) ## Build the Java client (stubs from protos/) and run its JUnit tests against a live server
+	$(MVN) verify
 
 lint: setup ## ruff, mypy (strict on server/ and clients/python/), buf lint, helm lint, go vet, tsc
 	$(VENV)/bin/ruff check .
@@ -84,17 +106,21 @@ lint: setup ## ruff, mypy (strict on server/ and clients/python/), buf lint, hel
 	cd bench/driver && go vet ./...
 	cd $(TS_CLIENT) && npm run --silent typecheck
 
-proto: $(VENV)/.installed $(CODEGEN) ## Regenerate the Python, Go and TypeScript stubs from protos/
+proto: $(VENV)/.installed $(CODEGEN) $(JAVA_DEPS) ## Regenerate the Python, Go, TypeScript (committed) and Java (built, in target/) stubs from protos/
 	$(PY) scripts/gen_protos.py
 	$(TOOLS)/buf generate
+	$(MVN) -q generate-sources
 
-check-generated: $(VENV)/.installed $(CODEGEN) ## Fail when the generated code is stale
+check-generated: $(VENV)/.installed $(CODEGEN) $(JAVA_DEPS) ## Fail when the generated code is stale (Java's is never committed: check none is)
 	@tmp=$$(mktemp -d) && $(PY) scripts/gen_protos.py $$tmp/proto 2>/dev/null && \
 	  $(TOOLS)/buf generate -o $$tmp && \
 	  diff -r -x __pycache__ $$tmp/proto clients/python/cachet_client/proto && \
 	  diff -r $$tmp/$(GO_CLIENT)/gen $(GO_CLIENT)/gen && \
 	  diff -r $$tmp/$(TS_CLIENT)/src/gen $(TS_CLIENT)/src/gen && rm -rf $$tmp && echo "generated code is up to date" || \
 	  { echo "generated code is stale: run 'make proto' and commit"; exit 1; }
+	@tracked=$$(git ls-files -- $(JAVA_CLIENT)/target '$(JAVA_CLIENT)/*Grpc.java') && test -z "$$tracked" || \
+	  { echo "the Java stubs are built from protos/, never committed; remove: $$tracked"; exit 1; }
+	@$(MVN) -q generate-sources && echo "the Java stubs generate from protos/"
 
 reliability: setup ## Run the fault and hostile-tenant tests and regenerate docs/reliability.md
 	rm -rf build/reliability
@@ -123,4 +149,4 @@ $(BENCH_BIN)/cachet-bench-driver: bench/driver/main.go bench/driver/go.mod $(GO_
 	cd bench/driver && go build -o $(CURDIR)/$@ .
 
 clean: ## Remove the venv, tools and caches
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache $(JAVA_CLIENT)/target
