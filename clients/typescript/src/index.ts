@@ -3,12 +3,14 @@
 // retries of idempotent calls through the gRPC service config.
 import type { Client, ClientOptions, ChannelCredentials } from "@grpc/grpc-js";
 import { Admin } from "./admin";
-import { CacheCalls } from "./cache";
+import { CacheCalls, type Value } from "./cache";
 import { Events } from "./events";
 import { CacheServiceClient } from "./gen/cachet/cache/v1/cache";
+import { toCachetError } from "./errors";
 import { Locks } from "./locks";
+import { NearCache, type NearCacheOptions, nearCacheServer } from "./nearcache";
 import { RateLimits } from "./ratelimit";
-import { type CachetClientOptions, Transport } from "./transport";
+import { type CachetClientOptions, type CallOptions, Transport } from "./transport";
 
 export * from "./errors";
 export { Admin } from "./admin";
@@ -73,6 +75,7 @@ export class CachetClient extends CacheCalls {
   readonly admin: Admin;
   /** The generated CacheService stub on this channel. */
   readonly cache: CacheServiceClient;
+  private near?: NearCache;
 
   constructor(target: string, options: CachetClientOptions = {}) {
     super(new Transport(target, options));
@@ -95,8 +98,51 @@ export class CachetClient extends CacheCalls {
     });
   }
 
-  /** Closes the channel (shared by every stub from `stub`). */
+  /**
+   * Serves `get` and `getMany` from a local near-cache kept in step by the server's
+   * WatchInvalidations stream (docs/near-cache.md): never staler than the stream's
+   * delay, never served while the stream is not synced. Call it once; the near-cache's
+   * `stats()` count hits and misses, and `close()` stops it.
+   */
+  enableNearCache(options: NearCacheOptions = {}): NearCache {
+    if (this.near !== undefined) {
+      throw new Error("the near-cache is already enabled");
+    }
+    this.near = new NearCache(nearCacheServer(this.cache, { timeoutMs: this.transport.timeoutMs }), options).start();
+    return this.near;
+  }
+
+  /** The near-cache `enableNearCache` made, if any. */
+  get nearCache(): NearCache | undefined {
+    return this.near;
+  }
+
+  override async get(key: string, options?: CallOptions): Promise<Value | undefined> {
+    if (this.near === undefined) {
+      return super.get(key, options);
+    }
+    try {
+      return await this.near.get(key);
+    } catch (error) {
+      throw toCachetError(error);
+    }
+  }
+
+  override async getMany(keys: string[], options?: CallOptions): Promise<(Value | undefined)[]> {
+    if (this.near === undefined) {
+      return super.getMany(keys, options);
+    }
+    try {
+      return await this.near.getMany(keys);
+    } catch (error) {
+      throw toCachetError(error);
+    }
+  }
+
+  /** Closes the channel (shared by every stub from `stub`), and the near-cache. */
   close(): void {
+    void this.near?.close();
+    this.near = undefined;
     this.transport.close();
   }
 }

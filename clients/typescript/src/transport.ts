@@ -128,7 +128,7 @@ export class Transport {
   readonly credentials: ChannelCredentials;
   readonly interceptors: Interceptor[];
   readonly client: Client;
-  private readonly timeoutMs: number;
+  readonly timeoutMs: number;
 
   constructor(target: string, options: CachetClientOptions) {
     this.target = target;

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { connect as tcpConnect, createServer, type Server, type Socket } from "node:net";
 import { after, before, test } from "node:test";
 import { credentials, Metadata } from "@grpc/grpc-js";
-import { NearCache, type NearCacheOptions, type NearCacheServer, type NearValue, nearCacheServer } from "../src";
+import { CachetClient, CachetError, NearCache, type NearCacheOptions, type NearCacheServer, type NearValue, nearCacheServer } from "../src";
 import { CacheServiceClient, type GetResponse, SetCondition } from "../src/gen/cachet/cache/v1/cache";
 import { type RunningServer, startServer } from "./server";
 
@@ -354,4 +354,39 @@ async function startProxy(target: string) {
       return new Promise<void>((resolve) => listener.close(() => resolve()));
     },
   };
+}
+
+test("CachetClient.enableNearCache serves get and getMany locally, invalidated by other clients", async () => {
+  const namespace = freshNamespace();
+  const client = new CachetClient(server.address, { namespace });
+  const writer = new CachetClient(server.address, { namespace });
+  closers.push(() => writer.close());
+  try {
+    const near = client.enableNearCache({ maxEntries: 100 });
+    assert.throws(() => client.enableNearCache(), /already enabled/);
+    await within(15_000, near.waitSynced(), "never synced");
+    await writer.set("user:1", Buffer.from("v1"));
+    await within(15_000, until(() => near.stats().invalidations >= 1), "the write's invalidation never came");
+    for (let i = 0; i < 3; i++) {
+      assert.equal((await client.get("user:1"))?.data.toString(), "v1");
+    }
+    const many = await client.getMany(["user:1", "absent"]);
+    assert.equal(many[0]?.data.toString(), "v1");
+    assert.equal(many[1], undefined);
+    assert.ok(near.stats().hits >= 3, JSON.stringify(near.stats(), (_, v) => (typeof v === "bigint" ? String(v) : v)));
+    const seen = near.stats().invalidations;
+    await writer.set("user:1", Buffer.from("v2"));
+    await within(15_000, until(() => near.stats().invalidations > seen), "the second write's invalidation never came");
+    assert.equal((await client.get("user:1"))?.data.toString(), "v2");
+    await assert.rejects(client.get(""), CachetError);
+  } finally {
+    client.close();
+  }
+  assert.equal(client.nearCache, undefined);
+});
+
+async function until(condition: () => boolean): Promise<void> {
+  while (!condition()) {
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
 }
