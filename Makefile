@@ -19,11 +19,17 @@ JAVA_CLIENT := clients/java
 # Maven's local repository holds the Java client's dependencies; the stamp says they were fetched.
 JAVA_DEPS := $(JAVA_CLIENT)/target/.deps-fetched
 MVN := mvn -B -ntp -f $(JAVA_CLIENT)
+# What grpcurl -protoset reads: every proto of protos/ with its imports and comments.
+# buf writes the same bytes from the same sources, so check-generated can compare them.
+PROTOSET := protos/cachet.protoset
+BUILD_PROTOSET = $(TOOLS)/buf build --as-file-descriptor-set -o "$(1)\#format=binpb"
+# The contract as it was last released on purpose: `buf breaking` compares protos/ to it.
+PROTO_BASELINE := protos/baseline.binpb
 # buf.gen.yaml runs these local plugins for the Go and TypeScript clients.
 CODEGEN := $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc $(TS_DEPS)
 export PATH := $(CURDIR)/$(VENV)/bin:$(TOOLS):$(PATH)
 
-.PHONY: help setup redis tools maven java-deps run test test-clients test-java test-fuzz-long lint proto check-generated bench reliability clean
+.PHONY: help setup redis tools maven java-deps run test test-clients test-java test-fuzz-long lint proto proto-baseline check-generated bench reliability clean
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -100,6 +106,7 @@ lint: setup ## ruff, mypy (strict on server/ and clients/python/), buf lint, hel
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(TOOLS)/buf lint
+	$(TOOLS)/buf breaking --against $(PROTO_BASELINE)
 	$(TOOLS)/helm lint --strict helm/cachet -f helm/cachet/ci/lint-values.yaml
 	@unformatted=$$(gofmt -l $(GO_CLIENT) bench/driver) && test -z "$$unformatted" || { echo "gofmt needed: $$unformatted"; exit 1; }
 	cd $(GO_CLIENT) && go vet ./...
@@ -110,13 +117,18 @@ proto: $(VENV)/.installed $(CODEGEN) $(JAVA_DEPS) ## Regenerate the Python, Go, 
 	$(PY) scripts/gen_protos.py
 	$(TOOLS)/buf generate
 	$(MVN) -q generate-sources
+	$(call BUILD_PROTOSET,$(PROTOSET))
+
+proto-baseline: $(TOOLS)/buf ## Accept today's protos/ as the contract `buf breaking` guards (only on purpose: a release)
+	$(TOOLS)/buf build --exclude-source-info -o $(PROTO_BASELINE)
 
 check-generated: $(VENV)/.installed $(CODEGEN) $(JAVA_DEPS) ## Fail when the generated code is stale (Java's is never committed: check none is)
 	@tmp=$$(mktemp -d) && $(PY) scripts/gen_protos.py $$tmp/proto 2>/dev/null && \
 	  $(TOOLS)/buf generate -o $$tmp && \
 	  diff -r -x __pycache__ $$tmp/proto clients/python/cachet_client/proto && \
 	  diff -r $$tmp/$(GO_CLIENT)/gen $(GO_CLIENT)/gen && \
-	  diff -r $$tmp/$(TS_CLIENT)/src/gen $(TS_CLIENT)/src/gen && rm -rf $$tmp && echo "generated code is up to date" || \
+	  diff -r $$tmp/$(TS_CLIENT)/src/gen $(TS_CLIENT)/src/gen && \
+	  $(call BUILD_PROTOSET,$$tmp/cachet.protoset) && cmp $$tmp/cachet.protoset $(PROTOSET) && rm -rf $$tmp && echo "generated code is up to date" || \
 	  { echo "generated code is stale: run 'make proto' and commit"; exit 1; }
 	@tracked=$$(git ls-files -- $(JAVA_CLIENT)/target '$(JAVA_CLIENT)/*Grpc.java') && test -z "$$tracked" || \
 	  { echo "the Java stubs are built from protos/, never committed; remove: $$tracked"; exit 1; }
