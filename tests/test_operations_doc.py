@@ -4,19 +4,15 @@ live `cachet-server` process, and succeeds."""
 from __future__ import annotations
 
 import json
-import re
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
 from cachet_client.proto.cachet.admin.v1 import admin_pb2
 
-from .redis_procs import RedisProcess
-from .server_procs import GRPCURL, CachetProcess
+from .markdown_docs import DOC_ADDRESS, fenced_blocks, grpcurl_commands, live_cachet, run_documented
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
-DOC_ADDRESS = "localhost:50051"
 NAMESPACE_SCOPED = {
     "GetKeyMemoryUsage",
     "ScanKeys",
@@ -28,13 +24,8 @@ NAMESPACE_SCOPED = {
 
 def documented_commands() -> list[list[str]]:
     """Every grpcurl command of the doc's ```sh blocks, continuation lines joined."""
-    blocks = re.findall(r"```sh\n(.*?)```", DOC.read_text(), re.S)
-    commands = []
-    for block in blocks:
-        for line in block.replace("\\\n", " ").splitlines():
-            if line.strip().startswith("grpcurl "):
-                commands.append(shlex.split(line))
-    return commands
+    blocks = [body for language, body in fenced_blocks(DOC.read_text()) if language == "sh"]
+    return [command for block in blocks for command in grpcurl_commands(block)]
 
 
 def method_of(command: list[str]) -> str:
@@ -54,20 +45,14 @@ def test_the_doc_covers_every_admin_rpc_with_the_namespace_header_where_it_matte
 
 @pytest.fixture
 def server():
-    redis_server = RedisProcess().start()
-    cachet = CachetProcess(redis_server.url).start()
-    try:
+    with live_cachet() as cachet:
         yield cachet
-    finally:
-        cachet.stop()
-        redis_server.stop()
 
 
 def test_every_documented_grpcurl_command_succeeds(server):
     answers: dict[str, list[dict]] = {}
     for command in documented_commands():
-        argv = [str(GRPCURL)] + [server.address if a == DOC_ADDRESS else a for a in command[1:]]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        done = run_documented(command, server)
         assert done.returncode == 0, f"{shlex.join(command)}\n{done.stderr}"
         assert "Traceback" not in done.stdout + done.stderr
         answers.setdefault(method_of(command), []).append(json.loads(done.stdout or "{}"))

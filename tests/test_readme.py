@@ -5,43 +5,32 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from .redis_procs import RedisProcess
-from .server_procs import GRPCURL, CachetProcess
+from .markdown_docs import fenced_blocks, grpcurl_commands, live_cachet, run_documented
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-README_ADDRESS = "localhost:50051"
 
 
 def readme_grpcurl_commands() -> list[list[str]]:
     section = README.read_text().split("## Try it with grpcurl", 1)[1].split("\n## ", 1)[0]
-    (block,) = re.findall(r"```sh\n(.*?)```", section, re.S)
-    joined = block.replace("\\\n", " ")
-    return [shlex.split(line) for line in joined.splitlines() if line.startswith("grpcurl ")]
+    (block,) = [body for language, body in fenced_blocks(section) if language == "sh"]
+    return grpcurl_commands(block)
 
 
 @pytest.fixture
 def server():
-    redis_server = RedisProcess().start()
-    cachet = CachetProcess(redis_server.url).start()
-    try:
+    with live_cachet() as cachet:
         yield cachet
-    finally:
-        cachet.stop()
-        redis_server.stop()
 
 
 def test_readme_grpcurl_examples_are_true(server):
     outputs = []
     for command in readme_grpcurl_commands():
-        argv = [str(GRPCURL)] + [server.address if a == README_ADDRESS else a for a in command[1:]]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        done = run_documented(command, server)
         assert done.returncode == 0, f"{shlex.join(command)}\n{done.stderr}"
         outputs.append(done.stdout)
     listed, described, stored, got, health = outputs
