@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .markdown_docs import DOC_ADDRESS, fenced_blocks, grpcurl_commands, live_cachet
+from .markdown_docs import DOC_ADDRESS, fenced_blocks, grpcurl_commands, live_cachet, shell_lines
 from .server_procs import GRPCURL, ROOT
 
 DOC = ROOT / "docs" / "grpcurl.md"
@@ -49,7 +49,7 @@ REQUIRED_CALLS = (
     }
     | {
         "cachet.eventbus.v1.EventBusService/" + m
-        for m in ("Publish", "Append", "Read", "Consume", "Ack")
+        for m in ("Publish", "Subscribe", "Append", "Read", "Consume", "Ack")
     }
     | {
         "cachet.admin.v1.AdminService/" + m
@@ -226,11 +226,13 @@ def test_every_documented_command_answers_what_the_page_shows(server):
             except json.JSONDecodeError:
                 pytest.fail(f"not JSON: {block}\n{output}")
             match(json_values(shown), got, bound, where)
-            last = got[-1]
-            failed = isinstance(last, dict) and "code" in last and "message" in last
+            # A block's status is its last command's: a grpcurl call that fails exits
+            # 64 + its status code, anything else 0.
+            last, ends_with_call = got[-1], shell_lines(block)[-1].startswith("grpcurl ")
+            failed = ends_with_call and isinstance(last, dict) and {"code", "message"} <= set(last)
             assert status == (GRPCURL_ERROR_EXIT + last["code"] if failed else 0), output
             for name, value in bound.items():
                 shell.export(name, str(value))
-        assert {"LEASE_TOKEN", "OWNER_TOKEN", "EVENT_ID"} <= set(bound)
+        assert {"LEASE_TOKEN", "OWNER_TOKEN", "EVENT_ID", "PUBLISHED_ID"} <= set(bound)
     finally:
         shell.close()
