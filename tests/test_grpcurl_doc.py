@@ -106,7 +106,8 @@ def test_the_documented_key_matches_the_documented_hash():
 class ShellSession:
     """One bash process fed block by block, as a terminal would be."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], scratch: Path) -> None:
+        self.scratch = scratch
         self.process = subprocess.Popen(
             ["bash", "--noprofile", "--norc"],
             cwd=ROOT,
@@ -122,8 +123,13 @@ class ShellSession:
     def run(self, script: str) -> tuple[str, int]:
         """Run `script`; answer what it printed (stdout and stderr) and its exit status."""
         marker = f"__block_done_{uuid.uuid4().hex}__"
+        # Sourced from a file, not typed into the shell's stdin, so that a command reading
+        # its stdin cannot swallow the rest of the session.
+        block = self.scratch / f"{marker}.sh"
+        block.write_text(script + "\n")
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(f"{script}\n__status=$?; echo; echo {marker} $__status\n".encode())
+        command = f"source {block} </dev/null; __status=$?; echo; echo {marker} $__status\n"
+        self.process.stdin.write(command.encode())
         self.process.stdin.flush()
         output = b""
         deadline = time.monotonic() + BLOCK_TIMEOUT_S
@@ -204,9 +210,9 @@ def server(tmp_path: Path):
         yield cachet
 
 
-def test_every_documented_command_answers_what_the_page_shows(server):
+def test_every_documented_command_answers_what_the_page_shows(server, tmp_path):
     env = {**os.environ, "PATH": f"{GRPCURL.parent}:{os.environ['PATH']}"}
-    shell = ShellSession(env)
+    shell = ShellSession(env, tmp_path)
     bound: dict[str, Any] = {}
     try:
         for block, answer in steps():
