@@ -8,23 +8,8 @@
 "use strict";
 
 const [clientDir, target, namespace, operation, params] = process.argv.slice(2);
-const { CachetClient, Metadata, eventbusv1, ratelimitv1 } = loadClient(clientDir);
+const { CachetClient, Algorithm, target: limitTarget } = require(clientDir);
 const TIMEOUT_MS = 10_000;
-
-function loadClient(dir) {
-  const client = require(dir);
-  // Metadata comes from the same @grpc/grpc-js the client is built on.
-  const { Metadata } = require(require.resolve("@grpc/grpc-js", { paths: [dir] }));
-  return { ...client, Metadata };
-}
-
-/** Calls a generated callback-style unary method with a deadline. */
-function unary(stub, method, request) {
-  return new Promise((resolve, reject) => {
-    const deadline = new Date(Date.now() + TIMEOUT_MS);
-    stub[method](request, new Metadata(), { deadline }, (error, reply) => (error ? reject(error) : resolve(reply)));
-  });
-}
 
 const operations = {
   async get(client, { key }) {
@@ -35,35 +20,14 @@ const operations = {
   },
 
   async append(client, { stream, type, payload }) {
-    const events = client.stub(eventbusv1.EventBusServiceClient);
-    const request = eventbusv1.AppendRequest.fromPartial({
-      stream,
-      event: { type, contentType: "application/json", payload: Buffer.from(payload, "utf8") },
-    });
-    return { id: (await unary(events, "append", request)).id };
+    return { id: await client.events.append(stream, { type, contentType: "application/json", payload }) };
   },
 
   async check(client, { key, limit, periodSeconds }) {
-    const limits = client.stub(ratelimitv1.RateLimitServiceClient);
-    const request = ratelimitv1.CheckRequest.fromPartial({
-      target: {
-        inlineLimit: {
-          key,
-          limit: {
-            algorithm: ratelimitv1.Algorithm.ALGORITHM_SLIDING_WINDOW_LOG,
-            limit: BigInt(limit),
-            period: { seconds: BigInt(periodSeconds), nanos: 0 },
-          },
-        },
-      },
-      hits: 1n,
-    });
-    const { result } = await unary(limits, "check", request);
-    return {
-      allowed: result.allowed,
-      remaining: result.remaining,
-      retryAfterSeconds: result.retryAfter ? Number(result.retryAfter.seconds) + result.retryAfter.nanos / 1e9 : 0,
-    };
+    const decision = await client.rateLimits.check(
+      limitTarget.inline(key, { limit, periodMs: periodSeconds * 1000, algorithm: Algorithm.ALGORITHM_SLIDING_WINDOW_LOG }),
+    );
+    return { allowed: decision.allowed, remaining: decision.remaining, retryAfterSeconds: decision.retryAfterMs / 1000 };
   },
 };
 

@@ -18,10 +18,8 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/cachet-dev/cachet/clients/go/client"
-	lockv1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/lock/v1"
 	ratelimitv1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/ratelimit/v1"
 )
 
@@ -71,58 +69,47 @@ func set(ctx context.Context, c *client.Client, args []string) error {
 	return emit(map[string]string{"version": strconv.FormatUint(version, 10)})
 }
 
-// acquire prints {"acquiring": name} once it is about to call, then the AcquireResponse
-// once the lock is granted (after waiting up to -wait for its holder to release it).
+// acquire prints {"acquiring": name} once it is about to call, then the granted lease
+// (after waiting up to -wait for its holder to release it).
 func acquire(ctx context.Context, c *client.Client, args []string) error {
 	flags := flag.NewFlagSet("acquire", flag.ExitOnError)
 	name := flags.String("name", "", "lock name")
 	ttl := flags.Duration("ttl", 30*time.Second, "lock TTL")
 	wait := flags.Duration("wait", 0, "how long to wait for a held lock")
 	_ = flags.Parse(args)
-	locks := lockv1.NewLockServiceClient(c.Conn())
 	if err := emit(map[string]string{"acquiring": *name}); err != nil {
 		return err
 	}
-	reply, err := locks.Acquire(ctx, &lockv1.AcquireRequest{
-		Name: *name, Ttl: durationpb.New(*ttl), Wait: durationpb.New(*wait),
-	})
+	lease, err := c.Locks().Acquire(ctx, *name, *ttl, client.LockOptions{Wait: *wait})
 	if err != nil {
 		return err
 	}
-	return emitProto(reply)
+	return emit(map[string]string{"fencing_token": strconv.FormatUint(lease.FencingToken, 10)})
 }
 
 // useUp checks an inline sliding-window-log limit (no window edge can refill it between
 // this run and the next reader's) until it refuses, and prints {"allowed": <checks
-// admitted>} then the refusing CheckResponse.
+// admitted>} then the refusing decision's CheckResult.
 func useUp(ctx context.Context, c *client.Client, args []string) error {
 	flags := flag.NewFlagSet("use-up", flag.ExitOnError)
 	key := flags.String("key", "", "rate-limit key")
 	limit := flags.Uint64("limit", 1, "checks admitted per period")
 	period := flags.Duration("period", time.Minute, "period of the limit")
 	_ = flags.Parse(args)
-	limits := ratelimitv1.NewRateLimitServiceClient(c.Conn())
-	request := &ratelimitv1.CheckRequest{
-		Target: &ratelimitv1.RateLimitTarget{Kind: &ratelimitv1.RateLimitTarget_InlineLimit{
-			InlineLimit: &ratelimitv1.InlineLimit{Key: *key, Limit: &ratelimitv1.Limit{
-				Algorithm: ratelimitv1.Algorithm_ALGORITHM_SLIDING_WINDOW_LOG,
-				Limit:     *limit,
-				Period:    durationpb.New(*period),
-			}},
-		}},
-		Hits: proto.Uint64(1),
-	}
+	target := client.Inline(*key, client.Limit{
+		Algorithm: ratelimitv1.Algorithm_ALGORITHM_SLIDING_WINDOW_LOG, Limit: *limit, Period: *period,
+	})
 	// One more check than the limit must be refused; stop there in any case.
 	for allowed := uint64(0); allowed <= *limit; allowed++ {
-		reply, err := limits.Check(ctx, request)
+		decision, err := c.RateLimits().Check(ctx, target)
 		if err != nil {
 			return err
 		}
-		if !reply.GetResult().GetAllowed() {
+		if !decision.Allowed {
 			if err := emit(map[string]uint64{"allowed": allowed}); err != nil {
 				return err
 			}
-			return emitProto(reply)
+			return emitProto(decision.Result)
 		}
 	}
 	return fmt.Errorf("%d checks of a limit of %d were all admitted", *limit+1, *limit)
