@@ -1,9 +1,11 @@
 """The three clients agree on one live `cachet-server` and one real Redis: what Go writes,
 TypeScript and Python read; a Python lock holds Go back; a TypeScript event reaches a
-Python consumer; a limit Go uses up is exhausted for TypeScript too.
+Python consumer; a limit Go uses up is exhausted for TypeScript too; what Java writes, Python
+reads, and a lock Go holds keeps Java waiting.
 
 The Go side is `clients/go/internal/crosslang` (built once per session), the TypeScript
-side `tests/cross_language/crosslang.cjs` over the built package (built once per session);
+side `tests/cross_language/crosslang.cjs` over the built package (built once per session),
+the Java side `CrossLanguageDriver` in clients/java's test classes (built once per session);
 each run makes one kind of call and prints JSON lines. Every step is bounded in time."""
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .server_procs import ROOT, CachetProcess
 GO_CLIENT = ROOT / "clients" / "go"
 TS_CLIENT = ROOT / "clients" / "typescript"
 TS_DRIVER = Path(__file__).resolve().parent / "cross_language" / "crosslang.cjs"
+JAVA_CLIENT = ROOT / "clients" / "java"
 STEP_TIMEOUT_S = 30
 BUILD_TIMEOUT_S = 300
 
@@ -53,6 +56,31 @@ def ts_client() -> Path:
     return TS_CLIENT
 
 
+@pytest.fixture(scope="session")
+def java_driver(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The command running the Java driver: clients/java's classes and test classes, built
+    by Maven (offline once `make setup` fetched its dependencies), and their classpath."""
+    classpath = tmp_path_factory.mktemp("crosslang-java") / "classpath"
+    subprocess.run(
+        [
+            "mvn",
+            "-B",
+            "-q",
+            "-f",
+            str(JAVA_CLIENT),
+            "test-compile",
+            "dependency:build-classpath",
+            "-Dmdep.includeScope=test",
+            f"-Dmdep.outputFile={classpath}",
+        ],
+        check=True,
+        timeout=BUILD_TIMEOUT_S,
+    )
+    built = [JAVA_CLIENT / "target" / "classes", JAVA_CLIENT / "target" / "test-classes"]
+    paths = [*map(str, built), classpath.read_text().strip()]
+    return ["java", "-cp", ":".join(paths), "dev.cachet.client.CrossLanguageDriver"]
+
+
 @pytest.fixture(scope="module")
 def server(redis_standalone: RedisProcess) -> Iterator[CachetProcess]:
     cachet = CachetProcess(redis_standalone.url, CACHET_AUTH__MODE="off").start()
@@ -74,6 +102,19 @@ def answers(output: str) -> list[dict[str, Any]]:
 def run_go(driver: Path, server: CachetProcess, namespace: str, *args: str) -> list[dict]:
     done = subprocess.run(
         [str(driver), "-target", server.address, "-namespace", namespace, *args],
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    return answers(done.stdout)
+
+
+def run_java(
+    driver: list[str], server: CachetProcess, namespace: str, operation: str, **params: str
+) -> list[dict]:
+    done = subprocess.run(
+        [*driver, server.address, namespace, operation, *(f"{k}={v}" for k, v in params.items())],
         capture_output=True,
         text=True,
         timeout=STEP_TIMEOUT_S,
@@ -224,3 +265,58 @@ def test_a_rate_limit_used_up_from_go_is_seen_exhausted_from_typescript(
     )
     assert (seen["allowed"], seen["remaining"]) == (False, "0")
     assert seen["retryAfterSeconds"] > 0
+
+
+async def test_a_value_set_from_java_is_read_from_python(java_driver, server, namespace):
+    value = "grüße from Java"
+    (written,) = run_java(java_driver, server, namespace, "set", key="greeting", value=value)
+
+    async with cachet_client.connect(server.address, namespace=namespace) as client:
+        from_python = await client.cache.get("greeting")
+    assert from_python is not None
+    assert (from_python.data.decode(), from_python.version) == (value, int(written["version"]))
+
+
+async def test_a_lock_held_from_go_blocks_java_until_released_then_java_gets_a_larger_token(
+    go_driver, java_driver, server, namespace
+):
+    # Go takes the lock for 60 s and exits holding it; its answer carries the owner token.
+    acquiring, held = run_go(
+        go_driver, server, namespace, "acquire", "-name", "nightly-export", "-ttl", "60s"
+    )
+    assert acquiring == {"acquiring": "nightly-export"}
+    java = await asyncio.create_subprocess_exec(
+        *java_driver,
+        server.address,
+        namespace,
+        "acquire",
+        "name=nightly-export",
+        "ttl_s=30",
+        "wait_s=25",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert java.stdout is not None
+        first = await asyncio.wait_for(java.stdout.readline(), STEP_TIMEOUT_S)
+        assert json.loads(first) == {"acquiring": "nightly-export"}
+        # Go's grant lasts 60 s and is released only below, so Java must still be waiting
+        # now, however loaded the machine (the pause lets its call arrive).
+        await asyncio.sleep(0.5)
+        assert java.returncode is None
+        async with cachet_client.connect(server.address, namespace=namespace) as client:
+            await client.locks.release(
+                cachet_client.Lease(
+                    "nightly-export", held["owner_token"], int(held["fencing_token"])
+                )
+            )
+        output, errors = await asyncio.wait_for(java.communicate(), STEP_TIMEOUT_S)
+    finally:
+        if java.returncode is None:
+            java.kill()
+            await java.wait()
+    assert java.returncode == 0, errors.decode()
+    (granted,) = answers(output.decode())
+    assert int(granted["fencing_token"]) > int(held["fencing_token"])
+    # The server itself says the Acquire waited for the release.
+    assert granted["waited_ms"] > 0
