@@ -21,8 +21,6 @@ from typing import Any
 
 import cachet_client
 import pytest
-from cachet_client.proto.cachet.eventbus.v1 import eventbus_pb2 as eventbus_pb
-from cachet_client.proto.cachet.eventbus.v1 import eventbus_pb2_grpc
 
 from .redis_procs import RedisProcess
 from .server_procs import ROOT, CachetProcess
@@ -213,41 +211,20 @@ async def test_an_event_appended_from_typescript_is_consumed_and_acked_from_pyth
         payload=payload,
     )
 
-    metadata = (("cachet-namespace", namespace),)
     async with cachet_client.connect(server.address, namespace=namespace) as client:
-        events = eventbus_pb2_grpc.EventBusServiceStub(client.channel)
-        await events.CreateGroup(
-            eventbus_pb.CreateGroupRequest(stream="orders", group="billing", start_id="0"),
-            metadata=metadata,
-            timeout=STEP_TIMEOUT_S,
-        )
-        consume = events.Consume(
-            eventbus_pb.ConsumeRequest(stream="orders", group="billing", consumer="py-1"),
-            metadata=metadata,
-            timeout=STEP_TIMEOUT_S,
-        )
+        await client.events.create_group("orders", "billing", start_id="0")
+        deliveries = client.events.consume("orders", "billing", "py-1")
         try:
-            delivered = await asyncio.wait_for(consume.read(), STEP_TIMEOUT_S)
+            delivery = await asyncio.wait_for(anext(deliveries), STEP_TIMEOUT_S)
+            assert (delivery.event.id, delivery.event.type, delivery.event.payload) == (
+                appended["id"],
+                "order.created",
+                payload.encode(),
+            )
+            await delivery.ack()
         finally:
-            consume.cancel()
-        assert isinstance(delivered, eventbus_pb.ConsumeResponse)
-        (event,) = delivered.events
-        assert (event.id, event.type, event.payload.decode()) == (
-            appended["id"],
-            "order.created",
-            payload,
-        )
-        acked = await events.Ack(
-            eventbus_pb.AckRequest(stream="orders", group="billing", ids=[event.id]),
-            metadata=metadata,
-            timeout=STEP_TIMEOUT_S,
-        )
-        pending = await events.Pending(
-            eventbus_pb.PendingRequest(stream="orders", group="billing"),
-            metadata=metadata,
-            timeout=STEP_TIMEOUT_S,
-        )
-    assert acked.acked == 1
+            await deliveries.aclose()
+        pending = await client.events.pending("orders", "billing")
     assert pending.count == 0
 
 

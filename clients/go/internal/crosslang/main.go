@@ -84,7 +84,10 @@ func acquire(ctx context.Context, c *client.Client, args []string) error {
 	if err != nil {
 		return err
 	}
-	return emit(map[string]string{"fencing_token": strconv.FormatUint(lease.FencingToken, 10)})
+	return emit(map[string]string{
+		"fencing_token": strconv.FormatUint(lease.FencingToken, 10),
+		"owner_token":   lease.OwnerToken,
+	})
 }
 
 // useUp checks an inline sliding-window-log limit (no window edge can refill it between
