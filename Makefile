@@ -148,6 +148,7 @@ BENCH_TOOLS := $(BENCH_BIN)/ghz $(BENCH_BIN)/ratelimit $(BENCH_BIN)/cachet-bench
 
 bench: setup $(BENCH_TOOLS) ## Benchmark cachet against its baselines (BENCH_ARGS=--short: 1.5 s per row); writes bench/results/
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/near_cache.py
 
 $(BENCH_BIN)/ghz:
 	GOBIN=$(CURDIR)/$(BENCH_BIN) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)

@@ -1,8 +1,10 @@
-"""Near-cache benchmark (Python client): hit latency and throughput against unary Get,
-invalidation delay from a write's acknowledgement to the watcher's receipt, and the
-server's CPU cost per watching client. Starts its own redis-server and cachet-server.
+"""Near-cache benchmark, per client language: hit latency and throughput against unary
+Get, invalidation delay from a write's acknowledgement to the watcher's receipt, and
+(Python) the server's CPU cost per watching client. The Python part starts its own
+redis-server and cachet-server; the Go benchmarks and the TypeScript script start theirs
+through their test harnesses. `make bench` runs it.
 
-    .venv/bin/python bench/near_cache.py [--out bench/results/near_cache.json]
+    .venv/bin/python bench/near_cache.py [--out bench/results/near_cache.json] [--python-only]
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -18,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cachet_client._nearcache import NearCache, apply
@@ -181,6 +185,56 @@ async def watcher_cost(port: int, pid: int, watchers: int, writes: int) -> dict[
     }
 
 
+_GO_LINE = re.compile(r"^(BenchmarkNearCache\w+?)(?:-\d+)?\s+\d+\s+(.*)$")
+
+
+def go_figures() -> dict[str, dict[str, float]]:
+    """`go test -bench NearCache` in clients/go: each benchmark's reported metrics."""
+    output = subprocess.run(
+        [
+            "go",
+            "test",
+            "-count=1",
+            "-run",
+            "^$",
+            "-bench",
+            "NearCache",
+            "-benchtime",
+            "2s",
+            "./client/",
+        ],
+        cwd=ROOT / "clients" / "go",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    figures: dict[str, dict[str, float]] = {}
+    for line in output.splitlines():
+        match = _GO_LINE.match(line.strip())
+        if match:
+            values = match.group(2).split()
+            figures[match.group(1)] = {
+                unit: float(value) for value, unit in zip(values[::2], values[1::2], strict=False)
+            }
+    return figures
+
+
+def typescript_figures() -> Any:
+    """The TypeScript client's bench script (it prints one JSON object)."""
+    folder = ROOT / "clients" / "typescript"
+    subprocess.run(["npm", "run", "--silent", "build"], cwd=folder, check=True, timeout=300)
+    output = subprocess.run(
+        ["node", "dist/test/nearcache.bench.js"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "near_cache.json"))
@@ -188,18 +242,22 @@ def main() -> None:
     parser.add_argument("--gets", type=int, default=2_000)
     parser.add_argument("--writes", type=int, default=500)
     parser.add_argument("--watchers", type=int, default=50)
+    parser.add_argument("--python-only", action="store_true")
     args = parser.parse_args()
     with Servers() as servers:
-        figures = asyncio.run(measure(servers.port, args.hits, args.gets, args.writes, 0))
-        figures |= asyncio.run(
+        python = asyncio.run(measure(servers.port, args.hits, args.gets, args.writes, 0))
+        python |= asyncio.run(
             watcher_cost(servers.port, servers.cachet.pid, args.watchers, args.writes)
         )
+    figures: dict[str, Any] = {"python": python}
+    if not args.python_only:
+        figures["go"] = go_figures()
+        figures["typescript"] = typescript_figures()
     figures["machine"] = {"cpus": os.cpu_count(), "load_1m": os.getloadavg()[0]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
-    for name, value in figures.items():
-        print(f"{name:45} {value:,.2f}" if isinstance(value, float) else f"{name:45} {value}")
+    print(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":
