@@ -239,6 +239,7 @@ async def start(settings: Settings, redis_url: str, share: StatsShare | None = N
             blocking_max_connections=settings.redis_blocking_max_connections,
             min_replicas_acked=settings.redis_min_replicas_acked,
             replica_ack_timeout=_seconds(settings.redis_replica_ack_timeout),
+            coalesce=settings.redis_coalesce,
         ),
     )
     stats = ServiceStats(settings.stats_max_namespaces, share)

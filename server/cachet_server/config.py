@@ -971,6 +971,13 @@ class Settings(BaseSettings):
         gt=timedelta(0),
         description="How long a write waits for its replica acknowledgements.",
     )
+    redis_coalesce: bool = Field(
+        True,
+        description="Adaptive coalescing: scripts that wait for the same Redis node while a "
+        "round trip to it is in flight go out together as one pipeline (per node on "
+        "Cluster). A lone call still goes out at once, so it adds no latency at low load; "
+        "false sends every script on its own.",
+    )
     idempotency_window: timedelta = Field(
         timedelta(minutes=2),
         gt=timedelta(0),

@@ -23,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import FailedPrecondition, Unavailable
+from .coalescing import LEAD, RETRY_ALONE, RETRY_ALONE_REPLIES, CoalescingStats, Lane, Pending
 from .scripts import Script, all_scripts
 from .topology import ConnectionTuning, Topology, TopologyKind, connect
 
@@ -66,10 +67,15 @@ _READ_ONLY_SCRIPTS = frozenset({"cache_get"})
 
 class Backend:
     """Redis access for every service. All commands go through here, so this is the
-    one place where topology is known and where commands could later be coalesced."""
+    one place where topology is known and where scripts are coalesced (coalescing.py)."""
 
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
+        self.coalesce = topology.tuning.coalesce
+        self.coalescing = CoalescingStats()
+        # One lane per node: outside Cluster the one primary, on Cluster by node name.
+        self._lane = Lane()
+        self._lanes: dict[str, Lane] = {}
 
     @classmethod
     def from_url(cls, url: str, tuning: ConnectionTuning) -> Backend:
@@ -124,8 +130,87 @@ class Backend:
                 )
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg] = ()) -> Any:
-        """Run a script whose keys share one slot: EVALSHA, and EVAL when Redis lost it
-        (a restart or failover empties the script cache; EVAL caches it again)."""
+        """Run a script whose keys share one slot. With CACHET_REDIS_COALESCE on, it
+        goes out at once when its node is idle, and in one pipeline with the other
+        scripts waiting for that node when a round trip is in flight (coalescing.py)."""
+        lane = self._lane_of(keys[0]) if self.coalesce else None
+        if lane is None:
+            return await self._run_alone(script, keys, args)
+        if not lane.busy:
+            lane.busy = True
+            self.coalescing.alone += 1
+            try:
+                return await self._run_alone(script, keys, args)
+            finally:
+                lane.pass_on()
+        pending = Pending(script, keys, args, asyncio.get_running_loop().create_future())
+        lane.waiting.append(pending)
+        try:
+            reply = await pending.future
+        except asyncio.CancelledError:
+            future = pending.future
+            if future.done() and not future.cancelled() and future.result() is LEAD:
+                # Chosen to lead just as the call was cancelled: the next one leads.
+                lane.pass_on()
+            raise
+        if reply is LEAD:
+            reply = await self._lead(lane, pending)
+        if reply is RETRY_ALONE:
+            self.coalescing.retried_alone += 1
+            return await self._run_alone(script, keys, args)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def _lane_of(self, key: str) -> Lane | None:
+        """The lane of the node that owns `key`; None (the ordinary path) while the
+        Cluster's slots are not known."""
+        if self.kind is not TopologyKind.CLUSTER:
+            return self._lane
+        cluster = self.redis
+        if cluster._initialize:
+            return None
+        try:
+            node = cluster.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+        except RedisError:
+            return None
+        lane = self._lanes.get(node.name)
+        if lane is None:
+            lane = self._lanes[node.name] = Lane()
+        return lane
+
+    async def _lead(self, lane: Lane, leader: Pending) -> Any:
+        """Send the leader's batch as one pipeline, hand the lane on, give every other
+        script of the batch its own reply, and answer the leader's."""
+        batch = leader.batch
+        commands = [_script_command(p.script, p.keys, p.args, False) for p in batch]
+        try:
+            async with self._primary_connection(batch[0].keys[0], None, None) as connection:
+                replies = await _exchange(connection, commands, None)
+        except (RedisError, OSError):
+            replies = [RETRY_ALONE] * len(batch)
+        except BaseException:
+            for pending in batch:
+                if pending is not leader and not pending.future.done():
+                    pending.future.set_result(RETRY_ALONE)
+            lane.pass_on()
+            raise
+        lane.pass_on()
+        self.coalescing.pipelines += 1
+        self.coalescing.batched += len(batch)
+        mine: Any = RETRY_ALONE
+        for pending, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, RETRY_ALONE_REPLIES):
+                reply = RETRY_ALONE
+            if pending is leader:
+                mine = reply
+            elif not pending.future.done():
+                pending.future.set_result(reply)
+        return mine
+
+    async def _run_alone(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """EVALSHA, and EVAL when Redis lost the script (a restart or failover empties
+        the script cache; EVAL caches it again)."""
         try:
             return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:

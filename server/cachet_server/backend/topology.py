@@ -186,6 +186,8 @@ class ConnectionTuning:
     replica_ack_timeout: float = 0.5
     # Connections (per node) of the pool apart that serves blocking commands only.
     blocking_max_connections: int = 128
+    # Scripts waiting for one node go out together as one pipeline (backend/coalescing.py).
+    coalesce: bool = True
 
 
 # Commands that may wait in Redis until data arrives, and the ones that do only with BLOCK.
