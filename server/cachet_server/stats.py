@@ -90,6 +90,8 @@ class ServiceStats:
         self.ratelimit_fail_open = 0
         # Calls being served now, per method.
         self.active: dict[str, int] = defaultdict(int)
+        # The duration histogram's attributes, built once per method and status.
+        self._duration_attributes: dict[str, dict[str | None, dict[str, str]]] = {}
         if observed:
             instruments.observe(self)
 
@@ -123,14 +125,20 @@ class ServiceStats:
         if code is not None:
             entry.errors += 1
             entry.errors_by_code[code] += 1
-        instruments.rpc_duration.record(
-            seconds,
-            {
+        instruments.rpc_duration.record(seconds, self._attributes_of(method, code))
+
+    def _attributes_of(self, method: str, code: str | None) -> dict[str, str]:
+        by_code = self._duration_attributes.get(method)
+        if by_code is None:
+            by_code = self._duration_attributes[method] = {}
+        attributes = by_code.get(code)
+        if attributes is None:
+            attributes = by_code[code] = {
                 "rpc.system.name": "grpc",
                 "rpc.method": method.lstrip("/"),
                 "rpc.response.status_code": code or "OK",
-            },
-        )
+            }
+        return attributes
 
     def record_ratelimit_decision(self, policy: str, outcome: str, count: int = 1) -> None:
         """`outcome`: allowed, denied, shadow_denied or fail_open."""

@@ -31,6 +31,16 @@ from . import __version__
 
 tracer = trace.get_tracer("cachet_server", __version__)
 
+# Set once setup_tracing installs a provider: until then a call does no span work at all
+# (no traceparent parsing, no span, no context switch), read per call by the
+# telemetry stage so that a provider installed after the server started still counts.
+_tracing = False
+
+
+def tracing_on() -> bool:
+    return _tracing
+
+
 DEFAULT_SERVICE_NAME = "cachet"
 
 
@@ -82,6 +92,8 @@ def setup_tracing(exporter: SpanExporter | None = None) -> TracerProvider | None
     provider = TracerProvider(resource=resource(), shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    global _tracing
+    _tracing = True
     instrument_redis(provider)
     return provider
 

@@ -68,6 +68,13 @@ class CacheValue:
     should_refresh: bool = False
 
 
+# What a read of a missing key answers (immutable, so one instance serves every miss).
+_MISSING = CacheValue(False)
+# cache_get's ARGV: whether to answer the TTL and recompute time too.
+_WITHOUT_TTL = ("0",)
+_WITH_TTL = ("1",)
+
+
 @dataclass(frozen=True)
 class SetOutcome:
     version: int
@@ -181,26 +188,27 @@ class CacheStore:
             flat: list[str] = []
             for i in indexes:
                 flat += [entries[i].data, entries[i].meta]
-            args: list[str | int] = ["1" if want_ttl else "0"]
+            args: tuple[str | int, ...] = _WITH_TTL if want_ttl else _WITHOUT_TTL
             if budget is not None:
-                args.append(budget)
+                args = (*args, budget)
             reply = await self.backend.run(_GET, flat, args)
+            width = 4 if want_ttl else 2
             for n, i in enumerate(indexes):
-                found, value, version, pttl, recompute = reply[5 * n : 5 * n + 5]
+                value = reply[width * n]
+                if value is None:
+                    results[i] = _MISSING
+                    continue
                 if budget is not None:
                     budget -= len(value)
-                results[i] = (
-                    CacheValue(
-                        True,
-                        value,
-                        int(version),
-                        int(pttl),
-                        _xfetch(int(pttl), int(recompute), beta),
+                if want_ttl:
+                    pttl = reply[4 * n + 2]
+                    recompute = int(reply[4 * n + 3])
+                    results[i] = CacheValue(
+                        True, value, int(reply[4 * n + 1]), pttl, _xfetch(pttl, recompute, beta)
                     )
-                    if found
-                    else CacheValue(False)
-                )
-        return [r if r is not None else CacheValue(False) for r in results]
+                else:
+                    results[i] = CacheValue(True, value, int(reply[2 * n + 1]))
+        return [r if r is not None else _MISSING for r in results]
 
     def get_many_step(
         self,

@@ -24,6 +24,7 @@ key.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -69,11 +70,21 @@ def has_hash_tag(key: str) -> bool:
     return end > start + 1
 
 
+@functools.lru_cache(maxsize=4096)
+def _prefix(namespace: str, kind: Kind) -> str:
+    # Built once per namespace and kind: every call of a namespace reuses it.
+    return f"{PREFIX}:{namespace}:{kind}"
+
+
 def redis_key(namespace: str, kind: Kind, key: str) -> str:
     """The Redis key holding `kind` of the user's `key` in `namespace`."""
-    if has_hash_tag(key):
-        return f"{PREFIX}:{namespace}:{kind}:{key}"
-    return f"{PREFIX}:{namespace}:{kind}{_WRAPPED}:{{{key}}}"
+    return _joined(_prefix(namespace, kind), key, has_hash_tag(key))
+
+
+def _joined(prefix: str, key: str, tagged: bool) -> str:
+    if tagged:
+        return f"{prefix}:{key}"
+    return f"{prefix}{_WRAPPED}:{{{key}}}"
 
 
 def user_key(namespace: str, kind: Kind, redis_key_: str) -> str | None:
@@ -155,11 +166,12 @@ class CacheKeys:
 
     @classmethod
     def of(cls, namespace: str, key: str) -> CacheKeys:
+        tagged = has_hash_tag(key)
         return cls(
-            data=redis_key(namespace, Kind.DATA, key),
-            meta=redis_key(namespace, Kind.META, key),
-            lease=redis_key(namespace, Kind.LEASE, key),
-            stale=redis_key(namespace, Kind.STALE, key),
+            data=_joined(_prefix(namespace, Kind.DATA), key, tagged),
+            meta=_joined(_prefix(namespace, Kind.META), key, tagged),
+            lease=_joined(_prefix(namespace, Kind.LEASE), key, tagged),
+            stale=_joined(_prefix(namespace, Kind.STALE), key, tagged),
         )
 
 

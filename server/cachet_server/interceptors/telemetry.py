@@ -17,7 +17,7 @@ from opentelemetry import trace
 from ..callcontext import CallContext, current_call
 from ..logs import ACCESS_LOGGER
 from ..stats import ServiceStats
-from ..telemetry import start_rpc_span
+from ..telemetry import start_rpc_span, tracing_on
 from ._stage import Around, Context, StageInterceptor
 
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -54,9 +54,21 @@ class TelemetryInterceptor(StageInterceptor):
             call = current_call()
             started = time.monotonic()
             stats.record_namespace_call(call.namespace)
-            span = start_rpc_span(method, call.namespace, call.metadata)
             stats.record_call_start(call.method)
             code: grpc.StatusCode | None = None
+            if not tracing_on():
+                try:
+                    yield
+                except BaseException:
+                    code = call.status or grpc.StatusCode.CANCELLED
+                    raise
+                finally:
+                    seconds = time.monotonic() - started
+                    stats.record_call(call.method, code.name if code else None, seconds)
+                    if sample and random.random() < sample:
+                        _access_line(call, context, code, seconds)
+                return
+            span = start_rpc_span(method, call.namespace, call.metadata)
             try:
                 with trace.use_span(span, end_on_exit=False):
                     try:

@@ -3,7 +3,8 @@
 -- ARGV[1]: '1' to also answer the remaining TTL and the recorded recompute time.
 -- ARGV[2]: the byte budget of the values (absent: none). Checked with STRLEN before any
 -- value is read, so an answer too large is refused without Redis building it.
--- Answers per entry: found(0/1), value, version, pttl, recompute_ms.
+-- Answers per entry only what was asked: value (nil when missing) and version, then
+-- with ARGV[1] = '1' also pttl and recompute_ms.
 local with_ttl = ARGV[1] == '1'
 local budget = tonumber(ARGV[2])
 if budget then
@@ -19,18 +20,22 @@ end
 local out = {}
 for i = 1, #KEYS, 2 do
   local value = redis.call('GET', KEYS[i])
-  if value then
+  if not with_ttl then
+    if value then
+      table.insert(out, value)
+      table.insert(out, redis.call('HGET', KEYS[i + 1], 'v') or '0')
+    else
+      table.insert(out, false)
+      table.insert(out, '0')
+    end
+  elseif value then
     local meta = redis.call('HMGET', KEYS[i + 1], 'v', 'r')
-    local pttl = -1
-    if with_ttl then pttl = redis.call('PTTL', KEYS[i]) end
-    table.insert(out, 1)
     table.insert(out, value)
     table.insert(out, meta[1] or '0')
-    table.insert(out, pttl)
+    table.insert(out, redis.call('PTTL', KEYS[i]))
     table.insert(out, meta[2] or '0')
   else
-    table.insert(out, 0)
-    table.insert(out, '')
+    table.insert(out, false)
     table.insert(out, '0')
     table.insert(out, -2)
     table.insert(out, '0')
