@@ -184,8 +184,12 @@ class Backend:
         script of the batch its own reply, and answer the leader's."""
         batch = leader.batch
         commands = [_script_command(p.script, p.keys, p.args, False) for p in batch]
+        # A pipeline holds one command-pool connection, so it takes one slot of the
+        # command gate (topology.CommandGates), as every command of the client does.
+        gates = getattr(self.redis, "gates", None)
+        slot = gates.commands if gates is not None else contextlib.nullcontext()
         try:
-            async with self._primary_connection(batch[0].keys[0], None, None) as connection:
+            async with slot, self._primary_connection(batch[0].keys[0], None, None) as connection:
                 replies = await _exchange(connection, commands, None)
         except (RedisError, OSError):
             replies = [RETRY_ALONE] * len(batch)
