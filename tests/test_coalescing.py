@@ -27,37 +27,58 @@ KEYS_PER_NAMESPACE = 8
 async def test_concurrent_calls_of_many_namespaces_each_read_exactly_their_own(
     cachet: Application, namespace: str
 ):
-    """Many namespaces at once, on keys of many slots (and nodes, on Cluster): the same
-    user keys in every namespace, each namespace reads back only its own values, and
-    the reads did go out in shared pipelines."""
+    """Many namespaces at once, on keys of many slots (and nodes, on Cluster), the same
+    user keys in every namespace: each namespace reads back only its own values, both
+    at whatever concurrency arises and when every read of a node is made to wait for
+    one pipeline (its lane held busy until all 96 reads queue)."""
+    backend = cachet.backend
     names = [f"{namespace}-{n}" for n in range(NAMESPACES)]
     channels = [channel_to(cachet.port, name) for name in names]
     stubs = [cache_pb2_grpc.CacheServiceStub(channel) for channel in channels]
+    wanted = [
+        (name, stub, i)
+        for name, stub in zip(names, stubs, strict=True)
+        for i in range(KEYS_PER_NAMESPACE)
+    ]
+
+    async def read_all() -> None:
+        replies = await asyncio.gather(
+            *(stub.Get(pb.GetRequest(key=f"k{i}")) for _, stub, i in wanted)
+        )
+        for (name, _, i), reply in zip(wanted, replies, strict=True):
+            assert reply.found and reply.value == f"{name}/{i}".encode()
+
     try:
         await asyncio.gather(
             *(
                 stub.Set(pb.SetRequest(key=f"k{i}", value=f"{name}/{i}".encode()))
-                for name, stub in zip(names, stubs, strict=True)
-                for i in range(KEYS_PER_NAMESPACE)
+                for name, stub, i in wanted
             )
         )
-        before = cachet.backend.coalescing.pipelines, cachet.backend.coalescing.batched
-        for _ in range(3):
-            reads = [
-                (name, i, stub.Get(pb.GetRequest(key=f"k{i}")))
-                for name, stub in zip(names, stubs, strict=True)
-                for i in range(KEYS_PER_NAMESPACE)
-            ]
-            replies = await asyncio.gather(*(call for _, _, call in reads))
-            for (name, i, _), reply in zip(reads, replies, strict=True):
-                assert reply.found and reply.value == f"{name}/{i}".encode()
-        pipelines = cachet.backend.coalescing.pipelines - before[0]
-        batched = cachet.backend.coalescing.batched - before[1]
+        await read_all()
+        lanes = {
+            id(lane): lane
+            for name, _, i in wanted
+            if (lane := backend._lane_of([CacheKeys.of(name, f"k{i}").data])) is not None
+        }.values()
+        assert lanes and not any(lane.busy for lane in lanes), "nothing else runs here"
+        before = backend.coalescing.pipelines, backend.coalescing.batched
+        for lane in lanes:
+            lane.busy = True  # as while a round trip is in flight
+        reading = asyncio.ensure_future(read_all())
+        for _ in range(1000):
+            if sum(len(lane.waiting) for lane in lanes) == len(wanted) or reading.done():
+                break
+            await asyncio.sleep(0.01)
+        for lane in lanes:
+            lane.pass_on()
+        await reading
+        pipelines = backend.coalescing.pipelines - before[0]
+        batched = backend.coalescing.batched - before[1]
     finally:
         for channel in channels:
             await channel.close()
-    assert pipelines > 0, "no read was coalesced among 3 x 96 concurrent calls"
-    assert batched > pipelines, "every pipeline carried one script: nothing was shared"
+    assert (pipelines, batched) == (len(lanes), len(wanted))
 
 
 async def test_a_failing_script_fails_only_its_own_call(cachet: Application, namespace: str, cache):
@@ -96,7 +117,7 @@ async def test_a_script_redis_does_not_know_goes_again_per_call(
     source = f"-- {uuid.uuid4()}\nreturn ARGV[1]"
     unknown = Script("echo", source, hashlib.sha1(source.encode()).hexdigest())
     key = CacheKeys.of(namespace, "noscript").data
-    lane = backend._lane_of(key)
+    lane = backend._lane_of([key])
     assert lane is not None
     assert not lane.busy, "nothing else runs in this test"
     retried_before = backend.coalescing.retried_alone
@@ -159,3 +180,11 @@ async def test_coalescing_off_sends_every_script_alone(topology):
         assert all(reply.value == b"v" for reply in replies)
         assert app.backend.coalescing.pipelines == 0
         assert app.backend.coalescing.alone == 0
+
+
+async def test_scripts_without_keys_are_coalesced_or_sent_alone(cachet: Application):
+    """A script with no keys (Publish without a request id is one) shares the lane
+    outside Cluster and goes alone on Cluster; either way each gets its own answer."""
+    echo = Script("echo_no_keys", "return ARGV[1]", hashlib.sha1(b"return ARGV[1]").hexdigest())
+    answers = await asyncio.gather(*(cachet.backend.run(echo, [], [str(n)]) for n in range(30)))
+    assert answers == [str(n).encode() for n in range(30)]

@@ -133,7 +133,7 @@ class Backend:
         """Run a script whose keys share one slot. With CACHET_REDIS_COALESCE on, it
         goes out at once when its node is idle, and in one pipeline with the other
         scripts waiting for that node when a round trip is in flight (coalescing.py)."""
-        lane = self._lane_of(keys[0]) if self.coalesce else None
+        lane = self._lane_of(keys) if self.coalesce else None
         if lane is None:
             return await self._run_alone(script, keys, args)
         if not lane.busy:
@@ -162,16 +162,17 @@ class Backend:
             raise reply
         return reply
 
-    def _lane_of(self, key: str) -> Lane | None:
-        """The lane of the node that owns `key`; None (the ordinary path) while the
-        Cluster's slots are not known."""
+    def _lane_of(self, keys: Sequence[str]) -> Lane | None:
+        """The lane of the node that owns the keys' slot; None (the ordinary path) on a
+        Cluster whose slots are not known yet, or for a script without keys there (the
+        client picks its node)."""
         if self.kind is not TopologyKind.CLUSTER:
             return self._lane
         cluster = self.redis
-        if cluster._initialize:
+        if not keys or cluster._initialize:
             return None
         try:
-            node = cluster.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+            node = cluster.nodes_manager.get_node_from_slot(key_slot(keys[0].encode()))
         except RedisError:
             return None
         lane = self._lanes.get(node.name)
@@ -187,9 +188,11 @@ class Backend:
         # A pipeline holds one command-pool connection, so it takes one slot of the
         # command gate (topology.CommandGates), as every command of the client does.
         gates = getattr(self.redis, "gates", None)
+        # Keyless scripts share a lane only outside Cluster, where the key is not looked at.
+        first_key = batch[0].keys[0] if batch[0].keys else ""
         slot = gates.commands if gates is not None else contextlib.nullcontext()
         try:
-            async with slot, self._primary_connection(batch[0].keys[0], None, None) as connection:
+            async with slot, self._primary_connection(first_key, None, None) as connection:
                 replies = await _exchange(connection, commands, None)
         except (RedisError, OSError):
             replies = [RETRY_ALONE] * len(batch)
