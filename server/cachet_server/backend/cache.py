@@ -192,22 +192,10 @@ class CacheStore:
             if budget is not None:
                 args = (*args, budget)
             reply = await self.backend.run(_GET, flat, args)
-            width = 4 if want_ttl else 2
             for n, i in enumerate(indexes):
-                value = reply[width * n]
-                if value is None:
-                    results[i] = _MISSING
-                    continue
+                result = results[i] = _cache_value(reply, n, beta, want_ttl)
                 if budget is not None:
-                    budget -= len(value)
-                if want_ttl:
-                    pttl = reply[4 * n + 2]
-                    recompute = int(reply[4 * n + 3])
-                    results[i] = CacheValue(
-                        True, value, int(reply[4 * n + 1]), pttl, _xfetch(pttl, recompute, beta)
-                    )
-                else:
-                    results[i] = CacheValue(True, value, int(reply[2 * n + 1]))
+                    budget -= len(result.value)
         return [r if r is not None else _MISSING for r in results]
 
     def get_many_step(
@@ -224,20 +212,22 @@ class CacheStore:
         groups run in one pipeline, so each gets the whole byte budget (a group over it
         fails with TOOLARGE before Redis builds it; the response is checked whole too)."""
         entries = [CacheKeys.of(namespace, key) for key in keys]
-        want_ttl = "1" if with_ttl or any(beta > 0 for beta in betas) else "0"
+        want_ttl = with_ttl or any(beta > 0 for beta in betas)
         groups = list(self.backend.group_by_slot([e.data for e in entries]).values())
         commands = []
         for indexes in groups:
             flat: list[str] = []
             for i in indexes:
                 flat += [entries[i].data, entries[i].meta]
-            commands.append(Command.of_script(_GET, flat, [want_ttl, max_answer_bytes]))
+            commands.append(
+                Command.of_script(_GET, flat, ["1" if want_ttl else "0", max_answer_bytes])
+            )
 
         def answer(replies: list[Any]) -> list[CacheValue]:
-            values = [CacheValue(False)] * len(keys)
+            values = [_MISSING] * len(keys)
             for indexes, reply in zip(groups, replies, strict=True):
                 for n, i in enumerate(indexes):
-                    values[i] = _cache_value(reply, n, betas[i])
+                    values[i] = _cache_value(reply, n, betas[i], want_ttl)
             return values
 
         return Step(commands, answer)
@@ -620,13 +610,18 @@ class CacheStore:
         return int(await self.backend.redis.bitcount(name, span[0], span[1], unit))
 
 
-def _cache_value(reply: list[Any], n: int, beta: float) -> CacheValue:
-    """The n-th value of a cache_get reply (five fields per key)."""
-    found, value, version, pttl, recompute = reply[5 * n : 5 * n + 5]
-    if not found:
-        return CacheValue(False)
+def _cache_value(reply: list[Any], n: int, beta: float, with_ttl: bool) -> CacheValue:
+    """The n-th value of a cache_get reply: value (nil when missing) and version per key,
+    and with the TTL asked for also its pttl and recompute time."""
+    if not with_ttl:
+        value = reply[2 * n]
+        return _MISSING if value is None else CacheValue(True, value, int(reply[2 * n + 1]))
+    value = reply[4 * n]
+    if value is None:
+        return _MISSING
+    pttl = reply[4 * n + 2]
     return CacheValue(
-        True, value, int(version), int(pttl), _xfetch(int(pttl), int(recompute), beta)
+        True, value, int(reply[4 * n + 1]), pttl, _xfetch(pttl, int(reply[4 * n + 3]), beta)
     )
 
 
