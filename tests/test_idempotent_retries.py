@@ -166,3 +166,21 @@ async def test_a_retry_after_the_window_is_applied_again(redis_url):
         await asyncio.sleep(0.3)
         third = await cache.Increment(pb.IncrementRequest(key=key, request_id="r"))
         assert third.int_value == 2
+
+
+async def test_a_request_id_reused_by_an_integer_increment_after_a_float_one_is_invalid(cache):
+    """Found by the fuzzer: the remembered float result cannot answer an integer call."""
+    first = await cache.Increment(pb.IncrementRequest(key="k", by_float=1.5, request_id="r-1"))
+    assert first.float_value == 1.5
+    error = await rpc_error(
+        cache.Increment(pb.IncrementRequest(key="k", by_int=1, request_id="r-1"))
+    )
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(error) == ["request_id"]
+    await cache.HashIncrement(
+        pb.HashIncrementRequest(key="h", field="f", by_float=0.5, request_id="r-2")
+    )
+    error = await rpc_error(
+        cache.HashIncrement(pb.HashIncrementRequest(key="h", field="f", by_int=1, request_id="r-2"))
+    )
+    assert bad_fields(error) == ["request_id"]

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from cachet_client._nearcache import NearCache, follow
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
@@ -37,6 +38,14 @@ async def followed(cache: cache_pb2_grpc.CacheServiceStub, near: NearCache) -> A
             await task
 
 
+async def _settled(near: NearCache, write: Any) -> None:
+    """Run `write` and wait for its own invalidation, so that a read made afterwards is
+    not dropped later by that (late) invalidation."""
+    seen = near.stats().invalidations
+    await write
+    await _eventually(lambda: near.stats().invalidations > seen)
+
+
 async def _read(cache: cache_pb2_grpc.CacheServiceStub, near: NearCache, key: str) -> bytes | None:
     """What the client's get does with a near-cache."""
     cached = near.get(key)
@@ -60,7 +69,7 @@ async def test_a_write_by_another_client_invalidates_the_near_cached_key(cachet,
     near = NearCache()
     async with followed(cache, near), channel_to(cachet.port, namespace) as other:
         writer = cache_pb2_grpc.CacheServiceStub(other)
-        await writer.Set(pb.SetRequest(key="user:1", value=b"v1"))
+        await _settled(near, writer.Set(pb.SetRequest(key="user:1", value=b"v1")))
         assert await _read(cache, near, "user:1") == b"v1"
         assert near.get("user:1") == (b"v1", near.get("user:1")[1])  # type: ignore[index]
         await writer.Set(pb.SetRequest(key="user:1", value=b"v2"))
@@ -76,7 +85,7 @@ async def test_a_late_answer_never_overwrites_a_newer_invalidation(cachet, cache
     near = NearCache()
     async with followed(cache, near), channel_to(cachet.port, namespace) as other:
         writer = cache_pb2_grpc.CacheServiceStub(other)
-        await writer.Set(pb.SetRequest(key="k", value=b"old"))
+        await _settled(near, writer.Set(pb.SetRequest(key="k", value=b"old")))
         ticket = near.begin()
         stale = await cache.Get(pb.GetRequest(key="k"))  # the read, answered "old"
         invalidations = near.stats().invalidations
@@ -93,7 +102,7 @@ async def test_nothing_is_served_while_the_stream_is_not_synced(cachet, cache):
     ticket = near.begin()
     assert not near.fill(ticket, "k", b"v", 1, 60.0), "not synced yet: nothing is kept"
     async with followed(cache, near):
-        await cache.Set(pb.SetRequest(key="k", value=b"v"))
+        await _settled(near, cache.Set(pb.SetRequest(key="k", value=b"v")))
         assert await _read(cache, near, "k") == b"v"
         assert near.get("k") is not None
         ticket = near.begin()

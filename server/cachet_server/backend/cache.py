@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import Aborted, FailedPrecondition
+from ..errors import Aborted, FailedPrecondition, InvalidArgument
 from ..metrics import instruments
 from .batch import Step
 from .core import Backend, Command
@@ -675,8 +675,16 @@ def _increment(reply: list[Any], delta: int | float) -> Increment:
     value, created, version = reply
     number = value.decode()
     is_int = isinstance(delta, int)
+    try:
+        int_value = int(number) if is_int else 0
+    except ValueError:
+        # A remembered float result answered to an integer Increment: the caller reused a
+        # request_id for another request (the result it remembers cannot be this one's).
+        raise InvalidArgument.field(
+            "request_id", "was already used by a float Increment; a new request needs a new id"
+        ) from None
     return Increment(
-        int_value=int(number) if is_int else 0,
+        int_value=int_value,
         float_value=0.0 if is_int else float(number),
         created=bool(created),
         version=int(version),

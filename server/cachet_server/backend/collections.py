@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import FailedPrecondition
+from ..errors import FailedPrecondition, InvalidArgument
 from .batch import Step
 from .core import Backend, Command
 from .keys import CacheKeys, holding_list, remembered_result
@@ -254,7 +254,14 @@ class CollectionStore:
             raise FailedPrecondition(
                 f"field {field!r} of hash {key!r} is not {kind}", reason="NOT_A_NUMBER"
             )
-        return int(reply[1]) if is_int else float(reply[1])
+        try:
+            return int(reply[1]) if is_int else float(reply[1])
+        except ValueError:
+            # A remembered float result answered to an integer increment: the request_id
+            # was reused for another request.
+            raise InvalidArgument.field(
+                "request_id", "was already used by a float increment; a new request needs a new id"
+            ) from None
 
     async def hash_keys(self, namespace: str, key: str) -> list[str]:
         name = CacheKeys.of(namespace, key).data
