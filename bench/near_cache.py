@@ -232,7 +232,7 @@ def typescript_figures() -> Any:
         timeout=300,
         check=True,
     ).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    return json.loads(output[output.index("{") :])
 
 
 def main() -> None:
