@@ -82,7 +82,16 @@ def _run(program: str, cwd: Path | None = None, **env: str) -> subprocess.Comple
 
 
 @pytest.mark.parametrize(
-    "section", ["Cache", "Locks", "Rate limits", "Events", "Admin", "The blocking client"]
+    "section",
+    [
+        "Cache",
+        "Locks",
+        "Rate limits",
+        "Events",
+        "Admin",
+        "Batch, Session and the batcher",
+        "The blocking client",
+    ],
 )
 def test_example_runs(section, server, namespace):
     program = EXAMPLES[section].replace("localhost:50051", server.address)

@@ -12,6 +12,7 @@ stubs under `cachet_client.proto`.
 """
 
 from . import serializers
+from ._batch import AsyncSession, Batch, Batcher, OperationResult, SyncSession
 from ._cache import Invalidation, Txn, TxnOpResult, TxnResult, Value
 from ._client import AsyncClient, SyncClient, connect, connect_sync
 from ._core import NO_RETRY, TLS, RetryPolicy
@@ -91,12 +92,15 @@ __all__ = [
     "AsyncClient",
     "AsyncDelivery",
     "AsyncHeld",
+    "AsyncSession",
     "BackendClusterDown",
     "BackendLoading",
     "BackendOutOfMemory",
     "BackendReadonly",
     "BackendTryAgain",
     "BackendUnavailable",
+    "Batch",
+    "Batcher",
     "CachetClient",
     "CachetError",
     "Cancelled",
@@ -137,6 +141,7 @@ __all__ = [
     "NotANumber",
     "NotEnoughReplicas",
     "NotFound",
+    "OperationResult",
     "OutOfRange",
     "PermissionDenied",
     "PersistDisabled",
@@ -157,6 +162,7 @@ __all__ = [
     "SyncClient",
     "SyncDelivery",
     "SyncHeld",
+    "SyncSession",
     "TooManySubscribers",
     "TooManyWatchers",
     "TopologyChanged",

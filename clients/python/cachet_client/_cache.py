@@ -25,6 +25,18 @@ from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import grpc
 
+from ._batch import (
+    MAX_BATCH,
+    MAX_IN_FLIGHT,
+    AsyncCoalescer,
+    AsyncSession,
+    AsyncSessionStream,
+    Batch,
+    Batcher,
+    SyncCoalescer,
+    SyncSession,
+    SyncSessionStream,
+)
 from ._core import Async, F, Invoke, Service, Sleep, Steps, Sync, duration, procedure, rpc, seconds
 from ._nearcache import NearCache
 from .errors import LeaseLost, from_rpc_error
@@ -951,6 +963,14 @@ class Cache(Service[F]):
         reply = yield from self._call(INVALIDATE_PATTERN, request)
         return reply.deleted
 
+    def batch(self, *, max_batch: int = MAX_BATCH) -> Batch[F]:
+        """A new Batch builder: independent get, set, delete, increment, expire,
+        hash_get and hash_set operations sent together by its `execute()` (one Batch
+        call per `max_batch` of them, the server's default), each answered with its own
+        OperationResult. For a known set of keys at once."""
+        batch: Batch[F] = Batch(self._runner, self._serializer, max_batch)
+        return batch
+
     def txn(self) -> Txn:
         """A new transaction builder, encoding values with this client's serializer."""
         return Txn(self._serializer)
@@ -1033,6 +1053,29 @@ class _AsyncCachedDecorator(Protocol):
 
 class AsyncCache(Cache[Async]):
     """CacheService on the asyncio client."""
+
+    def session(self) -> AsyncSession:
+        """A Session: one CacheService/Session stream carrying the operations of
+        `batch()` as calls of their own (`await session.get(key)`), many in flight at
+        once, answered out of order. For a hot client making many small calls. Use it
+        as `async with` (or `await close()`)."""
+        runner: Any = self._runner
+        return AsyncSession(self._runner, self._serializer, AsyncSessionStream(runner))
+
+    def batcher(
+        self, *, max_in_flight: int = MAX_IN_FLIGHT, max_batch: int = MAX_BATCH
+    ) -> Batcher[Async]:
+        """An auto-batcher: the operations of `batch()` as calls of their own, for many
+        concurrent independent callers, coalesced into Batch calls: a call goes out at
+        once while fewer than `max_in_flight` batches are in flight; the calls of one
+        event-loop turn, and those made while the limit is reached, go out together."""
+        return Batcher(
+            self._runner,
+            self._serializer,
+            coalescer=AsyncCoalescer,
+            max_in_flight=max_in_flight,
+            max_batch=max_batch,
+        )
 
     async def _watch_events(self) -> AsyncGenerator[pb.WatchInvalidationsResponse, None]:
         """The raw invalidation stream of the namespace, for the near-cache follower."""
@@ -1118,6 +1161,29 @@ class AsyncCache(Cache[Async]):
 
 class SyncCache(Cache[Sync]):
     """CacheService on the blocking client."""
+
+    def session(self) -> SyncSession:
+        """A Session: one CacheService/Session stream (read by a thread of its own)
+        carrying the operations of `batch()` as calls of their own, safe to call from
+        many threads at once. For a hot client making many small calls. Use it as
+        `with` (or `close()`)."""
+        runner: Any = self._runner
+        return SyncSession(self._runner, self._serializer, SyncSessionStream(runner))
+
+    def batcher(
+        self, *, max_in_flight: int = MAX_IN_FLIGHT, max_batch: int = MAX_BATCH
+    ) -> Batcher[Sync]:
+        """An auto-batcher: the operations of `batch()` as calls of their own, for many
+        threads calling at once, coalesced into Batch calls: a call goes out at once
+        while fewer than `max_in_flight` batches are in flight; those made while the
+        limit is reached go out together when one returns."""
+        return Batcher(
+            self._runner,
+            self._serializer,
+            coalescer=SyncCoalescer,
+            max_in_flight=max_in_flight,
+            max_batch=max_batch,
+        )
 
     def _watch_call(self) -> Any:
         """The raw invalidation stream of the namespace (an iterator that can be

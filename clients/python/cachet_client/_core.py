@@ -24,6 +24,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -219,7 +220,15 @@ class Invoke:
     function: Callable[[], Any]
 
 
-Step = Call[Any] | Sleep | Invoke
+@dataclass(frozen=True)
+class Parallel:
+    """Step: run these steps-generators at once; answers their results in order, or
+    raises the first error in order once every one has finished."""
+
+    steps: Sequence[Generator[Step, Any, Any]]
+
+
+Step = Call[Any] | Sleep | Invoke | Parallel
 Steps = Generator[Step, Any, T]
 
 
@@ -354,6 +363,14 @@ class _Channels:
         return callable_
 
 
+def _first_error_or(results: list[Any]) -> list[Any]:
+    """`results`, unless one is an exception: then the first of them is raised."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
 def _fixed_metadata(settings: Settings) -> list[tuple[str, str]]:
     return [(NAMESPACE_METADATA, settings.namespace)]
 
@@ -415,6 +432,11 @@ class AsyncRunner:
                     elif isinstance(step, Sleep):
                         await asyncio.sleep(step.seconds)
                         result = None
+                    elif isinstance(step, Parallel):
+                        done = await asyncio.gather(
+                            *(self.run(each) for each in step.steps), return_exceptions=True
+                        )
+                        result = _first_error_or(done)
                     else:
                         result = step.function()
                         if inspect.isawaitable(result):
@@ -437,7 +459,7 @@ class AsyncRunner:
 
 
 class SyncRunner:
-    """Drives steps on grpc's blocking channels (no event loop, no helper thread)."""
+    """Drives steps on grpc's blocking channels (no event loop; threads only for `Parallel`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -485,6 +507,8 @@ class SyncRunner:
                     elif isinstance(step, Sleep):
                         time.sleep(step.seconds)
                         result = None
+                    elif isinstance(step, Parallel):
+                        result = self._parallel(step)
                     else:
                         result = step.function()
                         if inspect.isawaitable(result):
@@ -500,6 +524,26 @@ class SyncRunner:
             return done.value  # type: ignore[no-any-return]
         finally:
             steps.close()
+
+    def _parallel(self, step: Parallel) -> list[Any]:
+        """The sync client's concurrency: one thread per steps-generator but the first,
+        which runs on the calling thread (grpc's blocking calls release the GIL)."""
+        first, *others = step.steps
+        if not others:
+            return [self.run(first)]
+        with ThreadPoolExecutor(max_workers=len(others)) as pool:
+            futures = [pool.submit(self.run, each) for each in others]
+            done: list[Any] = []
+            try:
+                done.append(self.run(first))
+            except Exception as error:
+                done.append(error)
+            for future in futures:
+                try:
+                    done.append(future.result())
+                except Exception as error:
+                    done.append(error)
+        return _first_error_or(done)
 
     def close(self) -> None:
         """Close both channels."""

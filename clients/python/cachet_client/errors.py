@@ -374,6 +374,20 @@ def _error_class(
     return _BY_CODE.get(code, CachetError)
 
 
+def from_operation_status(
+    code: int, message: str, reason: str, metadata: dict[str, str]
+) -> CachetError:
+    """The CachetError of one failed operation of a Batch or a Session (its
+    OperationStatus: the code, message, reason and metadata of the error the unary RPC
+    would have raised, picked by the same rules; it carries no field violations)."""
+    status = _CODES.get(code, grpc.StatusCode.UNKNOWN)
+    cls = _error_class(status, reason, None)
+    return cls(message, code=status, reason=reason, metadata=metadata)
+
+
+_CODES = {status.value[0]: status for status in grpc.StatusCode}
+
+
 def from_rpc_error(error: grpc.RpcError) -> CachetError:
     """The CachetError for a failed call (a grpc.RpcError or grpc.aio.AioRpcError)."""
     call: Any = error  # both kinds of error are also the failed call (code, details, ...)

@@ -1,0 +1,469 @@
+"""Batch, Session and the auto-batcher of the Python client, against a live
+cachet-server process on real Redis.
+
+Batch RPCs are counted on the server's own /metrics (rpc_server_call_duration_seconds
+for CacheService/Batch), not by the client. Server faults are real: the server process
+is paused (SIGSTOP) so operations stay pending, killed so the stream breaks, and started
+again on the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cachet_client
+import grpc
+import pytest
+from cachet_client import serializers
+from prometheus_client.parser import text_string_to_metric_families
+
+from .server_procs import CachetProcess
+from .test_python_client_auth import READER_TOKEN, WRITER_TOKEN, secured_server
+
+pytestmark = pytest.mark.topologies(
+    "standalone",
+    reason="the wrappers are topology-neutral: the server's Batch/Session tests cover every "
+    "topology",
+)
+
+BATCH_METHOD = "cachet.cache.v1.CacheService/Batch"
+
+
+async def r(answer: Any) -> Any:
+    """The result of a client call, awaited when the client is the async one."""
+    return await answer if inspect.isawaitable(answer) else answer
+
+
+def batch_calls(server: CachetProcess) -> float:
+    """How many Batch calls the server has answered (its /metrics)."""
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "rpc_server_call_duration_seconds_count"
+        and sample.labels.get("rpc_method") == BATCH_METHOD
+    )
+
+
+@pytest.fixture(scope="module")
+def server(topology: Any) -> Iterator[CachetProcess]:
+    proc = CachetProcess(topology.url, CACHET_AUTH__MODE="off")
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def own_server(topology: Any) -> Iterator[CachetProcess]:
+    """A server of this test's own, to pause, kill and start again."""
+    proc = CachetProcess(topology.url, CACHET_AUTH__MODE="off")
+    try:
+        yield proc.start()
+    finally:
+        if proc.process is not None and proc.process.poll() is None:
+            os.kill(proc.process.pid, signal.SIGCONT)
+        proc.stop()
+
+
+@pytest.fixture(params=["async", "sync"])
+def flavor(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def open_client(flavor: str, address: str, namespace: str, **settings: Any) -> Any:
+    connect = cachet_client.connect if flavor == "async" else cachet_client.connect_sync
+    return connect(address, namespace=namespace, **settings)
+
+
+@pytest.fixture
+async def client(flavor: str, server: CachetProcess, namespace: str) -> AsyncIterator[Any]:
+    opened = open_client(flavor, server.address, namespace, serializer=serializers.JSON)
+    try:
+        yield opened
+    finally:
+        await r(opened.close())
+
+
+# -- Batch ---------------------------------------------------------------------------
+
+
+async def test_batch_answers_every_operation_in_order(client):
+    cache = client.cache
+    await r(cache.set("old", "gone"))
+    await r(cache.set("counter", 40))
+    version = await r(cache.set("user:1", {"name": "alice"}))
+    batch = (
+        cache.batch()
+        .get("user:1")
+        .get("missing")
+        .set("user:2", {"name": "bob"}, ttl=60)
+        .delete("old", "never")
+        .increment("counter", 2)
+        .expire("user:1", 30)
+        .expire("missing", 30)
+        .hash_set("cart", {"apples": 2, "pears": 1})
+        .hash_get("cart", "apples", "plums")
+    )
+    assert len(batch) == 9
+    results = await r(batch.execute())
+    assert all(result.ok for result in results), [result.error for result in results]
+    user, missing, set_version, deleted, counter, expired, not_expired, added, cart = (
+        result.value for result in results
+    )
+    assert user.value == {"name": "alice"} and user.version == version
+    assert missing is None
+    assert set_version > 0 and (await r(cache.get("user:2"))).value == {"name": "bob"}
+    assert deleted == 1 and await r(cache.get("old")) is None
+    assert counter == 42
+    assert expired is True and not_expired is False
+    assert 25 < (await r(cache.ttl("user:1"))).total_seconds() <= 30
+    assert added == 2
+    assert cart == {"apples": 2}
+    assert await r(cache.batch().execute()) == []
+
+
+async def test_a_failed_operation_has_the_unary_error_and_hides_nothing(client):
+    cache = client.cache
+    version = await r(cache.set("cas", "first"))
+    await r(cache.set("cas", "second"))
+    await r(cache.set("text", "not a number"))
+    await r(cache.set("kept", "here"))
+    results = await r(
+        cache.batch()
+        .get("")  # an empty key: INVALID_ARGUMENT, as the unary Get answers
+        .set("cas", "third", if_version=version)
+        .increment("text")
+        .set("fresh", "x", condition="if_present")
+        .get("kept")
+        .increment("fine", 5)
+        .execute()
+    )
+    bad_key, stale, not_a_number, absent, kept, fine = results
+    with pytest.raises(cachet_client.InvalidArgument):
+        await r(cache.get(""))
+    assert isinstance(bad_key.error, cachet_client.InvalidArgument)
+    assert bad_key.error.code.name == "INVALID_ARGUMENT" and "key" in bad_key.error.message
+    with pytest.raises(cachet_client.VersionMismatch) as unary_stale:
+        await r(cache.set("cas", "third", if_version=version))
+    assert type(stale.error) is cachet_client.VersionMismatch
+    assert stale.error.reason == unary_stale.value.reason == "VERSION_MISMATCH"
+    assert stale.error.metadata == unary_stale.value.metadata
+    assert stale.error.code == unary_stale.value.code
+    assert type(not_a_number.error) is cachet_client.NotANumber
+    assert type(absent.error) is cachet_client.KeyNotFound
+    with pytest.raises(cachet_client.KeyNotFound):
+        absent.value  # noqa: B018 - `value` raises the operation's error
+    assert not stale.ok and kept.ok and fine.ok
+    assert kept.value.value == "here" and fine.value == 5
+    assert (await r(cache.get("cas"))).value == "second"
+
+
+async def test_a_batch_past_max_batch_is_split_and_keeps_order(client, server):
+    count = 2_100  # the server refuses more than 1,000 operations in one Batch
+    before = batch_calls(server)
+    writes = client.cache.batch()
+    for i in range(count):
+        writes.set(f"k{i}", i)
+    versions = await r(writes.execute())
+    assert [result.ok for result in versions] == [True] * count
+    reads = client.cache.batch()
+    for i in reversed(range(count)):
+        reads.get(f"k{i}")
+    results = await r(reads.execute())
+    assert [result.value.value for result in results] == list(reversed(range(count)))
+    assert batch_calls(server) - before == 6  # 1,000 + 1,000 + 100, twice
+
+
+# -- Session -------------------------------------------------------------------------
+
+
+async def test_async_session_matches_hundreds_of_concurrent_answers(server, namespace):
+    async with cachet_client.connect(server.address, namespace=namespace) as client:
+        async with client.cache.session() as session:
+
+            async def worker(n: int) -> None:
+                for step in range(2):
+                    key = f"w{n}:{step}"
+                    version = await session.set(key, f"{n}/{step}".encode())
+                    value = await session.get(key)
+                    assert value.data == f"{n}/{step}".encode() and value.version == version
+                    assert await session.increment(f"count:{n}", n + 1) == (n + 1) * (step + 1)
+
+            # 300 callers at once (past the server's 256 per stream), 1,800 operations
+            await asyncio.gather(*(worker(n) for n in range(300)))
+            assert await session.hash_set("h", {"a": b"1"}) == 1
+            assert await session.hash_get("h", "a", "b") == {"a": b"1"}
+            assert await session.expire("h", 60) is True
+            assert await session.delete("h", "nope") == 1
+            assert session.streams_opened == 1
+
+
+def test_sync_session_serves_many_threads(server, namespace):
+    with cachet_client.connect_sync(server.address, namespace=namespace) as client:
+        with client.cache.session() as session:
+
+            def worker(n: int) -> None:
+                for step in range(10):
+                    key = f"w{n}:{step}"
+                    session.set(key, f"{n}/{step}".encode())
+                    assert session.get(key).data == f"{n}/{step}".encode()
+                    assert session.increment(f"count:{n}") == step + 1
+
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                list(pool.map(worker, range(16)))  # 480 operations, re-raising failures
+            assert session.streams_opened == 1
+        with pytest.raises(RuntimeError):
+            session.get("after close")
+
+
+async def test_a_failed_operation_does_not_end_the_session(flavor, server, namespace):
+    client = open_client(flavor, server.address, namespace)
+    try:
+        session = client.cache.session()
+        await r(session.set("text", b"words"))
+        with pytest.raises(cachet_client.InvalidArgument):
+            await r(session.get(""))
+        with pytest.raises(cachet_client.NotANumber):
+            await r(session.increment("text"))
+        assert (await r(session.get("text"))).data == b"words"
+        assert session.streams_opened == 1
+        await r(session.close())
+    finally:
+        await r(client.close())
+
+
+async def test_a_read_only_credential_is_refused_writes_in_their_own_results(
+    flavor, topology, tmp_path, namespace
+):
+    with secured_server(topology.url, tmp_path, namespace, mutual=False) as secured:
+        tls = cachet_client.TLS(ca=secured.ca.read_bytes(), server_name="cachet.internal")
+        writer = open_client(flavor, secured.address, namespace, tls=tls, credential=WRITER_TOKEN)
+        reader = open_client(flavor, secured.address, namespace, tls=tls, credential=READER_TOKEN)
+        try:
+            await r(writer.cache.set("shared", b"hello"))
+            session = reader.cache.session()
+            with pytest.raises(cachet_client.PermissionDenied) as refused:
+                await r(session.set("shared", b"overwritten"))
+            assert refused.value.code.name == "PERMISSION_DENIED"
+            assert (await r(session.get("shared"))).data == b"hello"
+            with pytest.raises(cachet_client.PermissionDenied):
+                await r(session.increment("visits"))
+            assert await r(session.hash_get("nothing", "f")) == {}
+            assert session.streams_opened == 1
+            await r(session.close())
+            # A Batch with a write needs the write role as a whole call.
+            with pytest.raises(cachet_client.PermissionDenied):
+                await r(reader.cache.batch().get("shared").set("x", b"y").execute())
+            (read,) = await r(reader.cache.batch().get("shared").execute())
+            assert read.value.data == b"hello"
+            assert (await r(writer.cache.get("shared"))).data == b"hello"
+        finally:
+            await r(writer.close())
+            await r(reader.close())
+
+
+async def test_async_session_fails_pending_operations_when_the_server_dies_and_recovers(
+    own_server, namespace
+):
+    client = cachet_client.connect(own_server.address, namespace=namespace, timeout=15)
+    try:
+        session = client.cache.session()
+        await session.set("k", b"before")
+        assert own_server.process is not None
+        os.kill(own_server.process.pid, signal.SIGSTOP)  # nothing is answered from now on
+        pending = [asyncio.ensure_future(session.get("k")) for _ in range(50)]
+        await asyncio.sleep(0.3)
+        assert not any(task.done() for task in pending)
+        started = time.monotonic()
+        own_server.stop()  # SIGKILL: the connection drops, the stream breaks
+        results = await asyncio.wait_for(
+            asyncio.gather(*pending, return_exceptions=True), timeout=10
+        )
+        failed_after = time.monotonic() - started
+        assert all(isinstance(result, cachet_client.Unavailable) for result in results), results
+        print(f"50 pending operations failed UNAVAILABLE {failed_after * 1000:.0f} ms after kill")
+        with pytest.raises(cachet_client.Unavailable):
+            await session.get("k")  # a new stream, but no server yet
+        with pytest.raises(cachet_client.Unavailable):  # the Batch call fails as a whole
+            await client.cache.batch().get("k").set("j", b"v").execute()
+        own_server.start()
+        channel = client._runner.channels.plain
+        await asyncio.wait_for(channel.channel_ready(), timeout=20)
+        assert (await session.get("k")).data == b"before"
+        assert session.streams_opened >= 2
+        await session.close()
+    finally:
+        await client.close()
+
+
+def test_sync_session_fails_pending_operations_when_the_server_dies_and_recovers(
+    own_server, namespace
+):
+    client = cachet_client.connect_sync(own_server.address, namespace=namespace, timeout=15)
+    try:
+        session = client.cache.session()
+        session.set("k", b"before")
+        assert own_server.process is not None
+        os.kill(own_server.process.pid, signal.SIGSTOP)
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            pending = [pool.submit(session.get, "k") for _ in range(20)]
+            time.sleep(0.3)
+            assert not any(future.done() for future in pending)
+            own_server.stop()
+            errors = [future.exception(timeout=10) for future in pending]
+        assert all(isinstance(error, cachet_client.Unavailable) for error in errors), errors
+        with pytest.raises(cachet_client.Unavailable):
+            session.get("k")
+        with pytest.raises(cachet_client.Unavailable):  # the Batch call fails as a whole
+            client.cache.batch().get("k").set("j", b"v").execute()
+        own_server.start()
+        grpc_future = grpc.channel_ready_future(client._runner.channels.plain)
+        grpc_future.result(timeout=20)
+        assert session.get("k").data == b"before"
+        assert session.streams_opened >= 2
+        session.close()
+    finally:
+        client.close()
+
+
+async def test_a_per_operation_deadline_or_cancel_fails_that_operation_only(server, namespace):
+    async with cachet_client.connect(server.address, namespace=namespace, timeout=0.5) as client:
+        async with client.cache.session() as session:
+            await session.set("k", b"v")
+            assert server.process is not None
+            os.kill(server.process.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(cachet_client.DeadlineExceeded):
+                    await session.get("k")
+                cancelled = asyncio.ensure_future(session.get("k"))
+                await asyncio.sleep(0.1)
+                cancelled.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await cancelled
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            assert (await session.get("k")).data == b"v"
+            assert session.streams_opened == 1
+
+
+def test_sync_per_operation_deadline_fails_that_operation_only(server, namespace):
+    with cachet_client.connect_sync(server.address, namespace=namespace, timeout=0.5) as client:
+        with client.cache.session() as session:
+            session.set("k", b"v")
+            assert server.process is not None
+            os.kill(server.process.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(cachet_client.DeadlineExceeded):
+                    session.get("k")
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            assert session.get("k").data == b"v"
+            assert session.streams_opened == 1
+
+
+# -- the auto-batcher ----------------------------------------------------------------
+
+
+async def test_async_batcher_coalesces_concurrent_calls(server, namespace):
+    async with cachet_client.connect(server.address, namespace=namespace) as client:
+        writes = client.cache.batch()
+        for i in range(50):
+            writes.set(f"u{i}", f"user {i}".encode())
+        await writes.execute()
+        batcher = client.cache.batcher()
+        before = batch_calls(server)
+        values = await asyncio.gather(*(batcher.get(f"u{i}") for i in range(50)))
+        assert [value.data for value in values] == [f"user {i}".encode() for i in range(50)]
+        assert batch_calls(server) - before == 1  # one event-loop turn: one Batch
+
+        before = batch_calls(server)
+
+        async def caller(n: int) -> None:
+            for step in range(5):
+                await asyncio.sleep(0)
+                assert await batcher.increment(f"c{n}") == step + 1
+
+        await asyncio.gather(*(caller(n) for n in range(40)))  # 200 calls
+        sent = batch_calls(server) - before
+        print(f"200 concurrent increments went out as {sent:.0f} Batch calls")
+        assert sent <= 20
+
+
+def test_sync_batcher_coalesces_concurrent_threads(server, namespace):
+    with cachet_client.connect_sync(server.address, namespace=namespace) as client:
+        writes = client.cache.batch()
+        for i in range(32):
+            writes.set(f"u{i}", f"user {i}".encode())
+        writes.execute()
+        batcher = client.cache.batcher()
+        start = threading.Barrier(32)
+
+        def caller(n: int) -> None:
+            start.wait()
+            for step in range(10):
+                assert batcher.get(f"u{n}").data == f"user {n}".encode()
+                assert batcher.increment(f"c{n}") == step + 1
+
+        before = batch_calls(server)
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            list(pool.map(caller, range(32)))  # 640 calls
+        sent = batch_calls(server) - before
+        print(f"640 calls from 32 threads went out as {sent:.0f} Batch calls")
+        assert sent < 640 / 2
+
+
+async def test_a_lone_sequential_caller_sends_one_batch_per_call(flavor, server, namespace):
+    client = open_client(flavor, server.address, namespace)
+    try:
+        batcher = client.cache.batcher()
+        await r(batcher.set("solo", b"0"))
+        before = batch_calls(server)
+        for i in range(10):
+            assert await r(batcher.set("solo", str(i).encode())) > 0
+            assert (await r(batcher.get("solo"))).data == str(i).encode()
+        assert batch_calls(server) - before == 20
+    finally:
+        await r(client.close())
+
+
+async def test_batcher_errors_stay_with_their_callers(flavor, server, namespace):
+    client = open_client(flavor, server.address, namespace)
+    try:
+        batcher = client.cache.batcher(max_in_flight=1)
+        await r(client.cache.set("text", b"words"))
+        await r(client.cache.set("ok", b"fine"))
+        await r(client.cache.set("gone", b"soon"))
+        calls = [
+            lambda: batcher.get(""),
+            lambda: batcher.increment("text"),
+            lambda: batcher.get("ok"),
+            lambda: batcher.hash_get("ok", "f"),  # a string, not a hash: WRONG_TYPE
+            lambda: batcher.delete("gone"),
+        ]
+        if flavor == "async":
+            results = await asyncio.gather(*(call() for call in calls), return_exceptions=True)
+        else:
+            with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+                futures = [pool.submit(call) for call in calls]
+                results = [f.exception() or f.result() for f in futures]
+        bad_key, not_a_number, value, wrong_type, deleted = results
+        assert isinstance(bad_key, cachet_client.InvalidArgument)
+        assert isinstance(not_a_number, cachet_client.NotANumber)
+        assert isinstance(wrong_type, cachet_client.WrongType)
+        assert value.data == b"fine"
+        assert deleted == 1
+    finally:
+        await r(client.close())
