@@ -116,13 +116,15 @@ async def test_batch_answers_every_operation_in_order(client):
         .expire("missing", 30)
         .hash_set("cart", {"apples": 2, "pears": 1})
         .hash_get("cart", "apples", "plums")
+        .increment_float("temperature", 1.5)
     )
-    assert len(batch) == 9
+    assert len(batch) == 10
     results = await r(batch.execute())
     assert all(result.ok for result in results), [result.error for result in results]
-    user, missing, set_version, deleted, counter, expired, not_expired, added, cart = (
+    user, missing, set_version, deleted, counter, expired, not_expired, added, cart, temp = (
         result.value for result in results
     )
+    assert temp == 1.5
     assert user.value == {"name": "alice"} and user.version == version
     assert missing is None
     assert set_version > 0 and (await r(cache.get("user:2"))).value == {"name": "bob"}
@@ -208,7 +210,21 @@ async def test_async_session_matches_hundreds_of_concurrent_answers(server, name
             assert await session.hash_get("h", "a", "b") == {"a": b"1"}
             assert await session.expire("h", 60) is True
             assert await session.delete("h", "nope") == 1
+            assert await session.increment_float("t", 0.25) == 0.25
             assert session.streams_opened == 1
+
+
+async def test_closing_a_session_waits_for_the_answers_due(server, namespace):
+    async with cachet_client.connect(server.address, namespace=namespace) as client:
+        await client.cache.set("k", b"v")
+        session = client.cache.session()
+        assert (await session.get("k")).data == b"v"  # the stream is open
+        pending = [asyncio.ensure_future(session.increment(f"c{i}", i)) for i in range(100)]
+        await asyncio.sleep(0)  # every call is sent, none answered yet
+        await session.close()  # half-closes; the server answers all it was sent
+        assert [task.result() for task in pending] == list(range(100))
+        with pytest.raises(RuntimeError):
+            await session.get("k")
 
 
 def test_sync_session_serves_many_threads(server, namespace):

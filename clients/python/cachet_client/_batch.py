@@ -1,9 +1,9 @@
 """Batch, Session and the auto-batcher: many independent cache operations per call.
 
-Every operation (get, set, delete, increment, expire, hash_get, hash_set) is built once,
-in `Operating`, as an `Operation`: the `BatchOperation` message, the decoding of its
-`BatchResult` into what the unary wrapper of the same name answers, and whether it may
-be repeated. Three surfaces send them:
+Every operation (get, set, delete, increment, increment_float, expire, hash_get,
+hash_set) is built once, in `Operating`, as an `Operation`: the `BatchOperation`
+message, the decoding of its `BatchResult` into what the unary wrapper of the same name
+answers, and whether it may be repeated. Three surfaces send them:
 
 - `Batch`, a builder: `execute()` sends one `CacheService/Batch` call (several, at once,
   past `max_batch`) and answers one `OperationResult` per operation, in order.
@@ -172,6 +172,15 @@ class Operating(Service[F]):
             idempotent,
         )
 
+    def _increment_float(self, key: str, by: float, ttl: Ttl) -> Operation[float]:
+        request = pb.IncrementRequest(key=key, by_float=by, ttl=duration(ttl))
+        idempotent = self._deduplicated(request)
+        return Operation(
+            pb.BatchOperation(increment=request),
+            lambda result: result.increment.float_value,
+            idempotent,
+        )
+
     def _expire(self, key: str, ttl: timedelta | float) -> Operation[bool]:
         return Operation(
             pb.BatchOperation(expire=pb.ExpireRequest(key=key, ttl=duration(ttl))),
@@ -285,6 +294,11 @@ class Batch(Operating[F]):
         self._operations.append(self._increment(key, by, ttl))
         return self
 
+    def increment_float(self, key: str, by: float, *, ttl: Ttl = None) -> Batch[F]:
+        """Add `by` to the number at `key`; answers the result."""
+        self._operations.append(self._increment_float(key, by, ttl))
+        return self
+
     def expire(self, key: str, ttl: timedelta | float) -> Batch[F]:
         """Give `key` a new TTL; answers False when it does not exist."""
         self._operations.append(self._expire(key, ttl))
@@ -369,6 +383,11 @@ class _OneByOne(Operating[F]):
     def increment(self, key: str, by: int = 1, *, ttl: Ttl = None) -> Steps[int]:
         """Add `by` to the integer at `key` (created at 0 with `ttl`); answers the result."""
         return (yield from self._one(self._increment(key, by, ttl)))
+
+    @procedure
+    def increment_float(self, key: str, by: float, *, ttl: Ttl = None) -> Steps[float]:
+        """Add `by` to the number at `key` (created at 0 with `ttl`); answers the result."""
+        return (yield from self._one(self._increment_float(key, by, ttl)))
 
     @procedure
     def expire(self, key: str, ttl: timedelta | float) -> Steps[bool]:
