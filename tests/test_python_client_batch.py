@@ -375,6 +375,25 @@ async def test_a_per_operation_deadline_or_cancel_fails_that_operation_only(serv
             assert session.streams_opened == 1
 
 
+async def test_closing_the_client_fails_the_session_calls_waiting(server, namespace):
+    client = cachet_client.connect(server.address, namespace=namespace, timeout=15)
+    session = client.cache.session()
+    await session.set("k", b"v")
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        pending = [asyncio.ensure_future(session.get("k")) for _ in range(10)]
+        await asyncio.sleep(0.1)
+        await client.close()
+        results = await asyncio.wait_for(
+            asyncio.gather(*pending, return_exceptions=True), timeout=5
+        )
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert all(isinstance(result, cachet_client.Cancelled) for result in results), results
+    await session.close()  # nothing left to wait for; does not raise
+
+
 def test_sync_per_operation_deadline_fails_that_operation_only(server, namespace):
     with cachet_client.connect_sync(server.address, namespace=namespace, timeout=0.5) as client:
         with client.cache.session() as session:

@@ -525,10 +525,8 @@ class AsyncSessionStream:
         if stream is None:
             return
         stream.requests.put_nowait(None)  # half-close: the server answers what it has
-        try:
-            async with asyncio.timeout(self._runner.settings.deadline(0.0)):
-                await asyncio.shield(stream.reader)
-        except TimeoutError:
+        done, _ = await asyncio.wait({stream.reader}, timeout=self._runner.settings.deadline(0.0))
+        if not done:
             stream.call.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stream.reader
