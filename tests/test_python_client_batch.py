@@ -285,6 +285,25 @@ async def test_a_read_only_credential_is_refused_writes_in_their_own_results(
                 await r(reader.cache.batch().get("shared").set("x", b"y").execute())
             (read,) = await r(reader.cache.batch().get("shared").execute())
             assert read.value.data == b"hello"
+            # The batcher keeps reads and writes in Batches apart: other callers' writes
+            # never cost a reader its reads.
+            batcher = reader.cache.batcher(max_in_flight=1)
+            calls = [
+                lambda: batcher.get("shared"),
+                lambda: batcher.set("shared", b"no"),
+                lambda: batcher.hash_get("nothing", "f"),
+                lambda: batcher.increment("visits"),
+            ]
+            if flavor == "async":
+                answers = await asyncio.gather(*(c() for c in calls), return_exceptions=True)
+            else:
+                with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+                    futures = [pool.submit(c) for c in calls]
+                    answers = [f.exception() or f.result() for f in futures]
+            got, set_refused, hashed, increment_refused = answers
+            assert got.data == b"hello" and hashed == {}
+            assert isinstance(set_refused, cachet_client.PermissionDenied)
+            assert isinstance(increment_refused, cachet_client.PermissionDenied)
             assert (await r(writer.cache.get("shared"))).data == b"hello"
         finally:
             await r(writer.close())

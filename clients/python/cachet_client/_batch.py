@@ -69,6 +69,8 @@ MAX_BATCH = 1000
 # Batches one batcher keeps in flight before it queues calls.
 MAX_IN_FLIGHT = 4
 Ttl = timedelta | float | None
+# The operations that only read; a Batch with any other needs the `write` role.
+_READS = frozenset({"get", "hash_get"})
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,11 @@ class Operation(Generic[T]):
     message: pb.BatchOperation
     decode: Callable[[pb.BatchResult], T]
     idempotent: bool
+
+    @property
+    def reads(self) -> bool:
+        """True for an operation that only reads (a Batch of them needs only `read`)."""
+        return self.message.WhichOneof("operation") in _READS
 
     def outcome(self, result: pb.BatchResult) -> T:
         """What the unary wrapper would answer; raises what it would raise."""
@@ -687,6 +694,20 @@ class SyncSession(Session[Sync]):
 # -- the auto-batcher ----------------------------------------------------------------
 
 _Send = Callable[[Sequence[Operation[Any]]], Any]
+Queued = TypeVar("Queued", bound=tuple[Operation[Any], Any])
+
+
+def _next_batch(queued: list[Queued], max_batch: int) -> tuple[list[Queued], list[Queued]]:
+    """The next batch of the queue and what stays queued: up to `max_batch` operations
+    of the head's kind, reads apart from writes, so a credential that may only read has
+    its reads answered whatever other callers write (a Batch with a write needs the
+    `write` role as a whole)."""
+    reads = queued[0][0].reads
+    taken: list[Queued] = []
+    rest: list[Queued] = []
+    for item in queued:
+        (taken if item[0].reads == reads and len(taken) < max_batch else rest).append(item)
+    return taken, rest
 
 
 class AsyncCoalescer:
@@ -715,7 +736,7 @@ class AsyncCoalescer:
     def _flush(self) -> None:
         self._flush_due = False
         while self._queue and self._in_flight < self._max_in_flight:
-            taken, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            taken, self._queue = _next_batch(self._queue, self._max_batch)
             taken = [(op, future) for op, future in taken if not future.done()]  # cancelled
             if taken:
                 self._in_flight += 1
@@ -770,8 +791,7 @@ class SyncCoalescer:
                     self._changed.wait()
                 if future.done():
                     return future.result()
-                taken = self._queue[: self._max_batch]
-                self._queue = self._queue[self._max_batch :]
+                taken, self._queue = _next_batch(self._queue, self._max_batch)
                 self._in_flight += 1
             try:
                 self._batch(taken)
@@ -801,7 +821,8 @@ class Batcher(_OneByOne[F]):
     waits for nothing); calls made while the limit is reached queue, and go out together
     (up to `max_batch` per Batch) when a batch returns. On the asyncio client the calls
     of one event-loop turn also go out together, so `asyncio.gather` of 50 gets is one
-    Batch. Each caller gets its own answer or its own error."""
+    Batch. Reads and writes go in Batches apart (one with a write needs the `write`
+    role as a whole). Each caller gets its own answer or its own error."""
 
     def __init__(
         self,
