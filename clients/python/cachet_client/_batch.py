@@ -749,6 +749,10 @@ class AsyncCoalescer:
     ) -> None:
         try:
             results = await self._send([op for op, _ in taken])
+        except asyncio.CancelledError:  # the loop is going away: so are its callers
+            for _, future in taken:
+                future.cancel()
+            raise
         except Exception as error:  # the call failed: every caller of it gets the error
             for _, future in taken:
                 if not future.done():
@@ -803,9 +807,11 @@ class SyncCoalescer:
     def _batch(self, taken: list[tuple[Operation[Any], Future[pb.BatchResult]]]) -> None:
         try:
             results = self._send([op for op, _ in taken])
-        except Exception as error:  # the call failed: every caller of it gets the error
+        except BaseException as error:  # the call failed: every caller of it gets the error
             for _, future in taken:
                 future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise  # KeyboardInterrupt and the like go on in the sending thread
         else:
             for (_, future), result in zip(taken, results, strict=True):
                 future.set_result(result)
