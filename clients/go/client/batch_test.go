@@ -312,7 +312,9 @@ func TestSessionAnswersEveryCallerItsOwn(t *testing.T) {
 	var wg sync.WaitGroup
 	for g := range goroutines {
 		wg.Go(func() {
-			fail := func(format string, args ...any) { failures <- fmt.Errorf("goroutine %d: "+format, append([]any{g}, args...)...) }
+			fail := func(format string, args ...any) {
+				failures <- fmt.Errorf("goroutine %d: "+format, append([]any{g}, args...)...)
+			}
 			var sum int64
 			for j := range each {
 				i := g*each + j
