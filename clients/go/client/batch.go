@@ -42,6 +42,7 @@ var (
 // operation is one BatchOperation and how its BatchResult becomes the answer of the
 // Client method of the same name; the unary wrappers build the same requests.
 type operation struct {
+	method  string // the unary RPC, whose retry policy the operation has
 	request *cachev1.BatchOperation
 	// decode reads a successful result; false when the result is not of the
 	// operation's kind.
@@ -69,6 +70,7 @@ func (o operation) reads() bool {
 
 func getOperation(key string) operation {
 	return operation{
+		"Get",
 		&cachev1.BatchOperation{Operation: &cachev1.BatchOperation_Get{Get: &cachev1.GetRequest{Key: key}}},
 		func(r *cachev1.BatchResult) (any, bool) {
 			if value := getValue(r.GetGet()); value != nil {
@@ -81,6 +83,7 @@ func getOperation(key string) operation {
 
 func setOperation(key string, value []byte, opts []SetOption) operation {
 	return operation{
+		"Set",
 		&cachev1.BatchOperation{Operation: &cachev1.BatchOperation_Set{Set: setRequest(key, value, opts)}},
 		func(r *cachev1.BatchResult) (any, bool) { return r.GetSet().GetVersion(), r.GetSet() != nil },
 	}
@@ -88,6 +91,7 @@ func setOperation(key string, value []byte, opts []SetOption) operation {
 
 func deleteOperation(keys []string) operation {
 	return operation{
+		"Delete",
 		&cachev1.BatchOperation{Operation: &cachev1.BatchOperation_Delete{Delete: &cachev1.DeleteRequest{Keys: keys}}},
 		func(r *cachev1.BatchResult) (any, bool) { return r.GetDelete().GetDeleted(), r.GetDelete() != nil },
 	}
@@ -95,6 +99,7 @@ func deleteOperation(keys []string) operation {
 
 func incrementOperation(key string, by int64, ttl time.Duration) operation {
 	return operation{
+		"Increment",
 		&cachev1.BatchOperation{Operation: &cachev1.BatchOperation_Increment{Increment: intIncrementRequest(key, by, ttl)}},
 		func(r *cachev1.BatchResult) (any, bool) {
 			return r.GetIncrement().GetIntValue(), r.GetIncrement() != nil
@@ -104,6 +109,7 @@ func incrementOperation(key string, by int64, ttl time.Duration) operation {
 
 func incrementFloatOperation(key string, by float64, ttl time.Duration) operation {
 	return operation{
+		"Increment",
 		&cachev1.BatchOperation{Operation: &cachev1.BatchOperation_Increment{Increment: floatIncrementRequest(key, by, ttl)}},
 		func(r *cachev1.BatchResult) (any, bool) {
 			return r.GetIncrement().GetFloatValue(), r.GetIncrement() != nil
@@ -113,6 +119,7 @@ func incrementFloatOperation(key string, by float64, ttl time.Duration) operatio
 
 func expireOperation(key string, ttl time.Duration) operation {
 	return operation{
+		"Expire",
 		&cachev1.BatchOperation{Operation: &cachev1.BatchOperation_Expire{Expire: expireRequest(key, ttl)}},
 		func(r *cachev1.BatchResult) (any, bool) { return r.GetExpire().GetFound(), r.GetExpire() != nil },
 	}
@@ -120,6 +127,7 @@ func expireOperation(key string, ttl time.Duration) operation {
 
 func hashGetOperation(key string, names []string) operation {
 	return operation{
+		"HashGet",
 		&cachev1.BatchOperation{Operation: &cachev1.BatchOperation_HashGet{HashGet: &cachev1.HashGetRequest{Key: key, Fields: names}}},
 		func(r *cachev1.BatchResult) (any, bool) { return hashValues(r.GetHashGet()), r.GetHashGet() != nil },
 	}
@@ -127,6 +135,7 @@ func hashGetOperation(key string, names []string) operation {
 
 func hashSetOperation(key string, values []Field, ifAbsent bool, ttl CollectionTTL) operation {
 	return operation{
+		"HashSet",
 		&cachev1.BatchOperation{Operation: &cachev1.BatchOperation_HashSet{HashSet: hashSetRequest(key, values, ifAbsent, ttl)}},
 		func(r *cachev1.BatchResult) (any, bool) { return r.GetHashSet().GetAdded(), r.GetHashSet() != nil },
 	}
@@ -269,9 +278,9 @@ func (b *Batch) HashSet(key string, values []Field, ifAbsent bool, ttl Collectio
 // fails alone, in its own result. The error is a call's own failure (UNAVAILABLE, a
 // deadline, PERMISSION_DENIED for a write without the write role), as the unary call
 // answers it; the results are still complete then, the operations of a failed call
-// holding its error (those of the other calls may have applied). Batch is not retried
-// (it may carry a Set); its Increments carry request ids, so sending it again applies
-// them once.
+// holding its error (those of the other calls may have applied). A call is retried on
+// UNAVAILABLE as the unary RPCs are when each of its operations may be (not with a Set
+// or a HashSet); Increments carry request ids, so a retry applies them once.
 func (b *Batch) Exec(ctx context.Context) ([]BatchResult, error) {
 	chunks := max(1, (len(b.operations)+b.maxBatch-1)/b.maxBatch)
 	results := make([]BatchResult, len(b.operations))
@@ -303,13 +312,27 @@ func (b *Batch) Exec(ctx context.Context) ([]BatchResult, error) {
 }
 
 // exchange sends operations as one Batch RPC and answers each one's result; the error
-// is the call's own.
+// is the call's own. A Batch whose every operation may run twice (its unary RPC is in
+// IdempotentMethods or RequestIDMethods) is retried on UNAVAILABLE as those RPCs are,
+// within ctx; one with a Set or a HashSet is not.
 func (c *Client) exchange(ctx context.Context, operations []operation) ([]BatchResult, error) {
 	request := &cachev1.BatchRequest{Operations: make([]*cachev1.BatchOperation, len(operations))}
+	retries := true
 	for i, op := range operations {
 		request.Operations[i] = op.request
+		retries = retries && mayRetry(cachev1.CacheService_ServiceDesc.ServiceName, op.method)
 	}
 	reply, err := c.cache.Batch(ctx, request)
+	for attempt := 1; err != nil && retries && attempt < retryAttempts && status.Code(err) == codes.Unavailable; attempt++ {
+		wait := time.NewTimer(retryBackoff(attempt))
+		select {
+		case <-ctx.Done():
+			wait.Stop()
+			return nil, wrap(err)
+		case <-wait.C:
+		}
+		reply, err = c.cache.Batch(ctx, request)
+	}
 	if err != nil {
 		return nil, wrap(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/stats"
 
 	"github.com/cachet-dev/cachet/clients/go/client"
@@ -617,12 +618,27 @@ func TestBatcherQueuesWhileTheSlotsAreBusy(t *testing.T) {
 			t.Fatalf("a batched Get to a dead server answered %v", err)
 		}
 	}
-	batch := c.Batch()
-	batch.Get("k")
-	batch.Set("k", []byte("w"))
-	results, err := batch.Exec(ctx)
-	if !errors.Is(err, client.ErrUnavailable) || len(results) != 2 || !errors.Is(results[1].Err, client.ErrUnavailable) {
+	// A Batch is retried as the unary calls are when each operation may run twice.
+	before := counter.calls(batchMethod)
+	reads := c.Batch()
+	reads.Get("k")
+	reads.Increment("n", 1, 0) // its request_id makes it safe to retry
+	reads.Delete("k")
+	if results, err := reads.Exec(ctx); !errors.Is(err, client.ErrUnavailable) || !errors.Is(results[2].Err, client.ErrUnavailable) {
 		t.Fatalf("a Batch to a dead server answered %v, %v", results, err)
+	}
+	if got := counter.calls(batchMethod) - before; got != 4 {
+		t.Fatalf("a Batch of retriable operations made %d attempts, want 4", got)
+	}
+	before = counter.calls(batchMethod)
+	writes := c.Batch()
+	writes.Get("k")
+	writes.Set("k", []byte("w"))
+	if results, err := writes.Exec(ctx); !errors.Is(err, client.ErrUnavailable) || len(results) != 2 || !errors.Is(results[1].Err, client.ErrUnavailable) {
+		t.Fatalf("a Batch to a dead server answered %v, %v", results, err)
+	}
+	if got := counter.calls(batchMethod) - before; got != 1 {
+		t.Fatalf("a Batch with a Set made %d attempts, want 1: it is not idempotent", got)
 	}
 }
 
@@ -709,6 +725,11 @@ func TestBatcherKeepsErrorsPerCaller(t *testing.T) {
 	}
 	if value := must(c.Get(ctx, "doc"))(t); value == nil || string(value.Data) != "v1" || value.Version != version {
 		t.Fatalf("refused writes changed doc: %+v", value)
+	}
+	// A caller's own namespace metadata is not sent: callers share the Batch.
+	elsewhere := metadata.AppendToOutgoingContext(ctx, client.NamespaceMetadata, "go-batch-elsewhere")
+	if value := must(b.Get(elsewhere, "doc"))(t); value == nil || string(value.Data) != "v1" {
+		t.Fatalf("a batched Get with another namespace in its metadata read %+v", value)
 	}
 	// A caller's ctx bounds its wait alone.
 	cancelled, cancel := context.WithCancel(ctx)

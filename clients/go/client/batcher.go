@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"google.golang.org/grpc/metadata"
 )
 
 // BatcherOptions tune a Batcher.
@@ -165,9 +167,12 @@ func (b *Batcher) readsAlone(ctx context.Context, operations []operation, refuse
 
 // callsContext is the context of a Batch carrying the calls of several callers: it has
 // the latest of their deadlines (none if one has none) and ends once every caller's
-// ctx has ended.
+// ctx has ended. It keeps the first caller's values (a trace span to parent the call)
+// but no caller's outgoing metadata, which would apply to all of them (a
+// cachet-namespace there would move the others' operations to another namespace).
 func callsContext(calls []*batchedCall) (context.Context, func()) {
-	ctx, cancel := context.WithCancel(context.Background())
+	base := metadata.NewOutgoingContext(context.WithoutCancel(calls[0].ctx), metadata.MD{})
+	ctx, cancel := context.WithCancel(base)
 	var latest time.Time
 	for _, call := range calls {
 		deadline, ok := call.ctx.Deadline()
