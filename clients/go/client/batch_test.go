@@ -10,6 +10,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -866,5 +867,45 @@ func TestReadOnlyCredentialInSessionBatchAndBatcher(t *testing.T) {
 	}
 	if value := must(w.Get(ctx, "k"))(t); value == nil || string(value.Data) != "v" {
 		t.Fatalf("the reader's refused writes changed k: %+v", value)
+	}
+}
+
+// BenchmarkConcurrentGets: 32 goroutines reading through each of the three paths
+// (`go test -run '^$' -bench ConcurrentGets ./client/`): unary Get, a Session, a Batcher.
+func BenchmarkConcurrentGets(b *testing.B) {
+	counter := &rpcCounter{begun: map[string]int{}, sent: map[string]int{}}
+	c, err := client.Dial(serverAddr, fmt.Sprintf("go-bench-%d", time.Now().UnixNano()), grpc.WithStatsHandler(counter))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	if _, err := c.Set(ctx, "hot", []byte("value"), client.WithTTL(time.Hour)); err != nil {
+		b.Fatal(err)
+	}
+	session := c.Session(ctx)
+	defer session.Close(ctx)
+	paths := []struct {
+		name string
+		ops  client.Operations
+	}{{"unary", c}, {"session", session}, {"batcher", c.Batcher(client.BatcherOptions{})}}
+	for _, path := range paths {
+		b.Run(path.name, func(b *testing.B) {
+			batches := counter.calls(batchMethod)
+			b.SetParallelism(32 / max(1, runtime.GOMAXPROCS(0)))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if value, err := path.ops.Get(ctx, "hot"); err != nil || value == nil {
+						b.Error("Get", err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "gets/s")
+			if path.name == "batcher" {
+				b.ReportMetric(float64(b.N)/float64(max(1, counter.calls(batchMethod)-batches)), "gets/batch")
+			}
+		})
 	}
 }
