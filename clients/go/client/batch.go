@@ -280,7 +280,8 @@ func (b *Batch) HashSet(key string, values []Field, ifAbsent bool, ttl Collectio
 // answers it; the results are still complete then, the operations of a failed call
 // holding its error (those of the other calls may have applied). A call is retried on
 // UNAVAILABLE as the unary RPCs are when each of its operations may be (not with a Set
-// or a HashSet); Increments carry request ids, so a retry applies them once.
+// or a HashSet); Increments carry request ids, so a retry applies them once. Exec again
+// sends the same operations again, request ids included (a retry, not a second batch).
 func (b *Batch) Exec(ctx context.Context) ([]BatchResult, error) {
 	chunks := max(1, (len(b.operations)+b.maxBatch-1)/b.maxBatch)
 	results := make([]BatchResult, len(b.operations))
