@@ -47,7 +47,7 @@ func (c *Client) Session(ctx context.Context) *Session {
 }
 
 // errSessionClosed answers the operations of a closed Session.
-var errSessionClosed = &Error{Code: codes.Canceled, Message: "cachet: the session is closed"}
+var errSessionClosed = &Error{Code: codes.Canceled, Message: "the session is closed"}
 
 // Close half-closes the stream and waits, within ctx, until every operation sent on it
 // is answered. Operations called after Close fail (codes.Canceled). It answers the
@@ -228,7 +228,7 @@ func (st *sessionStream) endedCleanly() error {
 	case <-st.halfClose:
 		return errSessionClosed
 	default:
-		return &Error{Code: codes.Unavailable, Message: "cachet: the server ended the Session stream"}
+		return &Error{Code: codes.Unavailable, Message: "the server ended the Session stream"}
 	}
 }
 
