@@ -410,7 +410,8 @@ func awaitAll(t *testing.T, what string, answers <-chan error, n int, limit time
 }
 
 // A frozen server (SIGSTOP) keeps operations pending: a per-operation deadline, the
-// session's own ctx, and Close each act on what they own; then the server is killed with
+// session's own ctx (cancelled, or past its deadline), and Close each act on what they
+// own; then the server is killed with
 // operations pending, which all fail UNAVAILABLE, and the session recovers on its own
 // once the server is back on the same address.
 func TestSessionPendingOperationsWhenTheServerStallsAndDies(t *testing.T) {
@@ -490,9 +491,23 @@ func TestSessionPendingOperationsWhenTheServerStallsAndDies(t *testing.T) {
 		t.Fatalf("the deadline, the cancel or Close opened more streams: %d for 3 sessions", streams)
 	}
 
+	// A session whose ctx passes its deadline fails what waits on it.
+	server.freezeServer()
+	timedCtx, cancelTimed := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancelTimed()
+	timed := c.Session(timedCtx)
+	late := make(chan error, 5)
+	for range 5 {
+		go get(timed, late)
+	}
+	for _, err := range awaitAll(t, "the session past its deadline", late, 5, 10*time.Second) {
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("an operation of a session past its deadline answered %v", err)
+		}
+	}
+
 	// Killed with operations pending: each fails UNAVAILABLE, none hangs.
 	sentBefore = counter.messages(sessionMethod)
-	server.freezeServer()
 	pending := make(chan error, 50)
 	for range 50 {
 		go get(s, pending)
