@@ -582,8 +582,9 @@ func TestBatcherCoalescesConcurrentCallers(t *testing.T) {
 	}
 }
 
-// With its one slot busy, calls queue and go out together as one Batch when it returns.
-func TestBatcherQueuesWhileTheSlotsAreBusy(t *testing.T) {
+// With its one slot busy, calls queue and go out together as one Batch when it returns;
+// then the server dies: every caller, and a Batch, fails UNAVAILABLE as a unary call.
+func TestBatcherQueuesWhileBusyThenTheServerDies(t *testing.T) {
 	server := must(startTestServer())(t)
 	defer server.stop()
 	c, counter, ctx := dialCounted(t, server.addr)
