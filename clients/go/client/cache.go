@@ -25,10 +25,18 @@ func (c *Client) Get(ctx context.Context, key string) (*Value, error) {
 		return value, wrap(err)
 	}
 	reply, err := c.cache.Get(ctx, &cachev1.GetRequest{Key: key})
-	if err != nil || !reply.GetFound() {
+	if err != nil {
 		return nil, wrap(err)
 	}
-	return &Value{Data: reply.GetValue(), Version: reply.GetVersion()}, nil
+	return getValue(reply), nil
+}
+
+// getValue is Get's answer: nil when the key is absent.
+func getValue(reply *cachev1.GetResponse) *Value {
+	if !reply.GetFound() {
+		return nil
+	}
+	return &Value{Data: reply.GetValue(), Version: reply.GetVersion()}
 }
 
 // GetMany reads keys at once; the answer has one entry per key, in order, nil for an
@@ -99,15 +107,19 @@ func WithRecomputeTime(took time.Duration) SetOption {
 
 // Set writes value under key and answers its new version.
 func (c *Client) Set(ctx context.Context, key string, value []byte, opts ...SetOption) (uint64, error) {
-	request := &cachev1.SetRequest{Key: key, Value: value}
-	for _, opt := range opts {
-		opt(request)
-	}
-	reply, err := c.cache.Set(ctx, request)
+	reply, err := c.cache.Set(ctx, setRequest(key, value, opts))
 	if err != nil {
 		return 0, wrap(err)
 	}
 	return reply.GetVersion(), nil
+}
+
+func setRequest(key string, value []byte, opts []SetOption) *cachev1.SetRequest {
+	request := &cachev1.SetRequest{Key: key, Value: value}
+	for _, opt := range opts {
+		opt(request)
+	}
+	return request
 }
 
 // Item is one value of SetMany; TTL 0 takes SetMany's ttl.
@@ -152,11 +164,15 @@ func (c *Client) Exists(ctx context.Context, keys ...string) ([]bool, error) {
 
 // Expire gives an existing key of any type a new TTL; false when the key is absent.
 func (c *Client) Expire(ctx context.Context, key string, ttl time.Duration) (bool, error) {
-	reply, err := c.cache.Expire(ctx, &cachev1.ExpireRequest{Key: key, Ttl: durationpb.New(ttl)})
+	reply, err := c.cache.Expire(ctx, expireRequest(key, ttl))
 	if err != nil {
 		return false, wrap(err)
 	}
 	return reply.GetFound(), nil
+}
+
+func expireRequest(key string, ttl time.Duration) *cachev1.ExpireRequest {
+	return &cachev1.ExpireRequest{Key: key, Ttl: durationpb.New(ttl)}
 }
 
 // Persist removes a key's TTL (refused unless the server allows persistent keys);
@@ -187,8 +203,7 @@ func (c *Client) TTL(ctx context.Context, key string) (ttl time.Duration, found 
 // Increment adds by to the integer counter at key and answers its new value. A
 // counter this call creates gets ttl, or the server's default TTL when ttl is 0.
 func (c *Client) Increment(ctx context.Context, key string, by int64, ttl time.Duration) (int64, error) {
-	request := &cachev1.IncrementRequest{Key: key, Delta: &cachev1.IncrementRequest_ByInt{ByInt: by}, Ttl: optionalDuration(ttl), RequestId: newRequestID()}
-	reply, err := c.cache.Increment(ctx, request)
+	reply, err := c.cache.Increment(ctx, intIncrementRequest(key, by, ttl))
 	if err != nil {
 		return 0, wrap(err)
 	}
@@ -197,12 +212,21 @@ func (c *Client) Increment(ctx context.Context, key string, by int64, ttl time.D
 
 // IncrementFloat adds by to the float counter at key and answers its new value.
 func (c *Client) IncrementFloat(ctx context.Context, key string, by float64, ttl time.Duration) (float64, error) {
-	request := &cachev1.IncrementRequest{Key: key, Delta: &cachev1.IncrementRequest_ByFloat{ByFloat: by}, Ttl: optionalDuration(ttl), RequestId: newRequestID()}
-	reply, err := c.cache.Increment(ctx, request)
+	reply, err := c.cache.Increment(ctx, floatIncrementRequest(key, by, ttl))
 	if err != nil {
 		return 0, wrap(err)
 	}
 	return reply.GetFloatValue(), nil
+}
+
+// An increment request carries a fresh request_id, so a retry of it (the same
+// request) applies once.
+func intIncrementRequest(key string, by int64, ttl time.Duration) *cachev1.IncrementRequest {
+	return &cachev1.IncrementRequest{Key: key, Delta: &cachev1.IncrementRequest_ByInt{ByInt: by}, Ttl: optionalDuration(ttl), RequestId: newRequestID()}
+}
+
+func floatIncrementRequest(key string, by float64, ttl time.Duration) *cachev1.IncrementRequest {
+	return &cachev1.IncrementRequest{Key: key, Delta: &cachev1.IncrementRequest_ByFloat{ByFloat: by}, Ttl: optionalDuration(ttl), RequestId: newRequestID()}
 }
 
 // InvalidateTags deletes every key written with any of tags; answers how many.

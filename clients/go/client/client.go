@@ -12,6 +12,10 @@
 // call's deadline. Failures are *Error values (errors.As), which also match the
 // sentinels (errors.Is(err, client.ErrLockHeld)) and keep answering status.Code.
 //
+// c.Batch(), c.Session(ctx) and c.Batcher(opts) send many cache operations for less
+// than one RPC each: a known set at once, a stream for a hot client, and concurrent
+// callers coalesced into Batch calls (see Operations).
+//
 // The generated stubs for every service are under .../clients/go/gen; build them on
 // Conn() and they carry the namespace, the credential and the retry policy too:
 //

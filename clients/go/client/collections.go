@@ -42,12 +42,16 @@ func fields(in []*cachev1.HashField) []Field {
 // HashSet sets fields of the hash at key (ifAbsent: only fields it lacks); answers
 // how many fields were added.
 func (c *Client) HashSet(ctx context.Context, key string, values []Field, ifAbsent bool, ttl CollectionTTL) (int64, error) {
+	reply, err := c.cache.HashSet(ctx, hashSetRequest(key, values, ifAbsent, ttl))
+	return reply.GetAdded(), wrap(err)
+}
+
+func hashSetRequest(key string, values []Field, ifAbsent bool, ttl CollectionTTL) *cachev1.HashSetRequest {
 	request := &cachev1.HashSetRequest{Key: key, IfAbsent: ifAbsent, Ttl: ttl.proto()}
 	for _, f := range values {
 		request.Fields = append(request.Fields, &cachev1.HashField{Field: f.Name, Value: f.Value})
 	}
-	reply, err := c.cache.HashSet(ctx, request)
-	return reply.GetAdded(), wrap(err)
+	return request
 }
 
 // HashGet reads fields; the answer has one value per field, in order, nil when absent.
@@ -56,13 +60,18 @@ func (c *Client) HashGet(ctx context.Context, key string, names ...string) ([][]
 	if err != nil {
 		return nil, wrap(err)
 	}
+	return hashValues(reply), nil
+}
+
+// hashValues is HashGet's answer: one value per field, nil when absent.
+func hashValues(reply *cachev1.HashGetResponse) [][]byte {
 	values := make([][]byte, len(reply.GetFields()))
 	for i, f := range reply.GetFields() {
 		if f.GetFound() {
 			values[i] = f.GetValue()
 		}
 	}
-	return values, nil
+	return values
 }
 
 // HashGetAll reads every field (use HashScan for large hashes).

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"sync"
 	"time"
 
 	"github.com/cachet-dev/cachet/clients/go/client"
@@ -33,6 +34,87 @@ func ExampleClient_GetOrSet() {
 	// true
 	// computed once
 	// 2
+}
+
+func ExampleClient_Batch() {
+	ctx := context.Background()
+	c, err := client.Dial(serverAddr, "example-batch")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	b := c.Batch() // one Batch RPC (one per 1,000 operations)
+	b.Set("user:1", []byte("alice"), client.WithTTL(time.Minute))
+	b.Set("user:2", []byte("bob"), client.WithTTL(time.Minute))
+	users := []client.BatchOp[*client.Value]{b.Get("user:1"), b.Get("user:2"), b.Get("user:3")}
+	tagged := b.Set("user:4", []byte("carol"), client.WithTags("users")) // refused alone: no tags in a batch
+	if _, err := b.Exec(ctx); err != nil {
+		log.Fatal(err) // the call itself failed: UNAVAILABLE, a deadline, ...
+	}
+	for _, user := range users {
+		if value, err := user.Result(); value != nil { // what c.Get answers: nil, nil when absent
+			fmt.Println(string(value.Data), err)
+		} else {
+			fmt.Println("absent", err)
+		}
+	}
+	_, err = tagged.Result()
+	fmt.Println(errors.Is(err, client.ErrInvalidArgument))
+	// Output:
+	// alice <nil>
+	// bob <nil>
+	// absent <nil>
+	// true
+}
+
+func ExampleClient_Session() {
+	ctx := context.Background()
+	c, err := client.Dial(serverAddr, "example-session")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	s := c.Session(ctx) // one stream for every call below
+	defer s.Close(ctx)  // waits for the answers still due
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Go(func() {
+			_, _ = s.Increment(ctx, "hits", int64(i), time.Minute) // many in flight, answered as they complete
+		})
+	}
+	wg.Wait()
+	hits, _ := s.Increment(ctx, "hits", 0, time.Minute)
+	fmt.Println(hits)
+	_, err = s.Get(ctx, "")
+	fmt.Println(errors.Is(err, client.ErrInvalidArgument)) // that operation fails, the stream goes on
+	// Output:
+	// 45
+	// true
+}
+
+func ExampleClient_Batcher() {
+	ctx := context.Background()
+	c, err := client.Dial(serverAddr, "example-batcher")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	b := c.Batcher(client.BatcherOptions{}) // up to 4 Batch calls in flight; the others' calls wait and go together
+	_, _ = b.Set(ctx, "user:1", []byte("alice"))
+	names := make([]string, 50)
+	var wg sync.WaitGroup
+	for i := range names {
+		wg.Go(func() {
+			value, err := b.Get(ctx, "user:1") // a lone caller's call goes out at once
+			if err == nil && value != nil {
+				names[i] = string(value.Data)
+			}
+		})
+	}
+	wg.Wait()
+	fmt.Println(names[0], names[49])
+	// Output:
+	// alice alice
 }
 
 func ExampleLocks_Hold() {

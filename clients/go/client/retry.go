@@ -4,7 +4,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	mathrand "math/rand/v2"
+	"slices"
 	"sort"
+	"time"
 )
 
 // IdempotentMethods are the RPCs that may run twice with the effect of once: reads,
@@ -52,6 +56,30 @@ func newRequestID() string {
 // (grpc-go randomizes each backoff), within the call's deadline.
 var RetryServiceConfig = retryServiceConfig()
 
+// The retry policy of RetryServiceConfig, which Batch calls follow too.
+const (
+	retryAttempts       = 4
+	retryInitialBackoff = 50 * time.Millisecond
+	retryMaxBackoff     = time.Second
+	retryMultiplier     = 2
+)
+
+// mayRetry tells whether an RPC of service may be retried (IdempotentMethods,
+// RequestIDMethods).
+func mayRetry(service, method string) bool {
+	return slices.Contains(IdempotentMethods[service], method) || slices.Contains(RequestIDMethods[service], method)
+}
+
+// retryBackoff is the wait before retry n (1, 2, ...), randomized as grpc-go
+// randomizes it: uniform in [0, min(initial * multiplier^(n-1), max)).
+func retryBackoff(n int) time.Duration {
+	ceiling := retryInitialBackoff
+	for range n - 1 {
+		ceiling = min(ceiling*retryMultiplier, retryMaxBackoff)
+	}
+	return mathrand.N(ceiling)
+}
+
 func retryServiceConfig() string {
 	type name struct {
 		Service string `json:"service"`
@@ -73,10 +101,10 @@ func retryServiceConfig() string {
 	config := map[string]any{"methodConfig": []any{map[string]any{
 		"name": names,
 		"retryPolicy": map[string]any{
-			"maxAttempts":          4,
-			"initialBackoff":       "0.05s",
-			"maxBackoff":           "1s",
-			"backoffMultiplier":    2,
+			"maxAttempts":          retryAttempts,
+			"initialBackoff":       fmt.Sprintf("%gs", retryInitialBackoff.Seconds()),
+			"maxBackoff":           fmt.Sprintf("%gs", retryMaxBackoff.Seconds()),
+			"backoffMultiplier":    retryMultiplier,
 			"retryableStatusCodes": []string{"UNAVAILABLE"},
 		},
 	}}}

@@ -46,6 +46,9 @@ type testServer struct {
 	addr, redisAddr string
 	logs            string
 	redis, server   *exec.Cmd
+	// What starts the cachet server again on the same address (restartServer).
+	python, healthAddr string
+	env                []string
 }
 
 // startTestServer starts both, the server with extraEnv ("NAME=value") added to its
@@ -82,25 +85,50 @@ func startTestServer(extraEnv ...string) (*testServer, error) {
 
 	s.addr = fmt.Sprintf("127.0.0.1:%d", freePort())
 	// Health on a plaintext port of its own, so readiness is checked alike with TLS on.
-	healthAddr := fmt.Sprintf("127.0.0.1:%d", freePort())
-	s.server = exec.Command(filepath.Join(root, ".venv", "bin", "python"), "-m", "cachet_server")
-	s.server.Env = append(os.Environ(), "CACHET_REDIS_URL=redis://"+redisAddr, "CACHET_LISTEN="+s.addr,
-		"CACHET_HEALTH_LISTEN="+healthAddr,
+	s.healthAddr = fmt.Sprintf("127.0.0.1:%d", freePort())
+	s.python = filepath.Join(root, ".venv", "bin", "python")
+	s.env = append(os.Environ(), "CACHET_REDIS_URL=redis://"+redisAddr, "CACHET_LISTEN="+s.addr,
+		"CACHET_HEALTH_LISTEN="+s.healthAddr,
 		"CACHET_METRICS__LISTEN=", // no metrics port: several test servers run at once
 		"CACHET_AUTH__MODE=off")   // tests that need auth set it in extraEnv
-	s.server.Env = append(s.server.Env, extraEnv...)
-	serverLog := filepath.Join(logs, "server.log")
-	if err := start(s.server, serverLog); err != nil {
+	s.env = append(s.env, extraEnv...)
+	if err := s.startServer(); err != nil {
 		s.stop()
-		return nil, fmt.Errorf("cachet server: %w", err)
-	}
-	if err := waitServing(healthAddr, 30*time.Second); err != nil {
-		log, _ := os.ReadFile(serverLog)
-		s.stop()
-		return nil, fmt.Errorf("cachet server not serving: %v\n%s", err, log)
+		return nil, err
 	}
 	return s, nil
 }
+
+// startServer starts the cachet server process and waits until it is SERVING.
+func (s *testServer) startServer() error {
+	s.server = exec.Command(s.python, "-m", "cachet_server")
+	s.server.Env = s.env
+	serverLog := filepath.Join(s.logs, "server.log")
+	if err := start(s.server, serverLog); err != nil {
+		return fmt.Errorf("cachet server: %w", err)
+	}
+	if err := waitServing(s.healthAddr, 30*time.Second); err != nil {
+		log, _ := os.ReadFile(serverLog)
+		return fmt.Errorf("cachet server not serving: %v\n%s", err, log)
+	}
+	return nil
+}
+
+// killServer kills the cachet server process at once (no drain), as a crash would.
+func (s *testServer) killServer() {
+	_ = s.server.Process.Kill()
+	_ = s.server.Wait()
+	s.server = nil
+}
+
+// restartServer starts the cachet server again on the same address.
+func (s *testServer) restartServer() error { return s.startServer() }
+
+// freezeServer stops the cachet server process (SIGSTOP) until thawServer: the kernel
+// still takes its connections and requests, which it does not answer meanwhile.
+func (s *testServer) freezeServer() { _ = s.server.Process.Signal(syscall.SIGSTOP) }
+
+func (s *testServer) thawServer() { _ = s.server.Process.Signal(syscall.SIGCONT) }
 
 // stopRedis stops the redis-server only: the cachet server then answers UNAVAILABLE.
 func (s *testServer) stopRedis() {
@@ -112,6 +140,7 @@ func (s *testServer) stopRedis() {
 
 func (s *testServer) stop() {
 	if s.server != nil && s.server.Process != nil {
+		s.thawServer() // a frozen process does not act on SIGTERM
 		stop(s.server)
 	}
 	s.stopRedis()

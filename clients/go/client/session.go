@@ -1,0 +1,335 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	cachev1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/cache/v1"
+)
+
+// Session sends operations on one CacheService/Session stream: each gets a fresh id and
+// its answer, which may come out of order, goes to its caller; a hot client pays the
+// per-call cost once per stream instead of once per operation. Its methods are those of
+// Client (see Operations), answer what those answer, and are safe to call from many
+// goroutines at once (the server runs up to 256 of one stream at a time; past that,
+// sending waits).
+//
+// An operation's ctx bounds that operation only: when it ends first, the operation
+// answers DEADLINE_EXCEEDED or CANCELLED and the stream goes on (an operation already
+// sent may still apply, as a unary call may). When the stream breaks (the server gone,
+// the Session's ctx ended), every operation waiting on it fails with the stream's error
+// (ErrUnavailable, ...), and the next operation opens a new stream. The namespace and
+// credential are the stream's: those of the Client, or of the metadata of the ctx given
+// to Session.
+type Session struct {
+	client *Client
+	ctx    context.Context
+	ids    atomic.Uint64
+
+	mu     sync.Mutex
+	stream *sessionStream // the one operations use now; replaced once it ended
+	closed bool
+}
+
+// Session opens a Session stream. ctx bounds every stream of it: when ctx ends, the
+// operations waiting fail and new ones fail at once; give it no deadline for a
+// long-lived session, and Close it when done.
+func (c *Client) Session(ctx context.Context) *Session {
+	s := &Session{client: c, ctx: ctx}
+	s.stream = s.open()
+	return s
+}
+
+// errSessionClosed answers the operations of a closed Session.
+var errSessionClosed = &Error{Code: codes.Canceled, Message: "the session is closed"}
+
+// Close half-closes the stream and waits, within ctx, until every operation sent on it
+// is answered. Operations called after Close fail (codes.Canceled). It answers the
+// stream's error if the stream broke while closing, and ctx's if ctx ended first (the
+// stream is then cancelled).
+func (s *Session) Close(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	st := s.stream
+	s.mu.Unlock()
+	select {
+	case <-st.opened:
+	case <-ctx.Done():
+		go func() {
+			<-st.opened
+			st.abandon()
+		}()
+		return contextError(ctx)
+	}
+	select {
+	case <-st.ended:
+		return nil // it never opened, or broke before (its operations had the error)
+	default:
+	}
+	st.halfCloseOnce.Do(func() { close(st.halfClose) })
+	select {
+	case <-st.ended:
+	case <-ctx.Done():
+		st.abandon()
+		return contextError(ctx)
+	}
+	if err := st.failure(); err != errSessionClosed {
+		return err
+	}
+	return nil
+}
+
+func (s *Session) run(ctx context.Context, op operation) (any, error) {
+	if ctx.Err() != nil {
+		return nil, contextError(ctx)
+	}
+	for attempt := 0; ; attempt++ {
+		st, err := s.current(ctx)
+		if err != nil {
+			return nil, err
+		}
+		id := s.ids.Add(1)
+		answer := make(chan sessionAnswer, 1)
+		if !st.register(id, answer) {
+			if attempt == 0 {
+				continue // it ended before this operation was sent: a new stream takes it
+			}
+			return nil, st.failure()
+		}
+		result, err := st.exchange(ctx, &cachev1.SessionRequest{Id: id, Operation: op.request}, answer)
+		if err != nil {
+			return nil, err
+		}
+		return op.answer(result)
+	}
+}
+
+// current is the stream to send on, opened (by this call or another) if the last one
+// ended.
+func (s *Session) current(ctx context.Context) (*sessionStream, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, errSessionClosed
+	}
+	if s.stream.failure() != nil {
+		s.stream = s.open()
+	}
+	st := s.stream
+	s.mu.Unlock()
+	select {
+	case <-st.opened:
+	case <-ctx.Done():
+		return nil, contextError(ctx)
+	}
+	if st.stream == nil {
+		return nil, st.failure()
+	}
+	return st, nil
+}
+
+// open starts opening a stream; operations wait for it to be opened.
+func (s *Session) open() *sessionStream {
+	st := &sessionStream{
+		opened:    make(chan struct{}),
+		requests:  make(chan *cachev1.SessionRequest),
+		halfClose: make(chan struct{}),
+		ended:     make(chan struct{}),
+		pending:   map[uint64]chan sessionAnswer{},
+	}
+	go func() {
+		ctx, cancel := context.WithCancel(s.ctx)
+		stream, err := s.client.cache.Session(ctx)
+		if err != nil {
+			cancel()
+			st.end(wrap(err))
+			close(st.opened)
+			return
+		}
+		st.stream, st.cancel = stream, cancel
+		close(st.opened)
+		go st.send()
+		st.receive()
+	}()
+	return st
+}
+
+// sessionStream is one Session stream and the operations waiting for its answers.
+type sessionStream struct {
+	opened chan struct{} // closed once opening ended: stream is set, or err says why not
+	stream cachev1.CacheService_SessionClient
+	cancel context.CancelFunc
+	// requests go to the goroutine that owns Send and CloseSend (grpc-go allows one
+	// sender at a time); an unbuffered handoff, so a caller waiting to send can still
+	// leave when its ctx ends.
+	requests      chan *cachev1.SessionRequest
+	halfClose     chan struct{}
+	halfCloseOnce sync.Once
+	ended         chan struct{} // closed once the stream ended; err says why
+
+	mu      sync.Mutex
+	pending map[uint64]chan sessionAnswer // by id; nil once ended
+	err     error
+}
+
+type sessionAnswer struct {
+	result *cachev1.BatchResult
+	err    error
+}
+
+func (st *sessionStream) send() {
+	for {
+		select {
+		case request := <-st.requests:
+			if st.stream.Send(request) != nil {
+				return // the stream ended: receive learns why from Recv
+			}
+		case <-st.halfClose:
+			_ = st.stream.CloseSend()
+			return
+		case <-st.ended:
+			return
+		}
+	}
+}
+
+func (st *sessionStream) receive() {
+	defer st.cancel()
+	for {
+		response, err := st.stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				// Ended with OK: after Close (what is left was never sent), or by a
+				// server that stopped on its own.
+				st.end(st.endedCleanly())
+			} else {
+				st.end(wrap(err))
+			}
+			return
+		}
+		st.mu.Lock()
+		answer, ok := st.pending[response.GetId()]
+		delete(st.pending, response.GetId())
+		st.mu.Unlock()
+		if ok { // else its caller left (ctx ended) before the answer came
+			answer <- sessionAnswer{result: response.GetResult()}
+		}
+	}
+}
+
+func (st *sessionStream) endedCleanly() error {
+	select {
+	case <-st.halfClose:
+		return errSessionClosed
+	default:
+		return &Error{Code: codes.Unavailable, Message: "the server ended the Session stream"}
+	}
+}
+
+// end fails every operation still waiting with err; the stream takes no more.
+func (st *sessionStream) end(err error) {
+	st.mu.Lock()
+	st.err = err
+	pending := st.pending
+	st.pending = nil
+	st.mu.Unlock()
+	for _, answer := range pending {
+		answer <- sessionAnswer{err: err}
+	}
+	close(st.ended)
+}
+
+// abandon cancels an opened stream; receive then fails what is waiting.
+func (st *sessionStream) abandon() {
+	if st.cancel != nil {
+		st.cancel()
+	}
+}
+
+func (st *sessionStream) register(id uint64, answer chan sessionAnswer) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.pending == nil {
+		return false
+	}
+	st.pending[id] = answer
+	return true
+}
+
+func (st *sessionStream) forget(id uint64) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	delete(st.pending, id) // a no-op on the nil map of an ended stream
+}
+
+// failure is why the stream ended, nil while it is open or opening.
+func (st *sessionStream) failure() error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.err
+}
+
+// exchange sends request (registered under its id with answer) and waits for its
+// answer, the stream's end, or ctx.
+func (st *sessionStream) exchange(ctx context.Context, request *cachev1.SessionRequest, answer chan sessionAnswer) (*cachev1.BatchResult, error) {
+	select {
+	case st.requests <- request:
+	case <-st.ended: // end answered it
+	case <-ctx.Done():
+		st.forget(request.GetId())
+		return nil, contextError(ctx)
+	}
+	select {
+	case got := <-answer:
+		return got.result, got.err
+	case <-ctx.Done():
+		st.forget(request.GetId())
+		return nil, contextError(ctx)
+	}
+}
+
+// Get is Client.Get on the stream.
+func (s *Session) Get(ctx context.Context, key string) (*Value, error) {
+	return typed[*Value](s.run(ctx, getOperation(key)))
+}
+
+// Set is Client.Set on the stream; WithTags is refused (ErrInvalidArgument), as in Batch.
+func (s *Session) Set(ctx context.Context, key string, value []byte, opts ...SetOption) (uint64, error) {
+	return typed[uint64](s.run(ctx, setOperation(key, value, opts)))
+}
+
+// Delete is Client.Delete on the stream.
+func (s *Session) Delete(ctx context.Context, keys ...string) (int64, error) {
+	return typed[int64](s.run(ctx, deleteOperation(keys)))
+}
+
+// Increment is Client.Increment on the stream.
+func (s *Session) Increment(ctx context.Context, key string, by int64, ttl time.Duration) (int64, error) {
+	return typed[int64](s.run(ctx, incrementOperation(key, by, ttl)))
+}
+
+// IncrementFloat is Client.IncrementFloat on the stream.
+func (s *Session) IncrementFloat(ctx context.Context, key string, by float64, ttl time.Duration) (float64, error) {
+	return typed[float64](s.run(ctx, incrementFloatOperation(key, by, ttl)))
+}
+
+// Expire is Client.Expire on the stream.
+func (s *Session) Expire(ctx context.Context, key string, ttl time.Duration) (bool, error) {
+	return typed[bool](s.run(ctx, expireOperation(key, ttl)))
+}
+
+// HashGet is Client.HashGet on the stream.
+func (s *Session) HashGet(ctx context.Context, key string, names ...string) ([][]byte, error) {
+	return typed[[][]byte](s.run(ctx, hashGetOperation(key, names)))
+}
+
+// HashSet is Client.HashSet on the stream.
+func (s *Session) HashSet(ctx context.Context, key string, values []Field, ifAbsent bool, ttl CollectionTTL) (int64, error) {
+	return typed[int64](s.run(ctx, hashSetOperation(key, values, ifAbsent, ttl)))
+}
