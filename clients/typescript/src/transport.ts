@@ -45,6 +45,11 @@ export interface CachetClientOptions {
   allowPlaintextToken?: boolean;
   /** Deadline of each unary call in milliseconds. Default 5000. Streams have none. */
   timeoutMs?: number;
+  /**
+   * The most operations one Batch call carries: the server's max_batch (default 1000).
+   * A Batch or Batcher with more sends several calls.
+   */
+  maxBatch?: number;
   /** Retry idempotent calls on UNAVAILABLE (see IDEMPOTENT_METHODS). Default true. */
   retry?: boolean;
   /** More grpc-js channel options. */
@@ -94,6 +99,9 @@ export const REQUEST_ID_METHODS: Record<string, readonly string[]> = {
   "cachet.eventbus.v1.EventBusService": ["Publish", "Append"],
 };
 
+/** The server's default max_batch: the most operations of one Batch call. */
+export const DEFAULT_MAX_BATCH = 1000;
+
 /** A fresh request_id for one logical call. */
 export const requestId = (): string => randomUUID();
 
@@ -129,11 +137,16 @@ export class Transport {
   readonly interceptors: Interceptor[];
   readonly client: Client;
   readonly timeoutMs: number;
+  readonly maxBatch: number;
 
   constructor(target: string, options: CachetClientOptions) {
     this.target = target;
     this.namespace = options.namespace ?? "default";
     this.timeoutMs = options.timeoutMs ?? 5000;
+    this.maxBatch = options.maxBatch ?? DEFAULT_MAX_BATCH;
+    if (!Number.isInteger(this.maxBatch) || this.maxBatch < 1) {
+      throw new Error(`cachet: maxBatch must be a positive integer, not ${this.maxBatch}`);
+    }
     this.credentials = channelCredentials(options);
     this.interceptors = [namespaceInterceptor(this.namespace)];
     if (options.token !== undefined) {
