@@ -7,19 +7,43 @@ import { Metadata, status, type ClientDuplexStream, type StatusObject } from "@g
 import { CancelledError, DeadlineExceededError, toCachetError, UnavailableError } from "./errors";
 import {
   type BatchOperation,
+  type BatchResponse,
   type BatchResult,
   CacheServiceService as Cache,
   type SessionRequest,
   type SessionResponse,
 } from "./gen/cachet/cache/v1/cache";
 import { type HashSetOptions, type Operation, type OperationResult, operations, settle } from "./operations";
-import type { CallOptions, Transport } from "./transport";
+import { type CallOptions, mayRetry, RETRY_POLICY, retryBackoffMs, type Transport } from "./transport";
 import type { Bytes, IncrementOptions, SetOptions, Value } from "./cache";
 
 export type { OperationFailure, OperationResult } from "./operations";
 
 /** A set's options in a Batch, Session or Batcher: those of `set` but tags (refused there: use `set`). */
 export type BatchSetOptions = Omit<SetOptions, "tags" | keyof CallOptions>;
+
+const CACHE_SERVICE = "cachet.cache.v1.CacheService";
+
+/**
+ * One Batch call carrying `planned`. Retried on UNAVAILABLE as their unary calls are,
+ * within the call's deadline, when every one of them may be (none is a set or a
+ * hashSet; increments carry request ids, so a retry applies them once).
+ */
+async function exchange(transport: Transport, planned: Pick<Operation<unknown>, "method" | "operation">[], options: CallOptions): Promise<BatchResponse> {
+  const request = { operations: planned.map((p) => p.operation) };
+  const retries = transport.retry && planned.every((p) => mayRetry(CACHE_SERVICE, p.method));
+  const deadline = Date.now() + (options.timeoutMs ?? transport.timeoutMs);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await transport.unary(Cache.batch, request, { signal: options.signal, timeoutMs: deadline - Date.now() });
+    } catch (error) {
+      const waitMs = retryBackoffMs(attempt);
+      const again = retries && attempt < RETRY_POLICY.maxAttempts && error instanceof UnavailableError && Date.now() + waitMs < deadline;
+      if (!again) throw error;
+      await new Promise((resolve) => setTimeout(resolve, waitMs));
+    }
+  }
+}
 
 /** The results `execute` resolves to: one per operation, in order. */
 export type BatchResults<Results extends unknown[]> = { [I in keyof Results]: OperationResult<Results[I]> };
@@ -77,7 +101,8 @@ export class Batch<Results extends unknown[] = []> {
    * Sends the operations and resolves to one result per operation, in order: its
    * value, or the error the unary call would have rejected with. Rejects, as a unary
    * call does, only when a Batch call itself fails (UNAVAILABLE, deadline, ...); with
-   * several calls the others may have applied. A Batch executes once.
+   * several calls the others may have applied. Retried as the unary calls are when every
+   * operation may be (no set, no hashSet). A Batch executes once.
    */
   async execute(options: CallOptions = {}): Promise<BatchResults<Results>> {
     if (this.executed) {
@@ -88,9 +113,7 @@ export class Batch<Results extends unknown[] = []> {
     for (let start = 0; start < this.planned.length; start += this.transport.maxBatch) {
       chunks.push(this.planned.slice(start, start + this.transport.maxBatch));
     }
-    const replies = await Promise.all(
-      chunks.map((chunk) => this.transport.unary(Cache.batch, { operations: chunk.map((o) => o.operation) }, options)),
-    );
+    const replies = await Promise.all(chunks.map((chunk) => exchange(this.transport, chunk, options)));
     return replies.flatMap((reply, c) => chunks[c]!.map((o, i) => settle(o, reply.results[i]))) as BatchResults<Results>;
   }
 
@@ -102,6 +125,7 @@ export class Batch<Results extends unknown[] = []> {
 
 /** One caller's operation until it settles: by its result, its deadline, its signal, or its call failing. */
 interface Waiting {
+  readonly method: string;
   readonly operation: BatchOperation;
   /** When its deadline passes (epoch milliseconds). */
   readonly deadline: number;
@@ -132,6 +156,7 @@ function wait<T>(operation: Operation<T>, options: CallOptions, defaultTimeoutMs
     done();
   };
   const waiting = {
+    method: operation.method,
     operation: operation.operation,
     deadline: Date.now() + timeoutMs,
     settled: false,
@@ -363,8 +388,7 @@ export class Batcher extends BatchableCalls {
   private send(chunk: Waiting[]): void {
     this.inFlight++;
     const timeoutMs = Math.max(1, chunk.reduce((latest, w) => Math.max(latest, w.deadline), 0) - Date.now());
-    this.transport
-      .unary(Cache.batch, { operations: chunk.map((w) => w.operation) }, { timeoutMs })
+    exchange(this.transport, chunk, { timeoutMs })
       .then(
         (reply) => chunk.forEach((waiting, i) => waiting.answer(reply.results[i])),
         (error: unknown) => chunk.forEach((waiting) => waiting.fail(error)),

@@ -56,6 +56,7 @@ export {
   IDEMPOTENT_METHODS,
   REQUEST_ID_METHODS,
   NAMESPACE_METADATA,
+  RETRY_POLICY,
   RETRY_SERVICE_CONFIG,
   type TlsOptions,
   type TokenSource,

@@ -83,6 +83,8 @@ export type HashSetOptions = CollectionOptions & { ifAbsent?: boolean };
 
 /** One operation of a Batch or a Session: what it sends, and how its result reads. */
 export interface Operation<T> {
+  /** The unary RPC of the same kind, whose retry policy the operation has. */
+  method: string;
   operation: BatchOperation;
   read(result: BatchResult): T;
 }
@@ -106,34 +108,42 @@ function answer<Kind extends Exclude<keyof BatchResult, "status">>(result: Batch
 /** The operations Batch and Session carry, taking the arguments of the unary wrappers (without call options). */
 export const operations = {
   get: (key: string): Operation<Value | undefined> => ({
+    method: "Get",
     operation: { get: getRequest(key) },
     read: (result) => readValue(answer(result, "get")),
   }),
   set: (key: string, value: Bytes, options: SetOptions = {}): Operation<bigint> => ({
+    method: "Set",
     operation: { set: setRequest(key, value, options) },
     read: (result) => answer(result, "set").version,
   }),
   delete: (keys: string | string[]): Operation<number> => ({
+    method: "Delete",
     operation: { delete: deleteRequest(keys) },
     read: (result) => readDeleted(answer(result, "delete")),
   }),
   increment: (key: string, by: number | bigint, options: IncrementOptions = {}): Operation<bigint> => ({
+    method: "Increment",
     operation: { increment: incrementRequest(key, { int: by }, options) },
     read: (result) => answer(result, "increment").intValue,
   }),
   incrementFloat: (key: string, by: number, options: IncrementOptions = {}): Operation<number> => ({
+    method: "Increment",
     operation: { increment: incrementRequest(key, { float: by }, options) },
     read: (result) => answer(result, "increment").floatValue,
   }),
   expire: (key: string, ttlMs: number): Operation<boolean> => ({
+    method: "Expire",
     operation: { expire: expireRequest(key, ttlMs) },
     read: (result) => answer(result, "expire").found,
   }),
   hashGet: (key: string, fields: string[]): Operation<(Buffer | undefined)[]> => ({
+    method: "HashGet",
     operation: { hashGet: hashGetRequest(key, fields) },
     read: (result) => readHashFields(answer(result, "hashGet")),
   }),
   hashSet: (key: string, fields: Record<string, Bytes>, options: HashSetOptions = {}): Operation<number> => ({
+    method: "HashSet",
     operation: { hashSet: hashSetRequest(key, fields, options) },
     read: (result) => Number(answer(result, "hashSet").added),
   }),
