@@ -242,6 +242,7 @@ export class Session extends BatchableCalls {
   private readonly pending = new Map<bigint, { waiting: Waiting; stream: SessionStream }>();
   private nextId = 0n;
   private closed = false;
+  private closing: Promise<void> | undefined;
   private drained: (() => void) | undefined;
 
   constructor(
@@ -275,8 +276,13 @@ export class Session extends BatchableCalls {
   }
 
   /** Half-closes the stream and resolves once every outstanding operation has settled. */
-  async close(): Promise<void> {
+  close(): Promise<void> {
     this.closed = true;
+    this.closing ??= this.finish();
+    return this.closing;
+  }
+
+  private async finish(): Promise<void> {
     const stream = this.stream;
     if (stream === undefined) return;
     let finished = false;
@@ -339,7 +345,8 @@ export interface BatcherOptions {
  * and a lone caller waits for nothing), and while `maxInFlight` Batch calls are out the
  * calls made meanwhile queue and go out together when one returns. Each caller gets
  * its own value or its own error; a Batch call failing (UNAVAILABLE, deadline) rejects
- * each of its callers with that error. A call's `timeoutMs` counts from when it is made.
+ * each of its callers with that error, after the retries its operations allow (see
+ * Batch.execute). A call's `timeoutMs` counts from when it is made.
  */
 export class Batcher extends BatchableCalls {
   readonly maxInFlight: number;
