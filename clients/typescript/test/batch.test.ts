@@ -45,6 +45,8 @@ after(async () => {
 interface Sent {
   calls: Map<string, number>;
   batchSizes: number[];
+  /** The ids of the Session answers, in the order they arrived. */
+  answerIds: bigint[];
 }
 
 /** Counts calls and Batch sizes; delays sending the first `delayFirst` Batch calls by `delayMs`. */
@@ -54,6 +56,14 @@ function recorder(sent: Sent, delay: { first: number; ms: number } = { first: 0,
     const path = options.method_definition.path;
     sent.calls.set(path, (sent.calls.get(path) ?? 0) + 1);
     return new InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        next(metadata, {
+          onReceiveMessage(message: cachev1.SessionResponse, deliver: (message: unknown) => void) {
+            if (path === SESSION) sent.answerIds.push(message.id);
+            deliver(message);
+          },
+        });
+      },
       sendMessage(message: cachev1.BatchRequest, next) {
         if (path !== BATCH) return next(message);
         sent.batchSizes.push(message.operations.length);
@@ -65,7 +75,7 @@ function recorder(sent: Sent, delay: { first: number; ms: number } = { first: 0,
 }
 
 function connect(delay?: { first: number; ms: number }, address = server.address) {
-  const sent: Sent = { calls: new Map(), batchSizes: [] };
+  const sent: Sent = { calls: new Map(), batchSizes: [], answerIds: [] };
   const client = new CachetClient(address, {
     namespace: `ts-batch-${process.pid}-${++namespaces}`,
     channelOptions: { interceptors: [recorder(sent, delay)] },
@@ -252,6 +262,10 @@ test("session: 300 concurrent operations from 30 tasks, each answered to its cal
   await session.close();
   assert.equal(session.outstanding, 0);
   assert.equal(sent.calls.get(SESSION), 1, "one stream carried every operation");
+  assert.equal(sent.answerIds.length, 30 * (10 + 2 + 10 + 1) + 250 + 2, "one answer per operation");
+  // How often the server answered an operation before one sent earlier (the client matches by id).
+  const overtaking = sent.answerIds.filter((id, i) => i > 0 && id < sent.answerIds[i - 1]!).length;
+  console.log(`session: ${overtaking} of ${sent.answerIds.length} answers arrived before an earlier operation's`);
   await assert.rejects(session.get("k"), CancelledError); // closed
   assert.equal((await client.get("t0:0")), undefined); // the session's delete is seen by unary calls
 });
