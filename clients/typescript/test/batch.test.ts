@@ -403,8 +403,7 @@ test("a frozen, then crashed server: outstanding operations fail UNAVAILABLE, th
     const settled = outstanding.map((p) => p.then(() => "resolved", () => "rejected"));
     const timedOut = session.get("k", { timeoutMs: 300 });
     const batchedTimeout = batcher.get("k", { timeoutMs: 300 });
-    await assert.rejects(timedOut, DeadlineExceededError);
-    await assert.rejects(batchedTimeout, DeadlineExceededError);
+    await Promise.all([assert.rejects(timedOut, DeadlineExceededError), assert.rejects(batchedTimeout, DeadlineExceededError)]);
     const pending = await Promise.race([Promise.all(settled), new Promise((resolve) => setTimeout(() => resolve("pending"), 100))]);
     assert.equal(pending, "pending", "the frozen server answered");
     assert.equal(session.outstanding, 50);
@@ -419,6 +418,7 @@ test("a frozen, then crashed server: outstanding operations fail UNAVAILABLE, th
     // The call itself fails while the server is down: a Batch rejects as a unary call does.
     await assert.rejects(client.batch().get("k").execute(), UnavailableError);
     await assert.rejects(batcher.get("k"), UnavailableError);
+    await assert.rejects(session.get("k"), UnavailableError); // a new stream, refused at once
     await crashing.restartServer();
     await new Promise<void>((resolve, reject) => client.cache.waitForReady(Date.now() + 10_000, (e) => (e ? reject(e) : resolve())));
     // Redis kept the data; the session opens a new stream by itself.
