@@ -18,8 +18,8 @@ export interface RunningServer {
   stopRedis(): Promise<void>;
   /** Freezes the cachet server (SIGSTOP): connections stay open, nothing is answered. */
   pauseServer(): void;
-  /** Kills the cachet server (SIGKILL, a crash: its connections drop), paused or not. */
-  killServer(): Promise<void>;
+  /** Kills the cachet server (SIGKILL, a crash: its connections drop; SIGTERM: it drains), paused or not. */
+  killServer(signal?: "SIGKILL" | "SIGTERM"): Promise<void>;
   /** Starts the cachet server again on the same address, and waits until it serves. */
   restartServer(): Promise<void>;
 }
@@ -64,10 +64,10 @@ export async function startServer(env: Record<string, string> = {}): Promise<Run
       return server;
     };
     let server = await startCachet();
-    const killServer = async () => {
+    const killServer = async (signal: "SIGKILL" | "SIGTERM" = "SIGKILL") => {
       const exited = new Promise<void>((resolve) => server.once("exit", () => resolve()));
       if (server.exitCode === null && server.signalCode === null) {
-        server.kill("SIGKILL");
+        server.kill(signal);
         await exited;
       }
     };
@@ -79,7 +79,7 @@ export async function startServer(env: Record<string, string> = {}): Promise<Run
       pauseServer: () => server.kill("SIGSTOP"),
       killServer,
       restartServer: async () => {
-        await killServer();
+        await killServer("SIGKILL");
         server = await startCachet();
       },
     };
