@@ -386,8 +386,8 @@ test("batcher: each caller gets its own error", async () => {
   assert.equal(sent.batchSizes.length, 1, "an aborted call still queued is never sent");
 });
 
-test("a frozen, then crashed server: outstanding operations fail UNAVAILABLE, then it recovers", async () => {
-  const crashing = await startServer();
+test("a frozen, then crashed, then stopped server: outstanding operations fail UNAVAILABLE, then it recovers", async () => {
+  const crashing = await startServer({ CACHET_SHUTDOWN_GRACE: "PT1S" });
   try {
     // Short reconnect backoff, so the channel finds the restarted server quickly.
     const client = new CachetClient(crashing.address, {
@@ -425,6 +425,31 @@ test("a frozen, then crashed server: outstanding operations fail UNAVAILABLE, th
     assert.equal((await session.get("k"))?.data.toString(), "v");
     assert.equal(value((await client.batch().get("k").execute())[0])?.data.toString(), "v");
     assert.equal((await batcher.get("k"))?.data.toString(), "v");
+    // SIGTERM under a busy session: the server drains (1 s grace) and ends the stream.
+    // Every operation is answered with its value or fails UNAVAILABLE; none hangs.
+    const outcomes = new Map<string, number>();
+    const callers = Array.from({ length: 10 }, async () => {
+      for (let outcome = ""; outcome !== "unavailable"; ) {
+        outcome = await session.get("k", { timeoutMs: 30_000 }).then(
+          (got) => (got?.data.toString() === "v" ? "answered" : `wrong value ${got?.data}`),
+          (e: unknown) => (e instanceof UnavailableError ? "unavailable" : `${e}`),
+        );
+        outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+        if (outcome !== "answered" && outcome !== "unavailable") break;
+      }
+    });
+    for (let waited = 0; (outcomes.get("answered") ?? 0) < 20 && waited < 10_000; waited += 20) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const terminated = Date.now();
+    await crashing.killServer("SIGTERM");
+    console.log(`session: the server drained and exited ${Date.now() - terminated} ms after SIGTERM`);
+    await Promise.all(callers); // each caller stops at its first UNAVAILABLE
+    console.log(`session: operations across a SIGTERM: ${JSON.stringify(Object.fromEntries(outcomes))}`);
+    assert.deepEqual([...outcomes.keys()].sort(), ["answered", "unavailable"]);
+    await crashing.restartServer();
+    await new Promise<void>((resolve, reject) => client.cache.waitForReady(Date.now() + 10_000, (e) => (e ? reject(e) : resolve())));
+    assert.equal((await session.get("k"))?.data.toString(), "v");
     await session.close();
   } finally {
     await crashing.stop();
