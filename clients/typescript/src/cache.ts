@@ -1,7 +1,6 @@
 // CacheService: values, counters, collections, invalidation, the lease protocol and Txn.
 import {
   CacheServiceService as Cache,
-  type CollectionTtl,
   CompareOperator,
   type Compare,
   FillRequest,
@@ -10,9 +9,7 @@ import {
   ListEnd,
   Order,
   type ScoreRange as ProtoScoreRange,
-  SetCondition,
   SetOperation,
-  SetRequest,
   SortedSetAddCondition,
   type TxnOp,
   type TxnOpResult,
@@ -21,6 +18,22 @@ import {
 import { type CallOptions, duration, iterate, millis, requestId, type Transport } from "./transport";
 import { status } from "@grpc/grpc-js";
 import { CachetError, CancelledError, LeaseLostError } from "./errors";
+import { Batch, Batcher, type BatcherOptions, Session, type SessionOptions } from "./batch";
+import {
+  bytes,
+  collectionTtl,
+  deleteRequest,
+  expireRequest,
+  getRequest,
+  hashGetRequest,
+  hashSetRequest,
+  type HashSetOptions,
+  incrementRequest,
+  readDeleted,
+  readHashFields,
+  readValue,
+  setRequest,
+} from "./operations";
 
 export { CompareOperator, ListEnd, Order, SetOperation, SortedSetAddCondition };
 
@@ -93,13 +106,6 @@ export interface ScoredMember {
   score: number;
 }
 
-const bytes = (value: Bytes): Buffer => Buffer.from(value);
-
-function collectionTtl(options: CollectionOptions): CollectionTtl | undefined {
-  if (options.ttlMs === undefined && !options.refreshTtl) return undefined;
-  return { ttl: duration(options.ttlMs), refreshTtl: options.refreshTtl ?? false };
-}
-
 function scoreRange(range: ScoreRange): ProtoScoreRange {
   return {
     min: range.min === undefined ? undefined : { value: range.min, exclusive: range.minExclusive ?? false },
@@ -133,8 +139,7 @@ export class CacheCalls {
 
   /** Reads key; undefined when it is absent. */
   async get(key: string, options?: CallOptions): Promise<Value | undefined> {
-    const reply = await this.transport.unary(Cache.get, { key, includeTtl: false, earlyRefreshBeta: 0 }, options);
-    return reply.found ? { data: reply.value, version: reply.version } : undefined;
+    return readValue(await this.transport.unary(Cache.get, getRequest(key), options));
   }
 
   /** Reads keys at once: one entry per key, in order, undefined when absent. */
@@ -145,23 +150,7 @@ export class CacheCalls {
 
   /** Writes value under key; resolves to its new version. */
   async set(key: string, value: Bytes, options: SetOptions = {}): Promise<bigint> {
-    const condition = options.ifAbsent
-      ? SetCondition.SET_CONDITION_IF_ABSENT
-      : options.ifPresent
-        ? SetCondition.SET_CONDITION_IF_PRESENT
-        : SetCondition.SET_CONDITION_UNSPECIFIED;
-    const request = SetRequest.fromPartial({
-      key,
-      value: bytes(value),
-      ttl: duration(options.ttlMs),
-      keepTtl: options.keepTtl ?? false,
-      condition,
-      ifVersion: options.ifVersion,
-      tags: options.tags ?? [],
-      fencingToken: options.fencingToken,
-      recomputeTime: duration(options.recomputeTimeMs),
-    });
-    return (await this.transport.unary(Cache.set, request, options)).version;
+    return (await this.transport.unary(Cache.set, setRequest(key, value, options), options)).version;
   }
 
   /** Writes items (each slot's keys atomically together); resolves to their versions in order. `ttlMs` applies to items without their own. */
@@ -172,8 +161,7 @@ export class CacheCalls {
 
   /** Removes keys of any type; resolves to how many existed. */
   async delete(keys: string | string[], options?: CallOptions): Promise<number> {
-    const reply = await this.transport.unary(Cache.delete, { keys: ([] as string[]).concat(keys) }, options);
-    return Number(reply.deleted);
+    return readDeleted(await this.transport.unary(Cache.delete, deleteRequest(keys), options));
   }
 
   /** Tells, per key in order, whether it exists. */
@@ -183,7 +171,7 @@ export class CacheCalls {
 
   /** Gives an existing key of any type a new TTL; false when it is absent. */
   async expire(key: string, ttlMs: number, options?: CallOptions): Promise<boolean> {
-    return (await this.transport.unary(Cache.expire, { key, ttl: duration(ttlMs) }, options)).found;
+    return (await this.transport.unary(Cache.expire, expireRequest(key, ttlMs), options)).found;
   }
 
   /** Removes a key's TTL (refused unless the server allows persistent keys); false when absent. */
@@ -200,14 +188,12 @@ export class CacheCalls {
 
   /** Adds `by` (default 1) to the integer counter at key; resolves to its new value. */
   async increment(key: string, by: number | bigint = 1, options: IncrementOptions = {}): Promise<bigint> {
-    const request = { key, byInt: BigInt(by), byFloat: undefined, ttl: duration(options.ttlMs), requestId: requestId() };
-    return (await this.transport.unary(Cache.increment, request, options)).intValue;
+    return (await this.transport.unary(Cache.increment, incrementRequest(key, { int: by }, options), options)).intValue;
   }
 
   /** Adds `by` to the float counter at key; resolves to its new value. */
   async incrementFloat(key: string, by: number, options: IncrementOptions = {}): Promise<number> {
-    const request = { key, byInt: undefined, byFloat: by, ttl: duration(options.ttlMs), requestId: requestId() };
-    return (await this.transport.unary(Cache.increment, request, options)).floatValue;
+    return (await this.transport.unary(Cache.increment, incrementRequest(key, { float: by }, options), options)).floatValue;
   }
 
   /** Deletes every key written with any of tags; resolves to how many. */
@@ -294,23 +280,43 @@ export class CacheCalls {
     return new Txn(this.transport);
   }
 
+  /**
+   * Starts a Batch: `client.batch().get("a").set("b", "x").execute()` sends its operations
+   * in one Batch call (several, sent at once, past the client's `maxBatch`) and resolves
+   * to one OperationResult per operation, in order. Not atomic: Txn is.
+   */
+  batch<Results extends unknown[] = []>(): Batch<Results> {
+    return new Batch<Results>(this.transport);
+  }
+
+  /**
+   * A Session: one bidirectional Session stream carrying many operations at once, each
+   * resolved when its answer arrives. Opened on the first operation, and again after
+   * the stream breaks; `close()` waits for the outstanding answers.
+   */
+  session(options: SessionOptions = {}): Session {
+    return new Session(this.transport, options);
+  }
+
+  /**
+   * A Batcher: the batchable calls, coalescing concurrent callers into Batch calls
+   * (the calls of one event-loop turn together, and while `maxInFlight` Batch calls are
+   * out, the calls made meanwhile).
+   */
+  batcher(options: BatcherOptions = {}): Batcher {
+    return new Batcher(this.transport, options);
+  }
+
   // Hashes.
 
   /** Sets fields of a hash (`ifAbsent`: only fields it lacks); resolves to how many were added. */
-  async hashSet(key: string, fields: Record<string, Bytes>, options: CollectionOptions & { ifAbsent?: boolean } = {}): Promise<number> {
-    const request = {
-      key,
-      fields: Object.entries(fields).map(([field, value]) => ({ field, value: bytes(value) })),
-      ifAbsent: options.ifAbsent ?? false,
-      ttl: collectionTtl(options),
-    };
-    return Number((await this.transport.unary(Cache.hashSet, request, options)).added);
+  async hashSet(key: string, fields: Record<string, Bytes>, options: HashSetOptions & CallOptions = {}): Promise<number> {
+    return Number((await this.transport.unary(Cache.hashSet, hashSetRequest(key, fields, options), options)).added);
   }
 
   /** Reads fields: one value per field, in order, undefined when absent. */
   async hashGet(key: string, fields: string[], options?: CallOptions): Promise<(Buffer | undefined)[]> {
-    const reply = await this.transport.unary(Cache.hashGet, { key, fields }, options);
-    return reply.fields.map((f) => (f.found ? f.value : undefined));
+    return readHashFields(await this.transport.unary(Cache.hashGet, hashGetRequest(key, fields), options));
   }
 
   /** Reads every field (use hashScan for large hashes). */

@@ -4,10 +4,11 @@
 // reference these messages (they live in googleapis, not in protos/), so the few
 // fields read here are decoded directly from their stable wire format.
 import { Metadata, type ServiceError, status } from "@grpc/grpc-js";
-import { BinaryReader } from "@bufbuild/protobuf/wire";
+import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 
 const STATUS_DETAILS_TRAILER = "grpc-status-details-bin";
 const TYPE_PREFIX = "type.googleapis.com/";
+const ERROR_DOMAIN = "cachet.dev";
 
 export interface FieldViolation {
   field: string;
@@ -244,11 +245,45 @@ export function toCachetError(error: unknown, cause?: unknown): unknown {
     return error;
   }
   const parsed = errorDetails(error);
+  return new (errorClass(error.code, parsed))(error.code, error.details, error.metadata, parsed, cause ?? error);
+}
+
+function errorClass(code: status, parsed: ErrorDetails | undefined): ErrorClass {
   const byReason = parsed?.reason ? BY_REASON[parsed.reason] : undefined;
-  const byCode = BY_CODE[error.code];
-  let kind: ErrorClass = byCode ?? CachetError;
+  const byCode = BY_CODE[code];
   // A reason's class only where it refines the code's (it always does with cachet).
-  if (byReason && (!byCode || byReason.prototype instanceof byCode)) kind = byReason;
-  else if (error.code === status.RESOURCE_EXHAUSTED && parsed?.retryDelayMs !== undefined) kind = RateLimitedError;
-  return new kind(error.code, error.details, error.metadata, parsed, cause ?? error);
+  if (byReason && (!byCode || byReason.prototype instanceof byCode)) return byReason;
+  if (code === status.RESOURCE_EXHAUSTED && parsed?.retryDelayMs !== undefined) return RateLimitedError;
+  return byCode ?? CachetError;
+}
+
+/** What a Batch or Session result says of an operation that failed (cachev1.OperationStatus). */
+export interface OperationStatus {
+  code: number;
+  message: string;
+  reason: string;
+  metadata: Record<string, string>;
+}
+
+/**
+ * The error of one failed operation of a Batch or a Session, as the unary call would
+ * have rejected with it: the same class, `reason` and `errorMetadata`, and trailers
+ * holding the same google.rpc.Status (so `errorDetails` and `errorReason` read it too).
+ * An OperationStatus carries no BadRequest: `fieldViolations` stays empty, the status
+ * message names the field.
+ */
+export function operationError(operation: OperationStatus): CachetError {
+  const statusDetails = new BinaryWriter().uint32(8).int32(operation.code).uint32(18).string(operation.message);
+  if (operation.reason !== "") {
+    const info = new BinaryWriter().uint32(10).string(operation.reason).uint32(18).string(ERROR_DOMAIN);
+    for (const [key, value] of Object.entries(operation.metadata)) {
+      info.uint32(26).fork().uint32(10).string(key).uint32(18).string(value).join();
+    }
+    const any = new BinaryWriter().uint32(10).string(`${TYPE_PREFIX}google.rpc.ErrorInfo`).uint32(18).bytes(info.finish());
+    statusDetails.uint32(26).bytes(any.finish());
+  }
+  const trailers = new Metadata();
+  trailers.set(STATUS_DETAILS_TRAILER, Buffer.from(statusDetails.finish()));
+  const parsed = errorDetails(Object.assign(new Error(operation.message), { code: operation.code, details: operation.message, metadata: trailers }));
+  return new (errorClass(operation.code, parsed))(operation.code, operation.message, trailers, parsed);
 }

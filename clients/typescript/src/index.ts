@@ -15,6 +15,18 @@ import { type CachetClientOptions, type CallOptions, Transport } from "./transpo
 export * from "./errors";
 export { Admin } from "./admin";
 export {
+  Batch,
+  BatchableCalls,
+  Batcher,
+  type BatcherOptions,
+  type BatchResults,
+  type BatchSetOptions,
+  type OperationFailure,
+  type OperationResult,
+  Session,
+  type SessionOptions,
+} from "./batch";
+export {
   type Bytes,
   CacheCalls,
   type CollectionOptions,
@@ -40,9 +52,11 @@ export { Algorithm, type Decision, type Limit, parseLimit, RateLimits, target } 
 export {
   type CachetClientOptions,
   type CallOptions,
+  DEFAULT_MAX_BATCH,
   IDEMPOTENT_METHODS,
   REQUEST_ID_METHODS,
   NAMESPACE_METADATA,
+  RETRY_POLICY,
   RETRY_SERVICE_CONFIG,
   type TlsOptions,
   type TokenSource,

@@ -45,6 +45,11 @@ export interface CachetClientOptions {
   allowPlaintextToken?: boolean;
   /** Deadline of each unary call in milliseconds. Default 5000. Streams have none. */
   timeoutMs?: number;
+  /**
+   * The most operations one Batch call carries: the server's max_batch (default 1000).
+   * A Batch or Batcher with more sends several calls.
+   */
+  maxBatch?: number;
   /** Retry idempotent calls on UNAVAILABLE (see IDEMPOTENT_METHODS). Default true. */
   retry?: boolean;
   /** More grpc-js channel options. */
@@ -94,8 +99,14 @@ export const REQUEST_ID_METHODS: Record<string, readonly string[]> = {
   "cachet.eventbus.v1.EventBusService": ["Publish", "Append"],
 };
 
+/** The server's default max_batch: the most operations of one Batch call. */
+export const DEFAULT_MAX_BATCH = 1000;
+
 /** A fresh request_id for one logical call. */
 export const requestId = (): string => randomUUID();
+
+/** The retry policy of RETRY_SERVICE_CONFIG, which Batch calls follow too (batch.ts). */
+export const RETRY_POLICY = { maxAttempts: 4, initialBackoffMs: 50, maxBackoffMs: 1000, backoffMultiplier: 2 };
 
 /** The gRPC service config the client installs: IDEMPOTENT_METHODS and REQUEST_ID_METHODS retried on UNAVAILABLE. */
 export const RETRY_SERVICE_CONFIG = JSON.stringify({
@@ -105,15 +116,26 @@ export const RETRY_SERVICE_CONFIG = JSON.stringify({
         Object.entries(table).flatMap(([service, methods]) => methods.map((method) => ({ service, method }))),
       ),
       retryPolicy: {
-        maxAttempts: 4,
-        initialBackoff: "0.05s",
-        maxBackoff: "1s",
-        backoffMultiplier: 2,
+        maxAttempts: RETRY_POLICY.maxAttempts,
+        initialBackoff: `${RETRY_POLICY.initialBackoffMs / 1000}s`,
+        maxBackoff: `${RETRY_POLICY.maxBackoffMs / 1000}s`,
+        backoffMultiplier: RETRY_POLICY.backoffMultiplier,
         retryableStatusCodes: ["UNAVAILABLE"],
       },
     },
   ],
 });
+
+/** Whether the retry policy covers an RPC: IDEMPOTENT_METHODS or REQUEST_ID_METHODS. */
+export function mayRetry(service: string, method: string): boolean {
+  return (IDEMPOTENT_METHODS[service]?.includes(method) ?? false) || (REQUEST_ID_METHODS[service]?.includes(method) ?? false);
+}
+
+/** The wait before retry `n` (1, 2, ...), randomized as grpc-js randomizes it: uniform below the capped exponential backoff. */
+export function retryBackoffMs(n: number): number {
+  const ceiling = Math.min(RETRY_POLICY.initialBackoffMs * RETRY_POLICY.backoffMultiplier ** (n - 1), RETRY_POLICY.maxBackoffMs);
+  return Math.random() * ceiling;
+}
 
 /** A generated method definition (`CacheServiceService.get`, ...). */
 export interface MethodDefinition<Request, Response> {
@@ -129,11 +151,19 @@ export class Transport {
   readonly interceptors: Interceptor[];
   readonly client: Client;
   readonly timeoutMs: number;
+  readonly maxBatch: number;
+  /** Whether calls the retry policy covers are retried (`retry`). */
+  readonly retry: boolean;
 
   constructor(target: string, options: CachetClientOptions) {
     this.target = target;
     this.namespace = options.namespace ?? "default";
     this.timeoutMs = options.timeoutMs ?? 5000;
+    this.maxBatch = options.maxBatch ?? DEFAULT_MAX_BATCH;
+    this.retry = options.retry !== false;
+    if (!Number.isInteger(this.maxBatch) || this.maxBatch < 1) {
+      throw new Error(`cachet: maxBatch must be a positive integer, not ${this.maxBatch}`);
+    }
     this.credentials = channelCredentials(options);
     this.interceptors = [namespaceInterceptor(this.namespace)];
     if (options.token !== undefined) {
@@ -145,7 +175,7 @@ export class Transport {
     }
     this.interceptors.push(...(options.channelOptions?.interceptors ?? []));
     const channelOptions: Partial<ClientOptions> = { ...options.channelOptions, interceptors: this.interceptors };
-    if (options.retry !== false) {
+    if (this.retry) {
       channelOptions["grpc.service_config"] = RETRY_SERVICE_CONFIG;
     }
     this.client = new Client(target, this.credentials, channelOptions);

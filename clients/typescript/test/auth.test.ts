@@ -8,11 +8,19 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { CachetClient, NamespaceNotGrantedError, RoleNotGrantedError, UnauthenticatedError, UnavailableError } from "../src";
+import {
+  CachetClient,
+  NamespaceNotGrantedError,
+  PermissionDeniedError,
+  RoleNotGrantedError,
+  UnauthenticatedError,
+  UnavailableError,
+} from "../src";
 import { repoRoot, type RunningServer, startServer } from "./server";
 
 const NAMESPACE = "ts-tls";
 const TOKEN = "ts-test-key-3e9b41";
+const READ_ONLY_TOKEN = "ts-test-reader-7c20d5";
 let server: RunningServer;
 let dir = "";
 let address = "";
@@ -32,10 +40,12 @@ for name, identity in (("server", "127.0.0.1"), ("client", "ts-client")):
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), "cachet-ts-tls-"));
   execFileSync(join(repoRoot(), ".venv", "bin", "python"), ["-c", MAKE_CERTS, dir]);
-  const digest = createHash("sha256").update(TOKEN).digest("hex");
+  const digest = (token: string) => createHash("sha256").update(token).digest("hex");
   writeFileSync(
     join(dir, "cachet.yaml"),
-    `auth:\n  mode: required\n  api_keys:\n    - id: ts-test\n      sha256: ${digest}\n      namespaces: [${NAMESPACE}]\n      roles: [read, write]\n`,
+    `auth:\n  mode: required\n  api_keys:\n` +
+      `    - id: ts-test\n      sha256: ${digest(TOKEN)}\n      namespaces: [${NAMESPACE}]\n      roles: [read, write]\n` +
+      `    - id: ts-reader\n      sha256: ${digest(READ_ONLY_TOKEN)}\n      namespaces: [${NAMESPACE}]\n      roles: [read]\n`,
   );
   server = await startServer({
     CACHET_CONFIG_FILE: join(dir, "cachet.yaml"),
@@ -109,4 +119,23 @@ test("TLS without the client certificate, and plaintext, do not connect", async 
   const plain = new CachetClient(address, { namespace: NAMESPACE });
   clients.push(plain);
   await assert.rejects(plain.get("k"), UnavailableError);
+});
+
+test("a read-only credential: its session's writes are refused one by one, its reads work", async () => {
+  await connect(NAMESPACE, TOKEN).set("shared", "written by the writer");
+  const reader = connect(NAMESPACE, READ_ONLY_TOKEN);
+  await assert.rejects(reader.set("shared", "x"), RoleNotGrantedError);
+  const session = reader.session();
+  const [write, read, increment] = await Promise.allSettled([session.set("shared", "x"), session.get("shared"), session.increment("n")]);
+  // PERMISSION_DENIED in its own result. (The server's reason there is PERMISSION_DENIED,
+  // where a unary call's refusal says ROLE_NOT_GRANTED: RoleNotGrantedError.)
+  assert.ok(write.status === "rejected" && write.reason instanceof PermissionDeniedError, `${JSON.stringify(write)}`);
+  assert.ok(increment.status === "rejected" && increment.reason instanceof PermissionDeniedError);
+  assert.ok(read.status === "fulfilled" && read.value?.data.toString() === "written by the writer");
+  assert.equal((await session.hashGet("no-hash", ["f"]))[0], undefined); // the stream goes on
+  await session.close();
+  // A Batch needs `write` as soon as one operation writes: the call itself is refused; reads alone pass.
+  await assert.rejects(reader.batch().get("shared").set("shared", "x").execute(), RoleNotGrantedError);
+  const [got] = await reader.batch().get("shared").execute();
+  assert.ok(got.status === "fulfilled" && got.value?.data.toString() === "written by the writer");
 });

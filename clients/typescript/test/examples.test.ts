@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { CachetClient, LockHeldError, target, VersionMismatchError } from "../src";
+import { CachetClient, LockHeldError, target, type Value, VersionMismatchError } from "../src";
 import { AdminServiceService } from "../src/gen/cachet/admin/v1/admin";
 import { CacheServiceService } from "../src/gen/cachet/cache/v1/cache";
 import { EventBusServiceService } from "../src/gen/cachet/eventbus/v1/eventbus";
@@ -102,6 +102,37 @@ test("admin", async () => {
   assert.deepEqual(await client.admin.scanKeys("user:*"), ["user:1"]);
   const counted = await client.admin.flushNamespace("example-admin", { dryRun: true });
   assert.equal(await client.admin.flushNamespace("example-admin"), counted);
+  // end
+});
+
+test("batch, session and batcher", async () => {
+  const client = connect("example-batch");
+  // example: batch
+  const version = await client.set("user:1", "alice");
+  const [user, missing, stale, logins] = await client
+    .batch()
+    .get("user:1")
+    .get("user:2")
+    .set("user:1", "bob", { ifVersion: version + 1n })
+    .increment("logins")
+    .execute(); // one Batch call; a result per operation, as Promise.allSettled reports them
+  assert.equal(user.status === "fulfilled" && user.value?.data.toString(), "alice");
+  assert.deepEqual(missing, { status: "fulfilled", value: undefined });
+  assert.ok(stale.status === "rejected" && stale.reason instanceof VersionMismatchError); // the unary call's error
+  assert.deepEqual(logins, { status: "fulfilled", value: 1n });
+  const reads = client.batch<(Value | undefined)[]>(); // built in a loop: name the result type
+  for (const key of ["user:1", "user:2"]) reads.get(key);
+  assert.equal((await reads.execute()).length, 2);
+
+  const session = client.session(); // one stream for many small calls, answered as they complete
+  const [alice, count] = await Promise.all([session.get("user:1"), session.increment("logins")]);
+  assert.equal(alice?.data.toString(), "alice");
+  assert.equal(count, 2n);
+  await session.close(); // half-closes, and waits for the outstanding answers
+
+  const batcher = client.batcher(); // independent concurrent callers share Batch calls
+  const users = await Promise.all(["user:1", "user:2", "user:1"].map((key) => batcher.get(key))); // one Batch
+  assert.deepEqual(users.map((u) => u?.data.toString()), ["alice", undefined, "alice"]);
   // end
 });
 

@@ -1,6 +1,6 @@
 // With Redis gone the server answers UNAVAILABLE: the channel's service config retries
 // an idempotent get and an increment carrying a request_id (4 attempts each), and
-// never a set. Before that, a quota refusal shows as a RateLimitedError. The server counts every attempt it
+// never a set; a Batch call as its operations' unary calls are (a set in it: once). Before that, a quota refusal shows as a RateLimitedError. The server counts every attempt it
 // served (AdminService.GetServiceStats, kept in process memory).
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
@@ -50,8 +50,17 @@ test("UNAVAILABLE retries only idempotent calls", async () => {
     assert.equal(await attempts(client, "Increment", 4n), 4n); // its request_id makes it safe to retry
     const unretried = new CachetClient(server.address, { namespace: "ts-retry", retry: false });
     await assert.rejects(unretried.get("k"), UnavailableError);
-    unretried.close();
     assert.equal(await attempts(client, "Get", 6n), 1n + 4n + 1n);
+    await assert.rejects(client.batch().get("k").increment("n").delete("k").expire("k", 1000).hashGet("h", ["f"]).execute(), UnavailableError);
+    assert.equal(await attempts(client, "Batch", 4n), 4n);
+    await assert.rejects(client.batch().get("k").set("k", "v").execute(), UnavailableError);
+    assert.equal(await attempts(client, "Batch", 5n), 4n + 1n);
+    await assert.rejects(client.batcher().get("k"), UnavailableError);
+    assert.equal(await attempts(client, "Batch", 9n), 4n + 1n + 4n);
+    await assert.rejects(client.batcher().hashSet("h", { f: "v" }), UnavailableError);
+    await assert.rejects(unretried.batch().get("k").execute(), UnavailableError);
+    assert.equal(await attempts(client, "Batch", 11n), 4n + 1n + 4n + 1n + 1n);
+    unretried.close();
   } finally {
     client.close();
   }

@@ -16,6 +16,12 @@ export interface RunningServer {
   stop(): Promise<void>;
   /** Stops the redis-server only: the cachet server then answers UNAVAILABLE. */
   stopRedis(): Promise<void>;
+  /** Freezes the cachet server (SIGSTOP): connections stay open, nothing is answered. */
+  pauseServer(): void;
+  /** Kills the cachet server (SIGKILL, a crash: its connections drop; SIGTERM: it drains), paused or not. */
+  killServer(signal?: "SIGKILL" | "SIGTERM"): Promise<void>;
+  /** Starts the cachet server again on the same address, and waits until it serves. */
+  restartServer(): Promise<void>;
 }
 
 /** Starts both, the cachet server with `env` added to its environment. */
@@ -40,21 +46,43 @@ export async function startServer(env: Record<string, string> = {}): Promise<Run
     // Health on a plaintext port of its own, so readiness is checked alike with TLS on.
     const healthAddress = `127.0.0.1:${await freePort()}`;
     const serverLog = join(logs, "server.log");
-    const server = launch(join(root, ".venv", "bin", "python"), ["-m", "cachet_server"], serverLog, {
-      CACHET_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
-      CACHET_LISTEN: address,
-      CACHET_HEALTH_LISTEN: healthAddress,
-      CACHET_METRICS__LISTEN: "", // no metrics port: several test servers run at once
-      CACHET_AUTH__MODE: "off", // tests that need auth configure it in `env`
-      ...env,
-    });
-    children.push(server);
-    try {
-      await waitFor(30_000, () => serving(healthAddress));
-    } catch (error) {
-      throw new Error(`cachet server not serving: ${error}\n${readFileSync(serverLog, "utf8")}`);
-    }
-    return { address, redisPort, stop, stopRedis: () => terminate(redis) };
+    const startCachet = async () => {
+      const server = launch(join(root, ".venv", "bin", "python"), ["-m", "cachet_server"], serverLog, {
+        CACHET_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+        CACHET_LISTEN: address,
+        CACHET_HEALTH_LISTEN: healthAddress,
+        CACHET_METRICS__LISTEN: "", // no metrics port: several test servers run at once
+        CACHET_AUTH__MODE: "off", // tests that need auth configure it in `env`
+        ...env,
+      });
+      children.push(server);
+      try {
+        await waitFor(30_000, () => serving(healthAddress));
+      } catch (error) {
+        throw new Error(`cachet server not serving: ${error}\n${readFileSync(serverLog, "utf8")}`);
+      }
+      return server;
+    };
+    let server = await startCachet();
+    const killServer = async (signal: "SIGKILL" | "SIGTERM" = "SIGKILL") => {
+      const exited = new Promise<void>((resolve) => server.once("exit", () => resolve()));
+      if (server.exitCode === null && server.signalCode === null) {
+        server.kill(signal);
+        await exited;
+      }
+    };
+    return {
+      address,
+      redisPort,
+      stop,
+      stopRedis: () => terminate(redis),
+      pauseServer: () => server.kill("SIGSTOP"),
+      killServer,
+      restartServer: async () => {
+        await killServer("SIGKILL");
+        server = await startCachet();
+      },
+    };
   } catch (error) {
     await stop();
     throw error;
