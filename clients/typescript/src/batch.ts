@@ -348,6 +348,11 @@ export interface BatcherOptions {
  * each of its callers with that error, after the retries its operations allow (see
  * Batch.execute). A call's `timeoutMs` counts from when it is made.
  */
+/** Whether an operation writes (everything but get and hashGet). */
+function writes(operation: BatchOperation): boolean {
+  return operation.get === undefined && operation.hashGet === undefined;
+}
+
 export class Batcher extends BatchableCalls {
   readonly maxInFlight: number;
   private queue: Waiting[] = [];
@@ -388,7 +393,18 @@ export class Batcher extends BatchableCalls {
     while (this.inFlight < this.maxInFlight) {
       this.queue = this.queue.filter((waiting) => !waiting.settled);
       if (this.queue.length === 0) return;
-      this.send(this.queue.splice(0, this.transport.maxBatch));
+      // Reads and writes go in Batches of their own: the server needs the write role for
+      // a whole Batch holding any write, so a read-only caller's reads must never share
+      // one with another caller's write.
+      const writing = writes(this.queue[0].operation);
+      const chunk: Waiting[] = [];
+      const rest: Waiting[] = [];
+      for (const waiting of this.queue) {
+        if (chunk.length < this.transport.maxBatch && writes(waiting.operation) === writing) chunk.push(waiting);
+        else rest.push(waiting);
+      }
+      this.queue = rest;
+      this.send(chunk);
     }
   }
 
