@@ -75,6 +75,65 @@ _WITHOUT_TTL = ("0",)
 _WITH_TTL = ("1",)
 
 
+@dataclass(frozen=True, slots=True)
+class Reads:
+    """What cache_get read for many keys, in columns (no object per key): `values[i]`
+    is None for a missing key, whose version is 0. With the TTL asked for, also each
+    key's pttl (-2: missing) and recorded recompute time in ms (0: none)."""
+
+    values: list[bytes | None]
+    versions: list[int]
+    ttls_ms: list[int] | None = None
+    recompute_ms: list[int] | None = None
+
+    @classmethod
+    def of(cls, reply: list[Any], with_ttl: bool) -> Reads:
+        """cache_get's flat reply: value and version per key, with the TTL four fields."""
+        if not with_ttl:
+            return cls(reply[0::2], reply[1::2])
+        return cls(reply[0::4], reply[1::4], reply[2::4], reply[3::4])
+
+    @classmethod
+    def merged(cls, count: int, parts: Sequence[tuple[list[int], Reads]], with_ttl: bool) -> Reads:
+        """The reads of slot groups put back in request order (`parts`: each group's
+        indexes into the request and what it read)."""
+        values: list[bytes | None] = [None] * count
+        versions = [0] * count
+        ttls = [-2] * count
+        recompute = [0] * count
+        for indexes, part in parts:
+            for n, i in enumerate(indexes):
+                values[i] = part.values[n]
+                versions[i] = part.versions[n]
+                if part.ttls_ms is not None and part.recompute_ms is not None:
+                    ttls[i] = part.ttls_ms[n]
+                    recompute[i] = part.recompute_ms[n]
+        if not with_ttl:
+            return cls(values, versions)
+        return cls(values, versions, ttls, recompute)
+
+    def value(self, i: int, beta: float = 0.0) -> CacheValue:
+        """Key i's read as a CacheValue; `beta` > 0 (the TTL read) decides early refresh."""
+        value = self.values[i]
+        if value is None:
+            return _MISSING
+        if self.ttls_ms is None or self.recompute_ms is None:
+            return CacheValue(True, value, self.versions[i])
+        pttl = self.ttls_ms[i]
+        return CacheValue(
+            True, value, self.versions[i], pttl, _xfetch(pttl, self.recompute_ms[i], beta)
+        )
+
+
+def _read_keys(namespace: str, keys: Sequence[str]) -> list[str]:
+    """cache_get's KEYS for `keys`: data and metadata key of each, in turn (only the
+    two a read touches)."""
+    names: list[str] = []
+    for key in keys:
+        names += (redis_key(namespace, Kind.DATA, key), redis_key(namespace, Kind.META, key))
+    return names
+
+
 @dataclass(frozen=True)
 class SetOutcome:
     version: int
@@ -169,74 +228,70 @@ class CacheStore:
             backend, FILL_WAKE_PREFIX, names_in_message=False, what="fill"
         )
 
-    async def get_many(
+    async def read_many(
         self,
         namespace: str,
         keys: Sequence[str],
         *,
         with_ttl: bool = False,
-        beta: float = 0.0,
         max_answer_bytes: int | None = None,
-    ) -> list[CacheValue]:
-        """The values of `keys`. With `max_answer_bytes`, values adding up to more are
-        refused (RESOURCE_EXHAUSTED / RESPONSE_TOO_LARGE) before Redis reads any."""
-        entries = [CacheKeys.of(namespace, key) for key in keys]
-        results: list[CacheValue | None] = [None] * len(keys)
-        want_ttl = with_ttl or beta > 0
+    ) -> Reads:
+        """The values of `keys`, one script per slot group. With `max_answer_bytes`,
+        values adding up to more are refused (RESOURCE_EXHAUSTED / RESPONSE_TOO_LARGE)
+        before Redis reads any."""
+        names = _read_keys(namespace, keys)
+        groups = self.backend.group_by_slot(names[::2])
+        flag = _WITH_TTL if with_ttl else _WITHOUT_TTL
+        if len(groups) == 1:
+            args = flag if max_answer_bytes is None else (*flag, max_answer_bytes)
+            return Reads.of(await self.backend.run(_GET, names, args), with_ttl)
+        parts: list[tuple[list[int], Reads]] = []
         budget = max_answer_bytes
-        for indexes in self.backend.group_by_slot([e.data for e in entries]).values():
-            flat: list[str] = []
-            for i in indexes:
-                flat += [entries[i].data, entries[i].meta]
-            args: tuple[str | int, ...] = _WITH_TTL if want_ttl else _WITHOUT_TTL
+        for indexes in groups.values():
+            args = flag if budget is None else (*flag, budget)
+            group_names = [name for i in indexes for name in names[2 * i : 2 * i + 2]]
+            part = Reads.of(await self.backend.run(_GET, group_names, args), with_ttl)
             if budget is not None:
-                args = (*args, budget)
-            reply = await self.backend.run(_GET, flat, args)
-            for n, i in enumerate(indexes):
-                result = results[i] = _cache_value(reply, n, beta, want_ttl)
-                if budget is not None:
-                    budget -= len(result.value)
-        return [r if r is not None else _MISSING for r in results]
+                budget -= sum(len(value) for value in part.values if value is not None)
+            parts.append((indexes, part))
+        return Reads.merged(len(keys), parts, with_ttl)
 
-    def get_many_step(
-        self,
-        namespace: str,
-        keys: Sequence[str],
-        *,
-        with_ttl: bool,
-        betas: Sequence[float],
-        max_answer_bytes: int,
+    def read_many_step(
+        self, namespace: str, keys: Sequence[str], *, with_ttl: bool, max_answer_bytes: int
     ) -> Step:
-        """Reads of a batch as one step, one script per slot group as in `get_many`;
-        answers a CacheValue per key (`betas[i]`: the early-refresh beta of key i). The
-        groups run in one pipeline, so each gets the whole byte budget (a group over it
-        fails with TOOLARGE before Redis builds it; the response is checked whole too)."""
-        entries = [CacheKeys.of(namespace, key) for key in keys]
-        want_ttl = with_ttl or any(beta > 0 for beta in betas)
-        groups = list(self.backend.group_by_slot([e.data for e in entries]).values())
-        commands = []
-        for indexes in groups:
-            flat: list[str] = []
-            for i in indexes:
-                flat += [entries[i].data, entries[i].meta]
-            commands.append(
-                Command.of_script(_GET, flat, ["1" if want_ttl else "0", max_answer_bytes])
+        """Reads of a batch as one step, one script per slot group as in `read_many`;
+        answers Reads. The groups run in one pipeline, so each gets the whole byte
+        budget (a group over it fails with TOOLARGE before Redis builds it; the
+        response is checked whole too)."""
+        names = _read_keys(namespace, keys)
+        groups = list(self.backend.group_by_slot(names[::2]).values())
+        args = ["1" if with_ttl else "0", max_answer_bytes]
+        if len(groups) == 1:
+            return Step(
+                [Command.of_script(_GET, names, args)],
+                lambda replies: Reads.of(replies[0], with_ttl),
             )
+        commands = [
+            Command.of_script(
+                _GET, [name for i in indexes for name in names[2 * i : 2 * i + 2]], args
+            )
+            for indexes in groups
+        ]
 
-        def answer(replies: list[Any]) -> list[CacheValue]:
-            values = [_MISSING] * len(keys)
-            for indexes, reply in zip(groups, replies, strict=True):
-                for n, i in enumerate(indexes):
-                    values[i] = _cache_value(reply, n, betas[i], want_ttl)
-            return values
+        def answer(replies: list[Any]) -> Reads:
+            parts = [
+                (indexes, Reads.of(reply, with_ttl))
+                for indexes, reply in zip(groups, replies, strict=True)
+            ]
+            return Reads.merged(len(keys), parts, with_ttl)
 
         return Step(commands, answer)
 
     async def get(
         self, namespace: str, key: str, *, with_ttl: bool = False, beta: float = 0.0
     ) -> CacheValue:
-        (result,) = await self.get_many(namespace, [key], with_ttl=with_ttl, beta=beta)
-        return result
+        reads = await self.read_many(namespace, [key], with_ttl=with_ttl or beta > 0)
+        return reads.value(0, beta)
 
     async def set(self, namespace: str, key: str, value: bytes, options: SetOptions) -> SetOutcome:
         """Write one value. Tags are listed in their indexes before the write (so no
@@ -608,21 +663,6 @@ class CacheStore:
         if span is None:
             return int(await self.backend.redis.bitcount(name))
         return int(await self.backend.redis.bitcount(name, span[0], span[1], unit))
-
-
-def _cache_value(reply: list[Any], n: int, beta: float, with_ttl: bool) -> CacheValue:
-    """The n-th value of a cache_get reply: value (nil when missing) and version per key,
-    and with the TTL asked for also its pttl and recompute time."""
-    if not with_ttl:
-        value = reply[2 * n]
-        return _MISSING if value is None else CacheValue(True, value, int(reply[2 * n + 1]))
-    value = reply[4 * n]
-    if value is None:
-        return _MISSING
-    pttl = reply[4 * n + 2]
-    return CacheValue(
-        True, value, int(reply[4 * n + 1]), pttl, _xfetch(pttl, int(reply[4 * n + 3]), beta)
-    )
 
 
 def _set_args(value: bytes, options: SetOptions) -> list[bytes | str | int]:

@@ -18,6 +18,7 @@ from ..backend.cache import (
     CacheValue,
     FillOptions,
     Increment,
+    Reads,
     SetOptions,
     TxnCompare,
     TxnOperation,
@@ -69,8 +70,8 @@ _TARGETS = {
 
 # Batch and Session operations that change data; the others only read.
 _WRITE_OPERATIONS = frozenset({"set", "delete", "increment", "expire", "hash_set"})
-# Operations of one Session stream running at once; past that the stream is not read
-# until one completes (backpressure instead of unbounded tasks).
+# Operations of one Session stream held at once (arrived or running); past that the
+# stream is not read until a round completes (backpressure instead of unbounded work).
 SESSION_IN_FLIGHT = 256
 
 
@@ -78,25 +79,45 @@ def _batch_only_reads(request: pb.BatchRequest) -> bool:
     return not any(op.WhichOneof("operation") in _WRITE_OPERATIONS for op in request.operations)
 
 
-def _failed(error: CachetError) -> pb.BatchResult:
-    return pb.BatchResult(
-        status=pb.OperationStatus(
-            code=error.code.value[0],
-            message=error.message,
-            reason=error.reason,
-            metadata=error.metadata,
-        )
-    )
+def _fail(result: pb.BatchResult, error: CachetError) -> None:
+    """Make `result` (a message of the response, filled in place) the error's status."""
+    result.Clear()
+    status = result.status
+    status.code = error.code.value[0]
+    status.message = error.message
+    status.reason = error.reason
+    status.metadata.update(error.metadata)
 
 
-# How a step's answer becomes the BatchResult of one operation (`_plan`), or of each
-# operation the step serves (`_run_operations`).
-_Respond = Callable[[Any], Any]
+def _refusal(roles: frozenset[Role], operation: pb.BatchOperation) -> PermissionDenied | None:
+    """Why a Session message may not run with these roles, or None. As in Batch (whose
+    CallSpec admits reads with writes under `write`): a write needs `write`; a read
+    needs `read` or `write`."""
+    which = operation.WhichOneof("operation")
+    writes = which in _WRITE_OPERATIONS
+    if Role.WRITE in roles or (not writes and Role.READ in roles):
+        return None
+    needed = "write" if writes else "read or write"
+    return PermissionDenied(f"a {which or 'missing'} operation needs the {needed} role")
 
 
-def _one(respond: _Respond) -> _Respond:
-    """A step's respond for the one operation it serves, as a list of one result."""
-    return lambda answer: [respond(answer)]
+# How a step's answer is written into the results of the operations it serves (filled
+# in place: building each result and copying it into the response costs about three
+# times as much).
+_Respond = Callable[[Any, list[pb.BatchResult]], None]
+
+
+# How the answer of a step serving one operation becomes its result (`_plan`).
+_Answer = Callable[[Any], pb.BatchResult]
+
+
+def _one(respond: _Answer) -> _Respond:
+    """A step's respond for the one operation it serves."""
+
+    def fill(answer: Any, into: list[pb.BatchResult]) -> None:
+        into[0].CopyFrom(respond(answer))
+
+    return fill
 
 
 def _duration(ms: int) -> duration_pb2.Duration:
@@ -197,40 +218,33 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         self, namespace: str, request: pb.GetRequest, found: CacheValue
     ) -> pb.GetResponse:
         self.stats.record_lookups(namespace, hits=int(found.found), misses=int(not found.found))
-        if not found.found:
-            return pb.GetResponse(found=False)
-        response = pb.GetResponse(
-            found=True,
-            value=found.value,
-            version=found.version,
-            should_refresh=found.should_refresh,
-        )
-        if request.include_ttl and found.ttl_ms >= 0:
-            response.ttl.CopyFrom(_duration(found.ttl_ms))
-        return response
+        return _get_message(request, found)
 
     async def GetMany(self, request: pb.GetManyRequest, context: Context) -> pb.GetManyResponse:
         namespace = current_namespace()
         keys = self.check.keys(request.keys)
         # Keys and per-entry framing come on top of the values.
-        framing = sum(len(key.encode()) + _ENTRY_OVERHEAD_BYTES for key in keys)
-        values = await self.store.get_many(
+        framing = sum(map(len, map(str.encode, keys))) + _ENTRY_OVERHEAD_BYTES * len(keys)
+        reads = await self.store.read_many(
             namespace,
             keys,
             with_ttl=request.include_ttl,
             max_answer_bytes=max(0, self.check.limits.max_message_bytes - framing),
         )
-        hits = sum(v.found for v in values)
-        self.stats.record_lookups(namespace, hits=hits, misses=len(values) - hits)
-        entries = [
-            pb.Entry(key=key, found=v.found, value=v.value, version=v.version)
-            for key, v in zip(keys, values, strict=True)
-        ]
-        if request.include_ttl:
-            for entry, v in zip(entries, values, strict=True):
-                if v.found and v.ttl_ms >= 0:
-                    entry.ttl.CopyFrom(_duration(v.ttl_ms))
-        return pb.GetManyResponse(entries=entries)
+        misses = reads.values.count(None)
+        self.stats.record_lookups(namespace, hits=len(keys) - misses, misses=misses)
+        response = pb.GetManyResponse()
+        add = response.entries.add
+        for key, value, version in zip(keys, reads.values, reads.versions, strict=True):
+            if value is None:
+                add(key=key)
+            else:
+                add(key=key, found=True, value=value, version=version)
+        if reads.ttls_ms is not None:
+            for entry, ttl_ms in zip(response.entries, reads.ttls_ms, strict=True):
+                if entry.found and ttl_ms >= 0:
+                    entry.ttl.CopyFrom(_duration(ttl_ms))
+        return response
 
     async def Set(self, request: pb.SetRequest, context: Context) -> pb.SetResponse:
         namespace = current_namespace()
@@ -486,81 +500,107 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     async def Batch(self, request: pb.BatchRequest, context: Context) -> pb.BatchResponse:
         namespace = current_namespace()
         self.check.batch(len(request.operations), "operations")
-        results = await self._run_operations(namespace, request.operations)
-        return self._fits(pb.BatchResponse(results=results))
+        response = pb.BatchResponse()
+        add = response.results.add
+        await self._run_operations(
+            namespace, request.operations, [add() for _ in request.operations]
+        )
+        return self._fits(response)
 
     async def Session(
         self, request_iterator: AsyncIterator[pb.SessionRequest], context: Context
     ) -> AsyncIterator[pb.SessionResponse]:
+        """Requests run in rounds: all those that arrived while the previous round was at
+        Redis run together as one pipeline, each answered on its own. A lone request
+        runs at once; under load a round carries whatever arrived meanwhile, so the
+        stream pays one backend call per round, not per request. One Task reads the
+        stream; answers are written as their round completes."""
         namespace = current_namespace()
         roles = current_call().identity.grants.roles
-        answers: asyncio.Queue[pb.SessionResponse | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(SESSION_IN_FLIGHT)
-        running: set[asyncio.Task[None]] = set()
-
-        async def answer(request: pb.SessionRequest) -> None:
-            try:
-                result = await self._session_result(namespace, roles, request.operation)
-                answers.put_nowait(pb.SessionResponse(id=request.id, result=result))
-            finally:
-                slots.release()
+        arrived: list[pb.SessionRequest] = []
+        running = 0  # requests of the round at Redis
+        progress = asyncio.Event()  # for the rounds: a request arrived, or reading ended
+        room = asyncio.Event()  # for the reader: fewer than SESSION_IN_FLIGHT are held
+        reading = True
 
         async def read() -> None:
+            nonlocal reading
             try:
                 async for request in request_iterator:
-                    await slots.acquire()
-                    task = asyncio.create_task(answer(request))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                if running:
-                    await asyncio.gather(*running)
+                    arrived.append(request)
+                    progress.set()
+                    while len(arrived) + running >= SESSION_IN_FLIGHT:
+                        room.clear()
+                        await room.wait()
             finally:
-                answers.put_nowait(None)
+                reading = False
+                progress.set()
 
         reader = asyncio.create_task(read())
         try:
-            while (response := await answers.get()) is not None:
-                yield response
+            while arrived or reading:
+                if not arrived:
+                    progress.clear()
+                    await progress.wait()
+                    continue
+                requests = arrived[:]
+                arrived.clear()
+                running = len(requests)
+                responses = await self._session_round(namespace, roles, requests)
+                running = 0
+                room.set()
+                for response in responses:
+                    yield response
             await reader  # raises what ended the reading, if anything did
         finally:
             reader.cancel()
-            for task in list(running):
-                task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
-    async def _session_result(
-        self, namespace: str, roles: frozenset[Role], operation: pb.BatchOperation
-    ) -> pb.BatchResult:
-        # As in Batch (whose CallSpec admits reads with writes under `write`): a write
-        # needs `write`; a read needs `read` or `write`.
-        which = operation.WhichOneof("operation")
-        writes = which in _WRITE_OPERATIONS
-        if Role.WRITE not in roles and (writes or Role.READ not in roles):
-            needed = "write" if writes else "read or write"
-            return _failed(
-                PermissionDenied(f"a {which or 'missing'} operation needs the {needed} role")
-            )
-        try:
-            (result,) = await self._run_operations(namespace, [operation])
-        except Exception as exc:  # Redis unreachable: this answer fails, the stream goes on
-            return _failed(domain_error(exc))
-        return result
+    async def _session_round(
+        self, namespace: str, roles: frozenset[Role], requests: Sequence[pb.SessionRequest]
+    ) -> list[pb.SessionResponse]:
+        """The answers to Session requests run together; a request refused or failed
+        fails alone, and a Redis fault fails the round's answers, not the stream."""
+        responses = [pb.SessionResponse(id=request.id) for request in requests]
+        operations: list[pb.BatchOperation] = []
+        into: list[pb.BatchResult] = []
+        for request, response in zip(requests, responses, strict=True):
+            refusal = _refusal(roles, request.operation)
+            if refusal is not None:
+                _fail(response.result, refusal)
+            else:
+                operations.append(request.operation)
+                into.append(response.result)
+        if operations:
+            try:
+                await self._run_operations(namespace, operations, into, answers_apart=True)
+            except Exception as exc:  # Redis unreachable: these answers fail, the stream goes on
+                error = domain_error(exc)
+                for result in into:
+                    _fail(result, error)
+        return responses
 
     async def _run_operations(
-        self, namespace: str, operations: Sequence[pb.BatchOperation]
-    ) -> list[pb.BatchResult]:
-        """Validate each operation, run the valid ones as one pipeline, and answer each
-        with its own result; a bad operation fails alone. Consecutive gets are read
-        together, one script per slot group as GetMany reads (still in request order
-        with the writes around them)."""
-        results: list[pb.BatchResult] = [pb.BatchResult()] * len(operations)
+        self,
+        namespace: str,
+        operations: Sequence[pb.BatchOperation],
+        into: list[pb.BatchResult],
+        *,
+        answers_apart: bool = False,
+    ) -> None:
+        """Validate each operation, run the valid ones as one pipeline, and write each
+        one's own result into `into` (in place); a bad operation fails alone.
+        Consecutive gets are read together, one script per slot group as GetMany reads
+        (still in request order with the writes around them), within one byte budget:
+        the response's. With `answers_apart` (a Session: each answer is a message of its
+        own) each get keeps the whole budget, so gets are read apart."""
         planned: list[tuple[list[int], Step, _Respond]] = []
         reads: list[tuple[int, pb.GetRequest, str, float]] = []
 
         def read_together() -> None:
             if reads:
-                planned.append(self._plan_gets(namespace, list(reads)))
+                planned.append(self._plan_gets(namespace, reads))
                 reads.clear()
 
         for i, operation in enumerate(operations):
@@ -568,50 +608,61 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                 if operation.WhichOneof("operation") == "get":
                     key, beta = self._get_args(operation.get)
                     reads.append((i, operation.get, key, beta))
+                    if answers_apart:
+                        read_together()
                     continue
-                step, respond = self._plan(namespace, operation)
+                step, answer = self._plan(namespace, operation)
             except CachetError as exc:
-                results[i] = _failed(exc)
+                _fail(into[i], exc)
                 continue
             read_together()
-            planned.append(([i], step, _one(respond)))
+            planned.append(([i], step, _one(answer)))
         read_together()
         if not planned:
-            return results
+            return
         outcomes = await run_steps(self.deps.backend, [step for _, step, _ in planned])
         for (indexes, _, respond), outcome in zip(planned, outcomes, strict=True):
-            answered: list[pb.BatchResult]
-            if isinstance(outcome, CachetError):
-                answered = [_failed(outcome)] * len(indexes)
-            else:
+            results = [into[i] for i in indexes]
+            if not isinstance(outcome, CachetError):
                 try:
-                    answered = respond(outcome)
+                    respond(outcome, results)
+                    continue
                 except CachetError as exc:
-                    answered = [_failed(exc)] * len(indexes)
-            for i, result in zip(indexes, answered, strict=True):
-                results[i] = result
-        return results
+                    outcome = exc
+            for result in results:
+                _fail(result, outcome)
 
     def _plan_gets(
         self, namespace: str, reads: Sequence[tuple[int, pb.GetRequest, str, float]]
     ) -> tuple[list[int], Step, _Respond]:
-        step = self.store.get_many_step(
+        with_ttl = any(request.include_ttl or beta > 0 for _, request, _, beta in reads)
+        requests = [(request, beta) for _, request, _, beta in reads]
+        step = self.store.read_many_step(
             namespace,
             [key for _, _, key, _ in reads],
-            with_ttl=any(request.include_ttl for _, request, _, _ in reads),
-            betas=[beta for _, _, _, beta in reads],
+            with_ttl=with_ttl,
             max_answer_bytes=self.check.limits.max_message_bytes,
         )
 
-        def respond(values: list[CacheValue]) -> list[pb.BatchResult]:
-            return [
-                pb.BatchResult(get=self._get_response(namespace, request, found))
-                for (_, request, _, _), found in zip(reads, values, strict=True)
-            ]
+        def respond(found: Reads, into: list[pb.BatchResult]) -> None:
+            misses = found.values.count(None)
+            self.stats.record_lookups(namespace, hits=len(into) - misses, misses=misses)
+            if with_ttl:
+                for n, (result, (request, beta)) in enumerate(zip(into, requests, strict=True)):
+                    result.get.CopyFrom(_get_message(request, found.value(n, beta)))
+                return
+            for result, value, version in zip(into, found.values, found.versions, strict=True):
+                get = result.get
+                if value is None:
+                    get.SetInParent()
+                else:
+                    get.found = True
+                    get.value = value
+                    get.version = version
 
         return [i for i, _, _, _ in reads], step, respond
 
-    def _plan(self, namespace: str, operation: pb.BatchOperation) -> tuple[Step, _Respond]:
+    def _plan(self, namespace: str, operation: pb.BatchOperation) -> tuple[Step, _Answer]:
         """The backend step of one operation but a get (see `_plan_gets`), validated as
         its unary RPC validates, and how its answer maps to a BatchResult."""
         which = operation.WhichOneof("operation")
@@ -736,6 +787,20 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                     yield pb.WatchInvalidationsResponse(flush_all=True)
                 else:
                     yield pb.WatchInvalidationsResponse(keys=pb.InvalidatedKeys(keys=event.keys))
+
+
+def _get_message(request: pb.GetRequest, found: CacheValue) -> pb.GetResponse:
+    if not found.found:
+        return pb.GetResponse(found=False)
+    response = pb.GetResponse(
+        found=True,
+        value=found.value,
+        version=found.version,
+        should_refresh=found.should_refresh,
+    )
+    if request.include_ttl and found.ttl_ms >= 0:
+        response.ttl.CopyFrom(_duration(found.ttl_ms))
+    return response
 
 
 def _increment_response(result: Increment) -> pb.IncrementResponse:
