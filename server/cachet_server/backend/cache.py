@@ -322,17 +322,32 @@ class CacheStore:
 
     async def set_many(self, namespace: str, items: Sequence[tuple[str, bytes, int]]) -> list[int]:
         """Write (key, value, ttl_ms) items; atomic within each slot. Answers versions."""
-        entries = [CacheKeys.of(namespace, key) for key, _, _ in items]
+        names: list[str] = []
+        args: list[bytes | int] = []
+        for key, value, ttl_ms in items:
+            k = CacheKeys.of(namespace, key)
+            names += (k.data, k.meta, k.lease, k.stale)
+            args += (value, ttl_ms)
+        groups = self.backend.group_by_slot(names[::4])
+        if len(groups) == 1:
+            return list(await self.backend.run_write(_SET_MANY, names, args))
+        # Several slots (Cluster): one script per slot group, all in one pipeline.
+        commands = [
+            Command.of_script(
+                _SET_MANY,
+                [name for i in indexes for name in names[4 * i : 4 * i + 4]],
+                [arg for i in indexes for arg in args[2 * i : 2 * i + 2]],
+            )
+            for indexes in groups.values()
+        ]
         versions = [0] * len(items)
-        for indexes in self.backend.group_by_slot([e.data for e in entries]).values():
-            keys: list[str] = []
-            args: list[bytes | int] = []
-            for i in indexes:
-                keys += [entries[i].data, entries[i].meta, entries[i].lease, entries[i].stale]
-                args += [items[i][1], items[i][2]]
-            reply = await self.backend.run_write(_SET_MANY, keys, args)
-            for n, i in enumerate(indexes):
-                versions[i] = int(reply[n])
+        for indexes, reply in zip(
+            groups.values(), await self.backend.pipeline(commands), strict=True
+        ):
+            if isinstance(reply, Exception):
+                raise reply
+            for i, version in zip(indexes, reply, strict=True):
+                versions[i] = version
         return versions
 
     async def delete(self, namespace: str, keys: Sequence[str], *, only_tag: str = "") -> int:
