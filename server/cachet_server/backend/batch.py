@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from ..errors import CachetError, domain_error
 from .core import Backend, Command
 
@@ -30,7 +32,7 @@ class Step:
 
 async def run_steps(backend: Backend, steps: Sequence[Step]) -> list[Any]:
     """Each step's result, or the CachetError it ended with, in order."""
-    replies = await backend.pipeline([command for step in steps for command in step.commands])
+    replies = await _replies(backend, [command for step in steps for command in step.commands])
     results: list[Any] = []
     followups: list[Awaitable[None]] = []
     position = 0
@@ -53,3 +55,19 @@ async def run_steps(backend: Backend, steps: Sequence[Step]) -> list[Any]:
         # Shielded like the unary paths: a cancelled call must not leave a key unlisted.
         await asyncio.shield(asyncio.gather(*followups))
     return results
+
+
+async def _replies(backend: Backend, commands: Sequence[Command]) -> list[Any]:
+    """The replies of `commands`, as `Backend.pipeline` answers them. A lone script (a
+    batch of gets of one slot, a Session round of one request) takes `Backend.run`
+    instead, the cheaper path, where it is coalesced with other calls' scripts; as in
+    a pipeline, its own error (a script's error, too few replicas) is its reply."""
+    script = commands[0].script if len(commands) == 1 else None
+    if script is None:
+        return await backend.pipeline(commands)
+    command = commands[0]
+    run = backend.run_write if command.writes else backend.run
+    try:
+        return [await run(script, command.keys, command.args)]
+    except (ResponseError, CachetError) as exc:
+        return [exc]
