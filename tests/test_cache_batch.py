@@ -12,6 +12,7 @@ import pytest
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
 from cachet_server.app import running
+from cachet_server.backend.keys import Kind, redis_key
 from google.protobuf.duration_pb2 import Duration
 
 from .conftest import bad_fields, channel_to, make_settings, rpc_error
@@ -356,3 +357,26 @@ async def test_gets_over_the_message_size_fail_without_building_the_answer(topol
     assert first.status.reason == second.status.reason == "RESPONSE_TOO_LARGE"
     assert first.status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert written.status.code == OK, "the other operations still ran"
+
+
+@pytest.mark.topologies("standalone", reason="the byte budget does not depend on the topology")
+async def test_each_session_get_has_the_whole_message_size_to_itself(topology, redis_client):
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    settings = make_settings(topology.url, limits={"max_message_bytes": 4096})
+    # Written past the server (whose message limit would refuse it): one value that no
+    # answer can carry.
+    redis_client.set(redis_key(namespace, Kind.DATA, "huge"), b"x" * 5000)
+    async with running(settings) as app:
+        async with channel_to(app.port, namespace) as channel:
+            stub = cache_pb2_grpc.CacheServiceStub(channel)
+            await stub.Set(pb.SetRequest(key="{g}:a", value=b"a" * 3000))
+            await stub.Set(pb.SetRequest(key="{g}:b", value=b"b" * 3000))
+            # Many reads at once, so that rounds carry several: together they are far
+            # over 4096 bytes, each alone fits, and the huge one fails alone.
+            requests = [(i, get("{g}:a" if i % 2 else "{g}:b")) for i in range(40)]
+            answers = await _session(stub, [*requests, (99, get("huge"))])
+    assert all(
+        answers[i].get.value == (b"a" * 3000 if i % 2 else b"b" * 3000) for i, _ in requests
+    ), {i: answers[i].status for i, _ in requests if answers[i].status.code}
+    assert answers[99].status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert answers[99].status.reason == "RESPONSE_TOO_LARGE"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from enum import Enum
 from typing import Any, ClassVar
 
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
@@ -99,6 +100,17 @@ def _refusal(roles: frozenset[Role], operation: pb.BatchOperation) -> Permission
         return None
     needed = "write" if writes else "read or write"
     return PermissionDenied(f"a {which or 'missing'} operation needs the {needed} role")
+
+
+class _ReadBudget(Enum):
+    """How the gets of one `_run_operations` share the byte budget of the message size:
+    SHARED, one budget for all (a Batch: all answers are one response); EACH, a budget
+    per get (a Session: each answer is a message of its own), read together first and a
+    group over the budget read again APART, each get alone."""
+
+    SHARED = "shared"
+    EACH = "each"
+    APART = "apart"
 
 
 # How a step's answer is written into the results of the operations it serves (filled
@@ -574,7 +586,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                 into.append(response.result)
         if operations:
             try:
-                await self._run_operations(namespace, operations, into, answers_apart=True)
+                await self._run_operations(namespace, operations, into, budget=_ReadBudget.EACH)
             except Exception as exc:  # Redis unreachable: these answers fail, the stream goes on
                 error = domain_error(exc)
                 for result in into:
@@ -587,14 +599,13 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         operations: Sequence[pb.BatchOperation],
         into: list[pb.BatchResult],
         *,
-        answers_apart: bool = False,
+        budget: _ReadBudget = _ReadBudget.SHARED,
     ) -> None:
         """Validate each operation, run the valid ones as one pipeline, and write each
         one's own result into `into` (in place); a bad operation fails alone.
         Consecutive gets are read together, one script per slot group as GetMany reads
-        (still in request order with the writes around them), within one byte budget:
-        the response's. With `answers_apart` (a Session: each answer is a message of its
-        own) each get keeps the whole budget, so gets are read apart."""
+        (still in request order with the writes around them), within the message size
+        as byte budget, shared or per get as `budget` says."""
         planned: list[tuple[list[int], Step, _Respond]] = []
         reads: list[tuple[int, pb.GetRequest, str, float]] = []
 
@@ -608,7 +619,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                 if operation.WhichOneof("operation") == "get":
                     key, beta = self._get_args(operation.get)
                     reads.append((i, operation.get, key, beta))
-                    if answers_apart:
+                    if budget is _ReadBudget.APART:
                         read_together()
                     continue
                 step, answer = self._plan(namespace, operation)
@@ -621,6 +632,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         if not planned:
             return
         outcomes = await run_steps(self.deps.backend, [step for _, step, _ in planned])
+        over_together: list[int] = []
         for (indexes, _, respond), outcome in zip(planned, outcomes, strict=True):
             results = [into[i] for i in indexes]
             if not isinstance(outcome, CachetError):
@@ -629,8 +641,24 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                     continue
                 except CachetError as exc:
                     outcome = exc
+            if (
+                budget is _ReadBudget.EACH
+                and len(indexes) > 1
+                and outcome.reason == "RESPONSE_TOO_LARGE"
+            ):
+                over_together += indexes
+                continue
             for result in results:
                 _fail(result, outcome)
+        if over_together:
+            # Gets over the budget together (refused before Redis read them): each has a
+            # budget of its own, so they are read again apart.
+            await self._run_operations(
+                namespace,
+                [operations[i] for i in over_together],
+                [into[i] for i in over_together],
+                budget=_ReadBudget.APART,
+            )
 
     def _plan_gets(
         self, namespace: str, reads: Sequence[tuple[int, pb.GetRequest, str, float]]
