@@ -247,15 +247,17 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         self.stats.record_lookups(namespace, hits=len(keys) - misses, misses=misses)
         response = pb.GetManyResponse()
         add = response.entries.add
-        for key, value, version in zip(keys, reads.values, reads.versions, strict=True):
+        ttls = reads.ttls_ms or [-1] * len(keys)  # -1: no TTL to answer
+        for key, value, version, ttl_ms in zip(
+            keys, reads.values, reads.versions, ttls, strict=True
+        ):
             if value is None:
                 add(key=key)
-            else:
+            elif ttl_ms < 0:
                 add(key=key, found=True, value=value, version=version)
-        if reads.ttls_ms is not None:
-            for entry, ttl_ms in zip(response.entries, reads.ttls_ms, strict=True):
-                if entry.found and ttl_ms >= 0:
-                    entry.ttl.CopyFrom(_duration(ttl_ms))
+            else:
+                entry = add(key=key, found=True, value=value, version=version)
+                entry.ttl.FromMilliseconds(ttl_ms)
         return response
 
     async def Set(self, request: pb.SetRequest, context: Context) -> pb.SetResponse:
