@@ -253,8 +253,10 @@ async def test_roles_decide_per_batch_and_per_session_message(topology):
                 (write_key, {1: OK, 2: OK}),
             ):
                 call = stub.Session(iter(requests), metadata=as_(secret))
-                codes = {r.id: r.result.status.code async for r in call}
-                assert codes == expected
+                statuses = {r.id: r.result.status async for r in call}
+                assert {id_: status.code for id_, status in statuses.items()} == expected
+                if expected[2] == denied:  # the reason a unary call's refusal has
+                    assert statuses[2].reason == "ROLE_NOT_GRANTED"
             # No requests: gRPC's client fails its own send (INTERNAL "Internal error from
             # Core") when the server ends the stream while requests are still going out.
             anonymous = stub.Session(iter([]))

@@ -99,7 +99,9 @@ def _refusal(roles: frozenset[Role], operation: pb.BatchOperation) -> Permission
     if Role.WRITE in roles or (not writes and Role.READ in roles):
         return None
     needed = "write" if writes else "read or write"
-    return PermissionDenied(f"a {which or 'missing'} operation needs the {needed} role")
+    return PermissionDenied(
+        f"a {which or 'missing'} operation needs the {needed} role", reason="ROLE_NOT_GRANTED"
+    )
 
 
 class _ReadBudget(Enum):
