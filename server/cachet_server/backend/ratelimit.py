@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 
 from .core import Backend
 from .keys import Kind, redis_key
@@ -53,6 +54,12 @@ class LimitSpec:
         if self.algorithm.has_burst and self.burst:
             return self.burst
         return self.limit
+
+    @cached_property
+    def script_args(self) -> tuple[str, int, int, int]:
+        """The limit's part of an item's arguments to rl_check.lua (computed once per spec:
+        a policy's spec lives as long as the configuration)."""
+        return (self.algorithm.value, self.limit, self.period_ms * _US_PER_MS, self.capacity)
 
 
 def state_key(namespace: str, spec: LimitSpec, scope: str, key: str) -> str:
@@ -108,6 +115,8 @@ class RateLimitStore:
 
     def slot_groups(self, keys: Sequence[str]) -> list[list[int]]:
         """Indexes of `keys` grouped so that each group can be decided by one script."""
+        if len(keys) == 1:
+            return [[0]]
         return list(self.backend.group_by_slot(keys).values())
 
     async def check(self, items: Sequence[LimitCheck], *, all_or_nothing: bool) -> GroupDecision:
@@ -115,26 +124,24 @@ class RateLimitStore:
         `all_or_nothing`, nothing is consumed unless every item (shadow ones aside) passes."""
         args: list[str | int] = ["all" if all_or_nothing else "each"]
         for item in items:
-            args += [
-                item.spec.algorithm.value,
-                item.spec.limit,
-                item.spec.period_ms * _US_PER_MS,
-                item.spec.capacity,
+            args += item.spec.script_args
+            args += (
                 max(item.hits, 1),
                 "1" if item.hits > 0 else "0",
                 "1" if item.shadow else "0",
-            ]
+            )
         reply = await self.backend.run(_CHECK, [item.key for item in items], args)
         now_us = int(reply[0]) * 1_000_000 + int(reply[1])
         decisions = []
         for n, item in enumerate(items):
-            allowed, remaining, reset_after, retry_after = (int(v) for v in reply[3 + 4 * n :][:4])
+            at = 3 + 4 * n
+            retry_after = int(reply[at + 3])
             decisions.append(
                 Decision(
-                    allowed=bool(allowed),
+                    allowed=bool(int(reply[at])),
                     capacity=item.spec.capacity,
-                    remaining=remaining,
-                    reset_after_us=reset_after,
+                    remaining=int(reply[at + 1]),
+                    reset_after_us=int(reply[at + 2]),
                     retry_after_us=None if retry_after < 0 else retry_after,
                     server_time_us=now_us,
                 )

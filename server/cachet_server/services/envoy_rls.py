@@ -10,6 +10,7 @@ denied request consumes nothing, and bad requests get INVALID_ARGUMENT.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import ClassVar
 
@@ -25,10 +26,14 @@ from ..callcontext import current_namespace
 from ..config import MAX_RATE_LIMIT, UNIT_PERIODS, RateLimitUnit
 from ..errors import InvalidArgument
 from .base import Context, Dependencies, Servicer
-from .ratelimit import Limiter, Resolved, descriptor_entries, descriptor_key, duration_us
+from .ratelimit import Limiter, Resolved, descriptor_entries, descriptor_key
 
 Code = rls_pb2.RateLimitResponse.Code
 Unit = rls_pb2.RateLimitResponse.RateLimit.Unit
+DescriptorStatus = rls_pb2.RateLimitResponse.DescriptorStatus
+# Enum values read once: each `Code.X` is a Python-level lookup in protobuf's enum wrapper.
+_OK = Code.OK
+_OVER_LIMIT = Code.OVER_LIMIT
 OverrideLimit = common_pb2.RateLimitDescriptor.RateLimitOverride
 _UNITS_BY_MS = {
     period // timedelta(milliseconds=1): Unit.Value(unit.name)
@@ -37,6 +42,10 @@ _UNITS_BY_MS = {
 _MAX_UINT32 = 2**32 - 1
 # Names an override's state apart from every policy (policy names never start with '@').
 _OVERRIDE_SCOPE = "@override:"
+
+
+# The status of a descriptor that no rule limits.
+_NO_LIMIT = DescriptorStatus(code=_OK)
 
 
 def _rate_limit(spec: LimitSpec, name: str) -> rls_pb2.RateLimitResponse.RateLimit:
@@ -56,6 +65,10 @@ class EnvoyRateLimitService(Servicer, rls_pb2_grpc.RateLimitServiceServicer):
         self.limiter = Limiter(deps)
         self.policies = self.limiter.policies
         self.headers = deps.settings.ratelimit.response_headers
+        # The `current_limit` of each configured rule, built once (a response copies it).
+        self.current_limits = {
+            name: _rate_limit(policy.spec, name) for name, policy in self.policies.by_name.items()
+        }
 
     @staticmethod
     def _override(override: OverrideLimit, field: str) -> LimitSpec:
@@ -93,38 +106,38 @@ class EnvoyRateLimitService(Servicer, rls_pb2_grpc.RateLimitServiceServicer):
                     raise InvalidArgument.field(
                         f"{field}.hits_addend", f"must be at most {MAX_RATE_LIMIT}"
                     )
-            key = descriptor_key(entries)
             if known_domain and descriptor.HasField("limit"):
                 spec = self._override(descriptor.limit, f"{field}.limit")
                 items.append(
                     Resolved.for_limit(
-                        namespace, spec, key, hits, fail_open=self.limiter.fail_open,
-                        scope=_OVERRIDE_SCOPE + request.domain,
+                        namespace, spec, descriptor_key(entries), hits,
+                        fail_open=self.limiter.fail_open, scope=_OVERRIDE_SCOPE + request.domain,
                     )
                 )  # fmt: skip
                 continue
             policy = self.policies.match(request.domain, entries)
             items.append(
-                None if policy is None else Resolved.for_policy(namespace, policy, key, hits)
+                None
+                if policy is None
+                else Resolved.for_policy(namespace, policy, descriptor_key(entries), hits)
             )
         limited = [item for item in items if item is not None]
-        decisions = iter((await self.limiter.decide(limited)).decisions if limited else [])
+        decisions = iter((await self.limiter.decide(limited)).decisions if limited else ())
         statuses = []
         shadow_denials = []
+        over_limit = False
         for item in items:
             if item is None:
-                statuses.append(rls_pb2.RateLimitResponse.DescriptorStatus(code=Code.OK))
+                statuses.append(_NO_LIMIT)
                 continue
             decision = next(decisions)
             over = not decision.allowed and not item.check.shadow
             if item.check.shadow and not decision.allowed:
                 shadow_denials.append(item.policy.name if item.policy else "")
+            over_limit = over_limit or over
             statuses.append(self._status(item, decision, over))
         response = rls_pb2.RateLimitResponse(
-            overall_code=Code.OVER_LIMIT
-            if any(s.code == Code.OVER_LIMIT for s in statuses)
-            else Code.OK,
-            statuses=statuses,
+            overall_code=_OVER_LIMIT if over_limit else _OK, statuses=statuses
         )
         if self.headers.enabled:
             response.response_headers_to_add.extend(self._headers(statuses))
@@ -142,27 +155,26 @@ class EnvoyRateLimitService(Servicer, rls_pb2_grpc.RateLimitServiceServicer):
             )
         return response
 
-    @staticmethod
-    def _status(
-        item: Resolved, decision: Decision, over: bool
-    ) -> rls_pb2.RateLimitResponse.DescriptorStatus:
-        name = item.policy.name if item.policy else ""
-        return rls_pb2.RateLimitResponse.DescriptorStatus(
-            code=Code.OVER_LIMIT if over else Code.OK,
-            current_limit=_rate_limit(item.check.spec, name),
-            limit_remaining=min(decision.remaining, _MAX_UINT32),
-            duration_until_reset=duration_us(decision.reset_after_us),
+    def _status(self, item: Resolved, decision: Decision, over: bool) -> DescriptorStatus:
+        policy = item.policy
+        current_limit = (
+            self.current_limits[policy.name] if policy else _rate_limit(item.check.spec, "")
         )
+        status = DescriptorStatus(
+            code=_OVER_LIMIT if over else _OK,
+            current_limit=current_limit,
+            limit_remaining=min(decision.remaining, _MAX_UINT32),
+        )
+        status.duration_until_reset.FromMicroseconds(decision.reset_after_us)
+        return status
 
-    def _headers(
-        self, statuses: list[rls_pb2.RateLimitResponse.DescriptorStatus]
-    ) -> list[base_pb2.HeaderValue]:
+    def _headers(self, statuses: Sequence[DescriptorStatus]) -> list[base_pb2.HeaderValue]:
         """RateLimit-Limit/-Remaining/-Reset of the descriptor nearest its limit (an over-limit
         one first), as envoyproxy/ratelimit adds them; none if no descriptor has a limit."""
         limited = [s for s in statuses if s.HasField("current_limit")]
         if not limited:
             return []
-        over = [s for s in limited if s.code == Code.OVER_LIMIT]
+        over = [s for s in limited if s.code == _OVER_LIMIT]
         nearest = over[-1] if over else min(limited, key=lambda s: s.limit_remaining)
         reset_seconds = math.ceil(nearest.duration_until_reset.ToMicroseconds() / 1_000_000)
         return [

@@ -73,9 +73,14 @@ def timestamp_us(us: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=us // 1_000_000, nanos=us % 1_000_000 * 1000)
 
 
+# One encoder for every descriptor key: json.dumps builds a new one per call for these options.
+_DESCRIPTOR_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def descriptor_key(entries: Sequence[tuple[str, str]]) -> str:
-    """The limited key of a matched descriptor: all its entries, unambiguously."""
-    return json.dumps([list(entry) for entry in entries], ensure_ascii=False, separators=(",", ":"))
+    """The limited key of a matched descriptor: all its entries, unambiguously (a JSON array
+    of [key, value] arrays)."""
+    return _DESCRIPTOR_JSON.encode(entries)
 
 
 def descriptor_entries(

@@ -280,8 +280,10 @@ for i = 1, #KEYS do
               h = tonumber(ARGV[a + 4]), consume = ARGV[a + 5] == '1', shadow = ARGV[a + 6] == '1'}
 end
 
+-- The reply, head first: {now_seconds, now_microseconds, group_allowed (set last), items...}.
 local function decide_all(consume_allowed)
-  local states, reply, group_allowed = {}, {}, 1
+  local states, group_allowed = {}, 1
+  local reply = {tonumber(clock[1]), tonumber(clock[2]), 0}
   for i, it in ipairs(items) do
     local st = states[it.key]
     if st == nil then
@@ -291,8 +293,8 @@ local function decide_all(consume_allowed)
     local allowed, remaining, reset, retry =
       it.algorithm.decide(st, now, it, it.consume and consume_allowed)
     if allowed == 0 and not it.shadow then group_allowed = 0 end
-    local r = #reply
-    reply[r + 1], reply[r + 2], reply[r + 3], reply[r + 4] = allowed, remaining, reset, retry
+    local r = i * 4
+    reply[r], reply[r + 1], reply[r + 2], reply[r + 3] = allowed, remaining, reset, retry
   end
   return states, reply, group_allowed
 end
@@ -310,7 +312,6 @@ else
     end
   end
 end
-
-local head = {tonumber(clock[1]), tonumber(clock[2]), group_allowed}
-for _, v in ipairs(reply) do head[#head + 1] = v end
-return head
+-- The verdict of the pass that decided (a refused group's dry run passes item by item).
+reply[3] = group_allowed
+return reply
