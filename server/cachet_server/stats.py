@@ -92,6 +92,9 @@ class ServiceStats:
         self.active: dict[str, int] = defaultdict(int)
         # The duration histogram's attributes, built once per method and status.
         self._duration_attributes: dict[str, dict[str | None, dict[str, str]]] = {}
+        # The decision counter's attributes, built once per policy and outcome (policies
+        # come from the configuration, so there are few).
+        self._decision_attributes: dict[tuple[str, str], dict[str, str]] = {}
         if observed:
             instruments.observe(self)
 
@@ -144,9 +147,13 @@ class ServiceStats:
         """`outcome`: allowed, denied, shadow_denied or fail_open."""
         if outcome == "fail_open":
             self.ratelimit_fail_open += count
-        instruments.ratelimit_decisions.add(
-            count, {"cachet.ratelimit.policy": policy, "cachet.ratelimit.outcome": outcome}
-        )
+        attributes = self._decision_attributes.get((policy, outcome))
+        if attributes is None:
+            attributes = self._decision_attributes[policy, outcome] = {
+                "cachet.ratelimit.policy": policy,
+                "cachet.ratelimit.outcome": outcome,
+            }
+        instruments.ratelimit_decisions.add(count, attributes)
 
     # ---- across workers (see workers.py) -----------------------------------------------
 
