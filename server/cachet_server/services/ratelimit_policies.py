@@ -47,10 +47,12 @@ class Policy:
 
 @dataclass
 class _Level:
-    """One level of a domain's rule tree."""
+    """One level of a domain's rule tree, indexed at load so that a request entry costs a
+    dict lookup (plus a scan of the `prefix*` rules of its own key only, if any)."""
 
     exact: dict[tuple[str, str], _Level] = field(default_factory=dict)
-    prefixes: list[tuple[str, str, _Level]] = field(default_factory=list)
+    # Per key, its `prefix*` rules in configuration order.
+    prefixes: dict[str, list[tuple[str, _Level]]] = field(default_factory=dict)
     any_value: dict[str, _Level] = field(default_factory=dict)
     policy: Policy | None = None
 
@@ -58,8 +60,8 @@ class _Level:
         found = self.exact.get((key, value))
         if found is not None:
             return found
-        for prefix_key, prefix, level in self.prefixes:
-            if prefix_key == key and value.startswith(prefix):
+        for prefix, level in self.prefixes.get(key, ()):
+            if value.startswith(prefix):
                 return level
         return self.any_value.get(key)
 
@@ -101,7 +103,7 @@ class PolicyTable:
         if not descriptor.value:
             parent.any_value[descriptor.key] = level
         elif descriptor.value.endswith("*"):
-            parent.prefixes.append((descriptor.key, descriptor.value[:-1], level))
+            parent.prefixes.setdefault(descriptor.key, []).append((descriptor.value[:-1], level))
         else:
             parent.exact[(descriptor.key, descriptor.value)] = level
 
