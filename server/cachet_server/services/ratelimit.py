@@ -7,6 +7,7 @@ Redis Cluster slot, applying each rule's failure mode when Redis is unreachable.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -136,14 +137,32 @@ class Limiter:
             self._warned_at = now
             log.warning("rate limits failing open (Redis unreachable): %s", reason)
 
+    async def _decide_group(
+        self, items: Sequence[Resolved], group: list[int], all_or_nothing: bool
+    ) -> GroupDecision:
+        """The decisions on the items of one slot (in `group` order): one script run, or
+        fail-open verdicts while Redis is unreachable if every one of them may."""
+        try:
+            return await self.store.check(
+                [items[i].check for i in group], all_or_nothing=all_or_nothing
+            )
+        except Exception as exc:
+            error = domain_error(exc)
+            if not isinstance(error, Unavailable) or not all(items[i].fail_open for i in group):
+                if error is exc:
+                    raise
+                raise error from exc
+            self._warn_failing_open(error.message)
+            return GroupDecision([Decision.failed_open(items[i].check.spec) for i in group], True)
+
     async def decide(
         self, items: Sequence[Resolved], *, all_or_nothing: bool = False
     ) -> GroupDecision:
         """One decision per item, and whether they all passed (shadow and fail-open items
-        pass). Independent items are decided one script per slot; an all-or-nothing call is one
-        script, refused on every topology when its keys span Cluster slots, and passes only as
-        a whole. While
-        Redis is unreachable, a slot's items fail open only if every one of them may."""
+        pass). Independent items are decided one script per slot, the slots concurrently; an
+        all-or-nothing call is one script, refused on every topology when its keys span
+        Cluster slots, and passes only as a whole. While Redis is unreachable, a slot's items
+        fail open only if every one of them may."""
         keys = [item.check.key for item in items]
         if all_or_nothing:
             self.store.backend.require_one_slot(
@@ -152,22 +171,23 @@ class Limiter:
                 "{tenant:7}:a and {tenant:7}:b",
             )
         groups = [list(range(len(items)))] if all_or_nothing else self.store.slot_groups(keys)
+        if len(groups) == 1:
+            outcomes = [await self._decide_group(items, groups[0], all_or_nothing)]
+        else:
+            # Independent slots (Cluster): their scripts go out together rather than one
+            # round trip after another; the first failing group, in order, fails the call.
+            answers = await asyncio.gather(
+                *(self._decide_group(items, group, False) for group in groups),
+                return_exceptions=True,
+            )
+            outcomes = []
+            for answer in answers:
+                if isinstance(answer, BaseException):
+                    raise answer
+                outcomes.append(answer)
         decisions: dict[int, Decision] = {}
         allowed = True
-        for group in groups:
-            try:
-                outcome = await self.store.check(
-                    [items[i].check for i in group], all_or_nothing=all_or_nothing
-                )
-            except Exception as exc:
-                error = domain_error(exc)
-                if not isinstance(error, Unavailable) or not all(items[i].fail_open for i in group):
-                    if error is exc:
-                        raise
-                    raise error from exc
-                self._warn_failing_open(error.message)
-                decisions.update({i: Decision.failed_open(items[i].check.spec) for i in group})
-                continue
+        for group, outcome in zip(groups, outcomes, strict=True):
             decisions.update(zip(group, outcome.decisions, strict=True))
             allowed = allowed and outcome.allowed
         ordered = [decisions[i] for i in range(len(items))]
