@@ -1,6 +1,7 @@
-"""Adaptive coalescing (backend/coalescing.py): under concurrency, scripts bound for one
-node share a pipeline, and each call still gets exactly its own answer and its own
-error; a lost script cache and a paused Redis are handled per call."""
+"""Adaptive coalescing (backend/multiplex.py): under concurrency, scripts bound for one
+node share kept connections and their writes, and each call still gets exactly its own
+answer and its own error; a lost script cache, a killed connection and a paused Redis
+are handled per call."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ async def test_concurrent_calls_of_many_namespaces_each_read_exactly_their_own(
 ):
     """Many namespaces at once, on keys of many slots (and nodes, on Cluster), the same
     user keys in every namespace: each namespace reads back only its own values, both
-    at whatever concurrency arises and when every read of a node is made to wait for
-    one pipeline (its lane held busy until all 96 reads queue)."""
+    at whatever concurrency arises and when every read of a node is made to share one
+    write (its multiplexer held until all 96 reads are queued)."""
     backend = cachet.backend
     names = [f"{namespace}-{n}" for n in range(NAMESPACES)]
     channels = [channel_to(cachet.port, name) for name in names]
@@ -56,29 +57,33 @@ async def test_concurrent_calls_of_many_namespaces_each_read_exactly_their_own(
             )
         )
         await read_all()
-        lanes = {
-            id(lane): lane
+        multiplexers = {
+            id(m): m
             for name, _, i in wanted
-            if (lane := backend._lane_of([CacheKeys.of(name, f"k{i}").data])) is not None
+            if (m := backend._multiplexer_of([CacheKeys.of(name, f"k{i}").data])) is not None
         }.values()
-        assert lanes and not any(lane.busy for lane in lanes), "nothing else runs here"
-        before = backend.coalescing.pipelines, backend.coalescing.batched
-        for lane in lanes:
-            lane.busy = True  # as while a round trip is in flight
+        assert multiplexers and not any(m.waiting() for m in multiplexers), "nothing else runs"
+        before = backend.coalescing.writes, backend.coalescing.commands
+        for multiplexer in multiplexers:
+            multiplexer.held = True
         reading = asyncio.ensure_future(read_all())
         for _ in range(1000):
-            if sum(len(lane.waiting) for lane in lanes) == len(wanted) or reading.done():
+            if sum(m.waiting() for m in multiplexers) == len(wanted) or reading.done():
                 break
             await asyncio.sleep(0.01)
-        for lane in lanes:
-            lane.pass_on()
+        queued = sum(m.waiting() for m in multiplexers)
+        for multiplexer in multiplexers:
+            multiplexer.held = False
         await reading
-        pipelines = backend.coalescing.pipelines - before[0]
-        batched = backend.coalescing.batched - before[1]
+        writes = backend.coalescing.writes - before[0]
+        commands = backend.coalescing.commands - before[1]
     finally:
         for channel in channels:
             await channel.close()
-    assert (pipelines, batched) == (len(lanes), len(wanted))
+    assert queued == len(wanted)
+    assert commands == len(wanted)
+    # One write per kept connection of each node at most.
+    assert writes <= 2 * len(multiplexers), (writes, len(multiplexers))
 
 
 async def test_a_failing_script_fails_only_its_own_call(cachet: Application, namespace: str, cache):
@@ -89,7 +94,7 @@ async def test_a_failing_script_fails_only_its_own_call(cachet: Application, nam
     wrong = CacheKeys.of(namespace, "wrong")
     backend = cachet.backend
     await backend.redis.hset(wrong.data, "field", "x")
-    before = backend.coalescing.batched
+    before = backend.coalescing.writes, backend.coalescing.commands
 
     async def read(keys: CacheKeys) -> object:
         try:
@@ -104,7 +109,10 @@ async def test_a_failing_script_fails_only_its_own_call(cachet: Application, nam
             assert isinstance(answer, ResponseError) and "WRONGTYPE" in str(answer)
         else:
             assert isinstance(answer, list) and answer[0] == b"fine"
-    assert backend.coalescing.batched > before, "the reads were not coalesced"
+    writes = backend.coalescing.writes - before[0]
+    commands = backend.coalescing.commands - before[1]
+    assert commands == len(targets)
+    assert writes < commands, "the reads were not coalesced"
 
 
 async def test_a_script_redis_does_not_know_goes_again_per_call(
@@ -117,27 +125,93 @@ async def test_a_script_redis_does_not_know_goes_again_per_call(
     source = f"-- {uuid.uuid4()}\nreturn ARGV[1]"
     unknown = Script("echo", source, hashlib.sha1(source.encode()).hexdigest())
     key = CacheKeys.of(namespace, "noscript").data
-    lane = backend._lane_of([key])
-    assert lane is not None
-    assert not lane.busy, "nothing else runs in this test"
+    multiplexer = backend._multiplexer_of([key])
+    assert multiplexer is not None
     retried_before = backend.coalescing.retried_alone
-    # Hold the lane as a call in flight would, so all of them queue into one batch.
-    lane.busy = True
+    # Hold the writes, so all of them share one.
+    multiplexer.held = True
     calls = [asyncio.create_task(backend.run(unknown, [key], [str(n)])) for n in range(30)]
-    await asyncio.sleep(0)
-    lane.pass_on()
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if multiplexer.waiting() >= 30:
+            break
+    multiplexer.held = False
     answers = await asyncio.gather(*calls)
     assert answers == [str(n).encode() for n in range(30)]
     assert backend.coalescing.retried_alone - retried_before == 30
+
+
+async def test_a_killed_connection_sends_its_waiting_calls_the_ordinary_way_and_reconnects(
+    cachet: Application, namespace: str, cache
+):
+    """CLIENT KILL of every connection while 40 reads wait on the multiplexer's writes:
+    each read still gets its own value (the ordinary path answers the ones cut off), and
+    the multiplexer carries the next reads on new connections."""
+    await cache.Set(pb.SetRequest(key="killed", value=b"still-here"))
+    backend = cachet.backend
+    keys = CacheKeys.of(namespace, "killed")
+    multiplexer = backend._multiplexer_of([keys.data])
+    assert multiplexer is not None
+    await backend.run(_GET, [keys.data, keys.meta], ["0"])  # opens the kept connections
+    multiplexer.held = True
+    reads = [
+        asyncio.create_task(backend.run(_GET, [keys.data, keys.meta], ["0"])) for _ in range(40)
+    ]
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if multiplexer.waiting() >= 40:
+            break
+    for node in await backend.primaries():
+        await node.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    await asyncio.sleep(0.05)
+    multiplexer.held = False
+    answers = await asyncio.wait_for(asyncio.gather(*reads), 30)
+    assert all(answer[0] == b"still-here" for answer in answers)
+    # Within a few of its open backoffs, the multiplexer carries reads again.
+    writes = backend.coalescing.writes
+    for _ in range(50):
+        again = await asyncio.gather(
+            *(backend.run(_GET, [keys.data, keys.meta], ["0"]) for _ in range(20))
+        )
+        assert all(answer[0] == b"still-here" for answer in again)
+        if backend.coalescing.writes > writes:
+            break
+        await asyncio.sleep(0.1)
+    assert backend.coalescing.writes > writes, "the multiplexer did not reconnect"
+
+
+async def test_a_cancelled_call_leaves_the_connection_serving_the_others(
+    cachet: Application, namespace: str, cache
+):
+    """Callers cancelled while their commands wait (as a deadline does): their answers
+    are read and dropped, and the calls queued beside them on the same connection get
+    exactly their own answers."""
+    backend = cachet.backend
+    keys = [CacheKeys.of(namespace, f"c{n}") for n in range(20)]
+    for n in range(len(keys)):
+        await cache.Set(pb.SetRequest(key=f"c{n}", value=f"v{n}".encode()))
+    multiplexer = backend._multiplexer_of([keys[0].data])
+    assert multiplexer is not None
+    multiplexer.held = True
+    calls = [asyncio.create_task(backend.run(_GET, [k.data, k.meta], ["0"])) for k in keys]
+    await asyncio.sleep(0.02)
+    for call in calls[::2]:
+        call.cancel()
+    multiplexer.held = False
+    answers = await asyncio.gather(*calls[1::2])
+    assert [answer[0] for answer in answers] == [f"v{n}".encode() for n in range(1, 20, 2)]
+    # The connection still answers in order afterwards.
+    again = await asyncio.gather(*(backend.run(_GET, [k.data, k.meta], ["0"]) for k in keys))
+    assert [answer[0] for answer in again] == [f"v{n}".encode() for n in range(20)]
 
 
 @pytest.mark.topologies("standalone", reason="the pause itself is the same on every topology")
 async def test_paused_redis_ends_coalesced_calls_within_their_deadline_and_the_lane_recovers(
     topology, cachet: Application, cache
 ):
-    """SIGSTOP on Redis while 40 calls with a 300 ms deadline wait in one lane (one in
-    flight, the rest queued behind it): every call ends DEADLINE_EXCEEDED or
-    UNAVAILABLE, none hangs, and after SIGCONT the lane is free again."""
+    """SIGSTOP on Redis while 40 calls with a 300 ms deadline wait on the multiplexer:
+    every call ends DEADLINE_EXCEEDED or UNAVAILABLE, none hangs, and after SIGCONT
+    the answers written meanwhile are read and dropped and nothing is left waiting."""
     await cache.Set(pb.SetRequest(key="paused", value=b"v"))
     codes: list[str] = []
 
@@ -160,7 +234,8 @@ async def test_paused_redis_ends_coalesced_calls_within_their_deadline_and_the_l
         *(cache.Get(pb.GetRequest(key="paused"), timeout=5) for _ in range(20))
     )
     assert all(reply.value == b"v" for reply in replies)
-    assert not cachet.backend._lane.waiting
+    multiplexer = cachet.backend._multiplexer
+    assert multiplexer is not None and multiplexer.waiting() == 0
 
 
 async def test_coalescing_off_sends_every_script_alone(topology):
@@ -178,13 +253,14 @@ async def test_coalescing_off_sends_every_script_alone(topology):
         finally:
             await channel.close()
         assert all(reply.value == b"v" for reply in replies)
-        assert app.backend.coalescing.pipelines == 0
-        assert app.backend.coalescing.alone == 0
+        assert app.backend.coalescing.writes == 0
+        assert app.backend.coalescing.commands == 0
 
 
 async def test_scripts_without_keys_are_coalesced_or_sent_alone(cachet: Application):
-    """A script with no keys (Publish without a request id is one) shares the lane
-    outside Cluster and goes alone on Cluster; either way each gets its own answer."""
+    """A script with no keys (Publish without a request id is one) shares the
+    multiplexer outside Cluster and goes the ordinary path on Cluster; either way each
+    gets its own answer."""
     echo = Script("echo_no_keys", "return ARGV[1]", hashlib.sha1(b"return ARGV[1]").hexdigest())
     answers = await asyncio.gather(*(cachet.backend.run(echo, [], [str(n)]) for n in range(30)))
     assert answers == [str(n).encode() for n in range(30)]

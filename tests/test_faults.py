@@ -339,6 +339,8 @@ async def test_paused_redis_answers_deadline_exceeded_and_leaves_nothing_behind(
     Redis connection is left over and nothing leaks (no ResourceWarning)."""
     await cache.Set(pb.SetRequest(key="k", value=b"v"))
     node = _primary_holding(topology, redis_client, CacheKeys.of(namespace, "k").data)
+    # The steady state: a burst opens the connections coalescing keeps (and their readers).
+    await asyncio.gather(*(cache.Get(pb.GetRequest(key="k")) for _ in range(50)))
     gc.collect()  # let earlier tests' dropped clients close first
     clients_before = _client_count(node)
     tasks_before = len(asyncio.all_tasks())

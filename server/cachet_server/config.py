@@ -973,10 +973,11 @@ class Settings(BaseSettings):
     )
     redis_coalesce: bool = Field(
         True,
-        description="Adaptive coalescing: scripts that wait for the same Redis node while a "
-        "round trip to it is in flight go out together as one pipeline (per node on "
-        "Cluster). A lone call still goes out at once, so it adds no latency at low load; "
-        "false sends every script on its own.",
+        description="Adaptive coalescing: the scripts of concurrent calls share two kept "
+        "connections per Redis node, and the commands queued while the event loop is busy "
+        "go out in one write (per node on Cluster). A lone call's command goes out after "
+        "one idle loop turn, so it adds no latency at low load; false sends every script "
+        "on its own through the connection pool.",
     )
     idempotency_window: timedelta = Field(
         timedelta(minutes=2),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio.observability.recorder import record_operation_duration
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import key_slot
 from redis.exceptions import (
@@ -23,7 +25,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import FailedPrecondition, Unavailable
-from .coalescing import LEAD, RETRY_ALONE, RETRY_ALONE_REPLIES, CoalescingStats, Lane, Pending
+from ..telemetry import tracing_on
+from .multiplex import RETRY_ALONE, CoalescingStats, Multiplexer
 from .scripts import Script, all_scripts
 from .topology import ConnectionTuning, Topology, TopologyKind, connect
 
@@ -67,15 +70,19 @@ _READ_ONLY_SCRIPTS = frozenset({"cache_get"})
 
 class Backend:
     """Redis access for every service. All commands go through here, so this is the
-    one place where topology is known and where scripts are coalesced (coalescing.py)."""
+    one place where topology is known and where scripts are coalesced (multiplex.py)."""
 
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
         self.coalesce = topology.tuning.coalesce
         self.coalescing = CoalescingStats()
-        # One lane per node: outside Cluster the one primary, on Cluster by node name.
-        self._lane = Lane()
-        self._lanes: dict[str, Lane] = {}
+        # One multiplexer per node: outside Cluster the one primary (for the Sentinel
+        # master announced `_multiplexer_generation` switches ago), on Cluster by node
+        # name with the node object it was made for.
+        self._multiplexer: Multiplexer | None = None
+        self._multiplexer_generation = 0
+        self._multiplexers: dict[str, tuple[Any, Multiplexer]] = {}
+        self._retiring: set[asyncio.Future[None]] = set()
 
     @classmethod
     def from_url(cls, url: str, tuning: ConnectionTuning) -> Backend:
@@ -130,44 +137,45 @@ class Backend:
                 )
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg] = ()) -> Any:
-        """Run a script whose keys share one slot. With CACHET_REDIS_COALESCE on, it
-        goes out at once when its node is idle, and in one pipeline with the other
-        scripts waiting for that node when a round trip is in flight (coalescing.py)."""
-        lane = self._lane_of(keys) if self.coalesce else None
-        if lane is None:
-            return await self._run_alone(script, keys, args)
-        if not lane.busy:
-            lane.busy = True
-            self.coalescing.alone += 1
-            try:
-                return await self._run_alone(script, keys, args)
-            finally:
-                lane.pass_on()
-        pending = Pending(script, keys, args, asyncio.get_running_loop().create_future())
-        lane.waiting.append(pending)
-        try:
-            reply = await pending.future
-        except asyncio.CancelledError:
-            future = pending.future
-            if future.done() and not future.cancelled() and future.result() is LEAD:
-                # Chosen to lead just as the call was cancelled: the next one leads.
-                lane.pass_on()
-            raise
-        if reply is LEAD:
-            reply = await self._lead(lane, pending)
-        if reply is RETRY_ALONE:
+        """Run a script whose keys share one slot. With CACHET_REDIS_COALESCE on, it goes
+        out on its node's multiplexer (multiplex.py): in one write with the other
+        commands issued in the same event-loop turn, on a kept connection, without
+        waiting for the answers before it. What the multiplexer cannot answer (a lost
+        connection, NOSCRIPT, a redirection) goes again on the ordinary path."""
+        multiplexer = self._multiplexer_of(keys)
+        if multiplexer is not None:
+            reply = await multiplexer.call(_script_command(script, keys, args, False))
+            if reply is not RETRY_ALONE:
+                if isinstance(reply, Exception):
+                    raise reply
+                return reply
             self.coalescing.retried_alone += 1
-            return await self._run_alone(script, keys, args)
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
+        return await self._run_alone(script, keys, args)
 
-    def _lane_of(self, keys: Sequence[str]) -> Lane | None:
-        """The lane of the node that owns the keys' slot; None (the ordinary path) on a
-        Cluster whose slots are not known yet, or for a script without keys there (the
-        client picks its node)."""
-        if self.kind is not TopologyKind.CLUSTER:
-            return self._lane
+    def _multiplexer_of(self, keys: Sequence[str]) -> Multiplexer | None:
+        """The multiplexer of the node that owns the keys' slot, or None for the ordinary
+        path: coalescing off; tracing on (Redis spans come from redis-py's
+        instrumentation, which sees the ordinary path only); a Sentinel master being
+        failed over (its fence is in the pool the ordinary path uses); on Cluster, slots
+        not known yet, or a script without keys (the client picks its node)."""
+        if not self.coalesce or tracing_on():
+            return None
+        if self.kind is TopologyKind.CLUSTER:
+            return self._cluster_multiplexer(keys)
+        pool = self.redis.connection_pool
+        if self.kind is TopologyKind.SENTINEL:
+            if pool.fenced is not None and time.monotonic() < pool.fenced_until:
+                return None
+            if self._multiplexer is not None and self._multiplexer_generation != pool.switches:
+                # The master moved: the kept connections go to the old one.
+                self._retire(self._multiplexer)
+                self._multiplexer = None
+            self._multiplexer_generation = pool.switches
+        if self._multiplexer is None:
+            self._multiplexer = self._new_multiplexer("primary", pool.get_connection, pool.release)
+        return self._multiplexer
+
+    def _cluster_multiplexer(self, keys: Sequence[str]) -> Multiplexer | None:
         cluster = self.redis
         if not keys or cluster._initialize:
             return None
@@ -175,45 +183,37 @@ class Backend:
             node = cluster.nodes_manager.get_node_from_slot(key_slot(keys[0].encode()))
         except RedisError:
             return None
-        lane = self._lanes.get(node.name)
-        if lane is None:
-            lane = self._lanes[node.name] = Lane()
-        return lane
+        known = self._multiplexers.get(node.name)
+        if known is not None and known[0] is node:
+            return known[1]
+        if known is not None:
+            # The slot table was rebuilt: that node object, and its pool, are gone.
+            self._retire(known[1])
 
-    async def _lead(self, lane: Lane, leader: Pending) -> Any:
-        """Send the leader's batch as one pipeline, hand the lane on, give every other
-        script of the batch its own reply, and answer the leader's."""
-        batch = leader.batch
-        commands = [_script_command(p.script, p.keys, p.args, False) for p in batch]
-        # A pipeline holds one command-pool connection, so it takes one slot of the
-        # command gate (topology.CommandGates), as every command of the client does.
-        gates = getattr(self.redis, "gates", None)
-        # Keyless scripts share a lane only outside Cluster, where the key is not looked at.
-        first_key = batch[0].keys[0] if batch[0].keys else ""
-        slot = gates.commands if gates is not None else contextlib.nullcontext()
-        try:
-            async with slot, self._primary_connection(first_key, None, None) as connection:
-                replies = await _exchange(connection, commands, None)
-        except (RedisError, OSError):
-            replies = [RETRY_ALONE] * len(batch)
-        except BaseException:
-            for pending in batch:
-                if pending is not leader and not pending.future.done():
-                    pending.future.set_result(RETRY_ALONE)
-            lane.pass_on()
-            raise
-        lane.pass_on()
-        self.coalescing.pipelines += 1
-        self.coalescing.batched += len(batch)
-        mine: Any = RETRY_ALONE
-        for pending, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, RETRY_ALONE_REPLIES):
-                reply = RETRY_ALONE
-            if pending is leader:
-                mine = reply
-            elif not pending.future.done():
-                pending.future.set_result(reply)
-        return mine
+        async def acquire() -> Any:
+            return node.acquire_connection()
+
+        async def release(connection: Any) -> None:
+            node.release(connection)
+
+        multiplexer = self._new_multiplexer(node.name, acquire, release)
+        self._multiplexers[node.name] = (node, multiplexer)
+        return multiplexer
+
+    def _new_multiplexer(self, name: str, acquire: Any, release: Any) -> Multiplexer:
+        return Multiplexer(
+            name,
+            acquire,
+            release,
+            socket_timeout=self.topology.tuning.socket_timeout,
+            stats=self.coalescing,
+            observe=_observe_command,
+        )
+
+    def _retire(self, multiplexer: Multiplexer) -> None:
+        task = asyncio.ensure_future(multiplexer.close())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def _run_alone(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """EVALSHA, and EVAL when Redis lost the script (a restart or failover empties
@@ -380,14 +380,37 @@ class Backend:
         return replies
 
     async def _pipe(self, commands: Sequence[Command], *, send_source: bool) -> list[Any]:
+        """One pipeline: on the multiplexer outside Cluster (where every command goes to
+        the one primary), each command that gets no answer there going again on the
+        ordinary path; through redis-py's pipeline on Cluster, which splits it by node."""
+        packed = [
+            command.args
+            if command.script is None
+            else _script_command(command.script, command.keys, command.args, send_source)
+            for command in commands
+        ]
+        multiplexer = None
+        if self.kind is not TopologyKind.CLUSTER and not any(
+            # A reply redis-py would convert must take its path to be converted.
+            command.script is None and command.args[0] in self.redis.response_callbacks
+            for command in commands
+        ):
+            multiplexer = self._multiplexer_of(())
+        if multiplexer is None:
+            return await self._redis_py_pipe(packed)
+        replies = await multiplexer.call_many(packed)
+        again = [i for i, reply in enumerate(replies) if reply is RETRY_ALONE]
+        if again:
+            self.coalescing.retried_alone += len(again)
+            redone = await self._redis_py_pipe([packed[i] for i in again])
+            for i, reply in zip(again, redone, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _redis_py_pipe(self, packed: Sequence[Sequence[Any]]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for command in commands:
-                if command.script is None:
-                    pipe.execute_command(*command.args)
-                else:
-                    pipe.execute_command(
-                        *_script_command(command.script, command.keys, command.args, send_source)
-                    )
+            for args in packed:
+                pipe.execute_command(*args)
             return list(await pipe.execute(raise_on_error=False))
 
     async def _pipeline_with_acks(self, commands: Sequence[Command]) -> list[Any]:
@@ -429,6 +452,12 @@ class Backend:
             )
 
     async def close(self) -> None:
+        multiplexers = [m for m in [self._multiplexer] if m is not None]
+        multiplexers += [m for _, m in self._multiplexers.values()]
+        for multiplexer in multiplexers:
+            await multiplexer.close()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         await self.topology.close()
 
 
@@ -460,6 +489,21 @@ async def _exchange(
             raise RedisTimeoutError("no answer to WAIT in time")
         replies.append(reply)
     return replies
+
+
+async def _observe_command(
+    connection: Any, name: str, seconds: float, error: BaseException | None
+) -> None:
+    """redis-py's own command metric (db.client.operation.duration), for a command the
+    multiplexer carried; a no-op unless metrics.redis_commands turned it on."""
+    await record_operation_duration(
+        command_name=name,
+        duration_seconds=seconds,
+        server_address=connection.host,
+        server_port=connection.port,
+        db_namespace=str(connection.db),
+        error=error if isinstance(error, Exception) else None,
+    )
 
 
 async def _nothing() -> list[Any]:

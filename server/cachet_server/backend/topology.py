@@ -186,7 +186,7 @@ class ConnectionTuning:
     replica_ack_timeout: float = 0.5
     # Connections (per node) of the pool apart that serves blocking commands only.
     blocking_max_connections: int = 128
-    # Scripts waiting for one node go out together as one pipeline (backend/coalescing.py).
+    # Scripts bound for one node share its kept connections (backend/multiplex.py).
     coalesce: bool = True
 
 

@@ -1,0 +1,384 @@
+"""Adaptive coalescing: the scripts of concurrent calls share kept connections.
+
+Each Redis node (the one primary outside Cluster, each primary on Cluster) has a
+multiplexer: a few connections taken from the command pool and kept, each carrying the
+commands of many calls at once. A command is packed and queued on the connection with
+the fewest answers outstanding; the queue is written once per event-loop turn, so every
+command issued in one turn goes out in one write (auto-pipelining), and the answers come
+back in order, each to its own caller. A lone caller waits for no window: its command
+is written at the end of the very turn that issued it, so one caller at a time pays
+nothing. Under load a write carries as many commands as arrived in a turn, and no
+connection waits for the previous answer before sending the next command.
+
+What it saves against redis-py's ordinary path: per command, no pool checkout and
+return (with their metrics), no retry wrapper, no write syscall of its own, no
+`asyncio.timeout` around each read, no Task. One Task per kept connection reads its
+answers.
+
+Every command keeps its own answer: an error reply (a script's own error) is given to
+that caller only. Replies that call for the redirect and reload logic of the ordinary
+path (NOSCRIPT, MOVED, ASK, TRYAGAIN, CLUSTERDOWN) answer RETRY_ALONE, and so does a
+failed connection (or one that saw READONLY: a demoted master) for every command still
+waiting on it: those go again, one by one, along the ordinary path, where the usual
+retries, backoff and rediscovery apply. A connection with answers outstanding for
+longer than the socket timeout is failed the same way. A caller cancelled (its deadline)
+leaves the connection as it is: its answer is read and dropped when it comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import hiredis
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    ReadOnlyError,
+    TryAgainError,
+)
+
+log = logging.getLogger(__name__)
+
+# Replies that the ordinary path knows how to follow: the command goes again alone.
+RETRY_ALONE_REPLIES = (NoScriptError, MovedError, AskError, TryAgainError, ClusterDownError)
+# Kept connections per node. More than one, so that one large answer (a 16 MiB value)
+# delays only the commands queued behind it on its own connection.
+CONNECTIONS_PER_NODE = 2
+# A write is gathered while the event loop has other work: each loop turn that took
+# longer than IDLE_TURN (seconds; an idle turn takes about 1 µs) runs other calls,
+# which may queue commands too, so the write waits one more turn; a turn with nothing
+# else to do sends it. At most MAX_GATHER_TURNS turns, FLUSH_WINDOW seconds and
+# MAX_BATCH commands. A lone caller's command goes out after one idle turn.
+IDLE_TURN = 0.00001
+MAX_GATHER_TURNS = 32
+FLUSH_WINDOW = 0.002
+MAX_BATCH = 256
+# Queued bytes above which a caller waits for the socket to take them (backpressure).
+_WRITE_BUFFER_LIMIT = 4 * 1024 * 1024
+# After a connection cannot be opened, calls take the ordinary path alone this long
+# (seconds) before the multiplexer tries again: no doubled connect waits while Redis is away.
+_OPEN_BACKOFF = 0.5
+
+
+class _Signal:
+    """A value a caller receives instead of its reply."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# "Your command got no answer here: run it on the ordinary path."
+RETRY_ALONE = _Signal("RETRY_ALONE")
+
+
+@dataclass
+class CoalescingStats:
+    """How much coalescing happened, for tests and docs/performance.md: `writes` socket
+    writes carried `commands` commands between them; `retried_alone` came back to the
+    ordinary path."""
+
+    writes: int = 0
+    commands: int = 0
+    retried_alone: int = 0
+
+
+Acquire = Callable[[], Awaitable[Any]]
+Release = Callable[[Any], Awaitable[None]]
+# (connection, command name, seconds from queueing to answer, the error reply or None)
+Observe = Callable[[Any, str, float, BaseException | None], Awaitable[None]]
+
+
+class _Kept:
+    """One kept connection: the commands written and not yet answered (their futures, in
+    order), the packed commands of this loop turn not yet written, and its reader."""
+
+    __slots__ = (
+        "broken",
+        "connection",
+        "flush_scheduled",
+        "gathering_since",
+        "last_turn",
+        "outgoing",
+        "queued",
+        "reader",
+        "turns_left",
+        "waiting",
+        "wake",
+    )
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.waiting: collections.deque[tuple[asyncio.Future[Any], str, float]] = (
+            collections.deque()
+        )
+        self.outgoing: list[bytes] = []
+        self.queued = 0
+        # While the next write is gathered (see IDLE_TURN): since when, the end of the
+        # last loop turn looked at (perf_counter), and how many turns it may still wait.
+        self.gathering_since = 0.0
+        self.last_turn = 0.0
+        self.turns_left = 0
+        self.flush_scheduled = False
+        # Set when a command is queued on a connection with nothing outstanding.
+        self.wake = asyncio.Event()
+        self.reader: asyncio.Task[None] | None = None
+        self.broken = False
+
+
+class Multiplexer:
+    """The kept connections to one node, opened on first use and again after a failure."""
+
+    def __init__(
+        self,
+        name: str,
+        acquire: Acquire,
+        release: Release,
+        *,
+        socket_timeout: float | None,
+        stats: CoalescingStats,
+        observe: Observe | None = None,
+        size: int = CONNECTIONS_PER_NODE,
+    ) -> None:
+        self.name = name
+        self._acquire = acquire
+        self._release = release
+        self._socket_timeout = socket_timeout
+        self._stats = stats
+        self._observe = observe
+        self._size = size
+        self._kept: list[_Kept] = []
+        self._opening: asyncio.Future[None] | None = None
+        # After a failed open, the ordinary path alone until then (loop time).
+        self._open_again_at = 0.0
+        self._closed = False
+        # Tasks that give connections back or drain them, kept until done.
+        self._chores: set[asyncio.Future[None]] = set()
+        # Held by tests: while set, queued commands are not written.
+        self.held = False
+
+    async def call(self, args: Sequence[Any]) -> Any:
+        """Send one command and answer its reply: a value, the error reply (returned, not
+        raised), or RETRY_ALONE."""
+        kept = await self._pick()
+        if kept is None:
+            return RETRY_ALONE
+        return await self._send(kept, [args])[0]
+
+    async def call_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send commands back to back on one connection (they reach Redis in order, as a
+        pipeline: not atomically) and answer each reply as `call` does."""
+        kept = await self._pick()
+        if kept is None:
+            return [RETRY_ALONE] * len(commands)
+        futures = self._send(kept, commands)
+        return [await future for future in futures]
+
+    def _send(self, kept: _Kept, commands: Sequence[Sequence[Any]]) -> list[asyncio.Future[Any]]:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        # hiredis packs in C (redis-py's asyncio packer is Python: 10x slower on a
+        # GetMany of 100 keys), the same bytes for every argument type we send. All are
+        # packed before any is queued, so a bad argument queues nothing.
+        packed = [hiredis.pack_command(tuple(args)) for args in commands]
+        kept.outgoing += packed
+        futures = []
+        for args in commands:
+            future: asyncio.Future[Any] = loop.create_future()
+            kept.waiting.append((future, str(args[0]), now))
+            futures.append(future)
+        kept.queued += len(commands)
+        if not kept.flush_scheduled:
+            kept.flush_scheduled = True
+            kept.turns_left = MAX_GATHER_TURNS
+            kept.gathering_since = kept.last_turn = time.perf_counter()
+            loop.call_soon(self._gather, kept)
+        if len(kept.waiting) == len(commands):
+            kept.wake.set()
+        return futures
+
+    async def _pick(self) -> _Kept | None:
+        """The kept connection with the fewest answers outstanding; another one is opened
+        while fewer than `size` are kept and every one has some. None when no connection
+        can be had (the ordinary path then reports why)."""
+        best: _Kept | None = None
+        for kept in self._kept:
+            if kept.broken:
+                continue
+            if kept.outgoing:
+                return kept  # join the write being gathered
+            if best is None or len(kept.waiting) < len(best.waiting):
+                best = kept
+        if best is not None and (not best.waiting or len(self._kept) >= self._size):
+            return best
+        if self._closed or asyncio.get_running_loop().time() < self._open_again_at:
+            return best
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+        opening = self._opening
+        try:
+            await asyncio.shield(opening)
+        except Exception:
+            return best
+        return self._pick_open() or best
+
+    def _pick_open(self) -> _Kept | None:
+        live = [kept for kept in self._kept if not kept.broken]
+        return min(live, key=lambda kept: len(kept.waiting)) if live else None
+
+    async def _open(self) -> None:
+        try:
+            connection = await self._acquire()
+            if not connection.is_connected:
+                await connection.connect()
+        except Exception as exc:
+            log.debug("multiplexer %s: no connection (%s)", self.name, exc)
+            self._open_again_at = asyncio.get_running_loop().time() + _OPEN_BACKOFF
+            raise
+        finally:
+            self._opening = None
+        kept = _Kept(connection)
+        if self._closed:
+            await self._give_back(kept)
+            return
+        kept.reader = asyncio.ensure_future(self._read(kept))
+        self._kept.append(kept)
+
+    def _gather(self, kept: _Kept) -> None:
+        """One loop turn passed since the write began gathering: send it, unless the
+        turn was busy (other calls ran and may queue more) and a limit is not reached."""
+        now = time.perf_counter()
+        kept.turns_left -= 1
+        if (
+            now - kept.last_turn > IDLE_TURN
+            and kept.turns_left > 0
+            and now - kept.gathering_since < FLUSH_WINDOW
+            and kept.queued < MAX_BATCH
+        ):
+            kept.last_turn = now
+            asyncio.get_running_loop().call_soon(self._gather, kept)
+            return
+        self._flush(kept)
+
+    def _flush(self, kept: _Kept) -> None:
+        kept.flush_scheduled = False
+        if self.held or kept.broken or not kept.outgoing:
+            if self.held and kept.outgoing and not kept.broken:
+                kept.flush_scheduled = True
+                asyncio.get_running_loop().call_later(0.001, self._flush, kept)
+            return
+        outgoing, kept.outgoing = kept.outgoing, []
+        self._stats.writes += 1
+        self._stats.commands += kept.queued
+        kept.queued = 0
+        try:
+            writer = kept.connection._writer
+            writer.writelines(outgoing)
+        except Exception as exc:  # a closed transport: the reader sees it too
+            self._fail(kept, exc)
+            return
+        if writer.transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
+            self._chore(self._drain(kept))
+
+    async def _drain(self, kept: _Kept) -> None:
+        try:
+            await kept.connection._writer.drain()
+        except Exception as exc:
+            self._fail(kept, exc)
+
+    async def _read(self, kept: _Kept) -> None:
+        """Read answers in order and hand each to its caller, for as long as the
+        connection lives."""
+        parser = kept.connection._parser
+        loop = asyncio.get_running_loop()
+        timeout = self._socket_timeout
+        observe = self._observe
+        try:
+            while True:
+                while not kept.waiting:
+                    kept.wake.clear()
+                    await kept.wake.wait()
+                async with asyncio.timeout(None) as deadline:
+                    while kept.waiting:
+                        if timeout is not None:
+                            deadline.reschedule(loop.time() + timeout)
+                        reply = await parser.read_response()
+                        future, name, sent = kept.waiting.popleft()
+                        if isinstance(reply, ReadOnlyError):
+                            # A demoted master: this connection must not serve again.
+                            if not future.done():
+                                future.set_result(RETRY_ALONE)
+                            raise ConnectionResetError("the node is read-only now")
+                        if observe is not None:
+                            error = reply if isinstance(reply, Exception) else None
+                            await observe(kept.connection, name, loop.time() - sent, error)
+                        if future.done():
+                            continue  # its caller was cancelled
+                        if isinstance(reply, RETRY_ALONE_REPLIES):
+                            reply = RETRY_ALONE
+                        future.set_result(reply)
+        except asyncio.CancelledError:
+            self._fail(kept, None)
+            raise
+        except BaseException as exc:
+            self._fail(kept, exc)
+
+    def _fail(self, kept: _Kept, exc: BaseException | None) -> None:
+        """Retire a connection: every command still waiting on it goes the ordinary
+        path; the connection is dropped and given back to its pool."""
+        if kept.broken:
+            return
+        kept.broken = True
+        if exc is not None and not self._closed:
+            log.info("multiplexer %s: connection failed (%r); reconnecting", self.name, exc)
+        with contextlib.suppress(ValueError):
+            self._kept.remove(kept)
+        if kept.reader is not None and kept.reader is not asyncio.current_task():
+            # Its connection goes back to the pool and may be reconnected for another
+            # user: this reader must not read what comes there.
+            kept.reader.cancel()
+        while kept.waiting:
+            future, _, _ = kept.waiting.popleft()
+            if not future.done():
+                future.set_result(RETRY_ALONE)
+        kept.outgoing = []
+        kept.queued = 0
+        self._chore(self._give_back(kept))
+
+    def _chore(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    async def _give_back(self, kept: _Kept) -> None:
+        with contextlib.suppress(Exception):
+            await kept.connection.disconnect(nowait=True)
+        with contextlib.suppress(Exception):
+            await self._release(kept.connection)
+
+    def waiting(self) -> int:
+        """Commands written or queued and not yet answered."""
+        return sum(len(kept.waiting) for kept in self._kept)
+
+    async def close(self) -> None:
+        """Stop using the kept connections; commands still waiting go the ordinary path."""
+        self._closed = True
+        for kept in list(self._kept):
+            if kept.reader is not None:
+                kept.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await kept.reader
+            self._fail(kept, None)
+        if self._chores:
+            await asyncio.gather(*self._chores, return_exceptions=True)
