@@ -94,6 +94,21 @@ async def test_redis_commands_are_child_spans_of_the_rpc_span(cache, spans, topo
             assert load(script).sha not in text + child.name, "never by SHA"
 
 
+async def test_a_call_the_sampler_leaves_out_is_coalesced_and_makes_no_spans(
+    cachet, cache, spans
+):
+    """Tracing on, but the caller's trace is not sampled (traceparent flags 00): the
+    call's scripts take the multiplexer (only a recorded span needs redis-py's own
+    path, whose instrumentation makes the Redis spans), and nothing is exported."""
+    unsampled = [("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-00")]
+    await cache.Set(pb.SetRequest(key="unsampled", value=b"v"))
+    before = cachet.backend.coalescing.commands
+    reply = await cache.Get(pb.GetRequest(key="unsampled"), metadata=unsampled)
+    assert reply.value == b"v"
+    assert cachet.backend.coalescing.commands > before
+    assert not [s for s in spans() if format(s.context.trace_id, "032x") == TRACE_ID]
+
+
 async def test_failed_rpc_span_records_code_and_reason(cache, spans):
     error = await rpc_error(cache.Get(pb.GetRequest(key="")))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
 from redis.asyncio.observability.recorder import record_operation_duration
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import key_slot
@@ -154,11 +155,12 @@ class Backend:
 
     def _multiplexer_of(self, keys: Sequence[str]) -> Multiplexer | None:
         """The multiplexer of the node that owns the keys' slot, or None for the ordinary
-        path: coalescing off; tracing on (Redis spans come from redis-py's
-        instrumentation, which sees the ordinary path only); a Sentinel master being
+        path: coalescing off; a call being traced (its Redis spans come from redis-py's
+        instrumentation, which sees the ordinary path only; calls the sampler left out
+        coalesce); a Sentinel master being
         failed over (its fence is in the pool the ordinary path uses); on Cluster, slots
         not known yet, or a script without keys (the client picks its node)."""
-        if not self.coalesce or tracing_on():
+        if not self.coalesce or (tracing_on() and trace.get_current_span().is_recording()):
             return None
         if self.kind is TopologyKind.CLUSTER:
             return self._cluster_multiplexer(keys)
