@@ -4,7 +4,7 @@
 // calls. Each operation answers what its unary wrapper would: the value, or the same
 // error (errors.ts `operationError`), and one failing never hides the others.
 import { Metadata, status, type ClientDuplexStream, type StatusObject } from "@grpc/grpc-js";
-import { CancelledError, DeadlineExceededError, toCachetError, UnavailableError } from "./errors";
+import { CancelledError, DeadlineExceededError, PermissionDeniedError, toCachetError, UnavailableError } from "./errors";
 import {
   type BatchOperation,
   type BatchResponse,
@@ -393,18 +393,7 @@ export class Batcher extends BatchableCalls {
     while (this.inFlight < this.maxInFlight) {
       this.queue = this.queue.filter((waiting) => !waiting.settled);
       if (this.queue.length === 0) return;
-      // Reads and writes go in Batches of their own: the server needs the write role for
-      // a whole Batch holding any write, so a read-only caller's reads must never share
-      // one with another caller's write.
-      const writing = writes(this.queue[0].operation);
-      const chunk: Waiting[] = [];
-      const rest: Waiting[] = [];
-      for (const waiting of this.queue) {
-        if (chunk.length < this.transport.maxBatch && writes(waiting.operation) === writing) chunk.push(waiting);
-        else rest.push(waiting);
-      }
-      this.queue = rest;
-      this.send(chunk);
+      this.send(this.queue.splice(0, this.transport.maxBatch));
     }
   }
 
@@ -414,7 +403,18 @@ export class Batcher extends BatchableCalls {
     exchange(this.transport, chunk, { timeoutMs })
       .then(
         (reply) => chunk.forEach((waiting, i) => waiting.answer(reply.results[i])),
-        (error: unknown) => chunk.forEach((waiting) => waiting.fail(error)),
+        (error: unknown) => {
+          // The server needs the write role for a whole Batch that holds a write: a
+          // read-only credential's reads must not fail because another caller's write
+          // shared their Batch. The writes keep the refusal; the reads go again alone.
+          const reads = chunk.filter((waiting) => !writes(waiting.operation));
+          if (error instanceof PermissionDeniedError && reads.length > 0 && reads.length < chunk.length) {
+            chunk.filter((waiting) => writes(waiting.operation)).forEach((waiting) => waiting.fail(error));
+            this.send(reads);
+          } else {
+            chunk.forEach((waiting) => waiting.fail(error));
+          }
+        },
       )
       .finally(() => {
         this.inFlight--;

@@ -136,7 +136,7 @@ test("a read-only credential: its session's writes are refused one by one, its r
   await assert.rejects(reader.batch().get("shared").set("shared", "x").execute(), RoleNotGrantedError);
   const [got] = await reader.batch().get("shared").execute();
   assert.ok(got.status === "fulfilled" && got.value?.data.toString() === "written by the writer");
-  // The batcher keeps reads and writes in Batches apart, so the refused write stays the writer's.
+  // A Batch refused for its write: the write keeps the refusal, the batcher sends the reads again.
   const batcher = reader.batcher();
   const [first, refused, second] = await Promise.allSettled([batcher.get("shared"), batcher.set("shared", "x"), batcher.get("shared")]);
   assert.ok(refused.status === "rejected" && refused.reason instanceof RoleNotGrantedError, `the write: ${refused.status}`);
