@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 
+import grpc
 import psutil
 import pytest
 from cachet_client.proto.cachet.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -201,8 +202,9 @@ def test_a_stats_snapshot_adds_up_in_another_process():
     served = ServiceStats(observed=False)
     served.record_lookups("shop", hits=2, misses=1)
     served.record_namespace_call("shop")
-    served.record_call_start("/cachet.cache.v1.CacheService/Get")
-    served.record_call("/cachet.cache.v1.CacheService/Get", "UNAVAILABLE", 0.25)
+    get_calls = served.method_counter("/cachet.cache.v1.CacheService/Get")
+    get_calls.start()
+    get_calls.end(grpc.StatusCode.UNAVAILABLE, 0.25)
     served.namespaces["shop"].quota_refusals["calls"] += 3
     combined = ServiceStats(observed=False)
     combined.add(served.snapshot())

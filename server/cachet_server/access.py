@@ -9,7 +9,7 @@ handler runs, so a refused call never reaches Redis.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -152,6 +152,16 @@ class Grants:
 
     namespaces: tuple[NamespaceGrant, ...]
     roles: frozenset[Role]
+    # The grants as an exact-name set and a prefix tuple, so a check is one set lookup
+    # and one str.startswith, not a loop over the grants.
+    _exact: frozenset[str] = field(init=False, repr=False, compare=False)
+    _prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        exact = frozenset(grant.pattern for grant in self.namespaces if not grant.is_prefix)
+        prefixes = tuple(grant.pattern[:-1] for grant in self.namespaces if grant.is_prefix)
+        object.__setattr__(self, "_exact", exact)
+        object.__setattr__(self, "_prefixes", prefixes)
 
     @classmethod
     def of(cls, namespaces: Iterable[str], roles: Iterable[Role | str]) -> Grants:
@@ -161,7 +171,7 @@ class Grants:
         )
 
     def allows_namespace(self, namespace: str) -> bool:
-        return any(grant.matches(namespace) for grant in self.namespaces)
+        return namespace in self._exact or namespace.startswith(self._prefixes)
 
     @property
     def only_namespace(self) -> str | None:

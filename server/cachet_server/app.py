@@ -28,10 +28,11 @@ from .backend.embedded import EmbeddedRedis
 from .backend.topology import ConnectionTuning
 from .config import AuthMode, Settings
 from .credentials import Authenticator
-from .interceptors.auth import AuthInterceptor
-from .interceptors.errors import ErrorsInterceptor
-from .interceptors.quota import QuotaInterceptor
-from .interceptors.telemetry import TelemetryInterceptor
+from .interceptors._stage import Corridor
+from .interceptors.auth import AuthStage
+from .interceptors.errors import ErrorsStage
+from .interceptors.quota import QuotaStage
+from .interceptors.telemetry import TelemetryStage
 from .metrics import instruments
 from .services.admin import AdminService
 from .services.base import Dependencies, Servicer
@@ -190,17 +191,20 @@ def build_server(
     limits = settings.limits
     authenticator = Authenticator(settings.auth)
     table = call_table((descriptor, cls.CALLS) for cls, descriptor, _ in _SERVICES)
-    # The corridor, outermost first: auth, quota, telemetry, errors (see DESIGN.md).
-    interceptors = [
-        AuthInterceptor(
-            authenticator, table, limits, protect_reflection=settings.auth.protect_reflection
-        ),
-        QuotaInterceptor(settings.quotas, table, stats),
-        TelemetryInterceptor(stats, settings.log_access_sample),
-        ErrorsInterceptor(),
-    ]
+    # The corridor, outermost first: auth, quota, telemetry, errors (see DESIGN.md); one
+    # grpc interceptor runs them all.
+    corridor = Corridor(
+        [
+            AuthStage(
+                authenticator, table, limits, protect_reflection=settings.auth.protect_reflection
+            ),
+            QuotaStage(settings.quotas, table, stats),
+            TelemetryStage(stats, settings.log_access_sample),
+        ],
+        ErrorsStage(),
+    )
     server = aio.server(
-        interceptors=interceptors,
+        interceptors=[corridor],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", limits.max_message_bytes),

@@ -9,11 +9,13 @@ is exactly per call.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+from grpc import aio
 
 from .access import CallSpec, Grants
 from .config import QuotaOverrides
@@ -41,14 +43,21 @@ class CallContext:
     spec: CallSpec
     namespace: str
     identity: Identity
-    # The call's text metadata, read once (it holds the credential: never log it).
-    metadata: Mapping[str, str]
+    # The call's own gRPC context (its peer, its metadata).
+    context: aio.ServicerContext[Any, Any]
+    # The call's metadata as gRPC gave it, read once (it holds the credential: never
+    # log it).
+    metadata: Iterable[tuple[str, Any]]
     # The status the call ended with, set by the errors stage (None: OK or not ended).
     status: grpc.StatusCode | None = None
     # The ErrorInfo reason of a failed call.
     reason: str | None = None
     # How many keys the call touched, for the audit line (set by servicers that know).
     keys: int | None = None
+
+    def text_metadata(self) -> dict[str, str]:
+        """The text entries of the metadata by name (the last of a repeated name)."""
+        return {name: value for name, value in self.metadata if isinstance(value, str)}
 
 
 _current: ContextVar[CallContext] = ContextVar("cachet_call")

@@ -15,6 +15,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import grpc
+
 from .metrics import instruments
 
 # Where namespaces beyond `max_namespaces` are counted together; not a valid namespace
@@ -65,6 +67,48 @@ class MethodStats:
     total_seconds: float = 0.0
 
 
+class MethodCounter:
+    """One method's calls: in flight, then counted with their duration and status, here
+    and in the `rpc.server.call.duration` histogram. Everything a call needs is looked up
+    once per method (the histogram's attributes once per status), so a call costs a few
+    integer updates and one histogram record."""
+
+    __slots__ = ("_attributes", "_entry", "_rpc_method", "active", "method", "stats")
+
+    def __init__(self, stats: ServiceStats, method: str) -> None:
+        self.stats = stats
+        self.method = method
+        self.active = stats.active
+        self._rpc_method = method.lstrip("/")
+        # Made on the first call that ends: GetServiceStats lists only methods called.
+        self._entry: MethodStats | None = None
+        self._attributes: dict[grpc.StatusCode | None, dict[str, str]] = {}
+
+    def start(self) -> None:
+        self.active[self.method] += 1
+
+    def end(self, code: grpc.StatusCode | None, seconds: float) -> None:
+        """The call ended (after `start`); `code` is the status of a failed call, None
+        for success."""
+        self.active[self.method] -= 1
+        entry = self._entry
+        if entry is None:
+            entry = self._entry = self.stats.methods[self.method]
+        entry.calls += 1
+        entry.total_seconds += seconds
+        if code is not None:
+            entry.errors += 1
+            entry.errors_by_code[code.name] += 1
+        attributes = self._attributes.get(code)
+        if attributes is None:
+            attributes = self._attributes[code] = {
+                "rpc.system.name": "grpc",
+                "rpc.method": self._rpc_method,
+                "rpc.response.status_code": code.name if code is not None else "OK",
+            }
+        instruments.rpc_duration.record(seconds, attributes)
+
+
 class ServiceStats:
     """Hits and misses per namespace; calls, errors and time per RPC method.
 
@@ -90,8 +134,6 @@ class ServiceStats:
         self.ratelimit_fail_open = 0
         # Calls being served now, per method.
         self.active: dict[str, int] = defaultdict(int)
-        # The duration histogram's attributes, built once per method and status.
-        self._duration_attributes: dict[str, dict[str | None, dict[str, str]]] = {}
         # The decision counter's attributes, built once per policy and outcome (policies
         # come from the configuration, so there are few).
         self._decision_attributes: dict[tuple[str, str], dict[str, str]] = {}
@@ -115,33 +157,9 @@ class ServiceStats:
         self._namespace(namespace).quota_refusals[quota] += 1
         instruments.quota_refusals.add(1, {**instruments.ns(namespace), "cachet.quota": quota})
 
-    def record_call_start(self, method: str) -> None:
-        self.active[method] += 1
-
-    def record_call(self, method: str, code: str | None, seconds: float) -> None:
-        """A call ended (after record_call_start); `code` is the gRPC status name of a
-        failed call, None for success."""
-        self.active[method] -= 1
-        entry = self.methods[method]
-        entry.calls += 1
-        entry.total_seconds += seconds
-        if code is not None:
-            entry.errors += 1
-            entry.errors_by_code[code] += 1
-        instruments.rpc_duration.record(seconds, self._attributes_of(method, code))
-
-    def _attributes_of(self, method: str, code: str | None) -> dict[str, str]:
-        by_code = self._duration_attributes.get(method)
-        if by_code is None:
-            by_code = self._duration_attributes[method] = {}
-        attributes = by_code.get(code)
-        if attributes is None:
-            attributes = by_code[code] = {
-                "rpc.system.name": "grpc",
-                "rpc.method": method.lstrip("/"),
-                "rpc.response.status_code": code or "OK",
-            }
-        return attributes
+    def method_counter(self, method: str) -> MethodCounter:
+        """What the telemetry stage counts one method's calls with (built once per method)."""
+        return MethodCounter(self, method)
 
     def record_ratelimit_decision(self, policy: str, outcome: str, count: int = 1) -> None:
         """`outcome`: allowed, denied, shadow_denied or fail_open."""

@@ -28,6 +28,7 @@ import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 PREFIX = "cachet"
 NAMESPACE_PATTERN = re.compile(r"\A[A-Za-z0-9_.\-]+\Z")
@@ -155,8 +156,18 @@ def namespace_pattern(namespace: str) -> str:
     return f"{PREFIX}:{namespace}:*"
 
 
-@dataclass(frozen=True)
-class CacheKeys:
+@functools.lru_cache(maxsize=4096)
+def _cache_prefixes(namespace: str) -> tuple[str, str, str, str]:
+    # The four kinds of a cache entry, built once per namespace.
+    return (
+        _prefix(namespace, Kind.DATA),
+        _prefix(namespace, Kind.META),
+        _prefix(namespace, Kind.LEASE),
+        _prefix(namespace, Kind.STALE),
+    )
+
+
+class CacheKeys(NamedTuple):
     """The Redis keys that together make up one cache entry."""
 
     data: str
@@ -166,13 +177,9 @@ class CacheKeys:
 
     @classmethod
     def of(cls, namespace: str, key: str) -> CacheKeys:
-        tagged = has_hash_tag(key)
-        return cls(
-            data=_joined(_prefix(namespace, Kind.DATA), key, tagged),
-            meta=_joined(_prefix(namespace, Kind.META), key, tagged),
-            lease=_joined(_prefix(namespace, Kind.LEASE), key, tagged),
-            stale=_joined(_prefix(namespace, Kind.STALE), key, tagged),
-        )
+        data, meta, lease, stale = _cache_prefixes(namespace)
+        suffix = f":{key}" if has_hash_tag(key) else f"{_WRAPPED}:{{{key}}}"
+        return cls(data + suffix, meta + suffix, lease + suffix, stale + suffix)
 
 
 DEAD_LETTER_SUFFIX = ":dead"

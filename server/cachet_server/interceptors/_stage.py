@@ -1,36 +1,78 @@
-"""What every interceptor of the corridor shares: a stage is an async context manager
-around a call's handler, and the wrapped handler is built once per method."""
+"""What the stages of the corridor share, and the one grpc interceptor that runs them.
+
+A stage is a plain object built once per method (`StageFactory.stage_for`): `enter` runs
+before the handler and may refuse the call by raising a CachetError; `leave` runs after
+the handler ends, told the exception that ended the call (None: it succeeded). The
+innermost stage, errors, is the `Invoker`: it runs the handler itself, so it can bound
+it by the deadline and turn what it raises into a status.
+
+Why not one grpc interceptor per stage, each an async context manager: grpc.aio awaits
+interceptors one by one, and each async context manager is an async generator (loop
+hooks, a weak set entry, two awaits) per call. The wrapped handler below is built once
+per method and does per call only what the stages themselves need.
+"""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import grpc
 from grpc import aio
 
-from ..errors import InvalidArgument, rpc_status_for
+from ..errors import CachetError, InvalidArgument, rpc_status_for
 
 Context = aio.ServicerContext[Any, Any]
-
-# A stage's work around one call: entered before the handler runs (it may refuse the call
-# by raising or aborting), left when the handler ends. `request` is the request message of
-# a unary-request call, None for a request stream.
-Around = Callable[[Any, Context], AbstractAsyncContextManager[None]]
+UnaryBehavior = Callable[[Any, Context], Awaitable[Any]]
+StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
 
 
-class StageInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """An interceptor that wraps each method's handler with `around(method)` once and
-    serves every later call of that method from the cached wrapper."""
+class Stage(Protocol):
+    """One stage's work around the calls of one method. `request` is the request
+    message of a unary-request call, None for a request stream."""
 
-    def __init__(self) -> None:
+    def enter(self, request: Any, context: Context) -> Any:
+        """Admit the call (raise a CachetError to refuse it); the result is handed to
+        `leave`."""
+        ...
+
+    def leave(self, entered: Any, error: BaseException | None) -> None: ...
+
+
+class StageFactory(Protocol):
+    def stage_for(self, method: str, *, response_streaming: bool) -> Stage | None:
+        """The stage for `method`; None: this stage does nothing for it."""
+        ...
+
+
+class Invoker(Protocol):
+    """Runs the handler: the innermost stage."""
+
+    def unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior: ...
+
+    def streaming(self, method: str, behavior: StreamBehavior) -> StreamBehavior: ...
+
+    def writing(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        """A streaming handler that answers through context.write()."""
+        ...
+
+
+async def abort_with(context: Context, error: CachetError) -> None:
+    """End the call with `error`'s status and google.rpc details (raises AbortError)."""
+    status = rpc_status_for(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+class Corridor(aio.ServerInterceptor):  # type: ignore[type-arg]
+    """The one interceptor of the server: each method's handler is wrapped once with the
+    stages that apply to it, outermost first, and later calls are served from the
+    cached wrapper."""
+
+    def __init__(self, stages: Sequence[StageFactory], invoker: Invoker) -> None:
+        self.stages = tuple(stages)
+        self.invoker = invoker
         self._handlers: dict[str, Any] = {}
-
-    def around(self, method: str, *, response_streaming: bool) -> Around | None:
-        """The stage for `method`; None leaves its handler as it is."""
-        raise NotImplementedError
 
     async def intercept_service(
         self,
@@ -45,22 +87,56 @@ class StageInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         # Unknown methods are not cached: a caller could otherwise grow the table at will.
         if handler is None:
             return None
-        around = self.around(
-            method, response_streaming=bool(handler.unary_stream or handler.stream_stream)
-        )
-        if around is None and getattr(handler.request_deserializer, "cachet_tolerant", False):
-            # An inner stage already guards the body; nothing to add.
-            wrapped = handler
-        else:
-            wrapped = wrap_handler(handler, around)
+        wrapped = self.wrap(method, handler)
         self._handlers[method] = wrapped
         return wrapped
+
+    def wrap(self, method: str, handler: Any) -> Any:
+        """`handler` (a grpc RpcMethodHandler of any of the four kinds) run through the
+        stages that apply to `method` and the invoker."""
+        response_streaming = bool(handler.unary_stream or handler.stream_stream)
+        stages = tuple(
+            stage
+            for factory in self.stages
+            if (stage := factory.stage_for(method, response_streaming=response_streaming))
+            is not None
+        )
+        streamed = bool(handler.stream_unary or handler.stream_stream)
+        codec = {
+            "request_deserializer": _tolerant(handler.request_deserializer, streamed=streamed),
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            behavior = self.invoker.unary(method, handler.unary_unary)
+            return grpc.unary_unary_rpc_method_handler(
+                _coroutine(behavior, stages, unary_request=True), **codec
+            )
+        if handler.stream_unary:
+            behavior = self.invoker.unary(method, handler.stream_unary)
+            return grpc.stream_unary_rpc_method_handler(
+                _coroutine(behavior, stages, unary_request=False), **codec
+            )
+        streaming = handler.unary_stream or handler.stream_stream
+        unary_request = bool(handler.unary_stream)
+        # Streaming handlers come in two styles: async generators, and coroutines that call
+        # context.write(); grpc.aio tells them apart by type, so the wrapper keeps the style.
+        if inspect.isasyncgenfunction(streaming):
+            wrapped: Any = _generator(
+                self.invoker.streaming(method, streaming), stages, unary_request=unary_request
+            )
+        else:
+            wrapped = _coroutine(
+                self.invoker.writing(method, streaming), stages, unary_request=unary_request
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(wrapped, **codec)
+        return grpc.stream_stream_rpc_method_handler(wrapped, **codec)
 
 
 class _Malformed:
     """Stands in for a unary request whose body did not parse: grpc deserializes it
     before any handler code runs, and a deserializer that raises there makes grpc answer
-    UNKNOWN with the exception's text and log a traceback. The outermost stage answers
+    UNKNOWN with the exception's text and log a traceback. The corridor answers
     INVALID_ARGUMENT for it instead, before any stage looks at the request."""
 
     __slots__ = ("message_name",)
@@ -88,7 +164,7 @@ def _tolerant(
     """`deserializer`, made to never raise out of grpc: a unary body that does not parse
     becomes a `_Malformed`; a streamed one raises InvalidArgument inside the handler's
     read, where the errors stage maps it."""
-    if deserializer is None or getattr(deserializer, "cachet_tolerant", False):
+    if deserializer is None:
         return deserializer
     name = _message_name(deserializer)
     parse = deserializer
@@ -101,79 +177,64 @@ def _tolerant(
                 raise malformed_body(name) from None
             return _Malformed(name)
 
-    deserialize.cachet_tolerant = True  # type: ignore[attr-defined]
     return deserialize
 
 
-async def _refuse_malformed(request: _Malformed, context: Context) -> None:
-    status = rpc_status_for(request.error())
-    await context.abort(status.code, status.details, status.trailing_metadata)
-
-
-def wrap_handler(handler: Any, around: Around | None) -> Any:
-    """`handler` (a grpc RpcMethodHandler of any of the four kinds) with `around` entered
-    before its behavior runs and left after it ends (None: no stage, only the request
-    body guard)."""
-    streamed = bool(handler.stream_unary or handler.stream_stream)
-    codec = {
-        "request_deserializer": _tolerant(handler.request_deserializer, streamed=streamed),
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            _coroutine(handler.unary_unary, around, unary_request=True), **codec
-        )
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            _coroutine(handler.stream_unary, around, unary_request=False), **codec
-        )
-    streaming = handler.unary_stream or handler.stream_stream
-    unary_request = bool(handler.unary_stream)
-    # Streaming handlers come in two styles: async generators, and coroutines that call
-    # context.write(); grpc.aio tells them apart by type, so the wrapper keeps the style.
-    wrapped = (
-        _generator(streaming, around, unary_request=unary_request)
-        if inspect.isasyncgenfunction(streaming)
-        else _coroutine(streaming, around, unary_request=unary_request)
-    )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrapped, **codec)
-    return grpc.stream_stream_rpc_method_handler(wrapped, **codec)
+def _leave(stages: tuple[Stage, ...], entered: list[Any], error: BaseException | None) -> None:
+    """Leave the stages that were entered, innermost first."""
+    for index in range(len(entered) - 1, -1, -1):
+        stages[index].leave(entered[index], error)
 
 
 def _coroutine(
-    behavior: Callable[[Any, Context], Awaitable[Any]],
-    around: Around | None,
-    *,
-    unary_request: bool,
-) -> Callable[[Any, Context], Awaitable[Any]]:
+    behavior: UnaryBehavior, stages: tuple[Stage, ...], *, unary_request: bool
+) -> UnaryBehavior:
     async def handle(request: Any, context: Context) -> Any:
         if isinstance(request, _Malformed):
-            return await _refuse_malformed(request, context)
-        if around is None:
+            return await abort_with(context, request.error())
+        seen = request if unary_request else None
+        entered: list[Any] = []
+        error: BaseException | None = None
+        try:
+            for stage in stages:
+                entered.append(stage.enter(seen, context))
             return await behavior(request, context)
-        async with around(request if unary_request else None, context):
-            return await behavior(request, context)
+        except CachetError as refusal:
+            # Only a stage's enter raises one: the invoker turns the handler's own into
+            # a status.
+            error = refusal
+            await abort_with(context, refusal)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            _leave(stages, entered, error)
 
     return handle
 
 
 def _generator(
-    behavior: Callable[[Any, Context], AsyncIterator[Any]],
-    around: Around | None,
-    *,
-    unary_request: bool,
-) -> Callable[[Any, Context], AsyncIterator[Any]]:
+    behavior: StreamBehavior, stages: tuple[Stage, ...], *, unary_request: bool
+) -> StreamBehavior:
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         if isinstance(request, _Malformed):
-            await _refuse_malformed(request, context)
+            await abort_with(context, request.error())
             return
-        if around is None:
+        seen = request if unary_request else None
+        entered: list[Any] = []
+        error: BaseException | None = None
+        try:
+            for stage in stages:
+                entered.append(stage.enter(seen, context))
             async for response in behavior(request, context):
                 yield response
-            return
-        async with around(request if unary_request else None, context):
-            async for response in behavior(request, context):
-                yield response
+        except CachetError as refusal:
+            error = refusal
+            await abort_with(context, refusal)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            _leave(stages, entered, error)
 
     return handle

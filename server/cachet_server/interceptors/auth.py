@@ -7,63 +7,65 @@ credential's only grant) and makes the CallContext current for everything inside
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import grpc
 
 from .. import audit
 from ..access import CallSpec, Scope
 from ..backend.keys import NAMESPACE_PATTERN
-from ..callcontext import CallContext, Identity, enter_call, leave_call
+from ..callcontext import CallContext, Identity, current_call, enter_call, leave_call
 from ..config import Limits
-from ..credentials import Authenticator
+from ..credentials import ANONYMOUS, Authenticator
 from ..errors import CachetError, InvalidArgument, PermissionDenied
-from ._stage import Around, Context, StageInterceptor
-from .errors import abort_with
+from ._stage import Context
 
 NAMESPACE_METADATA = "cachet-namespace"
 AUTHORIZATION_METADATA = "authorization"
 DEFAULT_NAMESPACE = "default"
 _HEALTH_PREFIX = "/grpc.health."
 _REFLECTION_PREFIX = "/grpc.reflection."
+_NAMESPACE_FIELD = f"metadata:{NAMESPACE_METADATA}"
 
 
-class _CallMetadata:
-    """A call's metadata, read once: text values by name, plus the two we resolve."""
+def _read_metadata(metadata: Iterable[tuple[str, Any]]) -> tuple[list[str], list[str]]:
+    """The call's `authorization` and `cachet-namespace` values, read once."""
+    authorization: list[str] = []
+    namespaces: list[str] = []
+    for name, value in metadata:
+        if name == NAMESPACE_METADATA:
+            if isinstance(value, str):
+                namespaces.append(value)
+        elif name == AUTHORIZATION_METADATA and isinstance(value, str):
+            authorization.append(value)
+    return authorization, namespaces
 
-    __slots__ = ("authorization", "namespaces", "text")
 
-    def __init__(self, context: Context) -> None:
-        self.text: dict[str, str] = {}
-        self.authorization: list[str] = []
-        self.namespaces: list[str] = []
-        for name, value in context.invocation_metadata() or ():
-            if not isinstance(value, str):
-                continue
-            if name == AUTHORIZATION_METADATA:
-                self.authorization.append(value)
-            elif name == NAMESPACE_METADATA:
-                self.namespaces.append(value)
-            self.text[name] = value
+@functools.lru_cache(maxsize=4096)
+def _namespace_problem(namespace: str, max_bytes: int) -> str | None:
+    # Memoized: a server sees the same few namespaces on every call; bounded, so a
+    # caller cycling through names only evicts.
+    if len(namespace.encode()) > max_bytes:
+        return f"namespace is longer than {max_bytes} bytes"
+    if not NAMESPACE_PATTERN.match(namespace):
+        return "namespace must be letters, digits, '_', '.' or '-'"
+    return None
 
 
 def resolve_namespace(values: list[str], identity: Identity, limits: Limits) -> str:
     """The call's namespace: the one `cachet-namespace` header, else the credential's only
     namespace, else `default`."""
-    field = f"metadata:{NAMESPACE_METADATA}"
     if len(values) > 1:
-        raise InvalidArgument.field(field, "must be given at most once")
+        raise InvalidArgument.field(_NAMESPACE_FIELD, "must be given at most once")
     if not values:
         return identity.grants.only_namespace or DEFAULT_NAMESPACE
     namespace = values[0]
-    if len(namespace.encode()) > limits.max_namespace_bytes:
-        raise InvalidArgument.field(
-            field, f"namespace is longer than {limits.max_namespace_bytes} bytes"
-        )
-    if not NAMESPACE_PATTERN.match(namespace):
-        raise InvalidArgument.field(field, "namespace must be letters, digits, '_', '.' or '-'")
+    problem = _namespace_problem(namespace, limits.max_namespace_bytes)
+    if problem is not None:
+        raise InvalidArgument.field(_NAMESPACE_FIELD, problem)
     return namespace
 
 
@@ -72,7 +74,7 @@ def _client_certificate(context: Context) -> bytes | None:
     return pems[0] if pems else None
 
 
-class AuthInterceptor(StageInterceptor):
+class AuthStage:
     def __init__(
         self,
         authenticator: Authenticator,
@@ -81,102 +83,128 @@ class AuthInterceptor(StageInterceptor):
         *,
         protect_reflection: bool,
     ) -> None:
-        super().__init__()
         self.authenticator = authenticator
         self.table = table
         self.limits = limits
-        self.protect_reflection = protect_reflection and authenticator.enabled
+        self.enabled = authenticator.enabled
+        self.protect_reflection = protect_reflection and self.enabled
 
-    def around(self, method: str, *, response_streaming: bool) -> Around | None:
+    def stage_for(
+        self, method: str, *, response_streaming: bool
+    ) -> _Admit | _AuthenticatedOnly | _Refuse | None:
         if method.startswith(_HEALTH_PREFIX):
             return None
         if method.startswith(_REFLECTION_PREFIX):
-            return self._authenticated_only(method) if self.protect_reflection else None
+            return _AuthenticatedOnly(self, method) if self.protect_reflection else None
         spec = self.table.get(method)
         if spec is None:
-            return self._refuse(method)
-        return self._admit(method, spec)
+            return _Refuse(method)
+        return _Admit(self, method, spec)
 
-    def _identify(self, metadata: _CallMetadata, context: Context) -> Identity:
+    def identify(self, authorization: list[str], context: Context) -> Identity:
+        if not self.enabled:
+            return ANONYMOUS
         certificate = (
             _client_certificate(context)
-            if not metadata.authorization and self.authenticator.maps_certificates
+            if not authorization and self.authenticator.maps_certificates
             else None
         )
-        return self.authenticator.identify(metadata.authorization, certificate, time.time())
+        return self.authenticator.identify(authorization, certificate, time.time())
 
-    def _admit(self, method: str, spec: CallSpec) -> Around:
-        @contextlib.asynccontextmanager
-        async def admit(request: object, context: Context) -> AsyncIterator[None]:
-            metadata = _CallMetadata(context)
-            identity: Identity | None = None
-            namespace: str | None = None
-            try:
-                identity = self._identify(metadata, context)
-                namespace = resolve_namespace(metadata.namespaces, identity, self.limits)
-                _authorize(method, spec, identity, namespace, request)
-            except CachetError as error:
-                if error.code in (
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    grpc.StatusCode.PERMISSION_DENIED,
-                ):
-                    audit.record(
-                        method=method,
-                        outcome=error.code,
-                        credential=identity.id if identity else None,
-                        credential_kind=identity.kind if identity else None,
-                        namespace=namespace,
-                        peer=context.peer(),
-                        reason=error.reason,
-                    )
-                await abort_with(context, error)
-                raise AssertionError("abort returned") from error  # pragma: no cover
-            call = CallContext(method, spec, namespace, identity, metadata.text)
-            token = enter_call(call)
-            try:
-                yield
-            except BaseException:
-                if spec.audit:
-                    _audit_end(call, context, call.status or grpc.StatusCode.CANCELLED)
-                raise
-            else:
-                if spec.audit:
-                    _audit_end(call, context, grpc.StatusCode.OK)
-            finally:
-                leave_call(token)
 
-        return admit
+class _Admit:
+    """A method of the call table: identify, resolve the namespace, apply the rule, and
+    make the CallContext current for everything inside."""
 
-    def _authenticated_only(self, method: str) -> Around:
-        @contextlib.asynccontextmanager
-        async def authenticated(request: object, context: Context) -> AsyncIterator[None]:
-            try:
-                self._identify(_CallMetadata(context), context)
-            except CachetError as error:
+    __slots__ = ("auth", "method", "spec")
+
+    def __init__(self, auth: AuthStage, method: str, spec: CallSpec) -> None:
+        self.auth = auth
+        self.method = method
+        self.spec = spec
+
+    def enter(self, request: Any, context: Context) -> object:
+        metadata = context.invocation_metadata() or ()
+        authorization, namespaces = _read_metadata(metadata)
+        identity: Identity | None = None
+        namespace: str | None = None
+        try:
+            identity = self.auth.identify(authorization, context)
+            namespace = resolve_namespace(namespaces, identity, self.auth.limits)
+            if self.auth.enabled:
+                # Auth off: the anonymous caller holds every grant, nothing to check.
+                _authorize(self.method, self.spec, identity, namespace, request)
+        except CachetError as error:
+            if error.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 audit.record(
-                    method=method,
+                    method=self.method,
                     outcome=error.code,
-                    credential=None,
-                    credential_kind=None,
-                    namespace=None,
+                    credential=identity.id if identity else None,
+                    credential_kind=identity.kind if identity else None,
+                    namespace=namespace,
                     peer=context.peer(),
                     reason=error.reason,
                 )
-                await abort_with(context, error)
-            yield
+            raise
+        call = CallContext(self.method, self.spec, namespace, identity, context, metadata)
+        return enter_call(call)
 
-        return authenticated
+    def leave(self, token: object, error: BaseException | None) -> None:
+        try:
+            if self.spec.audit:
+                call = current_call()
+                _audit_end(
+                    call,
+                    grpc.StatusCode.OK
+                    if error is None
+                    else call.status or grpc.StatusCode.CANCELLED,
+                )
+        finally:
+            leave_call(token)
 
-    def _refuse(self, method: str) -> Around:
-        @contextlib.asynccontextmanager
-        async def refuse(request: object, context: Context) -> AsyncIterator[None]:
-            await abort_with(
-                context,
-                PermissionDenied(f"{method} has no access rule", reason="METHOD_NOT_ALLOWED"),
+
+class _AuthenticatedOnly:
+    """Reflection while auth is on: any valid credential, no namespace."""
+
+    __slots__ = ("auth", "method")
+
+    def __init__(self, auth: AuthStage, method: str) -> None:
+        self.auth = auth
+        self.method = method
+
+    def enter(self, request: Any, context: Context) -> None:
+        authorization, _ = _read_metadata(context.invocation_metadata() or ())
+        try:
+            self.auth.identify(authorization, context)
+        except CachetError as error:
+            audit.record(
+                method=self.method,
+                outcome=error.code,
+                credential=None,
+                credential_kind=None,
+                namespace=None,
+                peer=context.peer(),
+                reason=error.reason,
             )
-            yield
+            raise
 
-        return refuse
+    def leave(self, entered: None, error: BaseException | None) -> None:
+        return None
+
+
+class _Refuse:
+    """A method without an access rule: never served."""
+
+    __slots__ = ("method",)
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def enter(self, request: Any, context: Context) -> None:
+        raise PermissionDenied(f"{self.method} has no access rule", reason="METHOD_NOT_ALLOWED")
+
+    def leave(self, entered: None, error: BaseException | None) -> None:
+        return None
 
 
 def _authorize(
@@ -196,14 +224,14 @@ def _authorize(
         )
 
 
-def _audit_end(call: CallContext, context: Context, outcome: grpc.StatusCode) -> None:
+def _audit_end(call: CallContext, outcome: grpc.StatusCode) -> None:
     audit.record(
         method=call.method,
         outcome=outcome,
         credential=call.identity.id,
         credential_kind=call.identity.kind,
         namespace=call.namespace if call.spec.scope is Scope.NAMESPACE else None,
-        peer=context.peer(),
+        peer=call.context.peer(),
         keys=call.keys,
         reason=call.reason,
     )

@@ -4,25 +4,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any, NoReturn
 
 import grpc
 from grpc import aio
 
 from ..callcontext import current_call_or_none
-from ..errors import CachetError, Unimplemented, domain_error, rpc_status_for
-from ._stage import Around, Context, StageInterceptor
+from ..errors import CachetError, Unimplemented, domain_error
+from ._stage import Context, StreamBehavior, UnaryBehavior, abort_with
 
 log = logging.getLogger(__name__)
 
-
-async def abort_with(context: Context, error: CachetError) -> None:
-    """End the call with `error`'s status and google.rpc details (raises AbortError)."""
-    status = rpc_status_for(error)
-    await context.abort(status.code, status.details, status.trailing_metadata)
-
+__all__ = ["ErrorsStage", "abort_with"]
 
 # The handler's own timeout fires this much before gRPC's deadline (or 10 % of the time
 # left, when that is less), so cachet answers DEADLINE_EXCEEDED itself instead of racing
@@ -30,9 +25,7 @@ async def abort_with(context: Context, error: CachetError) -> None:
 _DEADLINE_MARGIN = 0.002
 
 
-def _handler_budget(remaining: float | None) -> float | None:
-    if remaining is None:
-        return None
+def _handler_budget(remaining: float) -> float:
     return max(0.0, remaining - min(_DEADLINE_MARGIN, remaining * 0.1))
 
 
@@ -56,46 +49,85 @@ class _CallAlreadyEnded(logging.Filter):
 _ALREADY_ENDED = _CallAlreadyEnded()
 
 
-class ErrorsInterceptor(StageInterceptor):
+class ErrorsStage:
     """Exceptions -> one status mapping; unary calls -> bounded by their deadline. The
     status is recorded on the call context, where the outer stages read it."""
 
     def __init__(self) -> None:
-        super().__init__()
         logging.getLogger("grpc._cython.cygrpc").addFilter(_ALREADY_ENDED)
 
-    def around(self, method: str, *, response_streaming: bool) -> Around:
-        @contextlib.asynccontextmanager
-        async def outcome(request: object, context: Context) -> AsyncIterator[None]:
-            call = current_call_or_none()
+    def unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        async def bounded(request: Any, context: Context) -> Any:
             try:
-                if not response_streaming:
-                    async with asyncio.timeout(_handler_budget(context.time_remaining())):
-                        yield
-                    if context.done():
-                        # Finished just as gRPC's deadline ended the call: nothing to send.
-                        raise asyncio.CancelledError
+                remaining = context.time_remaining()
+                if remaining is None:
+                    response = await behavior(request, context)
                 else:
-                    yield
+                    async with asyncio.timeout(_handler_budget(remaining)):
+                        response = await behavior(request, context)
+                if context.done():
+                    # Finished just as gRPC's deadline ended the call: nothing to send.
+                    raise asyncio.CancelledError
+                return response
+            except aio.AbortError:
+                raise
+            except asyncio.CancelledError:
+                _cancelled()
+                raise
+            except Exception as exc:
+                await _fail(method, context, exc)
+
+        return bounded
+
+    def writing(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        async def written(request: Any, context: Context) -> Any:
+            try:
+                return await behavior(request, context)
+            except aio.AbortError:
+                raise
+            except asyncio.CancelledError:
+                _cancelled()
+                raise
+            except Exception as exc:
+                await _fail(method, context, exc)
+
+        return written
+
+    def streaming(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        async def streamed(request: Any, context: Context) -> AsyncIterator[Any]:
+            try:
+                async for response in behavior(request, context):
+                    yield response
             except aio.AbortError:
                 raise
             except (asyncio.CancelledError, GeneratorExit):
-                if call is not None:
-                    call.status = grpc.StatusCode.CANCELLED
+                _cancelled()
                 raise
             except Exception as exc:
-                error = domain_error(exc)
-                if isinstance(error, Unimplemented):
-                    error = Unimplemented(f"{method} is not implemented by this cachet server yet")
-                if error.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-                    log.warning("%s failed: %s", method, error.message)
-                if call is not None:
-                    call.status = error.code
-                    call.reason = error.reason
-                if context.done():
-                    # gRPC already ended the call (its own deadline won the race): there
-                    # is no one left to answer, and aborting would log a core error.
-                    raise asyncio.CancelledError from None
-                await abort_with(context, error)
+                await _fail(method, context, exc)
 
-        return outcome
+        return streamed
+
+
+def _cancelled() -> None:
+    call = current_call_or_none()
+    if call is not None:
+        call.status = grpc.StatusCode.CANCELLED
+
+
+async def _fail(method: str, context: Context, exc: Exception) -> NoReturn:
+    error: CachetError = domain_error(exc)
+    if isinstance(error, Unimplemented):
+        error = Unimplemented(f"{method} is not implemented by this cachet server yet")
+    if error.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        log.warning("%s failed: %s", method, error.message)
+    call = current_call_or_none()
+    if call is not None:
+        call.status = error.code
+        call.reason = error.reason
+    if context.done():
+        # gRPC already ended the call (its own deadline won the race): there is no one
+        # left to answer, and aborting would log a core error.
+        raise asyncio.CancelledError from None
+    await abort_with(context, error)
+    raise AssertionError("abort returned")  # pragma: no cover

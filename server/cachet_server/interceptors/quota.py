@@ -17,17 +17,16 @@ dropped, so the table holds only what is in flight.
 
 from __future__ import annotations
 
-import contextlib
 import enum
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..access import CallSpec, StreamKind
 from ..callcontext import Identity, current_call
 from ..config import QuotaOverrides, Quotas
 from ..errors import ResourceExhausted
 from ..stats import ServiceStats
-from ._stage import Around, Context, StageInterceptor
-from .errors import abort_with
+from ._stage import Context
 
 
 class Resource(enum.StrEnum):
@@ -55,37 +54,43 @@ _LIMIT_FIELD = {
 
 
 class QuotaCounts:
-    """In-flight counts per (namespace, resource); an entry lives only while non-zero."""
+    """In-flight counts per namespace and resource; an entry lives only while non-zero.
+    Keyed by namespace, then resource, so a call's check and update allocate nothing but
+    a namespace's first entry."""
 
     def __init__(self) -> None:
-        self._counts: dict[tuple[str, Resource], int] = {}
+        self._counts: dict[str, dict[Resource, int]] = {}
 
     def in_flight(self, namespace: str, resource: Resource) -> int:
-        return self._counts.get((namespace, resource), 0)
+        held = self._counts.get(namespace)
+        return held.get(resource, 0) if held is not None else 0
 
     def take(self, namespace: str, resources: tuple[Resource, ...]) -> None:
+        held = self._counts.get(namespace)
+        if held is None:
+            held = self._counts[namespace] = {}
         for resource in resources:
-            key = (namespace, resource)
-            self._counts[key] = self._counts.get(key, 0) + 1
+            held[resource] = held.get(resource, 0) + 1
 
     def give_back(self, namespace: str, resources: tuple[Resource, ...]) -> None:
+        held = self._counts[namespace]
         for resource in resources:
-            key = (namespace, resource)
-            left = self._counts[key] - 1
+            left = held[resource] - 1
             if left:
-                self._counts[key] = left
+                held[resource] = left
             else:
-                del self._counts[key]
+                del held[resource]
+        if not held:
+            del self._counts[namespace]
 
     def __len__(self) -> int:
-        return len(self._counts)
+        return sum(len(held) for held in self._counts.values())
 
 
-class QuotaInterceptor(StageInterceptor):
+class QuotaStage:
     def __init__(
         self, defaults: Quotas, table: Mapping[str, CallSpec], stats: ServiceStats
     ) -> None:
-        super().__init__()
         self.defaults = defaults
         self.table = table
         self.stats = stats
@@ -104,50 +109,53 @@ class QuotaInterceptor(StageInterceptor):
             limits = self._limits[overrides] = _merged(self._default_limits, overrides)
         return limits
 
-    def around(self, method: str, *, response_streaming: bool) -> Around | None:
+    def stage_for(self, method: str, *, response_streaming: bool) -> _Admit | None:
         spec = self.table.get(method)
         if spec is None:
             # Health and reflection: not namespace traffic, never refused here.
             return None
-        stream_resource = _STREAM_RESOURCE.get(spec.stream) if spec.stream else None
-        counts = self.counts
-        stats = self.stats
-        retry_after = self.defaults.retry_after
+        return _Admit(self, spec)
 
-        @contextlib.asynccontextmanager
-        async def admit(request: object, context: Context) -> AsyncIterator[None]:
-            call = current_call()
-            namespace = call.namespace
-            resources: tuple[Resource, ...] = (Resource.CALLS,)
-            if stream_resource is not None:
-                resources += (stream_resource,)
-            if spec.blocks(request):
-                resources += (Resource.BLOCKING,)
-            limits = self.limits_for(call.identity)
-            for resource in resources:
-                limit = limits[resource]
-                if counts.in_flight(namespace, resource) >= limit:
-                    stats.record_quota_refusal(namespace, resource.value)
-                    call.status = ResourceExhausted.code
-                    call.reason = "QUOTA_EXCEEDED"
-                    await abort_with(
-                        context,
-                        ResourceExhausted(
-                            f"namespace {namespace!r} already has {limit} "
-                            f"{resource.value.replace('_', ' ')} in flight (its quota); "
-                            "retry later",
-                            retry_after=retry_after,
-                            reason="QUOTA_EXCEEDED",
-                            metadata={"quota": resource.value, "limit": str(limit)},
-                        ),
-                    )
-            counts.take(namespace, resources)
-            try:
-                yield
-            finally:
-                counts.give_back(namespace, resources)
 
-        return admit
+class _Admit:
+    """One method's quota check; `enter` answers the resources the call holds."""
+
+    __slots__ = ("blocking", "quota", "resources", "spec")
+
+    def __init__(self, quota: QuotaStage, spec: CallSpec) -> None:
+        self.quota = quota
+        self.spec = spec
+        # What a call of this method holds, without and with a blocking wait: built once.
+        self.resources: tuple[Resource, ...] = (Resource.CALLS,)
+        if spec.stream is not None:
+            self.resources += (_STREAM_RESOURCE[spec.stream],)
+        self.blocking = (*self.resources, Resource.BLOCKING)
+
+    def enter(self, request: Any, context: Context) -> tuple[Resource, ...]:
+        call = current_call()
+        namespace = call.namespace
+        resources = self.blocking if self.spec.blocks(request) else self.resources
+        quota = self.quota
+        limits = quota.limits_for(call.identity)
+        counts = quota.counts
+        for resource in resources:
+            limit = limits[resource]
+            if counts.in_flight(namespace, resource) >= limit:
+                quota.stats.record_quota_refusal(namespace, resource.value)
+                call.status = ResourceExhausted.code
+                call.reason = "QUOTA_EXCEEDED"
+                raise ResourceExhausted(
+                    f"namespace {namespace!r} already has {limit} "
+                    f"{resource.value.replace('_', ' ')} in flight (its quota); retry later",
+                    retry_after=quota.defaults.retry_after,
+                    reason="QUOTA_EXCEEDED",
+                    metadata={"quota": resource.value, "limit": str(limit)},
+                )
+        counts.take(namespace, resources)
+        return resources
+
+    def leave(self, resources: tuple[Resource, ...], error: BaseException | None) -> None:
+        self.quota.counts.give_back(current_call().namespace, resources)
 
 
 def _merged(defaults: Mapping[Resource, int], overrides: QuotaOverrides) -> dict[Resource, int]:

@@ -5,20 +5,21 @@ namespace traffic and pass untouched."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from contextvars import Token
+from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from ..callcontext import CallContext, current_call
 from ..logs import ACCESS_LOGGER
-from ..stats import ServiceStats
+from ..stats import MethodCounter, ServiceStats
 from ..telemetry import start_rpc_span, tracing_on
-from ._stage import Around, Context, StageInterceptor
+from ._stage import Context
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -37,59 +38,75 @@ _CALLER_FAULTS = {
 }
 
 
-class TelemetryInterceptor(StageInterceptor):
+class TelemetryStage:
     def __init__(self, stats: ServiceStats, access_sample: float = 0.0) -> None:
-        super().__init__()
         self.stats = stats
         self.access_sample = access_sample
 
-    def around(self, method: str, *, response_streaming: bool) -> Around | None:
+    def stage_for(self, method: str, *, response_streaming: bool) -> _Observe | None:
         if method.startswith("/grpc."):
             return None
-        stats = self.stats
-        sample = self.access_sample
-
-        @contextlib.asynccontextmanager
-        async def observe(request: object, context: Context) -> AsyncIterator[None]:
-            call = current_call()
-            started = time.monotonic()
-            stats.record_namespace_call(call.namespace)
-            stats.record_call_start(call.method)
-            code: grpc.StatusCode | None = None
-            if not tracing_on():
-                try:
-                    yield
-                except BaseException:
-                    code = call.status or grpc.StatusCode.CANCELLED
-                    raise
-                finally:
-                    seconds = time.monotonic() - started
-                    stats.record_call(call.method, code.name if code else None, seconds)
-                    if sample and random.random() < sample:
-                        _access_line(call, context, code, seconds)
-                return
-            span = start_rpc_span(method, call.namespace, call.metadata)
-            try:
-                with trace.use_span(span, end_on_exit=False):
-                    try:
-                        yield
-                    except BaseException:
-                        code = call.status or grpc.StatusCode.CANCELLED
-                        raise
-                    finally:
-                        seconds = time.monotonic() - started
-                        if sample and random.random() < sample:
-                            _access_line(call, context, code, seconds)
-            finally:
-                _finish(stats, call, span, seconds, code)
-
-        return observe
+        return _Observe(self.stats, self.stats.method_counter(method), self.access_sample)
 
 
-def _access_line(
-    call: CallContext, context: Context, code: grpc.StatusCode | None, seconds: float
-) -> None:
-    # Inside the span, so the line carries the call's trace_id and span_id.
+class _Traced:
+    """What a traced call holds between enter and leave."""
+
+    __slots__ = ("span", "started", "token")
+
+    def __init__(
+        self, started: float, span: trace.Span, token: Token[otel_context.Context]
+    ) -> None:
+        self.started = started
+        self.span = span
+        self.token = token
+
+
+class _Observe:
+    """One method's telemetry; `enter` answers when the call started (and its span, when
+    tracing is on)."""
+
+    __slots__ = ("counter", "sample", "stats")
+
+    def __init__(self, stats: ServiceStats, counter: MethodCounter, sample: float) -> None:
+        self.stats = stats
+        self.counter = counter
+        self.sample = sample
+
+    def enter(self, request: Any, context: Context) -> float | _Traced:
+        call = current_call()
+        self.stats.record_namespace_call(call.namespace)
+        self.counter.start()
+        started = time.monotonic()
+        if not tracing_on():
+            return started
+        span = start_rpc_span(call.method, call.namespace, call.text_metadata())
+        token = otel_context.attach(trace.set_span_in_context(span))
+        return _Traced(started, span, token)
+
+    def leave(self, entered: float | _Traced, error: BaseException | None) -> None:
+        call = current_call()
+        code = (call.status or grpc.StatusCode.CANCELLED) if error is not None else None
+        if isinstance(entered, _Traced):
+            seconds = time.monotonic() - entered.started
+            # Inside the span, so the access line carries the call's trace_id and span_id.
+            self._sample_access(call, code, seconds)
+            otel_context.detach(entered.token)
+            self.counter.end(code, seconds)
+            _finish(call, entered.span, code)
+            return
+        seconds = time.monotonic() - entered
+        self.counter.end(code, seconds)
+        self._sample_access(call, code, seconds)
+
+    def _sample_access(
+        self, call: CallContext, code: grpc.StatusCode | None, seconds: float
+    ) -> None:
+        if self.sample and random.random() < self.sample:
+            _access_line(call, code, seconds)
+
+
+def _access_line(call: CallContext, code: grpc.StatusCode | None, seconds: float) -> None:
     status = (code or grpc.StatusCode.OK).name
     access_log.info(
         "%s %s %s %.3fms",
@@ -103,19 +120,12 @@ def _access_line(
             "status": status,
             "duration_ms": round(seconds * 1000, 3),
             "credential": call.identity.id,
-            "peer": context.peer(),
+            "peer": call.context.peer(),
         },
     )
 
 
-def _finish(
-    stats: ServiceStats,
-    call: CallContext,
-    span: trace.Span,
-    seconds: float,
-    code: grpc.StatusCode | None,
-) -> None:
-    stats.record_call(call.method, code.name if code else None, seconds)
+def _finish(call: CallContext, span: trace.Span, code: grpc.StatusCode | None) -> None:
     final = code or grpc.StatusCode.OK
     span.set_attribute("rpc.response.status_code", final.name)
     if call.reason is not None:
