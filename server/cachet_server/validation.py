@@ -61,7 +61,13 @@ class Validator:
 
     def keys(self, keys: Sequence[str], field: str = "keys") -> list[str]:
         self.batch(len(keys), field)
-        return [self.key(key, f"{field}[{i}]") for i, key in enumerate(keys)]
+        # The checks of `key`, without building a field name per key: a key of at most
+        # limit/4 characters fits whatever they are (UTF-8 takes at most 4 bytes each).
+        fits = self.limits.max_key_bytes // 4
+        for i, key in enumerate(keys):
+            if not key or len(key) > fits:
+                self.key(key, f"{field}[{i}]")
+        return list(keys)
 
     def value(self, value: bytes, field: str = "value") -> bytes:
         if len(value) > self.limits.max_value_bytes:
