@@ -47,7 +47,9 @@ class JwtKeys:
     @classmethod
     def generate(cls) -> JwtKeys:
         return cls(
-            hs_secret=secrets.token_bytes(32),
+            # Binary, and beginning and ending with bytes that look like whitespace:
+            # the server must use every byte (a stripped secret refuses every token).
+            hs_secret=b" " + secrets.token_bytes(32) + b"\t",
             rsa=rsa.generate_private_key(public_exponent=65537, key_size=2048),
             ec=ec.generate_private_key(ec.SECP256R1()),
             jwks_rsa=rsa.generate_private_key(public_exponent=65537, key_size=2048),

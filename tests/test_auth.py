@@ -696,3 +696,12 @@ def test_api_keys_can_come_from_a_file_the_config_names(tmp_path: Path):
     )
     with pytest.raises(ValueError):
         Authenticator(AuthSettings(mode="required", api_keys_file=keys_file))
+
+
+def test_an_hs256_secret_file_keeps_every_byte_but_one_trailing_line_break():
+    from cachet_server.credentials import _secret
+
+    assert _secret(b" \x00secret\t") == b" \x00secret\t"
+    assert _secret(b"secret\n") == b"secret"
+    assert _secret(b"secret\r\n") == b"secret"
+    assert _secret(b"secret\n\n") == b"secret\n"

@@ -704,7 +704,11 @@ class JwtKey(BaseModel):
         None, description="Key id; a token whose header names a kid is checked with that key."
     )
     algorithm: JwtAlgorithm = Field(description="HS256, RS256 or ES256; the only one accepted.")
-    secret_file: Path | None = Field(None, description="HS256: file holding the shared secret.")
+    secret_file: Path | None = Field(
+        None,
+        description="HS256: file holding the shared secret (all its bytes but one "
+        "trailing line break).",
+    )
     public_key_file: Path | None = Field(
         None, description="RS256/ES256: PEM file with the public key."
     )

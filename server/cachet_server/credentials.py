@@ -57,6 +57,18 @@ class _VerifiedJwt:
     expires_at: float
 
 
+def _secret(raw: bytes) -> bytes:
+    """An HS256 secret as its file holds it, but for one trailing line break (what an
+    editor or `echo` adds). Every other byte counts: a binary secret may begin or end
+    with a byte that looks like whitespace, and stripping it would refuse every token
+    signed with the whole secret."""
+    if raw.endswith(b"\r\n"):
+        return raw[:-2]
+    if raw.endswith(b"\n"):
+        return raw[:-1]
+    return raw
+
+
 class JwtVerifier:
     """Checks a JWT's signature with the configured key for its algorithm (never the
     algorithm the token asks for), then exp, nbf, iss and aud."""
@@ -68,7 +80,7 @@ class JwtVerifier:
         self._unnamed: list[tuple[str, Any]] = []
         for key in settings.keys:
             if key.secret_file is not None:
-                material: Any = key.secret_file.read_bytes().strip()
+                material: Any = _secret(key.secret_file.read_bytes())
             else:
                 assert key.public_key_file is not None
                 material = key.public_key_file.read_bytes()
