@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,9 @@ def test_ratios_targets_table_and_chart(tmp_path):
 def test_cpu_seconds_reads_this_process():
     bench = load_bench()
     before = bench.cpu_seconds(os.getpid())
-    sum(i * i for i in range(300_000))
+    # Spend 0.1 s of CPU (ten clock ticks: /proc counts in ticks), bounded in wall time.
+    spent, started = time.process_time(), time.monotonic()
+    while time.process_time() - spent < 0.1 and time.monotonic() - started < 10:
+        sum(i * i for i in range(10_000))
     assert bench.cpu_seconds(os.getpid()) > before
     assert bench.cpu_seconds(2**22 + 12345) == 0.0, "a vanished process counts nothing"

@@ -11,6 +11,7 @@ import logging
 import grpc
 import pytest
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
+from cachet_server import telemetry
 from cachet_server.config import LogFormat
 from cachet_server.logs import TraceContext, formatter
 from cachet_server.telemetry import setup_tracing
@@ -29,11 +30,14 @@ TRACEPARENT = [("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")]
 
 
 @pytest.fixture
-def spans():
-    """Spans exported during the test (the global provider can be set once per process)."""
+def spans(monkeypatch):
+    """Spans exported during the test (the global provider can be set once per process).
+    Tracing is on for the test only: the tests after it run as deployed by default."""
     global _provider
     if _provider is None:
         _provider = setup_tracing(exporter=_exporter)
+        telemetry._tracing = False
+    monkeypatch.setattr(telemetry, "_tracing", True)
     # Spans of earlier tests may still sit in the batch processor: flush them out first.
     _provider.force_flush()
     _exporter.clear()
