@@ -270,34 +270,38 @@ async def test_scripts_without_keys_are_coalesced_or_sent_alone(cachet: Applicat
 
 @pytest.mark.topologies("standalone", reason="the pause itself is the same on every topology")
 async def test_large_writes_wait_for_the_socket_and_each_land_whole(topology, namespace: str):
-    """A multiplexer of its own, 1 MiB SETs in four waves of 10 while Redis is paused:
-    the sockets stop taking bytes, so once both kept connections hold more than their
-    share, later writers wait for a socket to drain rather than pile more onto its
-    buffer; after the pause every command is answered and every value is whole."""
+    """A multiplexer of its own (one connection, a 64 KiB write buffer limit), 1 MiB
+    SETs in eight waves of 8 while Redis is paused: the socket stops taking bytes, so
+    later writers wait for it to drain rather than pile more onto its buffer; after the
+    pause every command is answered and every value is whole."""
     client = Redis.from_url(topology.url)
     pool = client.connection_pool
     stats = CoalescingStats()
     multiplexer = Multiplexer(
-        "test", pool.get_connection, pool.release, socket_timeout=30, stats=stats
+        "test",
+        pool.get_connection,
+        pool.release,
+        socket_timeout=30,
+        stats=stats,
+        size=1,
+        write_buffer_limit=64 * 1024,
     )
-    values = {f"{namespace}:big{n}": bytes([n]) * (1024 * 1024) for n in range(40)}
+    values = {f"{namespace}:big{n}": bytes([n]) * (1024 * 1024) for n in range(64)}
     items = list(values.items())
     try:
-        # Open both kept connections first (opening one needs Redis to answer).
-        for _ in range(3):
-            await asyncio.gather(*(multiplexer.call(("PING",)) for _ in range(20)))
+        assert await multiplexer.call(("PING",)) == b"PONG"  # opening needs Redis
         topology.pause()
         try:
             calls = []
-            for start in range(0, 40, 10):
+            for start in range(0, 64, 8):
                 calls += [
                     asyncio.ensure_future(multiplexer.call(("SET", key, value)))
-                    for key, value in items[start : start + 10]
+                    for key, value in items[start : start + 8]
                 ]
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.1)
         finally:
             topology.resume()
-        assert await asyncio.wait_for(asyncio.gather(*calls), 30) == [b"OK"] * 40
+        assert await asyncio.wait_for(asyncio.gather(*calls), 30) == [b"OK"] * 64
         assert stats.drains > 0, "no writer waited for the socket"
         for key, value in items:
             assert await client.get(key) == value, key

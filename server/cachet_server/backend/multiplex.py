@@ -63,7 +63,7 @@ FLUSH_WINDOW = 0.002
 MAX_BATCH = 256
 # Bytes written and not yet taken by the socket above which a caller waits before
 # queueing more on that connection (backpressure, as redis-py's drain after each write).
-_WRITE_BUFFER_LIMIT = 4 * 1024 * 1024
+WRITE_BUFFER_LIMIT = 4 * 1024 * 1024
 # After a connection cannot be opened, calls take the ordinary path alone this long
 # (seconds) before the multiplexer tries again: no doubled connect waits while Redis is away.
 _OPEN_BACKOFF = 0.5
@@ -151,6 +151,7 @@ class Multiplexer:
         stats: CoalescingStats,
         observe: Observe | None = None,
         size: int = CONNECTIONS_PER_NODE,
+        write_buffer_limit: int = WRITE_BUFFER_LIMIT,
     ) -> None:
         self.name = name
         self._acquire = acquire
@@ -159,6 +160,7 @@ class Multiplexer:
         self._stats = stats
         self._observe = observe
         self._size = size
+        self._write_buffer_limit = write_buffer_limit
         self._kept: list[_Kept] = []
         self._opening: asyncio.Future[None] | None = None
         # After a failed open, the ordinary path alone until then (loop time).
@@ -188,12 +190,15 @@ class Multiplexer:
 
     async def _writable(self) -> _Kept | None:
         """A kept connection to queue on, once its socket has taken what was written
-        before beyond _WRITE_BUFFER_LIMIT; None: the ordinary path."""
+        before beyond the write buffer limit; None: the ordinary path."""
         kept = await self._pick()
         if kept is None:
             return None
         writer = kept.connection._writer
-        if writer is not None and writer.transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
+        if (
+            writer is not None
+            and writer.transport.get_write_buffer_size() > self._write_buffer_limit
+        ):
             self._stats.drains += 1
             try:
                 await writer.drain()
