@@ -15,8 +15,10 @@ from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
 from cachet_server.app import Application
 from cachet_server.backend.cache import _GET
 from cachet_server.backend.keys import CacheKeys
+from cachet_server.backend.multiplex import CoalescingStats, Multiplexer
 from cachet_server.backend.scripts import Script
 from grpc import aio
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from .conftest import channel_to
@@ -264,3 +266,45 @@ async def test_scripts_without_keys_are_coalesced_or_sent_alone(cachet: Applicat
     echo = Script("echo_no_keys", "return ARGV[1]", hashlib.sha1(b"return ARGV[1]").hexdigest())
     answers = await asyncio.gather(*(cachet.backend.run(echo, [], [str(n)]) for n in range(30)))
     assert answers == [str(n).encode() for n in range(30)]
+
+
+@pytest.mark.topologies("standalone", reason="the pause itself is the same on every topology")
+async def test_large_writes_wait_for_the_socket_and_each_land_whole(topology, namespace: str):
+    """A multiplexer of its own (one connection, a 64 KiB write buffer limit), 1 MiB
+    SETs in eight waves of 8 while Redis is paused: the socket stops taking bytes, so
+    later writers wait for it to drain rather than pile more onto its buffer; after the
+    pause every command is answered and every value is whole."""
+    client = Redis.from_url(topology.url)
+    pool = client.connection_pool
+    stats = CoalescingStats()
+    multiplexer = Multiplexer(
+        "test",
+        pool.get_connection,
+        pool.release,
+        socket_timeout=30,
+        stats=stats,
+        size=1,
+        write_buffer_limit=64 * 1024,
+    )
+    values = {f"{namespace}:big{n}": bytes([n]) * (1024 * 1024) for n in range(64)}
+    items = list(values.items())
+    try:
+        assert await multiplexer.call(("PING",)) == b"PONG"  # opening needs Redis
+        topology.pause()
+        try:
+            calls = []
+            for start in range(0, 64, 8):
+                calls += [
+                    asyncio.ensure_future(multiplexer.call(("SET", key, value)))
+                    for key, value in items[start : start + 8]
+                ]
+                await asyncio.sleep(0.1)
+        finally:
+            topology.resume()
+        assert await asyncio.wait_for(asyncio.gather(*calls), 30) == [b"OK"] * 64
+        assert stats.drains > 0, "no writer waited for the socket"
+        for key, value in items:
+            assert await client.get(key) == value, key
+    finally:
+        await multiplexer.close()
+        await client.aclose()

@@ -2,13 +2,12 @@
 
 Each Redis node (the one primary outside Cluster, each primary on Cluster) has a
 multiplexer: a few connections taken from the command pool and kept, each carrying the
-commands of many calls at once. A command is packed and queued on the connection with
-the fewest answers outstanding; the queue is written once per event-loop turn, so every
-command issued in one turn goes out in one write (auto-pipelining), and the answers come
-back in order, each to its own caller. A lone caller waits for no window: its command
-is written at the end of the very turn that issued it, so one caller at a time pays
-nothing. Under load a write carries as many commands as arrived in a turn, and no
-connection waits for the previous answer before sending the next command.
+commands of many calls at once. A command is packed and queued on the connection whose
+next write is being gathered, else on the one with the fewest answers outstanding. The
+write is gathered for as long as the event loop is busy (see IDLE_TURN), so under load
+one write carries the commands of many calls, and the answers come back in order, each
+to its own caller; no connection waits for the previous answers before writing again.
+A lone caller waits for no window: its command goes out after one idle loop turn.
 
 What it saves against redis-py's ordinary path: per command, no pool checkout and
 return (with their metrics), no retry wrapper, no write syscall of its own, no
@@ -62,8 +61,9 @@ IDLE_TURN = 0.00001
 MAX_GATHER_TURNS = 32
 FLUSH_WINDOW = 0.002
 MAX_BATCH = 256
-# Queued bytes above which a caller waits for the socket to take them (backpressure).
-_WRITE_BUFFER_LIMIT = 4 * 1024 * 1024
+# Bytes written and not yet taken by the socket above which a caller waits before
+# queueing more on that connection (backpressure, as redis-py's drain after each write).
+WRITE_BUFFER_LIMIT = 4 * 1024 * 1024
 # After a connection cannot be opened, calls take the ordinary path alone this long
 # (seconds) before the multiplexer tries again: no doubled connect waits while Redis is away.
 _OPEN_BACKOFF = 0.5
@@ -87,11 +87,12 @@ RETRY_ALONE = _Signal("RETRY_ALONE")
 class CoalescingStats:
     """How much coalescing happened, for tests and docs/performance.md: `writes` socket
     writes carried `commands` commands between them; `retried_alone` came back to the
-    ordinary path."""
+    ordinary path; `drains` callers waited for a socket to take what was written."""
 
     writes: int = 0
     commands: int = 0
     retried_alone: int = 0
+    drains: int = 0
 
 
 Acquire = Callable[[], Awaitable[Any]]
@@ -150,6 +151,7 @@ class Multiplexer:
         stats: CoalescingStats,
         observe: Observe | None = None,
         size: int = CONNECTIONS_PER_NODE,
+        write_buffer_limit: int = WRITE_BUFFER_LIMIT,
     ) -> None:
         self.name = name
         self._acquire = acquire
@@ -158,6 +160,7 @@ class Multiplexer:
         self._stats = stats
         self._observe = observe
         self._size = size
+        self._write_buffer_limit = write_buffer_limit
         self._kept: list[_Kept] = []
         self._opening: asyncio.Future[None] | None = None
         # After a failed open, the ordinary path alone until then (loop time).
@@ -171,7 +174,7 @@ class Multiplexer:
     async def call(self, args: Sequence[Any]) -> Any:
         """Send one command and answer its reply: a value, the error reply (returned, not
         raised), or RETRY_ALONE."""
-        kept = await self._pick()
+        kept = await self._writable()
         if kept is None:
             return RETRY_ALONE
         return await self._send(kept, [args])[0]
@@ -179,11 +182,32 @@ class Multiplexer:
     async def call_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send commands back to back on one connection (they reach Redis in order, as a
         pipeline: not atomically) and answer each reply as `call` does."""
-        kept = await self._pick()
+        kept = await self._writable()
         if kept is None:
             return [RETRY_ALONE] * len(commands)
         futures = self._send(kept, commands)
         return [await future for future in futures]
+
+    async def _writable(self) -> _Kept | None:
+        """A kept connection to queue on, once its socket has taken what was written
+        before beyond the write buffer limit; None: the ordinary path."""
+        kept = await self._pick()
+        if kept is None:
+            return None
+        writer = kept.connection._writer
+        if (
+            writer is not None
+            and writer.transport.get_write_buffer_size() > self._write_buffer_limit
+        ):
+            self._stats.drains += 1
+            try:
+                await writer.drain()
+            except Exception as exc:  # the connection is gone: its reader retires it
+                self._fail(kept, exc)
+                return None
+            if kept.broken:
+                return None
+        return kept
 
     def _send(self, kept: _Kept, commands: Sequence[Sequence[Any]]) -> list[asyncio.Future[Any]]:
         loop = asyncio.get_running_loop()
@@ -288,14 +312,6 @@ class Multiplexer:
         except Exception as exc:  # a closed transport: the reader sees it too
             self._fail(kept, exc)
             return
-        if writer.transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
-            self._chore(self._drain(kept))
-
-    async def _drain(self, kept: _Kept) -> None:
-        try:
-            await kept.connection._writer.drain()
-        except Exception as exc:
-            self._fail(kept, exc)
 
     async def _read(self, kept: _Kept) -> None:
         """Read answers in order and hand each to its caller, for as long as the
