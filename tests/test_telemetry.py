@@ -98,9 +98,7 @@ async def test_redis_commands_are_child_spans_of_the_rpc_span(cache, spans, topo
             assert load(script).sha not in text + child.name, "never by SHA"
 
 
-async def test_a_call_the_sampler_leaves_out_is_coalesced_and_makes_no_spans(
-    cachet, cache, spans
-):
+async def test_a_call_the_sampler_leaves_out_is_coalesced_and_makes_no_spans(cachet, cache, spans):
     """Tracing on, but the caller's trace is not sampled (traceparent flags 00): the
     call's scripts take the multiplexer (only a recorded span needs redis-py's own
     path, whose instrumentation makes the Redis spans), and nothing is exported."""
