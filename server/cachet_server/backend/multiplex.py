@@ -166,7 +166,7 @@ class Multiplexer:
         # After a failed open, the ordinary path alone until then (loop time).
         self._open_again_at = 0.0
         self._closed = False
-        # Tasks that give connections back or drain them, kept until done.
+        # Tasks that give retired connections back to their pool, kept until done.
         self._chores: set[asyncio.Future[None]] = set()
         # Held by tests: while set, queued commands are not written.
         self.held = False
@@ -233,9 +233,11 @@ class Multiplexer:
         return futures
 
     async def _pick(self) -> _Kept | None:
-        """The kept connection with the fewest answers outstanding; another one is opened
-        while fewer than `size` are kept and every one has some. None when no connection
-        can be had (the ordinary path then reports why)."""
+        """The kept connection whose write is being gathered, else the one with the fewest
+        answers outstanding. While fewer than `size` are kept and every one has some,
+        another is opened for later calls; a call waits for an opening only when no
+        connection is kept. None when no connection can be had (the ordinary path then
+        reports why)."""
         best: _Kept | None = None
         for kept in self._kept:
             if kept.broken:
@@ -250,26 +252,29 @@ class Multiplexer:
             return best
         if self._opening is None:
             self._opening = asyncio.ensure_future(self._open())
-        opening = self._opening
-        try:
-            await asyncio.shield(opening)
-        except Exception:
+        if best is not None:
             return best
-        return self._pick_open() or best
+        await asyncio.shield(self._opening)
+        return self._pick_open()
 
     def _pick_open(self) -> _Kept | None:
         live = [kept for kept in self._kept if not kept.broken]
         return min(live, key=lambda kept: len(kept.waiting)) if live else None
 
     async def _open(self) -> None:
+        connection = None
         try:
             connection = await self._acquire()
             if not connection.is_connected:
                 await connection.connect()
         except Exception as exc:
+            if connection is not None:  # its pool slot is not ours to keep
+                with contextlib.suppress(Exception):
+                    await self._release(connection)
+            # Callers take the ordinary path meanwhile, which reports why Redis is away.
             log.debug("multiplexer %s: no connection (%s)", self.name, exc)
             self._open_again_at = asyncio.get_running_loop().time() + _OPEN_BACKOFF
-            raise
+            return
         finally:
             self._opening = None
         kept = _Kept(connection)
