@@ -139,8 +139,8 @@ class Backend:
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg] = ()) -> Any:
         """Run a script whose keys share one slot. With CACHET_REDIS_COALESCE on, it goes
-        out on its node's multiplexer (multiplex.py): in one write with the other
-        commands issued in the same event-loop turn, on a kept connection, without
+        out on its node's multiplexer (multiplex.py): on a kept connection, in one
+        write with the other commands queued while the event loop is busy, without
         waiting for the answers before it. What the multiplexer cannot answer (a lost
         connection, NOSCRIPT, a redirection) goes again on the ordinary path."""
         multiplexer = self._multiplexer_of(keys)
@@ -157,9 +157,9 @@ class Backend:
         """The multiplexer of the node that owns the keys' slot, or None for the ordinary
         path: coalescing off; a call being traced (its Redis spans come from redis-py's
         instrumentation, which sees the ordinary path only; calls the sampler left out
-        coalesce); a Sentinel master being
-        failed over (its fence is in the pool the ordinary path uses); on Cluster, slots
-        not known yet, or a script without keys (the client picks its node)."""
+        coalesce); a Sentinel master being failed over (its fence is in the pool the
+        ordinary path uses); on Cluster, slots not known yet, or a script without keys
+        (the client picks its node)."""
         if not self.coalesce or (tracing_on() and trace.get_current_span().is_recording()):
             return None
         if self.kind is TopologyKind.CLUSTER:

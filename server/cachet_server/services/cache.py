@@ -76,8 +76,16 @@ _WRITE_OPERATIONS = frozenset({"set", "delete", "increment", "expire", "hash_set
 SESSION_IN_FLIGHT = 256
 
 
+def _only_reads(operation: pb.BatchOperation) -> bool:
+    return operation.WhichOneof("operation") not in _WRITE_OPERATIONS
+
+
 def _batch_only_reads(request: pb.BatchRequest) -> bool:
-    return not any(op.WhichOneof("operation") in _WRITE_OPERATIONS for op in request.operations)
+    return all(map(_only_reads, request.operations))
+
+
+# What one Session operation needs, checked as Batch's CallSpec checks a whole call.
+_SESSION_OPERATION = calls(Role.WRITE, read_if=_only_reads, read_when="when it only reads")
 
 
 def _fail(result: pb.BatchResult, error: CachetError) -> None:
@@ -91,16 +99,13 @@ def _fail(result: pb.BatchResult, error: CachetError) -> None:
 
 
 def _refusal(roles: frozenset[Role], operation: pb.BatchOperation) -> PermissionDenied | None:
-    """Why a Session message may not run with these roles, or None. As in Batch (whose
-    CallSpec admits reads with writes under `write`): a write needs `write`; a read
-    needs `read` or `write`."""
-    which = operation.WhichOneof("operation")
-    writes = which in _WRITE_OPERATIONS
-    if Role.WRITE in roles or (not writes and Role.READ in roles):
+    """Why a Session operation may not run with these roles, or None."""
+    if _SESSION_OPERATION.admits(roles, operation):
         return None
-    needed = "write" if writes else "read or write"
+    which = operation.WhichOneof("operation") or "missing"
     return PermissionDenied(
-        f"a {which or 'missing'} operation needs the {needed} role", reason="ROLE_NOT_GRANTED"
+        f"a {which} operation needs the {_SESSION_OPERATION.required()} role",
+        reason="ROLE_NOT_GRANTED",
     )
 
 
