@@ -16,7 +16,7 @@ from cachet_server.backend.keys import Kind, redis_key
 from google.protobuf.duration_pb2 import Duration
 
 from .conftest import bad_fields, channel_to, make_settings, rpc_error
-from .redis_procs import standalone
+from .redis_procs import RedisProcess, standalone
 
 OK = 0
 
@@ -382,3 +382,49 @@ async def test_each_session_get_has_the_whole_message_size_to_itself(topology, r
     ), {i: answers[i].status for i, _ in requests if answers[i].status.code}
     assert answers[99].status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert answers[99].status.reason == "RESPONSE_TOO_LARGE"
+
+
+async def test_a_session_outlives_redis_going_away_and_coming_back():
+    """Redis killed under an open Session: the next request answers UNAVAILABLE in its
+    own result and the stream stays open; once Redis is back, the same stream's
+    requests succeed again."""
+    redis = RedisProcess().start()
+    try:
+        async with running(make_settings(redis.url)) as app:
+            channel = channel_to(app.port, "session-fault")
+            requests: asyncio.Queue[pb.SessionRequest | None] = asyncio.Queue()
+
+            async def outgoing():
+                while (request := await requests.get()) is not None:
+                    yield request
+
+            call = cache_pb2_grpc.CacheServiceStub(channel).Session(outgoing())
+            answers = call.__aiter__()
+
+            async def ask(id_: int, operation: pb.BatchOperation) -> pb.SessionResponse:
+                await requests.put(pb.SessionRequest(id=id_, operation=operation))
+                return await asyncio.wait_for(answers.__anext__(), 30)
+
+            put = pb.BatchOperation(set=pb.SetRequest(key="k", value=b"v"))
+            get = pb.BatchOperation(get=pb.GetRequest(key="k"))
+            try:
+                assert (await ask(1, put)).result.status.code == 0
+                redis.kill()
+                down = await ask(2, get)
+                assert down.id == 2
+                assert down.result.status.code == grpc.StatusCode.UNAVAILABLE.value[0]
+                redis.start()
+                for n in range(3, 100):  # the service reconnects on its own
+                    answer = await ask(n, put)
+                    if answer.result.status.code == 0:
+                        break
+                    await asyncio.sleep(0.2)
+                assert answer.result.status.code == 0, answer
+                again = await ask(n + 1, get)
+                assert again.result.get.found and again.result.get.value == b"v"
+                await requests.put(None)
+                assert [answer async for answer in answers] == []
+            finally:
+                await channel.close()
+    finally:
+        redis.stop()
