@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import grpc
 from cachet_client.proto.cachet.admin.v1 import admin_pb2, admin_pb2_grpc
 from cachet_client.proto.cachet.cache.v1 import cache_pb2, cache_pb2_grpc
 from cachet_client.proto.cachet.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
@@ -20,7 +21,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from .access import call_table
 from .backend.core import Backend
@@ -217,18 +219,45 @@ def build_server(
     )
     deps = Dependencies(settings, backend, Validator(limits), stats)
     servicers: list[Servicer] = []
+    # Typed Any: the generated functions and reflection are typed for a server.
+    registry: Any = _GenericOnly(server)
     for servicer_class, _, register in _SERVICES:
         # Methods whose issue has not landed are inherited and answer UNIMPLEMENTED.
         servicer = servicer_class(deps)
-        register(servicer, server)
+        register(servicer, registry)
         servicers.append(servicer)
     health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registry)
     if settings.reflection:
-        reflection.enable_server_reflection(
-            [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        # reflection.enable_server_reflection, with the asyncio servicer it would pick
+        # for an aio server.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            ReflectionServicer([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME]),
+            registry,
         )
     return server, health_servicer, servicers
+
+
+class _GenericOnly:
+    """What the generated `add_*_to_server` functions register on, passing on only
+    their generic handlers (one per service) and not their per-method registrations.
+
+    Why: grpc.aio's serving loop keeps one pending request future per registered method
+    and, for every call that arrives, runs asyncio.wait over all of them (a set of ~100
+    futures, a coroutine check and a done callback added and removed on each): about a
+    tenth of a Get's CPU. Served through the generic handlers, every call waits on one
+    future. The corridor caches each method's handler, so lookup costs the same."""
+
+    def __init__(self, server: aio.Server) -> None:
+        self.server = server
+
+    def add_generic_rpc_handlers(
+        self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
+    ) -> None:
+        self.server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        """The generic handler added just before serves these methods."""
 
 
 async def start(settings: Settings, redis_url: str, share: StatsShare | None = None) -> Application:
