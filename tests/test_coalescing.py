@@ -15,7 +15,7 @@ from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
 from cachet_server.app import Application
 from cachet_server.backend.cache import _GET
 from cachet_server.backend.keys import CacheKeys
-from cachet_server.backend.multiplex import CoalescingStats, Multiplexer
+from cachet_server.backend.multiplex import RETRY_ALONE, CoalescingStats, Multiplexer
 from cachet_server.backend.scripts import Script
 from grpc import aio
 from redis.asyncio import Redis
@@ -310,6 +310,53 @@ async def test_large_writes_wait_for_the_socket_and_each_land_whole(topology, na
         assert stats.drains > 0, "no writer waited for the socket"
         for key, value in items:
             assert await client.get(key) == value, key
+    finally:
+        await multiplexer.close()
+        await client.aclose()
+
+
+# A script that keeps Redis busy for about 200 ms.
+_BUSY_200MS = (
+    "local t = redis.call('TIME') local start = t[1] * 1e6 + t[2] "
+    "repeat local n = redis.call('TIME') until n[1] * 1e6 + n[2] - start > 200000 "
+    "return 1"
+)
+
+
+@pytest.mark.topologies("standalone", reason="the pause itself is the same on every topology")
+async def test_answers_stalled_past_the_socket_timeout_retire_the_connection(topology):
+    """A multiplexer of its own with a 0.5 s socket timeout. Four commands that Redis takes
+    200 ms each to answer, written 150 ms apart: 0.8 s of answers outstanding in all, but
+    an answer every 200 ms, so the connection serves them all. Then Redis is paused: no answer for 0.5 s retires the connection,
+    its waiting calls answer RETRY_ALONE (the ordinary path takes them), and once Redis is
+    back the next call opens a new one."""
+    client = Redis.from_url(topology.url)
+    pool = client.connection_pool
+    multiplexer = Multiplexer(
+        "test",
+        pool.get_connection,
+        pool.release,
+        socket_timeout=0.5,
+        stats=CoalescingStats(),
+        size=1,
+    )
+    try:
+        assert await multiplexer.call(("PING",)) == b"PONG"
+        slow = []
+        for _ in range(4):  # written 150 ms apart: Redis answers each as it finishes it
+            slow.append(asyncio.ensure_future(multiplexer.call(("EVAL", _BUSY_200MS, 0))))
+            await asyncio.sleep(0.15)
+        assert await asyncio.wait_for(asyncio.gather(*slow), 10) == [1, 1, 1, 1]
+        topology.pause()
+        try:
+            stalled = await asyncio.wait_for(
+                asyncio.gather(*(multiplexer.call(("PING",)) for _ in range(5))), 10
+            )
+        finally:
+            topology.resume()
+        assert stalled == [RETRY_ALONE] * 5
+        assert multiplexer.waiting() == 0
+        assert await asyncio.wait_for(multiplexer.call(("PING",)), 10) == b"PONG"
     finally:
         await multiplexer.close()
         await client.aclose()

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
-from redis.asyncio.observability.recorder import record_operation_duration
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import key_slot
 from redis.exceptions import (
@@ -24,6 +23,8 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.observability.providers import get_observability_instance
+from redis.observability.recorder import record_operation_duration
 
 from ..errors import FailedPrecondition, Unavailable
 from ..telemetry import tracing_on
@@ -209,7 +210,8 @@ class Backend:
             release,
             socket_timeout=self.topology.tuning.socket_timeout,
             stats=self.coalescing,
-            observe=_observe_command,
+            # redis-py's metrics are set up before the first call makes a multiplexer.
+            observe=_observe_command if get_observability_instance().is_enabled() else None,
         )
 
     def _retire(self, multiplexer: Multiplexer) -> None:
@@ -493,12 +495,12 @@ async def _exchange(
     return replies
 
 
-async def _observe_command(
+def _observe_command(
     connection: Any, name: str, seconds: float, error: BaseException | None
 ) -> None:
     """redis-py's own command metric (db.client.operation.duration), for a command the
     multiplexer carried; a no-op unless metrics.redis_commands turned it on."""
-    await record_operation_duration(
+    record_operation_duration(
         command_name=name,
         duration_seconds=seconds,
         server_address=connection.host,

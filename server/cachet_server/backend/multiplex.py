@@ -11,8 +11,10 @@ A lone caller waits for no window: its command goes out after one idle loop turn
 
 What it saves against redis-py's ordinary path: per command, no pool checkout and
 return (with their metrics), no retry wrapper, no write syscall of its own, no
-`asyncio.timeout` around each read, no Task. One Task per kept connection reads its
-answers.
+`asyncio.timeout` around each read, no Task. The answers are parsed where they arrive:
+the kept connection's transport is handed to `_Answers`, a protocol whose data_received
+feeds hiredis and gives each complete reply to its caller's future — no reader Task, no
+StreamReader, and one watchdog timer per connection instead of a timeout per read.
 
 Every command keeps its own answer: an error reply (a script's own error) is given to
 that caller only. Replies that call for the redirect and reload logic of the ordinary
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import hiredis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -97,15 +100,21 @@ class CoalescingStats:
 
 Acquire = Callable[[], Awaitable[Any]]
 Release = Callable[[Any], Awaitable[None]]
-# (connection, command name, seconds from queueing to answer, the error reply or None)
-Observe = Callable[[Any, str, float, BaseException | None], Awaitable[None]]
+# (connection, command name, seconds from queueing to answer, the error reply or None);
+# called where the answer is parsed, so it must not block or await.
+Observe = Callable[[Any, str, float, BaseException | None], None]
+# RESP3 pushes (hiredis >= 3.2) are no one's answer.
+_PUSH = getattr(hiredis, "PushNotification", None)
 
 
 class _Kept:
     """One kept connection: the commands written and not yet answered (their futures, in
-    order), the packed commands of this loop turn not yet written, and its reader."""
+    order), the packed commands of this loop turn not yet written, and what reads its
+    answers."""
 
     __slots__ = (
+        "answered_at",
+        "answers",
         "broken",
         "connection",
         "flush_scheduled",
@@ -113,10 +122,9 @@ class _Kept:
         "last_turn",
         "outgoing",
         "queued",
-        "reader",
         "turns_left",
         "waiting",
-        "wake",
+        "watchdog",
     )
 
     def __init__(self, connection: Any) -> None:
@@ -132,9 +140,11 @@ class _Kept:
         self.last_turn = 0.0
         self.turns_left = 0
         self.flush_scheduled = False
-        # Set when a command is queued on a connection with nothing outstanding.
-        self.wake = asyncio.Event()
-        self.reader: asyncio.Task[None] | None = None
+        self.answers: _Answers | None = None
+        # Loop time of the last answer (or of the first command queued on an idle
+        # connection), and the timer that retires the connection when answers stall.
+        self.answered_at = 0.0
+        self.watchdog: asyncio.TimerHandle | None = None
         self.broken = False
 
 
@@ -223,13 +233,16 @@ class Multiplexer:
             kept.waiting.append((future, str(args[0]), now))
             futures.append(future)
         kept.queued += len(commands)
+        if len(kept.waiting) == len(commands):
+            # Nothing was outstanding: the wait for answers starts now.
+            kept.answered_at = now
+            if kept.watchdog is None and self._socket_timeout is not None:
+                kept.watchdog = loop.call_at(now + self._socket_timeout, self._stalled, kept)
         if not kept.flush_scheduled:
             kept.flush_scheduled = True
             kept.turns_left = MAX_GATHER_TURNS
             kept.gathering_since = kept.last_turn = time.perf_counter()
             loop.call_soon(self._gather, kept)
-        if len(kept.waiting) == len(commands):
-            kept.wake.set()
         return futures
 
     async def _pick(self) -> _Kept | None:
@@ -281,7 +294,7 @@ class Multiplexer:
         if self._closed:
             await self._give_back(kept)
             return
-        kept.reader = asyncio.ensure_future(self._read(kept))
+        kept.answers = _Answers(self, kept)
         self._kept.append(kept)
 
     def _gather(self, kept: _Kept) -> None:
@@ -318,42 +331,32 @@ class Multiplexer:
             self._fail(kept, exc)
             return
 
-    async def _read(self, kept: _Kept) -> None:
-        """Read answers in order and hand each to its caller, for as long as the
-        connection lives."""
-        parser = kept.connection._parser
-        loop = asyncio.get_running_loop()
+    def _answered(
+        self, kept: _Kept, future: asyncio.Future[Any], name: str, sent: float, reply: Any
+    ) -> None:
+        """Give one reply to the caller it belongs to."""
+        if self._observe is not None:
+            error = reply if isinstance(reply, Exception) else None
+            self._observe(kept.connection, name, kept.answered_at - sent, error)
+        if future.done():
+            return  # its caller was cancelled
+        if isinstance(reply, RETRY_ALONE_REPLIES):
+            reply = RETRY_ALONE
+        future.set_result(reply)
+
+    def _stalled(self, kept: _Kept) -> None:
+        """The watchdog: retire a connection whose answers stopped for longer than the
+        socket timeout (its callers go the ordinary path, which reports it)."""
+        kept.watchdog = None
         timeout = self._socket_timeout
-        observe = self._observe
-        try:
-            while True:
-                while not kept.waiting:
-                    kept.wake.clear()
-                    await kept.wake.wait()
-                async with asyncio.timeout(None) as deadline:
-                    while kept.waiting:
-                        if timeout is not None:
-                            deadline.reschedule(loop.time() + timeout)
-                        reply = await parser.read_response()
-                        future, name, sent = kept.waiting.popleft()
-                        if isinstance(reply, ReadOnlyError):
-                            # A demoted master: this connection must not serve again.
-                            if not future.done():
-                                future.set_result(RETRY_ALONE)
-                            raise ConnectionResetError("the node is read-only now")
-                        if observe is not None:
-                            error = reply if isinstance(reply, Exception) else None
-                            await observe(kept.connection, name, loop.time() - sent, error)
-                        if future.done():
-                            continue  # its caller was cancelled
-                        if isinstance(reply, RETRY_ALONE_REPLIES):
-                            reply = RETRY_ALONE
-                        future.set_result(reply)
-        except asyncio.CancelledError:
-            self._fail(kept, None)
-            raise
-        except BaseException as exc:
-            self._fail(kept, exc)
+        if kept.broken or not kept.waiting or timeout is None:
+            return
+        due = kept.answered_at + timeout
+        loop = asyncio.get_running_loop()
+        if loop.time() < due:
+            kept.watchdog = loop.call_at(due, self._stalled, kept)
+            return
+        self._fail(kept, TimeoutError(f"no answer from Redis within {timeout:g}s"))
 
     def _fail(self, kept: _Kept, exc: BaseException | None) -> None:
         """Retire a connection: every command still waiting on it goes the ordinary
@@ -365,10 +368,13 @@ class Multiplexer:
             log.info("multiplexer %s: connection failed (%r); reconnecting", self.name, exc)
         with contextlib.suppress(ValueError):
             self._kept.remove(kept)
-        if kept.reader is not None and kept.reader is not asyncio.current_task():
+        if kept.watchdog is not None:
+            kept.watchdog.cancel()
+            kept.watchdog = None
+        if kept.answers is not None:
             # Its connection goes back to the pool and may be reconnected for another
-            # user: this reader must not read what comes there.
-            kept.reader.cancel()
+            # user: redis-py's own protocol gets the transport back first.
+            kept.answers.hand_back()
         while kept.waiting:
             future, _, _ = kept.waiting.popleft()
             if not future.done():
@@ -396,10 +402,79 @@ class Multiplexer:
         """Stop using the kept connections; commands still waiting go the ordinary path."""
         self._closed = True
         for kept in list(self._kept):
-            if kept.reader is not None:
-                kept.reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await kept.reader
             self._fail(kept, None)
         if self._chores:
             await asyncio.gather(*self._chores, return_exceptions=True)
+
+
+class _Answers(asyncio.Protocol):
+    """The protocol of a kept connection's transport while the multiplexer keeps it.
+
+    Each chunk Redis sends is fed to the connection's own hiredis reader (set up by
+    redis-py, with its error classes) where it arrives, and each complete reply goes to
+    the oldest waiting caller. Flow control and the end of the connection are passed on
+    to redis-py's protocol, so the connection's writer (drain, close) works as before."""
+
+    def __init__(self, multiplexer: Multiplexer, kept: _Kept) -> None:
+        self.multiplexer = multiplexer
+        self.kept = kept
+        connection = kept.connection
+        self.reader = connection._parser._reader
+        self.loop = asyncio.get_running_loop()
+        self.transport = connection._writer.transport
+        self.own = self.transport.get_protocol()
+        self.transport.set_protocol(self)
+        # Bytes redis-py's stream took before the hand-over are answers too.
+        buffered = connection._reader._buffer
+        if buffered:
+            data = bytes(buffered)
+            buffered.clear()
+            self.data_received(data)
+
+    def hand_back(self) -> None:
+        if self.transport.get_protocol() is self:
+            self.transport.set_protocol(self.own)
+
+    def data_received(self, data: bytes) -> None:
+        kept = self.kept
+        if kept.broken:
+            return
+        reader = self.reader
+        waiting = kept.waiting
+        answered = self.multiplexer._answered
+        reader.feed(data)
+        kept.answered_at = self.loop.time()
+        try:
+            while (reply := reader.gets()) is not NOT_ENOUGH_DATA:
+                if _PUSH is not None and type(reply) is _PUSH:
+                    continue
+                if isinstance(reply, ConnectionError) or (
+                    isinstance(reply, list) and reply and isinstance(reply[0], ConnectionError)
+                ):
+                    raise reply if isinstance(reply, ConnectionError) else reply[0]
+                if not waiting:
+                    raise ConnectionError("Redis sent an answer no command was waiting for")
+                future, name, sent = waiting.popleft()
+                if isinstance(reply, ReadOnlyError):
+                    # A demoted master: this connection must not serve again.
+                    if not future.done():
+                        future.set_result(RETRY_ALONE)
+                    raise ConnectionResetError("the node is read-only now")
+                answered(kept, future, name, sent, reply)
+        except Exception as exc:
+            self.multiplexer._fail(kept, exc)
+
+    def eof_received(self) -> bool | None:
+        self.multiplexer._fail(self.kept, ConnectionError("Redis closed the connection"))
+        keep_open: bool | None = self.own.eof_received()
+        return keep_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.multiplexer._fail(self.kept, exc or ConnectionError("connection closed"))
+        self.own.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.own.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.own.resume_writing()
