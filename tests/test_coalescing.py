@@ -327,9 +327,9 @@ _BUSY_200MS = (
 async def test_answers_stalled_past_the_socket_timeout_retire_the_connection(topology):
     """A multiplexer of its own with a 0.5 s socket timeout. Four commands that Redis takes
     200 ms each to answer, written 150 ms apart: 0.8 s of answers outstanding in all, but
-    an answer every 200 ms, so the connection serves them all. Then Redis is paused: no answer for 0.5 s retires the connection,
-    its waiting calls answer RETRY_ALONE (the ordinary path takes them), and once Redis is
-    back the next call opens a new one."""
+    an answer every 200 ms, so the connection serves them all. Then Redis is paused: no
+    answer for 0.5 s retires the connection, its waiting calls answer RETRY_ALONE (the
+    ordinary path takes them), and once Redis is back the next call opens a new one."""
     client = Redis.from_url(topology.url)
     pool = client.connection_pool
     multiplexer = Multiplexer(
