@@ -20,7 +20,15 @@ from ..errors import Aborted, FailedPrecondition, InvalidArgument
 from ..metrics import instruments
 from .batch import Step
 from .core import Backend, Command
-from .keys import CacheKeys, Kind, redis_key, remembered_result, scan_patterns, user_key
+from .keys import (
+    CacheKeys,
+    Kind,
+    data_and_meta_keys,
+    redis_key,
+    remembered_result,
+    scan_patterns,
+    user_key,
+)
 from .scripts import script
 from .wakes import WakeDispatcher
 
@@ -123,15 +131,6 @@ class Reads:
         return CacheValue(
             True, value, self.versions[i], pttl, _xfetch(pttl, self.recompute_ms[i], beta)
         )
-
-
-def _read_keys(namespace: str, keys: Sequence[str]) -> list[str]:
-    """cache_get's KEYS for `keys`: data and metadata key of each, in turn (only the
-    two a read touches)."""
-    names: list[str] = []
-    for key in keys:
-        names += (redis_key(namespace, Kind.DATA, key), redis_key(namespace, Kind.META, key))
-    return names
 
 
 @dataclass(frozen=True)
@@ -239,7 +238,7 @@ class CacheStore:
         """The values of `keys`, one script per slot group. With `max_answer_bytes`,
         values adding up to more are refused (RESOURCE_EXHAUSTED / RESPONSE_TOO_LARGE)
         before Redis reads any."""
-        names = _read_keys(namespace, keys)
+        names = data_and_meta_keys(namespace, keys)
         groups = self.backend.group_by_slot(names[::2])
         flag = _WITH_TTL if with_ttl else _WITHOUT_TTL
         if len(groups) == 1:
@@ -263,7 +262,7 @@ class CacheStore:
         answers Reads. The groups run in one pipeline, so each gets the whole byte
         budget (a group over it fails with TOOLARGE before Redis builds it; the
         response is checked whole too)."""
-        names = _read_keys(namespace, keys)
+        names = data_and_meta_keys(namespace, keys)
         groups = list(self.backend.group_by_slot(names[::2]).values())
         args = ["1" if with_ttl else "0", max_answer_bytes]
         if len(groups) == 1:

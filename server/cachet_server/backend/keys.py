@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
@@ -79,13 +80,15 @@ def _prefix(namespace: str, kind: Kind) -> str:
 
 def redis_key(namespace: str, kind: Kind, key: str) -> str:
     """The Redis key holding `kind` of the user's `key` in `namespace`."""
-    return _joined(_prefix(namespace, kind), key, has_hash_tag(key))
+    return _prefix(namespace, kind) + _suffix(key)
 
 
-def _joined(prefix: str, key: str, tagged: bool) -> str:
-    if tagged:
-        return f"{prefix}:{key}"
-    return f"{prefix}{_WRAPPED}:{{{key}}}"
+def _suffix(key: str) -> str:
+    """What follows a kind's prefix for the user's `key`: the key as it is when it
+    carries a hash tag, else wrapped in braces (see the layout above)."""
+    if "{" in key and has_hash_tag(key):
+        return f":{key}"
+    return f"{_WRAPPED}:{{{key}}}"
 
 
 def user_key(namespace: str, kind: Kind, redis_key_: str) -> str | None:
@@ -178,8 +181,19 @@ class CacheKeys(NamedTuple):
     @classmethod
     def of(cls, namespace: str, key: str) -> CacheKeys:
         data, meta, lease, stale = _cache_prefixes(namespace)
-        suffix = f":{key}" if has_hash_tag(key) else f"{_WRAPPED}:{{{key}}}"
+        suffix = _suffix(key)
         return cls(data + suffix, meta + suffix, lease + suffix, stale + suffix)
+
+
+def data_and_meta_keys(namespace: str, keys: Sequence[str]) -> list[str]:
+    """The data and the metadata key of each of `keys`, in turn: what a cache read
+    touches (each key's suffix built once, the prefixes once per namespace)."""
+    data, meta, _, _ = _cache_prefixes(namespace)
+    names: list[str] = []
+    for key in keys:
+        suffix = _suffix(key)
+        names += (data + suffix, meta + suffix)
+    return names
 
 
 DEAD_LETTER_SUFFIX = ":dead"
