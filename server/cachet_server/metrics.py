@@ -26,8 +26,10 @@ from typing import Any, Protocol
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from . import __version__
+from .histograms import HistogramSeries, PreaggregatedHistogram, PreaggregatedHistograms
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +95,13 @@ class Instruments:
         self._sources: weakref.WeakSet[Any] = weakref.WeakSet()
         counter = meter.create_counter
         # RPCs
-        self.rpc_duration = meter.create_histogram(
+        # Recorded on every call: pre-aggregated (histograms.py), not an SDK instrument.
+        self.rpc_duration = histograms.histogram(
+            SCOPE,
             "rpc.server.call.duration",
             unit="s",
             description="Duration of calls served, by rpc.method and rpc.response.status_code.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            bounds=DURATION_BUCKETS,
         )
         meter.create_observable_up_down_counter(
             "cachet.rpc.server.active_calls",
@@ -223,7 +227,92 @@ class Instruments:
         ]
 
 
-instruments = Instruments(metrics.get_meter("cachet_server", __version__))
+class RedisCommandDurations:
+    """redis-py's `db.client.operation.duration` for the commands the multiplexer carried
+    (redis-py records those it sends itself): pre-aggregated into the same metric, with
+    the attributes redis-py's own recorder gives them, built by its attribute builder once
+    per node, command and kind of error. Records nothing until `setup_metrics` turns
+    redis-py's command metrics on (metrics.redis_commands)."""
+
+    def __init__(self) -> None:
+        self._collector: Any = None
+        self._histogram: PreaggregatedHistogram | None = None
+        # None for a command redis-py's configuration does not track.
+        self._series: dict[tuple[Any, ...], HistogramSeries | None] = {}
+
+    def enable(self, collector: Any) -> None:
+        """Record into the metric of redis-py's collector (a RedisMetricsCollector)."""
+        instrument = collector.operation_duration
+        self._collector = collector
+        self._series.clear()
+        self._histogram = histograms.histogram(
+            InstrumentationScope(collector.METER_NAME, collector.METER_VERSION),
+            instrument.name,
+            unit=instrument.unit,
+            description=instrument.description,
+            bounds=collector.config.buckets_operation_duration,
+        )
+
+    def record(
+        self, connection: Any, name: str, seconds: float, error: BaseException | None
+    ) -> None:
+        """One command `connection` carried: its name, seconds from queueing to answer,
+        and its error reply or None."""
+        if self._histogram is None:
+            return
+        if error is None:
+            key: tuple[Any, ...] = (connection.host, connection.port, connection.db, name)
+        else:
+            status = getattr(error, "status_code", None)
+            category = getattr(error, "error_type", None)
+            key = (
+                connection.host,
+                connection.port,
+                connection.db,
+                name,
+                type(error),
+                status,
+                category,
+            )
+        try:
+            series = self._series[key]
+        except KeyError:
+            series = self._series[key] = self._new_series(connection, name, error)
+        if series is not None:
+            series.record(seconds)
+
+    def _new_series(
+        self, connection: Any, name: str, error: BaseException | None
+    ) -> HistogramSeries | None:
+        # As redis-py's RedisMetricsCollector.record_operation_duration builds them.
+        collector = self._collector
+        assert self._histogram is not None
+        if not collector.config.should_track_command(name):
+            return None
+        build = collector.attr_builder
+        attributes = build.build_base_attributes(
+            server_address=connection.host,
+            server_port=connection.port,
+            db_namespace=str(connection.db),
+        )
+        attributes.update(
+            build.build_operation_attributes(
+                command_name=name,
+                network_peer_address=connection.host,
+                network_peer_port=connection.port,
+            )
+        )
+        attributes.update(
+            build.build_error_attributes(error_type=error if isinstance(error, Exception) else None)
+        )
+        return self._histogram.series(attributes)
+
+
+# What every reader of the provider gets merged into its collections (setup_metrics).
+histograms = PreaggregatedHistograms()
+SCOPE = InstrumentationScope("cachet_server", __version__)
+instruments = Instruments(metrics.get_meter(SCOPE.name, __version__))
+redis_command_durations = RedisCommandDurations()
 
 
 def _otlp_metrics_configured() -> bool:
@@ -273,7 +362,10 @@ def setup_metrics(
     if not readers:
         return None
     # Shut down by __main__ within a bound, not by the SDK's own atexit handler.
-    provider = MeterProvider(resource=resource(), metric_readers=readers, shutdown_on_exit=False)
+    process = resource()
+    provider = MeterProvider(resource=process, metric_readers=readers, shutdown_on_exit=False)
+    for reader in readers:
+        histograms.export_to(reader, process)
     metrics.set_meter_provider(provider)
     instruments.namespace.limit = max_namespaces
     _observe_redis_py(commands=redis_commands)
@@ -326,3 +418,9 @@ def _observe_redis_py(*, commands: bool) -> None:
             hide_stream_names=True,
         )
     )
+    if commands:
+        from redis.asyncio.observability.recorder import _get_or_create_collector
+
+        collector = _get_or_create_collector()
+        if collector is not None:
+            redis_command_durations.enable(collector)

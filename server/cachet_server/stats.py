@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from .histograms import HistogramSeries
 from .metrics import instruments
 
 # Where namespaces beyond `max_namespaces` are counted together; not a valid namespace
@@ -70,10 +71,10 @@ class MethodStats:
 class MethodCounter:
     """One method's calls: in flight, then counted with their duration and status, here
     and in the `rpc.server.call.duration` histogram. Everything a call needs is looked up
-    once per method (the histogram's attributes once per status), so a call costs a few
-    integer updates and one histogram record."""
+    once per method (the histogram's series once per status), so a call costs a few
+    integer updates and one pre-aggregated record (histograms.py)."""
 
-    __slots__ = ("_attributes", "_entry", "_rpc_method", "active", "method", "stats")
+    __slots__ = ("_entry", "_rpc_method", "_series", "active", "method", "stats")
 
     def __init__(self, stats: ServiceStats, method: str) -> None:
         self.stats = stats
@@ -82,7 +83,7 @@ class MethodCounter:
         self._rpc_method = method.lstrip("/")
         # Made on the first call that ends: GetServiceStats lists only methods called.
         self._entry: MethodStats | None = None
-        self._attributes: dict[grpc.StatusCode | None, dict[str, str]] = {}
+        self._series: dict[grpc.StatusCode | None, HistogramSeries] = {}
 
     def start(self) -> None:
         self.active[self.method] += 1
@@ -99,14 +100,16 @@ class MethodCounter:
         if code is not None:
             entry.errors += 1
             entry.errors_by_code[code.name] += 1
-        attributes = self._attributes.get(code)
-        if attributes is None:
-            attributes = self._attributes[code] = {
-                "rpc.system.name": "grpc",
-                "rpc.method": self._rpc_method,
-                "rpc.response.status_code": code.name if code is not None else "OK",
-            }
-        instruments.rpc_duration.record(seconds, attributes)
+        series = self._series.get(code)
+        if series is None:
+            series = self._series[code] = instruments.rpc_duration.series(
+                {
+                    "rpc.system.name": "grpc",
+                    "rpc.method": self._rpc_method,
+                    "rpc.response.status_code": code.name if code is not None else "OK",
+                }
+            )
+        series.record(seconds)
 
 
 class ServiceStats:

@@ -24,9 +24,9 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.observability.providers import get_observability_instance
-from redis.observability.recorder import record_operation_duration
 
 from ..errors import FailedPrecondition, Unavailable
+from ..metrics import redis_command_durations
 from ..telemetry import tracing_on
 from .multiplex import RETRY_ALONE, CoalescingStats, Multiplexer
 from .scripts import Script, all_scripts
@@ -500,14 +500,7 @@ def _observe_command(
 ) -> None:
     """redis-py's own command metric (db.client.operation.duration), for a command the
     multiplexer carried; a no-op unless metrics.redis_commands turned it on."""
-    record_operation_duration(
-        command_name=name,
-        duration_seconds=seconds,
-        server_address=connection.host,
-        server_port=connection.port,
-        db_namespace=str(connection.db),
-        error=error if isinstance(error, Exception) else None,
-    )
+    redis_command_durations.record(connection, name, seconds, error)
 
 
 async def _nothing() -> list[Any]:
