@@ -2,11 +2,14 @@
 
 The instruments live here, one module-level `instruments` for the process (as the
 tracer does in telemetry.py): recording sites call them whether or not metrics are on;
-until `setup_metrics` installs a meter provider they are the API's no-op proxies.
-Exporters: a Prometheus endpoint (`CACHET_METRICS__LISTEN`, path /metrics) and OTLP when
-the standard OTEL_EXPORTER_OTLP_* variables name a collector. Redis command durations,
-pool use and connection errors come from redis-py's own OpenTelemetry metrics
-(`db.client.operation.duration`, `db.client.connection.*`), fed to the same provider.
+until `setup_metrics` installs a meter provider they are the API's no-op proxies. The
+histograms recorded on every call (call durations, and the durations of the commands the
+multiplexer carries) are pre-aggregated instead (histograms.py), merged into what every
+reader collects. Exporters: a Prometheus endpoint (`CACHET_METRICS__LISTEN`, path
+/metrics) and OTLP when the standard OTEL_EXPORTER_OTLP_* variables name a collector.
+Redis command durations, pool use and connection errors come from redis-py's own
+OpenTelemetry metrics (`db.client.operation.duration`, `db.client.connection.*`), fed to
+the same provider.
 
 Names follow the OpenTelemetry semantic conventions where one exists
 (`rpc.server.call.duration`); cachet's own are under `cachet.`. Namespace labels are
@@ -419,6 +422,8 @@ def _observe_redis_py(*, commands: bool) -> None:
         )
     )
     if commands:
+        # The collector redis-py's asyncio commands record with: its instrument's name,
+        # unit and description, its bounds, its command filter and its attribute builder.
         from redis.asyncio.observability.recorder import _get_or_create_collector
 
         collector = _get_or_create_collector()
