@@ -152,8 +152,8 @@ def test_scraped_histograms_are_exactly_what_the_calls_imply(redis_server):
                 assert single.buckets == {
                     bound: float(single.sum <= bound) for bound in single.buckets
                 }
-            assert max(s.sum for s in acquires) >= 0.3
-            assert all(s.buckets[0.25] == 0 for s in acquires if s.sum >= 0.3)
+            # The waiting one is above the 0.25 s bound, so buckets past the first were checked.
+            assert max(s.sum for s in acquires) > 0.25
 
             # 200 concurrent Gets lose no count.
             calls = [
