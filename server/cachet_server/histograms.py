@@ -106,7 +106,7 @@ class PreaggregatedHistogram:
 
 
 class PreaggregatedHistograms:
-    """The process's pre-aggregated histograms, and the readers they are exported to."""
+    """The process's pre-aggregated histograms, by scope and name."""
 
     def __init__(self) -> None:
         self._histograms: dict[tuple[str, str | None, str], PreaggregatedHistogram] = {}
@@ -132,8 +132,9 @@ class PreaggregatedHistograms:
     def export_to(self, reader: MetricReader, resource: Resource) -> None:
         """Merge these histograms into everything `reader` collects from now on. Call it
         once the meter provider has registered the reader (its collect callback is set)."""
-        # What MeterProvider set: its measurement consumer's collect(reader, timeout_millis)
-        # (the SDK annotates the attribute otherwise).
+        # Wrapped here rather than in _receive_metrics, which the SDK skips when it
+        # collected nothing itself. What MeterProvider set is its measurement consumer's
+        # collect(reader, timeout_millis) (the SDK annotates the attribute otherwise).
         collect: Any = reader._collect
         if collect is None:
             raise ValueError("the reader is not registered with a meter provider")
