@@ -72,6 +72,8 @@ def test_metrics_count_exactly_the_calls_served(redis_server, tmp_path):
             with pytest.raises(grpc.RpcError) as bad:
                 cache.Get(cache_pb2.GetRequest(key=""), metadata=NS)
             assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            deleted = cache.Delete(cache_pb2.DeleteRequest(keys=["a", "never-set"]), metadata=NS)
+            assert deleted.deleted == 1
 
             locks = lock_pb2_grpc.LockServiceStub(channel)
             locks.Acquire(lock_pb2.AcquireRequest(name="L", ttl=Duration(seconds=30)), metadata=NS)
@@ -124,6 +126,8 @@ def test_metrics_count_exactly_the_calls_served(redis_server, tmp_path):
         assert value(samples, calls, **get, rpc_response_status_code="INVALID_ARGUMENT") == 1
         assert value(samples, calls, rpc_method="cachet.cache.v1.CacheService/Set") == 1
         assert value(samples, "cachet_lock_grants_total") == 1
+        assert value(samples, "cachet_lock_wait_duration_seconds_count") == 1
+        assert value(samples, "cachet_cache_invalidations_total", **ns) == 1
         decisions = "cachet_ratelimit_decisions_total"
         once = {"cachet_ratelimit_policy": "once"}
         assert value(samples, decisions, **once, cachet_ratelimit_outcome="allowed") == 1

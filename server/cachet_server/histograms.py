@@ -100,6 +100,10 @@ class PreaggregatedHistogram:
             found = self._series[key] = HistogramSeries(attributes, self.bounds)
         return found
 
+    def record(self, value: float, attributes: Attributes) -> None:
+        """For a site recorded too rarely to keep its series: the lookup, then the record."""
+        self.series(attributes).record(value)
+
     def all_series(self) -> list[HistogramSeries]:
         # One C-level copy: safe against the event loop adding a series meanwhile.
         return list(self._series.values())
