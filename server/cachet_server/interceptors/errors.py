@@ -1,5 +1,7 @@
 """The innermost stage: every exception a handler raises becomes one gRPC status
-(through errors.py), and a unary call's work is bounded by the call's deadline."""
+(through errors.py), and a unary call's work is bounded by the call's deadline (through
+the loop's shared deadline timers, deadlines.py: asyncio.timeout's rules without a
+timer per call)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import grpc
 from grpc import aio
 
 from ..callcontext import current_call_or_none
+from ..deadlines import within
 from ..errors import CachetError, Unimplemented, domain_error
 from ._stage import Context, StreamBehavior, UnaryBehavior, abort_with
 
@@ -63,7 +66,7 @@ class ErrorsStage:
                 if remaining is None:
                     response = await behavior(request, context)
                 else:
-                    async with asyncio.timeout(_handler_budget(remaining)):
+                    with within(_handler_budget(remaining)):
                         response = await behavior(request, context)
                 if context.done():
                     # Finished just as gRPC's deadline ended the call: nothing to send.

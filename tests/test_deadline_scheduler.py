@@ -1,0 +1,490 @@
+"""The shared deadline timers (cachet_server/deadlines.py): asyncio.timeout's rules from a
+few loop timers.
+
+First the module on its own, on both loops the server may run (asyncio's and uvloop's):
+when a bucket fires, a bound that outlives its budget, mixed budgets at once, a bound
+left just before its bucket fires, cancels that are not ours, nesting with
+asyncio.timeout, no bucket left behind. Then through the errors stage of a live grpc.aio
+server (a handler that naps as long as the request says), and through a live cachet.
+
+No test asserts how late a timer fires (a loaded machine decides that); the lower
+bound (never earlier than the slack allows) holds on any machine and is asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+import uvloop
+from cachet_client.proto.cachet.cache.v1 import cache_pb2
+from cachet_server.deadlines import EXACT_BELOW, fire_time, scheduler_of, within
+from cachet_server.interceptors._stage import Corridor
+from cachet_server.interceptors.errors import ErrorsStage, _handler_budget
+from grpc import aio
+
+# Timers fire on the loop's clock, which uvloop keeps in whole milliseconds.
+TIMER_RESOLUTION = 0.002
+
+LOOPS = pytest.mark.parametrize(
+    "new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+
+
+def slack(budget: float) -> float:
+    """How much before its budget a bound may fire."""
+    return 0.0 if budget < EXACT_BELOW else budget / 32
+
+
+def run(new_loop: Callable[[], asyncio.AbstractEventLoop], scenario: Awaitable[Any]) -> Any:
+    """`scenario` on a fresh loop of that kind (the session's loop stays as it is)."""
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        return runner.run(scenario)  # type: ignore[arg-type]
+
+
+async def forever() -> None:
+    await asyncio.Event().wait()
+
+
+def outcome(result: object) -> str:
+    """What gather(return_exceptions=True) answered for one call: "ok" or the error's name."""
+    return type(result).__name__ if isinstance(result, BaseException) else "ok"
+
+
+@pytest.mark.parametrize(
+    "budget", [0.0, 0.001, 0.005, 0.031, 0.03125, 0.05, 0.1, 0.999, 1.0, 20.0, 3600.0, 2.0e6]
+)
+def test_a_bucket_fires_never_after_the_budget_and_at_most_the_slack_before(budget):
+    starts = [0.0, 1.0, 12345.678, 1e6 + 0.123] + [random.uniform(0, 1e6) for _ in range(500)]
+    for start in starts:
+        expires = start + budget
+        fires = fire_time(expires, budget)
+        assert fires <= expires, (start, budget)
+        if budget < EXACT_BELOW:
+            assert fires == expires, "a short budget fires at its exact expiry"
+        else:
+            assert fires > expires - slack(budget), (start, budget, expires - fires)
+    if budget == 20.0:
+        earliest = max(start + 20.0 - fire_time(start + 20.0, 20.0) for start in starts)
+        assert earliest >= 20.0 / 64, "20 s budgets share buckets of half a second"
+
+
+def test_budgets_a_little_apart_share_a_bucket():
+    """What makes it cheap: calls entering within a granule of each other, with about
+    the same budget, need one timer between them."""
+    fires = {fire_time(100.0 + i * 0.0003 + 20.0, 20.0 - i * 0.0001) for i in range(1000)}
+    assert len(fires) <= 2, fires
+
+
+@LOOPS
+def test_a_bound_outliving_its_budget_raises_timeout_error_within_the_slack(new_loop):
+    async def scenario() -> list[tuple[float, float]]:
+        loop = asyncio.get_running_loop()
+        seen = []
+        for budget in (0.0, 0.005, 0.05, 0.2):
+            started = loop.time()
+            with pytest.raises(TimeoutError):
+                with within(budget):
+                    await forever()
+            elapsed = loop.time() - started
+            assert elapsed >= budget - slack(budget) - TIMER_RESOLUTION, (budget, elapsed)
+            task = asyncio.current_task()
+            assert task is not None and task.cancelling() == 0, "our cancel is taken back"
+            await asyncio.sleep(0.01)  # no stale cancel is waiting for the next await
+            seen.append((budget, elapsed))
+        return seen
+
+    for budget, elapsed in run(new_loop, scenario()):
+        print(f"budget {budget * 1000:.0f} ms: TimeoutError after {elapsed * 1000:.1f} ms")
+
+
+@LOOPS
+def test_of_many_concurrent_bounds_exactly_those_outliving_their_budget_fail(new_loop):
+    budgets = (0.002, 0.01, 0.04, 0.1, 0.3)
+
+    async def one(budget: float, work: str) -> str:
+        with within(budget):
+            if work == "forever":
+                await forever()
+            elif work == "brief" and budget >= 0.1:
+                # Well inside even the earliest its bucket may fire. (Shorter budgets
+                # take no await: a loop turn of 300 calls may outlast them.)
+                await asyncio.sleep(budget / 10)
+        return "ok"
+
+    async def scenario() -> tuple[list[tuple[float, str, str]], int, int]:
+        calls = [(budgets[i % 5], ("forever", "brief", "none")[i % 3]) for i in range(300)]
+        results = await asyncio.gather(*(one(b, w) for b, w in calls), return_exceptions=True)
+        waiting = scheduler_of(asyncio.get_running_loop()).waiting()
+        await asyncio.sleep(max(budgets) + 0.05)
+        outcomes = [(b, w, outcome(r)) for (b, w), r in zip(calls, results, strict=True)]
+        return outcomes, waiting, len(scheduler_of(asyncio.get_running_loop()))
+
+    outcomes, waiting, buckets = run(new_loop, scenario())
+    wrong = [o for o in outcomes if o[2] != ("TimeoutError" if o[1] == "forever" else "ok")]
+    assert not wrong, wrong
+    assert waiting == 0 and buckets == 0
+
+
+@LOOPS
+def test_a_bound_left_before_its_bucket_fires_is_not_cancelled(new_loop):
+    """The early call and its peer share one bucket (one timer); the early one leaves
+    well before it fires, then keeps awaiting across the firing, untouched."""
+
+    async def scenario() -> tuple[str, str, int]:
+        loop = asyncio.get_running_loop()
+        scheduler = scheduler_of(loop)
+        peer_in = asyncio.Event()
+
+        async def peer() -> None:
+            with within(0.375):
+                peer_in.set()
+                await forever()
+
+        peer_task = asyncio.create_task(peer())
+        await peer_in.wait()
+        [fires] = scheduler.fire_times()
+
+        async def early() -> int:
+            # A budget ending just past the peer's bucket time: the same bucket.
+            with within(fires - loop.time() + 1e-6):
+                assert len(scheduler) == 1 and scheduler.waiting() == 2
+                done = loop.create_future()
+                loop.call_at(fires - 0.1, done.set_result, None)
+                await done
+            await asyncio.sleep(max(0.0, fires - loop.time()) + 0.05)
+            task = asyncio.current_task()
+            assert task is not None
+            return task.cancelling()
+
+        early_cancelling = await early()
+        [peer_result] = await asyncio.gather(peer_task, return_exceptions=True)
+        return "ok", outcome(peer_result), early_cancelling
+
+    early, peer, early_cancelling = run(new_loop, scenario())
+    assert (early, peer, early_cancelling) == ("ok", "TimeoutError", 0)
+
+
+@LOOPS
+def test_a_cancel_that_is_not_ours_stays_a_cancelled_error(new_loop):
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        inside = asyncio.Event()
+
+        async def bounded() -> None:
+            with within(5.0):
+                inside.set()
+                await forever()
+
+        task = asyncio.create_task(bounded())
+        await inside.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert scheduler_of(loop).waiting() == 0, "a cancelled call leaves its bucket"
+
+    run(new_loop, scenario())
+
+
+def test_a_cancel_of_ours_and_one_not_ours_together_stay_a_cancelled_error():
+    """As asyncio.timeout: when someone else cancels too, that cancel wins. On asyncio's
+    loop, a callback at the bucket's own fire time runs in the same loop turn as the
+    bucket (uvloop rounds each timer to its own millisecond)."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        inside = asyncio.Event()
+
+        async def bounded() -> None:
+            with within(0.2):
+                inside.set()
+                await forever()
+
+        task = asyncio.create_task(bounded())
+        await inside.wait()
+        [fires] = scheduler_of(loop).fire_times()
+        loop.call_at(fires, task.cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(asyncio.new_event_loop, scenario())
+
+
+@LOOPS
+def test_a_call_cancelled_for_its_deadline_is_not_hit_by_a_later_bucket(new_loop):
+    """Its unwinding outlasts a later bucket (another call's): nothing cancels it again."""
+
+    async def scenario() -> tuple[str, str, bool]:
+        cleaned = False
+
+        async def unwinding_slowly() -> None:
+            nonlocal cleaned
+            with within(0.05):
+                try:
+                    await forever()
+                except asyncio.CancelledError:
+                    await asyncio.sleep(0.2)  # across the other call's bucket
+                    cleaned = True
+                    raise
+
+        async def later() -> None:
+            with within(0.1):
+                await forever()
+
+        first, second = await asyncio.gather(unwinding_slowly(), later(), return_exceptions=True)
+        return outcome(first), outcome(second), cleaned
+
+    assert run(new_loop, scenario()) == ("TimeoutError", "TimeoutError", True)
+
+
+@LOOPS
+def test_asyncio_timeout_nested_either_way_keeps_its_own_meaning(new_loop):
+    async def scenario() -> list[str]:
+        seen = []
+        # An inner asyncio.timeout firing first is the handler's own business.
+        with within(5.0):
+            try:
+                async with asyncio.timeout(0.01):
+                    await forever()
+            except TimeoutError:
+                seen.append("inner timeout handled")
+            await asyncio.sleep(0)
+        seen.append("outer bound not hit")
+        # The bound firing under a longer asyncio.timeout: inner sees a cancel, not
+        # its own timeout; the bound turns it into TimeoutError.
+        try:
+            with within(0.02):
+                try:
+                    async with asyncio.timeout(5.0):
+                        await forever()
+                except asyncio.CancelledError:
+                    seen.append("inner saw a cancel")
+                    raise
+        except TimeoutError:
+            seen.append("bound timed out")
+        # And the other way round: an asyncio.timeout firing over a longer bound.
+        try:
+            async with asyncio.timeout(0.02):
+                try:
+                    with within(5.0):
+                        await forever()
+                except asyncio.CancelledError:
+                    seen.append("bound let the cancel through")
+                    raise
+        except TimeoutError:
+            seen.append("asyncio timeout timed out")
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+        return seen
+
+    assert run(new_loop, scenario()) == [
+        "inner timeout handled",
+        "outer bound not hit",
+        "inner saw a cancel",
+        "bound timed out",
+        "bound let the cancel through",
+        "asyncio timeout timed out",
+    ]
+
+
+@LOOPS
+def test_no_bucket_is_left_behind_after_a_thousand_bounds(new_loop):
+    async def scenario() -> tuple[Counter[str], int, int, int]:
+        loop = asyncio.get_running_loop()
+        scheduler = scheduler_of(loop)
+        rng = random.Random(12)
+        most = 0
+
+        async def one(budget: float, work: int) -> str:
+            nonlocal most
+            with within(budget):
+                most = max(most, len(scheduler))
+                if work == 0:
+                    await forever()
+                for _ in range(work):
+                    await asyncio.sleep(0)
+            return "ok"
+
+        outcomes: Counter[str] = Counter()
+        for _ in range(10):
+            batch = [one(rng.uniform(0.0, 0.2), rng.randrange(4)) for _ in range(100)]
+            for result in await asyncio.gather(*batch, return_exceptions=True):
+                outcomes[outcome(result)] += 1
+        waiting = scheduler.waiting()
+        await asyncio.sleep(0.25)
+        return outcomes, waiting, len(scheduler), most
+
+    outcomes, waiting, buckets, most = run(new_loop, scenario())
+    print(f"outcomes {dict(outcomes)}; at most {most} buckets at once")
+    assert sum(outcomes.values()) == 1000 and set(outcomes) == {"ok", "TimeoutError"}
+    assert waiting == 0 and buckets == 0
+
+
+def test_a_bound_outside_a_task_is_refused():
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        refused = loop.create_future()
+
+        def from_a_callback() -> None:
+            try:
+                within(1.0).__enter__()
+            except RuntimeError as error:
+                refused.set_result(str(error))
+
+        loop.call_soon(from_a_callback)
+        assert "inside" in await refused
+
+    run(asyncio.new_event_loop, scenario())
+
+
+# Through the errors stage of a live grpc.aio server.
+
+
+class _Ends:
+    """An outer stage recording how each call left the errors stage: AbortError means
+    cachet answered a status itself; CancelledError, that gRPC or the client ended it."""
+
+    def __init__(self) -> None:
+        self.ends: list[str] = []
+
+    def stage_for(self, method: str, *, response_streaming: bool) -> _Ends:
+        return self
+
+    def enter(self, request: Any, context: Any) -> None:
+        return None
+
+    def leave(self, entered: None, error: BaseException | None) -> None:
+        self.ends.append(type(error).__name__ if error is not None else "ok")
+
+
+class Napper:
+    """A server whose one method naps for the seconds its request names ("forever":
+    until cancelled), behind the real errors stage."""
+
+    def __init__(self) -> None:
+        self.ends = _Ends()
+        self.started = asyncio.Event()
+        self.budgets: list[float] = []
+        self.cancelled_after: list[float] = []
+        self.server = aio.server(interceptors=[Corridor([self.ends], ErrorsStage())])
+        handler = grpc.unary_unary_rpc_method_handler(self._nap)
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("test.Napper", {"Nap": handler}),)
+        )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    async def _nap(self, request: bytes, context: aio.ServicerContext[Any, Any]) -> bytes:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        remaining = context.time_remaining()
+        if remaining is not None:
+            self.budgets.append(_handler_budget(remaining))
+        self.started.set()
+        try:
+            if request == b"forever":
+                await forever()
+            else:
+                await asyncio.sleep(float(request))
+        except asyncio.CancelledError:
+            self.cancelled_after.append(loop.time() - started)
+            raise
+        return b"rested"
+
+
+@pytest.fixture
+async def napper() -> AsyncIterator[tuple[Napper, Any]]:
+    napper = Napper()
+    await napper.server.start()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{napper.port}") as channel:
+            await channel.channel_ready()
+            yield napper, channel.unary_unary("/test.Napper/Nap")
+    finally:
+        await napper.server.stop(None)
+
+
+async def test_a_handler_outliving_its_deadline_gets_cachets_deadline_exceeded(napper):
+    server, nap = napper
+    with pytest.raises(aio.AioRpcError) as info:
+        await nap(b"forever", timeout=1.0)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert server.ends.ends == ["AbortError"], "cachet answered, not gRPC's own deadline"
+    assert info.value.details() == "the call's deadline passed before Redis answered"
+    [budget], [after] = server.budgets, server.cancelled_after
+    assert after >= budget - slack(budget) - TIMER_RESOLUTION, (budget, after)
+    print(f"budget {budget * 1000:.1f} ms: cancelled after {after * 1000:.1f} ms")
+    assert scheduler_of(asyncio.get_running_loop()).waiting() == 0
+
+
+async def test_mixed_deadlines_through_the_server_fail_exactly_the_calls_outliving_them(napper):
+    server, nap = napper
+    deadlines = (0.05, 0.15, 0.4, 0.8)
+
+    async def one(deadline: float, request: bytes) -> str:
+        try:
+            await nap(request, timeout=deadline)
+            return "OK"
+        except aio.AioRpcError as error:
+            return error.code().name
+
+    calls = [(deadlines[i % 4], b"forever" if i % 3 == 0 else b"0.001") for i in range(48)]
+    codes = await asyncio.gather(*(one(d, r) for d, r in calls))
+    wrong = [
+        (d, r, code)
+        for (d, r), code in zip(calls, codes, strict=True)
+        if code != ("DEADLINE_EXCEEDED" if r == b"forever" else "OK")
+    ]
+    assert not wrong, wrong
+    print(f"how the timed-out calls ended on the server: {Counter(server.ends.ends)}")
+    assert scheduler_of(asyncio.get_running_loop()).waiting() == 0
+
+
+async def test_a_client_cancel_stays_cancelled(napper):
+    server, nap = napper
+    call = nap(b"forever", timeout=10.0)
+    await server.started.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    for _ in range(100):
+        if server.ends.ends:
+            break
+        await asyncio.sleep(0.01)
+    assert server.ends.ends == ["CancelledError"], "not turned into DEADLINE_EXCEEDED"
+    assert scheduler_of(asyncio.get_running_loop()).waiting() == 0
+
+
+# Through a live cachet.
+
+GET = "/cachet.cache.v1.CacheService/Get"
+
+
+async def test_a_thousand_gets_with_deadlines_leave_no_bucket_behind(cachet, cache):
+    """The in-process server runs on this test's loop: its scheduler is this loop's."""
+    scheduler = scheduler_of(asyncio.get_running_loop())
+    before = set(scheduler.fire_times())
+    await cache.Set(cache_pb2.SetRequest(key="k", value=b"v"))
+    rng = random.Random(7)
+    codes: Counter[str] = Counter()
+
+    async def one(deadline: float) -> None:
+        try:
+            await cache.Get(cache_pb2.GetRequest(key="k"), timeout=deadline)
+            codes["OK"] += 1
+        except aio.AioRpcError as error:
+            codes[error.code().name] += 1
+
+    for _ in range(20):
+        await asyncio.gather(*(one(rng.uniform(0.2, 0.6)) for _ in range(50)))
+    assert sum(codes.values()) == 1000
+    assert set(codes) <= {"OK", "DEADLINE_EXCEEDED"}, codes
+    assert scheduler.waiting() == 0
+    await asyncio.sleep(0.65)
+    left = set(scheduler.fire_times()) - before
+    assert not left, f"{len(left)} buckets of these calls left behind"
+    print(f"codes {dict(codes)}; {len(before)} buckets of earlier tests were pending")
