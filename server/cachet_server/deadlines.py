@@ -10,8 +10,8 @@ call turns that cancellation into TimeoutError, with asyncio.timeout's rules: th
 uncancel()ed, and a cancel that is not ours (the client's, gRPC's own deadline, server
 shutdown) stays a CancelledError.
 
-When a bucket fires: never after the budget, and never more than about budget/32 before
-it (a 20 s budget may end up to 0.5 s early, a 50 ms one up to 1 ms early). A bucket's
+When a bucket's timer is set for: never after the budget ends, and less than budget/32
+before (a 20 s budget may end up to 0.5 s early, a 50 ms one up to 1 ms early). A bucket's
 fire time is the budget's expiry rounded down to a power of two of seconds no larger than
 budget/32, so calls entering within that much of each other share one timer. A budget
 under `EXACT_BELOW` gets a bucket of its exact expiry.
@@ -133,6 +133,6 @@ class Bound:
 
 
 def within(budget: float) -> Bound:
-    """Bound the current task by `budget` seconds: leaving the block after the budget
-    (give or take the slack above) raises TimeoutError, as asyncio.timeout does."""
+    """Bound the current task by `budget` seconds (less the slack above, at most): the
+    block is cancelled then and raises TimeoutError, as under asyncio.timeout."""
     return Bound(budget)
