@@ -15,6 +15,7 @@ bound (never earlier than the slack allows) holds on any machine and is asserted
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +25,7 @@ import grpc
 import pytest
 import uvloop
 from cachet_client.proto.cachet.cache.v1 import cache_pb2
+from cachet_server import deadlines
 from cachet_server.access import CallSpec, Grants
 from cachet_server.callcontext import CallContext, Identity, enter_call, leave_call
 from cachet_server.deadlines import EXACT_BELOW, fire_time, scheduler_of, within
@@ -63,7 +65,8 @@ def outcome(result: object) -> str:
     "budget", [0.0, 0.001, 0.005, 0.031, 0.03125, 0.05, 0.1, 0.999, 1.0, 20.0, 3600.0, 2.0e6]
 )
 def test_a_bucket_fires_never_after_the_budget_and_at_most_the_slack_before(budget):
-    starts = [0.0, 1.0, 12345.678, 1e6 + 0.123] + [random.uniform(0, 1e6) for _ in range(500)]
+    rng = random.Random(5)
+    starts = [0.0, 1.0, 12345.678, 1e6 + 0.123] + [rng.uniform(0, 1e6) for _ in range(500)]
     for start in starts:
         expires = start + budget
         fires = fire_time(expires, budget)
@@ -326,6 +329,18 @@ def test_no_bucket_is_left_behind_after_a_thousand_bounds(new_loop):
     print(f"outcomes {dict(outcomes)}; at most {most} buckets at once")
     assert sum(outcomes.values()) == 1000 and set(outcomes) == {"ok", "TimeoutError"}
     assert waiting == 0 and buckets == 0
+
+
+@LOOPS
+def test_a_loops_scheduler_goes_with_the_loop(new_loop):
+    async def scenario() -> int:
+        with within(30.0):
+            await asyncio.sleep(0)
+        return id(asyncio.get_running_loop())
+
+    loop_id = run(new_loop, scenario())
+    gc.collect()
+    assert loop_id not in deadlines._schedulers
 
 
 def test_a_bound_outside_a_task_is_refused():
