@@ -11,15 +11,18 @@ uncancel()ed, and a cancel that is not ours (the client's, gRPC's own deadline, 
 shutdown) stays a CancelledError.
 
 When a bucket's timer is set for: never after the budget ends, and less than budget/32
-before (a 20 s budget may end up to 0.5 s early, a 50 ms one up to 1 ms early). A bucket's
-fire time is the budget's expiry rounded down to a power of two of seconds no larger than
-budget/32, so calls entering within that much of each other share one timer. A budget
-under `EXACT_BELOW` gets a bucket of its exact expiry.
+before, and never more than `MAX_SLACK` before (a 50 ms budget may end up to 1 ms early,
+a 20 s or a 10 min one up to 62.5 ms early: a long blocking wait keeps nearly all its
+time). A bucket's fire time is the budget's expiry rounded down to a power of two of
+seconds no larger than budget/32 nor MAX_SLACK, so calls entering within that much of
+each other share one timer. A budget under `EXACT_BELOW` gets a bucket of its exact
+expiry.
 
 A bucket lives until its timer fires, even once empty: taking the timer down when the last
 call leaves would cost a timer per call again whenever calls do not overlap (one client
 at a time). The count stays bounded: at most 64 buckets per power of two of budget
-lengths in use, plus the exact ones of the last `EXACT_BELOW` seconds.
+lengths in use up to 2 s, one per MAX_SLACK of the longest budget beyond (320 for 20 s
+deadlines), plus the exact ones of the last `EXACT_BELOW` seconds.
 """
 
 from __future__ import annotations
@@ -29,11 +32,21 @@ import math
 import weakref
 from types import TracebackType
 
-__all__ = ["EXACT_BELOW", "Bound", "DeadlineScheduler", "fire_time", "scheduler_of", "within"]
+__all__ = [
+    "EXACT_BELOW",
+    "MAX_SLACK",
+    "Bound",
+    "DeadlineScheduler",
+    "fire_time",
+    "scheduler_of",
+    "within",
+]
 
 # Budgets shorter than this fire at their exact expiry: their slack (budget/32) would be
 # under a millisecond, the loop timers' own resolution.
 EXACT_BELOW = 2.0**-5
+# The most a bucket fires before its budget ends, whatever the budget (seconds).
+MAX_SLACK = 2.0**-4
 
 
 class DeadlineScheduler:
@@ -75,8 +88,9 @@ def fire_time(expires: float, budget: float) -> float:
     """When the bucket of a budget that ends at `expires` fires."""
     if budget < EXACT_BELOW:
         return expires
-    # Down to a multiple of the largest power of two of seconds not over budget/32.
-    granule = math.ldexp(1.0, math.frexp(budget)[1] - 6)
+    # Down to a multiple of the largest power of two of seconds not over budget/32
+    # (nor MAX_SLACK).
+    granule = min(math.ldexp(1.0, math.frexp(budget)[1] - 6), MAX_SLACK)
     return expires // granule * granule
 
 

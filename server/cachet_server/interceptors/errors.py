@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 __all__ = ["ErrorsStage", "abort_with"]
 
 # The handler's own timeout fires at least this much before gRPC's deadline (or 10 % of
-# the time left, when that is less; its shared timer may fire up to budget/32 sooner, see
-# deadlines.py), so cachet answers DEADLINE_EXCEEDED itself instead of racing gRPC's
-# deadline timer to the same instant.
+# the time left, when that is less; its shared timer may fire up to budget/32 sooner, and
+# at most 62.5 ms: see deadlines.py), so cachet answers DEADLINE_EXCEEDED itself instead of
+# racing gRPC's deadline timer to the same instant.
 _DEADLINE_MARGIN = 0.002
 
 
