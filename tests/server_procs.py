@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -38,27 +40,36 @@ class CachetProcess:
         else:
             self.env.pop("CACHET_REDIS_URL", None)
         self.process: subprocess.Popen[bytes] | None = None
+        self._output: IO[bytes] | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> CachetProcess:
+        # A file, not a pipe: a server logging more than a pipe holds (a test provoking
+        # errors) would otherwise block on its own log while no one reads it.
+        self._output = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cachet_server"],
             env=self.env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=self._output,
             stderr=subprocess.STDOUT,
         )
         wait_until(self.serving, timeout=20, what="cachet-server to serve")
         return self
 
+    def output(self) -> str:
+        """Everything the server wrote so far, stdout and stderr."""
+        assert self._output is not None, "not started"
+        self._output.seek(0)
+        return self._output.read().decode(errors="replace")
+
     def serving(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            output = self.process.stdout.read().decode() if self.process.stdout else ""
-            raise RuntimeError(f"cachet-server exited {self.process.returncode}:\n{output}")
+            raise RuntimeError(f"cachet-server exited {self.process.returncode}:\n{self.output()}")
         with grpc.insecure_channel(self.address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=1
@@ -90,3 +101,6 @@ class CachetProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        if self._output is not None:
+            self._output.close()
+            self._output = None

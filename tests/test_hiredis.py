@@ -18,9 +18,7 @@ def test_the_server_confirms_hiredis_at_start_up(redis_standalone):
     server = CachetProcess(redis_standalone.url).start()
     try:
         assert server.terminate() == 0
-        assert server.process is not None and server.process.stdout is not None
-        output = server.process.stdout.read().decode()
-        server.process.stdout.close()
+        output = server.output()
     finally:
         server.stop()
     assert "redis replies parsed by hiredis" in output

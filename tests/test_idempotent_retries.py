@@ -184,3 +184,24 @@ async def test_a_request_id_reused_by_an_integer_increment_after_a_float_one_is_
         cache.HashIncrement(pb.HashIncrementRequest(key="h", field="f", by_int=1, request_id="r-2"))
     )
     assert bad_fields(error) == ["request_id"]
+
+
+async def test_a_request_id_reused_after_a_float_result_without_a_decimal_point_is_invalid(cache):
+    """Found by the fuzzer: Redis stores 1e300 as a 301-digit number, which parses as an
+    integer but no int64 holds; it answered INTERNAL."""
+    await cache.Increment(pb.IncrementRequest(key="big", by_float=1e300, request_id="r-3"))
+    error = await rpc_error(
+        cache.Increment(pb.IncrementRequest(key="big", by_int=1, request_id="r-3"))
+    )
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(error) == ["request_id"]
+    await cache.HashIncrement(
+        pb.HashIncrementRequest(key="hb", field="f", by_float=1e300, request_id="r-4")
+    )
+    error = await rpc_error(
+        cache.HashIncrement(
+            pb.HashIncrementRequest(key="hb", field="f", by_int=1, request_id="r-4")
+        )
+    )
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(error) == ["request_id"]

@@ -147,8 +147,7 @@ def test_metrics_count_exactly_the_calls_served(redis_server, tmp_path):
         # Health checks are not calls of the corridor.
         assert not any("grpc.health" in dict(series).get("rpc_method", "") for _, series in samples)
         assert server.terminate() == 0
-        assert server.process is not None and server.process.stdout is not None
-        assert "cachet.access" not in server.process.stdout.read().decode(), "off by default"
+        assert "cachet.access" not in server.output(), "off by default"
     finally:
         server.stop()
 
@@ -207,8 +206,7 @@ def test_json_logs_carry_the_callers_trace_and_a_down_collector_costs_no_wait(re
         started = time.monotonic()
         assert server.terminate() == 0
         shutdown = time.monotonic() - started
-        assert server.process is not None and server.process.stdout is not None
-        output = server.process.stdout.read().decode()
+        output = server.output()
     finally:
         server.stop()
     lines = [json.loads(line) for line in output.splitlines() if line.strip()]

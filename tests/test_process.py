@@ -132,8 +132,7 @@ def test_make_run_default_uses_an_embedded_redis():
         )
         assert stored.returncode == 0, stored.stderr
         assert server.terminate() == 0
-        assert server.process is not None and server.process.stdout is not None
-        log = server.process.stdout.read().decode()
+        log = server.output()
         assert "embedded redis-server" in log
     finally:
         server.stop()

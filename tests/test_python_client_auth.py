@@ -64,8 +64,7 @@ class _TlsProcess(CachetProcess):
     def serving(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            output = self.process.stdout.read().decode() if self.process.stdout else ""
-            raise RuntimeError(f"cachet-server exited {self.process.returncode}:\n{output}")
+            raise RuntimeError(f"cachet-server exited {self.process.returncode}:\n{self.output()}")
         with grpc.insecure_channel(f"127.0.0.1:{self.health_port}") as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=1

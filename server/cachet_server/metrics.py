@@ -117,10 +117,12 @@ class CountingSource(Protocol):
 class Instruments:
     """Every instrument, created once from one meter.
 
-    The busiest counts (cache hits and misses, calls in flight) are observed, not
-    recorded: ServiceStats keeps them as plain integers on the event loop (it answers
-    GetServiceStats from them) and these instruments read them when a reader collects,
-    so a call pays nothing for them and both views show the same numbers."""
+    Nothing on the request path goes through the SDK's synchronous record. The busiest
+    counts (cache hits and misses, calls in flight) are observed: ServiceStats keeps them
+    as plain integers on the event loop (it answers GetServiceStats from them) and these
+    instruments read them when a reader collects, so both views show the same numbers.
+    The other counters are PlainCounters (plain integers per attribute set, observed the
+    same way), and the duration histograms are pre-aggregated (histograms.py)."""
 
     def __init__(self, meter: metrics.Meter) -> None:
         self.namespace = NamespaceLabels()

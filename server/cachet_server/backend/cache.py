@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import Aborted, FailedPrecondition, InvalidArgument
+from ..errors import Aborted, FailedPrecondition
 from ..metrics import instruments
 from .batch import Step
-from .core import Backend, Command
+from .core import Backend, Command, integer_result
 from .keys import (
     CacheKeys,
     Kind,
@@ -729,14 +729,7 @@ def _increment(reply: list[Any], delta: int | float) -> Increment:
     value, created, version = reply
     number = value.decode()
     is_int = isinstance(delta, int)
-    try:
-        int_value = int(number) if is_int else 0
-    except ValueError:
-        # A remembered float result answered to an integer Increment: the caller reused a
-        # request_id for another request (the result it remembers cannot be this one's).
-        raise InvalidArgument.field(
-            "request_id", "was already used by a float Increment; a new request needs a new id"
-        ) from None
+    int_value = integer_result(number, "Increment") if is_int else 0
     return Increment(
         int_value=int_value,
         float_value=0.0 if is_int else float(number),

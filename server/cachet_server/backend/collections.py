@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import FailedPrecondition, InvalidArgument
+from ..errors import FailedPrecondition
 from .batch import Step
-from .core import Backend, Command
+from .core import Backend, Command, integer_result
 from .keys import CacheKeys, holding_list, remembered_result
 from .scripts import script
 
@@ -254,14 +254,7 @@ class CollectionStore:
             raise FailedPrecondition(
                 f"field {field!r} of hash {key!r} is not {kind}", reason="NOT_A_NUMBER"
             )
-        try:
-            return int(reply[1]) if is_int else float(reply[1])
-        except ValueError:
-            # A remembered float result answered to an integer increment: the request_id
-            # was reused for another request.
-            raise InvalidArgument.field(
-                "request_id", "was already used by a float increment; a new request needs a new id"
-            ) from None
+        return integer_result(reply[1], "increment") if is_int else float(reply[1])
 
     async def hash_keys(self, namespace: str, key: str) -> list[str]:
         name = CacheKeys.of(namespace, key).data

@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.observability.providers import get_observability_instance
 
-from ..errors import FailedPrecondition, Unavailable
+from ..errors import FailedPrecondition, InvalidArgument, Unavailable
 from ..metrics import redis_command_durations
 from ..telemetry import tracing_on
 from .multiplex import RETRY_ALONE, CoalescingStats, Multiplexer
@@ -501,6 +501,25 @@ def _observe_command(
     """redis-py's own command metric (db.client.operation.duration), for a command the
     multiplexer carried; a no-op unless metrics.redis_commands turned it on."""
     redis_command_durations.record(connection, name, seconds, error)
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def integer_result(stored: bytes | str, operation: str) -> int:
+    """An integer increment's result, as Redis stored it. One that is not a 64-bit
+    integer (INCRBY never stores one) is a float `operation`'s result remembered under the
+    same request_id, e.g. 1.5 or a 300-digit 1e300: the caller reused the id for another
+    request."""
+    try:
+        value = int(stored)
+    except ValueError:
+        value = None
+    if value is None or value not in _INT64:
+        raise InvalidArgument.field(
+            "request_id", f"was already used by a float {operation}; a new request needs a new id"
+        )
+    return value
 
 
 async def _nothing() -> list[Any]:
