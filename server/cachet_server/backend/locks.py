@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Sequence
@@ -103,18 +104,25 @@ class PermitKeys:
     queue: str
     waiters: str
 
+    # What every script of this name is given, built with the keys.
+    all: tuple[str, ...] = dataclasses.field(init=False, compare=False)
+    # Pub/sub channel on which waiters of this name are woken.
+    channel: str = dataclasses.field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        every = (self.holders, self.owners, self.fence, self.queue, self.waiters)
+        object.__setattr__(self, "all", every)
+        object.__setattr__(self, "channel", WAKE_CHANNEL_PREFIX + self.queue)
+
     @classmethod
     def of(cls, namespace: str, family: Family, name: str) -> PermitKeys:
-        return cls(*(redis_key(namespace, kind, name) for kind in family.kinds))
+        return _permit_keys(namespace, family, name)
 
-    @property
-    def all(self) -> list[str]:
-        return [self.holders, self.owners, self.fence, self.queue, self.waiters]
 
-    @property
-    def channel(self) -> str:
-        """Pub/sub channel on which waiters of this name are woken."""
-        return WAKE_CHANNEL_PREFIX + self.queue
+@functools.lru_cache(maxsize=4096)
+def _permit_keys(namespace: str, family: Family, name: str) -> PermitKeys:
+    # Built once per hot name: every Acquire and Release of it runs with these five keys.
+    return PermitKeys(*(redis_key(namespace, kind, name) for kind in family.kinds))
 
 
 @dataclass(frozen=True)
