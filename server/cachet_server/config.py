@@ -863,8 +863,8 @@ class MetricsSettings(BaseModel):
     redis_commands: bool = Field(
         True,
         description="Also record redis-py's per-command metrics (db.client.operation.duration "
-        "by operation, connection errors): the costliest instrument, about 30 to 60 µs of CPU "
-        "per Redis command (see bench/report.md).",
+        "by operation, connection errors); the commands coalescing carries are pre-aggregated "
+        "into the same metric (well under a µs each, docs/observability.md).",
     )
 
     @field_validator("listen", mode="before")
