@@ -360,3 +360,30 @@ async def test_answers_stalled_past_the_socket_timeout_retire_the_connection(top
     finally:
         await multiplexer.close()
         await client.aclose()
+
+
+@pytest.mark.topologies("standalone", reason="the reply itself is the same on every topology")
+async def test_a_connection_error_reply_retires_the_connection(topology):
+    """A reply redis-py treats as a connection error (LOADING: Redis is loading its data)
+    fails the kept connection as redis-py's own parser would: that call and the calls
+    queued behind it answer RETRY_ALONE (the ordinary path retries them with backoff),
+    and the next call gets a new connection."""
+    client = Redis.from_url(topology.url)
+    pool = client.connection_pool
+    stats = CoalescingStats()
+    multiplexer = Multiplexer(
+        "test", pool.get_connection, pool.release, socket_timeout=5, stats=stats, size=1
+    )
+    loading = "return redis.error_reply('LOADING Redis is loading the dataset in memory')"
+    try:
+        assert await multiplexer.call(("PING",)) == b"PONG"
+        multiplexer.held = True
+        calls = [asyncio.ensure_future(multiplexer.call(("EVAL", loading, 0)))]
+        calls += [asyncio.ensure_future(multiplexer.call(("PING",))) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        multiplexer.held = False
+        assert await asyncio.wait_for(asyncio.gather(*calls), 10) == [RETRY_ALONE] * 6
+        assert await asyncio.wait_for(multiplexer.call(("PING",)), 10) == b"PONG"
+    finally:
+        await multiplexer.close()
+        await client.aclose()

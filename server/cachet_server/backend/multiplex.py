@@ -47,6 +47,7 @@ from redis.exceptions import (
     ReadOnlyError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 log = logging.getLogger(__name__)
 
@@ -448,10 +449,13 @@ class _Answers(asyncio.Protocol):
             while (reply := reader.gets()) is not NOT_ENOUGH_DATA:
                 if _PUSH is not None and type(reply) is _PUSH:
                     continue
-                if isinstance(reply, ConnectionError) or (
-                    isinstance(reply, list) and reply and isinstance(reply[0], ConnectionError)
+                # As redis-py's parser: a reply that is a connection error (LOADING,
+                # MASTERDOWN...) fails the connection, and every waiting call goes the
+                # ordinary path, whose retries and backoff apply.
+                if isinstance(reply, RedisConnectionError) or (
+                    isinstance(reply, list) and reply and isinstance(reply[0], RedisConnectionError)
                 ):
-                    raise reply if isinstance(reply, ConnectionError) else reply[0]
+                    raise reply if isinstance(reply, RedisConnectionError) else reply[0]
                 if not waiting:
                     raise ConnectionError("Redis sent an answer no command was waiting for")
                 future, name, sent = waiting.popleft()
