@@ -292,6 +292,11 @@ class RedisCommandDurations:
             bounds=collector.config.buckets_operation_duration,
         )
 
+    @property
+    def on(self) -> bool:
+        """Whether command durations are recorded (metrics.redis_commands)."""
+        return self._histogram is not None
+
     def record(
         self, connection: Any, name: str, seconds: float, error: BaseException | None
     ) -> None:

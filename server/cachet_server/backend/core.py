@@ -23,7 +23,6 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.observability.providers import get_observability_instance
 
 from ..errors import FailedPrecondition, InvalidArgument, Unavailable
 from ..metrics import redis_command_durations
@@ -210,8 +209,9 @@ class Backend:
             release,
             socket_timeout=self.topology.tuning.socket_timeout,
             stats=self.coalescing,
-            # redis-py's metrics are set up before the first call makes a multiplexer.
-            observe=_observe_command if get_observability_instance().is_enabled() else None,
+            # redis-py's db.client.operation.duration for the commands it carries (metrics
+            # are set up before the first call makes a multiplexer).
+            observe=redis_command_durations.record if redis_command_durations.on else None,
         )
 
     def _retire(self, multiplexer: Multiplexer) -> None:
@@ -493,14 +493,6 @@ async def _exchange(
             raise RedisTimeoutError("no answer to WAIT in time")
         replies.append(reply)
     return replies
-
-
-def _observe_command(
-    connection: Any, name: str, seconds: float, error: BaseException | None
-) -> None:
-    """redis-py's own command metric (db.client.operation.duration), for a command the
-    multiplexer carried; a no-op unless metrics.redis_commands turned it on."""
-    redis_command_durations.record(connection, name, seconds, error)
 
 
 _INT64 = range(-(2**63), 2**63)
