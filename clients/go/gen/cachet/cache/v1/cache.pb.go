@@ -8284,14 +8284,22 @@ func (x *BatchResponse) GetResults() []*BatchResult {
 	return nil
 }
 
-// SessionRequest is one operation sent on a Session stream.
+// SessionRequest is one message of a Session stream: one operation in `id` and
+// `operation`, or several packed in `operations`.
 type SessionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Chosen by the client to match the answer to this request; the server only echoes
 	// it (ids may repeat, but then the client cannot tell the answers apart).
 	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	// The operation.
-	Operation     *BatchOperation `protobuf:"bytes,2,opt,name=operation,proto3" json:"operation,omitempty"`
+	// The operation. A message that carries `operations` and leaves this unset carries
+	// only those; one with neither is an operation without a kind (INVALID_ARGUMENT in
+	// its result).
+	Operation *BatchOperation `protobuf:"bytes,2,opt,name=operation,proto3" json:"operation,omitempty"`
+	// Operations packed into this message, handled as if each had come in a message of
+	// its own (after `operation`, when that is set too) and answered packed, in
+	// SessionResponse.answers. At most max_batch per message: past that, each of them is
+	// answered INVALID_ARGUMENT and none runs.
+	Operations    []*SessionOperation `protobuf:"bytes,3,rep,name=operations,proto3" json:"operations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -8340,20 +8348,88 @@ func (x *SessionRequest) GetOperation() *BatchOperation {
 	return nil
 }
 
-// SessionResponse answers one SessionRequest.
+func (x *SessionRequest) GetOperations() []*SessionOperation {
+	if x != nil {
+		return x.Operations
+	}
+	return nil
+}
+
+// One operation packed into a SessionRequest.
+type SessionOperation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the client, as SessionRequest.id.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The operation.
+	Operation     *BatchOperation `protobuf:"bytes,2,opt,name=operation,proto3" json:"operation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionOperation) Reset() {
+	*x = SessionOperation{}
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[127]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionOperation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionOperation) ProtoMessage() {}
+
+func (x *SessionOperation) ProtoReflect() protoreflect.Message {
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[127]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionOperation.ProtoReflect.Descriptor instead.
+func (*SessionOperation) Descriptor() ([]byte, []int) {
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{127}
+}
+
+func (x *SessionOperation) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SessionOperation) GetOperation() *BatchOperation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+// SessionResponse is one message of answers: to a request sent alone in `id` and
+// `result`, or to packed operations in `answers`.
 type SessionResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The id of the request this answers.
+	// The id of the request this answers (a request sent alone).
 	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Its result.
-	Result        *BatchResult `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	Result *BatchResult `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	// Answers to packed operations (SessionRequest.operations) that completed together,
+	// as many per message as fit in the message size; the message then carries no `id`
+	// or `result` of its own. Operations of one SessionRequest may be answered in
+	// several messages, and in any order.
+	Answers       []*SessionAnswer `protobuf:"bytes,3,rep,name=answers,proto3" json:"answers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SessionResponse) Reset() {
 	*x = SessionResponse{}
-	mi := &file_cachet_cache_v1_cache_proto_msgTypes[127]
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[128]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8365,7 +8441,7 @@ func (x *SessionResponse) String() string {
 func (*SessionResponse) ProtoMessage() {}
 
 func (x *SessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cachet_cache_v1_cache_proto_msgTypes[127]
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[128]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8378,7 +8454,7 @@ func (x *SessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionResponse.ProtoReflect.Descriptor instead.
 func (*SessionResponse) Descriptor() ([]byte, []int) {
-	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{127}
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{128}
 }
 
 func (x *SessionResponse) GetId() uint64 {
@@ -8389,6 +8465,68 @@ func (x *SessionResponse) GetId() uint64 {
 }
 
 func (x *SessionResponse) GetResult() *BatchResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *SessionResponse) GetAnswers() []*SessionAnswer {
+	if x != nil {
+		return x.Answers
+	}
+	return nil
+}
+
+// The answer to one packed operation.
+type SessionAnswer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of the operation this answers.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Its result.
+	Result        *BatchResult `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionAnswer) Reset() {
+	*x = SessionAnswer{}
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[129]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionAnswer) ProtoMessage() {}
+
+func (x *SessionAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[129]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionAnswer.ProtoReflect.Descriptor instead.
+func (*SessionAnswer) Descriptor() ([]byte, []int) {
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{129}
+}
+
+func (x *SessionAnswer) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SessionAnswer) GetResult() *BatchResult {
 	if x != nil {
 		return x.Result
 	}
@@ -8406,7 +8544,7 @@ type WatchInvalidationsRequest struct {
 
 func (x *WatchInvalidationsRequest) Reset() {
 	*x = WatchInvalidationsRequest{}
-	mi := &file_cachet_cache_v1_cache_proto_msgTypes[128]
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[130]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8418,7 +8556,7 @@ func (x *WatchInvalidationsRequest) String() string {
 func (*WatchInvalidationsRequest) ProtoMessage() {}
 
 func (x *WatchInvalidationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cachet_cache_v1_cache_proto_msgTypes[128]
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[130]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8431,7 +8569,7 @@ func (x *WatchInvalidationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchInvalidationsRequest.ProtoReflect.Descriptor instead.
 func (*WatchInvalidationsRequest) Descriptor() ([]byte, []int) {
-	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{128}
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{130}
 }
 
 func (x *WatchInvalidationsRequest) GetPrefixes() []string {
@@ -8458,7 +8596,7 @@ type WatchInvalidationsResponse struct {
 
 func (x *WatchInvalidationsResponse) Reset() {
 	*x = WatchInvalidationsResponse{}
-	mi := &file_cachet_cache_v1_cache_proto_msgTypes[129]
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[131]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8470,7 +8608,7 @@ func (x *WatchInvalidationsResponse) String() string {
 func (*WatchInvalidationsResponse) ProtoMessage() {}
 
 func (x *WatchInvalidationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cachet_cache_v1_cache_proto_msgTypes[129]
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[131]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8483,7 +8621,7 @@ func (x *WatchInvalidationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchInvalidationsResponse.ProtoReflect.Descriptor instead.
 func (*WatchInvalidationsResponse) Descriptor() ([]byte, []int) {
-	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{129}
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{131}
 }
 
 func (x *WatchInvalidationsResponse) GetEvent() isWatchInvalidationsResponse_Event {
@@ -8558,7 +8696,7 @@ type InvalidatedKeys struct {
 
 func (x *InvalidatedKeys) Reset() {
 	*x = InvalidatedKeys{}
-	mi := &file_cachet_cache_v1_cache_proto_msgTypes[130]
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[132]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8570,7 +8708,7 @@ func (x *InvalidatedKeys) String() string {
 func (*InvalidatedKeys) ProtoMessage() {}
 
 func (x *InvalidatedKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_cachet_cache_v1_cache_proto_msgTypes[130]
+	mi := &file_cachet_cache_v1_cache_proto_msgTypes[132]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8583,7 +8721,7 @@ func (x *InvalidatedKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidatedKeys.ProtoReflect.Descriptor instead.
 func (*InvalidatedKeys) Descriptor() ([]byte, []int) {
-	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{130}
+	return file_cachet_cache_v1_cache_proto_rawDescGZIP(), []int{132}
 }
 
 func (x *InvalidatedKeys) GetKeys() []string {
@@ -9061,11 +9199,21 @@ const file_cachet_cache_v1_cache_proto_rawDesc = "" +
 	"operations\x18\x01 \x03(\v2\x1f.cachet.cache.v1.BatchOperationR\n" +
 	"operations\"G\n" +
 	"\rBatchResponse\x126\n" +
-	"\aresults\x18\x01 \x03(\v2\x1c.cachet.cache.v1.BatchResultR\aresults\"_\n" +
+	"\aresults\x18\x01 \x03(\v2\x1c.cachet.cache.v1.BatchResultR\aresults\"\xa2\x01\n" +
 	"\x0eSessionRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12=\n" +
-	"\toperation\x18\x02 \x01(\v2\x1f.cachet.cache.v1.BatchOperationR\toperation\"W\n" +
+	"\toperation\x18\x02 \x01(\v2\x1f.cachet.cache.v1.BatchOperationR\toperation\x12A\n" +
+	"\n" +
+	"operations\x18\x03 \x03(\v2!.cachet.cache.v1.SessionOperationR\n" +
+	"operations\"a\n" +
+	"\x10SessionOperation\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12=\n" +
+	"\toperation\x18\x02 \x01(\v2\x1f.cachet.cache.v1.BatchOperationR\toperation\"\x91\x01\n" +
 	"\x0fSessionResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
+	"\x06result\x18\x02 \x01(\v2\x1c.cachet.cache.v1.BatchResultR\x06result\x128\n" +
+	"\aanswers\x18\x03 \x03(\v2\x1e.cachet.cache.v1.SessionAnswerR\aanswers\"U\n" +
+	"\rSessionAnswer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
 	"\x06result\x18\x02 \x01(\v2\x1c.cachet.cache.v1.BatchResultR\x06result\"7\n" +
 	"\x19WatchInvalidationsRequest\x12\x1a\n" +
@@ -9196,7 +9344,7 @@ func file_cachet_cache_v1_cache_proto_rawDescGZIP() []byte {
 }
 
 var file_cachet_cache_v1_cache_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_cachet_cache_v1_cache_proto_msgTypes = make([]protoimpl.MessageInfo, 132)
+var file_cachet_cache_v1_cache_proto_msgTypes = make([]protoimpl.MessageInfo, 134)
 var file_cachet_cache_v1_cache_proto_goTypes = []any{
 	(SetCondition)(0),                    // 0: cachet.cache.v1.SetCondition
 	(BitUnit)(0),                         // 1: cachet.cache.v1.BitUnit
@@ -9333,30 +9481,32 @@ var file_cachet_cache_v1_cache_proto_goTypes = []any{
 	(*BatchRequest)(nil),                 // 132: cachet.cache.v1.BatchRequest
 	(*BatchResponse)(nil),                // 133: cachet.cache.v1.BatchResponse
 	(*SessionRequest)(nil),               // 134: cachet.cache.v1.SessionRequest
-	(*SessionResponse)(nil),              // 135: cachet.cache.v1.SessionResponse
-	(*WatchInvalidationsRequest)(nil),    // 136: cachet.cache.v1.WatchInvalidationsRequest
-	(*WatchInvalidationsResponse)(nil),   // 137: cachet.cache.v1.WatchInvalidationsResponse
-	(*InvalidatedKeys)(nil),              // 138: cachet.cache.v1.InvalidatedKeys
-	nil,                                  // 139: cachet.cache.v1.OperationStatus.MetadataEntry
-	(*durationpb.Duration)(nil),          // 140: google.protobuf.Duration
+	(*SessionOperation)(nil),             // 135: cachet.cache.v1.SessionOperation
+	(*SessionResponse)(nil),              // 136: cachet.cache.v1.SessionResponse
+	(*SessionAnswer)(nil),                // 137: cachet.cache.v1.SessionAnswer
+	(*WatchInvalidationsRequest)(nil),    // 138: cachet.cache.v1.WatchInvalidationsRequest
+	(*WatchInvalidationsResponse)(nil),   // 139: cachet.cache.v1.WatchInvalidationsResponse
+	(*InvalidatedKeys)(nil),              // 140: cachet.cache.v1.InvalidatedKeys
+	nil,                                  // 141: cachet.cache.v1.OperationStatus.MetadataEntry
+	(*durationpb.Duration)(nil),          // 142: google.protobuf.Duration
 }
 var file_cachet_cache_v1_cache_proto_depIdxs = []int32{
-	140, // 0: cachet.cache.v1.Entry.ttl:type_name -> google.protobuf.Duration
-	140, // 1: cachet.cache.v1.GetResponse.ttl:type_name -> google.protobuf.Duration
+	142, // 0: cachet.cache.v1.Entry.ttl:type_name -> google.protobuf.Duration
+	142, // 1: cachet.cache.v1.GetResponse.ttl:type_name -> google.protobuf.Duration
 	8,   // 2: cachet.cache.v1.GetManyResponse.entries:type_name -> cachet.cache.v1.Entry
-	140, // 3: cachet.cache.v1.SetRequest.ttl:type_name -> google.protobuf.Duration
+	142, // 3: cachet.cache.v1.SetRequest.ttl:type_name -> google.protobuf.Duration
 	0,   // 4: cachet.cache.v1.SetRequest.condition:type_name -> cachet.cache.v1.SetCondition
-	140, // 5: cachet.cache.v1.SetRequest.recompute_time:type_name -> google.protobuf.Duration
-	140, // 6: cachet.cache.v1.SetManyEntry.ttl:type_name -> google.protobuf.Duration
+	142, // 5: cachet.cache.v1.SetRequest.recompute_time:type_name -> google.protobuf.Duration
+	142, // 6: cachet.cache.v1.SetManyEntry.ttl:type_name -> google.protobuf.Duration
 	15,  // 7: cachet.cache.v1.SetManyRequest.entries:type_name -> cachet.cache.v1.SetManyEntry
-	140, // 8: cachet.cache.v1.SetManyRequest.ttl:type_name -> google.protobuf.Duration
-	140, // 9: cachet.cache.v1.ExpireRequest.ttl:type_name -> google.protobuf.Duration
-	140, // 10: cachet.cache.v1.GetTtlResponse.ttl:type_name -> google.protobuf.Duration
-	140, // 11: cachet.cache.v1.IncrementRequest.ttl:type_name -> google.protobuf.Duration
-	140, // 12: cachet.cache.v1.SetBitRequest.ttl:type_name -> google.protobuf.Duration
+	142, // 8: cachet.cache.v1.SetManyRequest.ttl:type_name -> google.protobuf.Duration
+	142, // 9: cachet.cache.v1.ExpireRequest.ttl:type_name -> google.protobuf.Duration
+	142, // 10: cachet.cache.v1.GetTtlResponse.ttl:type_name -> google.protobuf.Duration
+	142, // 11: cachet.cache.v1.IncrementRequest.ttl:type_name -> google.protobuf.Duration
+	142, // 12: cachet.cache.v1.SetBitRequest.ttl:type_name -> google.protobuf.Duration
 	34,  // 13: cachet.cache.v1.BitCountRequest.range:type_name -> cachet.cache.v1.IndexRange
 	1,   // 14: cachet.cache.v1.BitCountRequest.unit:type_name -> cachet.cache.v1.BitUnit
-	140, // 15: cachet.cache.v1.CollectionTtl.ttl:type_name -> google.protobuf.Duration
+	142, // 15: cachet.cache.v1.CollectionTtl.ttl:type_name -> google.protobuf.Duration
 	38,  // 16: cachet.cache.v1.HashSetRequest.fields:type_name -> cachet.cache.v1.HashField
 	37,  // 17: cachet.cache.v1.HashSetRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
 	42,  // 18: cachet.cache.v1.HashGetResponse.fields:type_name -> cachet.cache.v1.HashFieldValue
@@ -9366,17 +9516,17 @@ var file_cachet_cache_v1_cache_proto_depIdxs = []int32{
 	2,   // 22: cachet.cache.v1.ListPushRequest.end:type_name -> cachet.cache.v1.ListEnd
 	37,  // 23: cachet.cache.v1.ListPushRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
 	2,   // 24: cachet.cache.v1.ListPopRequest.end:type_name -> cachet.cache.v1.ListEnd
-	140, // 25: cachet.cache.v1.ListPopRequest.wait:type_name -> google.protobuf.Duration
+	142, // 25: cachet.cache.v1.ListPopRequest.wait:type_name -> google.protobuf.Duration
 	34,  // 26: cachet.cache.v1.ListRangeRequest.range:type_name -> cachet.cache.v1.IndexRange
 	34,  // 27: cachet.cache.v1.ListTrimRequest.range:type_name -> cachet.cache.v1.IndexRange
 	2,   // 28: cachet.cache.v1.ListMoveRequest.from:type_name -> cachet.cache.v1.ListEnd
 	2,   // 29: cachet.cache.v1.ListMoveRequest.to:type_name -> cachet.cache.v1.ListEnd
-	140, // 30: cachet.cache.v1.ListMoveRequest.wait:type_name -> google.protobuf.Duration
+	142, // 30: cachet.cache.v1.ListMoveRequest.wait:type_name -> google.protobuf.Duration
 	37,  // 31: cachet.cache.v1.ListMoveRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
 	37,  // 32: cachet.cache.v1.SetAddRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
 	37,  // 33: cachet.cache.v1.SetMoveRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
 	3,   // 34: cachet.cache.v1.SetCombineRequest.operation:type_name -> cachet.cache.v1.SetOperation
-	140, // 35: cachet.cache.v1.SetCombineRequest.destination_ttl:type_name -> google.protobuf.Duration
+	142, // 35: cachet.cache.v1.SetCombineRequest.destination_ttl:type_name -> google.protobuf.Duration
 	90,  // 36: cachet.cache.v1.SortedSetAddRequest.members:type_name -> cachet.cache.v1.ScoredMember
 	4,   // 37: cachet.cache.v1.SortedSetAddRequest.condition:type_name -> cachet.cache.v1.SortedSetAddCondition
 	37,  // 38: cachet.cache.v1.SortedSetAddRequest.ttl:type_name -> cachet.cache.v1.CollectionTtl
@@ -9392,21 +9542,21 @@ var file_cachet_cache_v1_cache_proto_depIdxs = []int32{
 	104, // 48: cachet.cache.v1.SortedSetScoreResponse.scores:type_name -> cachet.cache.v1.MemberScore
 	34,  // 49: cachet.cache.v1.SortedSetRemoveRangeRequest.by_rank:type_name -> cachet.cache.v1.IndexRange
 	98,  // 50: cachet.cache.v1.SortedSetRemoveRangeRequest.by_score:type_name -> cachet.cache.v1.ScoreRange
-	140, // 51: cachet.cache.v1.GetOrLeaseRequest.lease_ttl:type_name -> google.protobuf.Duration
-	140, // 52: cachet.cache.v1.GetOrLeaseRequest.wait:type_name -> google.protobuf.Duration
+	142, // 51: cachet.cache.v1.GetOrLeaseRequest.lease_ttl:type_name -> google.protobuf.Duration
+	142, // 52: cachet.cache.v1.GetOrLeaseRequest.wait:type_name -> google.protobuf.Duration
 	6,   // 53: cachet.cache.v1.GetOrLeaseResponse.outcome:type_name -> cachet.cache.v1.LeaseOutcome
-	140, // 54: cachet.cache.v1.GetOrLeaseResponse.lease_ttl:type_name -> google.protobuf.Duration
-	140, // 55: cachet.cache.v1.GetOrLeaseResponse.retry_after:type_name -> google.protobuf.Duration
-	140, // 56: cachet.cache.v1.FillRequest.ttl:type_name -> google.protobuf.Duration
-	140, // 57: cachet.cache.v1.FillRequest.stale_ttl:type_name -> google.protobuf.Duration
-	140, // 58: cachet.cache.v1.FillRequest.recompute_time:type_name -> google.protobuf.Duration
+	142, // 54: cachet.cache.v1.GetOrLeaseResponse.lease_ttl:type_name -> google.protobuf.Duration
+	142, // 55: cachet.cache.v1.GetOrLeaseResponse.retry_after:type_name -> google.protobuf.Duration
+	142, // 56: cachet.cache.v1.FillRequest.ttl:type_name -> google.protobuf.Duration
+	142, // 57: cachet.cache.v1.FillRequest.stale_ttl:type_name -> google.protobuf.Duration
+	142, // 58: cachet.cache.v1.FillRequest.recompute_time:type_name -> google.protobuf.Duration
 	7,   // 59: cachet.cache.v1.Compare.operator:type_name -> cachet.cache.v1.CompareOperator
 	122, // 60: cachet.cache.v1.TxnOp.set:type_name -> cachet.cache.v1.TxnSet
 	123, // 61: cachet.cache.v1.TxnOp.delete:type_name -> cachet.cache.v1.TxnDelete
 	124, // 62: cachet.cache.v1.TxnOp.increment:type_name -> cachet.cache.v1.TxnIncrement
 	125, // 63: cachet.cache.v1.TxnOp.get:type_name -> cachet.cache.v1.TxnGet
-	140, // 64: cachet.cache.v1.TxnSet.ttl:type_name -> google.protobuf.Duration
-	140, // 65: cachet.cache.v1.TxnIncrement.ttl:type_name -> google.protobuf.Duration
+	142, // 64: cachet.cache.v1.TxnSet.ttl:type_name -> google.protobuf.Duration
+	142, // 65: cachet.cache.v1.TxnIncrement.ttl:type_name -> google.protobuf.Duration
 	120, // 66: cachet.cache.v1.TxnRequest.compare:type_name -> cachet.cache.v1.Compare
 	121, // 67: cachet.cache.v1.TxnRequest.success:type_name -> cachet.cache.v1.TxnOp
 	121, // 68: cachet.cache.v1.TxnRequest.failure:type_name -> cachet.cache.v1.TxnOp
@@ -9418,7 +9568,7 @@ var file_cachet_cache_v1_cache_proto_depIdxs = []int32{
 	22,  // 74: cachet.cache.v1.BatchOperation.expire:type_name -> cachet.cache.v1.ExpireRequest
 	41,  // 75: cachet.cache.v1.BatchOperation.hash_get:type_name -> cachet.cache.v1.HashGetRequest
 	39,  // 76: cachet.cache.v1.BatchOperation.hash_set:type_name -> cachet.cache.v1.HashSetRequest
-	139, // 77: cachet.cache.v1.OperationStatus.metadata:type_name -> cachet.cache.v1.OperationStatus.MetadataEntry
+	141, // 77: cachet.cache.v1.OperationStatus.metadata:type_name -> cachet.cache.v1.OperationStatus.MetadataEntry
 	130, // 78: cachet.cache.v1.BatchResult.status:type_name -> cachet.cache.v1.OperationStatus
 	10,  // 79: cachet.cache.v1.BatchResult.get:type_name -> cachet.cache.v1.GetResponse
 	14,  // 80: cachet.cache.v1.BatchResult.set:type_name -> cachet.cache.v1.SetResponse
@@ -9430,123 +9580,127 @@ var file_cachet_cache_v1_cache_proto_depIdxs = []int32{
 	129, // 86: cachet.cache.v1.BatchRequest.operations:type_name -> cachet.cache.v1.BatchOperation
 	131, // 87: cachet.cache.v1.BatchResponse.results:type_name -> cachet.cache.v1.BatchResult
 	129, // 88: cachet.cache.v1.SessionRequest.operation:type_name -> cachet.cache.v1.BatchOperation
-	131, // 89: cachet.cache.v1.SessionResponse.result:type_name -> cachet.cache.v1.BatchResult
-	138, // 90: cachet.cache.v1.WatchInvalidationsResponse.keys:type_name -> cachet.cache.v1.InvalidatedKeys
-	9,   // 91: cachet.cache.v1.CacheService.Get:input_type -> cachet.cache.v1.GetRequest
-	11,  // 92: cachet.cache.v1.CacheService.GetMany:input_type -> cachet.cache.v1.GetManyRequest
-	13,  // 93: cachet.cache.v1.CacheService.Set:input_type -> cachet.cache.v1.SetRequest
-	16,  // 94: cachet.cache.v1.CacheService.SetMany:input_type -> cachet.cache.v1.SetManyRequest
-	18,  // 95: cachet.cache.v1.CacheService.Delete:input_type -> cachet.cache.v1.DeleteRequest
-	20,  // 96: cachet.cache.v1.CacheService.Exists:input_type -> cachet.cache.v1.ExistsRequest
-	22,  // 97: cachet.cache.v1.CacheService.Expire:input_type -> cachet.cache.v1.ExpireRequest
-	24,  // 98: cachet.cache.v1.CacheService.Persist:input_type -> cachet.cache.v1.PersistRequest
-	26,  // 99: cachet.cache.v1.CacheService.GetTtl:input_type -> cachet.cache.v1.GetTtlRequest
-	28,  // 100: cachet.cache.v1.CacheService.Increment:input_type -> cachet.cache.v1.IncrementRequest
-	30,  // 101: cachet.cache.v1.CacheService.SetBit:input_type -> cachet.cache.v1.SetBitRequest
-	32,  // 102: cachet.cache.v1.CacheService.GetBit:input_type -> cachet.cache.v1.GetBitRequest
-	35,  // 103: cachet.cache.v1.CacheService.BitCount:input_type -> cachet.cache.v1.BitCountRequest
-	39,  // 104: cachet.cache.v1.CacheService.HashSet:input_type -> cachet.cache.v1.HashSetRequest
-	41,  // 105: cachet.cache.v1.CacheService.HashGet:input_type -> cachet.cache.v1.HashGetRequest
-	44,  // 106: cachet.cache.v1.CacheService.HashGetAll:input_type -> cachet.cache.v1.HashGetAllRequest
-	46,  // 107: cachet.cache.v1.CacheService.HashDelete:input_type -> cachet.cache.v1.HashDeleteRequest
-	48,  // 108: cachet.cache.v1.CacheService.HashIncrement:input_type -> cachet.cache.v1.HashIncrementRequest
-	50,  // 109: cachet.cache.v1.CacheService.HashKeys:input_type -> cachet.cache.v1.HashKeysRequest
-	52,  // 110: cachet.cache.v1.CacheService.HashValues:input_type -> cachet.cache.v1.HashValuesRequest
-	54,  // 111: cachet.cache.v1.CacheService.HashLength:input_type -> cachet.cache.v1.HashLengthRequest
-	56,  // 112: cachet.cache.v1.CacheService.HashScan:input_type -> cachet.cache.v1.HashScanRequest
-	58,  // 113: cachet.cache.v1.CacheService.ListPush:input_type -> cachet.cache.v1.ListPushRequest
-	60,  // 114: cachet.cache.v1.CacheService.ListPop:input_type -> cachet.cache.v1.ListPopRequest
-	62,  // 115: cachet.cache.v1.CacheService.ListRange:input_type -> cachet.cache.v1.ListRangeRequest
-	64,  // 116: cachet.cache.v1.CacheService.ListTrim:input_type -> cachet.cache.v1.ListTrimRequest
-	66,  // 117: cachet.cache.v1.CacheService.ListLength:input_type -> cachet.cache.v1.ListLengthRequest
-	68,  // 118: cachet.cache.v1.CacheService.ListRemove:input_type -> cachet.cache.v1.ListRemoveRequest
-	70,  // 119: cachet.cache.v1.CacheService.ListMove:input_type -> cachet.cache.v1.ListMoveRequest
-	72,  // 120: cachet.cache.v1.CacheService.SetAdd:input_type -> cachet.cache.v1.SetAddRequest
-	74,  // 121: cachet.cache.v1.CacheService.SetRemove:input_type -> cachet.cache.v1.SetRemoveRequest
-	76,  // 122: cachet.cache.v1.CacheService.SetMembers:input_type -> cachet.cache.v1.SetMembersRequest
-	78,  // 123: cachet.cache.v1.CacheService.SetIsMember:input_type -> cachet.cache.v1.SetIsMemberRequest
-	80,  // 124: cachet.cache.v1.CacheService.SetCardinality:input_type -> cachet.cache.v1.SetCardinalityRequest
-	82,  // 125: cachet.cache.v1.CacheService.SetRandomMembers:input_type -> cachet.cache.v1.SetRandomMembersRequest
-	84,  // 126: cachet.cache.v1.CacheService.SetPop:input_type -> cachet.cache.v1.SetPopRequest
-	86,  // 127: cachet.cache.v1.CacheService.SetMove:input_type -> cachet.cache.v1.SetMoveRequest
-	88,  // 128: cachet.cache.v1.CacheService.SetCombine:input_type -> cachet.cache.v1.SetCombineRequest
-	91,  // 129: cachet.cache.v1.CacheService.SortedSetAdd:input_type -> cachet.cache.v1.SortedSetAddRequest
-	93,  // 130: cachet.cache.v1.CacheService.SortedSetIncrement:input_type -> cachet.cache.v1.SortedSetIncrementRequest
-	95,  // 131: cachet.cache.v1.CacheService.SortedSetRank:input_type -> cachet.cache.v1.SortedSetRankRequest
-	99,  // 132: cachet.cache.v1.CacheService.SortedSetRange:input_type -> cachet.cache.v1.SortedSetRangeRequest
-	101, // 133: cachet.cache.v1.CacheService.SortedSetCount:input_type -> cachet.cache.v1.SortedSetCountRequest
-	103, // 134: cachet.cache.v1.CacheService.SortedSetScore:input_type -> cachet.cache.v1.SortedSetScoreRequest
-	106, // 135: cachet.cache.v1.CacheService.SortedSetRemove:input_type -> cachet.cache.v1.SortedSetRemoveRequest
-	108, // 136: cachet.cache.v1.CacheService.SortedSetRemoveRange:input_type -> cachet.cache.v1.SortedSetRemoveRangeRequest
-	110, // 137: cachet.cache.v1.CacheService.SortedSetCardinality:input_type -> cachet.cache.v1.SortedSetCardinalityRequest
-	112, // 138: cachet.cache.v1.CacheService.InvalidateTags:input_type -> cachet.cache.v1.InvalidateTagsRequest
-	114, // 139: cachet.cache.v1.CacheService.InvalidatePattern:input_type -> cachet.cache.v1.InvalidatePatternRequest
-	116, // 140: cachet.cache.v1.CacheService.GetOrLease:input_type -> cachet.cache.v1.GetOrLeaseRequest
-	118, // 141: cachet.cache.v1.CacheService.Fill:input_type -> cachet.cache.v1.FillRequest
-	126, // 142: cachet.cache.v1.CacheService.Txn:input_type -> cachet.cache.v1.TxnRequest
-	132, // 143: cachet.cache.v1.CacheService.Batch:input_type -> cachet.cache.v1.BatchRequest
-	134, // 144: cachet.cache.v1.CacheService.Session:input_type -> cachet.cache.v1.SessionRequest
-	136, // 145: cachet.cache.v1.CacheService.WatchInvalidations:input_type -> cachet.cache.v1.WatchInvalidationsRequest
-	10,  // 146: cachet.cache.v1.CacheService.Get:output_type -> cachet.cache.v1.GetResponse
-	12,  // 147: cachet.cache.v1.CacheService.GetMany:output_type -> cachet.cache.v1.GetManyResponse
-	14,  // 148: cachet.cache.v1.CacheService.Set:output_type -> cachet.cache.v1.SetResponse
-	17,  // 149: cachet.cache.v1.CacheService.SetMany:output_type -> cachet.cache.v1.SetManyResponse
-	19,  // 150: cachet.cache.v1.CacheService.Delete:output_type -> cachet.cache.v1.DeleteResponse
-	21,  // 151: cachet.cache.v1.CacheService.Exists:output_type -> cachet.cache.v1.ExistsResponse
-	23,  // 152: cachet.cache.v1.CacheService.Expire:output_type -> cachet.cache.v1.ExpireResponse
-	25,  // 153: cachet.cache.v1.CacheService.Persist:output_type -> cachet.cache.v1.PersistResponse
-	27,  // 154: cachet.cache.v1.CacheService.GetTtl:output_type -> cachet.cache.v1.GetTtlResponse
-	29,  // 155: cachet.cache.v1.CacheService.Increment:output_type -> cachet.cache.v1.IncrementResponse
-	31,  // 156: cachet.cache.v1.CacheService.SetBit:output_type -> cachet.cache.v1.SetBitResponse
-	33,  // 157: cachet.cache.v1.CacheService.GetBit:output_type -> cachet.cache.v1.GetBitResponse
-	36,  // 158: cachet.cache.v1.CacheService.BitCount:output_type -> cachet.cache.v1.BitCountResponse
-	40,  // 159: cachet.cache.v1.CacheService.HashSet:output_type -> cachet.cache.v1.HashSetResponse
-	43,  // 160: cachet.cache.v1.CacheService.HashGet:output_type -> cachet.cache.v1.HashGetResponse
-	45,  // 161: cachet.cache.v1.CacheService.HashGetAll:output_type -> cachet.cache.v1.HashGetAllResponse
-	47,  // 162: cachet.cache.v1.CacheService.HashDelete:output_type -> cachet.cache.v1.HashDeleteResponse
-	49,  // 163: cachet.cache.v1.CacheService.HashIncrement:output_type -> cachet.cache.v1.HashIncrementResponse
-	51,  // 164: cachet.cache.v1.CacheService.HashKeys:output_type -> cachet.cache.v1.HashKeysResponse
-	53,  // 165: cachet.cache.v1.CacheService.HashValues:output_type -> cachet.cache.v1.HashValuesResponse
-	55,  // 166: cachet.cache.v1.CacheService.HashLength:output_type -> cachet.cache.v1.HashLengthResponse
-	57,  // 167: cachet.cache.v1.CacheService.HashScan:output_type -> cachet.cache.v1.HashScanResponse
-	59,  // 168: cachet.cache.v1.CacheService.ListPush:output_type -> cachet.cache.v1.ListPushResponse
-	61,  // 169: cachet.cache.v1.CacheService.ListPop:output_type -> cachet.cache.v1.ListPopResponse
-	63,  // 170: cachet.cache.v1.CacheService.ListRange:output_type -> cachet.cache.v1.ListRangeResponse
-	65,  // 171: cachet.cache.v1.CacheService.ListTrim:output_type -> cachet.cache.v1.ListTrimResponse
-	67,  // 172: cachet.cache.v1.CacheService.ListLength:output_type -> cachet.cache.v1.ListLengthResponse
-	69,  // 173: cachet.cache.v1.CacheService.ListRemove:output_type -> cachet.cache.v1.ListRemoveResponse
-	71,  // 174: cachet.cache.v1.CacheService.ListMove:output_type -> cachet.cache.v1.ListMoveResponse
-	73,  // 175: cachet.cache.v1.CacheService.SetAdd:output_type -> cachet.cache.v1.SetAddResponse
-	75,  // 176: cachet.cache.v1.CacheService.SetRemove:output_type -> cachet.cache.v1.SetRemoveResponse
-	77,  // 177: cachet.cache.v1.CacheService.SetMembers:output_type -> cachet.cache.v1.SetMembersResponse
-	79,  // 178: cachet.cache.v1.CacheService.SetIsMember:output_type -> cachet.cache.v1.SetIsMemberResponse
-	81,  // 179: cachet.cache.v1.CacheService.SetCardinality:output_type -> cachet.cache.v1.SetCardinalityResponse
-	83,  // 180: cachet.cache.v1.CacheService.SetRandomMembers:output_type -> cachet.cache.v1.SetRandomMembersResponse
-	85,  // 181: cachet.cache.v1.CacheService.SetPop:output_type -> cachet.cache.v1.SetPopResponse
-	87,  // 182: cachet.cache.v1.CacheService.SetMove:output_type -> cachet.cache.v1.SetMoveResponse
-	89,  // 183: cachet.cache.v1.CacheService.SetCombine:output_type -> cachet.cache.v1.SetCombineResponse
-	92,  // 184: cachet.cache.v1.CacheService.SortedSetAdd:output_type -> cachet.cache.v1.SortedSetAddResponse
-	94,  // 185: cachet.cache.v1.CacheService.SortedSetIncrement:output_type -> cachet.cache.v1.SortedSetIncrementResponse
-	96,  // 186: cachet.cache.v1.CacheService.SortedSetRank:output_type -> cachet.cache.v1.SortedSetRankResponse
-	100, // 187: cachet.cache.v1.CacheService.SortedSetRange:output_type -> cachet.cache.v1.SortedSetRangeResponse
-	102, // 188: cachet.cache.v1.CacheService.SortedSetCount:output_type -> cachet.cache.v1.SortedSetCountResponse
-	105, // 189: cachet.cache.v1.CacheService.SortedSetScore:output_type -> cachet.cache.v1.SortedSetScoreResponse
-	107, // 190: cachet.cache.v1.CacheService.SortedSetRemove:output_type -> cachet.cache.v1.SortedSetRemoveResponse
-	109, // 191: cachet.cache.v1.CacheService.SortedSetRemoveRange:output_type -> cachet.cache.v1.SortedSetRemoveRangeResponse
-	111, // 192: cachet.cache.v1.CacheService.SortedSetCardinality:output_type -> cachet.cache.v1.SortedSetCardinalityResponse
-	113, // 193: cachet.cache.v1.CacheService.InvalidateTags:output_type -> cachet.cache.v1.InvalidateTagsResponse
-	115, // 194: cachet.cache.v1.CacheService.InvalidatePattern:output_type -> cachet.cache.v1.InvalidatePatternResponse
-	117, // 195: cachet.cache.v1.CacheService.GetOrLease:output_type -> cachet.cache.v1.GetOrLeaseResponse
-	119, // 196: cachet.cache.v1.CacheService.Fill:output_type -> cachet.cache.v1.FillResponse
-	128, // 197: cachet.cache.v1.CacheService.Txn:output_type -> cachet.cache.v1.TxnResponse
-	133, // 198: cachet.cache.v1.CacheService.Batch:output_type -> cachet.cache.v1.BatchResponse
-	135, // 199: cachet.cache.v1.CacheService.Session:output_type -> cachet.cache.v1.SessionResponse
-	137, // 200: cachet.cache.v1.CacheService.WatchInvalidations:output_type -> cachet.cache.v1.WatchInvalidationsResponse
-	146, // [146:201] is the sub-list for method output_type
-	91,  // [91:146] is the sub-list for method input_type
-	91,  // [91:91] is the sub-list for extension type_name
-	91,  // [91:91] is the sub-list for extension extendee
-	0,   // [0:91] is the sub-list for field type_name
+	135, // 89: cachet.cache.v1.SessionRequest.operations:type_name -> cachet.cache.v1.SessionOperation
+	129, // 90: cachet.cache.v1.SessionOperation.operation:type_name -> cachet.cache.v1.BatchOperation
+	131, // 91: cachet.cache.v1.SessionResponse.result:type_name -> cachet.cache.v1.BatchResult
+	137, // 92: cachet.cache.v1.SessionResponse.answers:type_name -> cachet.cache.v1.SessionAnswer
+	131, // 93: cachet.cache.v1.SessionAnswer.result:type_name -> cachet.cache.v1.BatchResult
+	140, // 94: cachet.cache.v1.WatchInvalidationsResponse.keys:type_name -> cachet.cache.v1.InvalidatedKeys
+	9,   // 95: cachet.cache.v1.CacheService.Get:input_type -> cachet.cache.v1.GetRequest
+	11,  // 96: cachet.cache.v1.CacheService.GetMany:input_type -> cachet.cache.v1.GetManyRequest
+	13,  // 97: cachet.cache.v1.CacheService.Set:input_type -> cachet.cache.v1.SetRequest
+	16,  // 98: cachet.cache.v1.CacheService.SetMany:input_type -> cachet.cache.v1.SetManyRequest
+	18,  // 99: cachet.cache.v1.CacheService.Delete:input_type -> cachet.cache.v1.DeleteRequest
+	20,  // 100: cachet.cache.v1.CacheService.Exists:input_type -> cachet.cache.v1.ExistsRequest
+	22,  // 101: cachet.cache.v1.CacheService.Expire:input_type -> cachet.cache.v1.ExpireRequest
+	24,  // 102: cachet.cache.v1.CacheService.Persist:input_type -> cachet.cache.v1.PersistRequest
+	26,  // 103: cachet.cache.v1.CacheService.GetTtl:input_type -> cachet.cache.v1.GetTtlRequest
+	28,  // 104: cachet.cache.v1.CacheService.Increment:input_type -> cachet.cache.v1.IncrementRequest
+	30,  // 105: cachet.cache.v1.CacheService.SetBit:input_type -> cachet.cache.v1.SetBitRequest
+	32,  // 106: cachet.cache.v1.CacheService.GetBit:input_type -> cachet.cache.v1.GetBitRequest
+	35,  // 107: cachet.cache.v1.CacheService.BitCount:input_type -> cachet.cache.v1.BitCountRequest
+	39,  // 108: cachet.cache.v1.CacheService.HashSet:input_type -> cachet.cache.v1.HashSetRequest
+	41,  // 109: cachet.cache.v1.CacheService.HashGet:input_type -> cachet.cache.v1.HashGetRequest
+	44,  // 110: cachet.cache.v1.CacheService.HashGetAll:input_type -> cachet.cache.v1.HashGetAllRequest
+	46,  // 111: cachet.cache.v1.CacheService.HashDelete:input_type -> cachet.cache.v1.HashDeleteRequest
+	48,  // 112: cachet.cache.v1.CacheService.HashIncrement:input_type -> cachet.cache.v1.HashIncrementRequest
+	50,  // 113: cachet.cache.v1.CacheService.HashKeys:input_type -> cachet.cache.v1.HashKeysRequest
+	52,  // 114: cachet.cache.v1.CacheService.HashValues:input_type -> cachet.cache.v1.HashValuesRequest
+	54,  // 115: cachet.cache.v1.CacheService.HashLength:input_type -> cachet.cache.v1.HashLengthRequest
+	56,  // 116: cachet.cache.v1.CacheService.HashScan:input_type -> cachet.cache.v1.HashScanRequest
+	58,  // 117: cachet.cache.v1.CacheService.ListPush:input_type -> cachet.cache.v1.ListPushRequest
+	60,  // 118: cachet.cache.v1.CacheService.ListPop:input_type -> cachet.cache.v1.ListPopRequest
+	62,  // 119: cachet.cache.v1.CacheService.ListRange:input_type -> cachet.cache.v1.ListRangeRequest
+	64,  // 120: cachet.cache.v1.CacheService.ListTrim:input_type -> cachet.cache.v1.ListTrimRequest
+	66,  // 121: cachet.cache.v1.CacheService.ListLength:input_type -> cachet.cache.v1.ListLengthRequest
+	68,  // 122: cachet.cache.v1.CacheService.ListRemove:input_type -> cachet.cache.v1.ListRemoveRequest
+	70,  // 123: cachet.cache.v1.CacheService.ListMove:input_type -> cachet.cache.v1.ListMoveRequest
+	72,  // 124: cachet.cache.v1.CacheService.SetAdd:input_type -> cachet.cache.v1.SetAddRequest
+	74,  // 125: cachet.cache.v1.CacheService.SetRemove:input_type -> cachet.cache.v1.SetRemoveRequest
+	76,  // 126: cachet.cache.v1.CacheService.SetMembers:input_type -> cachet.cache.v1.SetMembersRequest
+	78,  // 127: cachet.cache.v1.CacheService.SetIsMember:input_type -> cachet.cache.v1.SetIsMemberRequest
+	80,  // 128: cachet.cache.v1.CacheService.SetCardinality:input_type -> cachet.cache.v1.SetCardinalityRequest
+	82,  // 129: cachet.cache.v1.CacheService.SetRandomMembers:input_type -> cachet.cache.v1.SetRandomMembersRequest
+	84,  // 130: cachet.cache.v1.CacheService.SetPop:input_type -> cachet.cache.v1.SetPopRequest
+	86,  // 131: cachet.cache.v1.CacheService.SetMove:input_type -> cachet.cache.v1.SetMoveRequest
+	88,  // 132: cachet.cache.v1.CacheService.SetCombine:input_type -> cachet.cache.v1.SetCombineRequest
+	91,  // 133: cachet.cache.v1.CacheService.SortedSetAdd:input_type -> cachet.cache.v1.SortedSetAddRequest
+	93,  // 134: cachet.cache.v1.CacheService.SortedSetIncrement:input_type -> cachet.cache.v1.SortedSetIncrementRequest
+	95,  // 135: cachet.cache.v1.CacheService.SortedSetRank:input_type -> cachet.cache.v1.SortedSetRankRequest
+	99,  // 136: cachet.cache.v1.CacheService.SortedSetRange:input_type -> cachet.cache.v1.SortedSetRangeRequest
+	101, // 137: cachet.cache.v1.CacheService.SortedSetCount:input_type -> cachet.cache.v1.SortedSetCountRequest
+	103, // 138: cachet.cache.v1.CacheService.SortedSetScore:input_type -> cachet.cache.v1.SortedSetScoreRequest
+	106, // 139: cachet.cache.v1.CacheService.SortedSetRemove:input_type -> cachet.cache.v1.SortedSetRemoveRequest
+	108, // 140: cachet.cache.v1.CacheService.SortedSetRemoveRange:input_type -> cachet.cache.v1.SortedSetRemoveRangeRequest
+	110, // 141: cachet.cache.v1.CacheService.SortedSetCardinality:input_type -> cachet.cache.v1.SortedSetCardinalityRequest
+	112, // 142: cachet.cache.v1.CacheService.InvalidateTags:input_type -> cachet.cache.v1.InvalidateTagsRequest
+	114, // 143: cachet.cache.v1.CacheService.InvalidatePattern:input_type -> cachet.cache.v1.InvalidatePatternRequest
+	116, // 144: cachet.cache.v1.CacheService.GetOrLease:input_type -> cachet.cache.v1.GetOrLeaseRequest
+	118, // 145: cachet.cache.v1.CacheService.Fill:input_type -> cachet.cache.v1.FillRequest
+	126, // 146: cachet.cache.v1.CacheService.Txn:input_type -> cachet.cache.v1.TxnRequest
+	132, // 147: cachet.cache.v1.CacheService.Batch:input_type -> cachet.cache.v1.BatchRequest
+	134, // 148: cachet.cache.v1.CacheService.Session:input_type -> cachet.cache.v1.SessionRequest
+	138, // 149: cachet.cache.v1.CacheService.WatchInvalidations:input_type -> cachet.cache.v1.WatchInvalidationsRequest
+	10,  // 150: cachet.cache.v1.CacheService.Get:output_type -> cachet.cache.v1.GetResponse
+	12,  // 151: cachet.cache.v1.CacheService.GetMany:output_type -> cachet.cache.v1.GetManyResponse
+	14,  // 152: cachet.cache.v1.CacheService.Set:output_type -> cachet.cache.v1.SetResponse
+	17,  // 153: cachet.cache.v1.CacheService.SetMany:output_type -> cachet.cache.v1.SetManyResponse
+	19,  // 154: cachet.cache.v1.CacheService.Delete:output_type -> cachet.cache.v1.DeleteResponse
+	21,  // 155: cachet.cache.v1.CacheService.Exists:output_type -> cachet.cache.v1.ExistsResponse
+	23,  // 156: cachet.cache.v1.CacheService.Expire:output_type -> cachet.cache.v1.ExpireResponse
+	25,  // 157: cachet.cache.v1.CacheService.Persist:output_type -> cachet.cache.v1.PersistResponse
+	27,  // 158: cachet.cache.v1.CacheService.GetTtl:output_type -> cachet.cache.v1.GetTtlResponse
+	29,  // 159: cachet.cache.v1.CacheService.Increment:output_type -> cachet.cache.v1.IncrementResponse
+	31,  // 160: cachet.cache.v1.CacheService.SetBit:output_type -> cachet.cache.v1.SetBitResponse
+	33,  // 161: cachet.cache.v1.CacheService.GetBit:output_type -> cachet.cache.v1.GetBitResponse
+	36,  // 162: cachet.cache.v1.CacheService.BitCount:output_type -> cachet.cache.v1.BitCountResponse
+	40,  // 163: cachet.cache.v1.CacheService.HashSet:output_type -> cachet.cache.v1.HashSetResponse
+	43,  // 164: cachet.cache.v1.CacheService.HashGet:output_type -> cachet.cache.v1.HashGetResponse
+	45,  // 165: cachet.cache.v1.CacheService.HashGetAll:output_type -> cachet.cache.v1.HashGetAllResponse
+	47,  // 166: cachet.cache.v1.CacheService.HashDelete:output_type -> cachet.cache.v1.HashDeleteResponse
+	49,  // 167: cachet.cache.v1.CacheService.HashIncrement:output_type -> cachet.cache.v1.HashIncrementResponse
+	51,  // 168: cachet.cache.v1.CacheService.HashKeys:output_type -> cachet.cache.v1.HashKeysResponse
+	53,  // 169: cachet.cache.v1.CacheService.HashValues:output_type -> cachet.cache.v1.HashValuesResponse
+	55,  // 170: cachet.cache.v1.CacheService.HashLength:output_type -> cachet.cache.v1.HashLengthResponse
+	57,  // 171: cachet.cache.v1.CacheService.HashScan:output_type -> cachet.cache.v1.HashScanResponse
+	59,  // 172: cachet.cache.v1.CacheService.ListPush:output_type -> cachet.cache.v1.ListPushResponse
+	61,  // 173: cachet.cache.v1.CacheService.ListPop:output_type -> cachet.cache.v1.ListPopResponse
+	63,  // 174: cachet.cache.v1.CacheService.ListRange:output_type -> cachet.cache.v1.ListRangeResponse
+	65,  // 175: cachet.cache.v1.CacheService.ListTrim:output_type -> cachet.cache.v1.ListTrimResponse
+	67,  // 176: cachet.cache.v1.CacheService.ListLength:output_type -> cachet.cache.v1.ListLengthResponse
+	69,  // 177: cachet.cache.v1.CacheService.ListRemove:output_type -> cachet.cache.v1.ListRemoveResponse
+	71,  // 178: cachet.cache.v1.CacheService.ListMove:output_type -> cachet.cache.v1.ListMoveResponse
+	73,  // 179: cachet.cache.v1.CacheService.SetAdd:output_type -> cachet.cache.v1.SetAddResponse
+	75,  // 180: cachet.cache.v1.CacheService.SetRemove:output_type -> cachet.cache.v1.SetRemoveResponse
+	77,  // 181: cachet.cache.v1.CacheService.SetMembers:output_type -> cachet.cache.v1.SetMembersResponse
+	79,  // 182: cachet.cache.v1.CacheService.SetIsMember:output_type -> cachet.cache.v1.SetIsMemberResponse
+	81,  // 183: cachet.cache.v1.CacheService.SetCardinality:output_type -> cachet.cache.v1.SetCardinalityResponse
+	83,  // 184: cachet.cache.v1.CacheService.SetRandomMembers:output_type -> cachet.cache.v1.SetRandomMembersResponse
+	85,  // 185: cachet.cache.v1.CacheService.SetPop:output_type -> cachet.cache.v1.SetPopResponse
+	87,  // 186: cachet.cache.v1.CacheService.SetMove:output_type -> cachet.cache.v1.SetMoveResponse
+	89,  // 187: cachet.cache.v1.CacheService.SetCombine:output_type -> cachet.cache.v1.SetCombineResponse
+	92,  // 188: cachet.cache.v1.CacheService.SortedSetAdd:output_type -> cachet.cache.v1.SortedSetAddResponse
+	94,  // 189: cachet.cache.v1.CacheService.SortedSetIncrement:output_type -> cachet.cache.v1.SortedSetIncrementResponse
+	96,  // 190: cachet.cache.v1.CacheService.SortedSetRank:output_type -> cachet.cache.v1.SortedSetRankResponse
+	100, // 191: cachet.cache.v1.CacheService.SortedSetRange:output_type -> cachet.cache.v1.SortedSetRangeResponse
+	102, // 192: cachet.cache.v1.CacheService.SortedSetCount:output_type -> cachet.cache.v1.SortedSetCountResponse
+	105, // 193: cachet.cache.v1.CacheService.SortedSetScore:output_type -> cachet.cache.v1.SortedSetScoreResponse
+	107, // 194: cachet.cache.v1.CacheService.SortedSetRemove:output_type -> cachet.cache.v1.SortedSetRemoveResponse
+	109, // 195: cachet.cache.v1.CacheService.SortedSetRemoveRange:output_type -> cachet.cache.v1.SortedSetRemoveRangeResponse
+	111, // 196: cachet.cache.v1.CacheService.SortedSetCardinality:output_type -> cachet.cache.v1.SortedSetCardinalityResponse
+	113, // 197: cachet.cache.v1.CacheService.InvalidateTags:output_type -> cachet.cache.v1.InvalidateTagsResponse
+	115, // 198: cachet.cache.v1.CacheService.InvalidatePattern:output_type -> cachet.cache.v1.InvalidatePatternResponse
+	117, // 199: cachet.cache.v1.CacheService.GetOrLease:output_type -> cachet.cache.v1.GetOrLeaseResponse
+	119, // 200: cachet.cache.v1.CacheService.Fill:output_type -> cachet.cache.v1.FillResponse
+	128, // 201: cachet.cache.v1.CacheService.Txn:output_type -> cachet.cache.v1.TxnResponse
+	133, // 202: cachet.cache.v1.CacheService.Batch:output_type -> cachet.cache.v1.BatchResponse
+	136, // 203: cachet.cache.v1.CacheService.Session:output_type -> cachet.cache.v1.SessionResponse
+	139, // 204: cachet.cache.v1.CacheService.WatchInvalidations:output_type -> cachet.cache.v1.WatchInvalidationsResponse
+	150, // [150:205] is the sub-list for method output_type
+	95,  // [95:150] is the sub-list for method input_type
+	95,  // [95:95] is the sub-list for extension type_name
+	95,  // [95:95] is the sub-list for extension extendee
+	0,   // [0:95] is the sub-list for field type_name
 }
 
 func init() { file_cachet_cache_v1_cache_proto_init() }
@@ -9602,7 +9756,7 @@ func file_cachet_cache_v1_cache_proto_init() {
 		(*BatchResult_HashGet)(nil),
 		(*BatchResult_HashSet)(nil),
 	}
-	file_cachet_cache_v1_cache_proto_msgTypes[129].OneofWrappers = []any{
+	file_cachet_cache_v1_cache_proto_msgTypes[131].OneofWrappers = []any{
 		(*WatchInvalidationsResponse_Synced)(nil),
 		(*WatchInvalidationsResponse_Keys)(nil),
 		(*WatchInvalidationsResponse_FlushAll)(nil),
@@ -9613,7 +9767,7 @@ func file_cachet_cache_v1_cache_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cachet_cache_v1_cache_proto_rawDesc), len(file_cachet_cache_v1_cache_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   132,
+			NumMessages:   134,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -4070,16 +4070,59 @@ Global___BatchResponse: _TypeAlias = BatchResponse  # noqa: Y015
 
 @_typing.final
 class SessionRequest(_message.Message):
-    """SessionRequest is one operation sent on a Session stream."""
+    """SessionRequest is one message of a Session stream: one operation in `id` and
+    `operation`, or several packed in `operations`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the client to match the answer to this request; the server only echoes
+    it (ids may repeat, but then the client cannot tell the answers apart).
+    """
+    @_builtins.property
+    def operation(self) -> Global___BatchOperation:
+        """The operation. A message that carries `operations` and leaves this unset carries
+        only those; one with neither is an operation without a kind (INVALID_ARGUMENT in
+        its result).
+        """
+
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionOperation]:
+        """Operations packed into this message, handled as if each had come in a message of
+        its own (after `operation`, when that is set too) and answered packed, in
+        SessionResponse.answers. At most max_batch per message: past that, each of them is
+        answered INVALID_ARGUMENT and none runs.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        operation: Global___BatchOperation | None = ...,
+        operations: _abc.Iterable[Global___SessionOperation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "operation", b"operation", "operations", b"operations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class SessionOperation(_message.Message):
+    """One operation packed into a SessionRequest."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     OPERATION_FIELD_NUMBER: _builtins.int
     id: _builtins.int
-    """Chosen by the client to match the answer to this request; the server only echoes
-    it (ids may repeat, but then the client cannot tell the answers apart).
-    """
+    """Chosen by the client, as SessionRequest.id."""
     @_builtins.property
     def operation(self) -> Global___BatchOperation:
         """The operation."""
@@ -4096,18 +4139,58 @@ class SessionRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+Global___SessionOperation: _TypeAlias = SessionOperation  # noqa: Y015
 
 @_typing.final
 class SessionResponse(_message.Message):
-    """SessionResponse answers one SessionRequest."""
+    """SessionResponse is one message of answers: to a request sent alone in `id` and
+    `result`, or to packed operations in `answers`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The id of the request this answers (a request sent alone)."""
+    @_builtins.property
+    def result(self) -> Global___BatchResult:
+        """Its result."""
+
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionAnswer]:
+        """Answers to packed operations (SessionRequest.operations) that completed together,
+        as many per message as fit in the message size; the message then carries no `id`
+        or `result` of its own. Operations of one SessionRequest may be answered in
+        several messages, and in any order.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        result: Global___BatchResult | None = ...,
+        answers: _abc.Iterable[Global___SessionAnswer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers", "id", b"id", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015
+
+@_typing.final
+class SessionAnswer(_message.Message):
+    """The answer to one packed operation."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
-    """The id of the request this answers."""
+    """The id of the operation this answers."""
     @_builtins.property
     def result(self) -> Global___BatchResult:
         """Its result."""
@@ -4124,7 +4207,7 @@ class SessionResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015
+Global___SessionAnswer: _TypeAlias = SessionAnswer  # noqa: Y015
 
 @_typing.final
 class WatchInvalidationsRequest(_message.Message):

@@ -266,8 +266,11 @@ class CacheServiceStub:
     answers may come out of order. A hot client pays the per-call cost once per stream
     instead of once per operation. Operations are those of Batch, in the namespace of the
     stream's metadata; each is answered with its own status and never ends the stream.
-    The server runs at most 256 operations of one stream at once and reads no further
-    requests until one completes.
+    A message carries one operation (`id`, `operation`) or, packed, several
+    (`operations`, answered in SessionResponse.answers): a client with several ready at
+    once sends them in one message, so the stream pays one message for all of them. The
+    server holds at most 256 operations of one stream at once (arrived or running) and
+    reads no further messages until some complete.
 
     Auth: opening the stream needs `read` or `write`; each operation is then checked on
     its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
@@ -529,8 +532,11 @@ class CacheServiceAsyncStub(CacheServiceStub):
     answers may come out of order. A hot client pays the per-call cost once per stream
     instead of once per operation. Operations are those of Batch, in the namespace of the
     stream's metadata; each is answered with its own status and never ends the stream.
-    The server runs at most 256 operations of one stream at once and reads no further
-    requests until one completes.
+    A message carries one operation (`id`, `operation`) or, packed, several
+    (`operations`, answered in SessionResponse.answers): a client with several ready at
+    once sends them in one message, so the stream pays one message for all of them. The
+    server holds at most 256 operations of one stream at once (arrived or running) and
+    reads no further messages until some complete.
 
     Auth: opening the stream needs `read` or `write`; each operation is then checked on
     its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
@@ -1113,8 +1119,11 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         answers may come out of order. A hot client pays the per-call cost once per stream
         instead of once per operation. Operations are those of Batch, in the namespace of the
         stream's metadata; each is answered with its own status and never ends the stream.
-        The server runs at most 256 operations of one stream at once and reads no further
-        requests until one completes.
+        A message carries one operation (`id`, `operation`) or, packed, several
+        (`operations`, answered in SessionResponse.answers): a client with several ready at
+        once sends them in one message, so the stream pays one message for all of them. The
+        server holds at most 256 operations of one stream at once (arrived or running) and
+        reads no further messages until some complete.
 
         Auth: opening the stream needs `read` or `write`; each operation is then checked on
         its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),

@@ -1770,20 +1770,64 @@ export interface BatchResponse {
   results: BatchResult[];
 }
 
-/** SessionRequest is one operation sent on a Session stream. */
+/**
+ * SessionRequest is one message of a Session stream: one operation in `id` and
+ * `operation`, or several packed in `operations`.
+ */
 export interface SessionRequest {
   /**
    * Chosen by the client to match the answer to this request; the server only echoes
    * it (ids may repeat, but then the client cannot tell the answers apart).
    */
   id: bigint;
+  /**
+   * The operation. A message that carries `operations` and leaves this unset carries
+   * only those; one with neither is an operation without a kind (INVALID_ARGUMENT in
+   * its result).
+   */
+  operation:
+    | BatchOperation
+    | undefined;
+  /**
+   * Operations packed into this message, handled as if each had come in a message of
+   * its own (after `operation`, when that is set too) and answered packed, in
+   * SessionResponse.answers. At most max_batch per message: past that, each of them is
+   * answered INVALID_ARGUMENT and none runs.
+   */
+  operations: SessionOperation[];
+}
+
+/** One operation packed into a SessionRequest. */
+export interface SessionOperation {
+  /** Chosen by the client, as SessionRequest.id. */
+  id: bigint;
   /** The operation. */
   operation: BatchOperation | undefined;
 }
 
-/** SessionResponse answers one SessionRequest. */
+/**
+ * SessionResponse is one message of answers: to a request sent alone in `id` and
+ * `result`, or to packed operations in `answers`.
+ */
 export interface SessionResponse {
-  /** The id of the request this answers. */
+  /** The id of the request this answers (a request sent alone). */
+  id: bigint;
+  /** Its result. */
+  result:
+    | BatchResult
+    | undefined;
+  /**
+   * Answers to packed operations (SessionRequest.operations) that completed together,
+   * as many per message as fit in the message size; the message then carries no `id`
+   * or `result` of its own. Operations of one SessionRequest may be answered in
+   * several messages, and in any order.
+   */
+  answers: SessionAnswer[];
+}
+
+/** The answer to one packed operation. */
+export interface SessionAnswer {
+  /** The id of the operation this answers. */
   id: bigint;
   /** Its result. */
   result: BatchResult | undefined;
@@ -13864,7 +13908,7 @@ export const BatchResponse: MessageFns<BatchResponse> = {
 };
 
 function createBaseSessionRequest(): SessionRequest {
-  return { id: 0n, operation: undefined };
+  return { id: 0n, operation: undefined, operations: [] };
 }
 
 export const SessionRequest: MessageFns<SessionRequest> = {
@@ -13877,6 +13921,9 @@ export const SessionRequest: MessageFns<SessionRequest> = {
     }
     if (message.operation !== undefined) {
       BatchOperation.encode(message.operation, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.operations) {
+      SessionOperation.encode(v!, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -13910,6 +13957,14 @@ export const SessionRequest: MessageFns<SessionRequest> = {
             message.operation = BatchOperation.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.operations.push(SessionOperation.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -13926,6 +13981,9 @@ export const SessionRequest: MessageFns<SessionRequest> = {
     return {
       id: isSet(object.id) ? BigInt(object.id) : 0n,
       operation: isSet(object.operation) ? BatchOperation.fromJSON(object.operation) : undefined,
+      operations: globalThis.Array.isArray(object?.operations)
+        ? object.operations.map((e: any) => SessionOperation.fromJSON(e))
+        : [],
     };
   },
 
@@ -13936,6 +13994,9 @@ export const SessionRequest: MessageFns<SessionRequest> = {
     }
     if (message.operation !== undefined) {
       obj.operation = BatchOperation.toJSON(message.operation);
+    }
+    if (message.operations?.length) {
+      obj.operations = message.operations.map((e) => SessionOperation.toJSON(e));
     }
     return obj;
   },
@@ -13949,12 +14010,103 @@ export const SessionRequest: MessageFns<SessionRequest> = {
     message.operation = (object.operation !== undefined && object.operation !== null)
       ? BatchOperation.fromPartial(object.operation)
       : undefined;
+    message.operations = object.operations?.map((e) => SessionOperation.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSessionOperation(): SessionOperation {
+  return { id: 0n, operation: undefined };
+}
+
+export const SessionOperation: MessageFns<SessionOperation> = {
+  encode(message: SessionOperation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0n) {
+      if (BigInt.asUintN(64, message.id) !== message.id) {
+        throw new globalThis.Error("value provided for field message.id of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.operation !== undefined) {
+      BatchOperation.encode(message.operation, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionOperation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionOperation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operation = BatchOperation.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SessionOperation {
+    return {
+      id: isSet(object.id) ? BigInt(object.id) : 0n,
+      operation: isSet(object.operation) ? BatchOperation.fromJSON(object.operation) : undefined,
+    };
+  },
+
+  toJSON(message: SessionOperation): unknown {
+    const obj: any = {};
+    if (message.id !== 0n) {
+      obj.id = message.id.toString();
+    }
+    if (message.operation !== undefined) {
+      obj.operation = BatchOperation.toJSON(message.operation);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SessionOperation>, I>>(base?: I): SessionOperation {
+    return SessionOperation.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SessionOperation>, I>>(object: I): SessionOperation {
+    const message = createBaseSessionOperation();
+    message.id = (object.id !== undefined && object.id !== null) ? BigInt(object.id) : 0n;
+    message.operation = (object.operation !== undefined && object.operation !== null)
+      ? BatchOperation.fromPartial(object.operation)
+      : undefined;
     return message;
   },
 };
 
 function createBaseSessionResponse(): SessionResponse {
-  return { id: 0n, result: undefined };
+  return { id: 0n, result: undefined, answers: [] };
 }
 
 export const SessionResponse: MessageFns<SessionResponse> = {
@@ -13967,6 +14119,9 @@ export const SessionResponse: MessageFns<SessionResponse> = {
     }
     if (message.result !== undefined) {
       BatchResult.encode(message.result, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.answers) {
+      SessionAnswer.encode(v!, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -14000,6 +14155,14 @@ export const SessionResponse: MessageFns<SessionResponse> = {
             message.result = BatchResult.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.answers.push(SessionAnswer.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -14016,6 +14179,9 @@ export const SessionResponse: MessageFns<SessionResponse> = {
     return {
       id: isSet(object.id) ? BigInt(object.id) : 0n,
       result: isSet(object.result) ? BatchResult.fromJSON(object.result) : undefined,
+      answers: globalThis.Array.isArray(object?.answers)
+        ? object.answers.map((e: any) => SessionAnswer.fromJSON(e))
+        : [],
     };
   },
 
@@ -14027,6 +14193,9 @@ export const SessionResponse: MessageFns<SessionResponse> = {
     if (message.result !== undefined) {
       obj.result = BatchResult.toJSON(message.result);
     }
+    if (message.answers?.length) {
+      obj.answers = message.answers.map((e) => SessionAnswer.toJSON(e));
+    }
     return obj;
   },
 
@@ -14035,6 +14204,97 @@ export const SessionResponse: MessageFns<SessionResponse> = {
   },
   fromPartial<I extends Exact<DeepPartial<SessionResponse>, I>>(object: I): SessionResponse {
     const message = createBaseSessionResponse();
+    message.id = (object.id !== undefined && object.id !== null) ? BigInt(object.id) : 0n;
+    message.result = (object.result !== undefined && object.result !== null)
+      ? BatchResult.fromPartial(object.result)
+      : undefined;
+    message.answers = object.answers?.map((e) => SessionAnswer.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSessionAnswer(): SessionAnswer {
+  return { id: 0n, result: undefined };
+}
+
+export const SessionAnswer: MessageFns<SessionAnswer> = {
+  encode(message: SessionAnswer, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0n) {
+      if (BigInt.asUintN(64, message.id) !== message.id) {
+        throw new globalThis.Error("value provided for field message.id of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.result !== undefined) {
+      BatchResult.encode(message.result, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionAnswer {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionAnswer();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.result = BatchResult.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SessionAnswer {
+    return {
+      id: isSet(object.id) ? BigInt(object.id) : 0n,
+      result: isSet(object.result) ? BatchResult.fromJSON(object.result) : undefined,
+    };
+  },
+
+  toJSON(message: SessionAnswer): unknown {
+    const obj: any = {};
+    if (message.id !== 0n) {
+      obj.id = message.id.toString();
+    }
+    if (message.result !== undefined) {
+      obj.result = BatchResult.toJSON(message.result);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SessionAnswer>, I>>(base?: I): SessionAnswer {
+    return SessionAnswer.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SessionAnswer>, I>>(object: I): SessionAnswer {
+    const message = createBaseSessionAnswer();
     message.id = (object.id !== undefined && object.id !== null) ? BigInt(object.id) : 0n;
     message.result = (object.result !== undefined && object.result !== null)
       ? BatchResult.fromPartial(object.result)
@@ -14979,8 +15239,11 @@ export const CacheServiceService = {
    * answers may come out of order. A hot client pays the per-call cost once per stream
    * instead of once per operation. Operations are those of Batch, in the namespace of the
    * stream's metadata; each is answered with its own status and never ends the stream.
-   * The server runs at most 256 operations of one stream at once and reads no further
-   * requests until one completes.
+   * A message carries one operation (`id`, `operation`) or, packed, several
+   * (`operations`, answered in SessionResponse.answers): a client with several ready at
+   * once sends them in one message, so the stream pays one message for all of them. The
+   * server holds at most 256 operations of one stream at once (arrived or running) and
+   * reads no further messages until some complete.
    *
    * Auth: opening the stream needs `read` or `write`; each operation is then checked on
    * its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
@@ -15241,8 +15504,11 @@ export interface CacheServiceServer extends UntypedServiceImplementation {
    * answers may come out of order. A hot client pays the per-call cost once per stream
    * instead of once per operation. Operations are those of Batch, in the namespace of the
    * stream's metadata; each is answered with its own status and never ends the stream.
-   * The server runs at most 256 operations of one stream at once and reads no further
-   * requests until one completes.
+   * A message carries one operation (`id`, `operation`) or, packed, several
+   * (`operations`, answered in SessionResponse.answers): a client with several ready at
+   * once sends them in one message, so the stream pays one message for all of them. The
+   * server holds at most 256 operations of one stream at once (arrived or running) and
+   * reads no further messages until some complete.
    *
    * Auth: opening the stream needs `read` or `write`; each operation is then checked on
    * its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
@@ -16215,8 +16481,11 @@ export interface CacheServiceClient extends Client {
    * answers may come out of order. A hot client pays the per-call cost once per stream
    * instead of once per operation. Operations are those of Batch, in the namespace of the
    * stream's metadata; each is answered with its own status and never ends the stream.
-   * The server runs at most 256 operations of one stream at once and reads no further
-   * requests until one completes.
+   * A message carries one operation (`id`, `operation`) or, packed, several
+   * (`operations`, answered in SessionResponse.answers): a client with several ready at
+   * once sends them in one message, so the stream pays one message for all of them. The
+   * server holds at most 256 operations of one stream at once (arrived or running) and
+   * reads no further messages until some complete.
    *
    * Auth: opening the stream needs `read` or `write`; each operation is then checked on
    * its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
