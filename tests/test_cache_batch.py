@@ -187,6 +187,83 @@ async def _session(
     return answers
 
 
+async def _packed_session(
+    stub: cache_pb2_grpc.CacheServiceStub,
+    messages: list[pb.SessionRequest],
+) -> tuple[dict[int, pb.BatchResult], list[pb.SessionResponse]]:
+    """Answers by id, from either shape, and the response messages as they came."""
+    responses = [response async for response in stub.Session(iter(messages))]
+    answers: dict[int, pb.BatchResult] = {}
+    for response in responses:
+        if response.HasField("result"):
+            assert not response.answers, "a message answers one shape"
+            pairs = [(response.id, response.result)]
+        else:
+            pairs = [(answer.id, answer.result) for answer in response.answers]
+        for id_, result in pairs:
+            assert id_ not in answers, "each operation is answered once"
+            answers[id_] = result
+    return answers, responses
+
+
+def packed(*operations: tuple[int, pb.BatchOperation]) -> pb.SessionRequest:
+    return pb.SessionRequest(
+        operations=[pb.SessionOperation(id=i, operation=o) for i, o in operations]
+    )
+
+
+async def test_packed_operations_are_answered_packed(cache):
+    writes = [(100 + i, put(f"p:{i}", str(i).encode())) for i in range(120)]
+    reads = [(300 + i, get(f"p:{i}")) for i in range(120)]
+    bad = (9, op(increment=pb.IncrementRequest(key="p:0", by_float=float("nan"))))
+    alone_and_packed = pb.SessionRequest(id=7, operation=get("p:0"), operations=[])
+    alone_and_packed.operations.add(id=8, operation=put("p:extra", b"x"))
+    messages = [packed(*writes[:60]), packed(*writes[60:], bad), alone_and_packed]
+    answers, responses = await _packed_session(cache, messages)
+    assert set(answers) == {i for i, _ in writes} | {7, 8, 9}
+    assert all(answers[i].set.version > 0 for i, _ in writes)
+    assert answers[9].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert answers[8].set.version > 0
+    # The lone operation came back alone; the rest in at most one message per round.
+    alone = [r for r in responses if r.HasField("result")]
+    assert [r.id for r in alone] == [7]
+    assert len(responses) - len(alone) <= len(messages)
+    answers, responses = await _packed_session(cache, [packed(*reads)])
+    assert [answers[i].get.value for i, _ in reads] == [str(i).encode() for i in range(120)]
+    assert len(responses) == 1
+
+
+@pytest.mark.topologies("standalone", reason="the message limit does not depend on the topology")
+async def test_a_message_packing_more_than_max_batch_runs_none_of_them(topology, redis_client):
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    async with running(make_settings(topology.url, limits={"max_batch": 10})) as app:
+        async with channel_to(app.port, namespace) as channel:
+            stub = cache_pb2_grpc.CacheServiceStub(channel)
+            over = packed(*((i, put(f"over:{i}", b"v")) for i in range(11)))
+            within = packed(*((100 + i, put(f"within:{i}", b"v")) for i in range(10)))
+            answers, _ = await _packed_session(stub, [over, within])
+    for i in range(11):
+        assert answers[i].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "at most 10 operations" in answers[i].status.message
+    assert not redis_client.exists(redis_key(namespace, Kind.DATA, "over:0"))
+    assert all(answers[100 + i].set.version > 0 for i in range(10)), "the stream went on"
+
+
+@pytest.mark.topologies("standalone", reason="the byte budget does not depend on the topology")
+async def test_packed_answers_are_split_to_fit_the_message_size(topology):
+    settings = make_settings(topology.url, limits={"max_message_bytes": 4096})
+    async with running(settings) as app:
+        async with channel_to(app.port, f"t-{uuid.uuid4().hex[:8]}") as channel:
+            stub = cache_pb2_grpc.CacheServiceStub(channel)
+            for name in "abcdef":
+                await stub.Set(pb.SetRequest(key=name, value=name.encode() * 1500))
+            reads = [(i, get(name)) for i, name in enumerate("abcdef")]
+            answers, responses = await _packed_session(stub, [packed(*reads)])
+    assert [answers[i].get.value for i in range(6)] == [n.encode() * 1500 for n in "abcdef"]
+    assert len(responses) >= 3, "two 1.5 kB answers fit in 4096 bytes, three do not"
+    assert all(response.ByteSize() <= 4096 for response in responses)
+
+
 async def test_session_answers_every_request_by_its_id(cache):
     requests = [(1000 + i, put(f"s:{i}", str(i).encode())) for i in range(150)]
     requests += [(5000 + i, get(f"s:{i}")) for i in range(150)]
@@ -255,6 +332,14 @@ async def test_roles_decide_per_batch_and_per_session_message(topology):
                 call = stub.Session(iter(requests), metadata=as_(secret))
                 statuses = {r.id: r.result.status async for r in call}
                 assert {id_: status.code for id_, status in statuses.items()} == expected
+                packed_call = stub.Session(
+                    iter([packed(*((r.id, r.operation) for r in requests))]),
+                    metadata=as_(secret),
+                )
+                packed_codes = {
+                    a.id: a.result.status.code async for r in packed_call for a in r.answers
+                }
+                assert packed_codes == expected
                 if expected[2] == denied:  # the reason a unary call's refusal has
                     assert statuses[2].reason == "ROLE_NOT_GRANTED"
             # No requests: gRPC's client fails its own send (INTERNAL "Internal error from

@@ -32,6 +32,8 @@ type report struct {
 	RPS         float64 `json:"rps"`
 	P50Ms       float64 `json:"p50_ms"`
 	P99Ms       float64 `json:"p99_ms"`
+	// Session messages sent: Calls / Messages is how many operations one carried.
+	Messages int `json:"messages,omitempty"`
 }
 
 func percentile(sorted []time.Duration, p float64) float64 {
@@ -49,6 +51,7 @@ func main() {
 	duration := flag.Duration("duration", 3*time.Second, "how long to run")
 	namespace := flag.String("namespace", "bench", "cachet-namespace metadata")
 	key := flag.String("key", "k", "key a session reads")
+	pack := flag.Int("pack", 256, "most operations one Session message carries (1: one each)")
 	flag.Parse()
 
 	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -61,12 +64,13 @@ func main() {
 
 	var latencies []time.Duration
 	var errors int64
+	var messages int
 	start := time.Now()
 	switch *mode {
 	case "lockpair":
 		latencies, errors = lockPairs(ctx, lockv1.NewLockServiceClient(conn), *concurrency, *duration)
 	case "session":
-		latencies, errors, err = session(ctx, cachev1.NewCacheServiceClient(conn), *key, *concurrency, *duration)
+		latencies, errors, messages, err = session(ctx, cachev1.NewCacheServiceClient(conn), *key, *concurrency, *pack, *duration)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
@@ -80,7 +84,7 @@ func main() {
 	out := report{
 		Mode: *mode, Concurrency: *concurrency, Calls: len(latencies), Errors: errors,
 		Seconds: elapsed, RPS: float64(len(latencies)) / elapsed,
-		P50Ms: percentile(latencies, 0.50), P99Ms: percentile(latencies, 0.99),
+		P50Ms: percentile(latencies, 0.50), P99Ms: percentile(latencies, 0.99), Messages: messages,
 	}
 	_ = json.NewEncoder(os.Stdout).Encode(out)
 	if errors > 0 {
@@ -124,51 +128,92 @@ func lockPairs(ctx context.Context, client lockv1.LockServiceClient, workers int
 }
 
 // session: one Session stream with `window` Get requests in flight; each answer frees a
-// slot for the next request. Latency is from Send to the matching answer.
-func session(ctx context.Context, client cachev1.CacheServiceClient, key string, window int, duration time.Duration) ([]time.Duration, int64, error) {
+// slot for the next request. What is ready at once goes out in one message, at most
+// `pack` operations packed (1: one SessionRequest per operation), as the clients send.
+// Latency is from Send to the matching answer.
+func session(ctx context.Context, client cachev1.CacheServiceClient, key string, window, pack int, duration time.Duration) ([]time.Duration, int64, int, error) {
 	stream, err := client.Session(ctx)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
+	messages := 0
 	slots := make(chan struct{}, window)
 	var mu sync.Mutex
 	sent := map[uint64]time.Time{}
 	var latencies []time.Duration
 	var errors int64
 	done := make(chan error, 1)
+	answered := func(id uint64, result *cachev1.BatchResult) {
+		latencies = append(latencies, time.Since(sent[id]))
+		delete(sent, id)
+		if result.GetStatus().GetCode() != 0 {
+			atomic.AddInt64(&errors, 1)
+		}
+	}
 	go func() {
 		for {
-			answer, err := stream.Recv()
+			response, err := stream.Recv()
 			if err != nil {
 				done <- err
 				return
 			}
 			mu.Lock()
-			latencies = append(latencies, time.Since(sent[answer.Id]))
-			delete(sent, answer.Id)
-			mu.Unlock()
-			if answer.Result.GetStatus().GetCode() != 0 {
-				atomic.AddInt64(&errors, 1)
+			freed := len(response.Answers)
+			if freed == 0 {
+				answered(response.Id, response.Result)
+				freed = 1
 			}
-			<-slots
+			for _, answer := range response.Answers {
+				answered(answer.Id, answer.Result)
+			}
+			mu.Unlock()
+			for ; freed > 0; freed-- {
+				<-slots
+			}
 		}
 	}()
 	op := &cachev1.BatchOperation{Operation: &cachev1.BatchOperation_Get{Get: &cachev1.GetRequest{Key: key}}}
 	deadline := time.Now().Add(duration)
-	for id := uint64(1); time.Now().Before(deadline); id++ {
-		slots <- struct{}{}
-		mu.Lock()
-		sent[id] = time.Now()
-		mu.Unlock()
-		if err := stream.Send(&cachev1.SessionRequest{Id: id, Operation: op}); err != nil {
-			return nil, errors, err
+	id := uint64(0)
+	for time.Now().Before(deadline) {
+		slots <- struct{}{} // at least one, waiting if none is free
+		n := 1
+	more:
+		for n < pack {
+			select {
+			case slots <- struct{}{}:
+				n++
+			default:
+				break more
+			}
 		}
+		var request *cachev1.SessionRequest
+		mu.Lock()
+		now := time.Now()
+		if pack == 1 {
+			id++
+			sent[id] = now
+			request = &cachev1.SessionRequest{Id: id, Operation: op}
+		} else {
+			operations := make([]*cachev1.SessionOperation, n)
+			for i := range operations {
+				id++
+				sent[id] = now
+				operations[i] = &cachev1.SessionOperation{Id: id, Operation: op}
+			}
+			request = &cachev1.SessionRequest{Operations: operations}
+		}
+		mu.Unlock()
+		if err := stream.Send(request); err != nil {
+			return nil, errors, messages, err
+		}
+		messages++
 	}
 	if err := stream.CloseSend(); err != nil {
-		return nil, errors, err
+		return nil, errors, messages, err
 	}
 	if err := <-done; err != nil && err != io.EOF {
-		return latencies, errors, err
+		return latencies, errors, messages, err
 	}
-	return latencies, errors, nil
+	return latencies, errors, messages, nil
 }

@@ -98,6 +98,47 @@ def _fail(result: pb.BatchResult, error: CachetError) -> None:
     status.metadata.update(error.metadata)
 
 
+class _Refused:
+    """A packed Session operation of a message over the limit: answered, never run."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, id: int) -> None:
+        self.id = id
+
+
+# What a Session stream holds until its round: a request sent alone (answered in a
+# message of its own), an operation sent packed (answered packed), or one refused.
+_SessionArrival = pb.SessionRequest | pb.SessionOperation | _Refused
+
+
+def _too_many_packed(max_packed: int) -> InvalidArgument:
+    return InvalidArgument.field(
+        "operations", f"a Session message carries at most {max_packed} operations"
+    )
+
+
+# Bytes a packed answer adds to its message besides its own: the field's tag and length.
+_ANSWER_FRAMING_BYTES = 6
+
+
+def _within_message(packed: pb.SessionResponse, max_bytes: int) -> list[pb.SessionResponse]:
+    """Packed answers as messages that each fit in `max_bytes` (one answer over it alone
+    still goes, in a message of its own, as an answer sent alone would)."""
+    if packed.ByteSize() <= max_bytes:
+        return [packed]
+    messages = [pb.SessionResponse()]
+    size = 0
+    for answer in packed.answers:
+        answer_bytes = answer.ByteSize() + _ANSWER_FRAMING_BYTES
+        if size + answer_bytes > max_bytes and messages[-1].answers:
+            messages.append(pb.SessionResponse())
+            size = 0
+        messages[-1].answers.append(answer)
+        size += answer_bytes
+    return messages
+
+
 def _refusal(roles: frozenset[Role], operation: pb.BatchOperation) -> PermissionDenied | None:
     """Why a Session operation may not run with these roles, or None."""
     if _SESSION_OPERATION.admits(roles, operation):
@@ -531,15 +572,17 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     async def Session(
         self, request_iterator: AsyncIterator[pb.SessionRequest], context: Context
     ) -> AsyncIterator[pb.SessionResponse]:
-        """Requests run in rounds: all those that arrived while the previous round was at
-        Redis run together as one pipeline, each answered on its own. A lone request
+        """Operations run in rounds: all those that arrived while the previous round was
+        at Redis run together as one pipeline, each answered on its own. A lone operation
         runs at once; under load a round carries whatever arrived meanwhile, so the
-        stream pays one backend call per round, not per request. One Task reads the
-        stream; answers are written as their round completes."""
+        stream pays one backend call per round, not per operation. Packed operations of a
+        round are answered packed, in as few messages as fit. One Task reads the stream;
+        answers are written as their round completes."""
         namespace = current_namespace()
         roles = current_call().identity.grants.roles
-        arrived: list[pb.SessionRequest] = []
-        running = 0  # requests of the round at Redis
+        max_packed = self.check.limits.max_batch
+        arrived: list[_SessionArrival] = []
+        running = 0  # operations of the round at Redis
         progress = asyncio.Event()  # for the rounds: a request arrived, or reading ended
         room = asyncio.Event()  # for the reader: fewer than SESSION_IN_FLIGHT are held
         reading = True
@@ -548,7 +591,12 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
             nonlocal reading
             try:
                 async for request in request_iterator:
-                    arrived.append(request)
+                    if request.HasField("operation") or not request.operations:
+                        arrived.append(request)
+                    if len(request.operations) > max_packed:
+                        arrived.extend(_Refused(op.id) for op in request.operations)
+                    else:
+                        arrived.extend(request.operations)
                     progress.set()
                     while len(arrived) + running >= SESSION_IN_FLIGHT:
                         room.clear()
@@ -567,7 +615,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                 requests = arrived[:]
                 arrived.clear()
                 running = len(requests)
-                responses = await self._session_round(namespace, roles, requests)
+                responses = await self._session_round(namespace, roles, requests, max_packed)
                 running = 0
                 room.set()
                 for response in responses:
@@ -579,20 +627,36 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                 await reader
 
     async def _session_round(
-        self, namespace: str, roles: frozenset[Role], requests: Sequence[pb.SessionRequest]
+        self,
+        namespace: str,
+        roles: frozenset[Role],
+        requests: Sequence[_SessionArrival],
+        max_packed: int,
     ) -> list[pb.SessionResponse]:
-        """The answers to Session requests run together; a request refused or failed
-        fails alone, and a Redis fault fails the round's answers, not the stream."""
-        responses = [pb.SessionResponse(id=request.id) for request in requests]
+        """The answers to Session operations run together; an operation refused or
+        failed fails alone, and a Redis fault fails the round's answers, not the stream.
+        Operations sent alone get a message each; packed ones share messages."""
+        responses: list[pb.SessionResponse] = []
+        packed = pb.SessionResponse()
+        add_answer = packed.answers.add
         operations: list[pb.BatchOperation] = []
         into: list[pb.BatchResult] = []
-        for request, response in zip(requests, responses, strict=True):
+        for request in requests:
+            if isinstance(request, pb.SessionRequest):
+                response = pb.SessionResponse(id=request.id)
+                responses.append(response)
+                result = response.result
+            else:
+                result = add_answer(id=request.id).result
+                if isinstance(request, _Refused):
+                    _fail(result, _too_many_packed(max_packed))
+                    continue
             refusal = _refusal(roles, request.operation)
             if refusal is not None:
-                _fail(response.result, refusal)
+                _fail(result, refusal)
             else:
                 operations.append(request.operation)
-                into.append(response.result)
+                into.append(result)
         if operations:
             try:
                 await self._run_operations(namespace, operations, into, budget=_ReadBudget.EACH)
@@ -600,6 +664,8 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                 error = domain_error(exc)
                 for result in into:
                     _fail(result, error)
+        if packed.answers:
+            responses += _within_message(packed, self.check.limits.max_message_bytes)
         return responses
 
     async def _run_operations(
