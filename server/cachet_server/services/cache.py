@@ -71,8 +71,9 @@ _TARGETS = {
 
 # Batch and Session operations that change data; the others only read.
 _WRITE_OPERATIONS = frozenset({"set", "delete", "increment", "expire", "hash_set"})
-# Operations of one Session stream held at once (arrived or running); past that the
-# stream is not read until a round completes (backpressure instead of unbounded work).
+# Operations of one Session stream held at once (arrived or running) at which the stream
+# is no longer read until a round completes (backpressure instead of unbounded work; one
+# packed message may take the count past it by up to max_batch).
 SESSION_IN_FLIGHT = 256
 
 

@@ -268,9 +268,9 @@ class CacheServiceStub:
     stream's metadata; each is answered with its own status and never ends the stream.
     A message carries one operation (`id`, `operation`) or, packed, several
     (`operations`, answered in SessionResponse.answers): a client with several ready at
-    once sends them in one message, so the stream pays one message for all of them. The
-    server holds at most 256 operations of one stream at once (arrived or running) and
-    reads no further messages until some complete.
+    once sends them in one message, so the stream pays one message for all of them.
+    While 256 or more operations of the stream are held (arrived or running), the server
+    reads no further message until some complete.
 
     Auth: opening the stream needs `read` or `write`; each operation is then checked on
     its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
@@ -534,9 +534,9 @@ class CacheServiceAsyncStub(CacheServiceStub):
     stream's metadata; each is answered with its own status and never ends the stream.
     A message carries one operation (`id`, `operation`) or, packed, several
     (`operations`, answered in SessionResponse.answers): a client with several ready at
-    once sends them in one message, so the stream pays one message for all of them. The
-    server holds at most 256 operations of one stream at once (arrived or running) and
-    reads no further messages until some complete.
+    once sends them in one message, so the stream pays one message for all of them.
+    While 256 or more operations of the stream are held (arrived or running), the server
+    reads no further message until some complete.
 
     Auth: opening the stream needs `read` or `write`; each operation is then checked on
     its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
@@ -1121,9 +1121,9 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         stream's metadata; each is answered with its own status and never ends the stream.
         A message carries one operation (`id`, `operation`) or, packed, several
         (`operations`, answered in SessionResponse.answers): a client with several ready at
-        once sends them in one message, so the stream pays one message for all of them. The
-        server holds at most 256 operations of one stream at once (arrived or running) and
-        reads no further messages until some complete.
+        once sends them in one message, so the stream pays one message for all of them.
+        While 256 or more operations of the stream are held (arrived or running), the server
+        reads no further message until some complete.
 
         Auth: opening the stream needs `read` or `write`; each operation is then checked on
         its own as Batch checks it (a write needs `write`; a read needs `read` or `write`),
