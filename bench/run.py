@@ -233,7 +233,7 @@ class Bench:
 
         return self.measured(server, run)
 
-    def driver(self, name: str, server: Server, mode: str, concurrency: int) -> Row:
+    def driver(self, name: str, server: Server, mode: str, concurrency: int, *extra: str) -> Row:
         args = [
             str(BIN / "cachet-bench-driver"),
             f"-addr=127.0.0.1:{server.port}",
@@ -241,6 +241,7 @@ class Bench:
             f"-c={concurrency}",
             f"-duration={self.duration}s",
             f"-namespace={NAMESPACE}",
+            *extra,
         ]
 
         def run() -> Row:
@@ -253,6 +254,7 @@ class Bench:
             if out.returncode != 0:
                 raise RuntimeError(f"{name}: driver failed: {out.stdout}{out.stderr}")
             report = json.loads(out.stdout)
+            messages = report.get("messages")
             return Row(
                 name,
                 concurrency,
@@ -261,6 +263,7 @@ class Bench:
                 report["p99_ms"],
                 report["calls"],
                 load_cpus=self.load_cpus,
+                note=f"{report['calls'] / messages:.1f} per message" if messages else "",
             )
 
         return self.measured(server, run)
@@ -362,9 +365,8 @@ def _median_rows(rounds: list[list[Row]]) -> list[Row]:
         candidates = sorted((r[i] for r in rounds), key=lambda row: row.rps)
         chosen = candidates[len(candidates) // 2]
         if len(rounds) > 1:
-            chosen.note = f"median of {len(rounds)}: " + ", ".join(
-                f"{c.rps:,.0f}" for c in candidates
-            )
+            median = f"median of {len(rounds)}: " + ", ".join(f"{c.rps:,.0f}" for c in candidates)
+            chosen.note = f"{chosen.note}; {median}" if chosen.note else median
         merged.append(chosen)
         assert chosen.name == first.name
     return merged
@@ -718,6 +720,7 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         ),
         lambda c: bench.driver("cachet Acquire+Release pair", one, "lockpair", c),
         lambda c: bench.driver("cachet Session Get", one, "session", c),
+        lambda c: bench.driver("cachet Session Get, one per message", one, "session", c, "-pack=1"),
         lambda c: bench.redis_benchmark(redis_port, 1, c),
         lambda c: bench.ghz("cachet GetMany(100)", one, f"{cache}GetMany", {"keys": many_keys}, c),
         lambda c: bench.redis_benchmark(redis_port, 16, c),
