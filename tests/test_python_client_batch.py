@@ -2,7 +2,9 @@
 cachet-server process on real Redis.
 
 Batch RPCs are counted on the server's own /metrics (rpc_server_call_duration_seconds
-for CacheService/Batch), not by the client. Server faults are real: the server process
+for CacheService/Batch), not by the client. Session messages are counted where grpc
+serializes each one it writes (`SessionMessages`), which can also hold the sync client's
+writer in a message so calls queue behind it. Server faults are real: the server process
 is paused (SIGSTOP) so operations stay pending, killed so the stream breaks, and started
 again on the same port.
 """
@@ -10,6 +12,7 @@ again on the same port.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
 import signal
@@ -24,6 +27,7 @@ import cachet_client
 import grpc
 import pytest
 from cachet_client import serializers
+from cachet_client._batch import SESSION_PACK
 from prometheus_client.parser import text_string_to_metric_families
 
 from .server_procs import CachetProcess
@@ -55,6 +59,58 @@ def batch_calls(server: CachetProcess) -> float:
         if sample.name == "rpc_server_call_duration_seconds_count"
         and sample.labels.get("rpc_method") == BATCH_METHOD
     )
+
+
+class SessionMessages:
+    """The SessionRequest messages a client writes on its Session streams: grpc calls a
+    stream's request serializer once per message it sends, so wrapping it counts them on
+    the way out. `sizes` holds the operations each message carried. On the sync client,
+    `hold()` makes grpc's request thread stop in the next message until `release()` (a
+    write that takes a while), so the calls made meanwhile queue behind it."""
+
+    def __init__(self, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sizes: list[int] = []
+        self.held = threading.Event()
+        self._holding = False
+        self._released = threading.Event()
+        channel = client._runner.channels.plain
+        open_stream = channel.stream_stream
+
+        def stream_stream(path: str, *, request_serializer: Any, response_deserializer: Any) -> Any:
+            def serialize(request: Any) -> bytes:
+                self.sizes.append(len(request.operations) + request.HasField("operation"))
+                if self._holding:
+                    self._holding = False
+                    self.held.set()
+                    assert self._released.wait(timeout=15)
+                return bytes(request_serializer(request))
+
+            return open_stream(
+                path, request_serializer=serialize, response_deserializer=response_deserializer
+            )
+
+        monkeypatch.setattr(channel, "stream_stream", stream_stream)
+
+    def hold(self) -> None:
+        self.held.clear()
+        self._released.clear()
+        self._holding = True
+
+    def release(self) -> None:
+        self._released.set()
+
+
+def wait_until(condition: Any, timeout: float = 15) -> None:
+    """Wait for `condition()` to hold (polled); fail past `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def queued_behind(session: Any) -> int:
+    """Operations a sync session has queued and not yet handed to grpc."""
+    return int(session._transport._stream.requests.qsize())
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +270,91 @@ async def test_async_session_matches_hundreds_of_concurrent_answers(server, name
             assert session.streams_opened == 1
 
 
+async def test_async_session_packs_one_loop_turn_of_calls_and_answers_each(
+    server, namespace, monkeypatch
+):
+    async with cachet_client.connect(server.address, namespace=namespace) as client:
+        sent = SessionMessages(client, monkeypatch)
+        async with client.cache.session() as session:
+            assert await session.set("warm", b"up") >= 1  # a lone call: a message of one
+            keys = [f"k{i}" for i in range(500)]
+            versions = await asyncio.gather(
+                *(session.set(key, f"v{i}".encode()) for i, key in enumerate(keys))
+            )
+            values = await asyncio.gather(*(session.get(key) for key in keys))
+            assert [value.data for value in values] == [f"v{i}".encode() for i in range(500)]
+            assert [value.version for value in values] == versions
+            counts = await asyncio.gather(*(session.increment(f"n{i}", i + 1) for i in range(500)))
+            assert counts == [i + 1 for i in range(500)]
+            assert session.streams_opened == 1
+    print(f"1,501 operations in {len(sent.sizes)} messages: {sent.sizes}")
+    assert sent.sizes[0] == 1 and sum(sent.sizes) == 1 + 3 * 500
+    # Each gather's 500 calls are queued in one loop turn: full messages, never past the cap.
+    assert max(sent.sizes) == SESSION_PACK
+    assert len(sent.sizes) < 1 + 3 * 500 // 10
+
+
+async def test_an_operation_failing_in_a_packed_message_fails_alone(server, namespace, monkeypatch):
+    async with cachet_client.connect(server.address, namespace=namespace) as client:
+        sent = SessionMessages(client, monkeypatch)
+        async with client.cache.session() as session:
+            await session.set("text", b"words")
+            calls = []
+            for i in range(100):
+                if i % 10 == 3:
+                    calls.append(session.get(""))  # INVALID_ARGUMENT: an empty key
+                elif i % 10 == 7:
+                    calls.append(session.increment("text"))  # not a number
+                else:
+                    calls.append(session.set(f"k{i}", f"v{i}".encode()))
+            answers = await asyncio.gather(*calls, return_exceptions=True)
+            for i, answer in enumerate(answers):
+                if i % 10 == 3:
+                    assert isinstance(answer, cachet_client.InvalidArgument), (i, answer)
+                elif i % 10 == 7:
+                    assert isinstance(answer, cachet_client.NotANumber), (i, answer)
+                else:
+                    assert isinstance(answer, int) and answer >= 1, (i, answer)
+            values = await asyncio.gather(*(session.get(f"k{i}") for i in range(0, 100, 10)))
+            assert [value.data for value in values] == [f"v{i}".encode() for i in range(0, 100, 10)]
+            assert (await session.get("text")).data == b"words"
+            assert session.streams_opened == 1
+    assert sent.sizes == [1, 100, 10, 1]  # the failing operations went out packed
+
+
+def test_sync_session_packs_the_calls_waiting_behind_a_write(server, namespace, monkeypatch):
+    with cachet_client.connect_sync(server.address, namespace=namespace) as client:
+        sent = SessionMessages(client, monkeypatch)
+        with client.cache.session() as session, ThreadPoolExecutor(max_workers=40) as pool:
+            session.set("warm", b"up")
+
+            def behind_a_write(calls: list[Any]) -> list[Any]:
+                """Run `calls` on threads of their own while the writer is held in the
+                first one's message; their answers (or errors), in order."""
+                sent.hold()
+                futures = [pool.submit(call) for call in calls]
+                assert sent.held.wait(timeout=15)
+                wait_until(lambda: queued_behind(session) == len(calls) - 1)
+                sent.release()
+                return [future.exception(timeout=15) or future.result() for future in futures]
+
+            versions = behind_a_write(
+                [functools.partial(session.set, f"k{i}", f"v{i}".encode()) for i in range(40)]
+            )
+            assert all(isinstance(version, int) and version >= 1 for version in versions)
+            # Every fifth read has an empty key: INVALID_ARGUMENT for it alone.
+            keys = ["" if i % 5 == 2 else f"k{i}" for i in range(40)]
+            answers = behind_a_write([functools.partial(session.get, key) for key in keys])
+            for i, answer in enumerate(answers):
+                if i % 5 == 2:
+                    assert isinstance(answer, cachet_client.InvalidArgument), (i, answer)
+                else:
+                    assert answer.data == f"v{i}".encode() and answer.version == versions[i]
+            assert session.streams_opened == 1
+    # The first call of each wave waits in the held message; the other 39, packed, in one.
+    assert sent.sizes == [1, 1, 39, 1, 39]
+
+
 async def test_closing_a_session_waits_for_the_answers_due(server, namespace):
     async with cachet_client.connect(server.address, namespace=namespace) as client:
         await client.cache.set("k", b"v")
@@ -311,10 +452,11 @@ async def test_a_read_only_credential_is_refused_writes_in_their_own_results(
 
 
 async def test_async_session_fails_pending_operations_when_the_server_dies_and_recovers(
-    own_server, namespace
+    own_server, namespace, monkeypatch
 ):
     client = cachet_client.connect(own_server.address, namespace=namespace, timeout=15)
     try:
+        sent = SessionMessages(client, monkeypatch)
         session = client.cache.session()
         await session.set("k", b"before")
         assert own_server.process is not None
@@ -322,6 +464,7 @@ async def test_async_session_fails_pending_operations_when_the_server_dies_and_r
         pending = [asyncio.ensure_future(session.get("k")) for _ in range(50)]
         await asyncio.sleep(0.3)
         assert not any(task.done() for task in pending)
+        assert sent.sizes == [1, 50]  # the pending 50 went out packed in one message
         started = time.monotonic()
         own_server.stop()  # SIGKILL: the connection drops, the stream breaks
         results = await asyncio.wait_for(
@@ -345,16 +488,23 @@ async def test_async_session_fails_pending_operations_when_the_server_dies_and_r
 
 
 def test_sync_session_fails_pending_operations_when_the_server_dies_and_recovers(
-    own_server, namespace
+    own_server, namespace, monkeypatch
 ):
     client = cachet_client.connect_sync(own_server.address, namespace=namespace, timeout=15)
     try:
+        sent = SessionMessages(client, monkeypatch)
         session = client.cache.session()
         session.set("k", b"before")
         assert own_server.process is not None
         os.kill(own_server.process.pid, signal.SIGSTOP)
         with ThreadPoolExecutor(max_workers=20) as pool:
+            sent.hold()
             pending = [pool.submit(session.get, "k") for _ in range(20)]
+            assert sent.held.wait(timeout=15)
+            wait_until(lambda: queued_behind(session) == 19)
+            sent.release()
+            wait_until(lambda: len(sent.sizes) == 3)
+            assert sent.sizes == [1, 1, 19]  # 19 of the pending went out packed
             time.sleep(0.3)
             assert not any(future.done() for future in pending)
             own_server.stop()

@@ -9,7 +9,8 @@ answers, and whether it may be repeated. Three surfaces send them:
   past `max_batch`) and answers one `OperationResult` per operation, in order.
 - `Session`, one `CacheService/Session` stream: each operation is its own call on it
   (a coroutine on the async client, a blocking call on the sync one), matched to its
-  answer by a fresh id.
+  answer by a fresh id. The operations that wait while the stream's previous message
+  is being written go out packed in one message (`SessionRequest.operations`).
 - `Batcher`, the same calls coalesced adaptively into `Batch` calls: a call goes out at
   once while fewer than `max_in_flight` batches are in flight; past that, calls queue
   and go out together when one returns.
@@ -26,7 +27,7 @@ import functools
 import itertools
 import queue
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -68,6 +69,9 @@ SESSION_PATH = f"/{_SERVICE}/Session"
 MAX_BATCH = 1000
 # Batches one batcher keeps in flight before it queues calls.
 MAX_IN_FLIGHT = 4
+# Operations one Session message carries at most: the server reads no further message
+# of a stream while 256 of its operations are held, so more in one would only wait there.
+SESSION_PACK = 256
 Ttl = timedelta | float | None
 # The operations that only read; a Batch with any other needs the `write` role.
 _READS = frozenset({"get", "hash_get"})
@@ -444,6 +448,44 @@ def _closed() -> RuntimeError:
     return RuntimeError("the session is closed")
 
 
+# An operation waiting to be sent on a Session stream, with its id; None ends the stream.
+_Queued = tuple[int, pb.BatchOperation]
+
+
+def _packed(
+    first: _Queued, take: Callable[[], _Queued | None], empty: type[Exception]
+) -> tuple[pb.SessionRequest, bool]:
+    """The next message of a stream: `first` and what else is queued (`take` until it
+    raises `empty`), at most SESSION_PACK; True when the end of the stream was queued
+    among them (the message is then the last). A lone operation goes in `id` and
+    `operation`, as a server that predates packing reads it."""
+    taken = [first]
+    ending = False
+    while len(taken) < SESSION_PACK:
+        try:
+            queued = take()
+        except empty:
+            break
+        if queued is None:
+            ending = True
+            break
+        taken.append(queued)
+    if len(taken) == 1:
+        return pb.SessionRequest(id=first[0], operation=first[1]), ending
+    request = pb.SessionRequest()
+    for request_id, operation in taken:
+        request.operations.add(id=request_id, operation=operation)
+    return request, ending
+
+
+def _answers(response: pb.SessionResponse) -> list[tuple[int, pb.BatchResult]]:
+    """The (id, result) pairs a message answers: packed ones, or the one of its own."""
+    answers = [(answer.id, answer.result) for answer in response.answers]
+    if not answers or response.HasField("result"):
+        answers.append((response.id, response.result))
+    return answers
+
+
 # -- Session on the asyncio client ---------------------------------------------------
 
 
@@ -452,7 +494,7 @@ class _AsyncStream:
     the pending futures by id and, when the stream ends, fails those left."""
 
     def __init__(self, runner: AsyncRunner, metadata: list[tuple[str, str]]) -> None:
-        self.requests: asyncio.Queue[pb.SessionRequest | None] = asyncio.Queue()
+        self.requests: asyncio.Queue[_Queued | None] = asyncio.Queue()
         self.pending: dict[int, asyncio.Future[pb.BatchResult]] = {}
         self.broken = False
         self.call = runner.channels.plain.stream_stream(
@@ -463,16 +505,23 @@ class _AsyncStream:
         self.reader = asyncio.create_task(self._read())
 
     async def _feed(self) -> Any:
-        while (request := await self.requests.get()) is not None:
+        """One message per write: grpc asks for the next only when the previous one is
+        written, so what was queued meanwhile (or in the same loop turn) goes packed."""
+        requests = self.requests
+        while (first := await requests.get()) is not None:
+            request, ending = _packed(first, requests.get_nowait, asyncio.QueueEmpty)
             yield request
+            if ending:
+                return
 
     async def _read(self) -> None:
         error: CachetError = _stream_ended()
         try:
             async for response in self.call:
-                future = self.pending.pop(response.id, None)
-                if future is not None and not future.done():
-                    future.set_result(response.result)
+                for request_id, result in _answers(response):
+                    future = self.pending.pop(request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(result)
         except grpc.RpcError as failure:
             error = _from_rpc_error(failure)
         except asyncio.CancelledError:
@@ -516,7 +565,7 @@ class AsyncSessionStream:
         request_id = next(self._ids)
         future: asyncio.Future[pb.BatchResult] = asyncio.get_running_loop().create_future()
         stream.pending[request_id] = future
-        stream.requests.put_nowait(pb.SessionRequest(id=request_id, operation=operation.message))
+        stream.requests.put_nowait((request_id, operation.message))
         deadline = self._runner.settings.deadline(0.0)
         try:
             async with asyncio.timeout(deadline):
@@ -548,7 +597,7 @@ class _SyncStream:
 
     def __init__(self, runner: SyncRunner, metadata: list[tuple[str, str]]) -> None:
         self.lock = threading.Lock()
-        self.requests: queue.SimpleQueue[pb.SessionRequest | None] = queue.SimpleQueue()
+        self.requests: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self.pending: dict[int, Future[pb.BatchResult]] = {}
         self.broken = False
         self.error: CachetError = _stream_ended()
@@ -556,9 +605,19 @@ class _SyncStream:
             SESSION_PATH,
             request_serializer=pb.SessionRequest.SerializeToString,
             response_deserializer=pb.SessionResponse.FromString,
-        )(iter(self.requests.get, None), metadata=metadata)
+        )(self._feed(), metadata=metadata)
         self.reader = threading.Thread(target=self._read, name="cachet-session", daemon=True)
         self.reader.start()
+
+    def _feed(self) -> Iterator[pb.SessionRequest]:
+        """One message per write: grpc's request thread asks for the next only when the
+        previous one is written, so what other threads queued meanwhile goes packed."""
+        requests = self.requests
+        while (first := requests.get()) is not None:
+            request, ending = _packed(first, requests.get_nowait, queue.Empty)
+            yield request
+            if ending:
+                return
 
     def add(self, request_id: int, future: Future[pb.BatchResult]) -> bool:
         with self.lock:
@@ -571,10 +630,15 @@ class _SyncStream:
         error = self.error
         try:
             for response in self.call:
+                answers = _answers(response)
                 with self.lock:
-                    future = self.pending.pop(response.id, None)
-                if future is not None and not future.done():
-                    future.set_result(response.result)
+                    futures = [
+                        (self.pending.pop(request_id, None), result)
+                        for request_id, result in answers
+                    ]
+                for future, result in futures:
+                    if future is not None and not future.done():
+                        future.set_result(result)
         except grpc.RpcError as failure:
             error = _from_rpc_error(failure)
         finally:
@@ -615,7 +679,7 @@ class SyncSessionStream:
             stream = self._live()
             if not stream.add(request_id, future):
                 raise stream.error
-        stream.requests.put(pb.SessionRequest(id=request_id, operation=operation.message))
+        stream.requests.put((request_id, operation.message))
         deadline = self._runner.settings.deadline(0.0)
         try:
             return future.result(timeout=deadline)
@@ -641,11 +705,13 @@ class SyncSessionStream:
 class Session(_OneByOne[F]):
     """One CacheService/Session stream: the operations of `Batch`, each a call of its
     own (with the unary method's signature) answered as soon as the server has it, many
-    in flight at once. The stream opens on first use; when it breaks (server gone,
-    cancelled), the calls waiting fail with the mapped error (Unavailable, ...) and the
-    next call opens a new one. Each call waits up to the client's default deadline
-    (DeadlineExceeded: that call only). `close()` half-closes and waits for the answers
-    due; use the session as a context manager."""
+    in flight at once; those waiting while the stream's previous message is written go
+    out together in one (up to SESSION_PACK), so a busy stream pays one message for
+    many operations and a lone call goes out at once. The stream opens on first use;
+    when it breaks (server gone, cancelled), the calls waiting fail with the mapped
+    error (Unavailable, ...) and the next call opens a new one. Each call waits up to
+    the client's default deadline (DeadlineExceeded: that call only). `close()`
+    half-closes and waits for the answers due; use the session as a context manager."""
 
 
 class AsyncSession(Session[Async]):
