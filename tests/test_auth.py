@@ -4,6 +4,7 @@ tests/test_auth_tls.py covers TLS and mTLS, tests/test_auth_cluster.py Redis Clu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ from cachet_client.proto.cachet.lock.v1 import lock_pb2, lock_pb2_grpc
 from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2, ratelimit_pb2_grpc
 from cachet_client.proto.envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as envoy_common
 from cachet_client.proto.envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from cachet_server import audit
 from cachet_server.app import Application, running
 from google.protobuf.duration_pb2 import Duration
 from grpc import aio
@@ -250,6 +252,7 @@ async def test_a_rejected_credential_never_reaches_the_log(auth_server, caplog):
     with caplog.at_level(logging.DEBUG):
         await _rejected(auth_server, bearer(secret), ns("shop"))
         await _rejected(auth_server, bearer(KEYS["shop_rw"] + "x"), ns("shop"))
+        auth_server.denials.close()  # repeats of an earlier test's denial: their count now
     assert caplog.records, "the denial was audited"
     assert secret not in caplog.text and KEYS["shop_rw"] not in caplog.text
 
@@ -583,10 +586,12 @@ async def test_a_flush_is_audited_with_the_credential_and_the_namespace(auth_ser
             flushed = await admin_pb2_grpc.AdminServiceStub(channel).FlushNamespace(
                 admin_pb2.FlushNamespaceRequest(confirm="shop")
             )
-        async with _channel(auth_server, bearer(KEYS["shop_rw"]), ns("tenantb")) as channel:
+        # A namespace no other test asks for: a denial repeating one of the last second
+        # is counted, not written (test_repeated_denials_...).
+        async with _channel(auth_server, bearer(KEYS["shop_rw"]), ns("flushed")) as channel:
             await rpc_error(
                 admin_pb2_grpc.AdminServiceStub(channel).FlushNamespace(
-                    admin_pb2.FlushNamespaceRequest(confirm="tenantb")
+                    admin_pb2.FlushNamespaceRequest(confirm="flushed")
                 )
             )
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "cachet.audit"]
@@ -601,8 +606,82 @@ async def test_a_flush_is_audited_with_the_credential_and_the_namespace(auth_ser
     }
     assert flushed.deleted_keys >= 3
     assert flush[1]["credential"] == "shop-rw" and flush[1]["outcome"] == "PERMISSION_DENIED"
-    assert flush[1]["namespace"] == "tenantb" and flush[1]["reason"] == "NAMESPACE_NOT_GRANTED"
+    assert flush[1]["namespace"] == "flushed" and flush[1]["reason"] == "NAMESPACE_NOT_GRANTED"
     assert all(line["time"] and line["peer"] for line in flush)
+
+
+def _audit_lines(caplog: pytest.LogCaptureFixture, namespace: str) -> list[dict[str, Any]]:
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "cachet.audit"]
+    return [line for line in lines if line.get("namespace") == namespace]
+
+
+async def test_repeated_denials_are_counted_and_none_is_lost(auth_server, caplog):
+    """A tenant hammering with a call it may not make gets one audit line at once and
+    one count when the window closes, not a line per call; another credential's denial
+    in the meantime still gets its own line at once."""
+    probed = "audit-probe"  # asked for by this test only
+    with caplog.at_level(logging.INFO, logger="cachet.audit"):
+        async with _channel(auth_server, bearer(KEYS["shop_rw"]), ns(probed)) as channel:
+            cache = cache_pb2_grpc.CacheServiceStub(channel)
+            for _ in range(30):
+                error = await rpc_error(cache.Get(cache_pb2.GetRequest(key="k")))
+                assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+        async with _channel(auth_server, bearer(KEYS["shop_ro"]), ns(probed)) as channel:
+            cache = cache_pb2_grpc.CacheServiceStub(channel)
+            await rpc_error(cache.Get(cache_pb2.GetRequest(key="k")))
+        written = _audit_lines(caplog, probed)
+        assert [(line["credential"], "repeated" in line) for line in written] == [
+            ("shop-rw", False),
+            ("shop-ro", False),
+        ]
+        for _ in range(100):  # the window closes after a second; allow a loaded machine 10
+            if len(_audit_lines(caplog, probed)) == 3:
+                break
+            await asyncio.sleep(0.1)
+    first, _, counted = _audit_lines(caplog, probed)
+    assert counted == {
+        **first,
+        "time": counted["time"],
+        "repeated": 29,
+        "window_s": audit.REPEAT_WINDOW,
+    }, "29 repeats of the first line, with everything that names it"
+
+
+async def test_past_max_tracked_new_denials_are_counted_together():
+    denials = audit.Denials(window=0.05, max_tracked=2)
+    written: list[dict[str, Any]] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: written.append(json.loads(record.getMessage()))  # type: ignore[method-assign]
+    logger = logging.getLogger("cachet.audit")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        for namespace in ("a", "b", "c", "d", "a"):
+            denials.record(
+                method="/m",
+                outcome=grpc.StatusCode.PERMISSION_DENIED,
+                credential="k",
+                credential_kind="api_key",
+                namespace=namespace,
+                peer="ipv6:[::1]:4000",
+                reason="NAMESPACE_NOT_GRANTED",
+            )
+        assert [line["namespace"] for line in written] == ["a", "b"]
+        denials.close()  # the server stops: every open count is written
+    finally:
+        logger.removeHandler(handler)
+        logger.level = level
+    assert written[2:] == [
+        {**written[0], "time": written[2]["time"], "repeated": 1, "window_s": 0.05},
+        {
+            "audit": True,
+            "time": written[3]["time"],
+            "outcome": "DENIED",
+            "reason": "TOO_MANY_DISTINCT_DENIALS",
+            "repeated": 2,
+            "window_s": 0.05,
+        },
+    ]
 
 
 def test_every_rpc_has_an_access_rule():

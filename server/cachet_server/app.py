@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
+from . import audit
 from .access import call_table
 from .backend.core import Backend
 from .backend.embedded import EmbeddedRedis
@@ -165,6 +166,7 @@ class Application:
     share: StatsShare | None = None
     publisher: asyncio.Task[None] | None = None
     stats: ServiceStats | None = None
+    denials: audit.Denials | None = None
 
     async def stop(self) -> None:
         """Health NOT_SERVING, refuse new calls, let in-flight calls finish within the
@@ -177,6 +179,8 @@ class Application:
         for servicer in self.servicers:
             await servicer.aclose()
         await self.backend.close()
+        if self.denials is not None:
+            self.denials.close()
         if self.publisher is not None:
             self.publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -187,7 +191,7 @@ class Application:
 
 
 def build_server(
-    settings: Settings, backend: Backend, stats: ServiceStats
+    settings: Settings, backend: Backend, stats: ServiceStats, denials: audit.Denials
 ) -> tuple[aio.Server, Any, list[Servicer]]:
     """The server with every service, health and reflection; not yet bound or started."""
     limits = settings.limits
@@ -198,7 +202,11 @@ def build_server(
     corridor = Corridor(
         [
             AuthStage(
-                authenticator, table, limits, protect_reflection=settings.auth.protect_reflection
+                authenticator,
+                table,
+                limits,
+                protect_reflection=settings.auth.protect_reflection,
+                denials=denials,
             ),
             QuotaStage(settings.quotas, table, stats),
             TelemetryStage(stats, settings.log_access_sample),
@@ -276,7 +284,8 @@ async def start(settings: Settings, redis_url: str, share: StatsShare | None = N
         ),
     )
     stats = ServiceStats(settings.stats_max_namespaces, share)
-    server, health_servicer, servicers = build_server(settings, backend, stats)
+    denials = audit.Denials()
+    server, health_servicer, servicers = build_server(settings, backend, stats, denials)
     try:
         port = _bind(server, settings)
         health_server, health_port = _health_only_server(settings, health_servicer)
@@ -318,6 +327,7 @@ async def start(settings: Settings, redis_url: str, share: StatsShare | None = N
         share,
         publisher,
         stats,
+        denials,
     )
 
 

@@ -82,8 +82,10 @@ class AuthStage:
         limits: Limits,
         *,
         protect_reflection: bool,
+        denials: audit.Denials,
     ) -> None:
         self.authenticator = authenticator
+        self.denials = denials
         self.table = table
         self.limits = limits
         self.enabled = authenticator.enabled
@@ -136,7 +138,7 @@ class _Admit:
                 _authorize(self.method, self.spec, identity, namespace, request)
         except CachetError as error:
             if error.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                audit.record(
+                self.auth.denials.record(
                     method=self.method,
                     outcome=error.code,
                     credential=identity.id if identity else None,
@@ -177,7 +179,7 @@ class _AuthenticatedOnly:
         try:
             self.auth.identify(authorization, context)
         except CachetError as error:
-            audit.record(
+            self.auth.denials.record(
                 method=self.method,
                 outcome=error.code,
                 credential=None,
