@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/stats"
 
 	"github.com/cachet-dev/cachet/clients/go/client"
+	cachev1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/cache/v1"
 )
 
 // Batch, Session and Batcher against the live server. RPCs are counted by a grpc-go
@@ -36,11 +37,18 @@ const (
 	sessionMethod = "/cachet.cache.v1.CacheService/Session"
 )
 
-// rpcCounter counts, per method, the RPCs begun and the messages sent.
+// rpcCounter counts, per method, the RPCs begun and the messages sent; of Session
+// streams, also the operations those messages carried.
 type rpcCounter struct {
 	mu    sync.Mutex
 	begun map[string]int
 	sent  map[string]int
+
+	sessionOperations int                         // in every Session message sent
+	largestPack       int                         // the most operations one Session message carried
+	lastSession       *cachev1.SessionRequest     // the last Session message sent
+	keepPacks         bool                        // set before the Session is used: keep packs
+	packs             [][]*cachev1.BatchOperation // the operations of each packed message, when kept
 }
 
 type rpcMethodKey struct{}
@@ -60,6 +68,26 @@ func (r *rpcCounter) HandleRPC(ctx context.Context, s stats.RPCStats) {
 		}
 	case *stats.OutPayload:
 		r.sent[method]++
+		if request, ok := s.Payload.(*cachev1.SessionRequest); ok {
+			r.countSession(request)
+		}
+	}
+}
+
+func (r *rpcCounter) countSession(request *cachev1.SessionRequest) {
+	operations := len(request.GetOperations())
+	if request.GetOperation() != nil {
+		operations++
+	}
+	r.sessionOperations += operations
+	r.largestPack = max(r.largestPack, operations)
+	r.lastSession = request
+	if r.keepPacks && len(request.GetOperations()) > 1 {
+		pack := make([]*cachev1.BatchOperation, 0, len(request.GetOperations()))
+		for _, packed := range request.GetOperations() {
+			pack = append(pack, packed.GetOperation())
+		}
+		r.packs = append(r.packs, pack)
 	}
 }
 
@@ -76,6 +104,28 @@ func (r *rpcCounter) messages(method string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.sent[method]
+}
+
+// sessionSent is how many Session messages were sent and how many operations they
+// carried.
+func (r *rpcCounter) sessionSent() (messages, operations int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.sent[sessionMethod], r.sessionOperations
+}
+
+// packedAnyOf reports whether a kept pack (keepPacks) carried an operation that is.
+func (r *rpcCounter) packedAnyOf(is func(*cachev1.BatchOperation) bool) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, pack := range r.packs {
+		for _, operation := range pack {
+			if is(operation) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // dialCounted connects to addr in a fresh namespace, counting the RPCs it makes.
@@ -393,6 +443,181 @@ func TestSessionAnswersEveryCallerItsOwn(t *testing.T) {
 	}
 }
 
+// issueAtOnce runs op(0) ... op(n-1) each on its own goroutine, all released together,
+// and reports every error.
+func issueAtOnce(t *testing.T, n int, op func(i int) error) {
+	t.Helper()
+	start := make(chan struct{})
+	failures := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			if err := op(i); err != nil {
+				failures <- fmt.Errorf("operation %d: %w", i, err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(failures)
+	for err := range failures {
+		t.Error(err)
+	}
+}
+
+// Operations issued at once on one Session go out packed, counted on the wire by the
+// stats handler: fewer messages than operations, none with more than 256,
+// and every caller gets its own answer. A lone operation on the idle stream then goes
+// alone, in the single id/operation shape.
+func TestSessionPacksOperationsIssuedAtOnce(t *testing.T) {
+	c, counter, ctx := dialCounted(t, serverAddr)
+	s := c.Session(ctx)
+	defer func() {
+		if err := s.Close(ctx); err != nil {
+			t.Errorf("Close answered %v", err)
+		}
+	}()
+	const n = 600 // more than one message's 256 may wait at once
+	key := func(i int) string { return "packed:" + strconv.Itoa(i) }
+	data := func(i int) []byte { return []byte("value-" + strconv.Itoa(i)) }
+	versions := make([]uint64, n)
+	burst := func(what string, op func(i int) error) {
+		t.Helper()
+		messagesBefore, operationsBefore := counter.sessionSent()
+		issueAtOnce(t, n, op)
+		messages, operations := counter.sessionSent()
+		messages, operations = messages-messagesBefore, operations-operationsBefore
+		if operations != n {
+			t.Fatalf("%d %ss went as %d operations on the wire", n, what, operations)
+		}
+		if messages >= operations {
+			t.Fatalf("%d %ss issued at once went in %d messages: none packed", n, what, messages)
+		}
+		t.Logf("%d %ss issued at once went in %d Session messages", n, what, messages)
+	}
+	burst("Set", func(i int) error {
+		version, err := s.Set(ctx, key(i), data(i))
+		if err == nil && version == 0 {
+			err = errors.New("version 0")
+		}
+		versions[i] = version
+		return err
+	})
+	burst("Get", func(i int) error {
+		value, err := s.Get(ctx, key(i))
+		if err == nil && (value == nil || !bytes.Equal(value.Data, data(i)) || value.Version != versions[i]) {
+			err = fmt.Errorf("read %+v, want %q at version %d", value, data(i), versions[i])
+		}
+		return err
+	})
+	counter.mu.Lock()
+	largest := counter.largestPack
+	counter.mu.Unlock()
+	if largest < 2 || largest > 256 { // what the server holds of one stream at once
+		t.Fatalf("the largest Session message carried %d operations, want 2 to 256", largest)
+	}
+	t.Logf("the largest Session message carried %d operations", largest)
+	for _, i := range []int{0, n / 2, n - 1} { // what the session wrote, read by unary calls
+		if value := must(c.Get(ctx, key(i)))(t); value == nil || !bytes.Equal(value.Data, data(i)) || value.Version != versions[i] {
+			t.Fatalf("a unary Get of %s read %+v", key(i), value)
+		}
+	}
+
+	messagesBefore, _ := counter.sessionSent()
+	if value := must(s.Get(ctx, key(7)))(t); value == nil || !bytes.Equal(value.Data, data(7)) {
+		t.Fatalf("a lone Get read %+v", value)
+	}
+	counter.mu.Lock()
+	last := counter.lastSession
+	messages := counter.sent[sessionMethod] - messagesBefore
+	counter.mu.Unlock()
+	if messages != 1 || last.GetOperation().GetGet().GetKey() != key(7) || len(last.GetOperations()) != 0 {
+		t.Fatalf("a lone Get went in %d messages, the last %v; want one, in id and operation", messages, last)
+	}
+	if streams := counter.calls(sessionMethod); streams != 1 {
+		t.Fatalf("the session opened %d streams, want 1", streams)
+	}
+}
+
+// An operation that fails inside a packed message fails alone, with the unary call's
+// error; the others of its message answer theirs.
+func TestSessionPackedOperationFailsAlone(t *testing.T) {
+	c, counter, ctx := dialCounted(t, serverAddr)
+	counter.keepPacks = true
+	first := must(c.Set(ctx, "doc", []byte("v1")))(t)
+	must(c.Set(ctx, "name", []byte("bob")))(t)
+	_, emptyKey := c.Get(ctx, "")
+	_, stale := c.Set(ctx, "doc", []byte("lost update"), client.IfVersion(first+1))
+	_, notANumber := c.Increment(ctx, "name", 1, 0)
+	s := c.Session(ctx)
+	defer func() {
+		if err := s.Close(ctx); err != nil {
+			t.Errorf("Close answered %v", err)
+		}
+	}()
+	const n = 300 // every tenth fails, one of three ways
+	key := func(i int) string { return "fine:" + strconv.Itoa(i) }
+	var mu sync.Mutex
+	failed := map[int]error{}
+	issueAtOnce(t, n, func(i int) error {
+		if i%10 != 0 {
+			version, err := s.Set(ctx, key(i), []byte(strconv.Itoa(i)))
+			if err == nil && version == 0 {
+				err = errors.New("version 0")
+			}
+			return err
+		}
+		var err error
+		switch i / 10 % 3 {
+		case 0:
+			_, err = s.Get(ctx, "")
+		case 1:
+			_, err = s.Set(ctx, "doc", []byte("lost update"), client.IfVersion(first+1))
+		case 2:
+			_, err = s.Increment(ctx, "name", 1, 0)
+		}
+		mu.Lock()
+		failed[i] = err
+		mu.Unlock()
+		return nil
+	})
+	for i, err := range failed {
+		switch i / 10 % 3 {
+		case 0:
+			sameError(t, "empty key in a packed message", err, emptyKey)
+		case 1:
+			if !errors.Is(err, client.ErrVersionMismatch) {
+				t.Fatalf("a stale IfVersion in a packed message answered %v", err)
+			}
+			sameError(t, "stale version in a packed message", err, stale)
+		case 2:
+			if !errors.Is(err, client.ErrNotANumber) {
+				t.Fatalf("an increment of a string in a packed message answered %v", err)
+			}
+			sameError(t, "not a number in a packed message", err, notANumber)
+		}
+	}
+	if len(failed) != n/10 {
+		t.Fatalf("%d failing operations answered, want %d", len(failed), n/10)
+	}
+	failing := func(operation *cachev1.BatchOperation) bool {
+		return operation.GetGet() != nil && operation.GetGet().GetKey() == "" ||
+			operation.GetSet().GetKey() == "doc" || operation.GetIncrement().GetKey() == "name"
+	}
+	if !counter.packedAnyOf(failing) {
+		t.Fatal("no failing operation went in a packed message")
+	}
+	if value := must(c.Get(ctx, "doc"))(t); value == nil || string(value.Data) != "v1" || value.Version != first {
+		t.Fatalf("the refused stale Sets changed doc: %+v", value)
+	}
+	for _, i := range []int{1, n/2 + 1, n - 1} {
+		if value := must(s.Get(ctx, key(i)))(t); value == nil || string(value.Data) != strconv.Itoa(i) {
+			t.Fatalf("%s, set beside the failures, read %+v", key(i), value)
+		}
+	}
+}
+
 // awaitAll collects n answers from answers within limit.
 func awaitAll(t *testing.T, what string, answers <-chan error, n int, limit time.Duration) []error {
 	t.Helper()
@@ -429,7 +654,7 @@ func TestSessionPendingOperationsWhenTheServerStallsAndDies(t *testing.T) {
 	closing := c.Session(context.Background())
 	must(ended.Get(ctx, "k"))(t)
 	must(closing.Get(ctx, "k"))(t)
-	sentBefore := counter.messages(sessionMethod)
+	_, sentBefore := counter.sessionSent()
 
 	server.freezeServer()
 	get := func(on *client.Session, answers chan<- error) {
@@ -450,7 +675,8 @@ func TestSessionPendingOperationsWhenTheServerStallsAndDies(t *testing.T) {
 		go get(closing, closed)
 	}
 	nearEventually(t, "35 operations sent to the frozen server", func() bool {
-		return counter.messages(sessionMethod) >= sentBefore+35
+		_, sent := counter.sessionSent()
+		return sent >= sentBefore+35
 	})
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
@@ -506,15 +732,25 @@ func TestSessionPendingOperationsWhenTheServerStallsAndDies(t *testing.T) {
 		}
 	}
 
-	// Killed with operations pending: each fails UNAVAILABLE, none hangs.
-	sentBefore = counter.messages(sessionMethod)
+	// Killed with operations pending, issued at once so that they go packed: each fails
+	// UNAVAILABLE, none hangs.
+	messagesBefore, sentBefore := counter.sessionSent()
 	pending := make(chan error, 50)
+	issue := make(chan struct{})
 	for range 50 {
-		go get(s, pending)
+		go func() {
+			<-issue
+			get(s, pending)
+		}()
 	}
+	close(issue)
 	nearEventually(t, "50 operations sent to the frozen server", func() bool {
-		return counter.messages(sessionMethod) >= sentBefore+50
+		_, sent := counter.sessionSent()
+		return sent >= sentBefore+50
 	})
+	if messages, _ := counter.sessionSent(); messages-messagesBefore >= 50 {
+		t.Fatalf("50 operations issued at once went in %d messages: none packed", messages-messagesBefore)
+	}
 	killed := time.Now()
 	server.killServer()
 	for _, err := range awaitAll(t, "after the kill", pending, 50, 10*time.Second) {
@@ -887,7 +1123,8 @@ func TestReadOnlyCredentialInSessionBatchAndBatcher(t *testing.T) {
 }
 
 // BenchmarkConcurrentGets: 32 goroutines reading through each of the three paths
-// (`go test -run '^$' -bench ConcurrentGets ./client/`): unary Get, a Session, a Batcher.
+// (`go test -run '^$' -bench ConcurrentGets ./client/`): unary Get, a Session (and gets
+// per Session message), a Batcher.
 func BenchmarkConcurrentGets(b *testing.B) {
 	counter := &rpcCounter{begun: map[string]int{}, sent: map[string]int{}}
 	c, err := client.Dial(serverAddr, fmt.Sprintf("go-bench-%d", time.Now().UnixNano()), grpc.WithStatsHandler(counter))
@@ -908,6 +1145,7 @@ func BenchmarkConcurrentGets(b *testing.B) {
 	for _, path := range paths {
 		b.Run(path.name, func(b *testing.B) {
 			batches := counter.calls(batchMethod)
+			messages, _ := counter.sessionSent()
 			b.SetParallelism(32 / max(1, runtime.GOMAXPROCS(0)))
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
@@ -919,6 +1157,10 @@ func BenchmarkConcurrentGets(b *testing.B) {
 				}
 			})
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "gets/s")
+			if path.name == "session" {
+				sent, _ := counter.sessionSent()
+				b.ReportMetric(float64(b.N)/float64(max(1, sent-messages)), "gets/message")
+			}
 			if path.name == "batcher" {
 				b.ReportMetric(float64(b.N)/float64(max(1, counter.calls(batchMethod)-batches)), "gets/batch")
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,11 @@ import (
 // Client (see Operations), answer what those answer, and are safe to call from many
 // goroutines at once (the server runs up to 256 of one stream at a time; past that,
 // sending waits).
+//
+// Operations are packed: those called while the stream's previous message is being
+// written go out together in the next one (up to 256 per message), so the stream pays
+// one message for all of them. Packing comes only from what is already waiting: an
+// operation on an idle stream goes out at once, alone.
 //
 // An operation's ctx bounds that operation only: when it ends first, the operation
 // answers DEADLINE_EXCEEDED or CANCELLED and the stream goes on (an operation already
@@ -45,6 +51,11 @@ func (c *Client) Session(ctx context.Context) *Session {
 	s.stream = s.open()
 	return s
 }
+
+// maxSessionPack is the most operations a Session packs into one message: as many as
+// the server holds of one stream at once, and under its default max_batch (1,000),
+// past which it refuses a message's operations.
+const maxSessionPack = 256
 
 // errSessionClosed answers the operations of a closed Session.
 var errSessionClosed = &Error{Code: codes.Canceled, Message: "the session is closed"}
@@ -102,7 +113,7 @@ func (s *Session) run(ctx context.Context, op operation) (any, error) {
 			}
 			return nil, st.failure()
 		}
-		result, err := st.exchange(ctx, &cachev1.SessionRequest{Id: id, Operation: op.request}, answer)
+		result, err := st.exchange(ctx, &cachev1.SessionOperation{Id: id, Operation: op.request}, answer)
 		if err != nil {
 			return nil, err
 		}
@@ -137,11 +148,11 @@ func (s *Session) current(ctx context.Context) (*sessionStream, error) {
 // open starts opening a stream; operations wait for it to be opened.
 func (s *Session) open() *sessionStream {
 	st := &sessionStream{
-		opened:    make(chan struct{}),
-		requests:  make(chan *cachev1.SessionRequest),
-		halfClose: make(chan struct{}),
-		ended:     make(chan struct{}),
-		pending:   map[uint64]chan sessionAnswer{},
+		opened:     make(chan struct{}),
+		operations: make(chan *cachev1.SessionOperation),
+		halfClose:  make(chan struct{}),
+		ended:      make(chan struct{}),
+		pending:    map[uint64]chan sessionAnswer{},
 	}
 	go func() {
 		ctx, cancel := context.WithCancel(s.ctx)
@@ -165,10 +176,11 @@ type sessionStream struct {
 	opened chan struct{} // closed once opening ended: stream is set, or err says why not
 	stream cachev1.CacheService_SessionClient
 	cancel context.CancelFunc
-	// requests go to the goroutine that owns Send and CloseSend (grpc-go allows one
+	// operations go to the goroutine that owns Send and CloseSend (grpc-go allows one
 	// sender at a time); an unbuffered handoff, so a caller waiting to send can still
-	// leave when its ctx ends.
-	requests      chan *cachev1.SessionRequest
+	// leave when its ctx ends. The callers waiting while a message is written are those
+	// the next message packs.
+	operations    chan *cachev1.SessionOperation
 	halfClose     chan struct{}
 	halfCloseOnce sync.Once
 	ended         chan struct{} // closed once the stream ended; err says why
@@ -183,13 +195,22 @@ type sessionAnswer struct {
 	err    error
 }
 
+// send writes the operations handed over, packed. A handoff wakes this goroutine at
+// once, before the callers woken with it (by one message of answers) have run, so it
+// yields to them where they may be waiting: after each Send (which only queues the
+// message for grpc's writer goroutine; the yield also lets that write it), and before
+// packing while other operations of the stream are outstanding. A lone operation on an
+// idle stream goes out at once. Without the yields nearly every message carried one
+// operation (BenchmarkConcurrentGets: 1.5-1.8 gets per message after Send alone,
+// 5.5-6 with both).
 func (st *sessionStream) send() {
 	for {
 		select {
-		case request := <-st.requests:
-			if st.stream.Send(request) != nil {
+		case first := <-st.operations:
+			if st.stream.Send(st.pack(first)) != nil {
 				return // the stream ended: receive learns why from Recv
 			}
+			runtime.Gosched()
 		case <-st.halfClose:
 			_ = st.stream.CloseSend()
 			return
@@ -197,6 +218,36 @@ func (st *sessionStream) send() {
 			return
 		}
 	}
+}
+
+// pack is the message that carries first and every operation already waiting to be
+// handed over, up to maxSessionPack: a lone one in id and operation (what any server
+// reads), several in operations.
+func (st *sessionStream) pack(first *cachev1.SessionOperation) *cachev1.SessionRequest {
+	if st.outstanding() > 1 {
+		runtime.Gosched()
+	}
+	packed := []*cachev1.SessionOperation{first}
+waiting:
+	for len(packed) < maxSessionPack {
+		select {
+		case next := <-st.operations:
+			packed = append(packed, next)
+		default:
+			break waiting
+		}
+	}
+	if len(packed) == 1 {
+		return &cachev1.SessionRequest{Id: first.GetId(), Operation: first.GetOperation()}
+	}
+	return &cachev1.SessionRequest{Operations: packed}
+}
+
+// outstanding is how many operations wait for an answer (sent, or being handed over).
+func (st *sessionStream) outstanding() int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return len(st.pending)
 }
 
 func (st *sessionStream) receive() {
@@ -213,12 +264,28 @@ func (st *sessionStream) receive() {
 			}
 			return
 		}
-		st.mu.Lock()
-		answer, ok := st.pending[response.GetId()]
-		delete(st.pending, response.GetId())
-		st.mu.Unlock()
-		if ok { // else its caller left (ctx ended) before the answer came
+		st.deliver(response)
+	}
+}
+
+// deliver gives each answer of response, packed or alone, to its operation, unless its
+// caller left (ctx ended) before the answer came.
+func (st *sessionStream) deliver(response *cachev1.SessionResponse) {
+	answers := response.GetAnswers()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	// An answer channel has room for the one answer it gets (from here or end, whichever
+	// takes it out of pending), so these sends never wait.
+	if len(answers) == 0 || response.GetResult() != nil {
+		if answer, ok := st.pending[response.GetId()]; ok {
+			delete(st.pending, response.GetId())
 			answer <- sessionAnswer{result: response.GetResult()}
+		}
+	}
+	for _, packed := range answers {
+		if answer, ok := st.pending[packed.GetId()]; ok {
+			delete(st.pending, packed.GetId())
+			answer <- sessionAnswer{result: packed.GetResult()}
 		}
 	}
 }
@@ -275,21 +342,21 @@ func (st *sessionStream) failure() error {
 	return st.err
 }
 
-// exchange sends request (registered under its id with answer) and waits for its
-// answer, the stream's end, or ctx.
-func (st *sessionStream) exchange(ctx context.Context, request *cachev1.SessionRequest, answer chan sessionAnswer) (*cachev1.BatchResult, error) {
+// exchange hands operation (registered under its id with answer) to the sender and
+// waits for its answer, the stream's end, or ctx.
+func (st *sessionStream) exchange(ctx context.Context, operation *cachev1.SessionOperation, answer chan sessionAnswer) (*cachev1.BatchResult, error) {
 	select {
-	case st.requests <- request:
+	case st.operations <- operation:
 	case <-st.ended: // end answered it
 	case <-ctx.Done():
-		st.forget(request.GetId())
+		st.forget(operation.GetId())
 		return nil, contextError(ctx)
 	}
 	select {
 	case got := <-answer:
 		return got.result, got.err
 	case <-ctx.Done():
-		st.forget(request.GetId())
+		st.forget(operation.GetId())
 		return nil, contextError(ctx)
 	}
 }
