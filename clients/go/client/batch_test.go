@@ -514,7 +514,7 @@ func TestSessionPacksOperationsIssuedAtOnce(t *testing.T) {
 	counter.mu.Lock()
 	largest := counter.largestPack
 	counter.mu.Unlock()
-	if largest < 2 || largest > 256 { // what the server holds of one stream at once
+	if largest < 2 || largest > 256 { // the client's cap per message
 		t.Fatalf("the largest Session message carried %d operations, want 2 to 256", largest)
 	}
 	t.Logf("the largest Session message carried %d operations", largest)
