@@ -10,6 +10,7 @@ import {
   type BatchResponse,
   type BatchResult,
   CacheServiceService as Cache,
+  type SessionOperation,
   type SessionRequest,
   type SessionResponse,
 } from "./gen/cachet/cache/v1/cache";
@@ -230,17 +231,31 @@ type SessionStream = ClientDuplexStream<SessionRequest, SessionResponse>;
 const CLOSE_GRACE_MS = 1000;
 
 /**
+ * The most operations a Session packs into one message: well under the server's
+ * max_batch (default 1000; a message past it is refused whole), so one message never
+ * holds more than a stream's answers can overtake.
+ */
+const SESSION_PACK = 256;
+
+/**
  * One CacheService/Session stream: each operation gets a fresh id and resolves when its
  * answer arrives, in any order; any number may be outstanding (the server runs 256 of
- * one stream at once, and reads on as they complete). The stream opens with the first
- * operation; when it breaks (server gone, connection lost), every outstanding operation
- * rejects with the mapped error (UnavailableError, ...) and the next one opens a new
- * stream. Not retried: an operation that rejected may have applied.
+ * one stream at once, and reads on as they complete). Operations made together (in one
+ * turn of the event loop, or while the previous message is being written) go out packed
+ * in one message, up to 256; a lone one goes out at once, as a message of its own. The
+ * stream opens with the first operation; when it breaks (server gone, connection lost),
+ * every outstanding operation rejects with the mapped error (UnavailableError, ...) and
+ * the next one opens a new stream. Not retried: an operation that rejected may have
+ * applied.
  */
 export class Session extends BatchableCalls {
   private stream: SessionStream | undefined;
   private readonly pending = new Map<bigint, { waiting: Waiting; stream: SessionStream }>();
   private nextId = 0n;
+  /** The ids of the operations made and not yet written, oldest first. */
+  private unsent: bigint[] = [];
+  /** The stream with a message scheduled or being written: operations made meanwhile wait for the next one. */
+  private sendingOn: SessionStream | undefined;
   private closed = false;
   private closing: Promise<void> | undefined;
   private drained: (() => void) | undefined;
@@ -270,9 +285,43 @@ export class Session extends BatchableCalls {
     if (!waiting.settled) {
       const stream = this.open();
       this.pending.set(id, { waiting, stream });
-      stream.write({ id, operation: waiting.operation });
+      this.unsent.push(id);
+      if (this.sendingOn !== stream) {
+        this.sendingOn = stream;
+        // After the code that made it: the operations made with it share its message.
+        queueMicrotask(() => this.send(stream));
+      }
     }
     return promise;
+  }
+
+  /** Writes the next message of `stream`, and the one after once it is written, until none is left. */
+  private send(stream: SessionStream): void {
+    const message = this.nextMessage(stream);
+    if (message === undefined) {
+      if (this.sendingOn === stream) this.sendingOn = undefined;
+      return;
+    }
+    stream.write(message, () => this.send(stream));
+  }
+
+  /**
+   * The unsent operations of `stream`, up to SESSION_PACK, as one message (a lone one in
+   * `id` and `operation`); those settled meanwhile (deadline, signal) are never sent.
+   */
+  private nextMessage(stream: SessionStream): SessionRequest | undefined {
+    const limit = Math.min(SESSION_PACK, this.transport.maxBatch);
+    const packed: SessionOperation[] = [];
+    let taken = 0;
+    for (; taken < this.unsent.length && packed.length < limit; taken++) {
+      const id = this.unsent[taken]!;
+      const entry = this.pending.get(id);
+      if (entry?.stream === stream) packed.push({ id, operation: entry.waiting.operation });
+    }
+    this.unsent.splice(0, taken);
+    if (packed.length === 0) return undefined;
+    if (packed.length === 1) return { id: packed[0]!.id, operation: packed[0]!.operation, operations: [] };
+    return { id: 0n, operation: undefined, operations: packed };
   }
 
   /** Half-closes the stream and resolves once every outstanding operation has settled. */
@@ -289,6 +338,10 @@ export class Session extends BatchableCalls {
     const ended = new Promise<void>((resolve) => stream.once("status", () => resolve())).then(() => {
       finished = true;
     });
+    // What is still unsent goes out before the half-close.
+    for (let message = this.nextMessage(stream); message !== undefined; message = this.nextMessage(stream)) {
+      stream.write(message);
+    }
     stream.end();
     if (this.pending.size > 0) {
       await new Promise<void>((resolve) => (this.drained = resolve));
@@ -302,7 +355,13 @@ export class Session extends BatchableCalls {
   private open(): SessionStream {
     if (this.stream !== undefined) return this.stream;
     const stream = this.transport.duplex(Cache.session);
-    stream.on("data", (response: SessionResponse) => this.pending.get(response.id)?.waiting.answer(response.result));
+    stream.on("data", (response: SessionResponse) => {
+      for (const answer of response.answers) this.pending.get(answer.id)?.waiting.answer(answer.result);
+      // A packed message carries no answer of its own.
+      if (response.answers.length === 0 || response.result !== undefined) {
+        this.pending.get(response.id)?.waiting.answer(response.result);
+      }
+    });
     stream.on("error", (error: unknown) => this.broken(stream, error));
     stream.on("status", (end: StatusObject) => {
       if (end.code === status.OK) {
