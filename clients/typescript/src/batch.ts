@@ -231,18 +231,38 @@ type SessionStream = ClientDuplexStream<SessionRequest, SessionResponse>;
 const CLOSE_GRACE_MS = 1000;
 
 /**
- * The most operations a Session packs into one message: well under the server's
- * max_batch (default 1000; a message past it is refused whole), so one message never
- * holds more than a stream's answers can overtake.
+ * The most operations a Session packs into one message: as many as the server holds of
+ * one stream at once, and well under its max_batch (default 1000; past it a message is
+ * refused whole). The client's `maxBatch`, when lower, caps it too.
  */
 const SESSION_PACK = 256;
+
+/**
+ * The most bytes a Session packs into one message, roughly (`roughBytes`): a lone
+ * operation may be bigger, as before. Packing pays for small operations; at a MiB a
+ * message's own cost is lost in its payload, and a server's max_message_bytes (default
+ * 8 MiB) that takes each of the operations alone then takes them packed.
+ */
+const SESSION_PACK_BYTES = 1024 * 1024;
+
+/** An operation's encoded size, from above: its key, keys, fields and values, and what framing and flags may add. */
+function roughBytes(operation: BatchOperation): number {
+  const text = (s: string) => 3 * s.length + 8; // UTF-8 takes at most 3 bytes per UTF-16 unit; 8 for tag and length
+  const { get, set, delete: deleted, increment, expire, hashGet, hashSet } = operation;
+  const keyed = get ?? set ?? increment ?? expire ?? hashGet ?? hashSet;
+  let bytes = 64 + (keyed === undefined ? 0 : text(keyed.key)) + (set?.value.length ?? 0);
+  for (const key of deleted?.keys ?? []) bytes += text(key);
+  for (const field of hashGet?.fields ?? []) bytes += text(field);
+  for (const { field, value } of hashSet?.fields ?? []) bytes += text(field) + value.length + 8;
+  return bytes;
+}
 
 /**
  * One CacheService/Session stream: each operation gets a fresh id and resolves when its
  * answer arrives, in any order; any number may be outstanding (the server runs 256 of
  * one stream at once, and reads on as they complete). Operations made together (in one
  * turn of the event loop, or while the previous message is being written) go out packed
- * in one message, up to 256; a lone one goes out at once, as a message of its own. The
+ * in one message, up to 256 or about a MiB; a lone one goes out at once, alone. The
  * stream opens with the first operation; when it breaks (server gone, connection lost),
  * every outstanding operation rejects with the mapped error (UnavailableError, ...) and
  * the next one opens a new stream. Not retried: an operation that rejected may have
@@ -306,17 +326,23 @@ export class Session extends BatchableCalls {
   }
 
   /**
-   * The unsent operations of `stream`, up to SESSION_PACK, as one message (a lone one in
-   * `id` and `operation`); those settled meanwhile (deadline, signal) are never sent.
+   * The unsent operations of `stream`, oldest first, up to SESSION_PACK and
+   * SESSION_PACK_BYTES, as one message (a lone one in `id` and `operation`); those
+   * settled meanwhile (deadline, signal) are never sent.
    */
   private nextMessage(stream: SessionStream): SessionRequest | undefined {
     const limit = Math.min(SESSION_PACK, this.transport.maxBatch);
     const packed: SessionOperation[] = [];
+    let bytes = 0;
     let taken = 0;
     for (; taken < this.unsent.length && packed.length < limit; taken++) {
       const id = this.unsent[taken]!;
       const entry = this.pending.get(id);
-      if (entry?.stream === stream) packed.push({ id, operation: entry.waiting.operation });
+      if (entry?.stream !== stream) continue;
+      const size = roughBytes(entry.waiting.operation);
+      if (packed.length > 0 && bytes + size > SESSION_PACK_BYTES) break;
+      bytes += size;
+      packed.push({ id, operation: entry.waiting.operation });
     }
     this.unsent.splice(0, taken);
     if (packed.length === 0) return undefined;

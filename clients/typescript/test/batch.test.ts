@@ -337,6 +337,27 @@ test("session: 500 sets, then 500 gets, of distinct keys made at once go out pac
   await narrow.close();
 });
 
+test("session: big values are packed up to about a MiB per message, so the server never refuses a message its operations fit alone", async () => {
+  const { client, sent } = connect();
+  const session = client.session();
+  // 30 values of 300 kB made at once: 9 MB, more than the server's 8 MiB max_message_bytes in one message.
+  const values = Array.from({ length: 30 }, (_, i) => Buffer.alloc(300_000, i));
+  const versions = await Promise.all(values.map((v, i) => session.set(`big:${i}`, v)));
+  assert.deepEqual(sent.sessionSizes, Array(10).fill(3), "three of 300 kB per message");
+  // Read back 10 at a time: the server packs answers up to its max_message_bytes (8 MiB),
+  // past grpc-js's default receive limit (4 MiB).
+  for (let start = 0; start < values.length; start += 10) {
+    const read = await Promise.all(values.slice(start, start + 10).map((_, i) => session.get(`big:${start + i}`)));
+    read.forEach((got, i) => assert.deepEqual(got, { data: values[start + i], version: versions[start + i] }));
+  }
+  // Two values near the server's max_value_bytes (1 MiB) never share a message; a small get still joins one.
+  const near = Buffer.alloc(1_000_000, 7);
+  await Promise.all([session.set("near:1", near), session.set("near:2", near), session.get("small")]);
+  assert.deepEqual(sent.sessionSizes.slice(-2), [1, 2]);
+  assert.ok((await client.get("near:2"))?.data.equals(near));
+  await session.close();
+});
+
 test("session: a failed operation does not end the stream; a signal ends its operation only", async () => {
   const { client, sent } = connect();
   const session = client.session();
