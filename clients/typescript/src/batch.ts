@@ -10,6 +10,7 @@ import {
   type BatchResponse,
   type BatchResult,
   CacheServiceService as Cache,
+  type SessionOperation,
   type SessionRequest,
   type SessionResponse,
 } from "./gen/cachet/cache/v1/cache";
@@ -230,17 +231,51 @@ type SessionStream = ClientDuplexStream<SessionRequest, SessionResponse>;
 const CLOSE_GRACE_MS = 1000;
 
 /**
+ * The most operations a Session packs into one message: as many as the server holds of
+ * one stream at once, and well under its max_batch (default 1000; past it a message is
+ * refused whole). The client's `maxBatch`, when lower, caps it too.
+ */
+const SESSION_PACK = 256;
+
+/**
+ * The most bytes a Session packs into one message, roughly (`roughBytes`): a lone
+ * operation may be bigger, as before. Packing pays for small operations; at a MiB a
+ * message's own cost is lost in its payload, and a server's max_message_bytes (default
+ * 8 MiB) that takes each of the operations alone then takes them packed.
+ */
+const SESSION_PACK_BYTES = 1024 * 1024;
+
+/** An operation's encoded size, from above: its key, keys, fields and values, and what framing and flags may add. */
+function roughBytes(operation: BatchOperation): number {
+  const text = (s: string) => 3 * s.length + 8; // UTF-8 takes at most 3 bytes per UTF-16 unit; 8 for tag and length
+  const { get, set, delete: deleted, increment, expire, hashGet, hashSet } = operation;
+  const keyed = get ?? set ?? increment ?? expire ?? hashGet ?? hashSet;
+  let bytes = 64 + (keyed === undefined ? 0 : text(keyed.key)) + (set?.value.length ?? 0);
+  for (const key of deleted?.keys ?? []) bytes += text(key);
+  for (const field of hashGet?.fields ?? []) bytes += text(field);
+  for (const { field, value } of hashSet?.fields ?? []) bytes += text(field) + value.length + 8;
+  return bytes;
+}
+
+/**
  * One CacheService/Session stream: each operation gets a fresh id and resolves when its
  * answer arrives, in any order; any number may be outstanding (the server runs 256 of
- * one stream at once, and reads on as they complete). The stream opens with the first
- * operation; when it breaks (server gone, connection lost), every outstanding operation
- * rejects with the mapped error (UnavailableError, ...) and the next one opens a new
- * stream. Not retried: an operation that rejected may have applied.
+ * one stream at once, and reads on as they complete). Operations made together (in one
+ * turn of the event loop, or while the previous message is being written) go out packed
+ * in one message, up to 256 or about a MiB; a lone one goes out at once, alone. The
+ * stream opens with the first operation; when it breaks (server gone, connection lost),
+ * every outstanding operation rejects with the mapped error (UnavailableError, ...) and
+ * the next one opens a new stream. Not retried: an operation that rejected may have
+ * applied.
  */
 export class Session extends BatchableCalls {
   private stream: SessionStream | undefined;
   private readonly pending = new Map<bigint, { waiting: Waiting; stream: SessionStream }>();
   private nextId = 0n;
+  /** The ids of the operations made and not yet written, oldest first. */
+  private unsent: bigint[] = [];
+  /** The stream with a message scheduled or being written: operations made meanwhile wait for the next one. */
+  private sendingOn: SessionStream | undefined;
   private closed = false;
   private closing: Promise<void> | undefined;
   private drained: (() => void) | undefined;
@@ -270,9 +305,49 @@ export class Session extends BatchableCalls {
     if (!waiting.settled) {
       const stream = this.open();
       this.pending.set(id, { waiting, stream });
-      stream.write({ id, operation: waiting.operation });
+      this.unsent.push(id);
+      if (this.sendingOn !== stream) {
+        this.sendingOn = stream;
+        // After the code that made it: the operations made with it share its message.
+        queueMicrotask(() => this.send(stream));
+      }
     }
     return promise;
+  }
+
+  /** Writes the next message of `stream`, and the one after once it is written, until none is left. */
+  private send(stream: SessionStream): void {
+    const message = this.nextMessage(stream);
+    if (message === undefined) {
+      if (this.sendingOn === stream) this.sendingOn = undefined;
+      return;
+    }
+    stream.write(message, () => this.send(stream));
+  }
+
+  /**
+   * The unsent operations of `stream`, oldest first, up to SESSION_PACK and
+   * SESSION_PACK_BYTES, as one message (a lone one in `id` and `operation`); those
+   * settled meanwhile (deadline, signal) are never sent.
+   */
+  private nextMessage(stream: SessionStream): SessionRequest | undefined {
+    const limit = Math.min(SESSION_PACK, this.transport.maxBatch);
+    const packed: SessionOperation[] = [];
+    let bytes = 0;
+    let taken = 0;
+    for (; taken < this.unsent.length && packed.length < limit; taken++) {
+      const id = this.unsent[taken]!;
+      const entry = this.pending.get(id);
+      if (entry?.stream !== stream) continue;
+      const size = roughBytes(entry.waiting.operation);
+      if (packed.length > 0 && bytes + size > SESSION_PACK_BYTES) break;
+      bytes += size;
+      packed.push({ id, operation: entry.waiting.operation });
+    }
+    this.unsent.splice(0, taken);
+    if (packed.length === 0) return undefined;
+    if (packed.length === 1) return { id: packed[0]!.id, operation: packed[0]!.operation, operations: [] };
+    return { id: 0n, operation: undefined, operations: packed };
   }
 
   /** Half-closes the stream and resolves once every outstanding operation has settled. */
@@ -289,6 +364,10 @@ export class Session extends BatchableCalls {
     const ended = new Promise<void>((resolve) => stream.once("status", () => resolve())).then(() => {
       finished = true;
     });
+    // What is still unsent goes out before the half-close.
+    for (let message = this.nextMessage(stream); message !== undefined; message = this.nextMessage(stream)) {
+      stream.write(message);
+    }
     stream.end();
     if (this.pending.size > 0) {
       await new Promise<void>((resolve) => (this.drained = resolve));
@@ -302,7 +381,13 @@ export class Session extends BatchableCalls {
   private open(): SessionStream {
     if (this.stream !== undefined) return this.stream;
     const stream = this.transport.duplex(Cache.session);
-    stream.on("data", (response: SessionResponse) => this.pending.get(response.id)?.waiting.answer(response.result));
+    stream.on("data", (response: SessionResponse) => {
+      for (const answer of response.answers) this.pending.get(answer.id)?.waiting.answer(answer.result);
+      // A packed message carries no answer of its own.
+      if (response.answers.length === 0 || response.result !== undefined) {
+        this.pending.get(response.id)?.waiting.answer(response.result);
+      }
+    });
     stream.on("error", (error: unknown) => this.broken(stream, error));
     stream.on("status", (end: StatusObject) => {
       if (end.code === status.OK) {

@@ -1,7 +1,8 @@
 // Batch, Session and Batcher against a live server: values per operation, each failed
 // operation its own error (the unary call's class and details), splitting past
-// maxBatch, coalescing counted by an interceptor and by the server's own stats, and a
-// server that freezes and crashes under a session with operations outstanding.
+// maxBatch, coalescing and Session packing counted by an interceptor (and Batch calls by
+// the server's own stats), and a server that freezes and crashes under a session with
+// operations outstanding.
 import assert from "node:assert/strict";
 import { InterceptingCall, type Interceptor } from "@grpc/grpc-js";
 import { after, before, test } from "node:test";
@@ -45,11 +46,21 @@ after(async () => {
 interface Sent {
   calls: Map<string, number>;
   batchSizes: number[];
-  /** The ids of the Session answers, in the order they arrived. */
+  /** The operations of each SessionRequest written, in order: a lone one (`id`, `operation`) counts 1. */
+  sessionSizes: number[];
+  /** How many SessionRequests carried their operations packed (`operations`). */
+  packedMessages: number;
+  /** The ids of the Session answers (alone or packed), in the order they arrived. */
   answerIds: bigint[];
+  /** How many SessionResponses carried them. */
+  answerMessages: number;
 }
 
-/** Counts calls and Batch sizes; delays sending the first `delayFirst` Batch calls by `delayMs`. */
+function nothingSent(): Sent {
+  return { calls: new Map(), batchSizes: [], sessionSizes: [], packedMessages: 0, answerIds: [], answerMessages: 0 };
+}
+
+/** Counts calls, Batch sizes and Session messages; delays sending the first `delayFirst` Batch calls by `delayMs`. */
 function recorder(sent: Sent, delay: { first: number; ms: number } = { first: 0, ms: 0 }): Interceptor {
   let batches = 0;
   return (options, nextCall) => {
@@ -59,14 +70,23 @@ function recorder(sent: Sent, delay: { first: number; ms: number } = { first: 0,
       start(metadata, listener, next) {
         next(metadata, {
           onReceiveMessage(message: cachev1.SessionResponse, deliver: (message: unknown) => void) {
-            if (path === SESSION) sent.answerIds.push(message.id);
+            if (path === SESSION) {
+              sent.answerMessages++;
+              if (message.answers.length > 0) sent.answerIds.push(...message.answers.map((answer) => answer.id));
+              else sent.answerIds.push(message.id);
+            }
             deliver(message);
           },
         });
       },
-      sendMessage(message: cachev1.BatchRequest, next) {
+      sendMessage(message: cachev1.BatchRequest | cachev1.SessionRequest, next) {
+        if (path === SESSION) {
+          const { operations, operation } = message as cachev1.SessionRequest;
+          sent.sessionSizes.push(operations.length + (operation === undefined ? 0 : 1));
+          if (operations.length > 0) sent.packedMessages++;
+        }
         if (path !== BATCH) return next(message);
-        sent.batchSizes.push(message.operations.length);
+        sent.batchSizes.push((message as cachev1.BatchRequest).operations.length);
         if (++batches <= delay.first) setTimeout(() => next(message), delay.ms);
         else next(message);
       },
@@ -75,7 +95,7 @@ function recorder(sent: Sent, delay: { first: number; ms: number } = { first: 0,
 }
 
 function connect(delay?: { first: number; ms: number }, address = server.address) {
-  const sent: Sent = { calls: new Map(), batchSizes: [], answerIds: [] };
+  const sent = nothingSent();
   const client = new CachetClient(address, {
     namespace: `ts-batch-${process.pid}-${++namespaces}`,
     channelOptions: { interceptors: [recorder(sent, delay)] },
@@ -262,7 +282,15 @@ test("session: 300 concurrent operations from 30 tasks, each answered to its cal
   await session.close();
   assert.equal(session.outstanding, 0);
   assert.equal(sent.calls.get(SESSION), 1, "one stream carried every operation");
-  assert.equal(sent.answerIds.length, 30 * (10 + 2 + 10 + 1) + 250 + 2, "one answer per operation");
+  const operations = 30 * (10 + 2 + 10 + 1) + 250 + 2;
+  assert.equal(sent.answerIds.length, operations, "one answer per operation");
+  assert.equal(new Set(sent.answerIds).size, operations, "each operation its own id");
+  assert.equal(sent.sessionSizes.reduce((a, b) => a + b, 0), operations, "every operation written once");
+  // The 300 sets were made in one turn: packed 256, then the rest; the 250 reads together.
+  assert.deepEqual(sent.sessionSizes.slice(0, 2), [256, 44]);
+  assert.ok(sent.sessionSizes.includes(250), `${sent.sessionSizes}`);
+  assert.ok(sent.sessionSizes.length < operations / 2, `${operations} operations in ${sent.sessionSizes.length} messages`);
+  console.log(`session: ${operations} operations in ${sent.sessionSizes.length} messages, answered in ${sent.answerMessages}`);
   // How often the server answered an operation before one sent earlier (the client matches by id).
   const overtaking = sent.answerIds.filter((id, i) => i > 0 && id < sent.answerIds[i - 1]!).length;
   console.log(`session: ${overtaking} of ${sent.answerIds.length} answers arrived before an earlier operation's`);
@@ -270,11 +298,72 @@ test("session: 300 concurrent operations from 30 tasks, each answered to its cal
   assert.equal((await client.get("t0:0")), undefined); // the session's delete is seen by unary calls
 });
 
+test("session: 500 sets, then 500 gets, of distinct keys made at once go out packed, each answered its own", async () => {
+  const { client, sent } = connect();
+  const session = client.session();
+  const keys = Array.from({ length: 500 }, (_, i) => `distinct:${i}`);
+  const versions = await Promise.all(keys.map((key, i) => session.set(key, `value ${i}`, { ttlMs: 60_000 })));
+  assert.deepEqual(sent.sessionSizes, [256, 244], "500 operations made in one turn: two messages of at most 256");
+  const values = await Promise.all(keys.map((key) => session.get(key)));
+  values.forEach((got, i) => assert.deepEqual(got, { data: Buffer.from(`value ${i}`), version: versions[i] }));
+  assert.deepEqual(sent.sessionSizes, [256, 244, 256, 244]);
+  assert.equal(sent.packedMessages, 4);
+  assert.equal(new Set(sent.answerIds).size, 1000, "each of the 1000 operations answered once");
+  console.log(`session: 1000 operations in 4 messages, answered in ${sent.answerMessages}`);
+  // A lone caller waits for nothing: each operation goes out at once, in a message of its own.
+  for (let i = 0; i < 5; i++) assert.equal((await session.get(keys[i]!))?.data.toString(), `value ${i}`);
+  assert.deepEqual(sent.sessionSizes.slice(4), [1, 1, 1, 1, 1]);
+  assert.equal(sent.packedMessages, 4, "a lone operation is sent in `id` and `operation`");
+  // Closing with operations made but not yet written: they go out before the half-close.
+  const last = Promise.all([session.get(keys[499]!), session.increment("closing", 7)]);
+  await session.close();
+  const [got, counted] = await last;
+  assert.equal(got?.data.toString(), "value 499");
+  assert.equal(counted, 7n);
+  assert.deepEqual(sent.sessionSizes.slice(9), [2]);
+  assert.equal(sent.calls.get(SESSION), 1);
+  // Never more than the client's maxBatch (the server's max_batch) in one message.
+  const small = connect();
+  const limited = new CachetClient(server.address, {
+    namespace: client.namespace,
+    maxBatch: 100,
+    channelOptions: { interceptors: [recorder(small.sent)] },
+  });
+  clients.push(limited);
+  const narrow = limited.session();
+  const reads = await Promise.all(keys.slice(0, 250).map((key) => narrow.get(key)));
+  reads.forEach((read, i) => assert.equal(read?.data.toString(), `value ${i}`));
+  assert.deepEqual(small.sent.sessionSizes, [100, 100, 50]);
+  await narrow.close();
+});
+
+test("session: big values are packed up to about a MiB per message, so the server never refuses a message its operations fit alone", async () => {
+  const { client, sent } = connect();
+  const session = client.session();
+  // 30 values of 300 kB made at once: 9 MB, more than the server's 8 MiB max_message_bytes in one message.
+  const values = Array.from({ length: 30 }, (_, i) => Buffer.alloc(300_000, i));
+  const versions = await Promise.all(values.map((v, i) => session.set(`big:${i}`, v)));
+  assert.deepEqual(sent.sessionSizes, Array(10).fill(3), "three of 300 kB per message");
+  // Read back 10 at a time: the server packs answers up to its max_message_bytes (8 MiB),
+  // past grpc-js's default receive limit (4 MiB).
+  for (let start = 0; start < values.length; start += 10) {
+    const read = await Promise.all(values.slice(start, start + 10).map((_, i) => session.get(`big:${start + i}`)));
+    read.forEach((got, i) => assert.deepEqual(got, { data: values[start + i], version: versions[start + i] }));
+  }
+  // Two values near the server's max_value_bytes (1 MiB) never share a message; a small get still joins one.
+  const near = Buffer.alloc(1_000_000, 7);
+  await Promise.all([session.set("near:1", near), session.set("near:2", near), session.get("small")]);
+  assert.deepEqual(sent.sessionSizes.slice(-2), [1, 2]);
+  assert.ok((await client.get("near:2"))?.data.equals(near));
+  await session.close();
+});
+
 test("session: a failed operation does not end the stream; a signal ends its operation only", async () => {
   const { client, sent } = connect();
   const session = client.session();
   await client.set("name", "bob");
   const [bad, kept, notNumber] = await Promise.allSettled([session.get(""), session.set("k", "v"), session.increment("name")]);
+  assert.deepEqual(sent.sessionSizes, [3], "the three went out packed in one message");
   assert.ok(bad.status === "rejected" && bad.reason instanceof InvalidArgumentError, `${JSON.stringify(bad)}`);
   await sameAsUnary(bad.reason, client.get(""));
   assert.ok(kept.status === "fulfilled");
@@ -289,6 +378,7 @@ test("session: a failed operation does not end the stream; a signal ends its ope
   assert.equal(got?.data.toString(), "v");
   await assert.rejects(session.get("k", { signal: AbortSignal.abort() }), CancelledError);
   assert.equal((await session.get("k2"))?.data.toString(), "v2");
+  assert.deepEqual(sent.sessionSizes, [3, 2, 1], "an operation aborted before its message was written is never sent");
   assert.equal(sent.calls.get(SESSION), 1);
   await session.close();
   // A session's own signal closes it: outstanding operations reject, later ones too.
@@ -390,9 +480,10 @@ test("a frozen, then crashed, then stopped server: outstanding operations fail U
   const crashing = await startServer({ CACHET_SHUTDOWN_GRACE: "PT1S" });
   try {
     // Short reconnect backoff, so the channel finds the restarted server quickly.
+    const sent = nothingSent();
     const client = new CachetClient(crashing.address, {
       namespace: "ts-crash",
-      channelOptions: { "grpc.initial_reconnect_backoff_ms": 100, "grpc.max_reconnect_backoff_ms": 500 },
+      channelOptions: { "grpc.initial_reconnect_backoff_ms": 100, "grpc.max_reconnect_backoff_ms": 500, interceptors: [recorder(sent)] },
     });
     clients.push(client);
     const session = client.session();
@@ -404,6 +495,7 @@ test("a frozen, then crashed, then stopped server: outstanding operations fail U
     const timedOut = session.get("k", { timeoutMs: 300 });
     const batchedTimeout = batcher.get("k", { timeoutMs: 300 });
     await Promise.all([assert.rejects(timedOut, DeadlineExceededError), assert.rejects(batchedTimeout, DeadlineExceededError)]);
+    assert.deepEqual(sent.sessionSizes, [1, 51], "the 51 operations made together went out in one message");
     const pending = await Promise.race([Promise.all(settled), new Promise((resolve) => setTimeout(() => resolve("pending"), 100))]);
     assert.equal(pending, "pending", "the frozen server answered");
     assert.equal(session.outstanding, 50);
