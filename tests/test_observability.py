@@ -267,15 +267,15 @@ def test_an_unknown_yaml_key_is_refused_with_the_nearest_name(tmp_path):
 
 
 def test_namespace_labels_are_capped():
-    from cachet_server.metrics import OTHER_NAMESPACE, NamespaceLabels
+    from cachet_server.metrics import OTHER_NAMESPACES, NamespaceLabels
 
     labels = NamespaceLabels(limit=2)
     assert [labels(n) for n in ("a", "b", "c", "a", "d", "b")] == [
         "a",
         "b",
-        OTHER_NAMESPACE,
+        OTHER_NAMESPACES,
         "a",
-        OTHER_NAMESPACE,
+        OTHER_NAMESPACES,
         "b",
     ]
 

@@ -857,7 +857,7 @@ class MetricsSettings(BaseModel):
         ge=1,
         le=10_000,
         description="Most distinct namespace label values per metric; calls of later "
-        "namespaces are counted under the label `_other`.",
+        "namespaces are counted under the label `(other)`.",
     )
 
     redis_commands: bool = Field(

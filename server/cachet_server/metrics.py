@@ -14,7 +14,7 @@ the same provider.
 Names follow the OpenTelemetry semantic conventions where one exists
 (`rpc.server.call.duration`); cachet's own are under `cachet.`. Namespace labels are
 bounded: the first `max_namespaces` namespaces seen keep their name, later ones are
-counted under `_other`, so a tenant churning through names cannot grow the series.
+counted under `(other)`, so a tenant churning through names cannot grow the series.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ from .histograms import HistogramSeries, PreaggregatedHistogram, PreaggregatedHi
 
 log = logging.getLogger(__name__)
 
-OTHER_NAMESPACE = "_other"
+# Where namespaces beyond a cap are counted together (metric labels, service stats); not a
+# valid namespace name, so it can never be mistaken for a tenant's.
+OTHER_NAMESPACES = "(other)"
 # The fair-sharing (quota) stage records its refusals under this name, by namespace.
 QUOTA_REFUSALS = "cachet.quota.refusals"
 
@@ -72,7 +74,7 @@ class NamespaceLabels:
         if namespace in self._known:
             return namespace
         if len(self._known) >= self.limit:
-            return OTHER_NAMESPACE
+            return OTHER_NAMESPACES
         self._known.add(namespace)
         return namespace
 

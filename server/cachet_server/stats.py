@@ -18,11 +18,7 @@ from typing import Any, Protocol
 import grpc
 
 from .histograms import HistogramSeries
-from .metrics import instruments
-
-# Where namespaces beyond `max_namespaces` are counted together; not a valid namespace
-# name, so it can never be mistaken for one.
-OTHER_NAMESPACES = "(other)"
+from .metrics import OTHER_NAMESPACES, instruments
 
 
 class SiblingStats(Protocol):
