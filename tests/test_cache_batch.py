@@ -264,6 +264,24 @@ async def test_packed_answers_are_split_to_fit_the_message_size(topology):
     assert all(response.ByteSize() <= 4096 for response in responses)
 
 
+@pytest.mark.topologies("standalone", reason="the byte budget does not depend on the topology")
+async def test_packed_answers_stay_within_what_a_client_receives_by_default(topology):
+    """Under the default 8 MiB message size, answers are still packed a MiB at most: a
+    client receives 4 MiB by gRPC's default, and 12 answers of 300 kB are 3.6 MB."""
+    async with running(make_settings(topology.url)) as app:
+        async with channel_to(app.port, f"t-{uuid.uuid4().hex[:8]}") as channel:
+            stub = cache_pb2_grpc.CacheServiceStub(channel)
+            value = b"v" * 300_000
+            await stub.Batch(
+                pb.BatchRequest(operations=[put(f"big:{i}", value) for i in range(12)])
+            )
+            reads = [(i, get(f"big:{i}")) for i in range(12)]
+            answers, responses = await _packed_session(stub, [packed(*reads)])
+    assert [answers[i].get.value for i in range(12)] == [value] * 12
+    assert all(response.ByteSize() <= 1 << 20 for response in responses)
+    assert len(responses) >= 4
+
+
 async def test_session_answers_every_request_by_its_id(cache):
     requests = [(1000 + i, put(f"s:{i}", str(i).encode())) for i in range(150)]
     requests += [(5000 + i, get(f"s:{i}")) for i in range(150)]

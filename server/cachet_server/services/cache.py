@@ -121,6 +121,9 @@ def _too_many_packed(max_packed: int) -> InvalidArgument:
 
 # Bytes a packed answer adds to its message besides its own: the field's tag and length.
 _ANSWER_FRAMING_BYTES = 6
+# Most bytes of packed answers per message: past a MiB packing saves nothing worth having,
+# and a client receives at most 4 MiB by gRPC's default, whatever the server may send.
+PACKED_ANSWER_BYTES = 1 << 20
 
 
 def _within_message(packed: pb.SessionResponse, max_bytes: int) -> list[pb.SessionResponse]:
@@ -666,7 +669,8 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                 for result in into:
                     _fail(result, error)
         if packed.answers:
-            responses += _within_message(packed, self.check.limits.max_message_bytes)
+            limit = min(PACKED_ANSWER_BYTES, self.check.limits.max_message_bytes)
+            responses += _within_message(packed, limit)
         return responses
 
     async def _run_operations(

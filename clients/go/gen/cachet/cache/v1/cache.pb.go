@@ -8298,7 +8298,8 @@ type SessionRequest struct {
 	// Operations packed into this message, handled as if each had come in a message of
 	// its own (after `operation`, when that is set too) and answered packed, in
 	// SessionResponse.answers. At most max_batch per message: past that, each of them is
-	// answered INVALID_ARGUMENT and none runs.
+	// answered INVALID_ARGUMENT and none runs. A packed message must fit the server's
+	// message size like any other (the clients pack about 1 MiB at most).
 	Operations    []*SessionOperation `protobuf:"bytes,3,rep,name=operations,proto3" json:"operations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -8419,9 +8420,11 @@ type SessionResponse struct {
 	// Its result.
 	Result *BatchResult `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
 	// Answers to packed operations (SessionRequest.operations) that completed together,
-	// as many per message as fit in the message size; the message then carries no `id`
-	// or `result` of its own. Operations of one SessionRequest may be answered in
-	// several messages, and in any order.
+	// as many per message as fit in 1 MiB (the gRPC default for what a client receives
+	// is 4 MiB) or the server's message size when that is smaller; an answer bigger than
+	// that alone goes in a message of its own, as an answer to a request sent alone
+	// would. The message then carries no `id` or `result` of its own. Operations of one
+	// SessionRequest may be answered in several messages, and in any order.
 	Answers       []*SessionAnswer `protobuf:"bytes,3,rep,name=answers,proto3" json:"answers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
