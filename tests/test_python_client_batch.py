@@ -294,6 +294,20 @@ async def test_async_session_packs_one_loop_turn_of_calls_and_answers_each(
     assert len(sent.sizes) < 1 + 3 * 500 // 10
 
 
+async def test_async_session_packs_a_mib_per_message_at_most(server, namespace, monkeypatch):
+    """30 sets of 300 kB at once would be one 9 MB message, over the server's 8 MiB: the
+    client packs what fits in a MiB (three of them) and carries the next one over."""
+    value = b"v" * 300_000
+    async with cachet_client.connect(server.address, namespace=namespace) as client:
+        sent = SessionMessages(client, monkeypatch)
+        async with client.cache.session() as session:
+            versions = await asyncio.gather(*(session.set(f"big{i}", value) for i in range(30)))
+            assert all(version >= 1 for version in versions)
+            for i in range(0, 30, 10):
+                assert (await session.get(f"big{i}")).data == value
+    assert sent.sizes[:10] == [3] * 10, sent.sizes
+
+
 async def test_an_operation_failing_in_a_packed_message_fails_alone(server, namespace, monkeypatch):
     async with cachet_client.connect(server.address, namespace=namespace) as client:
         sent = SessionMessages(client, monkeypatch)

@@ -72,6 +72,10 @@ MAX_IN_FLIGHT = 4
 # Operations one Session message carries at most: the server reads no further message
 # of a stream while 256 of its operations are held, so more in one would only wait there.
 SESSION_PACK = 256
+# Bytes of operations one Session message packs at most (a bigger lone one goes alone):
+# the server refuses a message over its message size (8 MiB by default), whatever it
+# carries, and past a MiB packing saves nothing worth having.
+SESSION_PACK_BYTES = 1 << 20
 Ttl = timedelta | float | None
 # The operations that only read; a Batch with any other needs the `write` role.
 _READS = frozenset({"get", "hash_get"})
@@ -452,30 +456,41 @@ def _closed() -> RuntimeError:
 _Queued = tuple[int, pb.BatchOperation]
 
 
-def _packed(
-    first: _Queued, take: Callable[[], _Queued | None], empty: type[Exception]
-) -> tuple[pb.SessionRequest, bool]:
+class _Packing:
     """The next message of a stream: `first` and what else is queued (`take` until it
-    raises `empty`), at most SESSION_PACK; True when the end of the stream was queued
-    among them (the message is then the last). A lone operation goes in `id` and
-    `operation`, as a server that predates packing reads it."""
-    taken = [first]
-    ending = False
-    while len(taken) < SESSION_PACK:
-        try:
-            queued = take()
-        except empty:
-            break
-        if queued is None:
-            ending = True
-            break
-        taken.append(queued)
-    if len(taken) == 1:
-        return pb.SessionRequest(id=first[0], operation=first[1]), ending
-    request = pb.SessionRequest()
-    for request_id, operation in taken:
-        request.operations.add(id=request_id, operation=operation)
-    return request, ending
+    raises `empty`), at most SESSION_PACK operations and SESSION_PACK_BYTES. An
+    operation taken that would not fit is `carried` to lead the next message; `ending`
+    when the end of the stream was queued among them (the message is then the last;
+    nothing is carried then, as the end is taken only after what fitted). A
+    lone operation goes in `id` and `operation`, as a server that predates packing
+    reads it."""
+
+    def __init__(
+        self, first: _Queued, take: Callable[[], _Queued | None], empty: type[Exception]
+    ) -> None:
+        taken = [first]
+        size = first[1].ByteSize()
+        self.carried: _Queued | None = None
+        self.ending = False
+        while len(taken) < SESSION_PACK:
+            try:
+                queued = take()
+            except empty:
+                break
+            if queued is None:
+                self.ending = True
+                break
+            size += queued[1].ByteSize()
+            if size > SESSION_PACK_BYTES:
+                self.carried = queued
+                break
+            taken.append(queued)
+        if len(taken) == 1:
+            self.request = pb.SessionRequest(id=first[0], operation=first[1])
+            return
+        self.request = pb.SessionRequest()
+        for request_id, operation in taken:
+            self.request.operations.add(id=request_id, operation=operation)
 
 
 def _answers(response: pb.SessionResponse) -> list[tuple[int, pb.BatchResult]]:
@@ -508,11 +523,13 @@ class _AsyncStream:
         """One message per write: grpc asks for the next only when the previous one is
         written, so what was queued meanwhile (or in the same loop turn) goes packed."""
         requests = self.requests
-        while (first := await requests.get()) is not None:
-            request, ending = _packed(first, requests.get_nowait, asyncio.QueueEmpty)
-            yield request
-            if ending:
+        carried: _Queued | None = None
+        while (first := carried or await requests.get()) is not None:
+            packing = _Packing(first, requests.get_nowait, asyncio.QueueEmpty)
+            yield packing.request
+            if packing.ending:
                 return
+            carried = packing.carried
 
     async def _read(self) -> None:
         error: CachetError = _stream_ended()
@@ -613,11 +630,13 @@ class _SyncStream:
         """One message per write: grpc's request thread asks for the next only when the
         previous one is written, so what other threads queued meanwhile goes packed."""
         requests = self.requests
-        while (first := requests.get()) is not None:
-            request, ending = _packed(first, requests.get_nowait, queue.Empty)
-            yield request
-            if ending:
+        carried: _Queued | None = None
+        while (first := carried or requests.get()) is not None:
+            packing = _Packing(first, requests.get_nowait, queue.Empty)
+            yield packing.request
+            if packing.ending:
                 return
+            carried = packing.carried
 
     def add(self, request_id: int, future: Future[pb.BatchResult]) -> bool:
         with self.lock:
