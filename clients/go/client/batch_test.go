@@ -540,6 +540,30 @@ func TestSessionPacksOperationsIssuedAtOnce(t *testing.T) {
 	}
 }
 
+// 30 sets of 300 kB issued at once would be one 9 MB message, over the server's 8 MiB:
+// the client packs what fits in a MiB (three) and carries the next over.
+func TestSessionPacksAMiBPerMessageAtMost(t *testing.T) {
+	c, counter, ctx := dialCounted(t, serverAddr)
+	s := c.Session(ctx)
+	defer func() { _ = s.Close(ctx) }()
+	value := bytes.Repeat([]byte("v"), 300_000)
+	issueAtOnce(t, 30, func(i int) error {
+		_, err := s.Set(ctx, "big:"+strconv.Itoa(i), value)
+		return err
+	})
+	for _, i := range []int{0, 29} {
+		if got := must(s.Get(ctx, "big:"+strconv.Itoa(i)))(t); got == nil || !bytes.Equal(got.Data, value) {
+			t.Fatalf("big:%d read back wrong", i)
+		}
+	}
+	counter.mu.Lock()
+	largest := counter.largestPack
+	counter.mu.Unlock()
+	if largest > 3 {
+		t.Fatalf("a Session message carried %d sets of 300 kB, past a MiB", largest)
+	}
+}
+
 // An operation that fails inside a packed message fails alone, with the unary call's
 // error; the others of its message answer theirs.
 func TestSessionPackedOperationFailsAlone(t *testing.T) {

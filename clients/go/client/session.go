@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	cachev1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/cache/v1"
 )
@@ -57,6 +58,11 @@ func (c *Client) Session(ctx context.Context) *Session {
 // the held count within twice that, and stays under its default max_batch (1,000),
 // past which it refuses a message's operations.
 const maxSessionPack = 256
+
+// maxSessionPackBytes bounds the operations one message packs, by size (a bigger lone
+// one goes alone): the server refuses a message over its message size (8 MiB by
+// default) whatever it carries, and past a MiB packing saves nothing worth having.
+const maxSessionPackBytes = 1 << 20
 
 // errSessionClosed answers the operations of a closed Session.
 var errSessionClosed = &Error{Code: codes.Canceled, Message: "the session is closed"}
@@ -205,43 +211,56 @@ type sessionAnswer struct {
 // operation (BenchmarkConcurrentGets, 32 goroutines: 1.4-1.8 gets per message with
 // the yield after Send alone, 6-6.7 with both).
 func (st *sessionStream) send() {
+	var carried *cachev1.SessionOperation // taken, but past the last message's size
 	for {
-		select {
-		case first := <-st.operations:
-			if st.stream.Send(st.pack(first)) != nil {
-				return // the stream ended: receive learns why from Recv
+		first := carried
+		if first == nil {
+			select {
+			case first = <-st.operations:
+			case <-st.halfClose:
+				_ = st.stream.CloseSend()
+				return
+			case <-st.ended:
+				return
 			}
-			runtime.Gosched()
-		case <-st.halfClose:
-			_ = st.stream.CloseSend()
-			return
-		case <-st.ended:
-			return
 		}
+		var request *cachev1.SessionRequest
+		request, carried = st.pack(first)
+		if st.stream.Send(request) != nil {
+			return // the stream ended: receive learns why from Recv
+		}
+		runtime.Gosched()
 	}
 }
 
 // pack is the message that carries first and every operation already waiting to be
-// handed over, up to maxSessionPack: a lone one in id and operation (what any server
-// reads), several in operations.
-func (st *sessionStream) pack(first *cachev1.SessionOperation) *cachev1.SessionRequest {
+// handed over, up to maxSessionPack operations and maxSessionPackBytes: a lone one in
+// id and operation (what any server reads), several in operations. An operation taken
+// that does not fit is returned, to lead the next message.
+func (st *sessionStream) pack(first *cachev1.SessionOperation) (*cachev1.SessionRequest, *cachev1.SessionOperation) {
 	if st.outstanding() > 1 {
 		runtime.Gosched()
 	}
 	packed := []*cachev1.SessionOperation{first}
+	size := proto.Size(first)
+	var carried *cachev1.SessionOperation
 waiting:
 	for len(packed) < maxSessionPack {
 		select {
 		case next := <-st.operations:
+			if size += proto.Size(next); size > maxSessionPackBytes {
+				carried = next
+				break waiting
+			}
 			packed = append(packed, next)
 		default:
 			break waiting
 		}
 	}
 	if len(packed) == 1 {
-		return &cachev1.SessionRequest{Id: first.GetId(), Operation: first.GetOperation()}
+		return &cachev1.SessionRequest{Id: first.GetId(), Operation: first.GetOperation()}, carried
 	}
-	return &cachev1.SessionRequest{Operations: packed}
+	return &cachev1.SessionRequest{Operations: packed}, carried
 }
 
 // outstanding is how many operations wait for an answer (sent, or being handed over).
