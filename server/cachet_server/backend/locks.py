@@ -181,10 +181,6 @@ class PermitState:
     permits: list[Permit]
 
 
-def _server_us(sec: bytes | int, usec: bytes | int) -> int:
-    return int(sec) * 1_000_000 + int(usec)
-
-
 # ErrorInfo metadata that carries the Redis time of a refused decision.
 SERVER_TIME_US = "server_time_us"
 
@@ -333,13 +329,14 @@ class PermitStore:
         )
         outcome = reply[0]
         if outcome == b"GRANTED":
+            server_us = reply[3]
             grant = Grant(
                 owner_token=token,
-                fencing_token=int(reply[1]),
+                fencing_token=reply[1],
                 ttl_ms=ttl_ms,
-                expire_ms=int(reply[2]),
-                server_us=_server_us(reply[4], reply[5]),
-                holders=int(reply[3]),
+                expire_ms=server_us // 1000 + ttl_ms,
+                server_us=server_us,
+                holders=reply[2],
                 waited=0.0,
                 replicas_acked=acked,
             )
@@ -353,12 +350,12 @@ class PermitStore:
                 )
             return grant
         if outcome == b"BUSY":
-            return Busy(retry_ms=int(reply[1]), remaining_ms=int(reply[5]))
+            return Busy(retry_ms=reply[1], remaining_ms=reply[2])
         if outcome == b"LIMIT_MISMATCH":
             raise FailedPrecondition(
-                f"semaphore has live holders admitted under limit {int(reply[1])}, not {limit}",
+                f"semaphore has live holders admitted under limit {reply[1]}, not {limit}",
                 reason="SEMAPHORE_LIMIT_MISMATCH",
-                metadata={"limit": str(int(reply[1]))},
+                metadata={"limit": str(reply[1])},
             )
         raise RuntimeError(f"lock_permits acquire answered {outcome!r}")
 
@@ -404,8 +401,8 @@ class PermitStore:
         keys = self.keys(namespace, name)
         reply, acked = await self._run_acknowledged(keys, ["release", token], replication)
         if reply[0] == b"NOT_OWNED":
-            raise not_owned(self.family, name, _server_us(reply[1], reply[2]))
-        return Released(int(reply[1]), _server_us(reply[2], reply[3]), acked)
+            raise not_owned(self.family, name, reply[1])
+        return Released(reply[1], reply[2], acked)
 
     async def release_quietly(self, namespace: str, name: str, token: str) -> None:
         """Give a permit back when its holder went away; survives cancellation."""
@@ -422,12 +419,13 @@ class PermitStore:
         keys = self.keys(namespace, name)
         reply, acked = await self._run_acknowledged(keys, ["extend", token, ttl_ms], replication)
         if reply[0] == b"NOT_OWNED":
-            raise not_owned(self.family, name, _server_us(reply[1], reply[2]))
+            raise not_owned(self.family, name, reply[1])
+        server_us = reply[2]
         extended = Extended(
-            fencing_token=int(reply[1]),
+            fencing_token=reply[1],
             ttl_ms=ttl_ms,
-            expire_ms=int(reply[2]),
-            server_us=_server_us(reply[3], reply[4]),
+            expire_ms=server_us // 1000 + ttl_ms,
+            server_us=server_us,
             replicas_acked=acked,
         )
         if replication is not None and acked < replication.min_replicas:
@@ -441,13 +439,13 @@ class PermitStore:
 
     async def inspect(self, namespace: str, name: str) -> PermitState:
         reply = await self._run(self.keys(namespace, name), ["inspect"])
-        sec, usec, fence, limit, waiters, flat = reply
+        server_us, fence, limit, waiters, flat = reply
         permits = [
-            Permit(int(flat[i]), int(flat[i + 1]), flat[i + 2].decode(errors="replace"))
+            Permit(flat[i], flat[i + 1], flat[i + 2].decode(errors="replace"))
             for i in range(0, len(flat), 3)
         ]
         permits.sort(key=lambda permit: permit.fencing_token)
-        return PermitState(_server_us(sec, usec), int(fence), int(limit), int(waiters), permits)
+        return PermitState(server_us, fence, limit, waiters, permits)
 
     async def aclose(self) -> None:
         """Let pending clean-ups (queue exits, releases) finish."""

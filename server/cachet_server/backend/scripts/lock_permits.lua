@@ -12,58 +12,70 @@
 --                  refreshing its ticket (its server died) drops out of the queue
 -- ARGV[1] op, ARGV[2] the wake channel; then per op:
 --   acquire  token ttl_ms holder limit ticket('' = do not queue) lease_ms
---            -> {'GRANTED', fence, expire_ms, holders, sec, usec}
---             | {'BUSY', retry_ms, holders, sec, usec, remaining_ms of the first permit}
---             | {'LIMIT_MISMATCH', limit, sec, usec}
---   release  token         -> {'OK', holders, sec, usec} | {'NOT_OWNED', sec, usec}
---   extend   token ttl_ms  -> {'OK', fence, expire_ms, sec, usec} | {'NOT_OWNED', sec, usec}
---   leave    ticket token  -> {'OK', sec, usec}  (also returns the token's permit, if live)
---   inspect                -> {sec, usec, fence, limit, waiters, {fence, remaining_ms, holder}...}
+--            -> {'GRANTED', fence, holders, server_us}   (the permit expires at
+--                server_us // 1000 + ttl_ms)
+--             | {'BUSY', retry_ms, remaining_ms of the first permit}
+--             | {'LIMIT_MISMATCH', limit}
+--   release  token         -> {'OK', holders, server_us} | {'NOT_OWNED', server_us}
+--   extend   token ttl_ms  -> {'OK', fence, server_us} | {'NOT_OWNED', server_us}
+--   leave    ticket token  -> {'OK'}  (also returns the token's permit, if live)
+--   inspect                -> {server_us, fence, limit, waiters, {fence, remaining_ms, holder}...}
+-- server_us is Redis's clock (TIME) in microseconds.
 -- A permit is live while its expiry is after now; expired entries are purged
 -- before any decision. Waiters are woken by PUBLISHing the tickets that may now
 -- take a permit (space-separated) on the wake channel.
+--
+-- Lifetimes: holders and owners expire together at the latest permit's expiry,
+-- queue and waiters together at the latest waiter lease (PEXPIREAT: the same
+-- absolute time for both keys of a pair, so neither outlives the other). So an
+-- absent holders zset means no owners hash, and an absent waiters zset an empty
+-- queue: the common case (a free lock, nobody waiting) costs one read per pair.
 local holders, owners, fence_key, queue, waiters = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local op, channel = ARGV[1], ARGV[2]
 local LIMIT = '#limit'
 local clock = redis.call('TIME')
-local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local now_us = clock[1] .. string.format('%06d', tonumber(clock[2]))
+local sec, usec = tonumber(clock[1]), tonumber(clock[2])
+local now_ms = sec * 1000 + math.floor(usec / 1000)
+local server_us = sec * 1000000 + usec
+-- Numbers go to redis.call as text made with '%d': a Lua number converts with
+-- '%.14g', which costs several times a short command.
+local format = string.format
 
--- Variadic commands in slices, below Lua's stack limit for unpack().
-local function in_slices(command, key, items)
-  for i = 1, #items, 1000 do
-    redis.call(command, key, unpack(items, i, math.min(i + 999, #items)))
-  end
+-- `zset` and its companion key expire at `at_ms` (never at or before now: an
+-- expiry in the past would delete them at once).
+local function expire_at(zset, companion, at_ms)
+  local at = format('%d', math.max(at_ms, now_ms + 1))
+  redis.call('PEXPIREAT', zset, at)
+  redis.call('PEXPIREAT', companion, at)
 end
 
 -- `zset` and its companion key live exactly as long as the zset's latest score.
 local function expire_with_latest(zset, companion)
-  local latest = redis.call('ZRANGE', zset, -1, -1, 'WITHSCORES')
-  if latest[2] == nil then
+  local latest = redis.call('ZRANGE', zset, '-1', '-1', 'WITHSCORES')[2]
+  if latest == nil then
     redis.call('DEL', zset, companion)
     return
   end
-  local ttl = math.max(1, tonumber(latest[2]) - now_ms)
-  redis.call('PEXPIRE', zset, ttl)
-  redis.call('PEXPIRE', companion, ttl)
+  expire_at(zset, companion, tonumber(latest))
 end
 
-local function purge_holders()
-  local expired = redis.call('ZRANGEBYSCORE', holders, '-inf', now_ms)
-  if #expired > 0 then
-    redis.call('ZREMRANGEBYSCORE', holders, '-inf', now_ms)
-    in_slices('HDEL', owners, expired)
+-- Drop the entries of `zset` whose score (expiry) has passed, and with `drop`
+-- ('HDEL' or 'ZREM') the same members of its companion; answers how many are left.
+-- holders/owners: the live permits; waiters/queue: the queued waiters (queue and
+-- waiters hold the same tickets).
+local function purge(zset, companion, drop)
+  local first = redis.call('ZRANGE', zset, '0', '0', 'WITHSCORES')[2]
+  if first == nil then return 0 end
+  if tonumber(first) > now_ms then return redis.call('ZCARD', zset) end
+  local now = format('%d', now_ms)
+  local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', zset, '-inf', now)
+  -- In slices, below Lua's stack limit for unpack().
+  for i = 1, #expired, 1000 do
+    redis.call(drop, companion, unpack(expired, i, math.min(i + 999, #expired)))
   end
-  expire_with_latest(holders, owners)
-end
-
-local function purge_waiters()
-  local expired = redis.call('ZRANGEBYSCORE', waiters, '-inf', now_ms)
-  if #expired > 0 then
-    redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now_ms)
-    in_slices('ZREM', queue, expired)
-  end
-  expire_with_latest(waiters, queue)
+  expire_with_latest(zset, companion)
+  return redis.call('ZCARD', zset)
 end
 
 local function dequeue(ticket)
@@ -72,10 +84,10 @@ local function dequeue(ticket)
   expire_with_latest(waiters, queue)
 end
 
--- Tell the first `free` waiters in the queue that a permit is theirs to take.
-local function wake(free)
-  if free <= 0 then return end
-  local heads = redis.call('ZRANGE', queue, 0, free - 1)
+-- Tell the first `free` of the `queued` waiters that a permit is theirs to take.
+local function wake(free, queued)
+  if free <= 0 or queued <= 0 then return end
+  local heads = redis.call('ZRANGE', queue, '0', format('%d', free - 1))
   if #heads > 0 then
     redis.call('PUBLISH', channel, table.concat(heads, ' '))
   end
@@ -85,7 +97,8 @@ end
 -- the permit that expires first. Tell it, so it looks again and learns that permit's
 -- TTL as the time to look next (nobody publishes an expiry).
 local function wake_next_in_line(limit)
-  local moved_up = redis.call('ZRANGE', queue, limit - 1, limit - 1)
+  local rank = format('%d', limit - 1)
+  local moved_up = redis.call('ZRANGE', queue, rank, rank)
   if #moved_up > 0 then
     redis.call('PUBLISH', channel, moved_up[1])
   end
@@ -103,49 +116,66 @@ end
 
 -- Remove a live permit; wake as many waiters as permits are now free.
 local function give_back(token)
-  local limit = current_limit()
+  local queued = purge(waiters, queue, 'ZREM')
+  -- Read before the owners hash may go with its last permit.
+  local limit = 1
+  if queued > 0 then limit = current_limit() end
   redis.call('ZREM', holders, token)
-  redis.call('HDEL', owners, token)
-  purge_holders()
-  purge_waiters()
-  local count = redis.call('ZCARD', holders)
-  wake(limit - count)
+  local count = purge(holders, owners, 'HDEL')
+  if count == 0 then
+    redis.call('DEL', owners)
+  else
+    redis.call('HDEL', owners, token)
+    -- The permit given back may have been the latest.
+    expire_with_latest(holders, owners)
+  end
+  wake(limit - count, queued)
   return count
 end
 
 if op == 'acquire' then
   local token, ttl_ms, holder = ARGV[3], tonumber(ARGV[4]), ARGV[5]
   local limit, ticket, lease_ms = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
-  purge_holders()
-  purge_waiters()
-  local count = redis.call('ZCARD', holders)
+  local count = purge(holders, owners, 'HDEL')
+  local queued = purge(waiters, queue, 'ZREM')
   if count > 0 then
     local admitted = current_limit()
     if admitted ~= limit then
-      return {'LIMIT_MISMATCH', admitted, clock[1], clock[2]}
+      return {'LIMIT_MISMATCH', admitted}
     end
   end
   local rank = false
-  if ticket ~= '' then rank = redis.call('ZRANK', queue, ticket) end
-  local ahead = rank or redis.call('ZCARD', queue)
+  if ticket ~= '' and queued > 0 then rank = redis.call('ZRANK', queue, ticket) end
+  local ahead = rank or queued
   local free = limit - count
   if free > ahead then
     local fence = redis.call('INCR', fence_key)
     local expire_ms = now_ms + ttl_ms
-    redis.call('ZADD', holders, cachet_int(expire_ms), token)
-    redis.call('HSET', owners, token, cachet_int(fence) .. '\n' .. holder, LIMIT, limit)
-    expire_with_latest(holders, owners)
+    redis.call('ZADD', holders, format('%d', expire_ms), token)
+    redis.call('HSET', owners, token, format('%d\n%s', fence, holder), LIMIT, ARGV[6])
+    if count == 0 then
+      expire_at(holders, owners, expire_ms)
+    else
+      expire_with_latest(holders, owners)
+    end
     -- A semaphore may have more free permits than this grant took.
     if rank then
       dequeue(ticket)
+      queued = queued - 1
       if free - 1 <= 0 then wake_next_in_line(limit) end
     end
-    wake(free - 1)
-    return {'GRANTED', fence, expire_ms, count + 1, clock[1], clock[2]}
+    wake(free - 1, queued)
+    return {'GRANTED', fence, count + 1, server_us}
   end
   if ticket ~= '' then
-    if not rank then redis.call('ZADD', queue, now_us, ticket) end
-    redis.call('ZADD', waiters, cachet_int(now_ms + lease_ms), ticket)
+    if not rank then
+      -- No waiters: then the queue holds nothing live either (none of its tickets
+      -- has a lease), whatever it may still hold.
+      if queued == 0 then redis.call('DEL', queue) end
+      redis.call('ZADD', queue, format('%d', server_us), ticket)
+      queued = queued + 1
+    end
+    redis.call('ZADD', waiters, format('%d', now_ms + lease_ms), ticket)
     expire_with_latest(waiters, queue)
   end
   -- When to look again if no notification comes: when the first permit expires,
@@ -154,31 +184,30 @@ if op == 'acquire' then
   -- when a release notifies it (or its own safety look).
   local retry_ms, remaining_ms = lease_ms, 0
   if free > 0 then
-    wake(free)
-    retry_ms = tonumber(redis.call('ZRANGE', waiters, 0, 0, 'WITHSCORES')[2] or now_ms) - now_ms
+    wake(free, queued)
+    retry_ms = tonumber(redis.call('ZRANGE', waiters, '0', '0', 'WITHSCORES')[2] or now_ms) - now_ms
   else
-    remaining_ms = tonumber(redis.call('ZRANGE', holders, 0, 0, 'WITHSCORES')[2]) - now_ms
+    remaining_ms = tonumber(redis.call('ZRANGE', holders, '0', '0', 'WITHSCORES')[2]) - now_ms
     if ahead < limit then retry_ms = remaining_ms end
   end
-  return {'BUSY', math.max(retry_ms, 0), count, clock[1], clock[2], remaining_ms}
+  return {'BUSY', math.max(retry_ms, 0), remaining_ms}
 end
 
 if op == 'release' then
   local token = ARGV[3]
-  if not live_expiry(token) then return {'NOT_OWNED', clock[1], clock[2]} end
+  if not live_expiry(token) then return {'NOT_OWNED', server_us} end
   local count = give_back(token)
-  return {'OK', count, clock[1], clock[2]}
+  return {'OK', count, server_us}
 end
 
 if op == 'extend' then
   local token, ttl_ms = ARGV[3], tonumber(ARGV[4])
-  if not live_expiry(token) then return {'NOT_OWNED', clock[1], clock[2]} end
-  local expire_ms = now_ms + ttl_ms
-  redis.call('ZADD', holders, 'XX', cachet_int(expire_ms), token)
+  if not live_expiry(token) then return {'NOT_OWNED', server_us} end
+  redis.call('ZADD', holders, 'XX', format('%d', now_ms + ttl_ms), token)
   expire_with_latest(holders, owners)
   local info = redis.call('HGET', owners, token)
   local fence = string.sub(info, 1, string.find(info, '\n', 1, true) - 1)
-  return {'OK', tonumber(fence), expire_ms, clock[1], clock[2]}
+  return {'OK', tonumber(fence), server_us}
 end
 
 if op == 'leave' then
@@ -189,22 +218,21 @@ if op == 'leave' then
     give_back(token)
   else
     -- The queue moved up: if a permit is free, the new head may take it.
-    purge_holders()
-    purge_waiters()
-    local count = redis.call('ZCARD', holders)
+    local count = purge(holders, owners, 'HDEL')
+    local queued = purge(waiters, queue, 'ZREM')
     if count == 0 then
-      wake(1)
+      wake(1, queued)
     else
       local limit = current_limit()
-      wake(limit - count)
+      wake(limit - count, queued)
       if rank and rank < limit and count >= limit then wake_next_in_line(limit) end
     end
   end
-  return {'OK', clock[1], clock[2]}
+  return {'OK'}
 end
 
 if op == 'inspect' then
-  local live = redis.call('ZRANGEBYSCORE', holders, '(' .. cachet_int(now_ms), '+inf', 'WITHSCORES')
+  local live = redis.call('ZRANGEBYSCORE', holders, format('(%d', now_ms), '+inf', 'WITHSCORES')
   local permits = {}
   for i = 1, #live, 2 do
     local info = redis.call('HGET', owners, live[i]) or '0\n'
@@ -215,9 +243,9 @@ if op == 'inspect' then
   end
   local limit = 0
   if #live > 0 then limit = current_limit() end
-  local waiting = redis.call('ZCOUNT', waiters, '(' .. cachet_int(now_ms), '+inf')
+  local waiting = redis.call('ZCOUNT', waiters, format('(%d', now_ms), '+inf')
   local fence = tonumber(redis.call('GET', fence_key) or '0')
-  return {clock[1], clock[2], fence, limit, waiting, permits}
+  return {server_us, fence, limit, waiting, permits}
 end
 
 return redis.error_reply('lock_permits: unknown op ' .. tostring(op))
