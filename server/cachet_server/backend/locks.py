@@ -26,10 +26,10 @@ import enum
 import functools
 import logging
 import secrets
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..config import LockSettings
 from ..errors import DeadlineExceeded, FailedPrecondition, Unavailable
@@ -125,8 +125,9 @@ def _permit_keys(namespace: str, family: Family, name: str) -> PermitKeys:
     return PermitKeys(*(redis_key(namespace, kind, name) for kind in family.kinds))
 
 
-@dataclass(frozen=True)
-class Grant:
+# Grant, Busy, Released and Extended are named tuples: one is built per call, and a
+# tuple costs a fifth of a frozen dataclass to build.
+class Grant(NamedTuple):
     owner_token: str
     fencing_token: int
     ttl_ms: int
@@ -137,8 +138,7 @@ class Grant:
     replicas_acked: int
 
 
-@dataclass(frozen=True)
-class Busy:
+class Busy(NamedTuple):
     """No permit now: when it is worth looking again, and the remaining TTL of the
     permit that expires first (0 when permits are free but promised to earlier
     waiters)."""
@@ -147,15 +147,13 @@ class Busy:
     remaining_ms: int
 
 
-@dataclass(frozen=True)
-class Released:
+class Released(NamedTuple):
     holders: int
     server_us: int
     replicas_acked: int
 
 
-@dataclass(frozen=True)
-class Extended:
+class Extended(NamedTuple):
     fencing_token: int
     ttl_ms: int
     expire_ms: int
@@ -215,26 +213,26 @@ class PermitStore:
         self._recheck = _seconds(settings.recheck_interval)
         self._lease_ms = int(settings.waiter_lease / timedelta(milliseconds=1))
         self._cleanups: set[asyncio.Task[Any]] = set()
+        self._kind = {"cachet.lock.kind": family.noun}
+        self._wait_series = instruments.lock_wait.series(self._kind)
 
     def keys(self, namespace: str, name: str) -> PermitKeys:
         return PermitKeys.of(namespace, self.family, name)
 
-    async def _run(self, keys: PermitKeys, args: Sequence[Arg]) -> Any:
-        return await self.backend.run(
-            _permits_for(args[0]), keys.all, [args[0], keys.channel, *args[1:]]
-        )
+    async def _run(self, keys: PermitKeys, op: str, *args: Arg) -> Any:
+        return await self.backend.run(_permits_for(op), keys.all, (op, keys.channel, *args))
 
     async def _run_acknowledged(
-        self, keys: PermitKeys, args: Sequence[Arg], replication: ReplicaAck | None
+        self, keys: PermitKeys, replication: ReplicaAck | None, op: str, *args: Arg
     ) -> tuple[Any, int]:
         """Run the script; if it wrote what the caller asked to be acknowledged (its
         first answer is GRANTED or OK), WAIT for replicas on the same connection
         (`Backend.run_acknowledged`, the one primitive every durable write uses)."""
-        script_args = [args[0], keys.channel, *args[1:]]
+        script_args = (op, keys.channel, *args)
         if replication is None or replication.min_replicas == 0:
-            return await self.backend.run(_permits_for(args[0]), keys.all, script_args), 0
+            return await self.backend.run(_permits_for(op), keys.all, script_args), 0
         return await self.backend.run_acknowledged(
-            _permits_for(args[0]), keys.all, script_args, replication, wrote=_wrote
+            _permits_for(op), keys.all, script_args, replication, wrote=_wrote
         )
 
     # -- operations
@@ -254,11 +252,6 @@ class PermitStore:
         """Take a permit, waiting up to `wait` seconds and never past `deadline`
         (seconds from now until the call's deadline; None: no deadline)."""
         keys = self.keys(namespace, name)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        wait_end = started + wait
-        deadline_end = started + deadline - DEADLINE_MARGIN if deadline is not None else None
-        end = wait_end if deadline_end is None else min(wait_end, deadline_end)
         token = new_secret()
         if wait <= 0:
             outcome = await self._attempt(keys, token, ttl_ms, holder, limit, "", replication)
@@ -266,10 +259,15 @@ class PermitStore:
                 return self._counted(outcome)
             raise self._busy(name, outcome)
 
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        wait_end = started + wait
+        deadline_end = started + deadline - DEADLINE_MARGIN if deadline is not None else None
+        end = wait_end if deadline_end is None else min(wait_end, deadline_end)
         ticket = new_secret()
         woken = self.wakes.register(ticket)
         granted: Grant | None = None
-        waiters = {"cachet.lock.kind": self.family.noun}
+        waiters = self._kind
         instruments.lock_waiters.add(1, waiters)
         try:
             # Until the subscription is live a wake could be missed; the timed looks
@@ -309,7 +307,7 @@ class PermitStore:
                 # Also runs when the call is cancelled: leave the queue, and give back a
                 # grant that a cancelled attempt may have made, so that no grant
                 # outlives the call that did not receive it.
-                await self._shielded(self._run(keys, ["leave", ticket, token]))
+                await self._shielded(self._run(keys, "leave", ticket, token))
 
     async def _attempt(
         self,
@@ -323,9 +321,7 @@ class PermitStore:
     ) -> Grant | Busy:
         """A grant, or why not and when to look again."""
         reply, acked = await self._run_acknowledged(
-            keys,
-            ["acquire", token, ttl_ms, holder, limit, ticket, self._lease_ms],
-            replication,
+            keys, replication, "acquire", token, ttl_ms, holder, limit, ticket, self._lease_ms
         )
         outcome = reply[0]
         if outcome == b"GRANTED":
@@ -341,7 +337,7 @@ class PermitStore:
                 replicas_acked=acked,
             )
             if replication is not None and acked < replication.min_replicas:
-                await self._run(keys, ["release", token])
+                await self._run(keys, "release", token)
                 raise Unavailable(
                     f"only {acked} of {replication.min_replicas} replicas acknowledged the "
                     f"grant of {self.family.noun} {keys.holders!r} in time; it was released",
@@ -360,13 +356,12 @@ class PermitStore:
         raise RuntimeError(f"lock_permits acquire answered {outcome!r}")
 
     def _granted(self, grant: Grant, started: float) -> Grant:
-        return dataclasses.replace(grant, waited=asyncio.get_running_loop().time() - started)
+        return grant._replace(waited=asyncio.get_running_loop().time() - started)
 
     def _counted(self, grant: Grant) -> Grant:
         """`grant`, once counted in the metrics with the time it waited."""
-        kind = {"cachet.lock.kind": self.family.noun}
-        instruments.lock_grants.add(1, kind)
-        instruments.lock_wait.record(grant.waited, kind)
+        instruments.lock_grants.add(1, self._kind)
+        self._wait_series.record(grant.waited)
         return grant
 
     def _busy(self, name: str, busy: Busy) -> FailedPrecondition:
@@ -399,14 +394,14 @@ class PermitStore:
         replication: ReplicaAck | None = None,
     ) -> Released:
         keys = self.keys(namespace, name)
-        reply, acked = await self._run_acknowledged(keys, ["release", token], replication)
+        reply, acked = await self._run_acknowledged(keys, replication, "release", token)
         if reply[0] == b"NOT_OWNED":
             raise not_owned(self.family, name, reply[1])
         return Released(reply[1], reply[2], acked)
 
     async def release_quietly(self, namespace: str, name: str, token: str) -> None:
         """Give a permit back when its holder went away; survives cancellation."""
-        await self._shielded(self._run(self.keys(namespace, name), ["release", token]))
+        await self._shielded(self._run(self.keys(namespace, name), "release", token))
 
     async def extend(
         self,
@@ -417,7 +412,7 @@ class PermitStore:
         replication: ReplicaAck | None = None,
     ) -> Extended:
         keys = self.keys(namespace, name)
-        reply, acked = await self._run_acknowledged(keys, ["extend", token, ttl_ms], replication)
+        reply, acked = await self._run_acknowledged(keys, replication, "extend", token, ttl_ms)
         if reply[0] == b"NOT_OWNED":
             raise not_owned(self.family, name, reply[1])
         server_us = reply[2]
@@ -438,7 +433,7 @@ class PermitStore:
         return extended
 
     async def inspect(self, namespace: str, name: str) -> PermitState:
-        reply = await self._run(self.keys(namespace, name), ["inspect"])
+        reply = await self._run(self.keys(namespace, name), "inspect")
         server_us, fence, limit, waiters, flat = reply
         permits = [
             Permit(flat[i], flat[i + 1], flat[i + 2].decode(errors="replace"))
@@ -453,6 +448,6 @@ class PermitStore:
             await asyncio.gather(*list(self._cleanups), return_exceptions=True)
 
 
-def _permits_for(op: Arg) -> Script:
+def _permits_for(op: str) -> Script:
     """The lock script for `op`: refused under OOM only when it may add a holder."""
     return _PERMITS if op == "acquire" else _PERMITS_IN_PLACE

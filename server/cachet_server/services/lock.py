@@ -15,6 +15,7 @@ from ..access import READ, WRITE, CallSpec, StreamKind, blocking, streaming, wai
 from ..backend.core import ReplicaAck
 from ..backend.locks import (
     SERVER_TIME_US,
+    Extended,
     Family,
     Grant,
     PermitStore,
@@ -54,28 +55,61 @@ def _ms(delta: timedelta) -> int:
     return int(delta / timedelta(milliseconds=1))
 
 
+_NANOS = 1_000_000_000
+_MS = 1000
+_US = 1_000_000
+
+
+def _put(
+    value: duration_pb2.Duration | timestamp_pb2.Timestamp, amount: int, per_second: int
+) -> None:
+    """Set `value` to `amount` units of 1/`per_second` s in place (filling a response's
+    own field costs a fraction of building a message and copying it in; protobuf's
+    From* helpers are Python)."""
+    seconds, rest = divmod(abs(amount), per_second)
+    sign = -1 if amount < 0 else 1
+    value.seconds = sign * seconds
+    value.nanos = sign * rest * (_NANOS // per_second)
+
+
 def _duration(ms: int) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
-    duration.FromMilliseconds(ms)
+    _put(duration, ms, _MS)
     return duration
 
 
 def _seconds(seconds: float) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
-    duration.FromNanoseconds(int(seconds * 1e9))
+    _put(duration, int(seconds * 1e9), _NANOS)
     return duration
 
 
 def _time_us(us: int) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
-    stamp.FromMicroseconds(us)
+    _put(stamp, us, _US)
     return stamp
 
 
 def _time_ms(ms: int) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
-    stamp.FromMilliseconds(ms)
+    _put(stamp, ms, _MS)
     return stamp
+
+
+def _put_grant(response: pb.AcquireResponse | pb.AcquireSemaphoreResponse, grant: Grant) -> None:
+    """The grant's times, in the response's own fields."""
+    _put(response.ttl, grant.ttl_ms, _MS)
+    _put(response.expire_time, grant.expire_ms, _MS)
+    _put(response.server_time, grant.server_us, _US)
+    _put(response.waited, int(grant.waited * 1e9), _NANOS)
+
+
+def _put_extended(
+    response: pb.ExtendResponse | pb.ExtendSemaphoreResponse, extended: Extended
+) -> None:
+    _put(response.ttl, extended.ttl_ms, _MS)
+    _put(response.expire_time, extended.expire_ms, _MS)
+    _put(response.server_time, extended.server_us, _US)
 
 
 def _deadline(context: Context) -> float | None:
@@ -200,15 +234,13 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
             deadline=_deadline(context),
             replication=replication,
         )
-        return pb.AcquireResponse(
+        response = pb.AcquireResponse(
             owner_token=grant.owner_token,
             fencing_token=grant.fencing_token,
-            ttl=_duration(grant.ttl_ms),
-            expire_time=_time_ms(grant.expire_ms),
-            server_time=_time_us(grant.server_us),
-            waited=_seconds(grant.waited),
             replicas_acked=grant.replicas_acked,
         )
+        _put_grant(response, grant)
+        return response
 
     async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.ReleaseResponse:
         namespace = current_namespace()
@@ -216,9 +248,9 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
         token = self._token(request.owner_token)
         replication = self._replication(request, "replication", context)
         released = await self.locks.release(namespace, name, token, replication)
-        return pb.ReleaseResponse(
-            server_time=_time_us(released.server_us), replicas_acked=released.replicas_acked
-        )
+        response = pb.ReleaseResponse(replicas_acked=released.replicas_acked)
+        _put(response.server_time, released.server_us, _US)
+        return response
 
     async def Extend(self, request: pb.ExtendRequest, context: Context) -> pb.ExtendResponse:
         namespace = current_namespace()
@@ -227,13 +259,11 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
         ttl_ms = self._ttl(request, "ttl", "ttl")
         replication = self._replication(request, "replication", context)
         extended = await self.locks.extend(namespace, name, token, ttl_ms, replication)
-        return pb.ExtendResponse(
-            ttl=_duration(extended.ttl_ms),
-            expire_time=_time_ms(extended.expire_ms),
-            fencing_token=extended.fencing_token,
-            server_time=_time_us(extended.server_us),
-            replicas_acked=extended.replicas_acked,
+        response = pb.ExtendResponse(
+            fencing_token=extended.fencing_token, replicas_acked=extended.replicas_acked
         )
+        _put_extended(response, extended)
+        return response
 
     async def Inspect(self, request: pb.InspectRequest, context: Context) -> pb.InspectResponse:
         namespace = current_namespace()
@@ -414,16 +444,14 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
             deadline=_deadline(context),
             replication=replication,
         )
-        return pb.AcquireSemaphoreResponse(
+        response = pb.AcquireSemaphoreResponse(
             owner_token=grant.owner_token,
             fencing_token=grant.fencing_token,
-            ttl=_duration(grant.ttl_ms),
-            expire_time=_time_ms(grant.expire_ms),
             holders=grant.holders,
-            server_time=_time_us(grant.server_us),
-            waited=_seconds(grant.waited),
             replicas_acked=grant.replicas_acked,
         )
+        _put_grant(response, grant)
+        return response
 
     async def ReleaseSemaphore(
         self, request: pb.ReleaseSemaphoreRequest, context: Context
@@ -432,9 +460,9 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
         name = self._name(request.name)
         token = self._token(request.owner_token)
         released = await self.semaphores.release(namespace, name, token)
-        return pb.ReleaseSemaphoreResponse(
-            holders=released.holders, server_time=_time_us(released.server_us)
-        )
+        response = pb.ReleaseSemaphoreResponse(holders=released.holders)
+        _put(response.server_time, released.server_us, _US)
+        return response
 
     async def ExtendSemaphore(
         self, request: pb.ExtendSemaphoreRequest, context: Context
@@ -445,13 +473,11 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
         ttl_ms = self._ttl(request, "ttl", "ttl")
         replication = self._replication(request, "replication", context)
         extended = await self.semaphores.extend(namespace, name, token, ttl_ms, replication)
-        return pb.ExtendSemaphoreResponse(
-            ttl=_duration(extended.ttl_ms),
-            expire_time=_time_ms(extended.expire_ms),
-            fencing_token=extended.fencing_token,
-            server_time=_time_us(extended.server_us),
-            replicas_acked=extended.replicas_acked,
+        response = pb.ExtendSemaphoreResponse(
+            fencing_token=extended.fencing_token, replicas_acked=extended.replicas_acked
         )
+        _put_extended(response, extended)
+        return response
 
     async def InspectSemaphore(
         self, request: pb.InspectSemaphoreRequest, context: Context
