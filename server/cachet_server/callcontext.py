@@ -1,9 +1,9 @@
 """The resolved facts of the call being served: who calls, in which namespace.
 
-The auth interceptor resolves them once per call and sets them here; servicers, stats,
-spans and quotas read them with `current_call()` / `current_namespace()` and never parse
-metadata themselves. grpc.aio serves every RPC in a task of its own, so a ContextVar
-is exactly per call.
+The corridor's auth stage resolves them once per call and sets them here; servicers,
+stats, spans and quotas read them with `current_call()` / `current_namespace()` and never
+parse metadata themselves. grpc.aio serves every RPC in a task of its own, so a
+ContextVar is exactly per call.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ _current: ContextVar[CallContext] = ContextVar("cachet_call")
 
 def current_call() -> CallContext:
     """The call being served. Raises LookupError outside a call (a bug: every servicer
-    runs behind the auth interceptor)."""
+    runs behind the corridor's auth stage)."""
     return _current.get()
 
 

@@ -1,4 +1,5 @@
-"""What the stages of the corridor share, and the one grpc interceptor that runs them.
+"""What the stages of the corridor share, and the server's one generic handler that runs
+them.
 
 A stage is a plain object built once per method (`StageFactory.stage_for`): `enter` runs
 before the handler and may refuse the call by raising a CachetError; `leave` runs after
