@@ -79,18 +79,26 @@ def _handler(log: list[str]) -> Any:
     )
 
 
+class _Service(grpc.GenericRpcHandler):
+    """One method, "/m"; counts how often the corridor asks for it."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.asked = 0
+
+    def service(self, handler_call_details: Any) -> Any:
+        self.asked += 1
+        return _handler(self.log) if handler_call_details.method == "/m" else None
+
+
 def _serve(corridor: Corridor, log: list[str], body: bytes) -> tuple[Any, _Context]:
     async def call() -> tuple[Any, _Context]:
-        continuations = 0
-
-        async def continuation(details: Any) -> Any:
-            nonlocal continuations
-            continuations += 1
-            return _handler(log)
-
-        first = await corridor.intercept_service(continuation, _Details("/m"))
-        again = await corridor.intercept_service(continuation, _Details("/m"))
-        assert first is again and continuations == 1, "wrapped once per method"
+        service = _Service(log)
+        corridor.add_generic_rpc_handlers((service,))
+        first = corridor.service(_Details("/m"))
+        again = corridor.service(_Details("/m"))
+        assert first is again and service.asked == 1, "wrapped once per method"
+        assert corridor.service(_Details("/unknown")) is None
         context = _Context()
         try:
             answer = await first.unary_unary(first.request_deserializer(body), context)
@@ -130,9 +138,14 @@ def test_a_malformed_body_is_refused_before_any_stage():
 def test_quota_counts_hold_only_what_is_in_flight():
     counts = QuotaCounts()
     both = (Resource.CALLS, Resource.BLOCKING)
-    counts.take("a", both)
-    counts.take("a", (Resource.CALLS,))
-    counts.take("b", (Resource.CALLS,))
+    limits = {Resource.CALLS: 2, Resource.BLOCKING: 1}
+    assert counts.take_within("a", both, limits) is None
+    assert counts.take_within("a", (Resource.CALLS,), limits) is None
+    assert counts.take_within("b", (Resource.CALLS,), limits) is None
+    # Over a limit: nothing is taken, and the resource over it is named.
+    assert counts.take_within("a", (Resource.CALLS,), limits) is Resource.CALLS
+    assert counts.take_within("b", both, {**limits, Resource.BLOCKING: 0}) is Resource.BLOCKING
+    assert counts.in_flight("b", Resource.BLOCKING) == 0
     assert counts.in_flight("a", Resource.CALLS) == 2
     assert counts.in_flight("a", Resource.BLOCKING) == 1
     assert counts.in_flight("c", Resource.CALLS) == 0

@@ -28,7 +28,7 @@ import uvloop
 from cachet_client.proto.cachet.cache.v1 import cache_pb2
 from cachet_server import deadlines
 from cachet_server.access import CallSpec, Grants
-from cachet_server.callcontext import CallContext, Identity, enter_call, leave_call
+from cachet_server.callcontext import CallContext, Identity, enter_call
 from cachet_server.deadlines import EXACT_BELOW, MAX_SLACK, fire_time, scheduler_of, within
 from cachet_server.interceptors._stage import Corridor
 from cachet_server.interceptors.errors import ErrorsStage, _handler_budget
@@ -454,13 +454,12 @@ class _Ends:
     def stage_for(self, method: str, *, response_streaming: bool) -> _Ends:
         return self
 
-    def enter(self, request: Any, context: Any) -> tuple[CallContext, object]:
+    def enter(self, request: Any, context: Any) -> CallContext:
         call = anonymous_call(context)
-        return call, enter_call(call)
+        enter_call(call)
+        return call
 
-    def leave(self, entered: tuple[CallContext, object], error: BaseException | None) -> None:
-        call, token = entered
-        leave_call(token)
+    def leave(self, call: CallContext, error: BaseException | None) -> None:
         status = call.status.name if call.status is not None else "OK"
         self.ends.append((status, type(error).__name__ if error is not None else "-"))
 
@@ -474,9 +473,10 @@ class Napper:
         self.started = asyncio.Event()
         self.budgets: list[float] = []
         self.cancelled_after: list[float] = []
-        self.server = aio.server(interceptors=[Corridor([self.ends], ErrorsStage())])
+        corridor = Corridor([self.ends], ErrorsStage())
+        self.server = aio.server(handlers=[corridor])
         handler = grpc.unary_unary_rpc_method_handler(self._nap)
-        self.server.add_generic_rpc_handlers(
+        corridor.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(NAP.split("/")[1], {"Nap": handler}),)
         )
         self.port = self.server.add_insecure_port("127.0.0.1:0")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import grpc
 from cachet_client.proto.cachet.admin.v1 import admin_pb2, admin_pb2_grpc
 from cachet_client.proto.cachet.cache.v1 import cache_pb2, cache_pb2_grpc
 from cachet_client.proto.cachet.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
@@ -197,8 +196,8 @@ def build_server(
     limits = settings.limits
     authenticator = Authenticator(settings.auth)
     table = call_table((descriptor, cls.CALLS) for cls, descriptor, _ in _SERVICES)
-    # The corridor, outermost first: auth, quota, telemetry, errors (see DESIGN.md); one
-    # grpc interceptor runs them all.
+    # The corridor, outermost first: auth, quota, telemetry, errors (see DESIGN.md); the
+    # server's one generic handler runs them all.
     corridor = Corridor(
         [
             AuthStage(
@@ -214,7 +213,7 @@ def build_server(
         ErrorsStage(),
     )
     server = aio.server(
-        interceptors=[corridor],
+        handlers=[corridor],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", limits.max_message_bytes),
@@ -227,8 +226,9 @@ def build_server(
     )
     deps = Dependencies(settings, backend, Validator(limits), stats)
     servicers: list[Servicer] = []
-    # Typed Any: the generated functions and reflection are typed for a server.
-    registry: Any = _GenericOnly(server)
+    # Every service is registered behind the corridor (see Corridor). Typed Any: the
+    # generated functions and reflection are typed for a server.
+    registry: Any = corridor
     for servicer_class, _, register in _SERVICES:
         # Methods whose issue has not landed are inherited and answer UNIMPLEMENTED.
         servicer = servicer_class(deps)
@@ -244,28 +244,6 @@ def build_server(
             registry,
         )
     return server, health_servicer, servicers
-
-
-class _GenericOnly:
-    """What the generated `add_*_to_server` functions register on, passing on only
-    their generic handlers (one per service) and not their per-method registrations.
-
-    Why: grpc.aio's serving loop keeps one pending request future per registered method
-    and, for every call that arrives, runs asyncio.wait over all of them (a set of ~100
-    futures, a coroutine check and a done callback added and removed on each): about a
-    tenth of a Get's CPU. Served through the generic handlers, every call waits on one
-    future. The corridor caches each method's handler, so lookup costs the same."""
-
-    def __init__(self, server: aio.Server) -> None:
-        self.server = server
-
-    def add_generic_rpc_handlers(
-        self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
-    ) -> None:
-        self.server.add_generic_rpc_handlers(handlers)
-
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
-        """The generic handler added just before serves these methods."""
 
 
 async def start(settings: Settings, redis_url: str, share: StatsShare | None = None) -> Application:

@@ -1,14 +1,13 @@
 """The resolved facts of the call being served: who calls, in which namespace.
 
-The auth interceptor resolves them once per call and sets them here; servicers, stats,
-spans and quotas read them with `current_call()` / `current_namespace()` and never parse
-metadata themselves. grpc.aio serves every RPC in a task of its own, so a ContextVar
-is exactly per call.
+The corridor's auth stage resolves them once per call and sets them here; servicers,
+stats, spans and quotas read them with `current_call()` / `current_namespace()` and never
+parse metadata themselves. grpc.aio serves every RPC in a task of its own, so a
+ContextVar is exactly per call.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -65,7 +64,7 @@ _current: ContextVar[CallContext] = ContextVar("cachet_call")
 
 def current_call() -> CallContext:
     """The call being served. Raises LookupError outside a call (a bug: every servicer
-    runs behind the auth interceptor)."""
+    runs behind the corridor's auth stage)."""
     return _current.get()
 
 
@@ -78,13 +77,9 @@ def current_namespace() -> str:
     return _current.get().namespace
 
 
-def enter_call(call: CallContext) -> object:
-    """Make `call` current; returns the token for `leave_call`."""
-    return _current.set(call)
-
-
-def leave_call(token: object) -> None:
-    # A streaming handler closed from another context (an async generator finalised
-    # late) cannot reset; the call's task, and with it its context, is gone anyway.
-    with contextlib.suppress(ValueError):
-        _current.reset(token)  # type: ignore[arg-type]
+def enter_call(call: CallContext) -> None:
+    """Make `call` current for the rest of its task. Never reset: grpc.aio serves every
+    RPC in a task of its own, whose context ends with it, so one set per call suffices
+    (a reset would cost a token and its check per call, and a streaming handler
+    finalised late, from another context, could not reset anyway)."""
+    _current.set(call)

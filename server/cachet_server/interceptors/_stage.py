@@ -1,4 +1,5 @@
-"""What the stages of the corridor share, and the one grpc interceptor that runs them.
+"""What the stages of the corridor share, and the server's one generic handler that runs
+them.
 
 A stage is a plain object built once per method (`StageFactory.stage_for`): `enter` runs
 before the handler and may refuse the call by raising a CachetError; `leave` runs after
@@ -8,8 +9,11 @@ it by the deadline and turn what it raises into a status.
 
 Why not one grpc interceptor per stage, each an async context manager: grpc.aio awaits
 interceptors one by one, and each async context manager is an async generator (loop
-hooks, a weak set entry, two awaits) per call. The wrapped handler below is built once
-per method and does per call only what the stages themselves need.
+hooks, a weak set entry, two awaits) per call. Why not even one interceptor: grpc.aio
+runs an interceptor per call as two coroutines and a continuation (a partial); a generic
+handler is one plain method call. So the corridor is the server's one generic handler,
+the services are registered behind it, and each method's wrapped handler, built once,
+does per call only what the stages themselves need.
 """
 
 from __future__ import annotations
@@ -64,31 +68,47 @@ async def abort_with(context: Context, error: CachetError) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-class Corridor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """The one interceptor of the server: each method's handler is wrapped once with the
-    stages that apply to it, outermost first, and later calls are served from the
-    cached wrapper."""
+class Corridor(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """The server's one generic handler, in front of every service: each method's
+    handler is wrapped once with the stages that apply to it, outermost first, and later
+    calls are served from the cached wrapper.
+
+    Services register on it as on a server (the generated `add_*_to_server` functions
+    take it as their server), and it is the one generic handler of the server.
+    Only their generic handlers are kept, not their per-method registrations: grpc.aio's
+    serving loop keeps one pending request future per registered method and, for every
+    call that arrives, runs asyncio.wait over all of them (a set of ~100 futures, a
+    coroutine check and a done callback added and removed on each), about a tenth of a
+    Get's CPU; served through generic handlers, every call waits on one future."""
 
     def __init__(self, stages: Sequence[StageFactory], invoker: Invoker) -> None:
         self.stages = tuple(stages)
         self.invoker = invoker
-        self._handlers: dict[str, Any] = {}
+        self._services: list[grpc.GenericRpcHandler[Any, Any]] = []
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
+    def add_generic_rpc_handlers(
+        self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
+    ) -> None:
+        self._services.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        """The generic handler added just before serves these methods."""
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
         method = handler_call_details.method
         cached = self._handlers.get(method)
         if cached is not None:
             return cached
-        handler = await continuation(handler_call_details)
-        # Unknown methods are not cached: a caller could otherwise grow the table at will.
-        if handler is None:
+        for service in self._services:
+            handler = service.service(handler_call_details)
+            if handler is not None:
+                break
+        else:
+            # Unknown methods are not cached: a caller could otherwise grow the table at
+            # will. gRPC answers UNIMPLEMENTED.
             return None
-        wrapped = self.wrap(method, handler)
-        self._handlers[method] = wrapped
+        wrapped = self._handlers[method] = self.wrap(method, handler)
         return wrapped
 
     def wrap(self, method: str, handler: Any) -> Any:

@@ -17,7 +17,7 @@ import grpc
 from .. import audit
 from ..access import CallSpec, Scope
 from ..backend.keys import NAMESPACE_PATTERN
-from ..callcontext import CallContext, Identity, current_call, enter_call, leave_call
+from ..callcontext import CallContext, Identity, enter_call
 from ..config import Limits
 from ..credentials import ANONYMOUS, Authenticator
 from ..errors import CachetError, InvalidArgument, PermissionDenied
@@ -116,24 +116,26 @@ class AuthStage:
 
 class _Admit:
     """A method of the call table: identify, resolve the namespace, apply the rule, and
-    make the CallContext current for everything inside."""
+    make the CallContext current for everything inside. `enter` answers the call."""
 
-    __slots__ = ("auth", "method", "spec")
+    __slots__ = ("auth", "enabled", "limits", "method", "spec")
 
     def __init__(self, auth: AuthStage, method: str, spec: CallSpec) -> None:
         self.auth = auth
         self.method = method
         self.spec = spec
+        self.enabled = auth.enabled
+        self.limits = auth.limits
 
-    def enter(self, request: Any, context: Context) -> object:
+    def enter(self, request: Any, context: Context) -> CallContext:
         metadata = context.invocation_metadata() or ()
         authorization, namespaces = _read_metadata(metadata)
         identity: Identity | None = None
         namespace: str | None = None
         try:
-            identity = self.auth.identify(authorization, context)
-            namespace = resolve_namespace(namespaces, identity, self.auth.limits)
-            if self.auth.enabled:
+            identity = self.auth.identify(authorization, context) if self.enabled else ANONYMOUS
+            namespace = resolve_namespace(namespaces, identity, self.limits)
+            if self.enabled:
                 # Auth off: the anonymous caller holds every grant, nothing to check.
                 _authorize(self.method, self.spec, identity, namespace, request)
         except CachetError as error:
@@ -149,20 +151,15 @@ class _Admit:
                 )
             raise
         call = CallContext(self.method, self.spec, namespace, identity, context, metadata)
-        return enter_call(call)
+        enter_call(call)
+        return call
 
-    def leave(self, token: object, error: BaseException | None) -> None:
-        try:
-            if self.spec.audit:
-                call = current_call()
-                _audit_end(
-                    call,
-                    grpc.StatusCode.OK
-                    if error is None
-                    else call.status or grpc.StatusCode.CANCELLED,
-                )
-        finally:
-            leave_call(token)
+    def leave(self, call: CallContext, error: BaseException | None) -> None:
+        if self.spec.audit:
+            _audit_end(
+                call,
+                grpc.StatusCode.OK if error is None else call.status or grpc.StatusCode.CANCELLED,
+            )
 
 
 class _AuthenticatedOnly:

@@ -65,12 +65,20 @@ class QuotaCounts:
         held = self._counts.get(namespace)
         return held.get(resource, 0) if held is not None else 0
 
-    def take(self, namespace: str, resources: tuple[Resource, ...]) -> None:
+    def take_within(
+        self, namespace: str, resources: tuple[Resource, ...], limits: Mapping[Resource, int]
+    ) -> Resource | None:
+        """Take `resources` unless one of them already has its limit in flight: then take
+        nothing and answer that one (the first, in `resources` order)."""
         held = self._counts.get(namespace)
+        for resource in resources:
+            if (held.get(resource, 0) if held is not None else 0) >= limits[resource]:
+                return resource
         if held is None:
             held = self._counts[namespace] = {}
         for resource in resources:
             held[resource] = held.get(resource, 0) + 1
+        return None
 
     def give_back(self, namespace: str, resources: tuple[Resource, ...]) -> None:
         held = self._counts[namespace]
@@ -120,7 +128,7 @@ class QuotaStage:
 class _Admit:
     """One method's quota check; `enter` answers the resources the call holds."""
 
-    __slots__ = ("blocking", "quota", "resources", "spec")
+    __slots__ = ("blocking", "may_block", "quota", "resources", "spec")
 
     def __init__(self, quota: QuotaStage, spec: CallSpec) -> None:
         self.quota = quota
@@ -130,28 +138,29 @@ class _Admit:
         if spec.stream is not None:
             self.resources += (_STREAM_RESOURCE[spec.stream],)
         self.blocking = (*self.resources, Resource.BLOCKING)
+        self.may_block = spec.blocking_if is not None
 
     def enter(self, request: Any, context: Context) -> tuple[Resource, ...]:
         call = current_call()
         namespace = call.namespace
-        resources = self.blocking if self.spec.blocks(request) else self.resources
+        resources = (
+            self.blocking if self.may_block and self.spec.blocks(request) else self.resources
+        )
         quota = self.quota
         limits = quota.limits_for(call.identity)
-        counts = quota.counts
-        for resource in resources:
-            limit = limits[resource]
-            if counts.in_flight(namespace, resource) >= limit:
-                quota.stats.record_quota_refusal(namespace, resource.value)
-                call.status = ResourceExhausted.code
-                call.reason = "QUOTA_EXCEEDED"
-                raise ResourceExhausted(
-                    f"namespace {namespace!r} already has {limit} "
-                    f"{resource.value.replace('_', ' ')} in flight (its quota); retry later",
-                    retry_after=quota.defaults.retry_after,
-                    reason="QUOTA_EXCEEDED",
-                    metadata={"quota": resource.value, "limit": str(limit)},
-                )
-        counts.take(namespace, resources)
+        over = quota.counts.take_within(namespace, resources, limits)
+        if over is not None:
+            limit = limits[over]
+            quota.stats.record_quota_refusal(namespace, over.value)
+            call.status = ResourceExhausted.code
+            call.reason = "QUOTA_EXCEEDED"
+            raise ResourceExhausted(
+                f"namespace {namespace!r} already has {limit} "
+                f"{over.value.replace('_', ' ')} in flight (its quota); retry later",
+                retry_after=quota.defaults.retry_after,
+                reason="QUOTA_EXCEEDED",
+                metadata={"quota": over.value, "limit": str(limit)},
+            )
         return resources
 
     def leave(self, resources: tuple[Resource, ...], error: BaseException | None) -> None:
