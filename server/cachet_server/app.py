@@ -1,4 +1,5 @@
-"""Builds and runs the grpc.aio server: services, interceptors, health, reflection."""
+"""Builds and runs the grpc.aio server: services behind the corridor (the one generic
+handler that runs the auth, quota, telemetry and errors stages), health, reflection."""
 
 from __future__ import annotations
 
