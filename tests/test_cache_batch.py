@@ -234,19 +234,20 @@ async def test_packed_operations_are_answered_packed(cache):
 
 
 @pytest.mark.topologies("standalone", reason="the message limit does not depend on the topology")
-async def test_a_message_packing_more_than_max_batch_runs_none_of_them(topology, redis_client):
+async def test_a_message_packing_more_than_256_runs_none_of_them(topology, redis_client):
+    """256 per message whatever max_batch is (here lower): the clients pack up to 256."""
     namespace = f"t-{uuid.uuid4().hex[:8]}"
     async with running(make_settings(topology.url, limits={"max_batch": 10})) as app:
         async with channel_to(app.port, namespace) as channel:
             stub = cache_pb2_grpc.CacheServiceStub(channel)
-            over = packed(*((i, put(f"over:{i}", b"v")) for i in range(11)))
-            within = packed(*((100 + i, put(f"within:{i}", b"v")) for i in range(10)))
+            over = packed(*((i, put(f"over:{i}", b"v")) for i in range(257)))
+            within = packed(*((1000 + i, put(f"within:{i}", b"v")) for i in range(256)))
             answers, _ = await _packed_session(stub, [over, within])
-    for i in range(11):
+    for i in range(257):
         assert answers[i].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-        assert "at most 10 operations" in answers[i].status.message
+        assert "at most 256 operations" in answers[i].status.message
     assert not redis_client.exists(redis_key(namespace, Kind.DATA, "over:0"))
-    assert all(answers[100 + i].set.version > 0 for i in range(10)), "the stream went on"
+    assert all(answers[1000 + i].set.version > 0 for i in range(256)), "the stream went on"
 
 
 @pytest.mark.topologies("standalone", reason="the byte budget does not depend on the topology")

@@ -53,10 +53,9 @@ func (c *Client) Session(ctx context.Context) *Session {
 	return s
 }
 
-// maxSessionPack is the most operations a Session packs into one message: the server
-// reads no further message while 256 of the stream's are held, so a pack of 256 keeps
-// the held count within twice that, and stays under its default max_batch (1,000),
-// past which it refuses a message's operations.
+// maxSessionPack is the most operations a Session packs into one message: the most a
+// server takes in one (256, whatever its max_batch), and as many as it holds of one
+// stream before it stops reading.
 const maxSessionPack = 256
 
 // maxSessionPackBytes bounds the operations one message packs, by size (a bigger lone

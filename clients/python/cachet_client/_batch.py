@@ -69,8 +69,9 @@ SESSION_PATH = f"/{_SERVICE}/Session"
 MAX_BATCH = 1000
 # Batches one batcher keeps in flight before it queues calls.
 MAX_IN_FLIGHT = 4
-# Operations one Session message carries at most: the server reads no further message
-# of a stream while 256 of its operations are held, so more in one would only wait there.
+# Operations one Session message carries at most: the most a server takes in one (256,
+# whatever its max_batch; past it each is refused), and as many as it holds of one stream
+# before it stops reading.
 SESSION_PACK = 256
 # Bytes of operations one Session message packs at most (a bigger lone one goes alone):
 # the server refuses a message over its message size (8 MiB by default), whatever it

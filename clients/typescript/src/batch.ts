@@ -231,9 +231,9 @@ type SessionStream = ClientDuplexStream<SessionRequest, SessionResponse>;
 const CLOSE_GRACE_MS = 1000;
 
 /**
- * The most operations a Session packs into one message: as many as the server holds of
- * one stream at once, and well under its max_batch (default 1000; past it a message is
- * refused whole). The client's `maxBatch`, when lower, caps it too.
+ * The most operations a Session packs into one message: the most a server takes in one
+ * (256, whatever its max_batch; past it each is refused), and as many as it holds of one
+ * stream before it stops reading. The client's `maxBatch`, when lower, caps it too.
  */
 const SESSION_PACK = 256;
 

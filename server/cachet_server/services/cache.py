@@ -73,8 +73,12 @@ _TARGETS = {
 _WRITE_OPERATIONS = frozenset({"set", "delete", "increment", "expire", "hash_set"})
 # Operations of one Session stream held at once (arrived or running) at which the stream
 # is no longer read until a round completes (backpressure instead of unbounded work; one
-# packed message may take the count past it by up to max_batch).
+# packed message may take the count past it by up to SESSION_PACK).
 SESSION_IN_FLIGHT = 256
+# Most operations one Session message may pack; past it each is refused. Fixed, not
+# max_batch: the clients pack up to 256 whatever a server's max_batch is, and the held
+# count bounds a stream's work either way.
+SESSION_PACK = 256
 
 
 def _only_reads(operation: pb.BatchOperation) -> bool:
@@ -113,10 +117,9 @@ class _Refused:
 _SessionArrival = pb.SessionRequest | pb.SessionOperation | _Refused
 
 
-def _too_many_packed(max_packed: int) -> InvalidArgument:
-    return InvalidArgument.field(
-        "operations", f"a Session message carries at most {max_packed} operations"
-    )
+_TOO_MANY_PACKED = InvalidArgument.field(
+    "operations", f"a Session message carries at most {SESSION_PACK} operations"
+)
 
 
 # Bytes a packed answer adds to its message besides its own: the field's tag and length.
@@ -584,7 +587,6 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         answers are written as their round completes."""
         namespace = current_namespace()
         roles = current_call().identity.grants.roles
-        max_packed = self.check.limits.max_batch
         arrived: list[_SessionArrival] = []
         running = 0  # operations of the round at Redis
         progress = asyncio.Event()  # for the rounds: a request arrived, or reading ended
@@ -597,7 +599,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                 async for request in request_iterator:
                     if request.HasField("operation") or not request.operations:
                         arrived.append(request)
-                    if len(request.operations) > max_packed:
+                    if len(request.operations) > SESSION_PACK:
                         arrived.extend(_Refused(op.id) for op in request.operations)
                     else:
                         arrived.extend(request.operations)
@@ -619,7 +621,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                 requests = arrived[:]
                 arrived.clear()
                 running = len(requests)
-                responses = await self._session_round(namespace, roles, requests, max_packed)
+                responses = await self._session_round(namespace, roles, requests)
                 running = 0
                 room.set()
                 for response in responses:
@@ -635,7 +637,6 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         namespace: str,
         roles: frozenset[Role],
         requests: Sequence[_SessionArrival],
-        max_packed: int,
     ) -> list[pb.SessionResponse]:
         """The answers to Session operations run together; an operation refused or
         failed fails alone, and a Redis fault fails the round's answers, not the stream.
@@ -653,7 +654,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
             else:
                 result = add_answer(id=request.id).result
                 if isinstance(request, _Refused):
-                    _fail(result, _too_many_packed(max_packed))
+                    _fail(result, _TOO_MANY_PACKED)
                     continue
             refusal = _refusal(roles, request.operation)
             if refusal is not None:

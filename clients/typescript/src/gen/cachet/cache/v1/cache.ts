@@ -1791,8 +1791,8 @@ export interface SessionRequest {
   /**
    * Operations packed into this message, handled as if each had come in a message of
    * its own (after `operation`, when that is set too) and answered packed, in
-   * SessionResponse.answers. At most max_batch per message: past that, each of them is
-   * answered INVALID_ARGUMENT and none runs. A packed message must fit the server's
+   * SessionResponse.answers. At most 256 per message, whatever the server's max_batch:
+   * past that, each of them is answered INVALID_ARGUMENT and none runs. A packed message must fit the server's
    * message size like any other (the clients pack about 1 MiB at most).
    */
   operations: SessionOperation[];
