@@ -33,6 +33,26 @@ def free_port() -> int:
         return port
 
 
+def free_port_run(count: int) -> int:
+    """A port P with P to P+count-1 all free now: the metrics ports of a `--workers N`
+    server, which listens on its configured port plus each worker's slot."""
+    for _ in range(100):
+        base = free_port()
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind((LOOPBACK, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports on {LOOPBACK}")
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None

@@ -14,7 +14,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .redis_procs import free_port, wait_until
+from .redis_procs import free_port, free_port_run, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 GRPCURL = ROOT / ".tools" / "bin" / "grpcurl"
@@ -23,7 +23,10 @@ GRPCURL = ROOT / ".tools" / "bin" / "grpcurl"
 class CachetProcess:
     def __init__(self, redis_url: str | None, **env: str) -> None:
         self.port = free_port()
-        self.metrics_port = free_port()
+        # Each worker of a `--workers N` server serves metrics on this port plus its slot.
+        workers = env.get("CACHET_WORKERS", "1")
+        slots = int(workers) if workers.isdigit() else os.cpu_count() or 1  # auto, or bad
+        self.metrics_port = free_port_run(slots)
         # The server refuses CACHET_* names it does not know: the test run's own
         # (CACHET_TEST_TOPOLOGIES, ...) stay out of its environment.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("CACHET_")}

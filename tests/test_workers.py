@@ -46,7 +46,11 @@ def serving_workers(server: CachetProcess, count: int) -> list[psutil.Process]:
             for worker in workers
         )  # fmt: skip
 
-    wait_until(listening, timeout=30, what=f"{count} workers listening")
+    try:
+        wait_until(listening, timeout=30, what=f"{count} workers listening")
+    except TimeoutError as timeout:
+        # Why they are not (a worker that cannot bind, one that crashed) is in the log.
+        raise TimeoutError(f"{timeout}; the server wrote:\n{server.output()[-4000:]}") from None
     return workers_of(server)
 
 
