@@ -517,6 +517,12 @@ async def test_a_session_outlives_redis_going_away_and_coming_back():
                 down = await ask(2, get)
                 assert down.id == 2
                 assert down.result.status.code == grpc.StatusCode.UNAVAILABLE.value[0]
+                # Packed, every operation of the message answers UNAVAILABLE on its own.
+                await requests.put(packed((10, get), (11, put), (12, get)))
+                down_packed = await asyncio.wait_for(answers.__anext__(), 30)
+                assert {a.id: a.result.status.code for a in down_packed.answers} == {
+                    i: grpc.StatusCode.UNAVAILABLE.value[0] for i in (10, 11, 12)
+                }
                 redis.start()
                 for n in range(3, 100):  # the service reconnects on its own
                     answer = await ask(n, put)
