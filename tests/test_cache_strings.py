@@ -126,6 +126,69 @@ async def test_get_many_keeps_request_order_with_duplicates(cache):
     assert ttl.ttl.ToMilliseconds() <= 5000
 
 
+async def test_get_many_entries_match_get_for_every_kind_of_entry(cache, redis_client, namespace):
+    """Each of GetMany's entries is what Get answers for the same key, for values
+    empty, binary and large, keys tagged, Unicode and of many slots (one script per
+    slot group, put back in request order), with and without a TTL, and versions of
+    any size."""
+    cases = {
+        "empty": b"",
+        "binary": bytes(range(256)) * 3,
+        "crlf": b"\r\n$5\r\n*1\r\n",
+        "large": b"x" * 300_000,
+        "ümlaut-κλειδί-🔑": b"unicode key",
+        "{tag}:one": b"tagged 1",
+        "{tag}:two": b"tagged 2",
+        **{f"spread:{i}": f"value {i}".encode() for i in range(40)},
+    }
+    await cache.SetMany(
+        pb.SetManyRequest(
+            entries=[
+                pb.SetManyEntry(key=key, value=value, ttl=Duration(seconds=600))
+                for key, value in cases.items()
+            ]
+        )
+    )
+    await cache.Set(pb.SetRequest(key="forever", value=b"no ttl"))
+    await cache.Persist(pb.PersistRequest(key="forever"))
+    # A version past 2^32.
+    redis_client.hset(CacheKeys.of(namespace, "spread:0").meta, "v", 2**40 + 7)
+    keys = ["missing", *cases, "forever", "missing", "{tag}:one"]
+    for include_ttl in (False, True):
+        got = await cache.GetMany(pb.GetManyRequest(keys=keys, include_ttl=include_ttl))
+        assert [entry.key for entry in got.entries] == keys
+        for entry in got.entries:
+            one = await cache.Get(pb.GetRequest(key=entry.key, include_ttl=include_ttl))
+            expected = pb.Entry(
+                key=entry.key, found=one.found, value=one.value, version=one.version
+            )
+            if include_ttl and one.HasField("ttl"):
+                expected.ttl.CopyFrom(one.ttl)
+                # The two reads ran moments apart: compare the TTLs within a second.
+                assert abs(entry.ttl.ToMilliseconds() - one.ttl.ToMilliseconds()) < 1000
+                entry.ttl.CopyFrom(one.ttl)
+            assert entry == expected, entry.key
+        assert got.entries[1 + list(cases).index("spread:0")].version == 2**40 + 7
+        assert not got.entries[-3].HasField("ttl"), "a value without expiry answers no TTL"
+
+
+async def test_get_many_over_the_message_size_is_refused_before_reading(cache):
+    big = b"v" * 600_000
+    for first in (0, 8):
+        await cache.SetMany(
+            pb.SetManyRequest(
+                entries=[
+                    pb.SetManyEntry(key=f"big:{i}", value=big) for i in range(first, first + 8)
+                ]
+            )
+        )
+    error = await rpc_error(cache.GetMany(pb.GetManyRequest(keys=[f"big:{i}" for i in range(16)])))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_reason(error) == "RESPONSE_TOO_LARGE"
+    got = await cache.GetMany(pb.GetManyRequest(keys=["big:0", "big:1"]))
+    assert [entry.value for entry in got.entries] == [big, big]
+
+
 async def test_set_many_rejects_duplicate_keys(cache):
     error = await rpc_error(
         cache.SetMany(
