@@ -146,7 +146,7 @@ BENCH_BIN := build/bench/bin
 ENVOY_RATELIMIT_VERSION := v1.4.1-0.20260122083618-3fb702589d36
 BENCH_TOOLS := $(BENCH_BIN)/ghz $(BENCH_BIN)/ratelimit $(BENCH_BIN)/cachet-bench-driver
 
-bench: setup $(BENCH_TOOLS) ## Benchmark cachet against its baselines (BENCH_ARGS=--short: 1.5 s per row); writes bench/results/
+bench: setup $(BENCH_TOOLS) ## Benchmark cachet against its baselines (3 repeats of 3 s per row; BENCH_ARGS=--short: one pass of 1.5 s); writes bench/results/
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/near_cache.py
 

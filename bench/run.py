@@ -17,9 +17,9 @@ p99 and the server's CPU time per call (utime + stime from /proc, the whole proc
 tree). Writes bench/results/latest.json (`machine`, `placement`, `rows`, `ratios`,
 `targets`), bench/results/latest.md and bench/results/latest.png.
 
-    make bench                                 # 5 s per row, about 4 minutes
-    make bench BENCH_ARGS=--short              # 1.5 s per row, to prove it works
-    python bench/run.py --duration 10 --repeats 3   # medians of interleaved repeats
+    make bench                        # 3 interleaved repeats of 3 s per row, about 7 minutes
+    make bench BENCH_ARGS=--short     # one pass of 1.5 s per row, to prove it works
+    python bench/run.py --duration 10 --repeats 5   # longer rows, more repeats
 """
 
 from __future__ import annotations
@@ -523,9 +523,11 @@ def bench_environment(args: argparse.Namespace) -> Iterator[Bench]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per row")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per row")
     parser.add_argument("--short", action="store_true", help="1.5 s per row")
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats (median)")
+    parser.add_argument(
+        "--repeats", type=int, help="interleaved repeats, medians reported (default 3; --short: 1)"
+    )
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument(
         "--render-only",
@@ -543,6 +545,8 @@ def main() -> None:
         return
     if args.short:
         args.duration = 1.5
+    if args.repeats is None:
+        args.repeats = 1 if args.short else 3
     for tool in ("ghz", "cachet-bench-driver", "ratelimit"):
         if not (BIN / tool).exists():
             sys.exit(f"{BIN / tool} is missing: run `make bench` (it builds the pinned tools)")
