@@ -64,9 +64,12 @@ def batch_calls(server: CachetProcess) -> float:
 class SessionMessages:
     """The SessionRequest messages a client writes on its Session streams: grpc calls a
     stream's request serializer once per message it sends, so wrapping it counts them on
-    the way out. `sizes` holds the operations each message carried. On the sync client,
-    `hold()` makes grpc's request thread stop in the next message until `release()` (a
-    write that takes a while), so the calls made meanwhile queue behind it."""
+    the way out. `sizes` holds the operations each message carried. `hold()` makes the
+    stream's writer stop in the next message until `release()` (a write that takes a
+    while), so the calls made meanwhile queue behind it: on the sync client grpc's
+    request thread waits in that message's serializer; on the asyncio client (where the
+    serializer runs in the event loop) the stream's request iterator waits, as a slow
+    write does, before grpc takes the message."""
 
     def __init__(self, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sizes: list[int] = []
@@ -75,19 +78,32 @@ class SessionMessages:
         self._released = threading.Event()
         channel = client._runner.channels.plain
         open_stream = channel.stream_stream
+        in_event_loop = isinstance(channel, grpc.aio.Channel)
 
         def stream_stream(path: str, *, request_serializer: Any, response_deserializer: Any) -> Any:
             def serialize(request: Any) -> bytes:
                 self.sizes.append(len(request.operations) + request.HasField("operation"))
-                if self._holding:
+                if self._holding and not in_event_loop:
                     self._holding = False
                     self.held.set()
                     assert self._released.wait(timeout=15)
                 return bytes(request_serializer(request))
 
-            return open_stream(
+            call = open_stream(
                 path, request_serializer=serialize, response_deserializer=response_deserializer
             )
+            if not in_event_loop:
+                return call
+
+            async def held_back(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+                async for request in requests:
+                    if self._holding:
+                        self._holding = False
+                        self.held.set()
+                        await eventually(self._released.is_set)
+                    yield request
+
+            return lambda requests, **kwargs: call(held_back(requests), **kwargs)
 
         monkeypatch.setattr(channel, "stream_stream", stream_stream)
 
@@ -108,8 +124,16 @@ def wait_until(condition: Any, timeout: float = 15) -> None:
         time.sleep(0.01)
 
 
+async def eventually(condition: Any) -> None:
+    """`wait_until` in the event loop: poll `condition()` without blocking the loop;
+    fail past 15 s."""
+    async with asyncio.timeout(15):
+        while not condition():  # noqa: ASYNC110 (a queue length and a threading.Event)
+            await asyncio.sleep(0.005)
+
+
 def queued_behind(session: Any) -> int:
-    """Operations a sync session has queued and not yet handed to grpc."""
+    """Operations a session has queued and not yet handed to grpc."""
     return int(session._transport._stream.requests.qsize())
 
 
@@ -593,6 +617,93 @@ def test_sync_per_operation_deadline_fails_that_operation_only(server, namespace
             finally:
                 os.kill(server.process.pid, signal.SIGCONT)
             assert session.get("k").data == b"v"
+            assert session.streams_opened == 1
+
+
+async def test_async_session_never_sends_a_call_cancelled_while_queued(
+    server, namespace, monkeypatch
+):
+    """Calls queued behind a message being written whose tasks are cancelled are left
+    out of the next message, so the server never runs them; those queued beside them
+    go out and run."""
+    async with cachet_client.connect(server.address, namespace=namespace) as client:
+        sent = SessionMessages(client, monkeypatch)
+        async with client.cache.session() as session:
+            assert await session.increment("warm") == 1
+            sent.hold()
+            first = asyncio.ensure_future(session.increment("first"))
+            await eventually(sent.held.is_set)
+            keys = ["kept:0", "doomed:0", "kept:1", "doomed:1"]
+            calls = {key: asyncio.ensure_future(session.increment(key)) for key in keys}
+            await eventually(lambda: queued_behind(session) == len(keys))
+            for key in ("doomed:0", "doomed:1"):
+                calls[key].cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await calls[key]
+            before = len(sent.sizes)
+            sent.release()
+            assert await first == 1
+            assert [await calls[key] for key in ("kept:0", "kept:1")] == [1, 1]
+            assert await session.get("doomed:0") is None
+            assert await session.get("doomed:1") is None
+            assert sent.sizes[before : before + 2] == [1, 2], "the two kept went out packed"
+            assert session.streams_opened == 1
+        assert await client.cache.get("doomed:0") is None
+
+
+async def test_async_session_never_sends_a_call_past_its_deadline_while_queued(
+    server, namespace, monkeypatch
+):
+    """Calls past their deadline while queued behind a message being written are never
+    sent: their increments do not apply; the message being written (its caller timed
+    out too) cannot be unsent and applies, and calls made after them go out and run."""
+    async with cachet_client.connect(server.address, namespace=namespace, timeout=2) as client:
+        sent = SessionMessages(client, monkeypatch)
+        async with client.cache.session() as session:
+            assert await session.increment("warm") == 1
+            sent.hold()
+            first = asyncio.ensure_future(session.increment("first"))
+            await eventually(sent.held.is_set)
+            doomed = [asyncio.ensure_future(session.increment(f"doomed:{i}")) for i in range(3)]
+            for call in [first, *doomed]:
+                with pytest.raises(cachet_client.DeadlineExceeded):
+                    await call
+            kept = [asyncio.ensure_future(session.increment(f"kept:{i}")) for i in range(2)]
+            await eventually(lambda: queued_behind(session) == len(doomed) + len(kept))
+            before = len(sent.sizes)
+            sent.release()
+            assert await asyncio.gather(*kept) == [1, 1]
+            for i in range(3):
+                assert await session.get(f"doomed:{i}") is None
+            assert sent.sizes[before : before + 2] == [1, 2], "first, then the kept two alone"
+            assert (await session.get("first")).data == b"1"  # written before its deadline
+            assert session.streams_opened == 1
+
+
+def test_sync_session_never_sends_a_call_past_its_deadline_while_queued(
+    server, namespace, monkeypatch
+):
+    """The sync client's calls past their deadline while queued behind a message being
+    written are never sent; those made after them go out and run."""
+    with cachet_client.connect_sync(server.address, namespace=namespace, timeout=2) as client:
+        sent = SessionMessages(client, monkeypatch)
+        with client.cache.session() as session, ThreadPoolExecutor(max_workers=6) as pool:
+            assert session.increment("warm") == 1
+            sent.hold()
+            first = pool.submit(session.increment, "first")
+            assert sent.held.wait(timeout=15)
+            doomed = [pool.submit(session.increment, f"doomed:{i}") for i in range(3)]
+            for call in [first, *doomed]:
+                assert isinstance(call.exception(timeout=15), cachet_client.DeadlineExceeded)
+            kept = [pool.submit(session.increment, f"kept:{i}") for i in range(2)]
+            wait_until(lambda: queued_behind(session) == len(doomed) + len(kept))
+            before = len(sent.sizes)
+            sent.release()
+            assert [call.result(timeout=15) for call in kept] == [1, 1]
+            for i in range(3):
+                assert session.get(f"doomed:{i}") is None
+            assert sent.sizes[before : before + 1] == [2], "the kept two alone"
+            assert session.get("first").data == b"1"  # written before its deadline
             assert session.streams_opened == 1
 
 

@@ -459,18 +459,24 @@ _Queued = tuple[int, pb.BatchOperation]
 
 class _Packing:
     """The next message of a stream: `first` and what else is queued (`take` until it
-    raises `empty`), at most SESSION_PACK operations and SESSION_PACK_BYTES. An
-    operation taken that would not fit is `carried` to lead the next message; `ending`
-    when the end of the stream was queued among them (the message is then the last;
-    nothing is carried then, as the end is taken only after what fitted). A
-    lone operation goes in `id` and `operation`, as a server that predates packing
-    reads it."""
+    raises `empty`), at most SESSION_PACK operations and SESSION_PACK_BYTES, leaving out
+    those whose caller gave up while they were queued (`waiting` says it still waits):
+    a set or an increment nobody waits for must not run after its caller was told it
+    failed. `request` is None when none is left. An operation taken that would not fit
+    is `carried` to lead the next message; `ending` when the end of the stream was
+    queued among them (the message is then the last; nothing is carried then, as the
+    end is taken only after what fitted). A lone operation goes in `id` and
+    `operation`, as a server that predates packing reads it."""
 
     def __init__(
-        self, first: _Queued, take: Callable[[], _Queued | None], empty: type[Exception]
+        self,
+        first: _Queued,
+        take: Callable[[], _Queued | None],
+        empty: type[Exception],
+        waiting: Callable[[int], bool],
     ) -> None:
-        taken = [first]
-        size = first[1].ByteSize()
+        taken = [first] if waiting(first[0]) else []
+        size = first[1].ByteSize() if taken else 0
         self.carried: _Queued | None = None
         self.ending = False
         while len(taken) < SESSION_PACK:
@@ -481,17 +487,20 @@ class _Packing:
             if queued is None:
                 self.ending = True
                 break
+            if not waiting(queued[0]):
+                continue
             size += queued[1].ByteSize()
-            if size > SESSION_PACK_BYTES:
+            if taken and size > SESSION_PACK_BYTES:
                 self.carried = queued
                 break
             taken.append(queued)
+        self.request: pb.SessionRequest | None = None
         if len(taken) == 1:
-            self.request = pb.SessionRequest(id=first[0], operation=first[1])
-            return
-        self.request = pb.SessionRequest()
-        for request_id, operation in taken:
-            self.request.operations.add(id=request_id, operation=operation)
+            self.request = pb.SessionRequest(id=taken[0][0], operation=taken[0][1])
+        elif taken:
+            self.request = pb.SessionRequest()
+            for request_id, operation in taken:
+                self.request.operations.add(id=request_id, operation=operation)
 
 
 def _answers(response: pb.SessionResponse) -> list[tuple[int, pb.BatchResult]]:
@@ -526,11 +535,18 @@ class _AsyncStream:
         requests = self.requests
         carried: _Queued | None = None
         while (first := carried or await requests.get()) is not None:
-            packing = _Packing(first, requests.get_nowait, asyncio.QueueEmpty)
-            yield packing.request
+            packing = _Packing(first, requests.get_nowait, asyncio.QueueEmpty, self._waiting)
+            if packing.request is not None:
+                yield packing.request
             if packing.ending:
                 return
             carried = packing.carried
+
+    def _waiting(self, request_id: int) -> bool:
+        """Whether the caller of `request_id` still waits: a deadline or a cancel
+        cancels the future it awaits at once, before its task runs again."""
+        future = self.pending.get(request_id)
+        return future is not None and not future.done()
 
     async def _read(self) -> None:
         error: CachetError = _stream_ended()
@@ -633,11 +649,17 @@ class _SyncStream:
         requests = self.requests
         carried: _Queued | None = None
         while (first := carried or requests.get()) is not None:
-            packing = _Packing(first, requests.get_nowait, queue.Empty)
-            yield packing.request
+            packing = _Packing(first, requests.get_nowait, queue.Empty, self._waiting)
+            if packing.request is not None:
+                yield packing.request
             if packing.ending:
                 return
             carried = packing.carried
+
+    def _waiting(self, request_id: int) -> bool:
+        """Whether the caller of `request_id` still waits: one past its deadline takes
+        it out of `pending` (a lookup is safe from any thread; the lock orders updates)."""
+        return request_id in self.pending
 
     def add(self, request_id: int, future: Future[pb.BatchResult]) -> bool:
         with self.lock:
@@ -730,8 +752,10 @@ class Session(_OneByOne[F]):
     many operations and a lone call goes out at once. The stream opens on first use;
     when it breaks (server gone, cancelled), the calls waiting fail with the mapped
     error (Unavailable, ...) and the next call opens a new one. Each call waits up to
-    the client's default deadline (DeadlineExceeded: that call only). `close()`
-    half-closes and waits for the answers due; use the session as a context manager."""
+    the client's default deadline (DeadlineExceeded: that call only); one that gives up
+    (deadline, or its task cancelled) before its message is written is never sent, and
+    one already sent may still apply. `close()` half-closes and waits for the answers
+    due; use the session as a context manager."""
 
 
 class AsyncSession(Session[Async]):
