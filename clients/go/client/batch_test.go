@@ -658,6 +658,138 @@ func awaitAll(t *testing.T, what string, answers <-chan error, n int, limit time
 	return errs
 }
 
+// sendHolder holds the next message of a Session stream in SendMsg (a write that takes a
+// while) until the test releases it, so the operations called meanwhile wait behind it.
+type sendHolder struct {
+	mu   sync.Mutex
+	next *heldSend // the next Session message to hold, if any
+}
+
+type heldSend struct {
+	holding chan struct{}           // closed once the message waits, request set
+	release chan struct{}           // closed by the test
+	request *cachev1.SessionRequest // the message held
+}
+
+func (h *sendHolder) hold() *heldSend {
+	held := &heldSend{holding: make(chan struct{}), release: make(chan struct{})}
+	h.mu.Lock()
+	h.next = held
+	h.mu.Unlock()
+	return held
+}
+
+func (h *sendHolder) intercept(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+	streamer grpc.Streamer, opts ...grpc.CallOption,
+) (grpc.ClientStream, error) {
+	stream, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil || method != sessionMethod {
+		return stream, err
+	}
+	return heldStream{ClientStream: stream, holder: h}, nil
+}
+
+type heldStream struct {
+	grpc.ClientStream
+	holder *sendHolder
+}
+
+func (s heldStream) SendMsg(m any) error {
+	s.holder.mu.Lock()
+	held := s.holder.next
+	s.holder.next = nil
+	s.holder.mu.Unlock()
+	if held != nil {
+		held.request, _ = m.(*cachev1.SessionRequest)
+		close(held.holding)
+		select {
+		case <-held.release:
+		case <-time.After(15 * time.Second): // a failed test never leaves it held
+		}
+	}
+	return s.ClientStream.SendMsg(m)
+}
+
+func (h *heldSend) await(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case <-h.holding:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no Session message held within 10 s: %s", what)
+	}
+}
+
+// An operation whose ctx ends after the sender took it but before its message is
+// written is never sent. Two sets of 600 kB waiting together do not fit one message (a
+// MiB at most): the sender writes one and carries the other to lead the next message;
+// here that write is held until both callers' deadlines have passed. The set being
+// written cannot be unsent and applies; the carried one never reaches the server; the
+// stream goes on.
+func TestSessionNeverSendsAnOperationWhoseCallerLeftBeforeItsMessage(t *testing.T) {
+	holder := &sendHolder{}
+	c, _, ctx := dialCounted(t, serverAddr, grpc.WithChainStreamInterceptor(holder.intercept))
+	s := c.Session(ctx)
+	defer func() {
+		if err := s.Close(ctx); err != nil {
+			t.Errorf("Close answered %v", err)
+		}
+	}()
+	if n := must(s.Increment(ctx, "warm", 1, 0))(t); n != 1 {
+		t.Fatalf("warm counted %d", n)
+	}
+
+	blocker := holder.hold()
+	blocked := make(chan error, 1)
+	go func() {
+		_, err := s.Increment(ctx, "first", 1, 0)
+		blocked <- err
+	}()
+	blocker.await(t, "the first increment")
+	keys := []string{"big:0", "big:1"}
+	value := bytes.Repeat([]byte("v"), 600_000)
+	doomedCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	doomed := make(chan error, len(keys))
+	for i, key := range keys {
+		go func() {
+			_, err := s.Set(doomedCtx, key, value)
+			doomed <- err
+		}()
+		nearEventually(t, key+" waits behind the held message", func() bool { return s.Outstanding() == 2+i })
+	}
+	time.Sleep(50 * time.Millisecond) // registered, the second set's caller now waits to hand it over
+	written := holder.hold()
+	close(blocker.release)
+	written.await(t, "a set of 600 kB")
+	for _, err := range awaitAll(t, "the sets past their deadline", doomed, len(keys), 10*time.Second) {
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("a set past its deadline answered %v", err)
+		}
+	}
+	close(written.release)
+	for _, err := range awaitAll(t, "the first increment", blocked, 1, 10*time.Second) {
+		if err != nil {
+			t.Fatalf("the increment of the held message answered %v", err)
+		}
+	}
+	if n := must(s.Increment(ctx, "after", 1, 0))(t); n != 1 {
+		t.Fatalf("an increment after the deadlines counted %d", n)
+	}
+	writtenKey := written.request.GetOperation().GetSet().GetKey()
+	for _, key := range keys {
+		got := must(c.Get(ctx, key))(t)
+		switch {
+		case key == writtenKey && got == nil:
+			t.Fatalf("%s, written before its deadline passed, did not apply", key)
+		case key != writtenKey && got != nil:
+			t.Fatalf("%s applied: its caller's deadline passed before its message was written", key)
+		}
+	}
+	if writtenKey == "" {
+		t.Fatalf("the held message was not a lone set: %v", written.request)
+	}
+}
+
 // A frozen server (SIGSTOP) keeps operations pending: a per-operation deadline, the
 // session's own ctx (cancelled, or past its deadline), and Close each act on what they
 // own; then the server is killed with

@@ -6,3 +6,12 @@ func (b *Batcher) Waiting() int {
 	defer b.mu.Unlock()
 	return len(b.queue)
 }
+
+// Outstanding is how many operations of the Session's current stream wait for an
+// answer (sent, or waiting to be handed to its sender), so tests know they are queued.
+func (s *Session) Outstanding() int {
+	s.mu.Lock()
+	st := s.stream
+	s.mu.Unlock()
+	return st.outstanding()
+}

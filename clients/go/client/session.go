@@ -28,12 +28,13 @@ import (
 // operation on an idle stream goes out at once, alone.
 //
 // An operation's ctx bounds that operation only: when it ends first, the operation
-// answers DEADLINE_EXCEEDED or CANCELLED and the stream goes on (an operation already
-// sent may still apply, as a unary call may). When the stream breaks (the server gone,
-// the Session's ctx ended), every operation waiting on it fails with the stream's error
-// (ErrUnavailable, ...), and the next operation opens a new stream. The namespace and
-// credential are the stream's: those of the Client, or of the metadata of the ctx given
-// to Session.
+// answers DEADLINE_EXCEEDED or CANCELLED and the stream goes on. One whose ctx ended
+// before its message was written is never sent (a Set or Increment that answered so did
+// not apply); one already sent may still apply, as a unary call may. When the stream
+// breaks (the server gone, the Session's ctx ended), every operation waiting on it fails
+// with the stream's error (ErrUnavailable, ...), and the next operation opens a new
+// stream. The namespace and credential are the stream's: those of the Client, or of the
+// metadata of the ctx given to Session.
 type Session struct {
 	client *Client
 	ctx    context.Context
@@ -119,7 +120,7 @@ func (s *Session) run(ctx context.Context, op operation) (any, error) {
 			}
 			return nil, st.failure()
 		}
-		result, err := st.exchange(ctx, &cachev1.SessionOperation{Id: id, Operation: op.request}, answer)
+		result, err := st.exchange(ctx, queuedOperation{&cachev1.SessionOperation{Id: id, Operation: op.request}, ctx}, answer)
 		if err != nil {
 			return nil, err
 		}
@@ -155,7 +156,7 @@ func (s *Session) current(ctx context.Context) (*sessionStream, error) {
 func (s *Session) open() *sessionStream {
 	st := &sessionStream{
 		opened:     make(chan struct{}),
-		operations: make(chan *cachev1.SessionOperation),
+		operations: make(chan queuedOperation),
 		halfClose:  make(chan struct{}),
 		ended:      make(chan struct{}),
 		pending:    map[uint64]chan sessionAnswer{},
@@ -186,7 +187,7 @@ type sessionStream struct {
 	// sender at a time); an unbuffered handoff, so a caller waiting to send can still
 	// leave when its ctx ends. The callers waiting while a message is written are those
 	// the next message packs.
-	operations    chan *cachev1.SessionOperation
+	operations    chan queuedOperation
 	halfClose     chan struct{}
 	halfCloseOnce sync.Once
 	ended         chan struct{} // closed once the stream ended; err says why
@@ -194,6 +195,14 @@ type sessionStream struct {
 	mu      sync.Mutex
 	pending map[uint64]chan sessionAnswer // by id; nil once ended
 	err     error
+}
+
+// queuedOperation is an operation handed to the sender, with the ctx of its caller: one
+// whose ctx ended before its message is packed is left out (its caller answers the ctx's
+// error), so the server never runs what nobody waits for.
+type queuedOperation struct {
+	operation *cachev1.SessionOperation
+	ctx       context.Context
 }
 
 type sessionAnswer struct {
@@ -210,10 +219,10 @@ type sessionAnswer struct {
 // operation (BenchmarkConcurrentGets, 32 goroutines: 1.4-1.8 gets per message with
 // the yield after Send alone, 6-6.7 with both).
 func (st *sessionStream) send() {
-	var carried *cachev1.SessionOperation // taken, but past the last message's size
+	var carried queuedOperation // taken, but past the last message's size (if its operation is set)
 	for {
 		first := carried
-		if first == nil {
+		if first.operation == nil {
 			select {
 			case first = <-st.operations:
 			case <-st.halfClose:
@@ -225,6 +234,9 @@ func (st *sessionStream) send() {
 		}
 		var request *cachev1.SessionRequest
 		request, carried = st.pack(first)
+		if request == nil {
+			continue // every caller it took left (ctx ended) before it was written
+		}
 		if st.stream.Send(request) != nil {
 			return // the stream ended: receive learns why from Recv
 		}
@@ -233,31 +245,41 @@ func (st *sessionStream) send() {
 }
 
 // pack is the message that carries first and every operation already waiting to be
-// handed over, up to maxSessionPack operations and maxSessionPackBytes: a lone one in
-// id and operation (what any server reads), several in operations. An operation taken
-// that does not fit is returned, to lead the next message.
-func (st *sessionStream) pack(first *cachev1.SessionOperation) (*cachev1.SessionRequest, *cachev1.SessionOperation) {
+// handed over, up to maxSessionPack operations and maxSessionPackBytes, but those whose
+// caller's ctx has ended (nil when none is left): a lone one in id and operation (what
+// any server reads), several in operations. An operation taken that does not fit is
+// returned, to lead the next message (whose pack checks its ctx again); none is the zero
+// queuedOperation.
+func (st *sessionStream) pack(first queuedOperation) (request *cachev1.SessionRequest, carried queuedOperation) {
 	if st.outstanding() > 1 {
 		runtime.Gosched()
 	}
-	packed := []*cachev1.SessionOperation{first}
-	size := proto.Size(first)
-	var carried *cachev1.SessionOperation
+	var packed []*cachev1.SessionOperation
+	size := 0
+	next := first
 waiting:
-	for len(packed) < maxSessionPack {
-		select {
-		case next := <-st.operations:
-			if size += proto.Size(next); size > maxSessionPackBytes {
+	for {
+		if next.ctx.Err() == nil {
+			if size += proto.Size(next.operation); len(packed) > 0 && size > maxSessionPackBytes {
 				carried = next
-				break waiting
+				break
 			}
-			packed = append(packed, next)
+			packed = append(packed, next.operation)
+		}
+		if len(packed) == maxSessionPack {
+			break
+		}
+		select {
+		case next = <-st.operations:
 		default:
 			break waiting
 		}
 	}
-	if len(packed) == 1 {
-		return &cachev1.SessionRequest{Id: first.GetId(), Operation: first.GetOperation()}, carried
+	switch len(packed) {
+	case 0:
+		return nil, queuedOperation{}
+	case 1:
+		return &cachev1.SessionRequest{Id: packed[0].GetId(), Operation: packed[0].GetOperation()}, carried
 	}
 	return &cachev1.SessionRequest{Operations: packed}, carried
 }
@@ -363,19 +385,19 @@ func (st *sessionStream) failure() error {
 
 // exchange hands operation (registered under its id with answer) to the sender and
 // waits for its answer, the stream's end, or ctx.
-func (st *sessionStream) exchange(ctx context.Context, operation *cachev1.SessionOperation, answer chan sessionAnswer) (*cachev1.BatchResult, error) {
+func (st *sessionStream) exchange(ctx context.Context, operation queuedOperation, answer chan sessionAnswer) (*cachev1.BatchResult, error) {
 	select {
 	case st.operations <- operation:
 	case <-st.ended: // end answered it
 	case <-ctx.Done():
-		st.forget(operation.GetId())
+		st.forget(operation.operation.GetId())
 		return nil, contextError(ctx)
 	}
 	select {
 	case got := <-answer:
 		return got.result, got.err
 	case <-ctx.Done():
-		st.forget(operation.GetId())
+		st.forget(operation.operation.GetId())
 		return nil, contextError(ctx)
 	}
 }
