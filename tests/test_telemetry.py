@@ -12,6 +12,7 @@ import grpc
 import pytest
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from cachet_server import telemetry
+from cachet_server.backend.keys import CacheKeys
 from cachet_server.config import LogFormat
 from cachet_server.logs import TraceContext, formatter
 from cachet_server.telemetry import setup_tracing
@@ -98,10 +99,47 @@ async def test_redis_commands_are_child_spans_of_the_rpc_span(cache, spans, topo
             assert load(script).sha not in text + child.name, "never by SHA"
 
 
+async def test_a_traced_call_is_coalesced_and_its_redis_span_made_by_cachet(
+    cachet, cache, spans, topology
+):
+    """A sampled call's scripts take the multiplexer too (redis-py's instrumentation
+    sees only redis-py's own path, so cachet makes the span): one EVALSHA span per
+    script, timed around the command, under the RPC span."""
+    await cache.Set(pb.SetRequest(key="coalesced", value=b"v"))
+    before = cachet.backend.coalescing.commands
+    reply = await cache.Get(pb.GetRequest(key="coalesced"), metadata=TRACEPARENT)
+    assert reply.value == b"v"
+    assert cachet.backend.coalescing.commands == before + 1, "the Get's script coalesced"
+    finished = spans()
+    parent = rpc_span(finished, "cachet.cache.v1.CacheService/Get")
+    (child,) = [s for s in finished if s.parent and s.parent.span_id == parent.context.span_id]
+    assert child.name == "EVALSHA cache_get" and child.kind is SpanKind.CLIENT
+    assert child.attributes["cachet.redis.coalesced"] is True
+    assert child.attributes["db.query.text"].startswith("EVALSHA ? ?")
+    assert child.attributes["server.address"] == "127.0.0.1"
+    assert isinstance(child.attributes["server.port"], int)
+    assert parent.start_time <= child.start_time <= child.end_time <= parent.end_time
+    assert child.status.is_ok
+
+
+async def test_a_traced_command_that_fails_marks_its_span_with_the_error_type_only(
+    cache, spans, namespace, redis_client
+):
+    redis_client.hset(CacheKeys.of(namespace, "hash").data, "field", "secret-field")
+    error = await rpc_error(cache.Get(pb.GetRequest(key="hash"), metadata=TRACEPARENT))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finished = spans()
+    parent = rpc_span(finished, "cachet.cache.v1.CacheService/Get")
+    (child,) = [s for s in finished if s.parent and s.parent.span_id == parent.context.span_id]
+    assert not child.status.is_ok
+    assert child.status.description == "ResponseError"
+    text = json.dumps(dict(child.attributes)) + str(child.events)
+    assert "hash" not in text and "secret-field" not in text
+
+
 async def test_a_call_the_sampler_leaves_out_is_coalesced_and_makes_no_spans(cachet, cache, spans):
     """Tracing on, but the caller's trace is not sampled (traceparent flags 00): the
-    call's scripts take the multiplexer (only a recorded span needs redis-py's own
-    path, whose instrumentation makes the Redis spans), and nothing is exported."""
+    call's scripts take the multiplexer as always, and nothing is exported."""
     unsampled = [("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-00")]
     await cache.Set(pb.SetRequest(key="unsampled", value=b"v"))
     before = cachet.backend.coalescing.commands

@@ -124,6 +124,37 @@ def _script_name(sha_or_source: object) -> str | None:
     return _script_names.get(sha_or_source) if isinstance(sha_or_source, str) else None
 
 
+def record_script_span(
+    name: str,
+    argc: int,
+    address: tuple[str, int] | None,
+    started_ns: int,
+    error: BaseException | None,
+) -> None:
+    """The client span of a script that went out on a multiplexer, coalesced with other
+    calls' commands (redis-py's instrumentation sees only its own path): named and
+    described as the instrumentation and `_describe_redis_command` describe the same
+    EVALSHA, under the current (RPC) span. `argc`: the command's arguments after its
+    name; none of them reaches the span."""
+    attributes: dict[str, Any] = {
+        "db.system.name": "redis",
+        "db.operation.name": "EVALSHA",
+        "db.stored_procedure.name": name,
+        "db.query.text": "EVALSHA" + " ?" * argc,
+        "db.redis.args_length": argc + 1,
+        "cachet.redis.coalesced": True,
+    }
+    if address is not None:
+        attributes["server.address"], attributes["server.port"] = address
+    span = tracer.start_span(
+        f"EVALSHA {name}", kind=trace.SpanKind.CLIENT, start_time=started_ns, attributes=attributes
+    )
+    if error is not None:
+        # The error's type only: a Redis error message may quote a key.
+        span.set_status(trace.StatusCode.ERROR, type(error).__name__)
+    span.end()
+
+
 def _describe_redis_command(span: trace.Span, instance: Any, args: Any, kwargs: Any) -> None:
     if not span.is_recording() or not args:
         return

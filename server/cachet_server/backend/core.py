@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import FailedPrecondition, InvalidArgument, Unavailable
 from ..metrics import redis_command_durations
-from ..telemetry import tracing_on
+from ..telemetry import record_script_span, tracing_on
 from .multiplex import RETRY_ALONE, CoalescingStats, Multiplexer
 from .scripts import Script, all_scripts
 from .topology import ConnectionTuning, Topology, TopologyKind, connect
@@ -145,22 +145,47 @@ class Backend:
         connection, NOSCRIPT, a redirection) goes again on the ordinary path."""
         multiplexer = self._multiplexer_of(keys)
         if multiplexer is not None:
+            traced = _traced()
+            started = time.time_ns() if traced else 0
             reply = await multiplexer.call(_script_command(script, keys, args, False))
             if reply is not RETRY_ALONE:
+                if traced:
+                    record_script_span(
+                        script.name,
+                        2 + len(keys) + len(args),
+                        self._node_address(keys),
+                        started,
+                        reply if isinstance(reply, Exception) else None,
+                    )
                 if isinstance(reply, Exception):
                     raise reply
                 return reply
+            # The ordinary path's instrumentation makes the span of the command's retry.
             self.coalescing.retried_alone += 1
         return await self._run_alone(script, keys, args)
 
+    def _node_address(self, keys: Sequence[str]) -> tuple[str, int] | None:
+        """Where a command on `keys` goes, for its span: the Cluster node of the keys'
+        slot, the Sentinel master found last, or the one Redis."""
+        if self.kind is TopologyKind.CLUSTER:
+            try:
+                node = self.redis.nodes_manager.get_node_from_slot(key_slot(keys[0].encode()))
+            except (RedisError, IndexError):
+                return None
+            return str(node.host), int(node.port)
+        pool = self.redis.connection_pool
+        if self.kind is TopologyKind.SENTINEL:
+            master = pool.master_address
+            return (str(master[0]), int(master[1])) if master else None
+        host = pool.connection_kwargs.get("host")
+        return (str(host), int(pool.connection_kwargs.get("port", 6379))) if host else None
+
     def _multiplexer_of(self, keys: Sequence[str]) -> Multiplexer | None:
         """The multiplexer of the node that owns the keys' slot, or None for the ordinary
-        path: coalescing off; a call being traced (its Redis spans come from redis-py's
-        instrumentation, which sees the ordinary path only; calls the sampler left out
-        coalesce); a Sentinel master being failed over (its fence is in the pool the
-        ordinary path uses); on Cluster, slots not known yet, or a script without keys
-        (the client picks its node)."""
-        if not self.coalesce or (tracing_on() and trace.get_current_span().is_recording()):
+        path: coalescing off; a Sentinel master being failed over (its fence is in the
+        pool the ordinary path uses); on Cluster, slots not known yet, or a script
+        without keys (the client picks its node)."""
+        if not self.coalesce:
             return None
         if self.kind is TopologyKind.CLUSTER:
             return self._cluster_multiplexer(keys)
@@ -394,10 +419,15 @@ class Backend:
             for command in commands
         ]
         multiplexer = None
-        if self.kind is not TopologyKind.CLUSTER and not any(
-            # A reply redis-py would convert must take its path to be converted.
-            command.script is None and command.args[0] in self.redis.response_callbacks
-            for command in commands
+        # A traced pipeline takes redis-py's, whose instrumentation makes its span.
+        if (
+            self.kind is not TopologyKind.CLUSTER
+            and not _traced()
+            and not any(
+                # A reply redis-py would convert must take its path to be converted.
+                command.script is None and command.args[0] in self.redis.response_callbacks
+                for command in commands
+            )
         ):
             multiplexer = self._multiplexer_of(())
         if multiplexer is None:
@@ -463,6 +493,11 @@ class Backend:
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         await self.topology.close()
+
+
+def _traced() -> bool:
+    """Whether the current call records a span (tracing on and the sampler kept it)."""
+    return tracing_on() and trace.get_current_span().is_recording()
 
 
 def _script_command(
