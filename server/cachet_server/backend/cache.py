@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import Aborted, FailedPrecondition
+from ..errors import Aborted, FailedPrecondition, ResourceExhausted
 from ..metrics import instruments
 from .batch import Step
 from .core import Backend, Command, integer_result
@@ -235,24 +235,42 @@ class CacheStore:
         with_ttl: bool = False,
         max_answer_bytes: int | None = None,
     ) -> Reads:
-        """The values of `keys`, one script per slot group. With `max_answer_bytes`,
-        values adding up to more are refused (RESOURCE_EXHAUSTED / RESPONSE_TOO_LARGE)
-        before Redis reads any."""
+        """The values of `keys`, one script per slot group, the groups in one pipeline.
+        With `max_answer_bytes`, values adding up to more are refused (RESOURCE_EXHAUSTED
+        / RESPONSE_TOO_LARGE); on one node, or a slot group over it alone, before Redis
+        reads any."""
         names = data_and_meta_keys(namespace, keys)
         groups = self.backend.group_by_slot(names[::2])
         flag = _WITH_TTL if with_ttl else _WITHOUT_TTL
         if len(groups) == 1:
             args = flag if max_answer_bytes is None else (*flag, max_answer_bytes)
             return Reads.of(await self.backend.run(_GET, names, args), with_ttl)
+        # Slot groups (Cluster) go out as one pipeline: one round trip per node, not one
+        # per group. Each group's script refuses it when it alone is over the budget,
+        # before reading it; together they are checked once read.
+        args = flag if max_answer_bytes is None else (*flag, max_answer_bytes)
+        indexes_of = list(groups.values())
+        replies = await self.backend.pipeline(
+            [
+                Command.of_script(
+                    _GET, [name for i in indexes for name in names[2 * i : 2 * i + 2]], args
+                )
+                for indexes in indexes_of
+            ]
+        )
         parts: list[tuple[list[int], Reads]] = []
-        budget = max_answer_bytes
-        for indexes in groups.values():
-            args = flag if budget is None else (*flag, budget)
-            group_names = [name for i in indexes for name in names[2 * i : 2 * i + 2]]
-            part = Reads.of(await self.backend.run(_GET, group_names, args), with_ttl)
-            if budget is not None:
-                budget -= sum(len(value) for value in part.values if value is not None)
-            parts.append((indexes, part))
+        for indexes, reply in zip(indexes_of, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            parts.append((indexes, Reads.of(reply, with_ttl)))
+        if max_answer_bytes is not None:
+            total = sum(len(v) for _, part in parts for v in part.values if v is not None)
+            if total > max_answer_bytes:
+                raise ResourceExhausted(
+                    f"the values add up to {total} bytes, over the budget of "
+                    f"{max_answer_bytes}; read fewer keys at a time",
+                    reason="RESPONSE_TOO_LARGE",
+                )
         return Reads.merged(len(keys), parts, with_ttl)
 
     def read_many_step(
