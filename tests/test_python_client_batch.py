@@ -269,6 +269,37 @@ async def test_a_batch_past_max_batch_is_split_and_keeps_order(client, server):
     assert batch_calls(server) - before == 6  # 1,000 + 1,000 + 100, twice
 
 
+async def test_a_batch_of_big_values_is_split_at_a_mib_and_keeps_order(flavor, server, namespace):
+    """40 sets of 300 kB are 12 MB: as one Batch call, over the server's 8 MiB message
+    size, every one of them failed (RESOURCE_EXHAUSTED). The client cuts the batch at a
+    MiB of operations: three sets a call, 14 calls at once, each value written."""
+    client = open_client(flavor, server.address, namespace)
+    try:
+        values = [bytes([65 + i % 26]) * 300_000 for i in range(40)]
+        writes = client.cache.batch()
+        for i, value in enumerate(values):
+            writes.set(f"big{i}", value)
+        before = batch_calls(server)
+        results = await r(writes.execute())
+        assert [result.error for result in results] == [None] * 40
+        assert batch_calls(server) - before == 14  # 13 calls of 3 sets, then 1
+        for i, (value, result) in enumerate(zip(values, results, strict=True)):
+            read = await r(client.cache.get(f"big{i}"))
+            assert read.data == value and read.version == result.value, i
+
+        # A value of the server's largest size (1 MiB) is a set over a MiB: a call of its
+        # own, between the small operations around it.
+        largest = b"L" * (1 << 20)
+        before = batch_calls(server)
+        batch = client.cache.batch().set("before", b"1").set("largest", largest).set("after", b"2")
+        assert all(result.value >= 1 for result in await r(batch.execute()))
+        assert batch_calls(server) - before == 3
+        for key, value in (("before", b"1"), ("largest", largest), ("after", b"2")):
+            assert (await r(client.cache.get(key))).data == value
+    finally:
+        await r(client.close())
+
+
 # -- Session -------------------------------------------------------------------------
 
 
@@ -756,6 +787,48 @@ def test_sync_batcher_coalesces_concurrent_threads(server, namespace):
         sent = batch_calls(server) - before
         print(f"640 calls from 32 threads went out as {sent:.0f} Batch calls")
         assert sent < 640 / 2
+
+
+async def test_async_batcher_sends_big_values_a_mib_per_batch(server, namespace):
+    """40 sets of 300 kB in one event-loop turn would be one 12 MB Batch, refused whole
+    by the server (over its 8 MiB): the batcher takes a MiB of them per Batch."""
+    async with cachet_client.connect(server.address, namespace=namespace) as client:
+        batcher = client.cache.batcher()
+        values = [bytes([65 + i % 26]) * 300_000 for i in range(40)]
+        before = batch_calls(server)
+        versions = await asyncio.gather(
+            *(batcher.set(f"big{i}", value) for i, value in enumerate(values))
+        )
+        assert all(version >= 1 for version in versions)
+        assert batch_calls(server) - before == 14  # 3 sets a Batch
+        for i in (0, 20, 39):
+            assert (await client.cache.get(f"big{i}")).data == values[i]
+
+
+def test_sync_batcher_sends_big_values_a_mib_per_batch(own_server, namespace):
+    """With its one slot held by a call to a paused server, 30 callers of 300 kB sets
+    queue (9 MB, over the server's 8 MiB as one Batch); when it answers they go out a
+    MiB (three sets) per Batch."""
+    with cachet_client.connect_sync(own_server.address, namespace=namespace, timeout=30) as client:
+        batcher = client.cache.batcher(max_in_flight=1)
+        coalescer: Any = batcher._transport
+        value = b"v" * 300_000
+        assert batcher.set("warm", b"up") >= 1
+        before = batch_calls(own_server)
+        assert own_server.process is not None
+        os.kill(own_server.process.pid, signal.SIGSTOP)
+        with ThreadPoolExecutor(max_workers=31) as pool:
+            try:
+                first = pool.submit(batcher.set, "first", value)
+                wait_until(lambda: coalescer._in_flight == 1)
+                queued = [pool.submit(batcher.set, f"big{i}", value) for i in range(30)]
+                wait_until(lambda: len(coalescer._queue) == 30)
+            finally:
+                os.kill(own_server.process.pid, signal.SIGCONT)
+            assert first.result(timeout=30) >= 1
+            assert all(call.result(timeout=30) >= 1 for call in queued)
+        assert batch_calls(own_server) - before == 1 + 10
+        assert batcher.get("big29").data == value
 
 
 async def test_a_lone_sequential_caller_sends_one_batch_per_call(flavor, server, namespace):

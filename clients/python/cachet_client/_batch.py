@@ -6,7 +6,8 @@ message, the decoding of its `BatchResult` into what the unary wrapper of the sa
 answers, and whether it may be repeated. Three surfaces send them:
 
 - `Batch`, a builder: `execute()` sends one `CacheService/Batch` call (several, at once,
-  past `max_batch`) and answers one `OperationResult` per operation, in order.
+  past `max_batch` operations or a MiB of them) and answers one `OperationResult` per
+  operation, in order.
 - `Session`, one `CacheService/Session` stream: each operation is its own call on it
   (a coroutine on the async client, a blocking call on the sync one), matched to its
   answer by a fresh id. The operations that wait while the stream's previous message
@@ -73,10 +74,11 @@ MAX_IN_FLIGHT = 4
 # whatever its max_batch; past it each is refused), and as many as it holds of one stream
 # before it stops reading.
 SESSION_PACK = 256
-# Bytes of operations one Session message packs at most (a bigger lone one goes alone):
-# the server refuses a message over its message size (8 MiB by default), whatever it
-# carries, and past a MiB packing saves nothing worth having.
-SESSION_PACK_BYTES = 1 << 20
+# Bytes of operations one message packs at most, a Session message or a Batch call (a
+# bigger lone one goes alone, for the server to take or refuse): the server refuses a
+# message over its message size (8 MiB by default), whatever it carries, and past a MiB
+# packing saves nothing worth having.
+PACK_BYTES = 1 << 20
 Ttl = timedelta | float | None
 # The operations that only read; a Batch with any other needs the `write` role.
 _READS = frozenset({"get", "hash_get"})
@@ -235,11 +237,12 @@ class Operating(Service[F]):
     def _batch_steps(
         self, operations: Sequence[Operation[Any]], max_batch: int
     ) -> Steps[list[pb.BatchResult]]:
-        """Batch calls for `operations`, `max_batch` per call, sent at once; their
-        results in order. Retried as a unary call is when every operation may be."""
+        """Batch calls for `operations` (at most `max_batch` and PACK_BYTES per call),
+        sent at once; their results in order. Retried as a unary call is when every
+        operation may be."""
         if not operations:
             return []
-        chunks = [operations[i : i + max_batch] for i in range(0, len(operations), max_batch)]
+        chunks = _chunks(operations, max_batch)
         calls = [
             self._call(
                 BATCH,
@@ -253,6 +256,22 @@ class Operating(Service[F]):
         else:
             replies = yield Parallel(calls)
         return [result for reply in replies for result in reply.results]
+
+
+def _chunks(operations: Sequence[Operation[Any]], max_batch: int) -> list[Sequence[Operation[Any]]]:
+    """`operations` in order, cut into the runs one Batch call carries: at most
+    `max_batch` operations and PACK_BYTES of them (a bigger one alone), so a batch of big
+    values is not one request over the server's message size that fails as a whole."""
+    chunks: list[Sequence[Operation[Any]]] = []
+    start = size = 0
+    for end, operation in enumerate(operations):
+        bytes_ = operation.message.ByteSize()
+        size += bytes_
+        if end > start and (end - start == max_batch or size > PACK_BYTES):
+            chunks.append(operations[start:end])
+            start, size = end, bytes_
+    chunks.append(operations[start:])
+    return chunks
 
 
 class Batch(Operating[F]):
@@ -340,9 +359,9 @@ class Batch(Operating[F]):
 
     @procedure
     def execute(self) -> Steps[list[OperationResult[Any]]]:
-        """Send the operations (one Batch call per `max_batch` of them, at once) and
-        answer one OperationResult per operation, in order. Raises only when a call
-        itself fails (UNAVAILABLE, a deadline, ...), as a unary call does."""
+        """Send the operations (one Batch call per `max_batch` of them or a MiB, all at
+        once) and answer one OperationResult per operation, in order. Raises only when a
+        call itself fails (UNAVAILABLE, a deadline, ...), as a unary call does."""
         operations = list(self._operations)
         results = yield from self._batch_steps(operations, self._max_batch)
         return [_result(op, r) for op, r in zip(operations, results, strict=True)]
@@ -459,7 +478,7 @@ _Queued = tuple[int, pb.BatchOperation]
 
 class _Packing:
     """The next message of a stream: `first` and what else is queued (`take` until it
-    raises `empty`), at most SESSION_PACK operations and SESSION_PACK_BYTES, leaving out
+    raises `empty`), at most SESSION_PACK operations and PACK_BYTES, leaving out
     those whose caller gave up while they were queued (`waiting` says it still waits):
     a set or an increment nobody waits for must not run after its caller was told it
     failed. `request` is None when none is left. An operation taken that would not fit
@@ -490,7 +509,7 @@ class _Packing:
             if not waiting(queued[0]):
                 continue
             size += queued[1].ByteSize()
-            if taken and size > SESSION_PACK_BYTES:
+            if taken and size > PACK_BYTES:
                 self.carried = queued
                 break
             taken.append(queued)
@@ -809,14 +828,23 @@ Queued = TypeVar("Queued", bound=tuple[Operation[Any], Any])
 
 def _next_batch(queued: list[Queued], max_batch: int) -> tuple[list[Queued], list[Queued]]:
     """The next batch of the queue and what stays queued: up to `max_batch` operations
-    of the head's kind, reads apart from writes, so a credential that may only read has
-    its reads answered whatever other callers write (a Batch with a write needs the
-    `write` role as a whole)."""
+    and PACK_BYTES (the head alone, if bigger) of the head's kind, oldest first, reads
+    apart from writes, so a credential that may only read has its reads answered
+    whatever other callers write (a Batch with a write needs the `write` role as a
+    whole)."""
     reads = queued[0][0].reads
     taken: list[Queued] = []
     rest: list[Queued] = []
+    size = 0
+    full = False
     for item in queued:
-        (taken if item[0].reads == reads and len(taken) < max_batch else rest).append(item)
+        if item[0].reads == reads and not full:
+            size += item[0].message.ByteSize()
+            full = bool(taken) and (len(taken) == max_batch or size > PACK_BYTES)
+            if not full:
+                taken.append(item)
+                continue
+        rest.append(item)
     return taken, rest
 
 
@@ -935,10 +963,10 @@ class Batcher(_OneByOne[F]):
     safe to call concurrently, coalesced adaptively into Batch calls: a call made while
     fewer than `max_in_flight` batches are in flight goes out at once (a lone caller
     waits for nothing); calls made while the limit is reached queue, and go out together
-    (up to `max_batch` per Batch) when a batch returns. On the asyncio client the calls
-    of one event-loop turn also go out together, so `asyncio.gather` of 50 gets is one
-    Batch. Reads and writes go in Batches apart (one with a write needs the `write`
-    role as a whole). Each caller gets its own answer or its own error."""
+    (up to `max_batch` and a MiB per Batch) when a batch returns. On the asyncio client
+    the calls of one event-loop turn also go out together, so `asyncio.gather` of 50
+    gets is one Batch. Reads and writes go in Batches apart (one with a write needs the
+    `write` role as a whole). Each caller gets its own answer or its own error."""
 
     def __init__(
         self,
