@@ -9,6 +9,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	cachev1 "github.com/cachet-dev/cachet/clients/go/gen/cachet/cache/v1"
 )
@@ -17,6 +18,12 @@ import (
 // operations one Batch RPC carries. A Batch with more is sent as several, and a Batcher
 // never puts more in one.
 const DefaultMaxBatch = 1000
+
+// maxPackBytes bounds the operations one message packs, by size, a Session message or a
+// Batch call (a bigger lone one goes alone, for the server to take or refuse): the server
+// refuses a message over its message size (8 MiB by default) whatever it carries, and
+// past a MiB packing saves nothing worth having.
+const maxPackBytes = 1 << 20
 
 // Operations are the cache calls that can travel in a CacheService/Batch or Session:
 // *Client makes each one RPC, *Session sends them on one stream, *Batcher coalesces
@@ -177,7 +184,7 @@ func typed[T any](value any, err error) (T, error) {
 }
 
 // Batch collects operations to send as one CacheService/Batch call (several calls,
-// sent at once, when there are more than max_batch). It is a pipeline, not a
+// sent at once, past max_batch operations or a MiB of them). It is a pipeline, not a
 // transaction: each operation applies on its own and answers on its own, in order;
 // Txn is the atomic one. Build it in one goroutine, then Exec it.
 //
@@ -273,23 +280,28 @@ func (b *Batch) HashSet(key string, values []Field, ifAbsent bool, ttl Collectio
 	return add[int64](b, hashSetOperation(key, values, ifAbsent, ttl))
 }
 
-// Exec sends the operations, as one Batch RPC per max_batch of them, all at once, and
-// answers one result per operation in the order they were added. A failed operation
-// fails alone, in its own result. The error is a call's own failure (UNAVAILABLE, a
-// deadline, PERMISSION_DENIED for a write without the write role), as the unary call
-// answers it; the results are still complete then, the operations of a failed call
-// holding its error (those of the other calls may have applied). A call is retried on
-// UNAVAILABLE as the unary RPCs are when each of its operations may be (not with a Set
-// or a HashSet); Increments carry request ids, so a retry applies them once. Exec again
-// sends the same operations again, request ids included (a retry, not a second batch).
+// Exec sends the operations, as one Batch RPC per max_batch of them or a MiB (one
+// bigger goes alone), all at once, and answers one result per operation in the order
+// they were added. A failed operation fails alone, in its own result. The error is a
+// call's own failure (UNAVAILABLE, a deadline, PERMISSION_DENIED for a write without
+// the write role), as the unary call answers it; the results are still complete then,
+// the operations of a failed call holding its error (those of the other calls may have
+// applied). A call is retried on UNAVAILABLE as the unary RPCs are when each of its
+// operations may be (not with a Set or a HashSet); Increments carry request ids, so a
+// retry applies them once. Exec again sends the same operations again, request ids
+// included (a retry, not a second batch).
 func (b *Batch) Exec(ctx context.Context) ([]BatchResult, error) {
-	chunks := max(1, (len(b.operations)+b.maxBatch-1)/b.maxBatch)
+	var spans [][2]int // each call's operations, from start to end; an empty Batch is one call
+	for start := 0; start < len(b.operations) || len(spans) == 0; {
+		end := chunkEnd(b.operations, start, b.maxBatch)
+		spans = append(spans, [2]int{start, end})
+		start = end
+	}
 	results := make([]BatchResult, len(b.operations))
-	errs := make([]error, chunks)
+	errs := make([]error, len(spans))
 	var wg sync.WaitGroup
-	for chunk := range chunks {
-		start := chunk * b.maxBatch
-		operations := b.operations[start:min(start+b.maxBatch, len(b.operations))]
+	for chunk, span := range spans {
+		start, operations := span[0], b.operations[span[0]:span[1]]
 		wg.Go(func() {
 			answers, err := b.client.exchange(ctx, operations)
 			for i := range operations {
@@ -310,6 +322,20 @@ func (b *Batch) Exec(ctx context.Context) ([]BatchResult, error) {
 		}
 	}
 	return results, nil
+}
+
+// chunkEnd is where the Batch call that carries operations from start ends: at most
+// maxBatch operations and maxPackBytes of them (one bigger goes alone), so a batch of big
+// values is not one request over the server's message size that fails as a whole.
+func chunkEnd(operations []operation, start, maxBatch int) int {
+	end, size := start, 0
+	for end < len(operations) && end-start < maxBatch {
+		if size += proto.Size(operations[end].request); end > start && size > maxPackBytes {
+			break
+		}
+		end++
+	}
+	return end
 }
 
 // exchange sends operations as one Batch RPC and answers each one's result; the error

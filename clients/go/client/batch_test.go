@@ -345,6 +345,50 @@ func TestBatchSplitsAboveMaxBatchInOrder(t *testing.T) {
 	}
 }
 
+// 40 sets of 300 kB are 12 MB: as one Batch RPC, over the server's 8 MiB message size,
+// every one of them failed (RESOURCE_EXHAUSTED). Exec cuts the batch at a MiB of
+// operations: three sets an RPC, 14 RPCs at once; a set of the server's largest value
+// (1 MiB) goes in an RPC of its own.
+func TestBatchSplitsBigValuesAtAMiB(t *testing.T) {
+	c, counter, ctx := dialCounted(t, serverAddr)
+	key := func(i int) string { return "big:" + strconv.Itoa(i) }
+	value := func(i int) []byte { return bytes.Repeat([]byte{byte('A' + i%26)}, 300_000) }
+	writes := c.Batch()
+	sets := make([]client.BatchOp[uint64], 40)
+	for i := range sets {
+		sets[i] = writes.Set(key(i), value(i))
+	}
+	if _, err := writes.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := counter.calls(batchMethod); got != 14 {
+		t.Fatalf("40 sets of 300 kB made %d Batch RPCs, want 14 (three a MiB)", got)
+	}
+	for i := range sets {
+		version := must(sets[i].Result())(t)
+		if got := must(c.Get(ctx, key(i)))(t); got == nil || !bytes.Equal(got.Data, value(i)) || got.Version != version {
+			t.Fatalf("%s did not read back what its set wrote", key(i))
+		}
+	}
+
+	values := map[string][]byte{"before": []byte("1"), "largest": bytes.Repeat([]byte("L"), 1<<20), "after": []byte("2")}
+	mixed := c.Batch()
+	for _, k := range []string{"before", "largest", "after"} {
+		mixed.Set(k, values[k])
+	}
+	if _, err := mixed.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := counter.calls(batchMethod) - 14; got != 3 {
+		t.Fatalf("a 1 MiB set between two small ones made %d Batch RPCs, want 3", got)
+	}
+	for k, want := range values {
+		if got := must(c.Get(ctx, k))(t); got == nil || !bytes.Equal(got.Data, want) {
+			t.Fatalf("%s did not read back what its set wrote", k)
+		}
+	}
+}
+
 func TestSessionAnswersEveryCallerItsOwn(t *testing.T) {
 	c, counter, ctx := dialCounted(t, serverAddr)
 	seed := c.Batch()
@@ -1048,6 +1092,48 @@ func TestBatcherQueuesWhileBusyThenTheServerDies(t *testing.T) {
 	}
 	if got := counter.calls(batchMethod) - before; got != 1 {
 		t.Fatalf("a Batch with a Set made %d attempts, want 1: it is not idempotent", got)
+	}
+}
+
+// With its one slot held by a call to a frozen server, 30 callers of 300 kB sets queue
+// (9 MB, over the server's 8 MiB as one Batch); when it answers they go out a MiB
+// (three sets) per Batch.
+func TestBatcherSendsBigValuesAMiBPerBatch(t *testing.T) {
+	server := must(startTestServer())(t)
+	defer server.stop()
+	c, counter, ctx := dialCounted(t, server.addr)
+	must(c.Set(ctx, "warm", []byte("up")))(t)
+	b := c.Batcher(client.BatcherOptions{MaxInFlight: 1})
+	value := bytes.Repeat([]byte("v"), 300_000)
+	server.freezeServer()
+	first := make(chan error, 1)
+	go func() {
+		_, err := b.Set(ctx, "first", value)
+		first <- err
+	}()
+	nearEventually(t, "the first call in flight", func() bool { return counter.calls(batchMethod) == 1 })
+	answers := make(chan error, 30)
+	for i := range 30 {
+		go func() {
+			_, err := b.Set(ctx, "big:"+strconv.Itoa(i), value)
+			answers <- err
+		}()
+	}
+	nearEventually(t, "30 calls waiting", func() bool { return b.Waiting() == 30 })
+	server.thawServer()
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	for _, err := range awaitAll(t, "the queued sets", answers, 30, 20*time.Second) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := counter.calls(batchMethod); got != 1+10 {
+		t.Fatalf("1 call in flight then 30 sets of 300 kB waiting made %d Batch RPCs; want 1+10", got)
+	}
+	if got := must(c.Get(ctx, "big:29"))(t); got == nil || !bytes.Equal(got.Data, value) {
+		t.Fatal("big:29 did not read back what its set wrote")
 	}
 }
 

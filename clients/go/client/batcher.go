@@ -8,22 +8,25 @@ import (
 	"time"
 
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 )
 
 // BatcherOptions tune a Batcher.
 type BatcherOptions struct {
 	// MaxInFlight is how many Batch calls the Batcher keeps in flight at once (0: 4).
 	MaxInFlight int
-	// MaxBatch is the most operations one Batch call carries (0: DefaultMaxBatch).
+	// MaxBatch is the most operations one Batch call carries (0: DefaultMaxBatch); it
+	// carries a MiB of them at most, too.
 	MaxBatch int
 }
 
 // Batcher coalesces concurrent calls into CacheService/Batch calls, adaptively: a call
 // made while fewer than MaxInFlight Batch calls are in flight goes out at once, alone
 // (a lone caller waits for nothing); calls made while MaxInFlight are in flight wait,
-// and go out together as one Batch (up to MaxBatch) as soon as one returns. There is
-// no timer. Its methods are those of Client (see Operations), answer what those answer
-// (each caller its own value or its own error), and are safe for concurrent use.
+// and go out together as one Batch (up to MaxBatch, and a MiB) as soon as one
+// returns. There is no timer. Its methods are those of Client (see Operations), answer
+// what those answer (each caller its own value or its own error), and are safe for
+// concurrent use.
 //
 // A caller's ctx bounds its wait; a Batch call carries the latest deadline of its
 // callers and is cancelled once none of them waits any more. Since callers share a
@@ -91,15 +94,19 @@ func (b *Batcher) drain(calls []*batchedCall) {
 	}
 }
 
-// next takes the waiting calls for the slot of a Batch that returned (those whose
-// caller left are dropped), or frees the slot when none wait.
+// next takes the waiting calls for the slot of a Batch that returned, oldest first, up
+// to maxBatch and maxPackBytes (the first alone, if bigger; those whose caller left are
+// dropped), or frees the slot when none wait.
 func (b *Batcher) next() []*batchedCall {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var calls []*batchedCall
-	taken := 0
+	taken, size := 0, 0
 	for taken < len(b.queue) && len(calls) < b.maxBatch {
 		if call := b.queue[taken]; call.ctx.Err() == nil {
+			if size += proto.Size(call.op.request); len(calls) > 0 && size > maxPackBytes {
+				break
+			}
 			calls = append(calls, call)
 		}
 		taken++

@@ -59,11 +59,6 @@ func (c *Client) Session(ctx context.Context) *Session {
 // stream before it stops reading.
 const maxSessionPack = 256
 
-// maxSessionPackBytes bounds the operations one message packs, by size (a bigger lone
-// one goes alone): the server refuses a message over its message size (8 MiB by
-// default) whatever it carries, and past a MiB packing saves nothing worth having.
-const maxSessionPackBytes = 1 << 20
-
 // errSessionClosed answers the operations of a closed Session.
 var errSessionClosed = &Error{Code: codes.Canceled, Message: "the session is closed"}
 
@@ -245,7 +240,7 @@ func (st *sessionStream) send() {
 }
 
 // pack is the message that carries first and every operation already waiting to be
-// handed over, up to maxSessionPack operations and maxSessionPackBytes, but those whose
+// handed over, up to maxSessionPack operations and maxPackBytes, but those whose
 // caller's ctx has ended (nil when none is left): a lone one in id and operation (what
 // any server reads), several in operations. An operation taken that does not fit is
 // returned, to lead the next message (whose pack checks its ctx again); none is the zero
@@ -260,7 +255,7 @@ func (st *sessionStream) pack(first queuedOperation) (request *cachev1.SessionRe
 waiting:
 	for {
 		if next.ctx.Err() == nil {
-			if size += proto.Size(next.operation); len(packed) > 0 && size > maxSessionPackBytes {
+			if size += proto.Size(next.operation); len(packed) > 0 && size > maxPackBytes {
 				carried = next
 				break
 			}
