@@ -26,6 +26,41 @@ export type BatchSetOptions = Omit<SetOptions, "tags" | keyof CallOptions>;
 const CACHE_SERVICE = "cachet.cache.v1.CacheService";
 
 /**
+ * The most bytes of operations one message packs, roughly (`roughBytes`), a Session
+ * message or a Batch call: a lone operation may be bigger (the server takes or refuses
+ * it). Packing pays for small operations; at a MiB a message's own cost is lost in its
+ * payload, and a server's max_message_bytes (default 8 MiB), which refuses a message
+ * over it whatever it carries, takes packed what it takes alone.
+ */
+const PACK_BYTES = 1024 * 1024;
+
+/** An operation's encoded size, from above: its key, keys, fields and values, and what framing and flags may add. */
+function roughBytes(operation: BatchOperation): number {
+  const text = (s: string) => 3 * s.length + 8; // UTF-8 takes at most 3 bytes per UTF-16 unit; 8 for tag and length
+  const { get, set, delete: deleted, increment, expire, hashGet, hashSet } = operation;
+  const keyed = get ?? set ?? increment ?? expire ?? hashGet ?? hashSet;
+  let bytes = 64 + (keyed === undefined ? 0 : text(keyed.key)) + (set?.value.length ?? 0);
+  for (const key of deleted?.keys ?? []) bytes += text(key);
+  for (const field of hashGet?.fields ?? []) bytes += text(field);
+  for (const { field, value } of hashSet?.fields ?? []) bytes += text(field) + value.length + 8;
+  return bytes;
+}
+
+/**
+ * Where the Batch call that carries `planned` from `start` ends: at most `maxBatch`
+ * operations and PACK_BYTES of them (one bigger goes alone), so a batch of big values
+ * is not one request over the server's message size that fails as a whole.
+ */
+function chunkEnd(planned: readonly { operation: BatchOperation }[], start: number, maxBatch: number): number {
+  let end = start;
+  for (let bytes = 0; end < planned.length && end - start < maxBatch; end++) {
+    bytes += roughBytes(planned[end]!.operation);
+    if (end > start && bytes > PACK_BYTES) break;
+  }
+  return end;
+}
+
+/**
  * One Batch call carrying `planned`. Retried on UNAVAILABLE as their unary calls are,
  * within the call's deadline, when every one of them may be (none is a set or a
  * hashSet; increments carry request ids, so a retry applies them once).
@@ -52,8 +87,8 @@ export type BatchResults<Results extends unknown[]> = { [I in keyof Results]: Op
 /**
  * Operations sent together in Batch calls: `client.batch().get("a").set("b", "x").execute()`.
  * Chained, the results are typed per operation; built in a loop, name the result type:
- * `client.batch<(Value | undefined)[]>()`. Past the client's `maxBatch` operations it
- * sends several calls at once; the results stay in order.
+ * `client.batch<(Value | undefined)[]>()`. Past the client's `maxBatch` operations, or
+ * about a MiB of them, it sends several calls at once; the results stay in order.
  */
 export class Batch<Results extends unknown[] = []> {
   private readonly planned: Operation<unknown>[] = [];
@@ -111,8 +146,9 @@ export class Batch<Results extends unknown[] = []> {
     }
     this.executed = true;
     const chunks: Operation<unknown>[][] = [];
-    for (let start = 0; start < this.planned.length; start += this.transport.maxBatch) {
-      chunks.push(this.planned.slice(start, start + this.transport.maxBatch));
+    for (let start = 0, end = 0; start < this.planned.length; start = end) {
+      end = chunkEnd(this.planned, start, this.transport.maxBatch);
+      chunks.push(this.planned.slice(start, end));
     }
     const replies = await Promise.all(chunks.map((chunk) => exchange(this.transport, chunk, options)));
     return replies.flatMap((reply, c) => chunks[c]!.map((o, i) => settle(o, reply.results[i]))) as BatchResults<Results>;
@@ -238,26 +274,6 @@ const CLOSE_GRACE_MS = 1000;
 const SESSION_PACK = 256;
 
 /**
- * The most bytes a Session packs into one message, roughly (`roughBytes`): a lone
- * operation may be bigger, as before. Packing pays for small operations; at a MiB a
- * message's own cost is lost in its payload, and a server's max_message_bytes (default
- * 8 MiB) that takes each of the operations alone then takes them packed.
- */
-const SESSION_PACK_BYTES = 1024 * 1024;
-
-/** An operation's encoded size, from above: its key, keys, fields and values, and what framing and flags may add. */
-function roughBytes(operation: BatchOperation): number {
-  const text = (s: string) => 3 * s.length + 8; // UTF-8 takes at most 3 bytes per UTF-16 unit; 8 for tag and length
-  const { get, set, delete: deleted, increment, expire, hashGet, hashSet } = operation;
-  const keyed = get ?? set ?? increment ?? expire ?? hashGet ?? hashSet;
-  let bytes = 64 + (keyed === undefined ? 0 : text(keyed.key)) + (set?.value.length ?? 0);
-  for (const key of deleted?.keys ?? []) bytes += text(key);
-  for (const field of hashGet?.fields ?? []) bytes += text(field);
-  for (const { field, value } of hashSet?.fields ?? []) bytes += text(field) + value.length + 8;
-  return bytes;
-}
-
-/**
  * One CacheService/Session stream: each operation gets a fresh id and resolves when its
  * answer arrives, in any order; any number may be outstanding (the server runs 256 of
  * one stream at once, and reads on as they complete). Operations made together (in one
@@ -327,7 +343,7 @@ export class Session extends BatchableCalls {
 
   /**
    * The unsent operations of `stream`, oldest first, up to SESSION_PACK and
-   * SESSION_PACK_BYTES, as one message (a lone one in `id` and `operation`); those
+   * PACK_BYTES, as one message (a lone one in `id` and `operation`); those
    * settled meanwhile (deadline, signal) are never sent.
    */
   private nextMessage(stream: SessionStream): SessionRequest | undefined {
@@ -340,7 +356,7 @@ export class Session extends BatchableCalls {
       const entry = this.pending.get(id);
       if (entry?.stream !== stream) continue;
       const size = roughBytes(entry.waiting.operation);
-      if (packed.length > 0 && bytes + size > SESSION_PACK_BYTES) break;
+      if (packed.length > 0 && bytes + size > PACK_BYTES) break;
       bytes += size;
       packed.push({ id, operation: entry.waiting.operation });
     }
@@ -419,25 +435,26 @@ export interface BatcherOptions {
   /**
    * Batch calls out at once (default 4). Below it, a call goes out with the others of
    * its event-loop turn; at it, calls queue and go out together, up to the client's
-   * `maxBatch` per call, as soon as one returns.
+   * `maxBatch` (and about a MiB) per call, as soon as one returns.
    */
   maxInFlight?: number;
+}
+
+/** Whether an operation writes (everything but get and hashGet). */
+function writes(operation: BatchOperation): boolean {
+  return operation.get === undefined && operation.hashGet === undefined;
 }
 
 /**
  * The batchable calls, coalesced adaptively into Batch calls: the calls made in one
  * turn of the event loop go out together (so `Promise.all` of 50 gets is one Batch,
  * and a lone caller waits for nothing), and while `maxInFlight` Batch calls are out the
- * calls made meanwhile queue and go out together when one returns. Each caller gets
+ * calls made meanwhile queue and go out together when one returns; a Batch call
+ * carries up to the client's `maxBatch` and about a MiB of them. Each caller gets
  * its own value or its own error; a Batch call failing (UNAVAILABLE, deadline) rejects
  * each of its callers with that error, after the retries its operations allow (see
  * Batch.execute). A call's `timeoutMs` counts from when it is made.
  */
-/** Whether an operation writes (everything but get and hashGet). */
-function writes(operation: BatchOperation): boolean {
-  return operation.get === undefined && operation.hashGet === undefined;
-}
-
 export class Batcher extends BatchableCalls {
   readonly maxInFlight: number;
   private queue: Waiting[] = [];
@@ -478,7 +495,7 @@ export class Batcher extends BatchableCalls {
     while (this.inFlight < this.maxInFlight) {
       this.queue = this.queue.filter((waiting) => !waiting.settled);
       if (this.queue.length === 0) return;
-      this.send(this.queue.splice(0, this.transport.maxBatch));
+      this.send(this.queue.splice(0, chunkEnd(this.queue, 0, this.transport.maxBatch)));
     }
   }
 

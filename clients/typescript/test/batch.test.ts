@@ -254,6 +254,29 @@ test("batch: past maxBatch it splits into concurrent calls, keeping order and ev
   assert.throws(() => new CachetClient(server.address, { maxBatch: 0 }), /maxBatch/);
 });
 
+test("batch: big values split at about a MiB per call, so the server never refuses a call its operations fit alone", async () => {
+  const { client, sent } = connect();
+  // 40 sets of 300 kB: 12 MB, more than the server's 8 MiB max_message_bytes in one call.
+  const values = Array.from({ length: 40 }, (_, i) => Buffer.alloc(300_000, i));
+  const before = await serverBatchCalls(client, 0n);
+  const writes = client.batch<bigint[]>();
+  values.forEach((v, i) => writes.set(`big:${i}`, v));
+  const versions = (await writes.execute()).map(value);
+  assert.deepEqual(sent.batchSizes, [...Array(13).fill(3), 1], "three of 300 kB per call");
+  assert.equal(await serverBatchCalls(client, before + 14n), before + 14n);
+  for (const [i, v] of values.entries()) {
+    assert.deepEqual(await client.get(`big:${i}`), { data: v, version: versions[i] });
+  }
+  // A set of the server's largest value (1 MiB) is over a MiB: a call of its own, between two small ones.
+  const largest = Buffer.alloc(1024 * 1024, 7);
+  const mixed = await client.batch<bigint[]>().set("before", "1").set("largest", largest).set("after", "2").execute();
+  mixed.forEach((result) => assert.ok(value(result) > 0n));
+  assert.deepEqual(sent.batchSizes.slice(14), [1, 1, 1]);
+  assert.equal((await client.get("before"))?.data.toString(), "1");
+  assert.ok((await client.get("largest"))?.data.equals(largest));
+  assert.equal((await client.get("after"))?.data.toString(), "2");
+});
+
 test("session: 300 concurrent operations from 30 tasks, each answered to its caller", async () => {
   const { client, sent } = connect();
   const session = client.session();
@@ -413,6 +436,18 @@ test("batcher: concurrent gets share Batch calls, counted by an interceptor and 
   assert.equal(sent.batchSizes.reduce((a, b) => a + b, 0), 400);
   assert.equal(await serverBatchCalls(client, before + BigInt(calls)), before + BigInt(calls));
   console.log(`batcher: 400 gets in ${calls} Batch calls (sizes ${sent.batchSizes.join(",")})`);
+});
+
+test("batcher: big values go about a MiB per Batch call, so the server never refuses one whole", async () => {
+  const { client, sent } = connect();
+  const batcher = client.batcher();
+  // 40 sets of 300 kB in one turn of the event loop: as one Batch, 12 MB, over the server's 8 MiB.
+  const values = Array.from({ length: 40 }, (_, i) => Buffer.alloc(300_000, i));
+  const versions = await Promise.all(values.map((v, i) => batcher.set(`big:${i}`, v)));
+  assert.deepEqual(sent.batchSizes, [...Array(13).fill(3), 1], "three of 300 kB per call");
+  for (const i of [0, 20, 39]) {
+    assert.deepEqual(await client.get(`big:${i}`), { data: values[i], version: versions[i] });
+  }
 });
 
 test("batcher: a lone sequential caller sends one Batch per call, without waiting", async () => {
