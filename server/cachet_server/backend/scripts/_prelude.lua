@@ -1,4 +1,7 @@
--- Shared helpers, prepended to every cachet script (Redis scripts cannot `require`).
+-- Shared helpers (Redis scripts cannot `require`). backend/scripts.py pastes into each
+-- script the ones it uses, found by name in its code: one `local` definition per
+-- helper, each with its comment lines right above it, defined before any helper that
+-- uses it.
 
 -- A cache value's next version: above the last one, and at least Redis's clock
 -- in microseconds, so a deleted and re-created key never repeats a version.
