@@ -63,13 +63,13 @@ _US = 1_000_000
 def _put(
     value: duration_pb2.Duration | timestamp_pb2.Timestamp, amount: int, per_second: int
 ) -> None:
-    """Set `value` to `amount` units of 1/`per_second` s in place (filling a response's
-    own field costs a fraction of building a message and copying it in; protobuf's
-    From* helpers are Python)."""
-    seconds, rest = divmod(abs(amount), per_second)
-    sign = -1 if amount < 0 else 1
-    value.seconds = sign * seconds
-    value.nanos = sign * rest * (_NANOS // per_second)
+    """Set `value` to `amount` ≥ 0 units of 1/`per_second` s in place (filling a
+    response's own field costs a fraction of building a message and copying it in;
+    protobuf's From* helpers are Python). Every time and duration a lock answers is
+    non-negative: TTLs are at least 1 ms, waits and remaining TTLs at least 0, Redis
+    times after 1970."""
+    value.seconds, rest = divmod(amount, per_second)
+    value.nanos = rest * (_NANOS // per_second)
 
 
 def _duration(ms: int) -> duration_pb2.Duration:
@@ -151,10 +151,9 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
         return self.check.key(name, field)
 
     def _ttl(self, message: Any, field: str, path: str, minimum_ms: int = 1) -> int:
-        duration = optional(message, field)
-        if duration is None:
+        if not message.HasField(field):
             raise InvalidArgument.field(path, "is required")
-        ms = self.check.duration_ms(duration, path)
+        ms = self.check.duration_ms(getattr(message, field), path)
         if ms < minimum_ms:
             raise InvalidArgument.field(path, f"must be at least {minimum_ms} ms")
         if ms > self.max_ttl_ms:
@@ -175,14 +174,15 @@ class LockService(Servicer, lock_pb2_grpc.LockServiceServicer):
         return ms / 1000
 
     def _holder(self, holder: str, path: str) -> str:
-        if len(holder.encode()) > MAX_HOLDER_BYTES:
+        # Encoded only when it may not fit: UTF-8 takes at most 4 bytes a character.
+        if len(holder) > MAX_HOLDER_BYTES // 4 and len(holder.encode()) > MAX_HOLDER_BYTES:
             raise InvalidArgument.field(path, f"is longer than {MAX_HOLDER_BYTES} bytes")
         return holder
 
     def _token(self, token: str) -> str:
         if not token:
             raise InvalidArgument.field("owner_token", "must not be empty")
-        if len(token.encode()) > MAX_OWNER_TOKEN_BYTES:
+        if len(token) > MAX_OWNER_TOKEN_BYTES // 4 and len(token.encode()) > MAX_OWNER_TOKEN_BYTES:
             raise InvalidArgument.field(
                 "owner_token", f"is longer than {MAX_OWNER_TOKEN_BYTES} bytes"
             )
