@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import statistics
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from cachet_client.proto.cachet.cache.v1 import cache_pb2
 from cachet_client.proto.cachet.lock.v1 import lock_pb2 as pb
 from cachet_client.proto.cachet.lock.v1 import lock_pb2_grpc
 from cachet_server.backend.keys import Kind, redis_key
+from cachet_server.backend.locks import new_secret
 from cachet_server.backend.topology import TopologyKind
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
@@ -415,3 +417,27 @@ def error_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:
                 if detail.Unpack(info):
                     return dict(info.metadata)
     raise AssertionError("error carries no ErrorInfo")
+
+
+def test_owner_tokens_are_unique_and_never_repeated_by_a_forked_child():
+    """Tokens come from a pool of OS randomness read 64 at a time (backend/locks.py
+    `new_secret`): each is 192 bits of hex, handed out once, and a forked child reads
+    its own instead of handing out the ones its parent still holds."""
+    first = new_secret()
+    assert len(first) == 48 and int(first, 16) >= 0
+    tokens = {new_secret() for _ in range(1000)} | {first}
+    assert len(tokens) == 1001
+    new_secret()  # the pool now holds unused secrets of the parent's
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child process)
+        os.close(read)
+        os.write(write, " ".join(new_secret() for _ in range(64)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        from_child = set(pipe.read().split())
+    os.waitpid(child, 0)
+    from_parent = {new_secret() for _ in range(64)}
+    assert len(from_child) == 64
+    assert not from_child & from_parent, "the child repeated the parent's secrets"
