@@ -8,7 +8,6 @@ here, not in production."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 from cachet_server.backend.scripts import (
@@ -63,12 +62,12 @@ def free_names(source: str) -> set[str]:
     return free
 
 
-def shipped() -> Iterator[Script]:
-    """Every script the server runs, both variants of a flagged one."""
-    for item in all_scripts():
-        yield item
-        if item.source.startswith("#!"):
-            yield script(item.name, allow_oom=True)
+def shipped() -> list[Script]:
+    """Every script the server loads at start-up."""
+    scripts = all_scripts()
+    assert script("lock_permits", allow_oom=True) in scripts, "both variants of a flagged one"
+    assert script("cache_get") in scripts
+    return scripts
 
 
 @pytest.fixture(scope="module")

@@ -138,11 +138,18 @@ def script(name: str, *, allow_oom: bool = False) -> Script:
 
 
 def all_scripts() -> list[Script]:
-    """Every script shipped with the server, for loading at start-up."""
+    """Every script shipped with the server, for loading at start-up: both variants of
+    a flagged one (a lock release runs the allow-oom one), so that neither's first call
+    after a start or a failover finds it missing."""
     folder = resources.files(__package__).joinpath("scripts")
     names = sorted(
         entry.name.removesuffix(".lua")
         for entry in folder.iterdir()
         if entry.name.endswith(".lua") and not entry.name.startswith("_")
     )
-    return [script(name) for name in names]
+    every = []
+    for name in names:
+        every.append(script(name))
+        if every[-1].source.startswith(DENY_OOM):
+            every.append(script(name, allow_oom=True))
+    return every
