@@ -276,9 +276,11 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
 
     def _get_args(self, request: pb.GetRequest) -> tuple[str, float]:
         key = self.check.key(request.key)
-        beta = self.check.finite(request.early_refresh_beta, "early_refresh_beta")
-        if not 0 <= beta <= _MAX_BETA:
-            raise InvalidArgument.field("early_refresh_beta", f"must be in [0, {_MAX_BETA}]")
+        beta = request.early_refresh_beta
+        if beta:  # 0, the default, needs no check
+            self.check.finite(beta, "early_refresh_beta")
+            if not 0 <= beta <= _MAX_BETA:
+                raise InvalidArgument.field("early_refresh_beta", f"must be in [0, {_MAX_BETA}]")
         return key, beta
 
     def _get_response(
@@ -587,6 +589,8 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         answers are written as their round completes."""
         namespace = current_namespace()
         roles = current_call().identity.grants.roles
+        # Roles that admit every operation (WRITE) need no check per operation.
+        check_each = not _SESSION_OPERATION.admits(roles, None)
         arrived: list[_SessionArrival] = []
         running = 0  # operations of the round at Redis
         progress = asyncio.Event()  # for the rounds: a request arrived, or reading ended
@@ -597,12 +601,16 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
             nonlocal reading
             try:
                 async for request in request_iterator:
-                    if request.HasField("operation") or not request.operations:
+                    operations = request.operations
+                    if not operations:
                         arrived.append(request)
-                    if len(request.operations) > SESSION_PACK:
-                        arrived.extend(_Refused(op.id) for op in request.operations)
                     else:
-                        arrived.extend(request.operations)
+                        if request.HasField("operation"):
+                            arrived.append(request)
+                        if len(operations) > SESSION_PACK:
+                            arrived.extend(_Refused(op.id) for op in operations)
+                        else:
+                            arrived.extend(operations)
                     progress.set()
                     while len(arrived) + running >= SESSION_IN_FLIGHT:
                         room.clear()
@@ -621,7 +629,9 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                 requests = arrived[:]
                 arrived.clear()
                 running = len(requests)
-                responses = await self._session_round(namespace, roles, requests)
+                responses = await self._session_round(
+                    namespace, roles if check_each else None, requests
+                )
                 running = 0
                 room.set()
                 for response in responses:
@@ -635,33 +645,36 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     async def _session_round(
         self,
         namespace: str,
-        roles: frozenset[Role],
+        roles: frozenset[Role] | None,
         requests: Sequence[_SessionArrival],
     ) -> list[pb.SessionResponse]:
         """The answers to Session operations run together; an operation refused or
         failed fails alone, and a Redis fault fails the round's answers, not the stream.
-        Operations sent alone get a message each; packed ones share messages."""
+        Operations sent alone get a message each; packed ones share messages. `roles`:
+        those to check each operation against, None when they admit every operation."""
         responses: list[pb.SessionResponse] = []
         packed = pb.SessionResponse()
         add_answer = packed.answers.add
         operations: list[pb.BatchOperation] = []
         into: list[pb.BatchResult] = []
         for request in requests:
-            if isinstance(request, pb.SessionRequest):
+            if type(request) is pb.SessionOperation:  # the common case first
+                answer = add_answer()
+                answer.id = request.id
+                result = answer.result
+            elif isinstance(request, _Refused):
+                _fail(add_answer(id=request.id).result, _TOO_MANY_PACKED)
+                continue
+            else:
                 response = pb.SessionResponse(id=request.id)
                 responses.append(response)
                 result = response.result
-            else:
-                result = add_answer(id=request.id).result
-                if isinstance(request, _Refused):
-                    _fail(result, _TOO_MANY_PACKED)
-                    continue
-            refusal = _refusal(roles, request.operation)
-            if refusal is not None:
+            operation = request.operation
+            if roles is not None and (refusal := _refusal(roles, operation)) is not None:
                 _fail(result, refusal)
-            else:
-                operations.append(request.operation)
-                into.append(result)
+                continue
+            operations.append(operation)
+            into.append(result)
         if operations:
             try:
                 await self._run_operations(namespace, operations, into, budget=_ReadBudget.EACH)
@@ -698,8 +711,9 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         for i, operation in enumerate(operations):
             try:
                 if operation.WhichOneof("operation") == "get":
-                    key, beta = self._get_args(operation.get)
-                    reads.append((i, operation.get, key, beta))
+                    get = operation.get
+                    key, beta = self._get_args(get)
+                    reads.append((i, get, key, beta))
                     if budget is _ReadBudget.APART:
                         read_together()
                     continue
@@ -744,20 +758,22 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
     def _plan_gets(
         self, namespace: str, reads: Sequence[tuple[int, pb.GetRequest, str, float]]
     ) -> tuple[list[int], Step, _Respond]:
-        with_ttl = any(request.include_ttl or beta > 0 for _, request, _, beta in reads)
-        requests = [(request, beta) for _, request, _, beta in reads]
+        indexes = [i for i, _, _, _ in reads]
+        requests = [request for _, request, _, _ in reads]
+        keys = [key for _, _, key, _ in reads]
+        betas = [beta for _, _, _, beta in reads]
+        with_ttl = any(betas) or any(request.include_ttl for request in requests)
         step = self.store.read_many_step(
-            namespace,
-            [key for _, _, key, _ in reads],
-            with_ttl=with_ttl,
-            max_answer_bytes=self.check.limits.max_message_bytes,
+            namespace, keys, with_ttl=with_ttl, max_answer_bytes=self.check.limits.max_message_bytes
         )
 
         def respond(found: Reads, into: list[pb.BatchResult]) -> None:
             misses = found.values.count(None)
             self.stats.record_lookups(namespace, hits=len(into) - misses, misses=misses)
             if with_ttl:
-                for n, (result, (request, beta)) in enumerate(zip(into, requests, strict=True)):
+                for n, (result, request, beta) in enumerate(
+                    zip(into, requests, betas, strict=True)
+                ):
                     result.get.CopyFrom(_get_message(request, found.value(n, beta)))
                 return
             for result, value, version in zip(into, found.values, found.versions, strict=True):
@@ -769,7 +785,7 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
                     get.value = value
                     get.version = version
 
-        return [i for i, _, _, _ in reads], step, respond
+        return indexes, step, respond
 
     def _plan(self, namespace: str, operation: pb.BatchOperation) -> tuple[Step, _Answer]:
         """The backend step of one operation but a get (see `_plan_gets`), validated as
