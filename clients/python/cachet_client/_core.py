@@ -40,6 +40,11 @@ from .serializers import Serializer
 
 NAMESPACE_METADATA = "cachet-namespace"
 AUTHORIZATION_METADATA = "authorization"
+# The largest answer a channel accepts: unlimited (-1), not gRPC's 4 MiB default. The
+# server bounds what it sends (limits.max_message_bytes, 8 MiB unless raised) and sizes
+# GetMany, Batch and collection answers to fit, so any cap here below it fails answers
+# the server built and the caller asked for. `options` may set a cap again.
+MAX_RECEIVE_MESSAGE_LENGTH = -1
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -142,15 +147,19 @@ class Settings:
     options: Sequence[tuple[str, Any]] = ()
 
     def channel_options(self, *, retrying: bool) -> list[tuple[str, Any]]:
-        """grpc channel arguments: the service config, the TLS name override, extras."""
+        """grpc channel arguments: the service config, the receive limit, the TLS name
+        override, and the extras, which replace those of the same name (grpc would keep
+        the first of two)."""
         policy = self.retry if retrying else NO_RETRY
         options: list[tuple[str, Any]] = [
             ("grpc.service_config", policy.service_config()),
             ("grpc.enable_retries", 1 if retrying else 0),
+            ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_LENGTH),
         ]
         if self.tls is not None and self.tls.server_name:
             options.append(("grpc.ssl_target_name_override", self.tls.server_name))
-        return [*options, *self.options]
+        replaced = {name for name, _ in self.options}
+        return [*(option for option in options if option[0] not in replaced), *self.options]
 
     def deadline(self, extra: float) -> float | None:
         """The timeout of one call: the default deadline plus the time it may block."""
