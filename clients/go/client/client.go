@@ -28,6 +28,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"time"
 
@@ -48,6 +49,14 @@ import (
 // NamespaceMetadata is the request metadata key that scopes a call to a namespace.
 const NamespaceMetadata = "cachet-namespace"
 
+// MaxReceiveMessageBytes is the largest answer a Client accepts: math.MaxInt32, gRPC's
+// own ceiling, in place of its 4 MiB default. The server bounds what it sends
+// (limits.max_message_bytes, 8 MiB unless an operator raises it) and sizes GetMany,
+// Batch and collection answers to fit, so a lower cap here would fail answers the
+// server built for a caller who asked for them. A later
+// grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(n)) caps it again.
+const MaxReceiveMessageBytes = math.MaxInt32
+
 // Client is a connection to a cachet server whose calls all run in one namespace.
 // It is safe for concurrent use.
 type Client struct {
@@ -65,12 +74,14 @@ type Client struct {
 // grpc.DialOption) brings other transport credentials; it is made lazily, so errors
 // from an unreachable server surface on the first call. Idempotent calls are retried
 // on UNAVAILABLE through the gRPC service config (RetryServiceConfig); a later
-// grpc.WithDefaultServiceConfig replaces that policy.
+// grpc.WithDefaultServiceConfig replaces that policy. Answers of any size are accepted
+// (MaxReceiveMessageBytes).
 func Dial(target, namespace string, opts ...grpc.DialOption) (*Client, error) {
 	scope := metadata.Pairs(NamespaceMetadata, namespace)
 	defaults := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultServiceConfig(RetryServiceConfig),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxReceiveMessageBytes)),
 		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any,
 			cc *grpc.ClientConn, invoker grpc.UnaryInvoker, callOpts ...grpc.CallOption,
 		) error {
