@@ -52,7 +52,7 @@ export interface CachetClientOptions {
   maxBatch?: number;
   /** Retry idempotent calls on UNAVAILABLE (see IDEMPOTENT_METHODS). Default true. */
   retry?: boolean;
-  /** More grpc-js channel options. */
+  /** More grpc-js channel options (`"grpc.max_receive_message_length"` caps answers: MAX_RECEIVE_MESSAGE_LENGTH). */
   channelOptions?: Partial<ClientOptions>;
 }
 
@@ -98,6 +98,15 @@ export const REQUEST_ID_METHODS: Record<string, readonly string[]> = {
   "cachet.cache.v1.CacheService": ["Increment", "HashIncrement", "ListPush", "SortedSetIncrement"],
   "cachet.eventbus.v1.EventBusService": ["Publish", "Append"],
 };
+
+/**
+ * The largest answer the channel accepts: unlimited (-1), not gRPC's 4 MiB default. The
+ * server bounds what it sends (limits.max_message_bytes, 8 MiB unless an operator raises
+ * it) and sizes GetMany, Batch and collection answers to fit, so a lower cap here would
+ * fail answers the server built for a caller who asked for them. `channelOptions`
+ * `"grpc.max_receive_message_length"` caps it again.
+ */
+export const MAX_RECEIVE_MESSAGE_LENGTH = -1;
 
 /** The server's default max_batch: the most operations of one Batch call. */
 export const DEFAULT_MAX_BATCH = 1000;
@@ -174,7 +183,11 @@ export class Transport {
       this.interceptors.push(bearerInterceptor(typeof source === "string" ? () => source : source));
     }
     this.interceptors.push(...(options.channelOptions?.interceptors ?? []));
-    const channelOptions: Partial<ClientOptions> = { ...options.channelOptions, interceptors: this.interceptors };
+    const channelOptions: Partial<ClientOptions> = {
+      "grpc.max_receive_message_length": MAX_RECEIVE_MESSAGE_LENGTH,
+      ...options.channelOptions,
+      interceptors: this.interceptors,
+    };
     if (this.retry) {
       channelOptions["grpc.service_config"] = RETRY_SERVICE_CONFIG;
     }
