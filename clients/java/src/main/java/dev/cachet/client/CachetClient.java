@@ -47,6 +47,15 @@ public final class CachetClient implements AutoCloseable {
   public static final Metadata.Key<String> AUTHORIZATION =
       Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
 
+  /**
+   * The largest answer a client accepts unless {@link Builder#maxInboundMessageSize} says
+   * otherwise: {@code Integer.MAX_VALUE}, gRPC's own ceiling, in place of its 4 MiB default. The
+   * server bounds what it sends (limits.max_message_bytes, 8 MiB unless an operator raises it) and
+   * sizes GetMany, Batch and collection answers to fit, so a lower cap here would fail answers the
+   * server built for a caller who asked for them.
+   */
+  public static final int MAX_INBOUND_MESSAGE_SIZE = Integer.MAX_VALUE;
+
   private static final Pattern NAMESPACE_SYNTAX = Pattern.compile("[A-Za-z0-9_.-]{1,64}");
 
   private final ManagedChannel channel;
@@ -126,6 +135,7 @@ public final class CachetClient implements AutoCloseable {
     private Duration defaultDeadline = Duration.ofSeconds(5);
     private int maxAttempts = 4;
     private Duration initialBackoff = Duration.ofMillis(100);
+    private int maxInboundMessageSize = MAX_INBOUND_MESSAGE_SIZE;
 
     private Builder() {}
 
@@ -189,6 +199,18 @@ public final class CachetClient implements AutoCloseable {
       return this;
     }
 
+    /**
+     * The largest answer accepted, in bytes; default {@link #MAX_INBOUND_MESSAGE_SIZE} (no cap
+     * below gRPC's own). A larger answer fails with {@link ResourceExhaustedException}.
+     */
+    public Builder maxInboundMessageSize(int bytes) {
+      if (bytes < 1) {
+        throw new IllegalArgumentException("maxInboundMessageSize must be positive, got " + bytes);
+      }
+      this.maxInboundMessageSize = bytes;
+      return this;
+    }
+
     public CachetClient build() {
       if (target == null) {
         throw new IllegalStateException("target is required");
@@ -199,7 +221,9 @@ public final class CachetClient implements AutoCloseable {
         transport = CompositeChannelCredentials.create(transport, new BearerToken(credentials));
       }
       ManagedChannelBuilder<?> builder =
-          Grpc.newChannelBuilder(target, transport).intercept(new NamespaceInterceptor(namespace));
+          Grpc.newChannelBuilder(target, transport)
+              .intercept(new NamespaceInterceptor(namespace))
+              .maxInboundMessageSize(maxInboundMessageSize);
       if (maxAttempts > 1) {
         builder
             .defaultServiceConfig(RetryPolicy.serviceConfig(maxAttempts, initialBackoff))
