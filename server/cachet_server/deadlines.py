@@ -31,6 +31,7 @@ import asyncio
 import math
 import weakref
 from types import TracebackType
+from typing import Any
 
 __all__ = [
     "EXACT_BELOW",
@@ -69,15 +70,6 @@ class DeadlineScheduler:
         """Bounds entered and neither left nor expired."""
         return sum(len(members) for members in self._buckets.values())
 
-    def _join(self, loop: asyncio.AbstractEventLoop, budget: float, bound: Bound) -> set[Bound]:
-        fires = fire_time(loop.time() + budget, budget)
-        members = self._buckets.get(fires)
-        if members is None:
-            members = self._buckets[fires] = set()
-            loop.call_at(fires, self._expire, fires)
-        members.add(bound)
-        return members
-
     def _expire(self, fires: float) -> None:
         for bound in self._buckets.pop(fires):
             bound.expired = True
@@ -86,12 +78,19 @@ class DeadlineScheduler:
 
 def fire_time(expires: float, budget: float) -> float:
     """When the bucket of a budget that ends at `expires` fires."""
+    if budget >= _CAPPED_FROM:
+        # The common case (gRPC clients' deadlines are seconds long): no frexp/ldexp.
+        return expires // MAX_SLACK * MAX_SLACK
     if budget < EXACT_BELOW:
         return expires
     # Down to a multiple of the largest power of two of seconds not over budget/32
     # (nor MAX_SLACK).
     granule = min(math.ldexp(1.0, math.frexp(budget)[1] - 6), MAX_SLACK)
     return expires // granule * granule
+
+
+# From this budget on, budget/32 is at least MAX_SLACK: every bucket is MAX_SLACK wide.
+_CAPPED_FROM = 32 * MAX_SLACK
 
 
 # id(loop) -> its scheduler, until the loop is collected (the scheduler holds no
@@ -119,8 +118,16 @@ class Bound:
         self.expired = False
 
     def __enter__(self) -> Bound:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
+        # Every call with a deadline passes here, so the scheduler's join is inlined and
+        # the loop and task come from asyncio's table of the task each loop is running
+        # now: when it holds one, that one is ours (we run in a task, on our loop).
+        # asyncio.get_running_loop costs a getpid() system call per call on Python 3.11.
+        task: asyncio.Task[Any] | None
+        if len(_running_tasks) == 1:
+            [(loop, task)] = _running_tasks.items()
+        else:
+            loop = asyncio.get_running_loop()
+            task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("a deadline bounds a task: use it inside one")
         self._task = task
@@ -128,7 +135,15 @@ class Bound:
         scheduler = _schedulers.get(id(loop))
         if scheduler is None:
             scheduler = scheduler_of(loop)
-        self._members = scheduler._join(loop, self._budget, self)
+        budget = self._budget
+        fires = fire_time(loop.time() + budget, budget)
+        buckets = scheduler._buckets
+        members = buckets.get(fires)
+        if members is None:
+            members = buckets[fires] = set()
+            loop.call_at(fires, scheduler._expire, fires)
+        members.add(self)
+        self._members = members
         return self
 
     def __exit__(
@@ -144,6 +159,13 @@ class Bound:
         # CancelledError it raised is the deadline's.
         if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
             raise TimeoutError from exc
+
+
+# Each loop -> the task it is running a step of now (asyncio's own table; empty where a
+# Python version keeps it elsewhere, and then Bound asks asyncio).
+_running_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = getattr(
+    asyncio.tasks, "_current_tasks", {}
+)
 
 
 def within(budget: float) -> Bound:

@@ -14,7 +14,7 @@ import grpc
 from grpc import aio
 
 from ..callcontext import current_call_or_none
-from ..deadlines import within
+from ..deadlines import Bound
 from ..errors import CachetError, Unimplemented, domain_error
 from ._stage import Context, StreamBehavior, UnaryBehavior, abort_with
 
@@ -67,7 +67,7 @@ class ErrorsStage:
                 if remaining is None:
                     response = await behavior(request, context)
                 else:
-                    with within(_handler_budget(remaining)):
+                    with Bound(_handler_budget(remaining)):
                         response = await behavior(request, context)
                 if context.done():
                     # Finished just as gRPC's deadline ended the call: nothing to send.
