@@ -19,7 +19,8 @@ does per call only what the stages themselves need.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import grpc
@@ -62,6 +63,23 @@ class Invoker(Protocol):
         ...
 
 
+# The metadata of the call this task serves, as grpc.aio handed it to the corridor's
+# handler lookup (Corridor.service).
+_arrived: ContextVar[Iterable[tuple[str, Any]] | None] = ContextVar("cachet_metadata", default=None)
+
+
+def invocation_metadata(context: Context) -> Iterable[tuple[str, Any]]:
+    """The call's metadata. grpc.aio builds the tuple anew (every entry decoded) on each
+    `context.invocation_metadata()`, and it already built one for the handler lookup: that
+    one is used. Every RPC is a task of its own and looks its handler up once, so what this
+    task's lookup saw is this call's; a handler run without a lookup (a test driving a
+    wrapped handler directly) gets the context's."""
+    metadata = _arrived.get()
+    if metadata is None:
+        return context.invocation_metadata() or ()
+    return metadata
+
+
 async def abort_with(context: Context, error: CachetError) -> None:
     """End the call with `error`'s status and google.rpc details (raises AbortError)."""
     status = rpc_status_for(error)
@@ -96,6 +114,9 @@ class Corridor(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         """The generic handler added just before serves these methods."""
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        # grpc.aio looks the handler up in the call's own task, just before running it:
+        # what it built the lookup with is the call's metadata (see invocation_metadata).
+        _arrived.set(handler_call_details.invocation_metadata)
         method = handler_call_details.method
         cached = self._handlers.get(method)
         if cached is not None:
