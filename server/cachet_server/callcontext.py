@@ -8,7 +8,7 @@ ContextVar is exactly per call.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -62,10 +62,10 @@ class CallContext:
 _current: ContextVar[CallContext] = ContextVar("cachet_call")
 
 
-def current_call() -> CallContext:
-    """The call being served. Raises LookupError outside a call (a bug: every servicer
-    runs behind the corridor's auth stage)."""
-    return _current.get()
+# The call being served. Raises LookupError outside a call (a bug: every servicer runs
+# behind the corridor's auth stage). The ContextVar's own get, not a function around it:
+# the corridor's stages ask for it several times per call.
+current_call: Callable[[], CallContext] = _current.get
 
 
 def current_call_or_none() -> CallContext | None:

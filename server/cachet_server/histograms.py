@@ -114,6 +114,9 @@ class PreaggregatedHistograms:
 
     def __init__(self) -> None:
         self._histograms: dict[tuple[str, str | None, str], PreaggregatedHistogram] = {}
+        # Whether a reader collects them (export_to was called): until then a record
+        # is work nobody reads, and the busiest sites skip it.
+        self.read = False
 
     def histogram(
         self,
@@ -144,6 +147,7 @@ class PreaggregatedHistograms:
             raise ValueError("the reader is not registered with a meter provider")
         temporality = reader._instrument_class_temporality[_Histogram]
         export = _ReaderExport(self, temporality, resource)
+        self.read = True
 
         def collect_with_histograms(
             metric_reader: MetricReader, timeout_millis: float = 10_000

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import grpc
 
 from .histograms import HistogramSeries
-from .metrics import OTHER_NAMESPACES, instruments
+from .metrics import OTHER_NAMESPACES, histograms, instruments
 
 
 class SiblingStats(Protocol):
@@ -68,20 +68,35 @@ class MethodCounter:
     """One method's calls: in flight, then counted with their duration and status, here
     and in the `rpc.server.call.duration` histogram. Everything a call needs is looked up
     once per method (the histogram's series once per status), so a call costs a few
-    integer updates and one pre-aggregated record (histograms.py)."""
+    integer updates and one pre-aggregated record (histograms.py), none while no metrics
+    reader collects the histogram (metrics off)."""
 
-    __slots__ = ("_entry", "_rpc_method", "_series", "active", "method", "stats")
+    __slots__ = (
+        "_entry",
+        "_namespaces",
+        "_ok",
+        "_rpc_method",
+        "_series",
+        "active",
+        "method",
+        "stats",
+    )
 
     def __init__(self, stats: ServiceStats, method: str) -> None:
         self.stats = stats
         self.method = method
         self.active = stats.active
+        self._namespaces = stats.namespaces
         self._rpc_method = method.lstrip("/")
         # Made on the first call that ends: GetServiceStats lists only methods called.
         self._entry: MethodStats | None = None
-        self._series: dict[grpc.StatusCode | None, HistogramSeries] = {}
+        # The series of successful calls, and of failed ones by status.
+        self._ok: HistogramSeries | None = None
+        self._series: dict[grpc.StatusCode, HistogramSeries] = {}
 
-    def start(self) -> None:
+    def start(self, namespace: str) -> None:
+        """A call of `namespace` (validated and authorized) starts."""
+        self._namespaces[namespace].calls += 1
         self.active[self.method] += 1
 
     def end(self, code: grpc.StatusCode | None, seconds: float) -> None:
@@ -93,19 +108,31 @@ class MethodCounter:
             entry = self._entry = self.stats.methods[self.method]
         entry.calls += 1
         entry.total_seconds += seconds
-        if code is not None:
+        if code is None:
+            series = self._ok
+            if series is None:
+                if not histograms.read:
+                    return
+                series = self._ok = self._new_series(None)
+        else:
             entry.errors += 1
             entry.errors_by_code[code.name] += 1
-        series = self._series.get(code)
-        if series is None:
-            series = self._series[code] = instruments.rpc_duration.series(
-                {
-                    "rpc.system.name": "grpc",
-                    "rpc.method": self._rpc_method,
-                    "rpc.response.status_code": code.name if code is not None else "OK",
-                }
-            )
+            if not histograms.read:
+                return
+            found = self._series.get(code)
+            if found is None:
+                found = self._series[code] = self._new_series(code)
+            series = found
         series.record(seconds)
+
+    def _new_series(self, code: grpc.StatusCode | None) -> HistogramSeries:
+        return instruments.rpc_duration.series(
+            {
+                "rpc.system.name": "grpc",
+                "rpc.method": self._rpc_method,
+                "rpc.response.status_code": code.name if code is not None else "OK",
+            }
+        )
 
 
 class ServiceStats:

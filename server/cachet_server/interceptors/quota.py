@@ -128,11 +128,13 @@ class QuotaStage:
 class _Admit:
     """One method's quota check; `enter` answers the resources the call holds."""
 
-    __slots__ = ("blocking", "may_block", "quota", "resources", "spec")
+    __slots__ = ("blocking", "counts", "defaults", "may_block", "quota", "resources", "spec")
 
     def __init__(self, quota: QuotaStage, spec: CallSpec) -> None:
         self.quota = quota
         self.spec = spec
+        self.counts = quota.counts
+        self.defaults = quota._default_limits
         # What a call of this method holds, without and with a blocking wait: built once.
         self.resources: tuple[Resource, ...] = (Resource.CALLS,)
         if spec.stream is not None:
@@ -146,10 +148,11 @@ class _Admit:
         resources = (
             self.blocking if self.may_block and self.spec.blocks(request) else self.resources
         )
-        quota = self.quota
-        limits = quota.limits_for(call.identity)
-        over = quota.counts.take_within(namespace, resources, limits)
+        identity = call.identity
+        limits = self.defaults if identity.quotas is None else self.quota.limits_for(identity)
+        over = self.counts.take_within(namespace, resources, limits)
         if over is not None:
+            quota = self.quota
             limit = limits[over]
             quota.stats.record_quota_refusal(namespace, over.value)
             call.status = ResourceExhausted.code
@@ -164,7 +167,7 @@ class _Admit:
         return resources
 
     def leave(self, resources: tuple[Resource, ...], error: BaseException | None) -> None:
-        self.quota.counts.give_back(current_call().namespace, resources)
+        self.counts.give_back(current_call().namespace, resources)
 
 
 def _merged(defaults: Mapping[Resource, int], overrides: QuotaOverrides) -> dict[Resource, int]:

@@ -22,6 +22,7 @@ from ..telemetry import start_rpc_span, tracing_on
 from ._stage import Context
 
 access_log = logging.getLogger(ACCESS_LOGGER)
+_monotonic = time.monotonic
 
 # Statuses that describe the caller's request, not a server fault: spans stay unset.
 _CALLER_FAULTS = {
@@ -75,9 +76,8 @@ class _Observe:
 
     def enter(self, request: Any, context: Context) -> float | _Traced:
         call = current_call()
-        self.stats.record_namespace_call(call.namespace)
-        self.counter.start()
-        started = time.monotonic()
+        self.counter.start(call.namespace)
+        started = _monotonic()
         if not tracing_on():
             return started
         span = start_rpc_span(call.method, call.namespace, call.text_metadata())
@@ -85,25 +85,20 @@ class _Observe:
         return _Traced(started, span, token)
 
     def leave(self, entered: float | _Traced, error: BaseException | None) -> None:
-        call = current_call()
-        code = (call.status or grpc.StatusCode.CANCELLED) if error is not None else None
-        if isinstance(entered, _Traced):
-            seconds = time.monotonic() - entered.started
-            # Inside the span, so the access line carries the call's trace_id and span_id.
-            self._sample_access(call, code, seconds)
-            otel_context.detach(entered.token)
+        code = None if error is None else (current_call().status or grpc.StatusCode.CANCELLED)
+        if isinstance(entered, float):
+            seconds = _monotonic() - entered
             self.counter.end(code, seconds)
-            _finish(call, entered.span, code)
+            if self.sample and random.random() < self.sample:
+                _access_line(current_call(), code, seconds)
             return
-        seconds = time.monotonic() - entered
-        self.counter.end(code, seconds)
-        self._sample_access(call, code, seconds)
-
-    def _sample_access(
-        self, call: CallContext, code: grpc.StatusCode | None, seconds: float
-    ) -> None:
+        seconds = _monotonic() - entered.started
+        # Inside the span, so the access line carries the call's trace_id and span_id.
         if self.sample and random.random() < self.sample:
-            _access_line(call, code, seconds)
+            _access_line(current_call(), code, seconds)
+        otel_context.detach(entered.token)
+        self.counter.end(code, seconds)
+        _finish(current_call(), entered.span, code)
 
 
 def _access_line(call: CallContext, code: grpc.StatusCode | None, seconds: float) -> None:
