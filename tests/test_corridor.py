@@ -14,7 +14,7 @@ from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from cachet_server.access import Grants
 from cachet_server.backend.keys import CacheKeys, Kind, redis_key
 from cachet_server.errors import PermissionDenied
-from cachet_server.interceptors._stage import Corridor
+from cachet_server.interceptors._stage import Corridor, arrived_metadata
 from cachet_server.interceptors.quota import QuotaCounts, Resource
 from grpc import aio
 
@@ -181,3 +181,85 @@ def test_cache_keys_are_the_layout_of_each_kind(key):
     assert keys.meta == redis_key("ns", Kind.META, key)
     assert keys.lease == redis_key("ns", Kind.LEASE, key)
     assert keys.stale == redis_key("ns", Kind.STALE, key)
+
+
+class _MetadataProbe:
+    """Keeps, per call, the metadata the corridor's lookup handed on and the call's own."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, Any]] = []
+
+    def stage_for(self, method: str, *, response_streaming: bool) -> _MetadataProbe:
+        return self
+
+    def enter(self, request: Any, context: Any) -> None:
+        self.seen.append((arrived_metadata(), context.invocation_metadata()))
+
+    def leave(self, entered: None, error: BaseException | None) -> None:
+        return None
+
+
+def test_each_call_reads_the_metadata_its_own_handler_lookup_saw():
+    """The auth stage reads the metadata tuple grpc.aio built for the handler lookup
+    (instead of having the context build it again): that holds only if the lookup runs in
+    the call's own task. 20 concurrent calls through a live grpc.aio server, each with
+    its own value, each see their own."""
+    probe = _MetadataProbe()
+
+    async def scenario() -> None:
+        corridor = Corridor([probe], _Invoker())
+        corridor.add_generic_rpc_handlers((_Service([]),))
+        server = aio.server(handlers=[corridor])
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                get = channel.unary_unary(
+                    "/m",
+                    request_serializer=pb.GetRequest.SerializeToString,
+                    response_deserializer=pb.GetResponse.FromString,
+                )
+                await asyncio.gather(
+                    *(get(pb.GetRequest(key="k"), metadata=(("n", str(i)),)) for i in range(20))
+                )
+        finally:
+            await server.stop(None)
+
+    asyncio.run(scenario())
+    assert len(probe.seen) == 20
+    values = set()
+    for arrived, own in probe.seen:
+        assert arrived is not None and tuple(arrived) == tuple(own)
+        values.add(dict(own)["n"])
+    assert values == {str(i) for i in range(20)}
+
+
+def test_a_handler_run_without_a_lookup_reads_the_contexts_metadata():
+    """A wrapped handler driven directly (no handler lookup in its task): the auth stage
+    asks the context, and resolves the namespace from what it answers."""
+    from cachet_server import audit
+    from cachet_server.access import CallSpec, Role
+    from cachet_server.config import AuthSettings, Limits
+    from cachet_server.credentials import Authenticator
+    from cachet_server.interceptors.auth import AuthStage
+
+    method = "/cachet.cache.v1.CacheService/Get"
+    auth = AuthStage(
+        Authenticator(AuthSettings(mode="off")),
+        {method: CallSpec(frozenset({Role.READ}))},
+        Limits(),
+        protect_reflection=False,
+        denials=audit.Denials(),
+    )
+    stage = auth.stage_for(method, response_streaming=False)
+
+    class _WithMetadata(_Context):
+        def invocation_metadata(self) -> Any:
+            return (("cachet-namespace", "shop"),)
+
+    async def scenario() -> Any:
+        assert arrived_metadata() is None, "a fresh task has no lookup's metadata"
+        assert stage is not None
+        return stage.enter(pb.GetRequest(key="k"), _WithMetadata())
+
+    assert asyncio.run(scenario()).namespace == "shop"

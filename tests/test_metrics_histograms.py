@@ -486,3 +486,40 @@ def test_collections_from_another_thread_never_lose_or_tear_counts():
     (final,) = collected(reader).values()
     assert final.count == records
     assert final.bucket_counts == (records // 2, 0, records // 2)
+
+
+def test_call_durations_are_counted_without_a_histogram_record_while_no_reader_collects(
+    monkeypatch,
+):
+    """Metrics off (no reader was given the histograms): a call still counts in the
+    service stats (GetServiceStats), but costs no histogram record; once a reader
+    collects, each call is one record in its status's series."""
+    from cachet_server import metrics
+    from cachet_server.stats import ServiceStats
+
+    method = "/cachet.test.v1.Unread/Call"
+    stats = ServiceStats(observed=False)
+    counter = stats.method_counter(method)
+
+    def recorded() -> dict[str, int]:
+        return {
+            str(series.attributes["rpc.response.status_code"]): sum(series.counts)
+            for series in metrics.instruments.rpc_duration.all_series()
+            if series.attributes["rpc.method"] == method.lstrip("/")
+        }
+
+    monkeypatch.setattr(metrics.histograms, "read", False)
+    for code in (None, grpc.StatusCode.NOT_FOUND):
+        counter.start("hist")
+        counter.end(code, 0.002)
+    assert recorded() == {}
+    entry = stats.methods[method]
+    assert (entry.calls, entry.errors, dict(entry.errors_by_code)) == (2, 1, {"NOT_FOUND": 1})
+    assert stats.namespaces["hist"].calls == 2 and stats.active[method] == 0
+
+    monkeypatch.setattr(metrics.histograms, "read", True)
+    for code in (None, None, grpc.StatusCode.NOT_FOUND):
+        counter.start("hist")
+        counter.end(code, 0.002)
+    assert recorded() == {"OK": 2, "NOT_FOUND": 1}
+    assert stats.methods[method].calls == 5

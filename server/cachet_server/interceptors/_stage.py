@@ -66,18 +66,12 @@ class Invoker(Protocol):
 # The metadata of the call this task serves, as grpc.aio handed it to the corridor's
 # handler lookup (Corridor.service).
 _arrived: ContextVar[Iterable[tuple[str, Any]] | None] = ContextVar("cachet_metadata", default=None)
-
-
-def invocation_metadata(context: Context) -> Iterable[tuple[str, Any]]:
-    """The call's metadata. grpc.aio builds the tuple anew (every entry decoded) on each
-    `context.invocation_metadata()`, and it already built one for the handler lookup: that
-    one is used. Every RPC is a task of its own and looks its handler up once, so what this
-    task's lookup saw is this call's; a handler run without a lookup (a test driving a
-    wrapped handler directly) gets the context's."""
-    metadata = _arrived.get()
-    if metadata is None:
-        return context.invocation_metadata() or ()
-    return metadata
+# The call's metadata as its handler lookup saw it; None for a handler run without one
+# (a test driving a wrapped handler directly): then ask the context. grpc.aio builds the
+# tuple anew (every entry decoded) on each `context.invocation_metadata()`, and it
+# already built one for the lookup. Every RPC is a task of its own and looks its handler
+# up once, so what this task's lookup saw is this call's.
+arrived_metadata: Callable[[], Iterable[tuple[str, Any]] | None] = _arrived.get
 
 
 async def abort_with(context: Context, error: CachetError) -> None:
@@ -115,7 +109,7 @@ class Corridor(grpc.GenericRpcHandler):  # type: ignore[type-arg]
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
         # grpc.aio looks the handler up in the call's own task, just before running it:
-        # what it built the lookup with is the call's metadata (see invocation_metadata).
+        # what it built the lookup with is the call's metadata (see arrived_metadata).
         _arrived.set(handler_call_details.invocation_metadata)
         method = handler_call_details.method
         cached = self._handlers.get(method)
@@ -221,12 +215,6 @@ def _tolerant(
     return deserialize
 
 
-def _leave(stages: tuple[Stage, ...], entered: list[Any], error: BaseException | None) -> None:
-    """Leave the stages that were entered, innermost first."""
-    for index in range(len(entered) - 1, -1, -1):
-        stages[index].leave(entered[index], error)
-
-
 def _coroutine(
     behavior: UnaryBehavior, stages: tuple[Stage, ...], *, unary_request: bool
 ) -> UnaryBehavior:
@@ -249,7 +237,9 @@ def _coroutine(
             error = exc
             raise
         finally:
-            _leave(stages, entered, error)
+            # Leave the stages that were entered, innermost first.
+            for index in range(len(entered) - 1, -1, -1):
+                stages[index].leave(entered[index], error)
 
     return handle
 
@@ -276,6 +266,8 @@ def _generator(
             error = exc
             raise
         finally:
-            _leave(stages, entered, error)
+            # Leave the stages that were entered, innermost first.
+            for index in range(len(entered) - 1, -1, -1):
+                stages[index].leave(entered[index], error)
 
     return handle

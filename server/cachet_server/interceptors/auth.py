@@ -21,7 +21,7 @@ from ..callcontext import CallContext, Identity, enter_call
 from ..config import Limits
 from ..credentials import ANONYMOUS, Authenticator
 from ..errors import CachetError, InvalidArgument, PermissionDenied
-from ._stage import Context, invocation_metadata
+from ._stage import Context, arrived_metadata
 
 NAMESPACE_METADATA = "cachet-namespace"
 AUTHORIZATION_METADATA = "authorization"
@@ -128,7 +128,7 @@ class _Admit:
         self.limits = auth.limits
 
     def enter(self, request: Any, context: Context) -> CallContext:
-        metadata = invocation_metadata(context)
+        metadata = arrived_metadata() or context.invocation_metadata() or ()
         authorization, namespaces = _read_metadata(metadata)
         identity: Identity | None = None
         namespace: str | None = None
@@ -172,7 +172,8 @@ class _AuthenticatedOnly:
         self.method = method
 
     def enter(self, request: Any, context: Context) -> None:
-        authorization, _ = _read_metadata(invocation_metadata(context))
+        metadata = arrived_metadata() or context.invocation_metadata() or ()
+        authorization, _ = _read_metadata(metadata)
         try:
             self.auth.identify(authorization, context)
         except CachetError as error:
