@@ -207,9 +207,8 @@ def test_a_stats_snapshot_adds_up_in_another_process():
 
     served = ServiceStats(observed=False)
     served.record_lookups("shop", hits=2, misses=1)
-    served.record_namespace_call("shop")
     get_calls = served.method_counter("/cachet.cache.v1.CacheService/Get")
-    get_calls.start()
+    get_calls.start("shop")
     get_calls.end(grpc.StatusCode.UNAVAILABLE, 0.25)
     served.namespaces["shop"].quota_refusals["calls"] += 3
     combined = ServiceStats(observed=False)

@@ -174,9 +174,6 @@ class ServiceStats:
         entry.hits += hits
         entry.misses += misses
 
-    def record_namespace_call(self, namespace: str) -> None:
-        self._namespace(namespace).calls += 1
-
     def record_quota_refusal(self, namespace: str, quota: str) -> None:
         """A call refused by a quota, by namespace and quota name (one of four); also the
         `cachet.quota.refusals` metric, whose namespace labels are capped."""
