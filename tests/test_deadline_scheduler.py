@@ -350,6 +350,52 @@ def test_a_loops_scheduler_goes_with_the_loop(new_loop):
     assert loop_id not in deadlines._schedulers
 
 
+def test_bounds_while_another_threads_loop_is_inside_a_task_bound_their_own_task():
+    """A bound finds its loop and task in asyncio's table of running tasks when that
+    table holds only one (then it is ours), else asks asyncio. Here another thread's
+    loop sits inside a task step (a blocking sleep) the whole time, so the table holds
+    two: 200 calls, half outliving their budget, still each bound their own task; and
+    with that thread's loop idle, the same calls take the table's one entry."""
+    import threading
+
+    inside = threading.Event()
+    release = threading.Event()
+
+    async def hold() -> None:
+        inside.set()
+        release.wait(30)  # blocking, inside this task's step
+
+    def holder() -> None:
+        run(asyncio.new_event_loop, hold())
+
+    async def one(i: int) -> str:
+        with within(0.02 if i % 2 else 5.0):
+            if i % 2:
+                await forever()
+            for _ in range(3):
+                await asyncio.sleep(0)
+        return "ok"
+
+    async def scenario() -> tuple[Counter[str], int]:
+        outcomes = await asyncio.gather(*(one(i) for i in range(200)), return_exceptions=True)
+        waiting = scheduler_of(asyncio.get_running_loop()).waiting()
+        return Counter(outcome(r) for r in outcomes), waiting
+
+    expected = (Counter({"ok": 100, "TimeoutError": 100}), 0)
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        assert len(deadlines._running_tasks) == 1, "the other loop is inside a step"
+        for new_loop in (asyncio.new_event_loop, uvloop.new_event_loop):
+            assert run(new_loop, scenario()) == expected
+    finally:
+        release.set()
+        thread.join(10)
+    assert not deadlines._running_tasks
+    assert run(uvloop.new_event_loop, scenario()) == expected
+
+
 def test_a_bound_outside_a_task_is_refused():
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
