@@ -187,10 +187,13 @@ class Backend:
         without keys (the client picks its node)."""
         if not self.coalesce:
             return None
-        if self.kind is TopologyKind.CLUSTER:
+        kind = self.topology.kind
+        if kind is TopologyKind.STANDALONE and self._multiplexer is not None:
+            return self._multiplexer
+        if kind is TopologyKind.CLUSTER:
             return self._cluster_multiplexer(keys)
         pool = self.redis.connection_pool
-        if self.kind is TopologyKind.SENTINEL:
+        if kind is TopologyKind.SENTINEL:
             if pool.fenced is not None and time.monotonic() < pool.fenced_until:
                 return None
             if self._multiplexer is not None and self._multiplexer_generation != pool.switches:

@@ -85,6 +85,8 @@ class _Signal:
 
 # "Your command got no answer here: run it on the ordinary path."
 RETRY_ALONE = _Signal("RETRY_ALONE")
+# (Within the module) "no connection is kept yet: wait for the one being opened."
+_WAIT = _Signal("WAIT")
 
 
 @dataclass
@@ -185,10 +187,16 @@ class Multiplexer:
     async def call(self, args: Sequence[Any]) -> Any:
         """Send one command and answer its reply: a value, the error reply (returned, not
         raised), or RETRY_ALONE."""
-        kept = await self._writable()
+        # The usual case without a coroutine of its own: a kept connection takes it now.
+        picked = self._pick_now()
+        kept = picked if isinstance(picked, _Kept) and not self._over_limit(picked) else None
         if kept is None:
-            return RETRY_ALONE
-        return await self._send(kept, [args])[0]
+            if picked is None:
+                return RETRY_ALONE
+            kept = await self._writable()
+            if kept is None:
+                return RETRY_ALONE
+        return await self._send_one(kept, args)
 
     async def call_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send commands back to back on one connection (they reach Redis in order, as a
@@ -205,11 +213,8 @@ class Multiplexer:
         kept = await self._pick()
         if kept is None:
             return None
-        writer = kept.connection._writer
-        if (
-            writer is not None
-            and writer.transport.get_write_buffer_size() > self._write_buffer_limit
-        ):
+        if self._over_limit(kept):
+            writer = kept.connection._writer
             self._stats.drains += 1
             try:
                 await writer.drain()
@@ -219,6 +224,29 @@ class Multiplexer:
             if kept.broken:
                 return None
         return kept
+
+    def _over_limit(self, kept: _Kept) -> bool:
+        """Whether the socket holds more written bytes than the write buffer limit."""
+        writer = kept.connection._writer
+        return bool(
+            writer is not None
+            and writer.transport.get_write_buffer_size() > self._write_buffer_limit
+        )
+
+    def _send_one(self, kept: _Kept, args: Sequence[Any]) -> asyncio.Future[Any]:
+        """`_send` of one command, without its lists (every unary call comes here)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        kept.outgoing.append(hiredis.pack_command(tuple(args)))
+        future: asyncio.Future[Any] = loop.create_future()
+        waiting = kept.waiting
+        waiting.append((future, str(args[0]), now))
+        kept.queued += 1
+        if len(waiting) == 1:
+            self._waiting_starts(kept, loop, now)
+        if not kept.flush_scheduled:
+            self._start_gathering(kept, loop)
+        return future
 
     def _send(self, kept: _Kept, commands: Sequence[Sequence[Any]]) -> list[asyncio.Future[Any]]:
         loop = asyncio.get_running_loop()
@@ -235,16 +263,22 @@ class Multiplexer:
             futures.append(future)
         kept.queued += len(commands)
         if len(kept.waiting) == len(commands):
-            # Nothing was outstanding: the wait for answers starts now.
-            kept.answered_at = now
-            if kept.watchdog is None and self._socket_timeout is not None:
-                kept.watchdog = loop.call_at(now + self._socket_timeout, self._stalled, kept)
+            self._waiting_starts(kept, loop, now)
         if not kept.flush_scheduled:
-            kept.flush_scheduled = True
-            kept.turns_left = MAX_GATHER_TURNS
-            kept.gathering_since = kept.last_turn = time.perf_counter()
-            loop.call_soon(self._gather, kept)
+            self._start_gathering(kept, loop)
         return futures
+
+    def _waiting_starts(self, kept: _Kept, loop: asyncio.AbstractEventLoop, now: float) -> None:
+        """Nothing was outstanding on `kept`: the wait for answers starts now."""
+        kept.answered_at = now
+        if kept.watchdog is None and self._socket_timeout is not None:
+            kept.watchdog = loop.call_at(now + self._socket_timeout, self._stalled, kept)
+
+    def _start_gathering(self, kept: _Kept, loop: asyncio.AbstractEventLoop) -> None:
+        kept.flush_scheduled = True
+        kept.turns_left = MAX_GATHER_TURNS
+        kept.gathering_since = kept.last_turn = time.perf_counter()
+        loop.call_soon(self._gather, kept)
 
     async def _pick(self) -> _Kept | None:
         """The kept connection whose write is being gathered, else the one with the fewest
@@ -252,6 +286,16 @@ class Multiplexer:
         another is opened for later calls; a call waits for an opening only when no
         connection is kept. None when no connection can be had (the ordinary path then
         reports why)."""
+        kept = self._pick_now()
+        if not isinstance(kept, _Signal):
+            return kept
+        assert self._opening is not None
+        await asyncio.shield(self._opening)
+        return self._pick_open()
+
+    def _pick_now(self) -> _Kept | _Signal | None:
+        """`_pick` up to its one wait: _WAIT when no connection is kept and one is being
+        opened (it was started here if it was not)."""
         best: _Kept | None = None
         for kept in self._kept:
             if kept.broken:
@@ -268,8 +312,7 @@ class Multiplexer:
             self._opening = asyncio.ensure_future(self._open())
         if best is not None:
             return best
-        await asyncio.shield(self._opening)
-        return self._pick_open()
+        return _WAIT
 
     def _pick_open(self) -> _Kept | None:
         live = [kept for kept in self._kept if not kept.broken]
@@ -331,19 +374,6 @@ class Multiplexer:
         except Exception as exc:  # a closed transport: the reader sees it too
             self._fail(kept, exc)
             return
-
-    def _answered(
-        self, kept: _Kept, future: asyncio.Future[Any], name: str, sent: float, reply: Any
-    ) -> None:
-        """Give one reply to the caller it belongs to."""
-        if self._observe is not None:
-            error = reply if isinstance(reply, Exception) else None
-            self._observe(kept.connection, name, kept.answered_at - sent, error)
-        if future.done():
-            return  # its caller was cancelled
-        if isinstance(reply, RETRY_ALONE_REPLIES):
-            reply = RETRY_ALONE
-        future.set_result(reply)
 
     def _stalled(self, kept: _Kept) -> None:
         """The watchdog: retire a connection whose answers stopped for longer than the
@@ -442,29 +472,43 @@ class _Answers(asyncio.Protocol):
             return
         reader = self.reader
         waiting = kept.waiting
-        answered = self.multiplexer._answered
+        observe = self.multiplexer._observe
+        connection = kept.connection
         reader.feed(data)
-        kept.answered_at = self.loop.time()
+        kept.answered_at = answered_at = self.loop.time()
         try:
+            # Each complete reply goes to the oldest waiting caller (one whose call was
+            # cancelled is done already: its reply is dropped). Inline, as this loop runs
+            # once per command carried.
             while (reply := reader.gets()) is not NOT_ENOUGH_DATA:
-                if _PUSH is not None and type(reply) is _PUSH:
-                    continue
-                # As redis-py's parser: a reply that is a connection error (LOADING,
-                # MASTERDOWN...) fails the connection, and every waiting call goes the
-                # ordinary path, whose retries and backoff apply.
-                if isinstance(reply, RedisConnectionError) or (
-                    isinstance(reply, list) and reply and isinstance(reply[0], RedisConnectionError)
-                ):
-                    raise reply if isinstance(reply, RedisConnectionError) else reply[0]
+                error = None
+                if isinstance(reply, Exception):
+                    # As redis-py's parser: a reply that is a connection error (LOADING,
+                    # MASTERDOWN...) fails the connection, and every waiting call goes
+                    # the ordinary path, whose retries and backoff apply.
+                    if isinstance(reply, RedisConnectionError):
+                        raise reply
+                    error = reply
+                elif isinstance(reply, list):
+                    if type(reply) is _PUSH:  # a list too, and no one's answer
+                        continue
+                    if reply and isinstance(reply[0], RedisConnectionError):
+                        raise reply[0]
                 if not waiting:
                     raise ConnectionError("Redis sent an answer no command was waiting for")
                 future, name, sent = waiting.popleft()
-                if isinstance(reply, ReadOnlyError):
-                    # A demoted master: this connection must not serve again.
-                    if not future.done():
-                        future.set_result(RETRY_ALONE)
-                    raise ConnectionResetError("the node is read-only now")
-                answered(kept, future, name, sent, reply)
+                if error is not None:
+                    if isinstance(error, ReadOnlyError):
+                        # A demoted master: this connection must not serve again.
+                        if not future.done():
+                            future.set_result(RETRY_ALONE)
+                        raise ConnectionResetError("the node is read-only now")
+                    if isinstance(error, RETRY_ALONE_REPLIES):
+                        reply = RETRY_ALONE
+                if observe is not None:
+                    observe(connection, name, answered_at - sent, error)
+                if not future.done():
+                    future.set_result(reply)
         except Exception as exc:
             self.multiplexer._fail(kept, exc)
 
