@@ -277,11 +277,14 @@ async def test_a_lock_held_from_go_blocks_java_until_released_then_java_gets_a_l
         assert java.stdout is not None
         first = await asyncio.wait_for(java.stdout.readline(), STEP_TIMEOUT_S)
         assert json.loads(first) == {"acquiring": "nightly-export"}
-        # Go's grant lasts 60 s and is released only below, so Java must still be waiting
-        # now, however loaded the machine (the pause lets its call arrive).
-        await asyncio.sleep(0.5)
-        assert java.returncode is None
         async with cachet_client.connect(server.address, namespace=namespace) as client:
+            # Java's Acquire is queued behind Go's 60 s grant before the release (printing
+            # "acquiring" comes before its call reaches the server on a loaded machine).
+            deadline = asyncio.get_running_loop().time() + STEP_TIMEOUT_S
+            while (await client.locks.inspect("nightly-export")).waiters < 1:
+                assert java.returncode is None, "Java stopped before its Acquire queued"
+                assert asyncio.get_running_loop().time() < deadline, "Java's Acquire never queued"
+                await asyncio.sleep(0.05)
             await client.locks.release(
                 cachet_client.Lease(
                     "nightly-export", held["owner_token"], int(held["fencing_token"])
