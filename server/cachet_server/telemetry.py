@@ -168,26 +168,31 @@ def _describe_redis_command(span: trace.Span, instance: Any, args: Any, kwargs: 
         if name is not None:
             span.update_name(f"{command} {name}")
             span.set_attribute("db.stored_procedure.name", name)
-    address = _server_address(instance, command, args)
+    key_index = 3 if command in ("EVALSHA", "EVAL") else 1
+    address = node_address(instance, args[key_index] if len(args) > key_index else None)
     if address is not None:
         span.set_attribute("server.address", address[0])
         span.set_attribute("server.port", address[1])
 
 
-def _server_address(instance: Any, command: str, args: Any) -> tuple[str, int] | None:
-    """The node a command goes to, where the instrumentation cannot see it: a Sentinel
-    master (its pool knows the master found last) or a Cluster node (by the first key)."""
+def node_address(instance: Any, key: Any) -> tuple[str, int] | None:
+    """The node a command on `key` goes to, for its span (the instrumentation cannot see
+    it for a Sentinel master or a Cluster node): a Sentinel master (its pool knows the
+    master found last), a Cluster node (by the key), or the one Redis."""
     pool = getattr(instance, "connection_pool", None)
     master = getattr(pool, "master_address", None)
     if master:
         return str(master[0]), int(master[1])
     nodes = getattr(instance, "nodes_manager", None)
     if nodes is None:
+        kwargs = getattr(pool, "connection_kwargs", {})
+        host = kwargs.get("host")
+        return (str(host), int(kwargs.get("port", 6379))) if host else None
+    if key is None:
         return None
-    key_index = 3 if command in ("EVALSHA", "EVAL") else 1
     try:
-        node = nodes.get_node_from_slot(instance.keyslot(args[key_index]))
-    except Exception:  # no key, or slots not known yet: leave the address out
+        node = nodes.get_node_from_slot(instance.keyslot(key))
+    except Exception:  # slots not known yet: leave the address out
         return None
     return str(node.host), int(node.port)
 

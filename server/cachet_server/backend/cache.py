@@ -242,13 +242,12 @@ class CacheStore:
         names = data_and_meta_keys(namespace, keys)
         groups = self.backend.group_by_slot(names[::2])
         flag = _WITH_TTL if with_ttl else _WITHOUT_TTL
+        args = flag if max_answer_bytes is None else (*flag, max_answer_bytes)
         if len(groups) == 1:
-            args = flag if max_answer_bytes is None else (*flag, max_answer_bytes)
             return Reads.of(await self.backend.run(_GET, names, args), with_ttl)
         # Slot groups (Cluster) go out as one pipeline: one round trip per node, not one
         # per group. Each group's script refuses it when it alone is over the budget,
         # before reading it; together they are checked once read.
-        args = flag if max_answer_bytes is None else (*flag, max_answer_bytes)
         indexes_of = list(groups.values())
         replies = await self.backend.pipeline(
             [

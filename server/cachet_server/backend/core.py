@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import FailedPrecondition, InvalidArgument, Unavailable
 from ..metrics import redis_command_durations
-from ..telemetry import record_script_span, tracing_on
+from ..telemetry import node_address, record_script_span, tracing_on
 from .multiplex import RETRY_ALONE, CoalescingStats, Multiplexer
 from .scripts import Script, all_scripts
 from .topology import ConnectionTuning, Topology, TopologyKind, connect
@@ -153,7 +153,7 @@ class Backend:
                     record_script_span(
                         script.name,
                         2 + len(keys) + len(args),
-                        self._node_address(keys),
+                        node_address(self.redis, keys[0] if keys else None),
                         started,
                         reply if isinstance(reply, Exception) else None,
                     )
@@ -163,22 +163,6 @@ class Backend:
             # The ordinary path's instrumentation makes the span of the command's retry.
             self.coalescing.retried_alone += 1
         return await self._run_alone(script, keys, args)
-
-    def _node_address(self, keys: Sequence[str]) -> tuple[str, int] | None:
-        """Where a command on `keys` goes, for its span: the Cluster node of the keys'
-        slot, the Sentinel master found last, or the one Redis."""
-        if self.kind is TopologyKind.CLUSTER:
-            try:
-                node = self.redis.nodes_manager.get_node_from_slot(key_slot(keys[0].encode()))
-            except (RedisError, IndexError):
-                return None
-            return str(node.host), int(node.port)
-        pool = self.redis.connection_pool
-        if self.kind is TopologyKind.SENTINEL:
-            master = pool.master_address
-            return (str(master[0]), int(master[1])) if master else None
-        host = pool.connection_kwargs.get("host")
-        return (str(host), int(pool.connection_kwargs.get("port", 6379))) if host else None
 
     def _multiplexer_of(self, keys: Sequence[str]) -> Multiplexer | None:
         """The multiplexer of the node that owns the keys' slot, or None for the ordinary
