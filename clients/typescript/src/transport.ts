@@ -188,7 +188,8 @@ export class Transport {
       ...options.channelOptions,
       interceptors: this.interceptors,
     };
-    if (this.retry) {
+    // A service config of the caller's own is theirs to keep: ours would replace it whole.
+    if (this.retry && options.channelOptions?.["grpc.service_config"] === undefined) {
       channelOptions["grpc.service_config"] = RETRY_SERVICE_CONFIG;
     }
     this.client = new Client(target, this.credentials, channelOptions);

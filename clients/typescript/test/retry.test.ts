@@ -1,6 +1,6 @@
 // With Redis gone the server answers UNAVAILABLE: the channel's service config retries
 // an idempotent get and an increment carrying a request_id (4 attempts each), and
-// never a set; a Batch call as its operations' unary calls are (a set in it: once). Before that, a quota refusal shows as a RateLimitedError. The server counts every attempt it
+// never a set; a Batch call as its operations' unary calls are (a set in it: once); a service config of the caller's own replaces the client's. Before that, a quota refusal shows as a RateLimitedError. The server counts every attempt it
 // served (AdminService.GetServiceStats, kept in process memory).
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
@@ -51,6 +51,19 @@ test("UNAVAILABLE retries only idempotent calls", async () => {
     const unretried = new CachetClient(server.address, { namespace: "ts-retry", retry: false });
     await assert.rejects(unretried.get("k"), UnavailableError);
     assert.equal(await attempts(client, "Get", 6n), 1n + 4n + 1n);
+    // A service config of the caller's own replaces the client's: here two attempts, not four.
+    const ownPolicy = JSON.stringify({
+      methodConfig: [
+        {
+          name: [{ service: "cachet.cache.v1.CacheService", method: "Get" }],
+          retryPolicy: { maxAttempts: 2, initialBackoff: "0.01s", maxBackoff: "0.01s", backoffMultiplier: 1, retryableStatusCodes: ["UNAVAILABLE"] },
+        },
+      ],
+    });
+    const own = new CachetClient(server.address, { namespace: "ts-retry", channelOptions: { "grpc.service_config": ownPolicy } });
+    await assert.rejects(own.get("k"), UnavailableError);
+    assert.equal(await attempts(client, "Get", 8n), 1n + 4n + 1n + 2n);
+    own.close();
     await assert.rejects(client.batch().get("k").increment("n").delete("k").expire("k", 1000).hashGet("h", ["f"]).execute(), UnavailableError);
     assert.equal(await attempts(client, "Batch", 4n), 4n);
     await assert.rejects(client.batch().get("k").set("k", "v").execute(), UnavailableError);
