@@ -11,6 +11,7 @@ once per Redis topology: standalone, Sentinel and Cluster, with ids like
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 import uuid
@@ -23,6 +24,7 @@ import pytest
 import redis
 import yaml
 from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
+from cachet_client.proto.cachet.lock.v1 import lock_pb2_grpc
 from cachet_server.app import Application, running
 from cachet_server.config import Settings
 from grpc import aio
@@ -35,6 +37,7 @@ from .redis_procs import (
     free_port,
     standalone,
 )
+from .server_procs import CachetProcess
 
 TOPOLOGIES = ("standalone", "sentinel", "cluster")
 
@@ -243,6 +246,41 @@ def cache(channel: aio.Channel) -> cache_pb2_grpc.CacheServiceStub:
     return cache_pb2_grpc.CacheServiceStub(channel)
 
 
+@pytest.fixture
+def locks(channel: aio.Channel) -> lock_pb2_grpc.LockServiceStub:
+    return lock_pb2_grpc.LockServiceStub(channel)
+
+
+# Named apart from the fixture, so this module's `redis` stays the redis-py package.
+@pytest.fixture(name="redis")
+def server_redis(cachet: Application) -> Any:
+    """The server's own Redis client (any topology), to look at the keys directly."""
+    return cachet.backend.redis
+
+
+@pytest.fixture(scope="module")
+def server(topology: Deployment) -> Iterator[CachetProcess]:
+    """A cachet server process on the topology under test, auth off, for a module of
+    client tests that reach it over the network as an application does. A module that
+    needs other settings defines a `server` of its own."""
+    proc = CachetProcess(topology.url, CACHET_AUTH__MODE="off")
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(params=["async", "sync"])
+def flavor(request: pytest.FixtureRequest) -> str:
+    """Which Python client a test drives: cachet_client.connect or connect_sync."""
+    return str(request.param)
+
+
+async def r(answer: Any) -> Any:
+    """The result of a client call, awaited when the client is the async one."""
+    return await answer if inspect.isawaitable(answer) else answer
+
+
 async def rpc_error(call: Any) -> aio.AioRpcError:
     """Await a call that must fail; answer its error."""
     with pytest.raises(aio.AioRpcError) as info:
@@ -285,4 +323,12 @@ def bad_fields(error: aio.AioRpcError) -> list[str]:
     raise AssertionError("error carries no BadRequest")
 
 
-__all__ = ["bad_fields", "channel_to", "error_reason", "grpc", "make_settings", "rpc_error"]
+__all__ = [
+    "bad_fields",
+    "channel_to",
+    "error_reason",
+    "grpc",
+    "make_settings",
+    "r",
+    "rpc_error",
+]

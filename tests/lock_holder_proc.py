@@ -22,18 +22,13 @@ import grpc
 from cachet_client.proto.cachet.cache.v1 import cache_pb2, cache_pb2_grpc
 from cachet_client.proto.cachet.lock.v1 import lock_pb2 as pb
 from cachet_client.proto.cachet.lock.v1 import lock_pb2_grpc
-from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
+
+from .proto_time import ms
 
 
 def say(**event: object) -> None:
     print(json.dumps(event), flush=True)
-
-
-def ms(value: int) -> Duration:
-    duration = Duration()
-    duration.FromMilliseconds(value)
-    return duration
 
 
 def reason(error: grpc.aio.AioRpcError) -> str:

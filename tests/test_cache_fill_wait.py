@@ -12,19 +12,13 @@ from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from google.protobuf.duration_pb2 import Duration
 
 from .conftest import bad_fields, error_reason, rpc_error
+from .proto_time import ms
 
-
-def _ms(milliseconds: int) -> Duration:
-    duration = Duration()
-    duration.FromMilliseconds(milliseconds)
-    return duration
-
-
-_TTL = pb.CollectionTtl(ttl=_ms(60_000))
+_TTL = pb.CollectionTtl(ttl=ms(60_000))
 
 
 async def _expire_now(cache, key: str) -> None:
-    await cache.Expire(pb.ExpireRequest(key=key, ttl=_ms(1)))
+    await cache.Expire(pb.ExpireRequest(key=key, ttl=ms(1)))
     for _ in range(400):
         if not (await cache.Exists(pb.ExistsRequest(keys=[key]))).exists[0]:
             return
@@ -118,7 +112,7 @@ async def _stampede(cache, key: str, callers: int, *, wait: bool) -> tuple[list[
 
     async def caller() -> bytes:
         nonlocal polls, filled_at
-        request = pb.GetOrLeaseRequest(key=key, wait=_ms(5000) if wait else None)
+        request = pb.GetOrLeaseRequest(key=key, wait=ms(5000) if wait else None)
         while True:
             answer = await cache.GetOrLease(request, timeout=10)
             if answer.outcome == pb.LEASE_OUTCOME_HIT:
@@ -164,19 +158,17 @@ async def test_waiting_callers_get_the_fill_without_polling(cache, cachet):
 
 
 async def test_a_waiter_takes_over_an_expired_lease(cache):
-    first = await cache.GetOrLease(pb.GetOrLeaseRequest(key="abandoned", lease_ttl=_ms(300)))
+    first = await cache.GetOrLease(pb.GetOrLeaseRequest(key="abandoned", lease_ttl=ms(300)))
     assert first.outcome == pb.LEASE_OUTCOME_LEASE_GRANTED
-    taken = await cache.GetOrLease(
-        pb.GetOrLeaseRequest(key="abandoned", wait=_ms(5000)), timeout=10
-    )
+    taken = await cache.GetOrLease(pb.GetOrLeaseRequest(key="abandoned", wait=ms(5000)), timeout=10)
     assert taken.outcome == pb.LEASE_OUTCOME_LEASE_GRANTED
     assert taken.lease_token != first.lease_token
 
 
 async def test_a_write_that_voids_the_lease_answers_the_waiters(cache):
-    first = await cache.GetOrLease(pb.GetOrLeaseRequest(key="voided", lease_ttl=_ms(30_000)))
+    first = await cache.GetOrLease(pb.GetOrLeaseRequest(key="voided", lease_ttl=ms(30_000)))
     waiter = asyncio.ensure_future(
-        cache.GetOrLease(pb.GetOrLeaseRequest(key="voided", wait=_ms(20_000)), timeout=30)
+        cache.GetOrLease(pb.GetOrLeaseRequest(key="voided", wait=ms(20_000)), timeout=30)
     )
     await asyncio.sleep(0.1)
     assert not waiter.done()
@@ -191,10 +183,10 @@ async def test_a_write_that_voids_the_lease_answers_the_waiters(cache):
 
 async def test_the_wait_ends_with_fill_pending_and_the_stale_copy(cache):
     await cache.GetOrLease(pb.GetOrLeaseRequest(key="slow"))
-    answer = await cache.GetOrLease(pb.GetOrLeaseRequest(key="slow", wait=_ms(200)))
+    answer = await cache.GetOrLease(pb.GetOrLeaseRequest(key="slow", wait=ms(200)))
     assert answer.outcome == pb.LEASE_OUTCOME_FILL_PENDING
     # Bounded by the deadline: an answer, not DEADLINE_EXCEEDED.
-    answer = await cache.GetOrLease(pb.GetOrLeaseRequest(key="slow", wait=_ms(60_000)), timeout=0.6)
+    answer = await cache.GetOrLease(pb.GetOrLeaseRequest(key="slow", wait=ms(60_000)), timeout=0.6)
     assert answer.outcome == pb.LEASE_OUTCOME_FILL_PENDING
 
 

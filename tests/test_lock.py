@@ -21,32 +21,12 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 
 from .conftest import bad_fields, error_reason, rpc_error
+from .proto_time import ms, us
 
 WAKE_TRIALS = 20
 # Written on every run outside the tracked tree; bench/lock_wake_latency.md is a kept copy.
 WAKE_REPORT = Path(__file__).resolve().parent.parent / "build" / "reports" / "lock_wake_latency.md"
 _wake_sections: dict[str, str] = {}
-
-
-def ms(value: int) -> Duration:
-    duration = Duration()
-    duration.FromMilliseconds(value)
-    return duration
-
-
-def us(stamp) -> int:
-    return stamp.seconds * 1_000_000 + stamp.nanos // 1000
-
-
-@pytest.fixture
-def locks(channel) -> lock_pb2_grpc.LockServiceStub:
-    return lock_pb2_grpc.LockServiceStub(channel)
-
-
-@pytest.fixture
-def redis(cachet):
-    """The server's own Redis client (any topology), to look at the keys directly."""
-    return cachet.backend.redis
 
 
 async def test_acquire_release_and_fencing_tokens_increase(locks):

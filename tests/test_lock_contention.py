@@ -14,12 +14,10 @@ import time
 from dataclasses import dataclass
 
 import grpc
-import pytest
 from cachet_client.proto.cachet.lock.v1 import lock_pb2 as pb
-from cachet_client.proto.cachet.lock.v1 import lock_pb2_grpc
-from google.protobuf.duration_pb2 import Duration
 
 from .conftest import error_reason
+from .proto_time import ms, us
 
 LOCK_CONTENTION_SECONDS = 20.0
 LOCK_CONTENDERS = 50
@@ -30,27 +28,12 @@ SEMAPHORE_LIMIT = 3
 EXPIRE_EVERY = 20
 
 
-def ms(value: int) -> Duration:
-    duration = Duration()
-    duration.FromMilliseconds(value)
-    return duration
-
-
-def us(stamp) -> int:
-    return stamp.seconds * 1_000_000 + stamp.nanos // 1000
-
-
 @dataclass(frozen=True)
 class Hold:
     start_us: int
     end_us: int
     fencing_token: int
     expired: bool
-
-
-@pytest.fixture
-def locks(channel) -> lock_pb2_grpc.LockServiceStub:
-    return lock_pb2_grpc.LockServiceStub(channel)
 
 
 def max_overlap(holds: list[Hold]) -> int:

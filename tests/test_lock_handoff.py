@@ -11,16 +11,10 @@ from cachet_client.proto.cachet.admin.v1 import admin_pb2, admin_pb2_grpc
 from cachet_client.proto.cachet.lock.v1 import lock_pb2 as pb
 from cachet_client.proto.cachet.lock.v1 import lock_pb2_grpc
 from cachet_server.app import running
-from google.protobuf.duration_pb2 import Duration
 
 from .conftest import channel_to, make_settings
+from .proto_time import ms
 from .redis_procs import standalone
-
-
-def ms(value: int) -> Duration:
-    duration = Duration()
-    duration.FromMilliseconds(value)
-    return duration
 
 
 async def _queued(locks: lock_pb2_grpc.LockServiceStub, name: str, count: int) -> None:

@@ -15,18 +15,12 @@ import grpc
 import pytest
 from cachet_client.proto.cachet.cache.v1 import cache_pb2
 from cachet_client.proto.cachet.lock.v1 import lock_pb2 as pb
-from cachet_client.proto.cachet.lock.v1 import lock_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
 from .conftest import bad_fields
+from .proto_time import ms
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def ms(value: int) -> Duration:
-    duration = Duration()
-    duration.FromMilliseconds(value)
-    return duration
 
 
 def acquire(name: str = "job", ttl: int = 900, renew: int = 0, **extra) -> pb.HoldRequest:
@@ -34,11 +28,6 @@ def acquire(name: str = "job", ttl: int = 900, renew: int = 0, **extra) -> pb.Ho
     if renew:
         spec.renew_interval.CopyFrom(ms(renew))
     return pb.HoldRequest(acquire=spec)
-
-
-@pytest.fixture
-def locks(channel) -> lock_pb2_grpc.LockServiceStub:
-    return lock_pb2_grpc.LockServiceStub(channel)
 
 
 @pytest.fixture

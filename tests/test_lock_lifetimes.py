@@ -8,32 +8,14 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from cachet_client.proto.cachet.lock.v1 import lock_pb2 as pb
-from cachet_client.proto.cachet.lock.v1 import lock_pb2_grpc
 from cachet_server.backend.keys import Kind, redis_key
-from google.protobuf.duration_pb2 import Duration
 
-
-def ms(value: int) -> Duration:
-    duration = Duration()
-    duration.FromMilliseconds(value)
-    return duration
+from .proto_time import ms
 
 
 def expire_ms(stamp) -> int:
     return stamp.seconds * 1000 + stamp.nanos // 1_000_000
-
-
-@pytest.fixture
-def locks(channel) -> lock_pb2_grpc.LockServiceStub:
-    return lock_pb2_grpc.LockServiceStub(channel)
-
-
-@pytest.fixture
-def redis(cachet):
-    """The server's own Redis client (any topology), to look at the keys directly."""
-    return cachet.backend.redis
 
 
 async def expiry_of(redis, key: str) -> int:

@@ -9,16 +9,10 @@ from cachet_client.proto.cachet.lock.v1 import lock_pb2 as pb
 from cachet_client.proto.cachet.lock.v1 import lock_pb2_grpc
 from cachet_server.app import running
 from cachet_server.backend.keys import Kind, redis_key
-from google.protobuf.duration_pb2 import Duration
 
 from .conftest import channel_to, error_reason, make_settings, rpc_error
+from .proto_time import ms
 from .redis_procs import standalone
-
-
-def ms(value: int) -> Duration:
-    duration = Duration()
-    duration.FromMilliseconds(value)
-    return duration
 
 
 async def test_wakes_resume_after_the_subscription_is_killed():

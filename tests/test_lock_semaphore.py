@@ -5,23 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-import pytest
 from cachet_client.proto.cachet.lock.v1 import lock_pb2 as pb
-from cachet_client.proto.cachet.lock.v1 import lock_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
 from .conftest import bad_fields, error_reason, rpc_error
-
-
-def ms(value: int) -> Duration:
-    duration = Duration()
-    duration.FromMilliseconds(value)
-    return duration
-
-
-@pytest.fixture
-def locks(channel) -> lock_pb2_grpc.LockServiceStub:
-    return lock_pb2_grpc.LockServiceStub(channel)
+from .proto_time import ms
 
 
 def take(

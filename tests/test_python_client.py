@@ -10,7 +10,6 @@ so the sync client may block the test's event loop without starving it.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import re
 import sys
 import time
@@ -25,17 +24,13 @@ import grpc
 import pytest
 from cachet_client import serializers
 
+from .conftest import r
 from .server_procs import CachetProcess
 
 pytestmark = pytest.mark.topologies(
     "standalone",
     reason="the wrappers are topology-neutral: the server's own tests cover every topology",
 )
-
-
-async def r(answer: Any) -> Any:
-    """The result of a client call, awaited when the client is the async one."""
-    return await answer if inspect.isawaitable(answer) else answer
 
 
 POLICIES = """
@@ -60,11 +55,6 @@ def server(topology: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield proc.start()
     finally:
         proc.stop()
-
-
-@pytest.fixture(params=["async", "sync"])
-def flavor(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def open_client(flavor: str, server: CachetProcess, namespace: str, **settings: Any) -> Any:

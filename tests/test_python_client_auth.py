@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import inspect
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import trustme
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .conftest import r
 from .redis_procs import free_port
 from .server_procs import CachetProcess
 
@@ -175,15 +175,6 @@ def tls_server(topology: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
         topology.url, tmp_path_factory.mktemp("tls"), "tls-app", mutual=False
     ) as server:
         yield server
-
-
-@pytest.fixture(params=["async", "sync"])
-def flavor(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-async def r(answer: Any) -> Any:
-    return await answer if inspect.isawaitable(answer) else answer
 
 
 def open_client(flavor: str, server: SecuredServer, **settings: Any) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import os
 import signal
 import threading
@@ -30,6 +29,7 @@ from cachet_client import serializers
 from cachet_client._batch import SESSION_PACK
 from prometheus_client.parser import text_string_to_metric_families
 
+from .conftest import r
 from .server_procs import CachetProcess
 from .test_python_client_auth import READER_TOKEN, WRITER_TOKEN, secured_server
 
@@ -40,11 +40,6 @@ pytestmark = pytest.mark.topologies(
 )
 
 BATCH_METHOD = "cachet.cache.v1.CacheService/Batch"
-
-
-async def r(answer: Any) -> Any:
-    """The result of a client call, awaited when the client is the async one."""
-    return await answer if inspect.isawaitable(answer) else answer
 
 
 def batch_calls(server: CachetProcess) -> float:
@@ -137,15 +132,6 @@ def queued_behind(session: Any) -> int:
     return int(session._transport._stream.requests.qsize())
 
 
-@pytest.fixture(scope="module")
-def server(topology: Any) -> Iterator[CachetProcess]:
-    proc = CachetProcess(topology.url, CACHET_AUTH__MODE="off")
-    try:
-        yield proc.start()
-    finally:
-        proc.stop()
-
-
 @pytest.fixture
 def own_server(topology: Any) -> Iterator[CachetProcess]:
     """A server of this test's own, to pause, kill and start again."""
@@ -156,11 +142,6 @@ def own_server(topology: Any) -> Iterator[CachetProcess]:
         if proc.process is not None and proc.process.poll() is None:
             os.kill(proc.process.pid, signal.SIGCONT)
         proc.stop()
-
-
-@pytest.fixture(params=["async", "sync"])
-def flavor(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def open_client(flavor: str, address: str, namespace: str, **settings: Any) -> Any:

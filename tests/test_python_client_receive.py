@@ -9,7 +9,6 @@ reads them back in one GetMany: a 6 MiB answer.
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from cachet_client._cache import GET_MANY
 from cachet_client._core import NAMESPACE_METADATA, Call
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 
+from .conftest import r
 from .server_procs import CachetProcess
 from .test_python_client_auth import WRITER_TOKEN, SecuredServer, secured_server
 
@@ -32,31 +32,12 @@ MIB = 1024 * 1024
 GRPC_DEFAULT_RECEIVE_LIMIT = 4 * MIB
 
 
-async def r(answer: Any) -> Any:
-    """The result of a client call, awaited when the client is the async one."""
-    return await answer if inspect.isawaitable(answer) else answer
-
-
-@pytest.fixture(scope="module")
-def server(topology: Any) -> Iterator[CachetProcess]:
-    proc = CachetProcess(topology.url, CACHET_AUTH__MODE="off")
-    try:
-        yield proc.start()
-    finally:
-        proc.stop()
-
-
 @pytest.fixture(scope="module")
 def tls_server(topology: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredServer]:
     with secured_server(
         topology.url, tmp_path_factory.mktemp("tls"), "receive-app", mutual=False
     ) as secured:
         yield secured
-
-
-@pytest.fixture(params=["async", "sync"])
-def flavor(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def connect(flavor: str, address: str, **settings: Any) -> Any:

@@ -20,7 +20,7 @@ import itertools
 import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -111,15 +111,6 @@ class FaultProxy(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(forward)
 
 
-@pytest.fixture(scope="module")
-def server(topology: Any) -> Iterator[CachetProcess]:
-    proc = CachetProcess(topology.url, CACHET_AUTH__MODE="off")
-    try:
-        yield proc.start()
-    finally:
-        proc.stop()
-
-
 @pytest.fixture
 async def proxy(server: CachetProcess) -> AsyncIterator[FaultProxy]:
     front = FaultProxy(server.address)
@@ -129,11 +120,6 @@ async def proxy(server: CachetProcess) -> AsyncIterator[FaultProxy]:
     finally:
         await front.server.stop(None)
         await front.channel.close()
-
-
-@pytest.fixture(params=["async", "sync"])
-def flavor(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 async def call(flavor: str, address: str, namespace: str, operation: Any, **settings: Any) -> Any:
