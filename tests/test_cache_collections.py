@@ -16,6 +16,7 @@ from cachet_client.proto.cachet.cache.v1 import cache_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
 from .conftest import bad_fields, channel_to, error_reason, make_settings, rpc_error
+from .redis_waits import blocked_clients, until_blocked
 
 LEFT, RIGHT = pb.LIST_END_LEFT, pb.LIST_END_RIGHT
 DESC = pb.ORDER_DESCENDING
@@ -45,22 +46,6 @@ async def ttl_ms(cache, key: str) -> int:
     answer = await cache.GetTtl(pb.GetTtlRequest(key=key))
     assert answer.found and answer.has_ttl, f"{key} must exist and have a TTL"
     return answer.ttl.ToMilliseconds()
-
-
-async def blocked_clients(cachet) -> list[dict]:
-    """Connections that Redis holds blocked in a command, on every primary."""
-    blocked = []
-    for node in cachet.backend.topology.primaries():
-        blocked += [c for c in await node.client_list() if "b" in c.get("flags", "")]
-    return blocked
-
-
-async def until_blocked(cachet, count: int = 1) -> None:
-    """Wait until `count` commands are blocked in Redis (the waiters are in place)."""
-    deadline = time.monotonic() + 10
-    while len(await blocked_clients(cachet)) < count:
-        assert time.monotonic() < deadline, f"fewer than {count} waiters blocked in Redis"
-        await asyncio.sleep(0.02)
 
 
 # ---- TTL on every write ---------------------------------------------------------

@@ -22,6 +22,7 @@ from redis.crc import key_slot
 
 from .conftest import bad_fields, error_reason, make_settings, rpc_error
 from .redis_procs import ClusterGroup, RedisProcess, SentinelGroup
+from .redis_waits import blocked_clients, until_blocked
 
 MS = 1_000_000  # nanoseconds
 
@@ -497,12 +498,14 @@ async def test_range_pages_forward_and_backward(bus):
     assert (await bus.Range(pb.RangeRequest(stream="nothing-here"))).events == []
 
 
-async def test_read_waits_for_the_next_event(bus):
+async def test_read_waits_for_the_next_event(bus, cachet):
     await append(bus, "s", 3)
+    already_blocked = len(await blocked_clients(cachet))
     waiting = asyncio.ensure_future(
         bus.Read(pb.ReadRequest(stream="s", after_id="$", block=_ms(5000)))
     )
-    await asyncio.sleep(0.3)
+    # Appended before the read is in place, the event would come before its "$".
+    await until_blocked(cachet, already_blocked + 1)
     assert not waiting.done()
     (new_id,) = await append(bus, "s", 1, type="late")
     read = await asyncio.wait_for(waiting, 5)

@@ -11,22 +11,28 @@ import time
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
 from cachet_server.backend.collections import CollectionTtl
 from cachet_server.backend.keys import CacheKeys, Kind, scan_patterns
-from google.protobuf.duration_pb2 import Duration
+
+from .redis_waits import blocked_clients
 
 CANCELLATIONS = 150
 
 
-def _ms(milliseconds: int) -> Duration:
-    duration = Duration()
-    duration.FromMilliseconds(milliseconds)
-    return duration
+async def _holding_lists(cachet, namespace: str) -> list[bytes]:
+    """The holding lists of the namespace's pops still in Redis."""
+    holding = []
+    for pattern in scan_patterns(namespace, Kind.HOLDING, "*"):
+        for node in await cachet.backend.primaries():
+            holding += [k async for k in node.scan_iter(match=pattern + "*")]
+    return holding
 
 
-async def _blocked_clients(cachet) -> int:
-    total = 0
-    for node in await cachet.backend.primaries():
-        total += int((await node.info("clients"))["blocked_clients"])
-    return total
+async def _until_put_back(cachet, namespace: str) -> None:
+    """Until the clean-ups of cancelled pops (shielded, they run on after the cancel)
+    have emptied every holding list, putting their values back."""
+    deadline = time.monotonic() + 10
+    while await _holding_lists(cachet, namespace):
+        assert time.monotonic() < deadline, "a holding list was left behind"
+        await asyncio.sleep(0.01)
 
 
 async def test_cancelled_waiting_pops_lose_no_value(cachet, namespace):
@@ -37,7 +43,7 @@ async def test_cancelled_waiting_pops_lose_no_value(cachet, namespace):
     redis = cachet.backend.redis
     answered: list[bytes] = []
     cancelled = 0
-    baseline = await _blocked_clients(cachet)
+    baseline = len(await blocked_clients(cachet))
     started = time.monotonic()
     names = []
     for n in range(CANCELLATIONS):
@@ -52,7 +58,7 @@ async def test_cancelled_waiting_pops_lose_no_value(cachet, namespace):
             )
         )
         for _ in range(400):
-            if pop.done() or await _blocked_clients(cachet) > baseline:
+            if pop.done() or len(await blocked_clients(cachet)) > baseline:
                 break
             await asyncio.sleep(0.002)
         # The push and the cancellation race: the cancel lands before, while or
@@ -79,8 +85,7 @@ async def test_cancelled_waiting_pops_lose_no_value(cachet, namespace):
         except asyncio.CancelledError:
             cancelled += 1
     took = time.monotonic() - started
-    # Clean-ups that put values back run shielded; let them finish.
-    await asyncio.sleep(0.2)
+    await _until_put_back(cachet, namespace)
     left = [value for name in names for value in await redis.lrange(name, 0, -1)]
     pushed = {f"v{n}".encode() for n in range(CANCELLATIONS)}
     lost = pushed - set(answered) - set(left)
@@ -95,11 +100,7 @@ async def test_cancelled_waiting_pops_lose_no_value(cachet, namespace):
     for name in names:
         if await redis.exists(name):
             assert await redis.pttl(name) > 0, "a list without a TTL"
-    holding = []
-    for pattern in scan_patterns(namespace, Kind.HOLDING, "*"):
-        for node in await cachet.backend.primaries():
-            holding += [k async for k in node.scan_iter(match=pattern + "*")]
-    assert not holding, "a holding list was left behind"
+    assert not await _holding_lists(cachet, namespace), "a holding list was left behind"
 
 
 async def test_a_put_back_value_keeps_its_place_at_the_end_it_came_from(cache, cachet, namespace):
@@ -114,7 +115,7 @@ async def test_a_put_back_value_keeps_its_place_at_the_end_it_came_from(cache, c
     )
     baseline = 0
     for _ in range(400):
-        if await _blocked_clients(cachet) > baseline:
+        if len(await blocked_clients(cachet)) > baseline:
             break
         await asyncio.sleep(0.002)
     await redis.rpush(name, b"first")
@@ -124,6 +125,6 @@ async def test_a_put_back_value_keeps_its_place_at_the_end_it_came_from(cache, c
         assert got == [b"first"]
         return  # the pop won the race this time: nothing to put back
     await redis.rpush(name, b"second")
-    await asyncio.sleep(0.1)
+    await _until_put_back(cachet, namespace)
     popped = await cache.ListPop(pb.ListPopRequest(key=key, end=pb.LIST_END_LEFT, count=2))
     assert list(popped.values) == [b"first", b"second"]
