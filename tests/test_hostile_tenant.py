@@ -36,6 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .conftest import _status_details, bad_fields, channel_to, error_reason, make_settings
 from .hostile import Victim, record_hostile
 from .redis_procs import RedisProcess, free_port
+from .redis_waits import blocked_clients, until_blocked
 from .server_procs import CachetProcess
 
 QUOTAS = {
@@ -129,7 +130,7 @@ async def test_blocking_calls_over_quota_are_refused_and_others_go_on(hostile, c
         "OK": QUOTAS["max_blocking_calls"],
         "RESOURCE_EXHAUSTED/QUOTA_EXCEEDED": extra,
     }, answers
-    assert await _refused_pop(cache) == 0.5
+    assert await _refused_pop(cache, hostile) == 0.5
     victim.assert_unharmed()
     stats = hostile.servicers[0].deps.stats
     assert stats.namespaces["greedy"].quota_refusals["blocking_calls"] >= extra
@@ -141,8 +142,9 @@ async def test_blocking_calls_over_quota_are_refused_and_others_go_on(hostile, c
     )
 
 
-async def _refused_pop(cache: cache_pb2_grpc.CacheServiceStub) -> float:
+async def _refused_pop(cache: cache_pb2_grpc.CacheServiceStub, hostile: Application) -> float:
     """Fill the blocking quota, then answer the RetryInfo delay of one call over it."""
+    already_blocked = len(await blocked_clients(hostile))
     holders = [
         asyncio.ensure_future(
             cache.ListPop(
@@ -151,7 +153,8 @@ async def _refused_pop(cache: cache_pb2_grpc.CacheServiceStub) -> float:
         )
         for _ in range(QUOTAS["max_blocking_calls"])
     ]
-    await asyncio.sleep(0.3)
+    # Each blocked in Redis holds its quota: the next call is over it.
+    await until_blocked(hostile, already_blocked + QUOTAS["max_blocking_calls"])
     try:
         await cache.ListPop(pb.ListPopRequest(key="r", end=pb.LIST_END_LEFT, wait=wait(1.0)))
         raise AssertionError("the call over quota was admitted")

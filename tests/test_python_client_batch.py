@@ -516,7 +516,7 @@ async def test_async_session_fails_pending_operations_when_the_server_dies_and_r
         assert own_server.process is not None
         os.kill(own_server.process.pid, signal.SIGSTOP)  # nothing is answered from now on
         pending = [asyncio.ensure_future(session.get("k")) for _ in range(50)]
-        await asyncio.sleep(0.3)
+        await eventually(lambda: sum(sent.sizes) == 51)
         assert not any(task.done() for task in pending)
         assert sent.sizes == [1, 50]  # the pending 50 went out packed in one message
         started = time.monotonic()
