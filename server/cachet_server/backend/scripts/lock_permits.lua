@@ -41,6 +41,33 @@ local server_us = sec * 1000000 + usec
 -- '%.14g', which costs several times a short command.
 local format = string.format
 
+-- The common case first, before the helpers below are built (each is a closure made
+-- on every call): a free lock or semaphore that nobody waits for is taken, and the
+-- only live permit of one that nobody waits for is given back, each with the fewest
+-- commands. Both decide exactly as the general path further down would.
+if op == 'acquire' and redis.call('EXISTS', holders, waiters) == 0 then
+  -- No live permit and no waiter (see "Lifetimes"): no limit to check, no queue rank.
+  local token, ttl_ms, holder = ARGV[3], tonumber(ARGV[4]), ARGV[5]
+  local fence = redis.call('INCR', fence_key)
+  -- ttl_ms is at least 1, so this expiry is after now.
+  local at = format('%d', now_ms + ttl_ms)
+  redis.call('ZADD', holders, at, token)
+  redis.call('HSET', owners, token, format('%d\n%s', fence, holder), LIMIT, ARGV[6])
+  redis.call('PEXPIREAT', holders, at)
+  redis.call('PEXPIREAT', owners, at)
+  return {'GRANTED', fence, 1, server_us}
+end
+if op == 'release' then
+  -- The first two entries: exactly one, the caller's live permit, means it is the only
+  -- permit; with no waiter, giving it back leaves nothing to purge or wake.
+  local first = redis.call('ZRANGE', holders, '0', '1', 'WITHSCORES')
+  if #first == 2 and first[1] == ARGV[3] and tonumber(first[2]) > now_ms
+      and redis.call('EXISTS', waiters) == 0 then
+    redis.call('DEL', holders, owners)
+    return {'OK', 0, server_us}
+  end
+end
+
 -- `zset` and its companion key expire at `at_ms` (never at or before now: an
 -- expiry in the past would delete them at once).
 local function expire_at(zset, companion, at_ms)
