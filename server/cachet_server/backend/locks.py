@@ -45,6 +45,8 @@ _PERMITS = script("lock_permits")
 # Release, leave, extend and inspect add nothing: they run under OOM too, so a full
 # Redis never keeps a lock that its holder is giving back.
 _PERMITS_IN_PLACE = script("lock_permits", allow_oom=True)
+# The wake channel of a name is this prefix and its queue key; lock_permits.lua builds
+# the same name when it publishes (one argument less to send on every call).
 WAKE_CHANNEL_PREFIX = "cachet-lock-wake:"
 # The own wait ends this long before the call deadline, so that the caller gets
 # our answer (and our queue entry is gone) before its deadline passes.
@@ -122,13 +124,10 @@ class PermitKeys:
 
     # What every script of this name is given, built with the keys.
     all: tuple[str, ...] = dataclasses.field(init=False, compare=False)
-    # Pub/sub channel on which waiters of this name are woken.
-    channel: str = dataclasses.field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         every = (self.holders, self.owners, self.fence, self.queue, self.waiters)
         object.__setattr__(self, "all", every)
-        object.__setattr__(self, "channel", WAKE_CHANNEL_PREFIX + self.queue)
 
     @classmethod
     def of(cls, namespace: str, family: Family, name: str) -> PermitKeys:
@@ -245,7 +244,7 @@ class PermitStore:
         self._wait_series = instruments.lock_wait.series(self._kind)
 
     async def _run(self, keys: PermitKeys, op: str, *args: Arg) -> Any:
-        return await self.backend.run(_permits_for(op), keys.all, (op, keys.channel, *args))
+        return await self.backend.run(_permits_for(op), keys.all, (op, *args))
 
     async def _run_acknowledged(
         self, keys: PermitKeys, replication: ReplicaAck | None, op: str, *args: Arg
@@ -253,7 +252,7 @@ class PermitStore:
         """Run the script; if it wrote what the caller asked to be acknowledged (its
         first answer is GRANTED or OK), WAIT for replicas on the same connection
         (`Backend.run_acknowledged`, the one primitive every durable write uses)."""
-        script_args = (op, keys.channel, *args)
+        script_args = (op, *args)
         script = _permits_for(op)
         if replication is None or replication.min_replicas == 0:
             return await self.backend.run(script, keys.all, script_args), 0
@@ -346,9 +345,15 @@ class PermitStore:
         replication: ReplicaAck | None,
     ) -> Grant | Busy:
         """A grant, or why not and when to look again."""
-        reply, acked = await self._run_acknowledged(
-            keys, replication, "acquire", token, ttl_ms, holder, limit, ticket, self._lease_ms
-        )
+        # Arguments the script would default are left off: each one more is a step in
+        # the table Redis builds for the script's ARGV, on every call.
+        if ticket:
+            args: tuple[Arg, ...] = (token, ttl_ms, limit, holder, ticket, self._lease_ms)
+        elif holder:
+            args = (token, ttl_ms, limit, holder)
+        else:
+            args = (token, ttl_ms, limit)
+        reply, acked = await self._run_acknowledged(keys, replication, "acquire", *args)
         outcome = reply[0]
         if outcome == b"GRANTED":
             server_us = reply[3]

@@ -10,8 +10,11 @@
 --   queue    zset  waiter ticket -> arrival (Redis us): the order waiters are served in
 --   waiters  zset  waiter ticket -> lease expiry (Redis ms): a waiter that stops
 --                  refreshing its ticket (its server died) drops out of the queue
--- ARGV[1] op, ARGV[2] the wake channel; then per op:
---   acquire  token ttl_ms holder limit ticket('' = do not queue) lease_ms
+-- ARGV[1] op; then per op (arguments left off at the end take their defaults: an
+-- Acquire that does not wait sends four, each one more a step in the table Redis
+-- builds for ARGV):
+--   acquire  token ttl_ms limit [holder(default '') [ticket lease_ms]] (no ticket or
+--            '': do not queue)
 --            -> {'GRANTED', fence, holders, server_us}   (the permit expires at
 --                server_us // 1000 + ttl_ms)
 --             | {'BUSY', retry_ms, remaining_ms of the first permit}
@@ -23,7 +26,8 @@
 -- server_us is Redis's clock (TIME) in microseconds.
 -- A permit is live while its expiry is after now; expired entries are purged
 -- before any decision. Waiters are woken by PUBLISHing the tickets that may now
--- take a permit (space-separated) on the wake channel.
+-- take a permit (space-separated) on the wake channel, 'cachet-lock-wake:' followed by
+-- the queue's key (backend/locks.py subscribes to the prefix).
 --
 -- Lifetimes: holders and owners expire together at the latest permit's expiry,
 -- queue and waiters together at the latest waiter lease (PEXPIREAT: the same
@@ -31,7 +35,7 @@
 -- absent holders zset means no owners hash, and an absent waiters zset an empty
 -- queue: the common case (a free lock, nobody waiting) costs one read per pair.
 local holders, owners, fence_key, queue, waiters = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local op, channel = ARGV[1], ARGV[2]
+local op = ARGV[1]
 local LIMIT = '#limit'
 local clock = redis.call('TIME')
 local sec, usec = tonumber(clock[1]), tonumber(clock[2])
@@ -47,12 +51,12 @@ local format = string.format
 -- commands. Both decide exactly as the general path further down would.
 if op == 'acquire' and redis.call('EXISTS', holders, waiters) == 0 then
   -- No live permit and no waiter (see "Lifetimes"): no limit to check, no queue rank.
-  local token, ttl_ms, holder = ARGV[3], tonumber(ARGV[4]), ARGV[5]
+  local token, ttl_ms, holder = ARGV[2], tonumber(ARGV[3]), ARGV[5] or ''
   local fence = redis.call('INCR', fence_key)
   -- ttl_ms is at least 1, so this expiry is after now.
   local at = format('%d', now_ms + ttl_ms)
   redis.call('ZADD', holders, at, token)
-  redis.call('HSET', owners, token, format('%d\n%s', fence, holder), LIMIT, ARGV[6])
+  redis.call('HSET', owners, token, format('%d\n%s', fence, holder), LIMIT, ARGV[4])
   redis.call('PEXPIREAT', holders, at)
   redis.call('PEXPIREAT', owners, at)
   return {'GRANTED', fence, 1, server_us}
@@ -61,7 +65,7 @@ if op == 'release' then
   -- The first two entries: exactly one, the caller's live permit, means it is the only
   -- permit; with no waiter, giving it back leaves nothing to purge or wake.
   local first = redis.call('ZRANGE', holders, '0', '1', 'WITHSCORES')
-  if #first == 2 and first[1] == ARGV[3] and tonumber(first[2]) > now_ms
+  if #first == 2 and first[1] == ARGV[2] and tonumber(first[2]) > now_ms
       and redis.call('EXISTS', waiters) == 0 then
     redis.call('DEL', holders, owners)
     return {'OK', 0, server_us}
@@ -70,6 +74,8 @@ end
 
 -- `zset` and its companion key expire at `at_ms` (never at or before now: an
 -- expiry in the past would delete them at once).
+local channel = 'cachet-lock-wake:' .. queue
+
 local function expire_at(zset, companion, at_ms)
   local at = format('%d', math.max(at_ms, now_ms + 1))
   redis.call('PEXPIREAT', zset, at)
@@ -161,8 +167,8 @@ local function give_back(token)
 end
 
 if op == 'acquire' then
-  local token, ttl_ms, holder = ARGV[3], tonumber(ARGV[4]), ARGV[5]
-  local limit, ticket, lease_ms = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+  local token, ttl_ms, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+  local holder, ticket, lease_ms = ARGV[5] or '', ARGV[6] or '', tonumber(ARGV[7] or '0')
   local count = purge(holders, owners, 'HDEL')
   local queued = purge(waiters, queue, 'ZREM')
   if count > 0 then
@@ -179,7 +185,7 @@ if op == 'acquire' then
     local fence = redis.call('INCR', fence_key)
     local expire_ms = now_ms + ttl_ms
     redis.call('ZADD', holders, format('%d', expire_ms), token)
-    redis.call('HSET', owners, token, format('%d\n%s', fence, holder), LIMIT, ARGV[6])
+    redis.call('HSET', owners, token, format('%d\n%s', fence, holder), LIMIT, ARGV[4])
     if count == 0 then
       expire_at(holders, owners, expire_ms)
     else
@@ -221,14 +227,14 @@ if op == 'acquire' then
 end
 
 if op == 'release' then
-  local token = ARGV[3]
+  local token = ARGV[2]
   if not live_expiry(token) then return {'NOT_OWNED', server_us} end
   local count = give_back(token)
   return {'OK', count, server_us}
 end
 
 if op == 'extend' then
-  local token, ttl_ms = ARGV[3], tonumber(ARGV[4])
+  local token, ttl_ms = ARGV[2], tonumber(ARGV[3])
   if not live_expiry(token) then return {'NOT_OWNED', server_us} end
   redis.call('ZADD', holders, 'XX', format('%d', now_ms + ttl_ms), token)
   expire_with_latest(holders, owners)
@@ -238,7 +244,7 @@ if op == 'extend' then
 end
 
 if op == 'leave' then
-  local ticket, token = ARGV[3], ARGV[4]
+  local ticket, token = ARGV[2], ARGV[3]
   local rank = redis.call('ZRANK', queue, ticket)
   dequeue(ticket)
   if live_expiry(token) then
