@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
+from typing import NamedTuple
 
 from .core import Backend
 from .keys import Kind, redis_key
@@ -48,9 +49,10 @@ class LimitSpec:
     period_ms: int
     burst: int = 0
 
-    @property
+    @cached_property
     def capacity(self) -> int:
-        """The most hits admissible at once from an empty state."""
+        """The most hits admissible at once from an empty state (read per decision; a
+        policy's spec lives as long as the configuration)."""
         if self.algorithm.has_burst and self.burst:
             return self.burst
         return self.limit
@@ -69,8 +71,11 @@ def state_key(namespace: str, spec: LimitSpec, scope: str, key: str) -> str:
     return redis_key(namespace, Kind.RATE, name)
 
 
-@dataclass(frozen=True)
-class LimitCheck:
+# The per-decision values below are NamedTuples, immutable like a frozen dataclass but built
+# without a frozen dataclass's object.__setattr__ per field (several µs per decision).
+
+
+class LimitCheck(NamedTuple):
     """One item to decide. `hits == 0` is a peek: nothing is consumed and `allowed` says
     whether one more hit would be admitted. A `shadow` item never sinks an all-or-nothing
     group."""
@@ -81,8 +86,7 @@ class LimitCheck:
     shadow: bool = False
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """The verdict on one item; times in microseconds of Redis time."""
 
     allowed: bool
@@ -99,8 +103,7 @@ class Decision:
         return cls(True, spec.capacity, spec.capacity, 0, None, None, fail_open=True)
 
 
-@dataclass(frozen=True)
-class GroupDecision:
+class GroupDecision(NamedTuple):
     """The verdicts on the items of one script run, and whether all of them passed."""
 
     decisions: list[Decision]
@@ -124,29 +127,27 @@ class RateLimitStore:
         `all_or_nothing`, nothing is consumed unless every item (shadow ones aside) passes."""
         args: list[str | int] = ["all" if all_or_nothing else "each"]
         for item in items:
+            hits = item.hits
             args += item.spec.script_args
-            args += (
-                max(item.hits, 1),
-                "1" if item.hits > 0 else "0",
-                "1" if item.shadow else "0",
-            )
+            args += (max(hits, 1), "1" if hits > 0 else "0", "1" if item.shadow else "0")
         reply = await self.backend.run(_CHECK, [item.key for item in items], args)
         now_us = int(reply[0]) * 1_000_000 + int(reply[1])
         decisions = []
-        for n, item in enumerate(items):
-            at = 3 + 4 * n
+        at = 3
+        for item in items:
             retry_after = int(reply[at + 3])
             decisions.append(
                 Decision(
-                    allowed=bool(int(reply[at])),
-                    capacity=item.spec.capacity,
-                    remaining=int(reply[at + 1]),
-                    reset_after_us=int(reply[at + 2]),
-                    retry_after_us=None if retry_after < 0 else retry_after,
-                    server_time_us=now_us,
+                    bool(int(reply[at])),
+                    item.spec.capacity,
+                    int(reply[at + 1]),
+                    int(reply[at + 2]),
+                    None if retry_after < 0 else retry_after,
+                    now_us,
                 )
             )
-        return GroupDecision(decisions, allowed=bool(int(reply[2])))
+            at += 4
+        return GroupDecision(decisions, bool(int(reply[2])))
 
     async def reset(self, keys: Sequence[str]) -> tuple[int, int]:
         """Delete the state of `keys`: (how many existed, the latest Redis time in µs)."""

@@ -64,6 +64,7 @@ class EnvoyRateLimitService(Servicer, rls_pb2_grpc.RateLimitServiceServicer):
         super().__init__(deps)
         self.limiter = Limiter(deps)
         self.policies = self.limiter.policies
+        self.descriptors = self.limiter.descriptors
         self.headers = deps.settings.ratelimit.response_headers
         # The `current_limit` of each configured rule, built once (a response copies it).
         self.current_limits = {
@@ -95,32 +96,34 @@ class EnvoyRateLimitService(Servicer, rls_pb2_grpc.RateLimitServiceServicer):
         known_domain = self.policies.has_domain(request.domain)
         items: list[Resolved | None] = []
         for i, descriptor in enumerate(request.descriptors):
-            field = f"descriptors[{i}]"
-            entries = descriptor_entries(
-                self.check, [(e.key, e.value) for e in descriptor.entries], f"{field}.entries"
-            )
+            entries = tuple([(e.key, e.value) for e in descriptor.entries])
+            overridden = known_domain and descriptor.HasField("limit")
+            if overridden:
+                # Its own limit comes with each request: its key is spelled every time.
+                key = descriptor_key(
+                    descriptor_entries(self.check, entries, f"descriptors[{i}].entries")
+                )
+            else:
+                target = self.descriptors.resolve(
+                    namespace, request.domain, entries, f"descriptors[{i}].entries"
+                )
             hits = request_hits
             if descriptor.HasField("hits_addend"):
                 hits = descriptor.hits_addend.value
                 if hits > MAX_RATE_LIMIT:
                     raise InvalidArgument.field(
-                        f"{field}.hits_addend", f"must be at most {MAX_RATE_LIMIT}"
+                        f"descriptors[{i}].hits_addend", f"must be at most {MAX_RATE_LIMIT}"
                     )
-            if known_domain and descriptor.HasField("limit"):
-                spec = self._override(descriptor.limit, f"{field}.limit")
+            if overridden:
+                spec = self._override(descriptor.limit, f"descriptors[{i}].limit")
                 items.append(
                     Resolved.for_limit(
-                        namespace, spec, descriptor_key(entries), hits,
+                        namespace, spec, key, hits,
                         fail_open=self.limiter.fail_open, scope=_OVERRIDE_SCOPE + request.domain,
                     )
                 )  # fmt: skip
-                continue
-            policy = self.policies.match(request.domain, entries)
-            items.append(
-                None
-                if policy is None
-                else Resolved.for_policy(namespace, policy, descriptor_key(entries), hits)
-            )
+            else:
+                items.append(None if target is None else Resolved.of_policy(*target, hits))
         limited = [item for item in items if item is not None]
         decisions = iter((await self.limiter.decide(limited)).decisions if limited else ())
         statuses = []

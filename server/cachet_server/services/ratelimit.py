@@ -13,9 +13,8 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2 as pb
 from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2_grpc
@@ -98,9 +97,9 @@ def descriptor_entries(
     return list(entries)
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """A target resolved to its state key and limit, and the rule that applies (if any)."""
+class Resolved(NamedTuple):
+    """A target resolved to its state key and limit, and the rule that applies (if any).
+    A NamedTuple: built per decision, and cheaper to build than a frozen dataclass."""
 
     check: LimitCheck
     policy: Policy | None
@@ -108,9 +107,14 @@ class Resolved:
 
     @classmethod
     def for_policy(cls, namespace: str, policy: Policy, key: str, hits: int) -> Resolved:
-        limited = state_key(namespace, policy.spec, policy.name, key)
-        check = LimitCheck(limited, policy.spec, hits, policy.shadow_mode)
-        return cls(check, policy, policy.fail_open)
+        return cls.of_policy(policy, state_key(namespace, policy.spec, policy.name, key), hits)
+
+    @staticmethod
+    def of_policy(policy: Policy, limited: str, hits: int) -> Resolved:
+        """`policy` on its state key `limited` (from state_key)."""
+        return Resolved(
+            LimitCheck(limited, policy.spec, hits, policy.shadow_mode), policy, policy.fail_open
+        )
 
     @classmethod
     def for_limit(
@@ -118,6 +122,53 @@ class Resolved:
     ) -> Resolved:
         check = LimitCheck(state_key(namespace, spec, scope, key), spec, hits)
         return cls(check, None, fail_open)
+
+
+# How many resolved targets a Limiter remembers: a bound on memory, not on correctness (a
+# forgotten target is resolved again, to the same key).
+TARGET_CACHE_SIZE = 4096
+
+
+class DescriptorTargets:
+    """The rule and state key a descriptor resolves to, remembered per (namespace, domain,
+    entries): Envoy sends the same few descriptors over and over, and validating, matching
+    and spelling the key (JSON, then the state key) cost more than the lookup. Bounded:
+    past TARGET_CACHE_SIZE the oldest entry goes. Only valid descriptors are remembered,
+    and the Validator's rules do not change while a server runs, so a remembered
+    descriptor is valid again."""
+
+    def __init__(self, check: Validator, policies: PolicyTable, size: int = TARGET_CACHE_SIZE):
+        self.check = check
+        self.policies = policies
+        self.size = size
+        self._known: dict[tuple[str, str, tuple[tuple[str, str], ...]], tuple[Policy, str] | None]
+        self._known = {}
+
+    def resolve(
+        self, namespace: str, domain: str, entries: tuple[tuple[str, str], ...], field: str
+    ) -> tuple[Policy, str] | None:
+        """The rule that limits the descriptor and its state key, or None if no rule does;
+        INVALID_ARGUMENT (naming `field`) for invalid entries."""
+        known = self._known
+        cache_key = (namespace, domain, entries)
+        try:
+            return known[cache_key]
+        except KeyError:
+            pass
+        target = self.resolve_uncached(namespace, domain, entries, field)
+        if len(known) >= self.size:
+            del known[next(iter(known))]
+        known[cache_key] = target
+        return target
+
+    def resolve_uncached(
+        self, namespace: str, domain: str, entries: Sequence[tuple[str, str]], field: str
+    ) -> tuple[Policy, str] | None:
+        valid = descriptor_entries(self.check, entries, field)
+        policy = self.policies.match(domain, valid)
+        if policy is None:
+            return None
+        return policy, state_key(namespace, policy.spec, policy.name, descriptor_key(valid))
 
 
 class Limiter:
@@ -128,6 +179,7 @@ class Limiter:
         self.stats = deps.stats
         self.policies = PolicyTable(deps.settings.ratelimit)
         self.fail_open = deps.settings.ratelimit.fail_mode is FailMode.FAIL_OPEN
+        self.descriptors = DescriptorTargets(deps.validator, self.policies)
         self._warned_at = -math.inf
 
     def _warn_failing_open(self, reason: str) -> None:
@@ -172,30 +224,37 @@ class Limiter:
             )
         groups = [list(range(len(items)))] if all_or_nothing else self.store.slot_groups(keys)
         if len(groups) == 1:
-            outcomes = [await self._decide_group(items, groups[0], all_or_nothing)]
-        else:
-            # Independent slots (Cluster): their scripts go out together rather than one
-            # round trip after another; the first failing group, in order, fails the call.
-            answers = await asyncio.gather(
-                *(self._decide_group(items, group, False) for group in groups),
-                return_exceptions=True,
-            )
-            outcomes = []
-            for answer in answers:
-                if isinstance(answer, BaseException):
-                    raise answer
-                outcomes.append(answer)
+            # The common case (one item, or one slot): the group's decisions are the items'
+            # in order, whether the group is all the items (all-or-nothing, one item) or the
+            # one slot group, which lists the indexes in order.
+            outcome = await self._decide_group(items, groups[0], all_or_nothing)
+            self._record(items, outcome.decisions)
+            return outcome
+        # Independent slots (Cluster): their scripts go out together rather than one round
+        # trip after another; the first failing group, in order, fails the call.
+        answers = await asyncio.gather(
+            *(self._decide_group(items, group, False) for group in groups),
+            return_exceptions=True,
+        )
+        outcomes = []
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+            outcomes.append(answer)
         decisions: dict[int, Decision] = {}
         allowed = True
         for group, outcome in zip(groups, outcomes, strict=True):
             decisions.update(zip(group, outcome.decisions, strict=True))
             allowed = allowed and outcome.allowed
         ordered = [decisions[i] for i in range(len(items))]
-        for item, decision in zip(items, ordered, strict=True):
+        self._record(items, ordered)
+        return GroupDecision(ordered, allowed)
+
+    def _record(self, items: Sequence[Resolved], decisions: Sequence[Decision]) -> None:
+        for item, decision in zip(items, decisions, strict=True):
             self.stats.record_ratelimit_decision(
                 item.policy.name if item.policy else INLINE_POLICY, _outcome(item, decision)
             )
-        return GroupDecision(ordered, allowed)
 
 
 # The policy label of a limit given inline in the request (it has no name).
@@ -308,18 +367,18 @@ class RateLimitService(Servicer, ratelimit_pb2_grpc.RateLimitServiceServicer):
             match = target.descriptor_match
             if not match.domain:
                 raise InvalidArgument.field(f"{field}.descriptor_match.domain", "must not be empty")
-            entries = descriptor_entries(
-                self.check,
-                [(e.key, e.value) for e in match.entries],
+            found = self.limiter.descriptors.resolve(
+                namespace,
+                match.domain,
+                tuple([(e.key, e.value) for e in match.entries]),
                 f"{field}.descriptor_match.entries",
             )
-            policy = self.policies.match(match.domain, entries)
-            if policy is None:
+            if found is None:
                 raise NotFound(
                     f"no rate-limit rule of domain {match.domain!r} matches the descriptor",
                     reason="POLICY_NOT_FOUND",
                 )
-            return Resolved.for_policy(namespace, policy, descriptor_key(entries), hits)
+            return Resolved.of_policy(*found, hits)
         raise InvalidArgument.field(field, "must set inline_limit, policy or descriptor_match")
 
     def _hits(self, message: pb.CheckRequest | pb.CheckItem, field: str) -> int:
