@@ -13,7 +13,13 @@ from cachet_client.proto.envoy.extensions.common.ratelimit.v3 import ratelimit_p
 from cachet_client.proto.envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from cachet_client.proto.envoy.type.v3 import ratelimit_unit_pb2
 from cachet_server.app import Application, running
+from cachet_server.backend.ratelimit import state_key
 from cachet_server.config import Settings
+from cachet_server.errors import InvalidArgument
+from cachet_server.services.envoy_rls import EnvoyRateLimitService
+from cachet_server.services.ratelimit import DescriptorTargets, descriptor_key
+from cachet_server.services.ratelimit_policies import PolicyTable
+from cachet_server.validation import Validator
 from google.protobuf.wrappers_pb2 import UInt64Value
 from grpc import aio
 
@@ -265,3 +271,69 @@ async def test_without_namespace_metadata_envoy_uses_the_default_namespace(envoy
             assert check.result.remaining == 2
         finally:
             await reset.Reset(cachet_pb.ResetRequest(targets=[target]))
+
+
+def _targets(tmp_path, size: int) -> DescriptorTargets:
+    config = tmp_path / "cachet.yaml"
+    config.write_text(textwrap.dedent(CONFIG))
+    settings = Settings.load(config_file=config)
+    return DescriptorTargets(Validator(settings.limits), PolicyTable(settings.ratelimit), size)
+
+
+def test_remembered_descriptors_keep_their_state_key_and_never_share_one(tmp_path):
+    """The descriptor cache is only a shortcut: whether a descriptor is looked up for the first
+    time, again, or again after being evicted, it resolves to the rule and the key spelled
+    from scratch (state_key of descriptor_key, as before the cache); and descriptors that
+    differ anywhere (namespace, domain, an entry's key or value, the split between them)
+    never share a key."""
+    targets = _targets(tmp_path, size=3)
+    descriptors = [
+        ("ns", "mesh", (("remote_address", "10.0.0.1"),)),
+        ("ns", "mesh", (("remote_address", "10.0.0.2"),)),
+        ("other", "mesh", (("remote_address", "10.0.0.1"),)),
+        ("ns", "mesh", (("client", "a"), ("tier", "free"))),
+        ("ns", "mesh", (("client", "b"), ("tier", "free"))),
+        # Separators inside values cannot make two descriptors spell one key.
+        ("ns", "mesh", (("client", 'a"],["tier'), ("tier", "free"))),
+        ("ns", "mesh", (("client", "a:b"), ("tier", "free"))),
+    ]
+    keys = {}
+    for _ in range(3):  # first look-ups, remembered ones, and ones evicted meanwhile
+        for namespace, domain, entries in descriptors:
+            found = targets.resolve(namespace, domain, entries, "entries")
+            assert found is not None
+            policy, key = found
+            assert policy is targets.policies.match(domain, entries)
+            assert key == state_key(namespace, policy.spec, policy.name, descriptor_key(entries))
+            assert found == targets.resolve_uncached(namespace, domain, entries, "entries")
+            assert keys.setdefault((namespace, domain, entries), key) == key
+            assert len(targets._known) <= 3, "the cache stays bounded"
+    assert len(set(keys.values())) == len(descriptors)
+    unmatched = ("ns", "mesh", (("nobody", "x"),))
+    assert targets.resolve(*unmatched, "entries") is None
+    assert targets.resolve(*unmatched, "entries") is None
+
+
+def test_invalid_descriptors_are_refused_every_time_not_remembered(tmp_path):
+    targets = _targets(tmp_path, size=8)
+    for _ in range(2):
+        with pytest.raises(InvalidArgument):
+            targets.resolve("ns", "mesh", (("remote_address", ""),), "entries")
+    assert not targets._known
+
+
+async def test_a_descriptor_evicted_from_the_cache_keeps_counting_on_its_state(rls, envoy_server):
+    """With room for one descriptor, every other request evicts the previous one: the counts
+    carry on as if nothing were remembered."""
+    (servicer,) = [s for s in envoy_server.servicers if isinstance(s, EnvoyRateLimitService)]
+    size = servicer.descriptors.size
+    servicer.descriptors.size = 1
+    try:
+        remaining = []
+        for _ in range(3):
+            for address in ("10.6.0.1", "10.6.0.2"):
+                answer = await rls.ShouldRateLimit(request(desc(("remote_address", address))))
+                remaining.append(answer.statuses[0].limit_remaining)
+    finally:
+        servicer.descriptors.size = size
+    assert remaining == [2, 2, 1, 1, 0, 0]
