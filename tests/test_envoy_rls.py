@@ -17,7 +17,11 @@ from cachet_server.backend.ratelimit import state_key
 from cachet_server.config import Settings
 from cachet_server.errors import InvalidArgument
 from cachet_server.services.envoy_rls import EnvoyRateLimitService
-from cachet_server.services.ratelimit import DescriptorTargets, descriptor_key
+from cachet_server.services.ratelimit import (
+    TARGET_CACHE_MAX_KEY,
+    DescriptorTargets,
+    descriptor_key,
+)
 from cachet_server.services.ratelimit_policies import PolicyTable
 from cachet_server.validation import Validator
 from google.protobuf.wrappers_pb2 import UInt64Value
@@ -312,6 +316,20 @@ def test_remembered_descriptors_keep_their_state_key_and_never_share_one(tmp_pat
     unmatched = ("ns", "mesh", (("nobody", "x"),))
     assert targets.resolve(*unmatched, "entries") is None
     assert targets.resolve(*unmatched, "entries") is None
+
+
+def test_long_descriptors_are_resolved_every_time_not_remembered(tmp_path):
+    """Memory stays bounded by entries of short keys: a caller sending unique long
+    descriptors (up to 16 entries of max_key_bytes each) fills no cache."""
+    targets = _targets(tmp_path, size=8)
+    long_value = "v" * TARGET_CACHE_MAX_KEY
+    for n in range(3):
+        entries = (("remote_address", f"{n}{long_value}"),)
+        found = targets.resolve("ns", "mesh", entries, "entries")
+        assert found == targets.resolve_uncached("ns", "mesh", entries, "entries")
+    assert not targets._known
+    targets.resolve("ns", "mesh", (("remote_address", "10.0.0.1"),), "entries")
+    assert len(targets._known) == 1
 
 
 def test_invalid_descriptors_are_refused_every_time_not_remembered(tmp_path):

@@ -127,15 +127,21 @@ class Resolved(NamedTuple):
 # How many resolved targets a Limiter remembers: a bound on memory, not on correctness (a
 # forgotten target is resolved again, to the same key).
 TARGET_CACHE_SIZE = 4096
+# The longest state key remembered. Envoy's descriptors are short (an address, a route, a
+# user id); a descriptor may be up to 16 entries of max_key_bytes each, and 4096 of those
+# would hold hundreds of MiB for a caller who sends unique ones. Longer ones are resolved
+# every time.
+TARGET_CACHE_MAX_KEY = 512
 
 
 class DescriptorTargets:
     """The rule and state key a descriptor resolves to, remembered per (namespace, domain,
     entries): Envoy sends the same few descriptors over and over, and validating, matching
     and spelling the key (JSON, then the state key) cost more than the lookup. Bounded:
-    past TARGET_CACHE_SIZE the oldest entry goes. Only valid descriptors are remembered,
-    and the Validator's rules do not change while a server runs, so a remembered
-    descriptor is valid again."""
+    past TARGET_CACHE_SIZE the oldest entry goes, and a descriptor whose state key is over
+    TARGET_CACHE_MAX_KEY characters is not remembered. Only valid descriptors are
+    remembered, and the Validator's rules do not change while a server runs, so a
+    remembered descriptor is valid again."""
 
     def __init__(self, check: Validator, policies: PolicyTable, size: int = TARGET_CACHE_SIZE):
         self.check = check
@@ -156,6 +162,8 @@ class DescriptorTargets:
         except KeyError:
             pass
         target = self.resolve_uncached(namespace, domain, entries, field)
+        if target is not None and len(target[1]) > TARGET_CACHE_MAX_KEY:
+            return target
         if len(known) >= self.size:
             del known[next(iter(known))]
         known[cache_key] = target
