@@ -36,6 +36,38 @@ local function expire_us(key, us)
   redis.call('PEXPIRE', key, math.max(1, ceil_div(us, 1000)))
 end
 
+-- One fixed-window item (an Envoy descriptor, an inline or named limit: the common check)
+-- is decided here, before the algorithms' tables and closures below are built on every
+-- call: fixed_window's arithmetic on one state, so its answer is the general path's ('all'
+-- and 'each' agree for one item: a refused item consumes nothing either way).
+if #KEYS == 1 and ARGV[2] == 'fw' then
+  local clock = redis.call('TIME')
+  local sec, usec = tonumber(clock[1]), tonumber(clock[2])
+  local now = sec * 1000000 + usec
+  local key, limit, period, h = KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
+  local v = redis.call('HMGET', key, 'w', 'c')
+  local w, c = tonumber(v[1]), tonumber(v[2]) or 0
+  local start = floor_div(now, period) * period
+  -- A stored window ahead of `start` means Redis time stepped back: keep counting in it.
+  if w == nil or w < start then
+    w, c = start, 0
+  end
+  local reset = w + period - now
+  if c + h <= limit then
+    if ARGV[7] == '1' then
+      c = c + h
+      redis.call('HSET', key, 'w', cachet_int(w), 'c', cachet_int(c))
+      expire_us(key, reset)
+    end
+    return {sec, usec, 1, 1, limit - c, reset, -1}
+  end
+  local retry = -1
+  if h <= limit then retry = reset end
+  local group_allowed = 0
+  if ARGV[8] == '1' then group_allowed = 1 end
+  return {sec, usec, group_allowed, 0, math.max(0, limit - c), reset, retry}
+end
+
 -- Each algorithm: load(key) -> state; decide(state, now, item, consume) -> allowed,
 -- remaining, reset_after, retry_after (changing the state only when consume and allowed);
 -- save(key, state, now). `item.h` is the cost evaluated (1 for a peek).
