@@ -212,6 +212,36 @@ async def test_a_cancelled_call_leaves_the_connection_serving_the_others(
     assert [answer[0] for answer in again] == [f"v{n}".encode() for n in range(20)]
 
 
+async def test_a_lone_command_goes_out_at_once_and_the_ones_behind_it_gather(
+    cachet: Application, namespace: str, cache
+):
+    """A command queued while nothing else is outstanding on its node is written in its
+    caller's own loop turn: a lone caller (concurrency 1) waits out no gathering turns.
+    Commands queued while it is outstanding still share writes."""
+    await cache.Set(pb.SetRequest(key="lone", value=b"v"))
+    keys = CacheKeys.of(namespace, "lone")
+    backend = cachet.backend
+    multiplexer = backend._multiplexer_of([keys.data])
+    assert multiplexer is not None
+    await backend.run(_GET, [keys.data, keys.meta], ["0"])  # a kept connection is open
+    assert multiplexer.waiting() == 0
+    await asyncio.sleep(0.01)  # longer ago than LONE_GAP: no neighbour's command is due
+    writes = backend.coalescing.writes
+    lone = asyncio.create_task(backend.run(_GET, [keys.data, keys.meta], ["0"]))
+    # One loop turn: the task queues its command, then this test resumes, before any
+    # callback the task scheduled.
+    await asyncio.sleep(0)
+    assert backend.coalescing.writes == writes + 1
+    assert (await lone)[0] == b"v"
+    writes = backend.coalescing.writes
+    answers = await asyncio.gather(
+        *(backend.run(_GET, [keys.data, keys.meta], ["0"]) for _ in range(20))
+    )
+    assert all(answer[0] == b"v" for answer in answers)
+    # The first goes alone, the other 19 gather behind it.
+    assert backend.coalescing.writes - writes <= 3
+
+
 @pytest.mark.topologies("standalone", reason="the pause itself is the same on every topology")
 async def test_paused_redis_ends_coalesced_calls_within_their_deadline_and_the_lane_recovers(
     topology, cachet: Application, cache

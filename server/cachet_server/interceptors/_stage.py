@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import grpc
 from grpc import aio
 
+from ..backend.multiplex import serving
 from ..errors import CachetError, InvalidArgument, rpc_status_for
 
 Context = aio.ServicerContext[Any, Any]
@@ -144,7 +145,7 @@ class Corridor(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         if handler.unary_unary:
             behavior = self.invoker.unary(method, handler.unary_unary)
             return grpc.unary_unary_rpc_method_handler(
-                _coroutine(behavior, stages, unary_request=True), **codec
+                _coroutine(behavior, stages, unary_request=True, counted=True), **codec
             )
         if handler.stream_unary:
             behavior = self.invoker.unary(method, handler.stream_unary)
@@ -216,14 +217,24 @@ def _tolerant(
 
 
 def _coroutine(
-    behavior: UnaryBehavior, stages: tuple[Stage, ...], *, unary_request: bool
+    behavior: UnaryBehavior,
+    stages: tuple[Stage, ...],
+    *,
+    unary_request: bool,
+    counted: bool = False,
 ) -> UnaryBehavior:
+    """`counted`: the call counts in `serving.unary_calls` while it runs, so that the
+    multiplexer sends a lone call's command at once instead of gathering a write for
+    others (streams, which may stay open for hours, are not counted)."""
+
     async def handle(request: Any, context: Context) -> Any:
         if isinstance(request, _Malformed):
             return await abort_with(context, request.error())
         seen = request if unary_request else None
         entered: list[Any] = []
         error: BaseException | None = None
+        if counted:
+            serving.unary_calls += 1
         try:
             for stage in stages:
                 entered.append(stage.enter(seen, context))
@@ -237,6 +248,8 @@ def _coroutine(
             error = exc
             raise
         finally:
+            if counted:
+                serving.unary_calls -= 1
             # Leave the stages that were entered, innermost first.
             for index in range(len(entered) - 1, -1, -1):
                 stages[index].leave(entered[index], error)
