@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from .redis_procs import free_port, free_port_run, wait_until
 
@@ -26,6 +30,7 @@ class CachetProcess:
         # Each worker of a `--workers N` server serves metrics on this port plus its slot.
         workers = env.get("CACHET_WORKERS", "1")
         slots = int(workers) if workers.isdigit() else os.cpu_count() or 1  # auto, or bad
+        self.slots = slots
         self.metrics_port = free_port_run(slots)
         # The server refuses CACHET_* names it does not know: the test run's own
         # (CACHET_TEST_TOPOLOGIES, ...) stay out of its environment.
@@ -66,8 +71,10 @@ class CachetProcess:
     def output(self) -> str:
         """Everything the server wrote so far, stdout and stderr."""
         assert self._output is not None, "not started"
-        self._output.seek(0)
-        return self._output.read().decode(errors="replace")
+        # pread: the server writes through the same file offset, which a seek and read
+        # would move under it (its next line landing over the start of the log).
+        fd = self._output.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     def serving(self) -> bool:
         assert self.process is not None
@@ -78,6 +85,39 @@ class CachetProcess:
                 health_pb2.HealthCheckRequest(), timeout=1
             )
         return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def active_calls(self, method: str) -> int:
+        """Calls of `method` ("cachet.cache.v1.CacheService/Set") being served now, summed
+        over the workers' metrics endpoints: calls that reached a handler and have not
+        ended."""
+        active = 0
+        for port in range(self.metrics_port, self.metrics_port + self.slots):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+                text = page.read().decode()
+            active += sum(
+                int(sample.value)
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "cachet_rpc_server_active_calls"
+                and sample.labels.get("rpc_method") == method
+            )
+        return active
+
+    async def until_in_flight(self, method: str, count: int) -> None:
+        """Wait until the server is serving `count` calls of `method` at once (the event
+        loop runs meanwhile, so calls the test started go out)."""
+        deadline = time.monotonic() + 20
+        while (active := await asyncio.to_thread(self.active_calls, method)) < count:
+            assert time.monotonic() < deadline, f"{active} of {count} {method} calls in flight"
+            await asyncio.sleep(0.05)
+
+    async def until_draining(self) -> None:
+        """Wait until every worker has taken SIGTERM and begun to drain (each logs it;
+        health is no sign: it also goes NOT_SERVING while Redis does not answer)."""
+        deadline = time.monotonic() + 20
+        while (draining := self.output().count("stopping: draining")) < self.slots:
+            assert time.monotonic() < deadline, f"{draining} of {self.slots} workers draining"
+            await asyncio.sleep(0.05)
 
     def grpcurl(
         self, *positional: str, data: object = None, namespace: str | None = None

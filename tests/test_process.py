@@ -15,6 +15,8 @@ from grpc import aio
 from .redis_procs import RedisProcess
 from .server_procs import CachetProcess
 
+SET = "cachet.cache.v1.CacheService/Set"
+
 
 def test_grpcurl_lists_every_service_and_round_trips(redis_standalone):
     server = CachetProcess(redis_standalone.url).start()
@@ -66,17 +68,19 @@ async def test_sigterm_drains_in_flight_calls_and_exits_zero():
         async with aio.insecure_channel(server.address) as channel:
             stub = cache_pb2_grpc.CacheServiceStub(channel)
             await stub.Set(pb.SetRequest(key="warm", value=b"up"))
-            # Freeze Redis so these calls are certainly still in flight at SIGTERM.
+            # Redis frozen, these calls stay in flight until it resumes.
             redis.pause()
             calls = [
                 asyncio.ensure_future(stub.Set(pb.SetRequest(key=f"k{i}", value=b"v"), timeout=20))
                 for i in range(50)
             ]
-            await asyncio.sleep(0.3)
+            await server.until_in_flight(SET, 50)
             assert server.process is not None
             server.process.send_signal(15)
+            await server.until_draining()
             await asyncio.sleep(0.5)
             assert server.process.poll() is None, "exited before its calls finished"
+            assert server.active_calls(SET) == 50, "the drain let go of calls in flight"
             redis.resume()
             results = await asyncio.gather(*calls)
             assert all(r.version > 0 for r in results)
@@ -98,10 +102,10 @@ async def test_new_calls_are_refused_while_draining():
             stub = cache_pb2_grpc.CacheServiceStub(channel)
             redis.pause()
             in_flight = asyncio.ensure_future(stub.Set(pb.SetRequest(key="k", value=b"v")))
-            await asyncio.sleep(0.3)
+            await server.until_in_flight(SET, 1)
             assert server.process is not None
             server.process.send_signal(15)
-            await asyncio.sleep(0.3)
+            await server.until_draining()
             async with aio.insecure_channel(server.address) as fresh:
                 try:
                     await cache_pb2_grpc.CacheServiceStub(fresh).Get(

@@ -26,6 +26,7 @@ from .server_procs import CachetProcess
 pytestmark = pytest.mark.topologies("standalone", reason="process supervision, not Redis")
 
 CHANNELS = 24
+SET = "cachet.cache.v1.CacheService/Set"
 # Without it grpc shares one connection among the channels to one address.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
@@ -150,16 +151,18 @@ async def test_sigterm_drains_every_worker_and_exits_zero(redis_proc):
         try:
             stubs = [cache_pb2_grpc.CacheServiceStub(c) for c in channels]
             await asyncio.gather(*(s.Get(pb.GetRequest(key="warm")) for s in stubs))
-            redis_proc.pause()  # the calls below are certainly in flight at SIGTERM
+            redis_proc.pause()  # the calls below stay in flight until it resumes
             calls = [
                 asyncio.ensure_future(s.Set(pb.SetRequest(key=f"d{i}", value=b"v"), timeout=20))
                 for i, s in enumerate(stubs)
             ]
-            await asyncio.sleep(0.3)
+            await server.until_in_flight(SET, CHANNELS)
             assert server.process is not None
             server.process.send_signal(signal.SIGTERM)
+            await server.until_draining()
             await asyncio.sleep(0.5)
             assert server.process.poll() is None, "exited before its calls finished"
+            assert server.active_calls(SET) == CHANNELS, "a drain let go of calls in flight"
             redis_proc.resume()
             results = await asyncio.gather(*calls)
             assert all(r.version > 0 for r in results)
