@@ -9,6 +9,10 @@ import time
 import grpc
 import pytest
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
+from cachet_server.app import Application
+from cachet_server.backend import cache as backend_cache
+from cachet_server.backend.keys import CacheKeys
+from cachet_server.services.cache import CacheService
 from google.protobuf.duration_pb2 import Duration
 
 from .conftest import bad_fields, error_reason, rpc_error
@@ -165,12 +169,30 @@ async def test_a_waiter_takes_over_an_expired_lease(cache):
     assert taken.lease_token != first.lease_token
 
 
-async def test_a_write_that_voids_the_lease_answers_the_waiters(cache):
+async def _until_asleep_on_the_wake(cachet: Application, namespace: str, key: str) -> None:
+    """Wait until a GetOrLease(wait) of `key` has looked, found the fill pending and
+    sleeps on its wake: an event registered for the lease that a task awaits (the
+    dispatcher's registry and asyncio.Event's waiters, both private, looked at here only).
+    """
+    service = next(s for s in cachet.servicers if isinstance(s, CacheService))
+    registered = service.store.fill_wakes._events
+    lease = CacheKeys.of(namespace, key).lease
+    deadline = time.monotonic() + 10
+    while not any(event._waiters for event in registered.get(lease, ())):
+        assert time.monotonic() < deadline, f"no waiter asleep on the wake of {key}"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_write_that_voids_the_lease_answers_the_waiters(
+    cache, cachet, namespace, monkeypatch
+):
+    # Only the wake answers the waiter in time: its own next look is 60 s away.
+    monkeypatch.setattr(backend_cache, "FILL_RECHECK_S", 60.0)
     first = await cache.GetOrLease(pb.GetOrLeaseRequest(key="voided", lease_ttl=ms(30_000)))
     waiter = asyncio.ensure_future(
         cache.GetOrLease(pb.GetOrLeaseRequest(key="voided", wait=ms(20_000)), timeout=30)
     )
-    await asyncio.sleep(0.1)
+    await _until_asleep_on_the_wake(cachet, namespace, "voided")
     assert not waiter.done()
     await cache.Set(pb.SetRequest(key="voided", value=b"written"))
     answer = await asyncio.wait_for(waiter, 10)

@@ -110,13 +110,16 @@ async def outcome(call: object) -> str:
 async def test_blocking_calls_over_quota_are_refused_and_others_go_on(hostile, channels):
     cache = cache_pb2_grpc.CacheServiceStub(channels["greedy"])
     extra = 10
+    already_blocked = len(await blocked_clients(hostile))
     async with Victim(hostile.port) as victim:
+        # The admitted pops wait until the test pushes to their lists, not for a time:
+        # they hold the quota however late the last call arrives.
         calls = [
             asyncio.ensure_future(
                 outcome(
                     cache.ListPop(
-                        pb.ListPopRequest(key=f"q{i}", end=pb.LIST_END_LEFT, wait=wait(1.5)),
-                        timeout=5,
+                        pb.ListPopRequest(key=f"q{i}", end=pb.LIST_END_LEFT, wait=wait(30)),
+                        timeout=60,
                     )
                 )
             )
@@ -124,6 +127,16 @@ async def test_blocking_calls_over_quota_are_refused_and_others_go_on(hostile, c
         ]
         # An unblocking call of the same tenant still passes: only its waits are capped.
         got = await cache.Get(pb.GetRequest(key="x"), timeout=5)
+        await until_blocked(hostile, already_blocked + QUOTAS["max_blocking_calls"])
+        deadline = asyncio.get_running_loop().time() + 20
+        while sum(call.done() for call in calls) < extra:
+            assert asyncio.get_running_loop().time() < deadline, "the calls over quota hang"
+            await asyncio.sleep(0.02)
+        for i, call in enumerate(calls):
+            if not call.done():
+                await cache.ListPush(
+                    pb.ListPushRequest(key=f"q{i}", values=[b"v"], end=pb.LIST_END_RIGHT)
+                )
         answers = Counter(await asyncio.gather(*calls))
     assert not got.found
     assert answers == {
