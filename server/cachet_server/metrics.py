@@ -94,11 +94,16 @@ class PlainCounter:
         )
 
     def add(self, amount: int, attributes: dict[str, str] | None = None) -> None:
+        self.series(attributes)[1] += amount
+
+    def series(self, attributes: dict[str, str] | None = None) -> list[Any]:
+        """The [attributes, total] entry of one attribute set, for a caller on a hot path
+        to keep and add to (`entry[1] += n`) without hashing the attributes again."""
         key = frozenset(attributes.items()) if attributes else _NO_ATTRIBUTES
         entry = self._totals.get(key)
         if entry is None:
             entry = self._totals[key] = [dict(attributes or {}), 0]
-        entry[1] += amount
+        return entry
 
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
         # A copy: the event loop adds attribute sets while a reader collects.

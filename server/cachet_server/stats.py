@@ -160,9 +160,9 @@ class ServiceStats:
         self.ratelimit_fail_open = 0
         # Calls being served now, per method.
         self.active: dict[str, int] = defaultdict(int)
-        # The decision counter's attributes, built once per policy and outcome (policies
-        # come from the configuration, so there are few).
-        self._decision_attributes: dict[tuple[str, str], dict[str, str]] = {}
+        # The decisions counter's entry per policy and outcome (PlainCounter.series), found
+        # once: policies come from the configuration, so there are few.
+        self._decision_series: dict[tuple[str, str], list[Any]] = {}
         if observed:
             instruments.observe(self)
 
@@ -188,13 +188,14 @@ class ServiceStats:
         """`outcome`: allowed, denied, shadow_denied or fail_open."""
         if outcome == "fail_open":
             self.ratelimit_fail_open += count
-        attributes = self._decision_attributes.get((policy, outcome))
-        if attributes is None:
-            attributes = self._decision_attributes[policy, outcome] = {
-                "cachet.ratelimit.policy": policy,
-                "cachet.ratelimit.outcome": outcome,
-            }
-        instruments.ratelimit_decisions.add(count, attributes)
+        series = self._decision_series.get((policy, outcome))
+        if series is None:
+            series = self._decision_series[policy, outcome] = (
+                instruments.ratelimit_decisions.series(
+                    {"cachet.ratelimit.policy": policy, "cachet.ratelimit.outcome": outcome}
+                )
+            )
+        series[1] += count
 
     # ---- across workers (see workers.py) -----------------------------------------------
 
