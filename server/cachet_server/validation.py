@@ -63,11 +63,14 @@ class Validator:
         self.batch(len(keys), field)
         # The checks of `key`, without building a field name per key: a key of at most
         # limit/4 characters fits whatever they are (UTF-8 takes at most 4 bytes each).
+        # The keys are copied out of the request once: each read of a protobuf repeated
+        # string builds a new str, so iterating the request twice built every key twice.
+        listed = list(keys)
         fits = self.limits.max_key_bytes // 4
-        for i, key in enumerate(keys):
+        for i, key in enumerate(listed):
             if not key or len(key) > fits:
                 self.key(key, f"{field}[{i}]")
-        return list(keys)
+        return listed
 
     def value(self, value: bytes, field: str = "value") -> bytes:
         if len(value) > self.limits.max_value_bytes:

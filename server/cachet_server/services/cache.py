@@ -305,16 +305,19 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         response = pb.GetManyResponse()
         add = response.entries.add
         ttls = reads.ttls_ms or [-1] * len(keys)  # -1: no TTL to answer
+        # Fields set one by one on the added entry: upb's keyword constructor looks each
+        # name up, about 20 % more instructions per entry (callgrind).
         for key, value, version, ttl_ms in zip(
             keys, reads.values, reads.versions, ttls, strict=True
         ):
-            if value is None:
-                add(key=key)
-            elif ttl_ms < 0:
-                add(key=key, found=True, value=value, version=version)
-            else:
-                entry = add(key=key, found=True, value=value, version=version)
-                entry.ttl.FromMilliseconds(ttl_ms)
+            entry = add()
+            entry.key = key
+            if value is not None:
+                entry.found = True
+                entry.value = value
+                entry.version = version
+                if ttl_ms >= 0:
+                    entry.ttl.FromMilliseconds(ttl_ms)
         return response
 
     async def Set(self, request: pb.SetRequest, context: Context) -> pb.SetResponse:
@@ -357,14 +360,25 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         shared_ttl = self.check.ttl_ms(optional(request, "ttl"))
         items: list[tuple[str, bytes, int]] = []
         seen: set[str] = set()
+        limits = self.check.limits
+        # As Validator.keys: a key of at most limit/4 characters fits whatever they are,
+        # so the full check (and its field name) is built only for the others.
+        fits, max_value = limits.max_key_bytes // 4, limits.max_value_bytes
         for i, entry in enumerate(request.entries):
-            key = self.check.key(entry.key, f"entries[{i}].key")
+            key = entry.key
+            if not key or len(key) > fits:
+                self.check.key(key, f"entries[{i}].key")
             if key in seen:
                 raise InvalidArgument.field(f"entries[{i}].key", f"duplicate key {key!r}")
             seen.add(key)
-            value = self.check.value(entry.value, f"entries[{i}].value")
-            ttl = optional(entry, "ttl")
-            ttl_ms = self.check.ttl_ms(ttl, f"entries[{i}].ttl") if ttl else shared_ttl
+            value = entry.value
+            if len(value) > max_value:
+                self.check.value(value, f"entries[{i}].value")
+            ttl_ms = (
+                self.check.ttl_ms(entry.ttl, f"entries[{i}].ttl")
+                if entry.HasField("ttl")
+                else shared_ttl
+            )
             items.append((key, value, ttl_ms))
         versions = await self.store.set_many(namespace, items)
         return pb.SetManyResponse(stored=len(items), versions=versions)
