@@ -31,6 +31,10 @@ class Validator:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
+        # A key of at most this many characters passes `key` whatever they are (UTF-8
+        # takes at most 4 bytes each): loops over many keys check only the others, without
+        # building a field name per key.
+        self.short_key_chars = limits.max_key_bytes // 4
         self.max_ttl_ms = _ms(limits.max_ttl)
         self.default_ttl_ms = _ms(limits.default_ttl)
 
@@ -61,12 +65,10 @@ class Validator:
 
     def keys(self, keys: Sequence[str], field: str = "keys") -> list[str]:
         self.batch(len(keys), field)
-        # The checks of `key`, without building a field name per key: a key of at most
-        # limit/4 characters fits whatever they are (UTF-8 takes at most 4 bytes each).
         # The keys are copied out of the request once: each read of a protobuf repeated
         # string builds a new str, so iterating the request twice built every key twice.
         listed = list(keys)
-        fits = self.limits.max_key_bytes // 4
+        fits = self.short_key_chars
         for i, key in enumerate(listed):
             if not key or len(key) > fits:
                 self.key(key, f"{field}[{i}]")

@@ -360,10 +360,8 @@ class CacheService(CollectionsMixin, cache_pb2_grpc.CacheServiceServicer):
         shared_ttl = self.check.ttl_ms(optional(request, "ttl"))
         items: list[tuple[str, bytes, int]] = []
         seen: set[str] = set()
-        limits = self.check.limits
-        # As Validator.keys: a key of at most limit/4 characters fits whatever they are,
-        # so the full check (and its field name) is built only for the others.
-        fits, max_value = limits.max_key_bytes // 4, limits.max_value_bytes
+        # The full checks (and their field names) only for the entries that may fail them.
+        fits, max_value = self.check.short_key_chars, self.check.limits.max_value_bytes
         for i, entry in enumerate(request.entries):
             key = entry.key
             if not key or len(key) > fits:
