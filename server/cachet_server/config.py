@@ -979,9 +979,10 @@ class Settings(BaseSettings):
         True,
         description="Adaptive coalescing: the scripts of concurrent calls share two kept "
         "connections per Redis node, and the commands queued while the event loop is busy "
-        "go out in one write (per node on Cluster). A lone call's command goes out after "
-        "one idle loop turn, so it adds no latency at low load; false sends every script "
-        "on its own through the connection pool.",
+        "go out in one write (per node on Cluster). A lone call's command (nothing else "
+        "outstanding on its node, no other unary call being served) goes out at once, so "
+        "it adds no latency at low load; false sends every script on its own through the "
+        "connection pool.",
     )
     idempotency_window: timedelta = Field(
         timedelta(minutes=2),
