@@ -54,6 +54,9 @@ def test_ratios_targets_table_and_chart(tmp_path):
     assert ratios["workers2_vs_workers1"] == pytest.approx(1.8)
     assert ratios["cpu_unary_get_vs_echo"] == pytest.approx(0.3)
     assert ratios["auth_cpu_us_per_call_added"] == pytest.approx(20.0)
+    assert ratios["cpu_us_per_key_getmany100_marginal"] == pytest.approx(900 / 99)
+    assert ratios["ceiling_getmany100_keys_vs_redis_p16"] == pytest.approx(0.2)
+    assert ratios["ceiling_should_rate_limit_vs_envoy_ratelimit"] == pytest.approx(0.5)
     targets = bench._targets(ratios)
     assert set(targets) == set(bench.TARGETS)
     assert targets["workers2_vs_workers1"]["met"] and not targets["unary_get_vs_echo"]["met"]
