@@ -2,15 +2,19 @@
 value of the size cachet's rows use, and nothing else (no interceptor, no Redis).
 
 It is the floor of a Python gRPC unary call of Get's shape on this machine:
-`unary_get_vs_echo` compares cachet against it.
+`unary_get_vs_echo` compares cachet against it. With `--processes N` it runs N such
+servers sharing the port (SO_REUSEPORT), as `cachet-server --workers N` does: what two
+processes gain on the machine and placement at hand, with nothing of cachet's in them.
 
-    python bench/echo_server.py 127.0.0.1:50099 100
+    python bench/echo_server.py 127.0.0.1:50099 100 [--processes 2]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
+import subprocess
 import sys
 
 import uvloop
@@ -27,8 +31,8 @@ class EchoCache(cache_pb2_grpc.CacheServiceServicer):
         return pb.GetResponse(found=True, value=self.value, version=1)
 
 
-async def serve(listen: str, value_bytes: int) -> None:
-    server = aio.server(options=[("grpc.so_reuseport", 0)])
+async def serve(listen: str, value_bytes: int, *, reuse_port: bool) -> None:
+    server = aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
     cache_pb2_grpc.add_CacheServiceServicer_to_server(EchoCache(value_bytes), server)
     server.add_insecure_port(listen)
     await server.start()
@@ -40,5 +44,29 @@ async def serve(listen: str, value_bytes: int) -> None:
     await server.stop(1)
 
 
+def supervise(listen: str, value_bytes: int, processes: int) -> None:
+    """`processes` servers on one port; SIGTERM stops them all."""
+    command = [sys.executable, __file__, listen, str(value_bytes), "--reuse-port"]
+    children = [subprocess.Popen(command) for _ in range(processes)]
+
+    def stop(signum: int, frame: object) -> None:
+        for child in children:
+            child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for child in children:
+        child.wait()
+
+
 if __name__ == "__main__":
-    uvloop.run(serve(sys.argv[1], int(sys.argv[2])))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("listen")
+    parser.add_argument("value_bytes", type=int)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.processes > 1:
+        supervise(args.listen, args.value_bytes, args.processes)
+    else:
+        uvloop.run(serve(args.listen, args.value_bytes, reuse_port=args.reuse_port))

@@ -2,7 +2,8 @@
 
 Starts, on free loopback ports, one redis-server and against it: a cachet-server (auth
 off), a second one with an API key required, a third with `--workers 2`, a bare
-grpc.aio echo server of Get's message shape, and envoyproxy/ratelimit (built from the Go
+grpc.aio echo server of Get's message shape (and the same as two processes sharing a
+port, in the two-worker server's placement), and envoyproxy/ratelimit (built from the Go
 module proxy at the version the Makefile pins). Servers and Redis are pinned with
 taskset to the first CPU, load generators (ghz, the Go driver in bench/driver,
 redis-benchmark, the redis.asyncio client) to the second; the two-worker server gets
@@ -414,6 +415,10 @@ def _ratios(rows: list[Row]) -> dict[str, float]:
     ratios["ceiling_should_rate_limit_vs_envoy_ratelimit"] = echo / rps(
         "envoyproxy/ratelimit ShouldRateLimit"
     )
+    # Two echo processes in the --workers 2 server's placement: what a second process
+    # can add on this machine when it shares a CPU with the load generator.
+    if ("echo Get, 2 processes", 32) in by:
+        ratios["ceiling_workers2_vs_workers1"] = rps("echo Get, 2 processes") / echo
 
     def cpu(name: str, c: int = 32) -> float:
         return by[(name, c)].cpu_us_per_call or float("nan")
@@ -687,6 +692,20 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         echo_port,
         server_cpus,
     )
+    echo2_port = free_port()
+    echo2 = bench.start(
+        "echo, 2 processes",
+        [
+            sys.executable,
+            str(ROOT / "bench" / "echo_server.py"),
+            f"127.0.0.1:{echo2_port}",
+            str(len(VALUE)),
+            "--processes",
+            "2",
+        ],
+        echo2_port,
+        workers_cpus,
+    )
     envoy = _start_envoy_ratelimit(bench, redis_port)
 
     encoded = base64.b64encode(VALUE).decode()
@@ -734,6 +753,9 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         lambda c: bench.ghz("cachet Get", one, f"{cache}Get", {"key": "k"}, c),
         lambda c: bench.ghz(
             "cachet Get, --workers 2", two, f"{cache}Get", {"key": "k"}, c, load_cpus=load_cpus
+        ),
+        lambda c: bench.ghz(
+            "echo Get, 2 processes", echo2, f"{cache}Get", {"key": "k"}, c, load_cpus=load_cpus
         ),
         lambda c: bench.ghz(
             "cachet Get, API key", authed, f"{cache}Get", {"key": "k"}, c, metadata=bearer
@@ -819,7 +841,8 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
             "summary": (
                 f"redis-server, cachet, the echo server and envoyproxy/ratelimit on CPU "
                 f"{server_cpus}; load generators on CPU {load_cpus}; the --workers 2 server "
-                f"on CPUs {workers_cpus}, sharing CPU {load_cpus} with its load generator"
+                f"and the two-process echo server on CPUs {workers_cpus}, sharing CPU {load_cpus} "
+                f"with their load generator"
             ),
         },
         "duration_s": args.duration,

@@ -37,6 +37,7 @@ def test_ratios_targets_table_and_chart(tmp_path):
         "cachet Acquire+Release pair": (480, 1.2, 1000.0),
         "cachet Get, API key": (950, 0.62, 520.0),
         "cachet Get, --workers 2": (1800, 0.6, 480.0),
+        "echo Get, 2 processes": (3000, 0.3, 160.0),
         "redis-benchmark GET -P1": (60000, 0.1, None),
         "redis-benchmark GET -P16": (1_000_000, 0.2, None),
         "redis.asyncio + hiredis GET": (20000, 0.05, None),
@@ -57,6 +58,7 @@ def test_ratios_targets_table_and_chart(tmp_path):
     assert ratios["cpu_us_per_key_getmany100_marginal"] == pytest.approx(900 / 99)
     assert ratios["ceiling_getmany100_keys_vs_redis_p16"] == pytest.approx(0.2)
     assert ratios["ceiling_should_rate_limit_vs_envoy_ratelimit"] == pytest.approx(0.5)
+    assert ratios["ceiling_workers2_vs_workers1"] == pytest.approx(1.5)
     targets = bench._targets(ratios)
     assert set(targets) == set(bench.TARGETS)
     assert targets["workers2_vs_workers1"]["met"] and not targets["unary_get_vs_echo"]["met"]
