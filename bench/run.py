@@ -57,6 +57,9 @@ VALUE = b"x" * 100  # the value size of every read and write row
 CONCURRENCY = (1, 32)
 TICKS = os.sysconf("SC_CLK_TCK")
 BATCH_KEYS = 100
+# Connections of the rows that compare processes sharing a port: SO_REUSEPORT spreads
+# connections, not calls, so one connection (ghz's default) would reach one process.
+SPREAD = 8
 
 # The targets: name -> (threshold, "ge" or "le").
 TARGETS: dict[str, tuple[float, str]] = {
@@ -187,6 +190,7 @@ class Bench:
         proto: str = "cachet/cache/v1/cache.proto",
         metadata: dict[str, str] | None = None,
         load_cpus: str | None = None,
+        connections: int = 1,
     ) -> Row:
         cpus = load_cpus or self.load_cpus
         args = [
@@ -199,6 +203,7 @@ class Bench:
             f"--data={json.dumps(data)}",
             f"--metadata={json.dumps(metadata or {'cachet-namespace': NAMESPACE})}",
             f"--concurrency={concurrency}",
+            f"--connections={min(connections, concurrency)}",
             f"--duration={self.duration}s",
             "--duration-stop=wait",
             "--total=1000000000",
@@ -397,7 +402,8 @@ def _ratios(rows: list[Row]) -> dict[str, float]:
         "should_rate_limit_vs_envoy_ratelimit": rps("cachet ShouldRateLimit")
         / rps("envoyproxy/ratelimit ShouldRateLimit"),
         "lock_rpcs_vs_unary_get": 2 * rps("cachet Acquire+Release pair") / rps("cachet Get"),
-        "workers2_vs_workers1": rps("cachet Get, --workers 2") / rps("cachet Get"),
+        "workers2_vs_workers1": rps(f"cachet Get, --workers 2, {SPREAD} connections")
+        / rps(f"cachet Get, {SPREAD} connections"),
         "auth_get_vs_get": rps("cachet Get, API key") / rps("cachet Get"),
         "get_vs_redis_asyncio_hiredis": rps("cachet Get") / rps("redis.asyncio + hiredis GET"),
         "batch100_keys_vs_getmany100_keys": rps("cachet Batch(100 gets)")
@@ -417,8 +423,9 @@ def _ratios(rows: list[Row]) -> dict[str, float]:
     )
     # Two echo processes in the --workers 2 server's placement: what a second process
     # can add on this machine when it shares a CPU with the load generator.
-    if ("echo Get, 2 processes", 32) in by:
-        ratios["ceiling_workers2_vs_workers1"] = rps("echo Get, 2 processes") / echo
+    ratios["ceiling_workers2_vs_workers1"] = rps(
+        f"echo Get, 2 processes, {SPREAD} connections"
+    ) / rps(f"echo Get, {SPREAD} connections")
 
     def cpu(name: str, c: int = 32) -> float:
         return by[(name, c)].cpu_us_per_call or float("nan")
@@ -746,16 +753,36 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     }
     publish = {"topic": "bench", "event": {"type": "bench", "payload": encoded}}
 
+    def spread(name: str, server: Server) -> Callable[[int], Row | None]:
+        def step(c: int) -> Row | None:
+            if c == 1:
+                return None
+            return bench.ghz(
+                f"{name}, {SPREAD} connections",
+                server,
+                f"{cache}Get",
+                {"key": "k"},
+                c,
+                connections=SPREAD,
+            )
+
+        return step
+
     # Rows a ratio compares run next to each other (each ratio is taken within a repeat),
     # so a neighbour's burst of load hits both sides alike.
-    plan: list[Callable[[int], Row]] = [
+    plan: list[Callable[[int], Row | None]] = [
         lambda c: bench.ghz("echo Get (grpc.aio + uvloop)", echo, f"{cache}Get", {"key": "k"}, c),
         lambda c: bench.ghz("cachet Get", one, f"{cache}Get", {"key": "k"}, c),
-        lambda c: bench.ghz(
-            "cachet Get, --workers 2", two, f"{cache}Get", {"key": "k"}, c, load_cpus=load_cpus
-        ),
-        lambda c: bench.ghz(
-            "echo Get, 2 processes", echo2, f"{cache}Get", {"key": "k"}, c, load_cpus=load_cpus
+        # One process against two on the same connections, at c32 only (c1 is one
+        # connection, which reaches one process).
+        *(
+            spread(name, server)
+            for name, server in (
+                ("echo Get", echo),
+                ("echo Get, 2 processes", echo2),
+                ("cachet Get", one),
+                ("cachet Get, --workers 2", two),
+            )
         ),
         lambda c: bench.ghz(
             "cachet Get, API key", authed, f"{cache}Get", {"key": "k"}, c, metadata=bearer
@@ -822,6 +849,8 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         for step in plan:
             for c in CONCURRENCY:
                 row = step(c)
+                if row is None:
+                    continue
                 print(
                     f"[{repeat + 1}/{args.repeats}] {row.name} c{c}: {row.rps:,.0f}/s "
                     f"p50 {row.p50_ms:.2f} ms p99 {row.p99_ms:.2f} ms "
