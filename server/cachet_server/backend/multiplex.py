@@ -140,6 +140,7 @@ class _Kept:
         "flush_scheduled",
         "gathering_since",
         "last_turn",
+        "loop",
         "outgoing",
         "queued",
         "turns_left",
@@ -147,8 +148,11 @@ class _Kept:
         "watchdog",
     )
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.connection = connection
+        # The loop its transport runs on, kept: asyncio.get_running_loop() costs a getpid()
+        # system call per call on Python 3.11, and every command queued here needs it.
+        self.loop = loop
         self.waiting: collections.deque[tuple[asyncio.Future[Any], str, float]] = (
             collections.deque()
         )
@@ -252,7 +256,7 @@ class Multiplexer:
 
     def _send_one(self, kept: _Kept, args: Sequence[Any]) -> asyncio.Future[Any]:
         """`_send` of one command, without its lists (every unary call comes here)."""
-        loop = asyncio.get_running_loop()
+        loop = kept.loop
         now = loop.time()
         kept.outgoing.append(hiredis.pack_command(tuple(args)))
         future: asyncio.Future[Any] = loop.create_future()
@@ -270,7 +274,7 @@ class Multiplexer:
         return future
 
     def _send(self, kept: _Kept, commands: Sequence[Sequence[Any]]) -> list[asyncio.Future[Any]]:
-        loop = asyncio.get_running_loop()
+        loop = kept.loop
         now = loop.time()
         # hiredis packs in C (redis-py's asyncio packer is Python: 10x slower on a
         # GetMany of 100 keys), the same bytes for every argument type we send. All are
@@ -378,7 +382,7 @@ class Multiplexer:
             return
         finally:
             self._opening = None
-        kept = _Kept(connection)
+        kept = _Kept(connection, asyncio.get_running_loop())
         if self._closed:
             await self._give_back(kept)
             return
@@ -397,7 +401,7 @@ class Multiplexer:
             and kept.queued < MAX_BATCH
         ):
             kept.last_turn = now
-            asyncio.get_running_loop().call_soon(self._gather, kept)
+            kept.loop.call_soon(self._gather, kept)
             return
         self._flush(kept)
 
@@ -406,7 +410,7 @@ class Multiplexer:
         if self.held or kept.broken or not kept.outgoing:
             if self.held and kept.outgoing and not kept.broken:
                 kept.flush_scheduled = True
-                asyncio.get_running_loop().call_later(0.001, self._flush, kept)
+                kept.loop.call_later(0.001, self._flush, kept)
             return
         outgoing, kept.outgoing = kept.outgoing, []
         self._stats.writes += 1
@@ -495,7 +499,7 @@ class _Answers(asyncio.Protocol):
         self.kept = kept
         connection = kept.connection
         self.reader = connection._parser._reader
-        self.loop = asyncio.get_running_loop()
+        self.loop = kept.loop
         self.transport = connection._writer.transport
         self.own = self.transport.get_protocol()
         self.transport.set_protocol(self)
