@@ -18,6 +18,7 @@ import uvloop
 from pydantic import ValidationError
 from redis.utils import HIREDIS_AVAILABLE
 
+from . import collector
 from .app import running
 from .config import Settings, check_environment
 from .logs import setup_logging
@@ -40,6 +41,7 @@ async def serve(settings: Settings, share: StatsShare | None = None) -> None:
     if share is not None:
         orphaned = asyncio.create_task(_stop_when_orphaned(stop), name="cachet-parent-watch")
     async with running(settings, share):
+        collector.settle()
         await stop.wait()
         log.info("stopping: draining")
     if orphaned is not None:
