@@ -35,6 +35,7 @@ def test_ratios_targets_table_and_chart(tmp_path):
         "cachet ShouldRateLimit": (900, 0.7, 600.0),
         "envoyproxy/ratelimit ShouldRateLimit": (4000, 0.2, 70.0),
         "cachet Acquire+Release pair": (480, 1.2, 1000.0),
+        "cachet Get (Go driver)": (1200, 0.5, 480.0),
         "cachet Get, API key": (950, 0.62, 520.0),
         "cachet Get, 8 connections": (1100, 0.6, 480.0),
         "cachet Get, --workers 2, 8 connections": (1980, 0.6, 480.0),
@@ -53,7 +54,9 @@ def test_ratios_targets_table_and_chart(tmp_path):
     assert ratios["unary_get_vs_echo"] == pytest.approx(0.5)
     assert ratios["get_c1_p50_vs_echo_c1_p50"] == pytest.approx(2.0)
     assert ratios["getmany100_keys_vs_redis_p16"] == pytest.approx(0.01)
-    assert ratios["lock_rpcs_vs_unary_get"] == pytest.approx(0.96)
+    assert ratios["lock_rpcs_vs_unary_get"] == pytest.approx(0.8)
+    assert ratios["lock_rpcs_vs_unary_get_ghz"] == pytest.approx(0.96)
+    assert ratios["cpu_lock_rpcs_vs_unary_get"] == pytest.approx(0.96)
     assert ratios["workers2_vs_workers1"] == pytest.approx(1.8)
     assert ratios["cpu_unary_get_vs_echo"] == pytest.approx(0.3)
     assert ratios["auth_cpu_us_per_call_added"] == pytest.approx(20.0)

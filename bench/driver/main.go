@@ -46,11 +46,11 @@ func percentile(sorted []time.Duration, p float64) float64 {
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:50051", "cachet address")
-	mode := flag.String("mode", "lockpair", "lockpair or session")
-	concurrency := flag.Int("c", 1, "workers (lockpair) or requests in flight (session)")
+	mode := flag.String("mode", "lockpair", "lockpair, get or session")
+	concurrency := flag.Int("c", 1, "workers (lockpair, get) or requests in flight (session)")
 	duration := flag.Duration("duration", 3*time.Second, "how long to run")
 	namespace := flag.String("namespace", "bench", "cachet-namespace metadata")
-	key := flag.String("key", "k", "key a session reads")
+	key := flag.String("key", "k", "key a session or get reads")
 	pack := flag.Int("pack", 256, "most operations one Session message carries (1: one each)")
 	flag.Parse()
 
@@ -69,6 +69,8 @@ func main() {
 	switch *mode {
 	case "lockpair":
 		latencies, errors = lockPairs(ctx, lockv1.NewLockServiceClient(conn), *concurrency, *duration)
+	case "get":
+		latencies, errors = gets(ctx, cachev1.NewCacheServiceClient(conn), *key, *concurrency, *duration)
 	case "session":
 		latencies, errors, messages, err = session(ctx, cachev1.NewCacheServiceClient(conn), *key, *concurrency, *pack, *duration)
 		if err != nil {
@@ -95,6 +97,33 @@ func main() {
 // lockPairs: each worker acquires its own lock and releases it, again and again; one
 // latency is one Acquire+Release pair.
 func lockPairs(ctx context.Context, client lockv1.LockServiceClient, workers int, duration time.Duration) ([]time.Duration, int64) {
+	return perWorker(workers, duration, func(w int) func() error {
+		name := fmt.Sprintf("bench-lock-%d", w)
+		return func() error {
+			grant, err := client.Acquire(ctx, &lockv1.AcquireRequest{Name: name, Ttl: durationpb.New(10 * time.Second)})
+			if err != nil {
+				return err
+			}
+			_, err = client.Release(ctx, &lockv1.ReleaseRequest{Name: name, OwnerToken: grant.OwnerToken})
+			return err
+		}
+	})
+}
+
+// gets: each worker reads `key` with unary Gets, one after another: the lock pairs'
+// load pattern, so lock RPCs and Gets are compared from the same client.
+func gets(ctx context.Context, client cachev1.CacheServiceClient, key string, workers int, duration time.Duration) ([]time.Duration, int64) {
+	return perWorker(workers, duration, func(int) func() error {
+		return func() error {
+			_, err := client.Get(ctx, &cachev1.GetRequest{Key: key})
+			return err
+		}
+	})
+}
+
+// perWorker runs `workers` goroutines until `duration` has passed, each calling the
+// function its `call` gives it again and again; one latency is one call of it.
+func perWorker(workers int, duration time.Duration, call func(worker int) func() error) ([]time.Duration, int64) {
 	deadline := time.Now().Add(duration)
 	var mu sync.Mutex
 	var all []time.Duration
@@ -102,17 +131,12 @@ func lockPairs(ctx context.Context, client lockv1.LockServiceClient, workers int
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
-		go func(w int) {
+		go func(once func() error) {
 			defer wg.Done()
-			name := fmt.Sprintf("bench-lock-%d", w)
 			var mine []time.Duration
 			for time.Now().Before(deadline) {
 				began := time.Now()
-				grant, err := client.Acquire(ctx, &lockv1.AcquireRequest{Name: name, Ttl: durationpb.New(10 * time.Second)})
-				if err == nil {
-					_, err = client.Release(ctx, &lockv1.ReleaseRequest{Name: name, OwnerToken: grant.OwnerToken})
-				}
-				if err != nil {
+				if err := once(); err != nil {
 					atomic.AddInt64(&errors, 1)
 					continue
 				}
@@ -121,7 +145,7 @@ func lockPairs(ctx context.Context, client lockv1.LockServiceClient, workers int
 			mu.Lock()
 			all = append(all, mine...)
 			mu.Unlock()
-		}(w)
+		}(call(w))
 	}
 	wg.Wait()
 	return all, errors
