@@ -692,32 +692,16 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         label: cachet(f"cachet ({label})", server_cpus, **case)
         for label, case in _telemetry_cases().items()
     }
-    echo_port = free_port()
-    echo = bench.start(
-        "echo",
-        [
-            sys.executable,
-            str(ROOT / "bench" / "echo_server.py"),
-            f"127.0.0.1:{echo_port}",
-            str(len(VALUE)),
-        ],
-        echo_port,
-        server_cpus,
-    )
-    echo2_port = free_port()
-    echo2 = bench.start(
-        "echo, 2 processes",
-        [
-            sys.executable,
-            str(ROOT / "bench" / "echo_server.py"),
-            f"127.0.0.1:{echo2_port}",
-            str(len(VALUE)),
-            "--processes",
-            "2",
-        ],
-        echo2_port,
-        workers_cpus,
-    )
+
+    def echo_server(name: str, cpus: str, *extra: str) -> Server:
+        port = free_port()
+        script = [sys.executable, str(ROOT / "bench" / "echo_server.py")]
+        return bench.start(
+            name, [*script, f"127.0.0.1:{port}", str(len(VALUE)), *extra], port, cpus
+        )
+
+    echo = echo_server("echo", server_cpus)
+    echo2 = echo_server("echo, 2 processes", workers_cpus, "--processes", "2")
     envoy = _start_envoy_ratelimit(bench, redis_port)
 
     encoded = base64.b64encode(VALUE).decode()
