@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,11 +27,36 @@ from redis.sentinel import Sentinel
 LOOPBACK = "127.0.0.1"
 
 
+def _port_range() -> range:
+    """Where this test process picks its listening ports: below the kernel's ephemeral
+    range, so no outgoing connection (ours or another process's) takes a port between our
+    pick and the server's bind; under pytest-xdist, a slice of it per worker, so two workers
+    never pick the same port."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low = 10_000
+    high = max(ephemeral_low, low + 2_000)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    width = (high - low) // max(workers, 1)
+    return range(low + worker * width, low + (worker + 1) * width)
+
+
+_PORTS = _port_range()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    for _ in range(1000):
+        port = random.choice(_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS} on {LOOPBACK}")
 
 
 def free_port_run(count: int) -> int:
