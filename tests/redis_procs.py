@@ -45,11 +45,13 @@ def _port_range() -> range:
 
 
 _PORTS = _port_range()
+# Not the module's generator: hypothesis seeds that one for each example it runs.
+_PICK = random.SystemRandom()
 
 
 def free_port() -> int:
     for _ in range(1000):
-        port = random.choice(_PORTS)
+        port = _PICK.choice(_PORTS)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((LOOPBACK, port))
