@@ -6,8 +6,11 @@ are handled per call."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from cachet_client.proto.cachet.cache.v1 import cache_pb2 as pb
@@ -25,6 +28,30 @@ from .conftest import channel_to
 
 NAMESPACES = 12
 KEYS_PER_NAMESPACE = 8
+
+
+@contextlib.asynccontextmanager
+async def kept_connection(
+    url: str, *, socket_timeout: float, stats: CoalescingStats | None = None, **options: Any
+) -> AsyncIterator[Multiplexer]:
+    """A multiplexer of its own keeping one connection to `url`, over a redis-py pool of
+    its own; both closed on the way out."""
+    client = Redis.from_url(url)
+    pool = client.connection_pool
+    multiplexer = Multiplexer(
+        "test",
+        pool.get_connection,
+        pool.release,
+        socket_timeout=socket_timeout,
+        stats=stats or CoalescingStats(),
+        size=1,
+        **options,
+    )
+    try:
+        yield multiplexer
+    finally:
+        await multiplexer.close()
+        await client.aclose()
 
 
 async def test_concurrent_calls_of_many_namespaces_each_read_exactly_their_own(
@@ -309,21 +336,12 @@ async def test_large_writes_wait_for_the_socket_and_each_land_whole(topology, na
     SETs in eight waves of 8 while Redis is paused: the socket stops taking bytes, so
     later writers wait for it to drain rather than pile more onto its buffer; after the
     pause every command is answered and every value is whole."""
-    client = Redis.from_url(topology.url)
-    pool = client.connection_pool
     stats = CoalescingStats()
-    multiplexer = Multiplexer(
-        "test",
-        pool.get_connection,
-        pool.release,
-        socket_timeout=30,
-        stats=stats,
-        size=1,
-        write_buffer_limit=64 * 1024,
-    )
     values = {f"{namespace}:big{n}": bytes([n]) * (1024 * 1024) for n in range(64)}
     items = list(values.items())
-    try:
+    async with kept_connection(
+        topology.url, socket_timeout=30, stats=stats, write_buffer_limit=64 * 1024
+    ) as multiplexer:
         assert await multiplexer.call(("PING",)) == b"PONG"  # opening needs Redis
         topology.pause()
         try:
@@ -339,10 +357,7 @@ async def test_large_writes_wait_for_the_socket_and_each_land_whole(topology, na
         assert await asyncio.wait_for(asyncio.gather(*calls), 30) == [b"OK"] * 64
         assert stats.drains > 0, "no writer waited for the socket"
         for key, value in items:
-            assert await client.get(key) == value, key
-    finally:
-        await multiplexer.close()
-        await client.aclose()
+            assert await multiplexer.call(("GET", key)) == value, key
 
 
 # A script that keeps Redis busy for about 200 ms.
@@ -360,17 +375,7 @@ async def test_answers_stalled_past_the_socket_timeout_retire_the_connection(top
     an answer every 200 ms, so the connection serves them all. Then Redis is paused: no
     answer for 0.5 s retires the connection, its waiting calls answer RETRY_ALONE (the
     ordinary path takes them), and once Redis is back the next call opens a new one."""
-    client = Redis.from_url(topology.url)
-    pool = client.connection_pool
-    multiplexer = Multiplexer(
-        "test",
-        pool.get_connection,
-        pool.release,
-        socket_timeout=0.5,
-        stats=CoalescingStats(),
-        size=1,
-    )
-    try:
+    async with kept_connection(topology.url, socket_timeout=0.5) as multiplexer:
         assert await multiplexer.call(("PING",)) == b"PONG"
         slow = []
         for _ in range(4):  # written 150 ms apart: Redis answers each as it finishes it
@@ -387,9 +392,6 @@ async def test_answers_stalled_past_the_socket_timeout_retire_the_connection(top
         assert stalled == [RETRY_ALONE] * 5
         assert multiplexer.waiting() == 0
         assert await asyncio.wait_for(multiplexer.call(("PING",)), 10) == b"PONG"
-    finally:
-        await multiplexer.close()
-        await client.aclose()
 
 
 @pytest.mark.topologies("standalone", reason="the reply itself is the same on every topology")
@@ -398,14 +400,8 @@ async def test_a_connection_error_reply_retires_the_connection(topology):
     fails the kept connection as redis-py's own parser would: that call and the calls
     queued behind it answer RETRY_ALONE (the ordinary path retries them with backoff),
     and the next call gets a new connection."""
-    client = Redis.from_url(topology.url)
-    pool = client.connection_pool
-    stats = CoalescingStats()
-    multiplexer = Multiplexer(
-        "test", pool.get_connection, pool.release, socket_timeout=5, stats=stats, size=1
-    )
     loading = "return redis.error_reply('LOADING Redis is loading the dataset in memory')"
-    try:
+    async with kept_connection(topology.url, socket_timeout=5) as multiplexer:
         assert await multiplexer.call(("PING",)) == b"PONG"
         multiplexer.held = True
         calls = [asyncio.ensure_future(multiplexer.call(("EVAL", loading, 0)))]
@@ -414,9 +410,6 @@ async def test_a_connection_error_reply_retires_the_connection(topology):
         multiplexer.held = False
         assert await asyncio.wait_for(asyncio.gather(*calls), 10) == [RETRY_ALONE] * 6
         assert await asyncio.wait_for(multiplexer.call(("PING",)), 10) == b"PONG"
-    finally:
-        await multiplexer.close()
-        await client.aclose()
 
 
 @pytest.mark.topologies("standalone", reason="the multiplexer's queueing is the same everywhere")
@@ -426,17 +419,7 @@ async def test_queueing_a_command_asks_for_no_running_loop(topology, monkeypatch
     per call on Python 3.11. (One kept connection: opening another asks, once.)"""
     import cachet_server.backend.multiplex as multiplex
 
-    client = Redis.from_url(topology.url)
-    pool = client.connection_pool
-    multiplexer = Multiplexer(
-        "test",
-        pool.get_connection,
-        pool.release,
-        socket_timeout=5,
-        stats=CoalescingStats(),
-        size=1,
-    )
-    try:
+    async with kept_connection(topology.url, socket_timeout=5) as multiplexer:
         assert await multiplexer.call(("PING",)) == b"PONG"  # opens the kept connection
         asked: list[int] = []
         real = asyncio.get_running_loop
@@ -452,6 +435,3 @@ async def test_queueing_a_command_asks_for_no_running_loop(topology, monkeypatch
         assert await multiplexer.call_many([("PING",), ("PING",)]) == [b"PONG"] * 2
         monkeypatch.undo()
         assert asked == []
-    finally:
-        await multiplexer.close()
-        await client.aclose()
