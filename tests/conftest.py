@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import grpc
@@ -180,6 +181,17 @@ def settings_from_yaml(
         health_interval="PT0.1S",
         shutdown_grace="PT5S",
         **overrides,
+    )
+
+
+def running_with_config(
+    cachet: Application, config_yaml: str, path: Any
+) -> AbstractAsyncContextManager[Application]:
+    """A server of its own (auth off) configured by the YAML text `config_yaml`, written
+    to `path`, on the same Redis (and topology) as the session's server `cachet`."""
+    config = yaml.safe_load(config_yaml)
+    return running(
+        settings_from_yaml(cachet.settings.redis_url, config, path, auth={"mode": "off"})
     )
 
 

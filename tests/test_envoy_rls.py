@@ -12,7 +12,7 @@ from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2_grpc as cachet
 from cachet_client.proto.envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as common
 from cachet_client.proto.envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from cachet_client.proto.envoy.type.v3 import ratelimit_unit_pb2
-from cachet_server.app import Application, running
+from cachet_server.app import Application
 from cachet_server.backend.ratelimit import state_key
 from cachet_server.config import Settings
 from cachet_server.errors import InvalidArgument
@@ -27,8 +27,7 @@ from cachet_server.validation import Validator
 from google.protobuf.wrappers_pb2 import UInt64Value
 from grpc import aio
 
-from .conftest import bad_fields, channel_to, rpc_error
-from .redis_procs import free_port
+from .conftest import bad_fields, channel_to, rpc_error, running_with_config
 
 OK = rls_pb2.RateLimitResponse.OK
 OVER_LIMIT = rls_pb2.RateLimitResponse.OVER_LIMIT
@@ -69,16 +68,8 @@ def request(*descriptors, domain: str = "mesh", hits: int = 0) -> rls_pb2.RateLi
 @pytest.fixture(scope="module")
 async def envoy_server(cachet: Application, tmp_path_factory) -> AsyncIterator[Application]:
     """A server with CONFIG, on the same Redis (and topology) as the session's server."""
-    config = tmp_path_factory.mktemp("envoy") / "cachet.yaml"
-    config.write_text(textwrap.dedent(CONFIG))
-    settings = Settings.load(
-        config_file=config,
-        redis_url=cachet.settings.redis_url,
-        listen=f"127.0.0.1:{free_port()}",
-        health_interval="PT0.1S",
-        auth={"mode": "off"},
-    )
-    async with running(settings) as app:
+    path = tmp_path_factory.mktemp("envoy") / "cachet.yaml"
+    async with running_with_config(cachet, CONFIG, path) as app:
         yield app
 
 

@@ -9,14 +9,13 @@ import grpc
 import pytest
 from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2 as pb
 from cachet_client.proto.cachet.ratelimit.v1 import ratelimit_pb2_grpc
-from cachet_server.app import Application, running
+from cachet_server.app import Application
 from cachet_server.config import FailMode, RateLimitAlgorithmName, Settings
 from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 from pydantic import ValidationError
 
-from .conftest import bad_fields, channel_to, error_reason, rpc_error
-from .redis_procs import free_port
+from .conftest import bad_fields, channel_to, error_reason, rpc_error, running_with_config
 
 ALGORITHMS = [
     pb.ALGORITHM_FIXED_WINDOW,
@@ -98,16 +97,8 @@ def limits(channel: aio.Channel) -> ratelimit_pb2_grpc.RateLimitServiceStub:
 @pytest.fixture(scope="module")
 async def policy_server(cachet: Application, tmp_path_factory) -> AsyncIterator[Application]:
     """A server with POLICIES, on the same Redis (and topology) as the session's server."""
-    config = tmp_path_factory.mktemp("ratelimit") / "cachet.yaml"
-    config.write_text(textwrap.dedent(POLICIES))
-    settings = Settings.load(
-        config_file=config,
-        redis_url=cachet.settings.redis_url,
-        listen=f"127.0.0.1:{free_port()}",
-        health_interval="PT0.1S",
-        auth={"mode": "off"},
-    )
-    async with running(settings) as app:
+    path = tmp_path_factory.mktemp("ratelimit") / "cachet.yaml"
+    async with running_with_config(cachet, POLICIES, path) as app:
         yield app
 
 
