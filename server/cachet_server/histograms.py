@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.metrics._internal.instrument import _Histogram
@@ -117,6 +117,8 @@ class PreaggregatedHistograms:
         # Whether a reader collects them (export_to was called): until then a record
         # is work nobody reads, and the busiest sites skip it.
         self.read = False
+        # Run before every reader's collection (before_collect).
+        self._before_collect: list[Callable[[], None]] = []
 
     def histogram(
         self,
@@ -136,6 +138,12 @@ class PreaggregatedHistograms:
             )
         return found
 
+    def before_collect(self, callback: Callable[[], None]) -> None:
+        """Have `callback` run on a reader's thread just before each collection, ahead
+        of the SDK's own: state kept plain on the event loop can be handed to SDK
+        instruments then (metrics.DeferredUpDownCounter)."""
+        self._before_collect.append(callback)
+
     def export_to(self, reader: MetricReader, resource: Resource) -> None:
         """Merge these histograms into everything `reader` collects from now on. Call it
         once the meter provider has registered the reader (its collect callback is set)."""
@@ -152,6 +160,8 @@ class PreaggregatedHistograms:
         def collect_with_histograms(
             metric_reader: MetricReader, timeout_millis: float = 10_000
         ) -> MetricsData | None:
+            for callback in list(self._before_collect):
+                callback()
             return export.merged(collect(metric_reader, timeout_millis=timeout_millis))
 
         reader._collect = collect_with_histograms  # type: ignore[assignment]

@@ -9,7 +9,8 @@ reader collects. Exporters: a Prometheus endpoint (`CACHET_METRICS__LISTEN`, pat
 /metrics) and OTLP when the standard OTEL_EXPORTER_OTLP_* variables name a collector.
 Redis command durations, pool use and connection errors come from redis-py's own
 OpenTelemetry metrics (`db.client.operation.duration`, `db.client.connection.*`), fed to
-the same provider.
+the same provider; the two it records on every command of its ordinary path (command
+durations, connections in use) are kept plain like ours and handed over at collection.
 
 Names follow the OpenTelemetry semantic conventions where one exists
 (`rpc.server.call.duration`); cachet's own are under `cachet.`. Namespace labels are
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -111,6 +113,53 @@ class PlainCounter:
 
 
 _NO_ATTRIBUTES: frozenset[tuple[str, str]] = frozenset()
+
+
+class DeferredUpDownCounter:
+    """Stands in for an SDK up-down counter that is added to on the event loop: each
+    `add` is summed per attribute set as a plain integer, and the sums go to the SDK
+    instrument (one add per attribute set, zero included, so every set seen is
+    exported) when a reader collects (PreaggregatedHistograms.before_collect). What
+    each collection exports is what the instrument's own adds would have made it.
+    redis-py counts its pool's connections in and out of use with four adds per command
+    on its ordinary path, at about 20 µs each through the SDK."""
+
+    def __init__(self, instrument: Any) -> None:
+        self.instrument = instrument
+        # Per attribute set (as a frozenset of its items): [attributes, sum not yet added].
+        self._pending: dict[frozenset[tuple[str, Any]], list[Any]] = {}
+        self._lock = threading.Lock()  # the event loop adds while a reader's thread flushes
+
+    def add(self, amount: int, attributes: Any = None, context: Any = None) -> None:
+        key = frozenset(attributes.items()) if attributes else _NO_ATTRIBUTES
+        with self._lock:
+            entry = self._pending.get(key)
+            if entry is None:
+                entry = self._pending[key] = [dict(attributes or {}), 0]
+            entry[1] += amount
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for attributes, amount in pending.values():
+            self.instrument.add(amount, attributes=attributes)
+
+
+class HistogramRecords:
+    """Stands in for an SDK histogram recorded on the event loop (redis-py's
+    `db.client.operation.duration`, one record per command it sends itself): the same
+    `record`, into the pre-aggregated series of the same metric (histograms.py) that
+    the multiplexer's commands are counted in. Keeps the instrument's name, unit and
+    description."""
+
+    def __init__(self, histogram: PreaggregatedHistogram) -> None:
+        self.histogram = histogram
+        self.name = histogram.name
+        self.unit = histogram.unit
+        self.description = histogram.description
+
+    def record(self, amount: float, attributes: Any = None, context: Any = None) -> None:
+        self.histogram.record(amount, attributes or {})
 
 
 class CountingSource(Protocol):
@@ -287,7 +336,8 @@ class RedisCommandDurations:
         self._series: dict[tuple[Any, ...], HistogramSeries | None] = {}
 
     def enable(self, collector: Any) -> None:
-        """Record into the metric of redis-py's collector (a RedisMetricsCollector)."""
+        """Record into the metric of redis-py's collector (a RedisMetricsCollector), and
+        have the collector's own records (the commands redis-py sends) go there too."""
         instrument = collector.operation_duration
         self._collector = collector
         self._series.clear()
@@ -298,6 +348,7 @@ class RedisCommandDurations:
             description=instrument.description,
             bounds=collector.config.buckets_operation_duration,
         )
+        collector.operation_duration = HistogramRecords(self._histogram)
 
     @property
     def on(self) -> bool:
@@ -469,11 +520,19 @@ def _observe_redis_py(*, commands: bool) -> None:
             hide_stream_names=True,
         )
     )
-    if commands:
-        # The collector redis-py's asyncio commands record with: its instrument's name,
-        # unit and description, its bounds, its command filter and its attribute builder.
-        from redis.asyncio.observability.recorder import _get_or_create_collector
+    # The collector redis-py's asyncio clients record with: its instruments, their bounds,
+    # its command filter and its attribute builder.
+    from redis.asyncio.observability.recorder import _get_or_create_collector
 
-        collector = _get_or_create_collector()
-        if collector is not None:
-            redis_command_durations.enable(collector)
+    # Any: its instruments are replaced by stand-ins with the same add and record.
+    collector: Any = _get_or_create_collector()
+    if collector is None:
+        return
+    # Its SDK adds and records on every command of the ordinary path, made plain (about
+    # 160 -> 35 µs of CPU per command): the same series at every collection.
+    connections = getattr(collector, "connection_count_updown", None)
+    if connections is not None and not isinstance(connections, DeferredUpDownCounter):
+        deferred = collector.connection_count_updown = DeferredUpDownCounter(connections)
+        histograms.before_collect(deferred.flush)
+    if commands:
+        redis_command_durations.enable(collector)
