@@ -528,8 +528,9 @@ def _observe_redis_py(*, commands: bool) -> None:
     collector: Any = _get_or_create_collector()
     if collector is None:
         return
-    # Its SDK adds and records on every command of the ordinary path, made plain (about
-    # 160 -> 35 µs of CPU per command): the same series at every collection.
+    # Its SDK adds and records on every command of the ordinary path, made plain (what
+    # metrics add to a command's CPU: about 110 -> 13 µs): the same series at every
+    # collection.
     connections = getattr(collector, "connection_count_updown", None)
     if connections is not None and not isinstance(connections, DeferredUpDownCounter):
         deferred = collector.connection_count_updown = DeferredUpDownCounter(connections)
