@@ -18,7 +18,8 @@ from cachet_client.proto.envoy.config.core.v3 import base_pb2
 from cachet_client.proto.envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as common_pb2
 from cachet_client.proto.envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from cachet_client.proto.envoy.type.v3 import ratelimit_unit_pb2
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from ..access import CallSpec, Role, calls
 from ..backend.ratelimit import Algorithm, Decision, LimitSpec
@@ -31,6 +32,7 @@ from .ratelimit import Limiter, Resolved, descriptor_entries, descriptor_key
 Code = rls_pb2.RateLimitResponse.Code
 Unit = rls_pb2.RateLimitResponse.RateLimit.Unit
 DescriptorStatus = rls_pb2.RateLimitResponse.DescriptorStatus
+Statuses = RepeatedCompositeFieldContainer[DescriptorStatus]
 # Enum values read once: each `Code.X` is a Python-level lookup in protobuf's enum wrapper.
 _OK = Code.OK
 _OVER_LIMIT = Code.OVER_LIMIT
@@ -42,10 +44,6 @@ _UNITS_BY_MS = {
 _MAX_UINT32 = 2**32 - 1
 # Names an override's state apart from every policy (policy names never start with '@').
 _OVERRIDE_SCOPE = "@override:"
-
-
-# The status of a descriptor that no rule limits.
-_NO_LIMIT = DescriptorStatus(code=_OK)
 
 
 def _rate_limit(spec: LimitSpec, name: str) -> rls_pb2.RateLimitResponse.RateLimit:
@@ -126,22 +124,23 @@ class EnvoyRateLimitService(Servicer, rls_pb2_grpc.RateLimitServiceServicer):
                 items.append(None if target is None else Resolved.of_policy(*target, hits))
         limited = [item for item in items if item is not None]
         decisions = iter((await self.limiter.decide(limited)).decisions if limited else ())
-        statuses = []
+        # Statuses are built in place in the response: a status built apart is copied when
+        # it is added to the repeated field.
+        response = rls_pb2.RateLimitResponse()
+        statuses = response.statuses
         shadow_denials = []
         over_limit = False
         for item in items:
             if item is None:
-                statuses.append(_NO_LIMIT)
+                statuses.add(code=_OK)  # a descriptor no rule limits
                 continue
             decision = next(decisions)
             over = not decision.allowed and not item.check.shadow
             if item.check.shadow and not decision.allowed:
                 shadow_denials.append(item.policy.name if item.policy else "")
             over_limit = over_limit or over
-            statuses.append(self._status(item, decision, over))
-        response = rls_pb2.RateLimitResponse(
-            overall_code=_OVER_LIMIT if over_limit else _OK, statuses=statuses
-        )
+            self._add_status(statuses, item, decision, over)
+        response.overall_code = _OVER_LIMIT if over_limit else _OK
         if self.headers.enabled:
             response.response_headers_to_add.extend(self._headers(statuses))
         if shadow_denials:
@@ -158,18 +157,24 @@ class EnvoyRateLimitService(Servicer, rls_pb2_grpc.RateLimitServiceServicer):
             )
         return response
 
-    def _status(self, item: Resolved, decision: Decision, over: bool) -> DescriptorStatus:
+    def _add_status(
+        self, statuses: Statuses, item: Resolved, decision: Decision, over: bool
+    ) -> None:
         policy = item.policy
         current_limit = (
             self.current_limits[policy.name] if policy else _rate_limit(item.check.spec, "")
         )
-        status = DescriptorStatus(
+        reset_us = decision.reset_after_us
+        statuses.add(
             code=_OVER_LIMIT if over else _OK,
             current_limit=current_limit,
             limit_remaining=min(decision.remaining, _MAX_UINT32),
+            # Not Duration.FromMicroseconds: Python code in protobuf, about as dear as the
+            # rest of the status.
+            duration_until_reset=duration_pb2.Duration(
+                seconds=reset_us // 1_000_000, nanos=reset_us % 1_000_000 * 1000
+            ),
         )
-        status.duration_until_reset.FromMicroseconds(decision.reset_after_us)
-        return status
 
     def _headers(self, statuses: Sequence[DescriptorStatus]) -> list[base_pb2.HeaderValue]:
         """RateLimit-Limit/-Remaining/-Reset of the descriptor nearest its limit (an over-limit
