@@ -41,11 +41,14 @@ class Validator:
     def key(self, key: str, field: str = "key") -> str:
         if not key:
             raise InvalidArgument.field(field, "must not be empty")
-        size = len(key.encode())
-        if size > self.limits.max_key_bytes:
-            raise InvalidArgument.field(
-                field, f"is {size} bytes; the limit is {self.limits.max_key_bytes}"
-            )
+        # Only a key of more characters than short_key_chars can be over the byte limit:
+        # the others are not encoded to be measured.
+        if len(key) > self.short_key_chars:
+            size = len(key.encode())
+            if size > self.limits.max_key_bytes:
+                raise InvalidArgument.field(
+                    field, f"is {size} bytes; the limit is {self.limits.max_key_bytes}"
+                )
         return key
 
     @staticmethod
@@ -69,9 +72,12 @@ class Validator:
         # string builds a new str, so iterating the request twice built every key twice.
         listed = list(keys)
         fits = self.short_key_chars
-        for i, key in enumerate(listed):
-            if not key or len(key) > fits:
-                self.key(key, f"{field}[{i}]")
+        # Whether every key passes is asked in C (`all` for an empty one, `max` over their
+        # lengths); only a batch that may hold a bad key is looked through key by key.
+        if not all(listed) or max(map(len, listed)) > fits:
+            for i, key in enumerate(listed):
+                if not key or len(key) > fits:
+                    self.key(key, f"{field}[{i}]")
         return listed
 
     def value(self, value: bytes, field: str = "value") -> bytes:
